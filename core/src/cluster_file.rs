@@ -1,0 +1,484 @@
+//! The cluster file: nodes, apps and a policy, in TOML. It is also the first half of every
+//! simulator scenario, which is why the raw tables are public and carry an opaque `sim` table.
+//!
+//! Parsing takes text, not a path: core does no I/O. Every error names the file, the key and
+//! what is allowed, so a driver can print it as it is and exit.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::limits;
+use crate::model::{
+    AppName, AppSpec, Autoscale, HealthCheck, Labels, NodeId, NodeSpec, PickerKind, Resources, RestartBackoff,
+    ScaleRule, SpecError, Volume, validate_apps, validate_name,
+};
+use crate::schedule::Policy;
+
+/// A cluster file that parsed and passed every check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// Every node, in file order: the identical ones first, then each `[[node]]`.
+    pub nodes: Vec<NodeSpec>,
+    /// Every app, in file order.
+    pub apps: Vec<AppSpec>,
+    /// The placement policy.
+    pub policy: Policy,
+}
+
+/// A cluster file that cannot be used. Nothing was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct FileError {
+    /// The file's name as the user gave it.
+    pub file: String,
+    /// The key at fault (`app[1].replicas`), or empty when the text is not valid TOML.
+    pub key: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+impl FileError {
+    /// An error on `key` of `file`.
+    pub fn new(file: &str, key: impl Into<String>, message: impl Into<String>) -> FileError {
+        FileError { file: file.to_owned(), key: key.into(), message: message.into() }
+    }
+
+    /// A TOML syntax or type error, with its line and column.
+    pub fn from_toml(file: &str, text: &str, err: &toml::de::Error) -> FileError {
+        let at = err.span().map(|s| line_col(text, s.start)).map(|(l, c)| format!("line {l}, column {c}: "));
+        FileError {
+            file: file.to_owned(),
+            key: String::new(),
+            message: format!("{}{}", at.unwrap_or_default(), err.message().trim_end()),
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// `[cluster]`: identical nodes and the policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// How many identical nodes, named `node-0` up.
+    #[serde(default)]
+    pub nodes: u32,
+    /// CPU of each identical node, in millicores.
+    #[serde(default = "default_node_cpu_millis")]
+    pub cpu_millis: u64,
+    /// Memory of each identical node, in MiB.
+    #[serde(default = "default_node_mem_mb")]
+    pub mem_mb: u64,
+    /// Labels of each identical node.
+    #[serde(default)]
+    pub labels: Labels,
+    /// The placement policy.
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        RawCluster {
+            nodes: 0,
+            cpu_millis: default_node_cpu_millis(),
+            mem_mb: default_node_mem_mb(),
+            labels: Labels::new(),
+            policy: Policy::default(),
+        }
+    }
+}
+
+fn default_node_cpu_millis() -> u64 {
+    4000
+}
+fn default_node_mem_mb() -> u64 {
+    8192
+}
+
+/// `[[node]]`: one node given by hand.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    /// Its unique name.
+    pub name: String,
+    /// CPU in millicores.
+    pub cpu_millis: u64,
+    /// Memory in MiB.
+    pub mem_mb: u64,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// `[app.health]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    path: Option<String>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    failures: Option<u32>,
+    successes: Option<u32>,
+    start_grace_ms: Option<u64>,
+}
+
+/// `[app.autoscale]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoscale {
+    min: u32,
+    max: u32,
+    target_rps_per_replica: Option<u64>,
+    preset: Option<String>,
+    tolerance_percent: Option<u32>,
+    window_ms: Option<u64>,
+    scale_down_stabilization_ms: Option<u64>,
+}
+
+/// `[app.volume]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVolume {
+    name: String,
+    #[serde(default = "default_volume_path")]
+    path: String,
+}
+
+fn default_volume_path() -> String {
+    "/data".to_owned()
+}
+
+/// `[app.restart]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestart {
+    initial_ms: Option<u64>,
+    max_ms: Option<u64>,
+    reset_after_ms: Option<u64>,
+    budget: Option<u32>,
+}
+
+/// `[[app]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    name: String,
+    image: String,
+    #[serde(default = "one")]
+    replicas: u32,
+    #[serde(default = "default_app_cpu_millis")]
+    cpu_millis: u64,
+    #[serde(default = "default_app_mem_mb")]
+    mem_mb: u64,
+    #[serde(default)]
+    priority: i32,
+    port: u16,
+    #[serde(default = "default_container_port")]
+    container_port: u16,
+    #[serde(default)]
+    constraints: Labels,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    balance: PickerKind,
+    health: Option<RawHealth>,
+    autoscale: Option<RawAutoscale>,
+    volume: Option<RawVolume>,
+    restart: Option<RawRestart>,
+    /// How the app's replicas behave under the simulator; read by canteen-sim, ignored here.
+    pub sim: Option<toml::Table>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_app_cpu_millis() -> u64 {
+    100
+}
+fn default_app_mem_mb() -> u64 {
+    128
+}
+fn default_container_port() -> u16 {
+    80
+}
+
+/// The tables a cluster file holds. A scenario file holds these and more.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClusterFile {
+    /// `[cluster]`.
+    #[serde(default)]
+    pub cluster: RawCluster,
+    /// `[[node]]`.
+    #[serde(default)]
+    pub node: Vec<RawNode>,
+    /// `[[app]]`.
+    #[serde(default)]
+    pub app: Vec<RawApp>,
+}
+
+/// Parses and checks a cluster file's text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Cluster, FileError> {
+    let raw: RawClusterFile = toml::from_str(text).map_err(|e| FileError::from_toml(file, text, &e))?;
+    build(file, &raw.cluster, &raw.node, &raw.app)
+}
+
+/// Turns the raw tables into a checked [`Cluster`].
+pub fn build(file: &str, cluster: &RawCluster, nodes: &[RawNode], apps: &[RawApp]) -> Result<Cluster, FileError> {
+    let err = |key: String, message: String| FileError::new(file, key, message);
+    let mut specs = Vec::new();
+    if cluster.nodes > 0 {
+        if cluster.cpu_millis == 0 {
+            return Err(err("cluster.cpu_millis".into(), "must be greater than 0".into()));
+        }
+        if cluster.mem_mb == 0 {
+            return Err(err("cluster.mem_mb".into(), "must be greater than 0".into()));
+        }
+    }
+    let node_count = cluster.nodes as usize + nodes.len();
+    if node_count == 0 {
+        return Err(err("cluster.nodes".into(), "the cluster has no nodes: set cluster.nodes > 0 or add [[node]] tables".into()));
+    }
+    if node_count > limits::NODES_MAX {
+        return Err(err("cluster.nodes".into(), format!("{node_count} nodes; at most {} are allowed", limits::NODES_MAX)));
+    }
+    for i in 0..cluster.nodes {
+        specs.push(NodeSpec {
+            id: NodeId::new(&format!("node-{i}")),
+            capacity: Resources::new(cluster.cpu_millis, cluster.mem_mb),
+            labels: cluster.labels.clone(),
+        });
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        validate_name(&n.name).map_err(|p| err(format!("node[{i}].name"), p))?;
+        if n.cpu_millis == 0 {
+            return Err(err(format!("node[{i}].cpu_millis"), "must be greater than 0".into()));
+        }
+        if n.mem_mb == 0 {
+            return Err(err(format!("node[{i}].mem_mb"), "must be greater than 0".into()));
+        }
+        if specs.iter().any(|s| s.id.as_str() == n.name) {
+            return Err(err(format!("node[{i}].name"), format!("node name {:?} is used twice; names must be unique", n.name)));
+        }
+        specs.push(NodeSpec {
+            id: NodeId::new(&n.name),
+            capacity: Resources::new(n.cpu_millis, n.mem_mb),
+            labels: n.labels.clone(),
+        });
+    }
+    let mut app_specs = Vec::with_capacity(apps.len());
+    for (i, raw) in apps.iter().enumerate() {
+        app_specs.push(app_spec(raw).map_err(|(field, message)| err(format!("app[{i}].{field}"), message))?);
+    }
+    validate_apps(&app_specs).map_err(|(i, e)| {
+        let field = match &e {
+            SpecError::Invalid { field, .. } => field,
+            SpecError::DuplicateName(_) => "name",
+            SpecError::DuplicatePort { .. } => "port",
+        };
+        let message = match e {
+            SpecError::Invalid { problem, .. } => problem,
+            other => other.to_string(),
+        };
+        let name = apps.get(i).map(|a| format!(" (app {:?})", a.name)).unwrap_or_default();
+        err(format!("app[{i}].{field}{name}"), message)
+    })?;
+    Ok(Cluster { nodes: specs, apps: app_specs, policy: cluster.policy })
+}
+
+/// The spec of one raw app, or the field at fault and the problem.
+fn app_spec(raw: &RawApp) -> Result<AppSpec, (&'static str, String)> {
+    let mut spec = AppSpec::new(&raw.name, &raw.image, raw.replicas, Resources::new(raw.cpu_millis, raw.mem_mb));
+    spec.name = AppName::new(&raw.name);
+    spec.priority = raw.priority;
+    spec.port = raw.port;
+    spec.container_port = raw.container_port;
+    spec.constraints = raw.constraints.clone();
+    spec.command = raw.command.clone();
+    spec.env = raw.env.clone();
+    spec.balance = raw.balance;
+    if let Some(h) = &raw.health {
+        let d = HealthCheck::default();
+        spec.health = HealthCheck {
+            path: h.path.clone().unwrap_or(d.path),
+            interval_ms: h.interval_ms.unwrap_or(d.interval_ms),
+            timeout_ms: h.timeout_ms.unwrap_or(d.timeout_ms),
+            failures: h.failures.unwrap_or(d.failures),
+            successes: h.successes.unwrap_or(d.successes),
+            start_grace_ms: h.start_grace_ms.unwrap_or(d.start_grace_ms),
+        };
+    }
+    if let Some(r) = &raw.restart {
+        let d = RestartBackoff::default();
+        spec.restart = RestartBackoff {
+            initial_ms: r.initial_ms.unwrap_or(d.initial_ms),
+            max_ms: r.max_ms.unwrap_or(d.max_ms),
+            reset_after_ms: r.reset_after_ms.unwrap_or(d.reset_after_ms),
+            budget: r.budget.unwrap_or(d.budget),
+        };
+    }
+    if let Some(v) = &raw.volume {
+        spec.volume = Some(Volume { name: v.name.clone(), mount_path: v.path.clone() });
+    }
+    if let Some(a) = &raw.autoscale {
+        let rule = match (&a.preset, a.target_rps_per_replica) {
+            (Some(p), None) if p == "per-20-requests-120s" => ScaleRule::PER_20_REQUESTS_120S,
+            (Some(p), None) => {
+                return Err(("autoscale.preset", format!("unknown preset {p:?}; allowed: \"per-20-requests-120s\"")));
+            }
+            (None, Some(t)) => {
+                let ScaleRule::TargetRps { tolerance_percent, window_ms, scale_down_stabilization_ms, .. } =
+                    ScaleRule::target_rps(t)
+                else {
+                    unreachable!("target_rps builds a TargetRps rule")
+                };
+                ScaleRule::TargetRps {
+                    target_rps_per_replica: t,
+                    tolerance_percent: a.tolerance_percent.unwrap_or(tolerance_percent),
+                    window_ms: a.window_ms.unwrap_or(window_ms),
+                    scale_down_stabilization_ms: a.scale_down_stabilization_ms.unwrap_or(scale_down_stabilization_ms),
+                }
+            }
+            _ => {
+                return Err((
+                    "autoscale",
+                    "give exactly one of target_rps_per_replica = N or preset = \"per-20-requests-120s\"".into(),
+                ));
+            }
+        };
+        if matches!(rule, ScaleRule::PerRequests { .. })
+            && (a.tolerance_percent.is_some() || a.window_ms.is_some() || a.scale_down_stabilization_ms.is_some())
+        {
+            return Err((
+                "autoscale.preset",
+                "the preset fixes its own period; tolerance_percent, window_ms and scale_down_stabilization_ms are allowed only with target_rps_per_replica".into(),
+            ));
+        }
+        spec.autoscale = Some(Autoscale { min: a.min, max: a.max, rule });
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[cluster]
+nodes = 5
+cpu_millis = 4000
+mem_mb = 8192
+policy = "spread"
+
+[[node]]
+name = "big-0"
+cpu_millis = 16000
+mem_mb = 65536
+labels = { zone = "a", disk = "ssd" }
+
+[[app]]
+name = "web"
+image = "canteen-demo:latest"
+replicas = 3
+cpu_millis = 500
+mem_mb = 256
+priority = 0
+port = 8080
+container_port = 80
+constraints = { disk = "ssd" }
+[app.health]
+path = "/health"
+interval_ms = 1000
+timeout_ms = 500
+failures = 3
+[app.autoscale]
+min = 1
+max = 10
+target_rps_per_replica = 100
+"#;
+
+    #[test]
+    fn the_issue_example_parses_with_every_key() {
+        let c = parse("example.toml", EXAMPLE).unwrap();
+        assert_eq!(c.nodes.len(), 6);
+        assert_eq!(c.nodes[5].id.as_str(), "big-0");
+        assert_eq!(c.nodes[5].labels["disk"], "ssd");
+        assert_eq!(c.policy, Policy::Spread);
+        let web = &c.apps[0];
+        assert_eq!(web.resources, Resources::new(500, 256));
+        assert_eq!(web.constraints["disk"], "ssd");
+        assert_eq!(web.autoscale.as_ref().unwrap().max, 10);
+        assert_eq!(web.health.successes, 1, "an unset key takes its default");
+    }
+
+    fn error_of(text: &str) -> FileError {
+        parse("bad.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line_and_what_is_allowed() {
+        let e = error_of("[cluster]\nnodes = 2\n[[app]]\nname = \"web\"\nimage = \"x\"\nport = 80\nreplica = 3\n");
+        let text = e.to_string();
+        assert!(text.starts_with("bad.toml: line 7"), "{text}");
+        assert!(text.contains("replica"), "{text}");
+        assert!(text.contains("replicas"), "lists the allowed keys: {text}");
+    }
+
+    #[test]
+    fn an_unknown_policy_lists_the_allowed_ones() {
+        let text = error_of("[cluster]\nnodes = 2\npolicy = \"random\"\n").to_string();
+        assert!(text.contains("random") && text.contains("binpack") && text.contains("rendezvous"), "{text}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key_and_the_app() {
+        let base = "[cluster]\nnodes = 2\n[[app]]\nname = \"web\"\nimage = \"x\"\nport = 80\n";
+        let e = error_of(&format!("{base}replicas = 0\n"));
+        assert_eq!(e.key, "app[0].replicas (app \"web\")");
+        let e = error_of(&format!("{base}[app.autoscale]\nmin = 3\nmax = 2\n"));
+        assert_eq!(e.key, "app[0].autoscale");
+        let e = error_of(&format!("{base}[app.autoscale]\nmin = 3\nmax = 2\ntarget_rps_per_replica = 5\n"));
+        assert_eq!(e.key, "app[0].autoscale.min (app \"web\")");
+        let e = error_of(&format!("{base}[[app]]\nname = \"web\"\nimage = \"y\"\nport = 81\n"));
+        assert_eq!(e.key, "app[1].name (app \"web\")");
+        let e = error_of("[cluster]\nnodes = 0\n");
+        assert_eq!(e.key, "cluster.nodes");
+        let e = error_of("[[node]]\nname = \"a\"\ncpu_millis = 0\nmem_mb = 1\n");
+        assert_eq!(e.key, "node[0].cpu_millis");
+    }
+
+    #[test]
+    fn negative_resources_are_a_type_error_naming_the_line() {
+        let text = error_of("[cluster]\nnodes = 2\ncpu_millis = -5\n").to_string();
+        assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn the_preset_is_the_original_rule() {
+        let c = parse(
+            "p.toml",
+            "[cluster]\nnodes = 1\n[[app]]\nname = \"w\"\nimage = \"x\"\nport = 80\n[app.autoscale]\nmin = 1\nmax = 9\npreset = \"per-20-requests-120s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.apps[0].autoscale.as_ref().unwrap().rule, ScaleRule::PER_20_REQUESTS_120S);
+    }
+}

@@ -1,0 +1,26 @@
+//! canteen-core: the decisions of the canteen orchestrator, as pure functions and state machines.
+//!
+//! Nothing in this crate does I/O, reads a clock, spawns, sleeps or draws ambient randomness:
+//! time comes in as an argument ([`time::Time`]) and randomness from a seed its driver chooses.
+//! The same inputs in the same order give the same outputs, which is what lets the simulator
+//! replay a run bit for bit and the real agent act on the very same rules.
+//!
+//! # Layout
+//!
+//! - [`model`]: nodes, resources, app specs, slots, and the validation of a spec.
+//! - [`schedule`]: `place(apps, nodes, observed, policy) -> Plan`, sticky, with four policies.
+//! - [`balance`]: the pickers that choose a backend for each request.
+//! - [`health`]: per-container health tracking and restart back-off.
+//! - [`autoscale`]: request load to a target replica count.
+//! - [`cluster_file`]: the TOML cluster file, parsed and checked, with errors naming the key.
+//! - [`time`]: the `Time` type that every `now` argument has.
+//! - [`limits`]: every bound in one place.
+
+pub mod autoscale;
+pub mod balance;
+pub mod cluster_file;
+pub mod health;
+pub mod limits;
+pub mod model;
+pub mod schedule;
+pub mod time;

@@ -1,0 +1,605 @@
+//! The vocabulary every other module speaks: nodes, resources, apps and their slots.
+//!
+//! Everything here is plain data plus validation. A spec that passed [`validate_apps`] is one
+//! the scheduler, the balancer, the health tracker and the autoscaler can all act on without
+//! further checks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+
+/// The name of a node (a server running the agent). Cheap to clone.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(Arc<str>);
+
+/// The name of an app. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AppName(Arc<str>);
+
+macro_rules! name_type {
+    ($t:ident) => {
+        impl $t {
+            /// Wraps a name; see [`validate_name`] for what a valid one looks like.
+            pub fn new(name: &str) -> Self {
+                $t(Arc::from(name))
+            }
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+        impl From<&str> for $t {
+            fn from(name: &str) -> Self {
+                $t::new(name)
+            }
+        }
+    };
+}
+name_type!(NodeId);
+name_type!(AppName);
+
+/// An amount of compute: CPU in thousandths of a core and memory in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU in millicores: 1000 is one core.
+    pub cpu_millis: u64,
+    /// Memory in bytes.
+    pub mem_bytes: u64,
+}
+
+impl Resources {
+    /// No resources at all.
+    pub const ZERO: Resources = Resources { cpu_millis: 0, mem_bytes: 0 };
+
+    /// Resources given in the units of the cluster file.
+    pub const fn new(cpu_millis: u64, mem_mb: u64) -> Resources {
+        Resources { cpu_millis, mem_bytes: mem_mb * limits::MIB }
+    }
+
+    /// Whether `self` fits inside `free` in every dimension.
+    pub fn fits_in(self, free: Resources) -> bool {
+        self.cpu_millis <= free.cpu_millis && self.mem_bytes <= free.mem_bytes
+    }
+
+    /// The sum, saturating.
+    pub fn saturating_add(self, other: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            mem_bytes: self.mem_bytes.saturating_add(other.mem_bytes),
+        }
+    }
+
+    /// The difference, saturating at zero in each dimension.
+    pub fn saturating_sub(self, other: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            mem_bytes: self.mem_bytes.saturating_sub(other.mem_bytes),
+        }
+    }
+
+    /// Memory in whole mebibytes, rounded down.
+    pub fn mem_mb(self) -> u64 {
+        self.mem_bytes / limits::MIB
+    }
+}
+
+/// Node labels, matched by app constraints. Ordered, so iteration is deterministic.
+pub type Labels = BTreeMap<String, String>;
+
+/// A node as the scheduler sees it: its name, what it offers and its labels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// The node's unique name.
+    pub id: NodeId,
+    /// What the node offers to containers in total.
+    pub capacity: Resources,
+    /// Matched against each app's `constraints`.
+    pub labels: Labels,
+}
+
+/// A replica's identity: the app and an index in `0..replicas`. Stable when the replica moves.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SlotId {
+    /// The app the replica belongs to.
+    pub app: AppName,
+    /// Which of the app's replicas this is.
+    pub index: u32,
+}
+
+impl SlotId {
+    /// The slot `index` of `app`.
+    pub fn new(app: impl Into<AppName>, index: u32) -> SlotId {
+        SlotId { app: app.into(), index }
+    }
+}
+
+impl fmt::Display for SlotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.app, self.index)
+    }
+}
+
+impl fmt::Debug for SlotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// How a balancer chooses a backend for each request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PickerKind {
+    /// Each healthy backend in turn.
+    #[default]
+    RoundRobin,
+    /// The backend with the fewest requests in flight; ties go round-robin.
+    LeastInFlight,
+    /// Two backends drawn at random; the one with fewer requests in flight.
+    PowerOfTwoChoices,
+    /// Round-robin in proportion to each backend's weight (smooth, as nginx does it).
+    Weighted,
+}
+
+impl PickerKind {
+    /// Every picker, by the name used in files and on the command line.
+    pub const ALL: [(&'static str, PickerKind); 4] = [
+        ("round-robin", PickerKind::RoundRobin),
+        ("least-in-flight", PickerKind::LeastInFlight),
+        ("power-of-two-choices", PickerKind::PowerOfTwoChoices),
+        ("weighted", PickerKind::Weighted),
+    ];
+}
+
+/// An active HTTP health check of each replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// HTTP path probed on the container port; a 2xx answer is a success.
+    pub path: String,
+    /// Time between two probes of one container.
+    pub interval_ms: u64,
+    /// A probe not answered within this counts as a failure.
+    pub timeout_ms: u64,
+    /// Consecutive failures that make a healthy container unhealthy.
+    pub failures: u32,
+    /// Consecutive successes that make a starting or unhealthy container healthy.
+    pub successes: u32,
+    /// After a start, failures are not counted for this long (the app is booting).
+    pub start_grace_ms: u64,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/health".to_owned(),
+            interval_ms: 1000,
+            timeout_ms: 500,
+            failures: 3,
+            successes: 1,
+            start_grace_ms: 5000,
+        }
+    }
+}
+
+/// How an autoscaled app computes its replica count from its request load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ScaleRule {
+    /// Keep each replica near `target_rps_per_replica`, measured over `window_ms`.
+    TargetRps {
+        /// Requests per second one replica should carry.
+        target_rps_per_replica: u64,
+        /// No change while the load per replica is within this many percent of the target.
+        tolerance_percent: u32,
+        /// The load is the mean request rate over this window.
+        window_ms: u64,
+        /// A scale-down happens only if every recommendation over this long allowed it.
+        scale_down_stabilization_ms: u64,
+    },
+    /// The original student orchestrator's rule: every `period_ms`, the target is
+    /// `requests in the last period / requests_per_replica + 1`, capped at max.
+    PerRequests {
+        /// Requests that justify one more replica (20 in the original).
+        requests_per_replica: u64,
+        /// How often the rule is evaluated, and the window it counts over (120 s in the original).
+        period_ms: u64,
+    },
+}
+
+impl ScaleRule {
+    /// The preset named `per-20-requests-120s` in cluster files.
+    pub const PER_20_REQUESTS_120S: ScaleRule =
+        ScaleRule::PerRequests { requests_per_replica: 20, period_ms: 120_000 };
+
+    /// A target-tracking rule with the default tolerance, window and stabilization.
+    pub fn target_rps(target_rps_per_replica: u64) -> ScaleRule {
+        ScaleRule::TargetRps {
+            target_rps_per_replica,
+            tolerance_percent: 10,
+            window_ms: 30_000,
+            scale_down_stabilization_ms: 300_000,
+        }
+    }
+}
+
+/// Autoscaling bounds and rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Autoscale {
+    /// Never fewer replicas than this.
+    pub min: u32,
+    /// Never more replicas than this.
+    pub max: u32,
+    /// How the target is computed.
+    pub rule: ScaleRule,
+}
+
+/// A named volume shared by every replica of an app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// The volume's name on the node (one per app and node on Docker).
+    pub name: String,
+    /// Where it is mounted inside each container.
+    pub mount_path: String,
+}
+
+/// How soon a failed container is started again, and when a slot gives up on its node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartBackoff {
+    /// Delay before the first restart.
+    pub initial_ms: u64,
+    /// The delay doubles on each consecutive failure up to this.
+    pub max_ms: u64,
+    /// A container healthy for this long resets the delay to `initial_ms`.
+    pub reset_after_ms: u64,
+    /// Consecutive failures after which the slot is rescheduled elsewhere.
+    pub budget: u32,
+}
+
+impl Default for RestartBackoff {
+    fn default() -> Self {
+        RestartBackoff { initial_ms: 1000, max_ms: 60_000, reset_after_ms: 60_000, budget: 10 }
+    }
+}
+
+/// Everything the operator says about one app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSpec {
+    /// Unique name: the app's identity in the cluster.
+    pub name: AppName,
+    /// Docker image reference.
+    pub image: String,
+    /// Command and arguments; empty means the image's default.
+    pub command: Vec<String>,
+    /// Environment variables given to every replica.
+    pub env: BTreeMap<String, String>,
+    /// The replica count; with `autoscale` it is the starting count.
+    pub replicas: u32,
+    /// Reserved for each replica; the scheduler never places more than a node offers.
+    pub resources: Resources,
+    /// Apps with a higher priority are placed first.
+    pub priority: i32,
+    /// The published port, where every node's balancer listens for this app.
+    pub port: u16,
+    /// The port the app listens on inside its container.
+    pub container_port: u16,
+    /// Labels a node must carry, all of them, to run this app.
+    pub constraints: Labels,
+    /// How each replica's health is probed.
+    pub health: HealthCheck,
+    /// Present when the replica count follows the load.
+    pub autoscale: Option<Autoscale>,
+    /// A volume mounted into every replica.
+    pub volume: Option<Volume>,
+    /// Restart back-off and budget.
+    pub restart: RestartBackoff,
+    /// How the balancer picks a replica for each request.
+    pub balance: PickerKind,
+}
+
+impl AppSpec {
+    /// A spec with every optional field at its default, for tests and examples.
+    pub fn new(name: &str, image: &str, replicas: u32, resources: Resources) -> AppSpec {
+        AppSpec {
+            name: AppName::new(name),
+            image: image.to_owned(),
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            replicas,
+            resources,
+            priority: 0,
+            port: 8080,
+            container_port: 80,
+            constraints: Labels::new(),
+            health: HealthCheck::default(),
+            autoscale: None,
+            volume: None,
+            restart: RestartBackoff::default(),
+            balance: PickerKind::RoundRobin,
+        }
+    }
+
+    /// The slots the app should run now.
+    pub fn slots(&self) -> impl Iterator<Item = SlotId> + '_ {
+        (0..self.replicas).map(|index| SlotId { app: self.name.clone(), index })
+    }
+
+    /// Whether `labels` carry every label this app requires.
+    pub fn admits(&self, labels: &Labels) -> bool {
+        self.constraints.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// Why a spec was rejected. Nothing was changed: a rejected spec is not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// A field holds a value outside what is allowed.
+    #[error("`{field}`: {problem}")]
+    Invalid {
+        /// The field, as named in the cluster file (`replicas`, `health.timeout_ms`, ...).
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        problem: String,
+    },
+    /// Two apps share a name.
+    #[error("`name`: app name {0:?} is used twice; app names must be unique")]
+    DuplicateName(String),
+    /// Two apps share a published port.
+    #[error("`port`: published port {port} is used by both {first:?} and {second:?}")]
+    DuplicatePort {
+        /// The port.
+        port: u16,
+        /// The app listed first.
+        first: String,
+        /// The app listed second.
+        second: String,
+    },
+}
+
+fn invalid(field: &'static str, problem: String) -> SpecError {
+    SpecError::Invalid { field, problem }
+}
+
+/// Checks a node, app or volume name: 1 to 63 characters of `a-z`, `0-9`, `-`, `_` and `.`,
+/// starting with a letter or digit. These end up in Docker names and labels, so they stay simple.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > limits::NAME_LEN_MAX {
+        return Err(format!("{:?} is {} characters; at most {} are allowed", name, name.len(), limits::NAME_LEN_MAX));
+    }
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.';
+    if !name.chars().all(ok_char) || name.starts_with(['-', '_', '.']) {
+        return Err(format!(
+            "{name:?} is not allowed: use lowercase letters, digits, '-', '_' and '.', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+impl AppSpec {
+    /// Checks one spec on its own. See [`validate_apps`] for checks across apps.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name(self.name.as_str()).map_err(|p| invalid("name", p))?;
+        if self.image.trim().is_empty() {
+            return Err(invalid("image", "must not be empty".into()));
+        }
+        if self.replicas > limits::REPLICAS_PER_APP_MAX {
+            return Err(invalid(
+                "replicas",
+                format!("{} is more than the limit of {}", self.replicas, limits::REPLICAS_PER_APP_MAX),
+            ));
+        }
+        match &self.autoscale {
+            None if self.replicas == 0 => {
+                return Err(invalid("replicas", "must be at least 1 (or give [app.autoscale] with min = 0)".into()));
+            }
+            None => {}
+            Some(a) => validate_autoscale(a, self.replicas)?,
+        }
+        if self.resources.cpu_millis == 0 {
+            return Err(invalid("cpu_millis", "must be greater than 0".into()));
+        }
+        if self.resources.mem_bytes == 0 {
+            return Err(invalid("mem_mb", "must be greater than 0".into()));
+        }
+        if self.port == 0 {
+            return Err(invalid("port", "must be between 1 and 65535".into()));
+        }
+        if self.container_port == 0 {
+            return Err(invalid("container_port", "must be between 1 and 65535".into()));
+        }
+        validate_health(&self.health)?;
+        let r = &self.restart;
+        if r.initial_ms == 0 || r.max_ms < r.initial_ms {
+            return Err(invalid(
+                "restart",
+                format!("need 0 < initial_ms <= max_ms, got initial_ms = {} and max_ms = {}", r.initial_ms, r.max_ms),
+            ));
+        }
+        if r.budget == 0 {
+            return Err(invalid("restart.budget", "must be at least 1".into()));
+        }
+        if let Some(v) = &self.volume {
+            validate_name(&v.name).map_err(|p| invalid("volume.name", p))?;
+            if !v.mount_path.starts_with('/') {
+                return Err(invalid("volume.mount_path", format!("{:?} must be an absolute path", v.mount_path)));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_autoscale(a: &Autoscale, replicas: u32) -> Result<(), SpecError> {
+    if a.max == 0 {
+        return Err(invalid("autoscale.max", "must be at least 1".into()));
+    }
+    if a.min > a.max {
+        return Err(invalid("autoscale.min", format!("min ({}) must not exceed max ({})", a.min, a.max)));
+    }
+    if a.max > limits::REPLICAS_PER_APP_MAX {
+        return Err(invalid(
+            "autoscale.max",
+            format!("{} is more than the limit of {}", a.max, limits::REPLICAS_PER_APP_MAX),
+        ));
+    }
+    if replicas < a.min || replicas > a.max {
+        return Err(invalid(
+            "replicas",
+            format!("the starting count {replicas} must lie within autoscale [min, max] = [{}, {}]", a.min, a.max),
+        ));
+    }
+    match &a.rule {
+        ScaleRule::TargetRps { target_rps_per_replica, window_ms, .. } => {
+            if *target_rps_per_replica == 0 {
+                return Err(invalid("autoscale.target_rps_per_replica", "must be greater than 0".into()));
+            }
+            if *window_ms == 0 {
+                return Err(invalid("autoscale.window_ms", "must be greater than 0".into()));
+            }
+        }
+        ScaleRule::PerRequests { requests_per_replica, period_ms } => {
+            if *requests_per_replica == 0 || *period_ms == 0 {
+                return Err(invalid("autoscale.preset", "requests_per_replica and period_ms must be greater than 0".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_health(h: &HealthCheck) -> Result<(), SpecError> {
+    if !h.path.starts_with('/') {
+        return Err(invalid("health.path", format!("{:?} must start with '/'", h.path)));
+    }
+    if h.interval_ms == 0 {
+        return Err(invalid("health.interval_ms", "must be greater than 0".into()));
+    }
+    if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+        return Err(invalid(
+            "health.timeout_ms",
+            format!("must be greater than 0 and at most interval_ms ({}), got {}", h.interval_ms, h.timeout_ms),
+        ));
+    }
+    if h.failures == 0 {
+        return Err(invalid("health.failures", "must be at least 1".into()));
+    }
+    if h.successes == 0 {
+        return Err(invalid("health.successes", "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Checks every spec and what must hold across them: unique names and unique published ports.
+/// On error, returns the index of the offending app with the error.
+pub fn validate_apps(apps: &[AppSpec]) -> Result<(), (usize, SpecError)> {
+    if apps.len() > limits::APPS_MAX {
+        return Err((limits::APPS_MAX, invalid("app", format!("{} apps; at most {} are allowed", apps.len(), limits::APPS_MAX))));
+    }
+    let mut names = BTreeSet::new();
+    let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
+    for (i, app) in apps.iter().enumerate() {
+        app.validate().map_err(|e| (i, e))?;
+        if !names.insert(app.name.as_str()) {
+            return Err((i, SpecError::DuplicateName(app.name.to_string())));
+        }
+        if let Some(first) = ports.insert(app.port, app.name.as_str()) {
+            return Err((
+                i,
+                SpecError::DuplicatePort { port: app.port, first: first.to_owned(), second: app.name.to_string() },
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web() -> AppSpec {
+        AppSpec::new("web", "canteen-demo:latest", 3, Resources::new(500, 256))
+    }
+
+    #[test]
+    fn a_default_spec_is_valid() {
+        web().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_naming_the_field() {
+        let cases: Vec<(fn(&mut AppSpec), &str)> = vec![
+            (|a| a.name = AppName::new(""), "name"),
+            (|a| a.name = AppName::new("Web App"), "name"),
+            (|a| a.image = " ".into(), "image"),
+            (|a| a.replicas = 0, "replicas"),
+            (|a| a.resources.cpu_millis = 0, "cpu_millis"),
+            (|a| a.resources.mem_bytes = 0, "mem_mb"),
+            (|a| a.port = 0, "port"),
+            (|a| a.container_port = 0, "container_port"),
+            (|a| a.health.timeout_ms = 5000, "health.timeout_ms"),
+            (|a| a.health.path = "health".into(), "health.path"),
+            (
+                |a| a.autoscale = Some(Autoscale { min: 5, max: 2, rule: ScaleRule::target_rps(10) }),
+                "autoscale.min",
+            ),
+            (
+                |a| a.autoscale = Some(Autoscale { min: 1, max: 2, rule: ScaleRule::target_rps(10) }),
+                "replicas",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut app = web();
+            mutate(&mut app);
+            match app.validate() {
+                Err(SpecError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected an error on {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn zero_replicas_are_allowed_when_autoscaled_from_zero() {
+        let mut app = web();
+        app.replicas = 0;
+        app.autoscale = Some(Autoscale { min: 0, max: 4, rule: ScaleRule::PER_20_REQUESTS_120S });
+        app.validate().unwrap();
+    }
+
+    #[test]
+    fn duplicate_names_and_ports_are_rejected() {
+        let mut other = web();
+        other.port = 9090;
+        assert_eq!(validate_apps(&[web(), other]), Err((1, SpecError::DuplicateName("web".into()))));
+        let mut other = web();
+        other.name = AppName::new("api");
+        assert!(matches!(validate_apps(&[web(), other]), Err((1, SpecError::DuplicatePort { port: 8080, .. }))));
+    }
+
+    #[test]
+    fn constraints_require_every_label() {
+        let mut app = web();
+        app.constraints.insert("disk".into(), "ssd".into());
+        let mut labels = Labels::new();
+        assert!(!app.admits(&labels));
+        labels.insert("disk".into(), "ssd".into());
+        labels.insert("zone".into(), "a".into());
+        assert!(app.admits(&labels));
+        labels.insert("disk".into(), "hdd".into());
+        assert!(!app.admits(&labels));
+    }
+}

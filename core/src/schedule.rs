@@ -1,0 +1,698 @@
+//! Placement: which node runs which slot, as a pure function of the replicated facts.
+//!
+//! Every node computes [`place`] from its own view of the cluster and acts only on its own rows,
+//! so the function must give the same answer for the same facts, whatever order they came in:
+//! nodes are sorted by name, apps by priority (higher first) then name, and every tie is broken
+//! by node name. It is sticky: a slot already running on a live node that still admits it stays
+//! where it is, and only missing slots are placed. A node crash therefore moves exactly the slots
+//! that were on it.
+//!
+//! The pass has two stages, as Nomad's reconciler does: first *reconcile* (diff the desired slots
+//! against what nodes report, keep one container per slot, stop surplus, duplicates and failed
+//! containers), then *place* each missing slot with the policy: feasibility (constraints, then
+//! capacity) before rank. [`Plan::remove_node`] runs the same placing stage on just the slots of
+//! a node that died, which is what makes a reschedule cheap on a large cluster.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+use crate::model::{AppSpec, Labels, NodeId, NodeSpec, Resources, SlotId};
+
+/// How missing slots are spread over the nodes that can take them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// The original canteen's rule: apps by priority, each replica dealt to the next node in
+    /// name order that can take it, one cursor over the whole pass.
+    RoundRobin,
+    /// The most allocated node that fits: fills nodes one by one, leaves whole nodes free.
+    #[serde(rename = "binpack")]
+    BinPack,
+    /// The least allocated node that fits: evens the load out.
+    #[default]
+    Spread,
+    /// The node ranked first by a hash of (slot, node): a slot's choice does not depend on the
+    /// other slots, so views that differ slightly still agree on most placements.
+    Rendezvous,
+}
+
+impl Policy {
+    /// Every policy, by the name used in files and on the command line.
+    pub const ALL: [(&'static str, Policy); 4] = [
+        ("round-robin", Policy::RoundRobin),
+        ("binpack", Policy::BinPack),
+        ("spread", Policy::Spread),
+        ("rendezvous", Policy::Rendezvous),
+    ];
+
+    /// The name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        Policy::ALL.iter().find(|(_, p)| *p == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A policy name that is not one of [`Policy::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy {0:?}; allowed: round-robin, binpack, spread, rendezvous")]
+pub struct UnknownPolicy(pub String);
+
+impl FromStr for Policy {
+    type Err = UnknownPolicy;
+    fn from_str(s: &str) -> Result<Policy, UnknownPolicy> {
+        Policy::ALL.iter().find(|(n, _)| *n == s).map(|(_, p)| *p).ok_or_else(|| UnknownPolicy(s.to_owned()))
+    }
+}
+
+/// What a node reports about one of its containers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerState {
+    /// Started, no health verdict yet.
+    Starting,
+    /// Passing its health check.
+    Healthy,
+    /// Failing its health check; its node replaces it in place.
+    Unhealthy,
+    /// Failed past its restart budget: the slot must be placed again.
+    Failed,
+}
+
+impl ContainerState {
+    /// Which of two containers of one slot is kept: the higher rank.
+    fn keep_rank(self) -> u8 {
+        match self {
+            ContainerState::Healthy => 3,
+            ContainerState::Starting => 2,
+            ContainerState::Unhealthy => 1,
+            ContainerState::Failed => 0,
+        }
+    }
+}
+
+/// One container a node reports running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedContainer {
+    /// The slot the container serves.
+    pub slot: SlotId,
+    /// The runtime's container id.
+    pub container: String,
+    /// Its health as the node last saw it.
+    pub state: ContainerState,
+}
+
+/// What each node reports it runs. Nodes missing from the `nodes` argument of [`place`] are dead:
+/// their containers are ignored.
+pub type Observed = BTreeMap<NodeId, Vec<ObservedContainer>>;
+
+/// Why a container must be stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// Its app was removed or scaled below its slot index.
+    Surplus,
+    /// Another container of the same slot is kept.
+    Duplicate,
+    /// It failed past its restart budget; the slot is placed again.
+    Failed,
+    /// Its node no longer admits it: constraints changed, or the node is over capacity and this
+    /// slot has the lowest priority there.
+    Evicted,
+}
+
+/// A container its node must stop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stop {
+    /// The node running it.
+    pub node: NodeId,
+    /// The runtime's container id.
+    pub container: String,
+    /// The slot it served.
+    pub slot: SlotId,
+    /// Why.
+    pub reason: StopReason,
+}
+
+/// Why a slot could not be placed. The slot is left unplaced, never over-committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Unplaceable {
+    /// No live node carries the labels the app requires (or no node is live).
+    NoNodeMatches {
+        /// The required labels, `k=v` joined by commas; empty when there are no live nodes.
+        constraints: String,
+    },
+    /// Nodes match, but none has the resources free.
+    Insufficient {
+        /// What one replica needs.
+        needs: Resources,
+        /// Live nodes that match the constraints.
+        eligible: usize,
+        /// The most CPU free on any of them.
+        cpu_free_max: u64,
+        /// The most memory free on any of them.
+        mem_free_max: u64,
+    },
+}
+
+impl fmt::Display for Unplaceable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unplaceable::NoNodeMatches { constraints } if constraints.is_empty() => f.write_str("no live node"),
+            Unplaceable::NoNodeMatches { constraints } => write!(f, "no live node has labels {constraints}"),
+            Unplaceable::Insufficient { needs, eligible, cpu_free_max, mem_free_max } => {
+                let mut short = Vec::new();
+                if needs.cpu_millis > *cpu_free_max {
+                    short.push("cpu");
+                }
+                if needs.mem_bytes > *mem_free_max {
+                    short.push("memory");
+                }
+                let what = if short.is_empty() { "cpu and memory together".to_owned() } else { short.join(" and ") };
+                write!(
+                    f,
+                    "insufficient {what}: needs {}m cpu and {} MiB, {eligible} eligible nodes have at most {}m cpu and {} MiB free",
+                    needs.cpu_millis,
+                    needs.mem_mb(),
+                    cpu_free_max,
+                    mem_free_max / limits::MIB
+                )
+            }
+        }
+    }
+}
+
+/// A slot that fits nowhere, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unschedulable {
+    /// The slot.
+    pub slot: SlotId,
+    /// Why it fits nowhere.
+    pub reason: Unplaceable,
+}
+
+/// A slot that [`Plan::remove_node`] moved off a dead node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    /// The slot.
+    pub slot: SlotId,
+    /// The node it ran on.
+    pub from: NodeId,
+    /// Where it goes now, or why it fits nowhere.
+    pub to: Result<NodeId, Unplaceable>,
+}
+
+/// `slots[app][index]` when the slot has no node.
+const UNPLACED: u32 = u32::MAX;
+/// Set in `slots[app][index]` when the node must start the slot (it does not run it yet).
+const FRESH: u32 = 1 << 31;
+const _: () = assert!(limits::NODES_MAX < FRESH as usize);
+
+/// The outcome of one placement pass: where every slot runs, what each node must start and
+/// stop, and what fits nowhere. A node acts on its own rows only.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    policy: Policy,
+    /// Nodes sorted by name; `alive[i]` is false once [`Plan::remove_node`] removed node `i`.
+    nodes: Vec<NodeSpec>,
+    alive: Vec<bool>,
+    /// Resources reserved on each node by the slots placed there.
+    used: Vec<Resources>,
+    /// Apps in placement order: priority descending, then name.
+    apps: Vec<AppSpec>,
+    /// Per app, per slot index: node index (with `FRESH` when it must be started) or `UNPLACED`.
+    slots: Vec<Vec<u32>>,
+    /// Stable hash of each node's name, for rendezvous.
+    node_hash: Vec<u64>,
+    stops: Vec<Stop>,
+    unschedulable: Vec<Unschedulable>,
+}
+
+/// Places every app's slots on `nodes`, keeping what `observed` shows running.
+///
+/// The result depends on the facts only, not on the order of `apps`, `nodes` or the containers
+/// in `observed`. `apps` must have passed [`crate::model::validate_apps`] and node names must be
+/// unique (both are asserted).
+pub fn place(apps: &[AppSpec], nodes: &[NodeSpec], observed: &Observed, policy: Policy) -> Plan {
+    let mut nodes = nodes.to_vec();
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    assert!(nodes.windows(2).all(|w| w[0].id != w[1].id), "node names must be unique");
+    assert!(nodes.len() <= limits::NODES_MAX, "too many nodes");
+    let mut apps = apps.to_vec();
+    apps.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+    assert!(apps.windows(2).all(|w| w[0].name != w[1].name), "app names must be unique");
+
+    let node_hash = nodes.iter().map(|n| stable_hash(n.id.as_str().as_bytes())).collect();
+    let mut plan = Plan {
+        policy,
+        alive: vec![true; nodes.len()],
+        used: vec![Resources::ZERO; nodes.len()],
+        slots: apps.iter().map(|a| vec![UNPLACED; a.replicas as usize]).collect(),
+        nodes,
+        apps,
+        node_hash,
+        stops: Vec::new(),
+        unschedulable: Vec::new(),
+    };
+    plan.reconcile(observed);
+    let missing: Vec<(u32, u32)> = plan
+        .slots
+        .iter()
+        .enumerate()
+        .flat_map(|(a, s)| s.iter().enumerate().filter(|(_, n)| **n == UNPLACED).map(move |(i, _)| (a as u32, i as u32)))
+        .collect();
+    plan.place_missing(&missing);
+    plan.check_invariants();
+    plan
+}
+
+impl Plan {
+    /// Keeps one container per desired slot on a live node that admits it; everything else that
+    /// live nodes run is stopped.
+    fn reconcile(&mut self, observed: &Observed) {
+        let node_index: BTreeMap<&NodeId, usize> = self.nodes.iter().enumerate().map(|(i, n)| (&n.id, i)).collect();
+        let app_index: BTreeMap<&str, usize> =
+            self.apps.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
+        // The best container seen so far for each slot: (rank, node, container), compared so
+        // that the choice does not depend on the order of the report.
+        let mut best: BTreeMap<(usize, u32), (Reverse<u8>, usize, &str)> = BTreeMap::new();
+        let mut candidates: Vec<(usize, &ObservedContainer)> = Vec::new();
+        for (node_id, containers) in observed {
+            let Some(&n) = node_index.get(node_id) else { continue };
+            for c in containers {
+                candidates.push((n, c));
+                let desired = app_index.get(c.slot.app.as_str()).copied().filter(|&a| c.slot.index < self.apps[a].replicas);
+                let Some(a) = desired else { continue };
+                if c.state == ContainerState::Failed || !self.apps[a].admits(&self.nodes[n].labels) {
+                    continue;
+                }
+                let key = (Reverse(c.state.keep_rank()), n, c.container.as_str());
+                let entry = best.entry((a, c.slot.index)).or_insert(key);
+                if key < *entry {
+                    *entry = key;
+                }
+            }
+        }
+        for (&(a, i), &(_, n, _)) in &best {
+            self.slots[a][i as usize] = n as u32;
+            self.used[n] = self.used[n].saturating_add(self.apps[a].resources);
+        }
+        for (n, c) in candidates {
+            let app = app_index.get(c.slot.app.as_str()).copied();
+            let reason = match app {
+                None => StopReason::Surplus,
+                Some(a) if c.slot.index >= self.apps[a].replicas => StopReason::Surplus,
+                Some(_) if c.state == ContainerState::Failed => StopReason::Failed,
+                Some(a) if !self.apps[a].admits(&self.nodes[n].labels) => StopReason::Evicted,
+                Some(a) => match best.get(&(a, c.slot.index)) {
+                    Some(&(_, kn, kc)) if kn == n && kc == c.container => continue,
+                    _ => StopReason::Duplicate,
+                },
+            };
+            self.stops.push(Stop {
+                node: self.nodes[n].id.clone(),
+                container: c.container.clone(),
+                slot: c.slot.clone(),
+                reason,
+            });
+        }
+        self.evict_over_capacity(observed);
+        self.stops.sort_by(|x, y| (&x.node, &x.container).cmp(&(&y.node, &y.container)));
+    }
+
+    /// A node whose kept slots exceed its capacity (its capacity shrank, or two views each
+    /// filled it) sheds its lowest-priority slots until it fits; they are placed again.
+    fn evict_over_capacity(&mut self, observed: &Observed) {
+        for n in 0..self.nodes.len() {
+            if self.used[n].fits_in(self.nodes[n].capacity) {
+                continue;
+            }
+            // Apps are in placement order, so the last kept slots are the least important.
+            let mut kept: Vec<(usize, usize)> = Vec::new();
+            for (a, slots) in self.slots.iter().enumerate() {
+                kept.extend(slots.iter().enumerate().filter(|(_, s)| **s == n as u32).map(|(i, _)| (a, i)));
+            }
+            while !self.used[n].fits_in(self.nodes[n].capacity) {
+                let (a, i) = kept.pop().expect("an over-full node keeps at least one slot");
+                self.slots[a][i] = UNPLACED;
+                self.used[n] = self.used[n].saturating_sub(self.apps[a].resources);
+                let slot = SlotId { app: self.apps[a].name.clone(), index: i as u32 };
+                let container = observed[&self.nodes[n].id]
+                    .iter()
+                    .filter(|c| c.slot == slot && c.state != ContainerState::Failed)
+                    .map(|c| c.container.clone())
+                    .min()
+                    .expect("a kept slot has a container");
+                self.stops.push(Stop { node: self.nodes[n].id.clone(), container, slot, reason: StopReason::Evicted });
+            }
+        }
+    }
+
+    /// Places `missing` slots, given in placement order, with the plan's policy.
+    fn place_missing(&mut self, missing: &[(u32, u32)]) {
+        let mut cursor = 0usize; // round-robin: the next node index to consider
+        let mut groups: Option<Vec<Vec<u32>>> = None; // rendezvous skeleton, built on first use
+        let mut eligible_cache: BTreeMap<Labels, Vec<u32>> = BTreeMap::new();
+        let mut start = 0;
+        while start < missing.len() {
+            let a = missing[start].0 as usize;
+            let end = start + missing[start..].iter().take_while(|(x, _)| *x as usize == a).count();
+            let indexes: Vec<u32> = missing[start..end].iter().map(|&(_, i)| i).collect();
+            start = end;
+
+            let constraints = self.apps[a].constraints.clone();
+            let eligible = eligible_cache.entry(constraints).or_insert_with_key(|c| {
+                (0..self.nodes.len() as u32)
+                    .filter(|&n| self.alive[n as usize] && c.iter().all(|(k, v)| self.nodes[n as usize].labels.get(k) == Some(v)))
+                    .collect()
+            });
+            let eligible = std::mem::take(eligible);
+            let placed = match self.policy {
+                Policy::RoundRobin => self.place_round_robin(a, &indexes, &eligible, &mut cursor),
+                Policy::BinPack => self.place_by_score(a, &indexes, &eligible, true),
+                Policy::Spread => self.place_by_score(a, &indexes, &eligible, false),
+                Policy::Rendezvous => {
+                    let groups = groups.get_or_insert_with(|| self.rendezvous_groups());
+                    self.place_rendezvous(a, &indexes, &eligible, groups)
+                }
+            };
+            if placed < indexes.len() {
+                let reason = self.why_unplaceable(a, &eligible);
+                for &i in &indexes[placed..] {
+                    self.slots[a][i as usize] = UNPLACED;
+                    let slot = SlotId { app: self.apps[a].name.clone(), index: i };
+                    self.unschedulable.push(Unschedulable { slot, reason: reason.clone() });
+                }
+            }
+            *eligible_cache.get_mut(&self.apps[a].constraints).expect("just inserted") = eligible;
+        }
+    }
+
+    fn free(&self, n: usize) -> Resources {
+        self.nodes[n].capacity.saturating_sub(self.used[n])
+    }
+
+    fn fits(&self, a: usize, n: usize) -> bool {
+        self.alive[n] && self.apps[a].resources.fits_in(self.free(n))
+    }
+
+    fn assign(&mut self, a: usize, index: u32, n: usize) {
+        debug_assert!(self.fits(a, n));
+        self.used[n] = self.used[n].saturating_add(self.apps[a].resources);
+        self.slots[a][index as usize] = n as u32 | FRESH;
+    }
+
+    /// Deals the slots to the fitting nodes in name order, continuing from `cursor`.
+    /// Returns how many of `indexes` (a prefix) were placed.
+    fn place_round_robin(&mut self, a: usize, indexes: &[u32], eligible: &[u32], cursor: &mut usize) -> usize {
+        let mut ring: Vec<u32> = eligible.iter().copied().filter(|&n| self.fits(a, n as usize)).collect();
+        let mut pos = ring.partition_point(|&n| (n as usize) < *cursor);
+        for (done, &index) in indexes.iter().enumerate() {
+            // Walk the ring from `pos`, dropping nodes that have filled up.
+            loop {
+                if ring.is_empty() {
+                    return done;
+                }
+                if pos >= ring.len() {
+                    pos = 0;
+                }
+                let n = ring[pos] as usize;
+                if self.fits(a, n) {
+                    self.assign(a, index, n);
+                    *cursor = n + 1;
+                    pos += 1;
+                    break;
+                }
+                ring.remove(pos);
+            }
+        }
+        indexes.len()
+    }
+
+    /// Allocation score of a node: the sum of its used fractions of CPU and memory, in units of
+    /// 2^-20. Spread picks the lowest, bin-pack the highest; ties go to the lower node name.
+    fn score(&self, n: usize) -> u64 {
+        let cap = self.nodes[n].capacity;
+        let used = self.used[n];
+        let frac = |u: u64, c: u64| ((u128::from(u) << 20) / u128::from(c.max(1))) as u64;
+        frac(used.cpu_millis, cap.cpu_millis) + frac(used.mem_bytes, cap.mem_bytes)
+    }
+
+    /// Spread (lowest score first) or bin-pack (highest first) over the fitting nodes.
+    fn place_by_score(&mut self, a: usize, indexes: &[u32], eligible: &[u32], most_allocated: bool) -> usize {
+        // The key the best node maximises; node index breaks ties towards the lower name.
+        let key = |plan: &Plan, n: usize| {
+            let s = plan.score(n);
+            (if most_allocated { s } else { u64::MAX - s }, Reverse(n))
+        };
+        if indexes.len() <= 2 {
+            // A scan is cheaper than a heap for a slot or two (the reschedule path).
+            for (done, &index) in indexes.iter().enumerate() {
+                let best = eligible.iter().map(|&n| n as usize).filter(|&n| self.fits(a, n)).max_by_key(|&n| key(self, n));
+                match best {
+                    Some(n) => self.assign(a, index, n),
+                    None => return done,
+                }
+            }
+            return indexes.len();
+        }
+        let mut heap: BinaryHeap<(u64, Reverse<usize>)> =
+            eligible.iter().map(|&n| n as usize).filter(|&n| self.fits(a, n)).map(|n| key(self, n)).collect();
+        for (done, &index) in indexes.iter().enumerate() {
+            // Only this app changes node usage during the loop, and only on nodes it pops, so
+            // the top of the heap is current and fits.
+            let Some((_, Reverse(n))) = heap.pop() else { return done };
+            self.assign(a, index, n);
+            if self.fits(a, n) {
+                heap.push(key(self, n));
+            }
+        }
+        indexes.len()
+    }
+
+    /// The rendezvous skeleton: every node in one of `RENDEZVOUS_GROUPS` groups by its name's
+    /// hash, so a slot ranks the groups and then the nodes of one group instead of every node.
+    fn rendezvous_groups(&self) -> Vec<Vec<u32>> {
+        let mut groups = vec![Vec::new(); limits::RENDEZVOUS_GROUPS as usize];
+        for (n, h) in self.node_hash.iter().enumerate() {
+            if self.alive[n] {
+                groups[(h & (limits::RENDEZVOUS_GROUPS - 1)) as usize].push(n as u32);
+            }
+        }
+        groups
+    }
+
+    fn place_rendezvous(&mut self, a: usize, indexes: &[u32], eligible: &[u32], groups: &[Vec<u32>]) -> usize {
+        if eligible.is_empty() {
+            return 0;
+        }
+        // Constraints filter nodes inside each group; without constraints every live node is in.
+        let everyone = eligible.len() == self.alive.iter().filter(|x| **x).count();
+        let mut admitted = Vec::new();
+        if !everyone {
+            admitted = vec![false; self.nodes.len()];
+            for &n in eligible {
+                admitted[n as usize] = true;
+            }
+        }
+        let app_hash = stable_hash(self.apps[a].name.as_str().as_bytes());
+        let mut ranked: Vec<(u64, usize)> = Vec::with_capacity(groups.len());
+        for (done, &index) in indexes.iter().enumerate() {
+            let slot_hash = mix(app_hash ^ mix(u64::from(index).wrapping_add(0x5107)));
+            ranked.clear();
+            ranked.extend(
+                groups.iter().enumerate().filter(|(_, g)| !g.is_empty()).map(|(g, _)| (mix(slot_hash ^ mix(g as u64 + 1)), g)),
+            );
+            let mut chosen = None;
+            // Groups in rank order, found lazily: usually the first one has a fitting node.
+            while chosen.is_none() && !ranked.is_empty() {
+                let best = (0..ranked.len()).max_by_key(|&i| ranked[i]).expect("not empty");
+                let (_, g) = ranked.swap_remove(best);
+                chosen = groups[g]
+                    .iter()
+                    .map(|&n| n as usize)
+                    .filter(|&n| (everyone || admitted[n]) && self.fits(a, n))
+                    .max_by_key(|&n| (mix(slot_hash ^ self.node_hash[n]), Reverse(n)));
+            }
+            match chosen {
+                Some(n) => self.assign(a, index, n),
+                None => return done,
+            }
+        }
+        indexes.len()
+    }
+
+    fn why_unplaceable(&self, a: usize, eligible: &[u32]) -> Unplaceable {
+        if eligible.is_empty() {
+            let constraints: Vec<String> = self.apps[a].constraints.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            return Unplaceable::NoNodeMatches { constraints: constraints.join(",") };
+        }
+        let free = eligible.iter().map(|&n| self.free(n as usize));
+        Unplaceable::Insufficient {
+            needs: self.apps[a].resources,
+            eligible: eligible.len(),
+            cpu_free_max: free.clone().map(|f| f.cpu_millis).max().unwrap_or(0),
+            mem_free_max: free.map(|f| f.mem_bytes).max().unwrap_or(0),
+        }
+    }
+
+    /// Takes a dead node out of the plan and places its slots again, as a full pass over the
+    /// remaining facts would: only the dead node's slots move (property-tested against [`place`]).
+    /// Costs about one scan of the slots plus one placement per moved slot.
+    pub fn remove_node(&mut self, node: &NodeId) -> Vec<Move> {
+        let Ok(n) = self.nodes.binary_search_by(|x| x.id.cmp(node)) else { return Vec::new() };
+        if !self.alive[n] {
+            return Vec::new();
+        }
+        self.alive[n] = false;
+        self.used[n] = Resources::ZERO;
+        self.stops.retain(|s| s.node != *node);
+        let mut missing = Vec::new();
+        for (a, slots) in self.slots.iter().enumerate() {
+            for (i, s) in slots.iter().enumerate() {
+                if *s != UNPLACED && (*s & !FRESH) as usize == n {
+                    missing.push((a as u32, i as u32));
+                }
+            }
+        }
+        let before = self.unschedulable.len();
+        self.place_missing(&missing);
+        let failed: BTreeMap<SlotId, Unplaceable> =
+            self.unschedulable[before..].iter().map(|u| (u.slot.clone(), u.reason.clone())).collect();
+        let moves = missing
+            .iter()
+            .map(|&(a, i)| {
+                let slot = SlotId { app: self.apps[a as usize].name.clone(), index: i };
+                let to = match self.node_index_of(a as usize, i) {
+                    Some(to) => Ok(self.nodes[to].id.clone()),
+                    None => Err(failed[&slot].clone()),
+                };
+                Move { slot, from: node.clone(), to }
+            })
+            .collect();
+        self.check_invariants();
+        moves
+    }
+
+    fn node_index_of(&self, a: usize, index: u32) -> Option<usize> {
+        let s = *self.slots[a].get(index as usize)?;
+        (s != UNPLACED).then_some((s & !FRESH) as usize)
+    }
+
+    /// What must hold after every pass.
+    fn check_invariants(&self) {
+        assert_eq!(self.nodes.len(), self.used.len());
+        assert_eq!(self.apps.len(), self.slots.len());
+        for n in 0..self.nodes.len() {
+            assert!(self.used[n].fits_in(self.nodes[n].capacity), "node {} over capacity", self.nodes[n].id);
+        }
+        if cfg!(debug_assertions) {
+            let mut used = vec![Resources::ZERO; self.nodes.len()];
+            for (a, slots) in self.slots.iter().enumerate() {
+                for i in 0..slots.len() {
+                    if let Some(n) = self.node_index_of(a, i as u32) {
+                        assert!(self.alive[n], "a dead node is never assigned a slot");
+                        assert!(self.apps[a].admits(&self.nodes[n].labels), "constraints hold");
+                        used[n] = used[n].saturating_add(self.apps[a].resources);
+                    }
+                }
+            }
+            assert_eq!(used, self.used, "usage matches the slots placed");
+        }
+    }
+
+    /// The policy this plan was made with.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Every placed slot with its node, apps in placement order, slots by index.
+    pub fn placements(&self) -> impl Iterator<Item = (SlotId, &NodeId)> + '_ {
+        self.apps.iter().zip(&self.slots).flat_map(move |(app, slots)| {
+            slots.iter().enumerate().filter(|(_, s)| **s != UNPLACED).map(move |(i, s)| {
+                (SlotId { app: app.name.clone(), index: i as u32 }, &self.nodes[(*s & !FRESH) as usize].id)
+            })
+        })
+    }
+
+    /// Where `slot` runs, if it is placed.
+    pub fn node_of(&self, slot: &SlotId) -> Option<&NodeId> {
+        let a = self.apps.iter().position(|a| a.name == slot.app)?;
+        self.node_index_of(a, slot.index).map(|n| &self.nodes[n].id)
+    }
+
+    /// The slots `node` must start: placed there by this pass, not yet running there.
+    pub fn starts_on(&self, node: &NodeId) -> Vec<SlotId> {
+        let Ok(n) = self.nodes.binary_search_by(|x| x.id.cmp(node)) else { return Vec::new() };
+        let mut out = Vec::new();
+        for (app, slots) in self.apps.iter().zip(&self.slots) {
+            for (i, s) in slots.iter().enumerate() {
+                if *s == n as u32 | FRESH {
+                    out.push(SlotId { app: app.name.clone(), index: i as u32 });
+                }
+            }
+        }
+        out
+    }
+
+    /// The containers `node` must stop.
+    pub fn stops_on<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a Stop> + 'a {
+        self.stops.iter().filter(move |s| s.node == *node)
+    }
+
+    /// Every container some node must stop, sorted by node then container.
+    pub fn stops(&self) -> &[Stop] {
+        &self.stops
+    }
+
+    /// Slots that fit nowhere, in placement order.
+    pub fn unschedulable(&self) -> &[Unschedulable] {
+        &self.unschedulable
+    }
+
+    /// Each live node, sorted by name, with the resources its slots reserve.
+    pub fn usage(&self) -> impl Iterator<Item = (&NodeSpec, Resources)> + '_ {
+        self.nodes.iter().zip(&self.used).zip(&self.alive).filter(|(_, alive)| **alive).map(|((n, u), _)| (n, *u))
+    }
+
+    /// The apps, in placement order.
+    pub fn apps(&self) -> &[AppSpec] {
+        &self.apps
+    }
+}
+
+/// FNV-1a: a hash that is the same on every machine and in every version, unlike std's.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// The splitmix64 finalizer: spreads every input bit over every output bit.
+pub fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The live node ranked first for `key` by rendezvous hashing over all of `nodes`; used to pick
+/// an app's coordinator. `None` when `nodes` is empty.
+pub fn rendezvous_owner<'a>(key: &str, nodes: impl IntoIterator<Item = &'a NodeId>) -> Option<&'a NodeId> {
+    let k = stable_hash(key.as_bytes());
+    nodes.into_iter().max_by_key(|n| (mix(k ^ stable_hash(n.as_str().as_bytes())), Reverse(*n)))
+}

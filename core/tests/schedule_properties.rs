@@ -1,0 +1,162 @@
+//! Property tests of `place`: what must hold for every cluster, every policy and every order.
+
+use std::collections::BTreeMap;
+
+use canteen_core::model::{AppSpec, Labels, NodeId, NodeSpec, Resources, SlotId};
+use canteen_core::schedule::{ContainerState, Observed, ObservedContainer, Plan, Policy, place};
+use proptest::prelude::*;
+
+fn policy() -> impl Strategy<Value = Policy> {
+    prop::sample::select(Policy::ALL.iter().map(|(_, p)| *p).collect::<Vec<_>>())
+}
+
+fn labels() -> impl Strategy<Value = Labels> {
+    (any::<bool>(), 0..3u8).prop_map(|(ssd, zone)| {
+        let mut l = Labels::new();
+        if ssd {
+            l.insert("disk".into(), "ssd".into());
+        }
+        if zone > 0 {
+            l.insert("zone".into(), if zone == 1 { "a".into() } else { "b".into() });
+        }
+        l
+    })
+}
+
+fn nodes() -> impl Strategy<Value = Vec<NodeSpec>> {
+    prop::collection::vec((prop::sample::select(vec![1000u64, 2000, 4000]), 1..5u64, labels()), 1..10).prop_map(
+        |specs| {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (cpu, mem_gb, labels))| NodeSpec {
+                    id: NodeId::new(&format!("n{i}")),
+                    capacity: Resources::new(cpu, mem_gb * 1024),
+                    labels,
+                })
+                .collect()
+        },
+    )
+}
+
+fn apps() -> impl Strategy<Value = Vec<AppSpec>> {
+    prop::collection::vec(
+        (0..7u32, prop::sample::select(vec![100u64, 250, 500, 1000]), 1..4u64, -2..3i32, 0..4u8),
+        1..6,
+    )
+    .prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (replicas, cpu, mem_q, priority, constraint))| {
+                let mut app = AppSpec::new(&format!("a{i}"), "img", replicas.max(1), Resources::new(cpu, mem_q * 256));
+                app.port = 8000 + i as u16;
+                app.priority = priority;
+                match constraint {
+                    1 => drop(app.constraints.insert("disk".into(), "ssd".into())),
+                    2 => drop(app.constraints.insert("zone".into(), "a".into())),
+                    _ => {}
+                }
+                app
+            })
+            .collect()
+    })
+}
+
+/// Every placement as a map, for comparing plans.
+fn placements(plan: &Plan) -> BTreeMap<SlotId, NodeId> {
+    plan.placements().map(|(s, n)| (s, n.clone())).collect()
+}
+
+/// What nodes would report once they ran `plan`: every placed slot healthy.
+fn observe(plan: &Plan) -> Observed {
+    let mut observed = Observed::new();
+    for (slot, node) in plan.placements() {
+        observed.entry(node.clone()).or_default().push(ObservedContainer {
+            container: format!("c-{}-{}", slot, node),
+            slot,
+            state: ContainerState::Healthy,
+        });
+    }
+    observed
+}
+
+fn check_capacity_and_constraints(plan: &Plan, apps: &[AppSpec], nodes: &[NodeSpec]) -> Result<(), TestCaseError> {
+    for (node, used) in plan.usage() {
+        prop_assert!(used.fits_in(node.capacity), "{} over capacity: {:?} > {:?}", node.id, used, node.capacity);
+    }
+    for (slot, node) in plan.placements() {
+        let app = apps.iter().find(|a| a.name == slot.app).unwrap();
+        let node = nodes.iter().find(|n| n.id == *node).unwrap();
+        prop_assert!(app.admits(&node.labels), "{} placed on {} against its constraints", slot, node.id);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn no_node_is_over_capacity_and_constraints_always_hold(apps in apps(), nodes in nodes(), policy in policy()) {
+        let plan = place(&apps, &nodes, &Observed::new(), policy);
+        check_capacity_and_constraints(&plan, &apps, &nodes)?;
+        let total: usize = apps.iter().map(|a| a.replicas as usize).sum();
+        prop_assert_eq!(plan.placements().count() + plan.unschedulable().len(), total, "every slot placed or reported");
+    }
+
+    #[test]
+    fn a_plan_over_an_unchanged_cluster_changes_nothing(apps in apps(), nodes in nodes(), policy in policy()) {
+        let first = place(&apps, &nodes, &Observed::new(), policy);
+        let second = place(&apps, &nodes, &observe(&first), policy);
+        prop_assert_eq!(placements(&first), placements(&second));
+        prop_assert!(second.stops().is_empty(), "stops: {:?}", second.stops());
+        for n in &nodes {
+            prop_assert!(second.starts_on(&n.id).is_empty());
+        }
+    }
+
+    #[test]
+    fn removing_a_node_moves_exactly_the_slots_it_held(
+        apps in apps(), nodes in nodes(), policy in policy(), victim in any::<prop::sample::Index>(),
+    ) {
+        let before = place(&apps, &nodes, &Observed::new(), policy);
+        let victim = nodes[victim.index(nodes.len())].id.clone();
+        let survivors: Vec<NodeSpec> = nodes.iter().filter(|n| n.id != victim).cloned().collect();
+        let after = place(&apps, &survivors, &observe(&before), policy);
+        check_capacity_and_constraints(&after, &apps, &survivors)?;
+        let (old, new) = (placements(&before), placements(&after));
+        for (slot, node) in &old {
+            if *node != victim {
+                prop_assert_eq!(new.get(slot), Some(node), "{} moved though its node lives", slot);
+            }
+        }
+        // A slot the dead node held is placed elsewhere or reported, never lost.
+        for (slot, node) in &old {
+            if *node == victim {
+                prop_assert!(new.contains_key(slot) || after.unschedulable().iter().any(|u| u.slot == *slot));
+            }
+        }
+
+        // The incremental path agrees with the full pass.
+        let mut incremental = before.clone();
+        let moves = incremental.remove_node(&victim);
+        prop_assert_eq!(moves.len(), old.values().filter(|n| **n == victim).count());
+        prop_assert_eq!(placements(&incremental), new);
+    }
+
+    #[test]
+    fn the_plan_does_not_depend_on_the_order_of_nodes_or_apps(
+        apps in apps(), nodes in nodes(), policy in policy(), seed in any::<u64>(),
+    ) {
+        let plan = place(&apps, &nodes, &Observed::new(), policy);
+        let (mut apps2, mut nodes2) = (apps.clone(), nodes.clone());
+        // A deterministic shuffle driven by the seed.
+        let mut s = seed | 1;
+        let mut next = |n: usize| { s ^= s << 13; s ^= s >> 7; s ^= s << 17; (s % n as u64) as usize };
+        for i in (1..apps2.len()).rev() { let j = next(i + 1); apps2.swap(i, j); }
+        for i in (1..nodes2.len()).rev() { let j = next(i + 1); nodes2.swap(i, j); }
+        let shuffled = place(&apps2, &nodes2, &Observed::new(), policy);
+        prop_assert_eq!(placements(&plan), placements(&shuffled));
+        prop_assert_eq!(plan.unschedulable(), shuffled.unschedulable());
+    }
+}
