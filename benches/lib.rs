@@ -22,7 +22,8 @@ pub fn apps(apps: usize, replicas: u32) -> Vec<AppSpec> {
     (0..apps)
         .map(|i| {
             let size = 1u64 << (i % 4);
-            let mut app = AppSpec::new(&format!("app-{i:05}"), "bench:latest", replicas, Resources::new(100 * size, 128 * size));
+            let mut app =
+                AppSpec::new(&format!("app-{i:05}"), "bench:latest", replicas, Resources::new(100 * size, 128 * size));
             app.priority = (i % 4) as i32;
             app.port = 10_000 + i as u16;
             if i % 50 == 0 {

@@ -40,7 +40,8 @@ fn reschedule(c: &mut Criterion) {
     for (name, policy) in Policy::ALL {
         let plan = place(&apps, &nodes, &Observed::new(), policy);
         check(&plan);
-        let victim = nodes[NODES / 2].id.clone();
+        // A node that holds slots under this policy: the one running the middle replica.
+        let victim = plan.placements().nth(APPS * REPLICAS as usize / 2).expect("placed").1.clone();
         let held = plan.placements().filter(|(_, n)| **n == victim).count();
         let moves = plan.clone().remove_node(&victim);
         assert_eq!(moves.len(), held, "exactly the dead node's slots move");

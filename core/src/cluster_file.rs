@@ -256,10 +256,16 @@ pub fn build(file: &str, cluster: &RawCluster, nodes: &[RawNode], apps: &[RawApp
     }
     let node_count = cluster.nodes as usize + nodes.len();
     if node_count == 0 {
-        return Err(err("cluster.nodes".into(), "the cluster has no nodes: set cluster.nodes > 0 or add [[node]] tables".into()));
+        return Err(err(
+            "cluster.nodes".into(),
+            "the cluster has no nodes: set cluster.nodes > 0 or add [[node]] tables".into(),
+        ));
     }
     if node_count > limits::NODES_MAX {
-        return Err(err("cluster.nodes".into(), format!("{node_count} nodes; at most {} are allowed", limits::NODES_MAX)));
+        return Err(err(
+            "cluster.nodes".into(),
+            format!("{node_count} nodes; at most {} are allowed", limits::NODES_MAX),
+        ));
     }
     for i in 0..cluster.nodes {
         specs.push(NodeSpec {
@@ -277,7 +283,10 @@ pub fn build(file: &str, cluster: &RawCluster, nodes: &[RawNode], apps: &[RawApp
             return Err(err(format!("node[{i}].mem_mb"), "must be greater than 0".into()));
         }
         if specs.iter().any(|s| s.id.as_str() == n.name) {
-            return Err(err(format!("node[{i}].name"), format!("node name {:?} is used twice; names must be unique", n.name)));
+            return Err(err(
+                format!("node[{i}].name"),
+                format!("node name {:?} is used twice; names must be unique", n.name),
+            ));
         }
         specs.push(NodeSpec {
             id: NodeId::new(&n.name),

@@ -223,8 +223,7 @@ pub enum ScaleRule {
 
 impl ScaleRule {
     /// The preset named `per-20-requests-120s` in cluster files.
-    pub const PER_20_REQUESTS_120S: ScaleRule =
-        ScaleRule::PerRequests { requests_per_replica: 20, period_ms: 120_000 };
+    pub const PER_20_REQUESTS_120S: ScaleRule = ScaleRule::PerRequests { requests_per_replica: 20, period_ms: 120_000 };
 
     /// A target-tracking rule with the default tolerance, window and stabilization.
     pub fn target_rps(target_rps_per_replica: u64) -> ScaleRule {
@@ -266,7 +265,7 @@ pub struct RestartBackoff {
     pub max_ms: u64,
     /// A container healthy for this long resets the delay to `initial_ms`.
     pub reset_after_ms: u64,
-    /// Consecutive failures after which the slot is rescheduled elsewhere.
+    /// Restarts allowed in a row; the failure after the last of them reschedules the slot elsewhere.
     pub budget: u32,
 }
 
@@ -475,7 +474,10 @@ fn validate_autoscale(a: &Autoscale, replicas: u32) -> Result<(), SpecError> {
         }
         ScaleRule::PerRequests { requests_per_replica, period_ms } => {
             if *requests_per_replica == 0 || *period_ms == 0 {
-                return Err(invalid("autoscale.preset", "requests_per_replica and period_ms must be greater than 0".into()));
+                return Err(invalid(
+                    "autoscale.preset",
+                    "requests_per_replica and period_ms must be greater than 0".into(),
+                ));
             }
         }
     }
@@ -508,7 +510,10 @@ fn validate_health(h: &HealthCheck) -> Result<(), SpecError> {
 /// On error, returns the index of the offending app with the error.
 pub fn validate_apps(apps: &[AppSpec]) -> Result<(), (usize, SpecError)> {
     if apps.len() > limits::APPS_MAX {
-        return Err((limits::APPS_MAX, invalid("app", format!("{} apps; at most {} are allowed", apps.len(), limits::APPS_MAX))));
+        return Err((
+            limits::APPS_MAX,
+            invalid("app", format!("{} apps; at most {} are allowed", apps.len(), limits::APPS_MAX)),
+        ));
     }
     let mut names = BTreeSet::new();
     let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
@@ -542,7 +547,8 @@ mod tests {
 
     #[test]
     fn bad_specs_are_rejected_naming_the_field() {
-        let cases: Vec<(fn(&mut AppSpec), &str)> = vec![
+        type Case = (fn(&mut AppSpec), &'static str);
+        let cases: Vec<Case> = vec![
             (|a| a.name = AppName::new(""), "name"),
             (|a| a.name = AppName::new("Web App"), "name"),
             (|a| a.image = " ".into(), "image"),
@@ -553,14 +559,8 @@ mod tests {
             (|a| a.container_port = 0, "container_port"),
             (|a| a.health.timeout_ms = 5000, "health.timeout_ms"),
             (|a| a.health.path = "health".into(), "health.path"),
-            (
-                |a| a.autoscale = Some(Autoscale { min: 5, max: 2, rule: ScaleRule::target_rps(10) }),
-                "autoscale.min",
-            ),
-            (
-                |a| a.autoscale = Some(Autoscale { min: 1, max: 2, rule: ScaleRule::target_rps(10) }),
-                "replicas",
-            ),
+            (|a| a.autoscale = Some(Autoscale { min: 5, max: 2, rule: ScaleRule::target_rps(10) }), "autoscale.min"),
+            (|a| a.autoscale = Some(Autoscale { min: 1, max: 2, rule: ScaleRule::target_rps(10) }), "replicas"),
         ];
         for (mutate, field) in cases {
             let mut app = web();

@@ -21,7 +21,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::limits;
-use crate::model::{AppSpec, Labels, NodeId, NodeSpec, Resources, SlotId};
+use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, Resources, SlotId};
 
 /// How missing slots are spread over the nodes that can take them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -217,6 +217,7 @@ const UNPLACED: u32 = u32::MAX;
 /// Set in `slots[app][index]` when the node must start the slot (it does not run it yet).
 const FRESH: u32 = 1 << 31;
 const _: () = assert!(limits::NODES_MAX < FRESH as usize);
+const _: () = assert!(limits::NODES_MAX < u32::MAX as usize, "node indexes pack into 32 bits");
 
 /// The outcome of one placement pass: where every slot runs, what each node must start and
 /// stop, and what fits nowhere. A node acts on its own rows only.
@@ -228,6 +229,12 @@ pub struct Plan {
     alive: Vec<bool>,
     /// Resources reserved on each node by the slots placed there.
     used: Vec<Resources>,
+    /// What each node has left: capacity minus `used`, or nothing once the node is dead. Kept
+    /// apart from `nodes` so that a scan for a fitting node reads 16 bytes a node, not 80.
+    free: Vec<Resources>,
+    /// `score(n)` of each node, kept current by every change to `used`: computing it takes two
+    /// divisions, and spread and bin-pack read it for every candidate node.
+    scores: Vec<u64>,
     /// Apps in placement order: priority descending, then name.
     apps: Vec<AppSpec>,
     /// Per app, per slot index: node index (with `FRESH` when it must be started) or `UNPLACED`.
@@ -257,6 +264,8 @@ pub fn place(apps: &[AppSpec], nodes: &[NodeSpec], observed: &Observed, policy: 
         policy,
         alive: vec![true; nodes.len()],
         used: vec![Resources::ZERO; nodes.len()],
+        scores: vec![0; nodes.len()],
+        free: nodes.iter().map(|n| n.capacity).collect(),
         slots: apps.iter().map(|a| vec![UNPLACED; a.replicas as usize]).collect(),
         nodes,
         apps,
@@ -269,7 +278,9 @@ pub fn place(apps: &[AppSpec], nodes: &[NodeSpec], observed: &Observed, policy: 
         .slots
         .iter()
         .enumerate()
-        .flat_map(|(a, s)| s.iter().enumerate().filter(|(_, n)| **n == UNPLACED).map(move |(i, _)| (a as u32, i as u32)))
+        .flat_map(|(a, s)| {
+            s.iter().enumerate().filter(|(_, n)| **n == UNPLACED).map(move |(i, _)| (a as u32, i as u32))
+        })
         .collect();
     plan.place_missing(&missing);
     plan.check_invariants();
@@ -280,9 +291,10 @@ impl Plan {
     /// Keeps one container per desired slot on a live node that admits it; everything else that
     /// live nodes run is stopped.
     fn reconcile(&mut self, observed: &Observed) {
-        let node_index: BTreeMap<&NodeId, usize> = self.nodes.iter().enumerate().map(|(i, n)| (&n.id, i)).collect();
-        let app_index: BTreeMap<&str, usize> =
-            self.apps.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
+        let node_index: BTreeMap<NodeId, usize> =
+            self.nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+        let app_index: BTreeMap<AppName, usize> =
+            self.apps.iter().enumerate().map(|(i, a)| (a.name.clone(), i)).collect();
         // The best container seen so far for each slot: (rank, node, container), compared so
         // that the choice does not depend on the order of the report.
         let mut best: BTreeMap<(usize, u32), (Reverse<u8>, usize, &str)> = BTreeMap::new();
@@ -291,7 +303,7 @@ impl Plan {
             let Some(&n) = node_index.get(node_id) else { continue };
             for c in containers {
                 candidates.push((n, c));
-                let desired = app_index.get(c.slot.app.as_str()).copied().filter(|&a| c.slot.index < self.apps[a].replicas);
+                let desired = app_index.get(&c.slot.app).copied().filter(|&a| c.slot.index < self.apps[a].replicas);
                 let Some(a) = desired else { continue };
                 if c.state == ContainerState::Failed || !self.apps[a].admits(&self.nodes[n].labels) {
                     continue;
@@ -305,10 +317,10 @@ impl Plan {
         }
         for (&(a, i), &(_, n, _)) in &best {
             self.slots[a][i as usize] = n as u32;
-            self.used[n] = self.used[n].saturating_add(self.apps[a].resources);
+            self.set_used(n, self.used[n].saturating_add(self.apps[a].resources));
         }
         for (n, c) in candidates {
-            let app = app_index.get(c.slot.app.as_str()).copied();
+            let app = app_index.get(&c.slot.app).copied();
             let reason = match app {
                 None => StopReason::Surplus,
                 Some(a) if c.slot.index >= self.apps[a].replicas => StopReason::Surplus,
@@ -345,7 +357,7 @@ impl Plan {
             while !self.used[n].fits_in(self.nodes[n].capacity) {
                 let (a, i) = kept.pop().expect("an over-full node keeps at least one slot");
                 self.slots[a][i] = UNPLACED;
-                self.used[n] = self.used[n].saturating_sub(self.apps[a].resources);
+                self.set_used(n, self.used[n].saturating_sub(self.apps[a].resources));
                 let slot = SlotId { app: self.apps[a].name.clone(), index: i as u32 };
                 let container = observed[&self.nodes[n].id]
                     .iter()
@@ -373,7 +385,9 @@ impl Plan {
             let constraints = self.apps[a].constraints.clone();
             let eligible = eligible_cache.entry(constraints).or_insert_with_key(|c| {
                 (0..self.nodes.len() as u32)
-                    .filter(|&n| self.alive[n as usize] && c.iter().all(|(k, v)| self.nodes[n as usize].labels.get(k) == Some(v)))
+                    .filter(|&n| {
+                        self.alive[n as usize] && c.iter().all(|(k, v)| self.nodes[n as usize].labels.get(k) == Some(v))
+                    })
                     .collect()
             });
             let eligible = std::mem::take(eligible);
@@ -399,16 +413,26 @@ impl Plan {
     }
 
     fn free(&self, n: usize) -> Resources {
-        self.nodes[n].capacity.saturating_sub(self.used[n])
+        self.free[n]
     }
 
+    /// Whether one more replica of app `a` fits on node `n`; never true of a dead node, since
+    /// every replica asks for some CPU and a dead node has none free.
     fn fits(&self, a: usize, n: usize) -> bool {
-        self.alive[n] && self.apps[a].resources.fits_in(self.free(n))
+        self.apps[a].resources.fits_in(self.free[n])
+    }
+
+    fn set_used(&mut self, n: usize, used: Resources) {
+        self.used[n] = used;
+        let cap = self.nodes[n].capacity;
+        self.free[n] = if self.alive[n] { cap.saturating_sub(used) } else { Resources::ZERO };
+        let frac = |u: u64, c: u64| ((u128::from(u) << 20) / u128::from(c.max(1))) as u64;
+        self.scores[n] = frac(used.cpu_millis, cap.cpu_millis) + frac(used.mem_bytes, cap.mem_bytes);
     }
 
     fn assign(&mut self, a: usize, index: u32, n: usize) {
         debug_assert!(self.fits(a, n));
-        self.used[n] = self.used[n].saturating_add(self.apps[a].resources);
+        self.set_used(n, self.used[n].saturating_add(self.apps[a].resources));
         self.slots[a][index as usize] = n as u32 | FRESH;
     }
 
@@ -442,36 +466,44 @@ impl Plan {
     /// Allocation score of a node: the sum of its used fractions of CPU and memory, in units of
     /// 2^-20. Spread picks the lowest, bin-pack the highest; ties go to the lower node name.
     fn score(&self, n: usize) -> u64 {
-        let cap = self.nodes[n].capacity;
-        let used = self.used[n];
-        let frac = |u: u64, c: u64| ((u128::from(u) << 20) / u128::from(c.max(1))) as u64;
-        frac(used.cpu_millis, cap.cpu_millis) + frac(used.mem_bytes, cap.mem_bytes)
+        self.scores[n]
     }
 
     /// Spread (lowest score first) or bin-pack (highest first) over the fitting nodes.
     fn place_by_score(&mut self, a: usize, indexes: &[u32], eligible: &[u32], most_allocated: bool) -> usize {
-        // The key the best node maximises; node index breaks ties towards the lower name.
+        // The key the best node maximises, packed in one integer: the score in the high half
+        // (scores are at most 2^21), the node index inverted in the low half so that ties go
+        // to the lower name.
         let key = |plan: &Plan, n: usize| {
             let s = plan.score(n);
-            (if most_allocated { s } else { u64::MAX - s }, Reverse(n))
+            let s = if most_allocated { s } else { (1 << 22) - s };
+            (s << 32) | u64::from(u32::MAX - n as u32)
         };
+        let node_of = |k: u64| (u32::MAX - (k & 0xffff_ffff) as u32) as usize;
+        let need = self.apps[a].resources;
         if indexes.len() <= 2 {
             // A scan is cheaper than a heap for a slot or two (the reschedule path).
             for (done, &index) in indexes.iter().enumerate() {
-                let best = eligible.iter().map(|&n| n as usize).filter(|&n| self.fits(a, n)).max_by_key(|&n| key(self, n));
-                match best {
-                    Some(n) => self.assign(a, index, n),
-                    None => return done,
+                let mut best = 0u64;
+                for &n in eligible {
+                    if need.fits_in(self.free[n as usize]) {
+                        best = best.max(key(self, n as usize));
+                    }
                 }
+                if best == 0 {
+                    return done;
+                }
+                self.assign(a, index, node_of(best));
             }
             return indexes.len();
         }
-        let mut heap: BinaryHeap<(u64, Reverse<usize>)> =
+        let mut heap: BinaryHeap<u64> =
             eligible.iter().map(|&n| n as usize).filter(|&n| self.fits(a, n)).map(|n| key(self, n)).collect();
         for (done, &index) in indexes.iter().enumerate() {
             // Only this app changes node usage during the loop, and only on nodes it pops, so
             // the top of the heap is current and fits.
-            let Some((_, Reverse(n))) = heap.pop() else { return done };
+            let Some(top) = heap.pop() else { return done };
+            let n = node_of(top);
             self.assign(a, index, n);
             if self.fits(a, n) {
                 heap.push(key(self, n));
@@ -506,28 +538,54 @@ impl Plan {
             }
         }
         let app_hash = stable_hash(self.apps[a].name.as_str().as_bytes());
-        let mut ranked: Vec<(u64, usize)> = Vec::with_capacity(groups.len());
+        let live_groups: Vec<usize> = (0..groups.len()).filter(|&g| !groups[g].is_empty()).collect();
+        let group_salt: Vec<u64> = live_groups.iter().map(|&g| mix(g as u64 + 1)).collect();
+        let need = self.apps[a].resources;
+        // Rank keys pack the hash in the high bits and an inverted index in the low bits, so
+        // one integer comparison ranks and breaks ties towards the lower index.
+        const GROUP_BITS: u32 = limits::RENDEZVOUS_GROUPS.trailing_zeros();
+        const NODE_BITS: u32 = usize::BITS - (limits::NODES_MAX - 1).leading_zeros();
+        let group_key = |h: u64, i: usize| (h << GROUP_BITS) | (limits::RENDEZVOUS_GROUPS - 1 - i as u64);
+        let node_key = |h: u64, n: usize| (h << NODE_BITS) | ((1u64 << NODE_BITS) - 1 - n as u64);
+        let mut ranked: Vec<u64> = Vec::with_capacity(live_groups.len());
         for (done, &index) in indexes.iter().enumerate() {
             let slot_hash = mix(app_hash ^ mix(u64::from(index).wrapping_add(0x5107)));
-            ranked.clear();
-            ranked.extend(
-                groups.iter().enumerate().filter(|(_, g)| !g.is_empty()).map(|(g, _)| (mix(slot_hash ^ mix(g as u64 + 1)), g)),
-            );
-            let mut chosen = None;
-            // Groups in rank order, found lazily: usually the first one has a fitting node.
-            while chosen.is_none() && !ranked.is_empty() {
-                let best = (0..ranked.len()).max_by_key(|&i| ranked[i]).expect("not empty");
-                let (_, g) = ranked.swap_remove(best);
-                chosen = groups[g]
-                    .iter()
-                    .map(|&n| n as usize)
-                    .filter(|&n| (everyone || admitted[n]) && self.fits(a, n))
-                    .max_by_key(|&n| (mix(slot_hash ^ self.node_hash[n]), Reverse(n)));
+            // The best fitting node of group `g`, or 0.
+            let best_in = |plan: &Plan, g: usize| {
+                let mut best = 0u64;
+                for &n in &groups[g] {
+                    let n = n as usize;
+                    if (everyone || admitted[n]) && need.fits_in(plan.free[n]) {
+                        best = best.max(node_key(mix(slot_hash ^ plan.node_hash[n]), n) | 1 << 63);
+                    }
+                }
+                best
+            };
+            // The top group, in one pass; usually it has a node that fits.
+            let mut top = 0u64;
+            for (i, salt) in group_salt.iter().enumerate() {
+                top = top.max(group_key(mix(slot_hash ^ salt), i));
             }
-            match chosen {
-                Some(n) => self.assign(a, index, n),
-                None => return done,
+            let top_index = (limits::RENDEZVOUS_GROUPS - 1 - (top & (limits::RENDEZVOUS_GROUPS - 1))) as usize;
+            let mut chosen = best_in(self, live_groups[top_index]);
+            if chosen == 0 {
+                // The other groups in rank order.
+                ranked.clear();
+                ranked.extend(group_salt.iter().enumerate().map(|(i, salt)| group_key(mix(slot_hash ^ salt), i)));
+                ranked.sort_unstable_by(|x, y| y.cmp(x));
+                for &k in &ranked[1..] {
+                    let i = (limits::RENDEZVOUS_GROUPS - 1 - (k & (limits::RENDEZVOUS_GROUPS - 1))) as usize;
+                    chosen = best_in(self, live_groups[i]);
+                    if chosen != 0 {
+                        break;
+                    }
+                }
             }
+            if chosen == 0 {
+                return done;
+            }
+            let n = ((1u64 << NODE_BITS) - 1 - (chosen & ((1u64 << NODE_BITS) - 1))) as usize;
+            self.assign(a, index, n);
         }
         indexes.len()
     }
@@ -555,7 +613,7 @@ impl Plan {
             return Vec::new();
         }
         self.alive[n] = false;
-        self.used[n] = Resources::ZERO;
+        self.set_used(n, Resources::ZERO);
         self.stops.retain(|s| s.node != *node);
         let mut missing = Vec::new();
         for (a, slots) in self.slots.iter().enumerate() {
@@ -608,6 +666,12 @@ impl Plan {
                 }
             }
             assert_eq!(used, self.used, "usage matches the slots placed");
+            let mut fresh = self.clone();
+            for (n, u) in used.into_iter().enumerate() {
+                fresh.set_used(n, u);
+            }
+            assert_eq!(fresh.scores, self.scores, "cached scores are current");
+            assert_eq!(fresh.free, self.free, "cached free resources are current");
         }
     }
 
@@ -695,4 +759,198 @@ pub fn mix(mut x: u64) -> u64 {
 pub fn rendezvous_owner<'a>(key: &str, nodes: impl IntoIterator<Item = &'a NodeId>) -> Option<&'a NodeId> {
     let k = stable_hash(key.as_bytes());
     nodes.into_iter().max_by_key(|n| (mix(k ^ stable_hash(n.as_str().as_bytes())), Reverse(*n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, cpu: u64, mem_mb: u64) -> NodeSpec {
+        NodeSpec { id: NodeId::new(name), capacity: Resources::new(cpu, mem_mb), labels: Labels::new() }
+    }
+
+    fn app(name: &str, replicas: u32, cpu: u64) -> AppSpec {
+        let mut a = AppSpec::new(name, "img", replicas, Resources::new(cpu, 100));
+        a.port = 1000 + name.len() as u16 + cpu as u16;
+        a
+    }
+
+    fn where_is(plan: &Plan) -> Vec<(String, String)> {
+        plan.placements().map(|(s, n)| (s.to_string(), n.to_string())).collect()
+    }
+
+    fn running(node: &str, slot: SlotId, container: &str, state: ContainerState) -> (NodeId, ObservedContainer) {
+        (NodeId::new(node), ObservedContainer { slot, container: container.into(), state })
+    }
+
+    fn observed(rows: Vec<(NodeId, ObservedContainer)>) -> Observed {
+        let mut o = Observed::new();
+        for (n, c) in rows {
+            o.entry(n).or_default().push(c);
+        }
+        o
+    }
+
+    fn three_nodes() -> Vec<NodeSpec> {
+        vec![node("a", 1000, 1000), node("b", 1000, 1000), node("c", 1000, 1000)]
+    }
+
+    #[test]
+    fn spread_evens_the_load_and_binpack_fills_one_node_first() {
+        let apps = [app("web", 3, 300)];
+        let spread = place(&apps, &three_nodes(), &Observed::new(), Policy::Spread);
+        assert_eq!(spread.usage().map(|(_, u)| u.cpu_millis).collect::<Vec<_>>(), [300, 300, 300]);
+        let packed = place(&apps, &three_nodes(), &Observed::new(), Policy::BinPack);
+        assert_eq!(packed.usage().map(|(_, u)| u.cpu_millis).collect::<Vec<_>>(), [900, 0, 0]);
+    }
+
+    #[test]
+    fn round_robin_deals_replicas_in_name_order_with_one_cursor_over_the_pass() {
+        let apps = [app("x", 2, 100), app("y", 2, 100)];
+        let plan = place(&apps, &three_nodes(), &Observed::new(), Policy::RoundRobin);
+        let got = where_is(&plan);
+        assert_eq!(got, [("x/0", "a"), ("x/1", "b"), ("y/0", "c"), ("y/1", "a")].map(|(s, n)| (s.into(), n.into())));
+    }
+
+    #[test]
+    fn higher_priority_is_placed_first_when_capacity_is_short() {
+        let mut important = app("important", 2, 1000);
+        important.priority = 5;
+        let apps = [app("batch", 2, 1000), important];
+        for (_, policy) in Policy::ALL {
+            let plan = place(&apps, &[node("a", 1000, 1000), node("b", 1000, 1000)], &Observed::new(), policy);
+            assert!(plan.placements().all(|(s, _)| s.app.as_str() == "important"), "{policy}");
+            assert_eq!(plan.unschedulable().len(), 2);
+            assert!(plan.unschedulable().iter().all(|u| u.slot.app.as_str() == "batch"));
+        }
+    }
+
+    #[test]
+    fn a_slot_that_fits_nowhere_is_reported_with_its_reason() {
+        let mut ssd = app("db", 1, 100);
+        ssd.constraints.insert("disk".into(), "ssd".into());
+        let plan = place(&[ssd, app("big", 1, 5000)], &three_nodes(), &Observed::new(), Policy::Spread);
+        let reasons: Vec<String> = plan.unschedulable().iter().map(|u| format!("{}: {}", u.slot, u.reason)).collect();
+        assert_eq!(reasons.len(), 2);
+        assert!(reasons.contains(&"db/0: no live node has labels disk=ssd".to_owned()), "{reasons:?}");
+        let big = reasons.iter().find(|r| r.starts_with("big/0")).unwrap();
+        assert!(big.contains("insufficient cpu") && big.contains("3 eligible"), "{big}");
+    }
+
+    #[test]
+    fn running_slots_stay_where_they_are_whatever_their_health() {
+        let apps = [app("web", 3, 100)];
+        let rows = vec![
+            running("c", SlotId::new("web", 0), "c0", ContainerState::Healthy),
+            running("c", SlotId::new("web", 1), "c1", ContainerState::Starting),
+            running("c", SlotId::new("web", 2), "c2", ContainerState::Unhealthy),
+        ];
+        for (_, policy) in Policy::ALL {
+            let plan = place(&apps, &three_nodes(), &observed(rows.clone()), policy);
+            assert!(plan.placements().all(|(_, n)| n.as_str() == "c"), "{policy}");
+            assert!(plan.stops().is_empty());
+            assert!(plan.starts_on(&NodeId::new("c")).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_duplicate_is_stopped_the_same_way_whatever_the_report_order() {
+        let apps = [app("web", 1, 100)];
+        let a = running("a", SlotId::new("web", 0), "on-a", ContainerState::Healthy);
+        let b = running("b", SlotId::new("web", 0), "on-b", ContainerState::Healthy);
+        let c = running("c", SlotId::new("web", 0), "on-c", ContainerState::Starting);
+        let one = place(&apps, &three_nodes(), &observed(vec![a.clone(), b.clone(), c.clone()]), Policy::Spread);
+        let two = place(&apps, &three_nodes(), &observed(vec![c, b, a]), Policy::Spread);
+        assert_eq!(where_is(&one), [("web/0".to_owned(), "a".to_owned())], "healthy first, then the lower name");
+        assert_eq!(one.stops(), two.stops());
+        let stopped: Vec<_> = one.stops().iter().map(|s| (s.container.as_str(), s.reason)).collect();
+        assert_eq!(stopped, [("on-b", StopReason::Duplicate), ("on-c", StopReason::Duplicate)]);
+    }
+
+    #[test]
+    fn surplus_failed_and_removed_app_containers_are_stopped() {
+        let apps = [app("web", 1, 100)];
+        let rows = vec![
+            running("a", SlotId::new("web", 0), "failed", ContainerState::Failed),
+            running("a", SlotId::new("web", 1), "surplus", ContainerState::Healthy),
+            running("b", SlotId::new("gone", 0), "removed", ContainerState::Healthy),
+        ];
+        let plan = place(&apps, &three_nodes(), &observed(rows), Policy::Spread);
+        let stopped: Vec<_> = plan.stops().iter().map(|s| (s.container.as_str(), s.reason)).collect();
+        assert_eq!(
+            stopped,
+            [("failed", StopReason::Failed), ("surplus", StopReason::Surplus), ("removed", StopReason::Surplus)]
+        );
+        assert!(plan.node_of(&SlotId::new("web", 0)).is_some(), "the failed slot is placed again");
+    }
+
+    #[test]
+    fn a_node_over_capacity_sheds_its_lowest_priority_slot() {
+        let mut high = app("high", 1, 600);
+        high.priority = 1;
+        let apps = [high, app("low", 1, 600)];
+        let rows = vec![
+            running("a", SlotId::new("high", 0), "h", ContainerState::Healthy),
+            running("a", SlotId::new("low", 0), "l", ContainerState::Healthy),
+        ];
+        let plan = place(&apps, &three_nodes(), &observed(rows), Policy::Spread);
+        assert_eq!(plan.node_of(&SlotId::new("high", 0)).unwrap().as_str(), "a");
+        assert_eq!(plan.node_of(&SlotId::new("low", 0)).unwrap().as_str(), "b");
+        assert_eq!(plan.stops()[0].container, "l");
+        assert_eq!(plan.stops()[0].reason, StopReason::Evicted);
+    }
+
+    #[test]
+    fn containers_on_dead_nodes_are_ignored_and_their_slots_placed_again() {
+        let apps = [app("web", 1, 100)];
+        let rows = vec![running("gone", SlotId::new("web", 0), "x", ContainerState::Healthy)];
+        let plan = place(&apps, &three_nodes(), &observed(rows), Policy::Spread);
+        assert_eq!(plan.node_of(&SlotId::new("web", 0)).unwrap().as_str(), "a");
+        assert!(plan.stops().is_empty(), "a dead node's containers are not its business to stop");
+        assert_eq!(plan.starts_on(&NodeId::new("a")), [SlotId::new("web", 0)]);
+    }
+
+    #[test]
+    fn rendezvous_choice_of_a_slot_does_not_depend_on_other_apps() {
+        let nodes: Vec<NodeSpec> = (0..20).map(|i| node(&format!("n{i}"), 100_000, 100_000)).collect();
+        let alone = place(&[app("web", 10, 10)], &nodes, &Observed::new(), Policy::Rendezvous);
+        let crowd = place(&[app("web", 10, 10), app("api", 30, 10)], &nodes, &Observed::new(), Policy::Rendezvous);
+        for (slot, node) in alone.placements() {
+            assert_eq!(crowd.node_of(&slot), Some(node));
+        }
+    }
+
+    #[test]
+    fn rendezvous_moves_few_slots_when_a_node_joins() {
+        let mut nodes: Vec<NodeSpec> = (0..10).map(|i| node(&format!("n{i}"), 1_000_000, 1_000_000)).collect();
+        let apps = [app("web", 1000, 10)];
+        let before = place(&apps, &nodes, &Observed::new(), Policy::Rendezvous);
+        nodes.push(node("n10", 1_000_000, 1_000_000));
+        let after = place(&apps, &nodes, &Observed::new(), Policy::Rendezvous);
+        let moved = before.placements().filter(|(s, n)| after.node_of(s) != Some(*n)).count();
+        // About 1000 / 11 slots belong to the new node; nothing else should move.
+        assert!(moved < 1000 * 2 / 11, "{moved} of 1000 moved");
+        assert!(after.placements().filter(|(s, n)| n.as_str() != "n10" && before.node_of(s) != Some(*n)).count() == 0);
+    }
+
+    #[test]
+    fn the_coordinator_is_the_same_whatever_the_order_of_nodes() {
+        let nodes: Vec<NodeId> = (0..7).map(|i| NodeId::new(&format!("n{i}"))).collect();
+        let first = rendezvous_owner("web", &nodes).cloned();
+        let reversed: Vec<NodeId> = nodes.iter().rev().cloned().collect();
+        assert_eq!(rendezvous_owner("web", &reversed).cloned(), first);
+        assert_eq!(rendezvous_owner("web", &[]), None);
+    }
+
+    #[test]
+    fn policies_parse_by_name_and_reject_unknown_names() {
+        for (name, policy) in Policy::ALL {
+            assert_eq!(name.parse::<Policy>(), Ok(policy));
+            assert_eq!(policy.to_string(), name);
+        }
+        assert_eq!(
+            "random".parse::<Policy>().unwrap_err().to_string(),
+            "unknown policy \"random\"; allowed: round-robin, binpack, spread, rendezvous"
+        );
+    }
 }

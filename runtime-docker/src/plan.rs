@@ -74,7 +74,11 @@ pub fn to_json(plan: &Plan) -> PlanJson {
         unschedulable: plan
             .unschedulable()
             .iter()
-            .map(|u| UnschedulableJson { app: u.slot.app.to_string(), slot: u.slot.index, reason: u.reason.to_string() })
+            .map(|u| UnschedulableJson {
+                app: u.slot.app.to_string(),
+                slot: u.slot.index,
+                reason: u.reason.to_string(),
+            })
             .collect(),
         nodes: plan
             .usage()
