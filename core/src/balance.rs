@@ -10,6 +10,7 @@
 
 use crate::limits;
 use crate::model::PickerKind;
+use crate::rng::SplitMix64;
 
 /// One backend and what the pickers track about it.
 #[derive(Clone, Debug)]
@@ -43,7 +44,7 @@ impl<K: Ord + Clone> Balancer<K> {
     /// An empty balancer. `seed` drives power-of-two-choices draws and where round-robin starts,
     /// so that nodes given different seeds do not all send their first request to the same backend.
     pub fn new(kind: PickerKind, seed: u64) -> Self {
-        Balancer { kind, backends: Vec::new(), cursor: 0, total_weight: 0, rng: SplitMix64(seed) }
+        Balancer { kind, backends: Vec::new(), cursor: 0, total_weight: 0, rng: SplitMix64::new(seed) }
     }
 
     /// The picker in use.
@@ -264,26 +265,6 @@ impl<K: Ord + Clone> Balancer<K> {
         debug_assert!(self.backends.windows(2).all(|w| w[0].key < w[1].key), "sorted, keys unique");
         debug_assert_eq!(self.total_weight, self.backends.iter().map(|b| u64::from(b.weight)).sum::<u64>());
         debug_assert_eq!(self.backends.iter().map(|b| i128::from(b.current_weight)).sum::<i128>(), 0);
-    }
-}
-
-/// SplitMix64: a tiny, fast, well-mixed generator; all this module needs from randomness.
-#[derive(Clone, Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A draw in `0..n` (Lemire's multiply-shift: no division, bias below 2^-40 for our sizes).
-    fn below(&mut self, n: usize) -> usize {
-        assert!(n > 0);
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 }
 

@@ -13,6 +13,9 @@
 //! - [`health`]: per-container health tracking and restart back-off.
 //! - [`autoscale`]: request load to a target replica count.
 //! - [`cluster_file`]: the TOML cluster file, parsed and checked, with errors naming the key.
+//! - [`registry`]: the gossiped last-writer-wins registry, with a hybrid logical clock and digests.
+//! - [`node`]: the agent state machine every driver runs: `handle_*` in, `poll_*` out.
+//! - [`rng`]: the seeded generator, core's only randomness.
 //! - [`time`]: the `Time` type that every `now` argument has.
 //! - [`limits`]: every bound in one place.
 
@@ -22,5 +25,8 @@ pub mod cluster_file;
 pub mod health;
 pub mod limits;
 pub mod model;
+pub mod node;
+pub mod registry;
+pub mod rng;
 pub mod schedule;
 pub mod time;

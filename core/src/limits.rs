@@ -32,3 +32,36 @@ const _: () = assert!(NAME_LEN_MAX <= 63, "names end up in DNS labels");
 const _: () = assert!(RENDEZVOUS_GROUPS.is_power_of_two());
 const _: () = assert!((REPLICAS_PER_APP_MAX as usize) <= BACKENDS_MAX, "every replica can be a backend");
 const _: () = assert!(AUTOSCALE_SAMPLES_MAX >= 2);
+
+/// Most keys one replicated registry holds, tombstones included.
+pub const REGISTRY_KEYS_MAX: usize = 1_000_000;
+
+/// Largest encoded registry value; the caller checks it after encoding (`registry::check_size`).
+pub const REGISTRY_VALUE_BYTES_MAX: usize = 64 * 1024;
+
+/// Buckets the registry's key space is split into for anti-entropy digests.
+pub const REGISTRY_BUCKETS: usize = 64;
+
+/// Most keys the registry remembers as recently changed, for the caller's rumors.
+pub const REGISTRY_RECENT_MAX: usize = 4096;
+
+/// How far ahead of the receiver's `now` a merged entry's wall time may be: further is a broken
+/// clock, and taking it would drag every hybrid logical clock in the cluster along with it.
+pub const REGISTRY_CLOCK_AHEAD_MS_MAX: u64 = 5 * 60 * 1000;
+
+const _: () = assert!(
+    REGISTRY_KEYS_MAX >= 2 * NODES_MAX + 2 * APPS_MAX,
+    "room for a status and a load per node and a spec and a scale per app, plus tombstones"
+);
+const _: () = assert!(REGISTRY_BUCKETS.is_power_of_two() && REGISTRY_BUCKETS <= u16::MAX as usize + 1);
+const _: () = assert!(REGISTRY_RECENT_MAX >= 1 && REGISTRY_RECENT_MAX <= REGISTRY_KEYS_MAX);
+
+/// Most timers one node holds: a few per local slot plus the periodic ones.
+pub const TIMERS_MAX: usize = 1 << 16;
+
+/// Most timers one `handle_timeout` call fires; more means a timer that reschedules itself
+/// at `now`, a bug.
+pub const TIMERS_PER_CALL_MAX: usize = TIMERS_MAX;
+
+/// Most registry entries one gossip message carries; a peer sending more is cut short.
+pub const ENTRIES_PER_MESSAGE_MAX: usize = 4096;

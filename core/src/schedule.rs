@@ -243,6 +243,9 @@ pub struct Plan {
     node_hash: Vec<u64>,
     stops: Vec<Stop>,
     unschedulable: Vec<Unschedulable>,
+    /// Per slot `(app, index)`, the nodes it failed on past its restart budget: it is placed
+    /// elsewhere while one is possible.
+    avoid: BTreeMap<(u32, u32), Vec<u32>>,
 }
 
 /// Places every app's slots on `nodes`, keeping what `observed` shows running.
@@ -272,6 +275,7 @@ pub fn place(apps: &[AppSpec], nodes: &[NodeSpec], observed: &Observed, policy: 
         node_hash,
         stops: Vec::new(),
         unschedulable: Vec::new(),
+        avoid: BTreeMap::new(),
     };
     plan.reconcile(observed);
     let missing: Vec<(u32, u32)> = plan
@@ -305,7 +309,11 @@ impl Plan {
                 candidates.push((n, c));
                 let desired = app_index.get(&c.slot.app).copied().filter(|&a| c.slot.index < self.apps[a].replicas);
                 let Some(a) = desired else { continue };
-                if c.state == ContainerState::Failed || !self.apps[a].admits(&self.nodes[n].labels) {
+                if c.state == ContainerState::Failed {
+                    self.avoid.entry((a as u32, c.slot.index)).or_default().push(n as u32);
+                    continue;
+                }
+                if !self.apps[a].admits(&self.nodes[n].labels) {
                     continue;
                 }
                 let key = (Reverse(c.state.keep_rank()), n, c.container.as_str());
@@ -391,6 +399,16 @@ impl Plan {
                     .collect()
             });
             let eligible = std::mem::take(eligible);
+            if !self.avoid.is_empty() && indexes.iter().any(|&i| self.avoid.contains_key(&(a as u32, i))) {
+                // Some slot must avoid the node it failed on: the slow path, slot by slot.
+                for i in self.place_avoiding(a, &indexes, &eligible, &mut cursor) {
+                    let reason = self.why_unplaceable(a, &eligible);
+                    let slot = SlotId { app: self.apps[a].name.clone(), index: i };
+                    self.unschedulable.push(Unschedulable { slot, reason });
+                }
+                *eligible_cache.get_mut(&self.apps[a].constraints).expect("just inserted") = eligible;
+                continue;
+            }
             let placed = match self.policy {
                 Policy::RoundRobin => self.place_round_robin(a, &indexes, &eligible, &mut cursor),
                 Policy::BinPack => self.place_by_score(a, &indexes, &eligible, true),
@@ -588,6 +606,49 @@ impl Plan {
             self.assign(a, index, n);
         }
         indexes.len()
+    }
+
+    /// Places the slots of app `a` one by one with the policy's ranking, skipping for each slot
+    /// the nodes it must avoid. Returns the indexes that fit nowhere.
+    fn place_avoiding(&mut self, a: usize, indexes: &[u32], eligible: &[u32], cursor: &mut usize) -> Vec<u32> {
+        let count = self.nodes.len().max(1);
+        let app_hash = stable_hash(self.apps[a].name.as_str().as_bytes());
+        let mut failed = Vec::new();
+        for &index in indexes {
+            let avoid = self.avoid.get(&(a as u32, index)).cloned().unwrap_or_default();
+            let slot_hash = mix(app_hash ^ mix(u64::from(index).wrapping_add(0x5107)));
+            // Every policy as one ranking key, highest wins; the node index breaks ties.
+            let rank = |plan: &Plan, n: usize| -> u128 {
+                let tie = u128::from(u32::MAX - n as u32);
+                match plan.policy {
+                    Policy::RoundRobin => u128::from(u32::MAX - ((n + count - *cursor % count) % count) as u32),
+                    Policy::BinPack => (u128::from(plan.score(n)) << 32) | tie,
+                    Policy::Spread => (u128::from((1u64 << 22) - plan.score(n)) << 32) | tie,
+                    Policy::Rendezvous => {
+                        let g = plan.node_hash[n] & (limits::RENDEZVOUS_GROUPS - 1);
+                        let group = mix(slot_hash ^ mix(g + 1));
+                        (u128::from(group) << 64) | u128::from(mix(slot_hash ^ plan.node_hash[n]))
+                    }
+                }
+            };
+            let pick = |avoiding: bool| {
+                eligible
+                    .iter()
+                    .map(|&n| n as usize)
+                    .filter(|&n| self.fits(a, n) && !(avoiding && avoid.contains(&(n as u32))))
+                    .max_by_key(|&n| (rank(self, n), Reverse(n)))
+            };
+            // A node the slot failed on is still better than none.
+            let best = pick(true).or_else(|| pick(false));
+            match best {
+                Some(n) => {
+                    self.assign(a, index, n);
+                    *cursor = n + 1;
+                }
+                None => failed.push(index),
+            }
+        }
+        failed
     }
 
     fn why_unplaceable(&self, a: usize, eligible: &[u32]) -> Unplaceable {
@@ -882,6 +943,23 @@ mod tests {
             [("failed", StopReason::Failed), ("surplus", StopReason::Surplus), ("removed", StopReason::Surplus)]
         );
         assert!(plan.node_of(&SlotId::new("web", 0)).is_some(), "the failed slot is placed again");
+    }
+
+    #[test]
+    fn a_slot_that_failed_past_its_budget_goes_elsewhere_while_it_can() {
+        let apps = [app("web", 1, 100)];
+        for (_, policy) in Policy::ALL {
+            let rows = vec![running("a", SlotId::new("web", 0), "x", ContainerState::Failed)];
+            let plan = place(&apps, &three_nodes(), &observed(rows), policy);
+            assert_ne!(plan.node_of(&SlotId::new("web", 0)).unwrap().as_str(), "a", "{policy}");
+            let rows = vec![running("a", SlotId::new("web", 0), "x", ContainerState::Failed)];
+            let plan = place(&apps, &[node("a", 1000, 1000)], &observed(rows), policy);
+            assert_eq!(
+                plan.node_of(&SlotId::new("web", 0)).unwrap().as_str(),
+                "a",
+                "the only node is better than none"
+            );
+        }
     }
 
     #[test]

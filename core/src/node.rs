@@ -1,0 +1,1200 @@
+//! The agent state machine: one per server, the same in the simulator and in the real agent.
+//!
+//! `Node` is sans-I/O, in the manner of quinn-proto's `Connection` and foca: inputs go in through
+//! `handle_*(now, ...)`, effects come out of [`Node::poll_action`], and the next wake-up out of
+//! [`Node::poll_timeout`]. A driver calls them in this order, and only this order:
+//!
+//! 1. one input: `handle_timeout` when `poll_timeout` is due, or `handle_message`,
+//!    `handle_container_event`, `handle_probe_result`, `handle_traffic`, `handle_command`,
+//!    `handle_membership`;
+//! 2. `poll_action` until it returns `None`, carrying out each action;
+//! 3. `poll_timeout`, to know when to call `handle_timeout` next.
+//!
+//! Inputs are refused (asserted) while actions are still queued: effects are drained after every
+//! input (STYLE.md, rule 4).
+//!
+//! What a node decides, it decides from its replicated registry ([`crate::registry`]): the apps
+//! (`app/<name>`), what every node runs (`status/<node>`) and the autoscaled counts
+//! (`scale/<app>`). It computes [`crate::schedule::place`] over those facts and acts on its own
+//! rows only; every node runs the same function on the same facts, so no leader is needed.
+//!
+//! Membership: until the SWIM layer lands, the driver tells the node who is alive through
+//! [`Node::handle_membership`]. That is a *perfect failure detector*, a simulator crutch, and
+//! it is named so wherever it is used.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::autoscale::{Autoscaler, ScaleDecision};
+use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
+use crate::limits;
+use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resources, SlotId, validate_apps};
+use crate::registry::{Digest, Entry, Key, Registry, RegistryError};
+use crate::rng::SplitMix64;
+use crate::schedule::{ContainerState, Observed, ObservedContainer, Policy, Unplaceable, place, rendezvous_owner};
+use crate::time::Time;
+
+/// How one agent behaves. Every field has a default that suits a LAN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    /// This node's unique name.
+    pub id: NodeId,
+    /// The host other nodes' balancers use to reach this node's containers.
+    pub addr: String,
+    /// What this node offers to containers.
+    pub capacity: Resources,
+    /// This node's labels, matched by app constraints.
+    pub labels: Labels,
+    /// The placement policy. Every node of a cluster must use the same one.
+    pub policy: Policy,
+    /// Host ports for containers: `host_port_min..=host_port_max`.
+    pub host_port_min: u16,
+    /// See `host_port_min`.
+    pub host_port_max: u16,
+    /// How often news is pushed to a few peers.
+    pub gossip_interval_ms: u64,
+    /// How many peers each round of news goes to.
+    pub gossip_fanout: usize,
+    /// How many rounds a piece of news is pushed by each node that learns it.
+    pub rumor_rounds: u32,
+    /// How often this node compares its registry with one random peer's.
+    pub anti_entropy_interval_ms: u64,
+    /// How long after a change of facts the placement is computed again (changes in a burst
+    /// cost one pass).
+    pub reconcile_delay_ms: u64,
+    /// How often request counts go to each app's coordinator.
+    pub load_report_interval_ms: u64,
+    /// How often a coordinator evaluates its apps' autoscalers.
+    pub autoscale_interval_ms: u64,
+    /// A slot that failed here past its restart budget is kept away from this node this long.
+    pub failed_cooldown_ms: u64,
+    /// How long a stopped replica keeps serving requests it already has.
+    pub drain_ms: u64,
+    /// How long a node claims a slot placed on it before starting a container for it. Nodes
+    /// whose views differ for a moment may both claim a slot; the claims meet in the registry
+    /// and the loser withdraws before any container exists. Should exceed the time a status
+    /// takes to spread.
+    pub claim_settle_ms: u64,
+    /// Seeds this node's randomness (peer choice, balancer start positions).
+    pub seed: u64,
+}
+
+impl NodeConfig {
+    /// A config with every default, for a node named `id` reachable at `addr`.
+    pub fn new(id: NodeId, addr: &str, capacity: Resources) -> NodeConfig {
+        NodeConfig {
+            id,
+            addr: addr.to_owned(),
+            capacity,
+            labels: Labels::new(),
+            policy: Policy::default(),
+            host_port_min: 8000,
+            host_port_max: 8999,
+            gossip_interval_ms: 200,
+            gossip_fanout: 3,
+            rumor_rounds: 3,
+            anti_entropy_interval_ms: 1000,
+            reconcile_delay_ms: 20,
+            load_report_interval_ms: 1000,
+            autoscale_interval_ms: 1000,
+            failed_cooldown_ms: 300_000,
+            drain_ms: 1000,
+            claim_settle_ms: 400,
+            seed: 0,
+        }
+    }
+
+    fn spec(&self) -> NodeSpec {
+        NodeSpec { id: self.id.clone(), capacity: self.capacity, labels: self.labels.clone() }
+    }
+}
+
+/// What the registry holds under each kind of key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Value {
+    /// `app/<name>`: the operator's spec.
+    App(AppSpec),
+    /// `status/<node>`: what a node offers and runs.
+    Status(NodeStatus),
+    /// `scale/<app>`: the replica count the app's coordinator chose.
+    Scale(u32),
+}
+
+/// What a node publishes about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its capacity and labels.
+    pub spec: NodeSpec,
+    /// The host its containers are reached at.
+    pub addr: String,
+    /// Its containers, by slot.
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// One container as its node reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// The slot it serves.
+    pub slot: SlotId,
+    /// The runtime's id; [`STARTING`] while the runtime has not answered yet.
+    pub container: String,
+    /// The host port it listens on.
+    pub host_port: u16,
+    /// Its state.
+    pub state: ContainerState,
+}
+
+/// The container id reported for a slot whose start was asked for but not yet confirmed.
+pub const STARTING: &str = "~starting";
+
+/// A replica a balancer may send requests to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Backend {
+    /// The node running it.
+    pub node: NodeId,
+    /// The host to connect to.
+    pub addr: String,
+    /// The port to connect to.
+    pub host_port: u16,
+    /// The slot it serves.
+    pub slot: SlotId,
+}
+
+/// What the node asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `bytes` to peer `to`; losing them is allowed.
+    Send {
+        /// The peer.
+        to: NodeId,
+        /// An encoded [`Message`].
+        bytes: Vec<u8>,
+    },
+    /// Start a container for `slot` listening on `host_port`; answer with
+    /// [`ContainerEvent::Started`] or [`ContainerEvent::StartFailed`] carrying `generation`.
+    StartContainer {
+        /// The slot.
+        slot: SlotId,
+        /// The app's spec: image, command, env, resources, volume.
+        app: Box<AppSpec>,
+        /// The host port, from the node's range; the same on every restart of the slot.
+        host_port: u16,
+        /// Identifies this start; a late answer to an older one is ignored.
+        generation: u64,
+    },
+    /// Stop and remove a container, after letting it finish what it serves for `drain_ms`.
+    StopContainer {
+        /// The runtime's id.
+        container: String,
+        /// The slot it served.
+        slot: SlotId,
+        /// How long to let in-flight requests finish first.
+        drain_ms: u64,
+    },
+    /// Probe a container's health; answer with [`Node::handle_probe_result`].
+    Probe {
+        /// The runtime's id.
+        container: String,
+        /// The host port it listens on.
+        host_port: u16,
+        /// The HTTP path.
+        path: String,
+        /// A probe not answered by then is a [`ProbeOutcome::Timeout`].
+        timeout_ms: u64,
+    },
+    /// The balancer for `app` must send requests to exactly these backends from now on.
+    SetBackends {
+        /// The app.
+        app: AppName,
+        /// Its published port, where the balancer listens.
+        port: u16,
+        /// How to pick among them.
+        picker: PickerKind,
+        /// The healthy replicas, on every live node.
+        backends: Vec<Backend>,
+    },
+    /// The app was removed: close its balancer.
+    RemoveBalancer {
+        /// The app.
+        app: AppName,
+    },
+    /// Something worth a log line or a metric.
+    Event(Event),
+}
+
+/// What happened, for logs, metrics and the simulator's checkers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// This node asked for a slot to be started.
+    Starting {
+        /// The slot.
+        slot: SlotId,
+        /// On this host port.
+        host_port: u16,
+    },
+    /// A container turned healthy or unhealthy.
+    Health {
+        /// The slot.
+        slot: SlotId,
+        /// The new state.
+        state: HealthState,
+    },
+    /// A container failed (unhealthy or exited) and will be started again.
+    Restarting {
+        /// The slot.
+        slot: SlotId,
+        /// When.
+        at: Time,
+    },
+    /// A slot failed past its restart budget here; it will be placed elsewhere.
+    GaveUp {
+        /// The slot.
+        slot: SlotId,
+    },
+    /// The coordinator changed an app's replica count.
+    Scaled {
+        /// The app.
+        app: AppName,
+        /// What it decided.
+        decision: ScaleDecision,
+    },
+    /// Slots that fit nowhere, reported whenever the set changes (empty when all fit again).
+    Unschedulable {
+        /// Each slot with the reason.
+        slots: Vec<(SlotId, Unplaceable)>,
+    },
+}
+
+/// What the container runtime reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerEvent {
+    /// A start asked for by [`Action::StartContainer`] succeeded.
+    Started {
+        /// The slot.
+        slot: SlotId,
+        /// The generation of the start.
+        generation: u64,
+        /// The runtime's id.
+        container: String,
+    },
+    /// A start failed (image missing, port taken, ...).
+    StartFailed {
+        /// The slot.
+        slot: SlotId,
+        /// The generation of the start.
+        generation: u64,
+        /// What the runtime said.
+        error: String,
+    },
+    /// A container exited on its own.
+    Exited {
+        /// The runtime's id.
+        container: String,
+    },
+    /// At start-up: the containers this node already runs (found by their labels).
+    Adopted {
+        /// Each slot with its container and host port.
+        containers: Vec<(SlotId, String, u16)>,
+    },
+}
+
+/// What an operator asks of the cluster, through any node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Create or replace an app.
+    Apply(Box<AppSpec>),
+    /// Remove an app and all its replicas.
+    Remove(AppName),
+    /// Set an app's replica count.
+    Scale(AppName, u32),
+}
+
+/// Why a command was refused. The registry is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The spec is invalid, alone or next to the apps already applied.
+    #[error("app {app}: {problem}")]
+    Invalid {
+        /// The app.
+        app: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// No such app.
+    #[error("no app named {0:?}")]
+    UnknownApp(String),
+    /// The registry refused the write.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// The messages nodes exchange. Encoded with postcard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// News: entries that changed recently.
+    Updates(Vec<(Key, Entry<Value>)>),
+    /// Anti-entropy: "here is a summary of my registry".
+    Digest(Digest),
+    /// Anti-entropy answer: my entries in the buckets where we differ, and the buckets I want
+    /// yours of.
+    Repair {
+        /// The sender's entries in the differing buckets.
+        entries: Vec<(Key, Entry<Value>)>,
+        /// Buckets the receiver should send back its entries of.
+        want: Vec<u16>,
+    },
+    /// Requests that entered the sender's balancer for `app` since its last report; sent to
+    /// the app's coordinator.
+    Load {
+        /// The app.
+        app: AppName,
+        /// How many.
+        requests: u64,
+    },
+}
+
+/// Timers are data: what they are for, and for per-slot timers the generation they belong to,
+/// so a stale one is ignored (STYLE.md, rule 3).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Gossip,
+    AntiEntropy,
+    Reconcile,
+    LoadReport,
+    Autoscale,
+    Probe { slot: SlotId, generation: u64 },
+    Restart { slot: SlotId, generation: u64 },
+    Claim { slot: SlotId, generation: u64 },
+    ForgetFailure { slot: SlotId, generation: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Placed here; no container yet until the claim settles.
+    Claimed,
+    /// Start asked for, no answer yet.
+    Starting,
+    /// Running; health as the tracker says.
+    Running,
+    /// Stopped after a failure; started again at the `Restart` timer.
+    BackingOff,
+    /// Failed past its budget; kept as a marker until `ForgetFailure`.
+    Failed,
+}
+
+/// One of this node's slots.
+#[derive(Debug)]
+struct Local {
+    host_port: u16,
+    container: Option<String>,
+    phase: Phase,
+    health: HealthTracker,
+    backoff: Backoff,
+    generation: u64,
+    app: AppName,
+}
+
+/// The agent. See the module documentation for the order in which a driver calls it.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    registry: Registry<Value>,
+    /// The peers believed alive, this node excluded.
+    members: BTreeSet<NodeId>,
+    local: BTreeMap<SlotId, Local>,
+    generation: u64,
+    timers: BinaryHeap<Reverse<(Time, u64, Timer)>>,
+    timer_seq: u64,
+    actions: VecDeque<Action>,
+    rng: SplitMix64,
+    rumors: BTreeMap<Key, u32>,
+    reconcile_pending: bool,
+    backends: BTreeMap<AppName, (u16, PickerKind, Vec<Backend>)>,
+    unschedulable: Vec<(SlotId, Unplaceable)>,
+    load_pending: BTreeMap<AppName, u64>,
+    autoscalers: BTreeMap<AppName, Autoscaler>,
+    now: Time,
+}
+
+impl Node {
+    /// A node that knows nothing yet; it publishes its status and starts its timers.
+    pub fn new(now: Time, config: NodeConfig) -> Node {
+        assert!(config.host_port_min <= config.host_port_max, "host port range");
+        assert!(config.gossip_fanout > 0 && config.gossip_interval_ms > 0 && config.anti_entropy_interval_ms > 0);
+        let rng = SplitMix64::new(config.seed ^ crate::schedule::stable_hash(config.id.as_str().as_bytes()));
+        let mut node = Node {
+            registry: Registry::new(config.id.clone()),
+            members: BTreeSet::new(),
+            local: BTreeMap::new(),
+            generation: 0,
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            actions: VecDeque::new(),
+            rng,
+            rumors: BTreeMap::new(),
+            reconcile_pending: false,
+            backends: BTreeMap::new(),
+            unschedulable: Vec::new(),
+            load_pending: BTreeMap::new(),
+            autoscalers: BTreeMap::new(),
+            now,
+            config,
+        };
+        // Spread the periodic timers so that nodes started together do not gossip in lockstep.
+        let periodic = [
+            (node.config.gossip_interval_ms, Timer::Gossip),
+            (node.config.anti_entropy_interval_ms, Timer::AntiEntropy),
+            (node.config.load_report_interval_ms, Timer::LoadReport),
+            (node.config.autoscale_interval_ms, Timer::Autoscale),
+        ];
+        for (interval_ms, timer) in periodic {
+            let jitter_ms = node.rng.below(interval_ms.max(1) as usize) as u64;
+            node.schedule(now + Duration::from_millis(jitter_ms), timer);
+        }
+        node.publish_status(now);
+        node.request_reconcile(now);
+        node
+    }
+
+    /// This node's name.
+    pub fn id(&self) -> &NodeId {
+        &self.config.id
+    }
+
+    /// This node's config.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The replicated registry as this node sees it.
+    pub fn registry(&self) -> &Registry<Value> {
+        &self.registry
+    }
+
+    /// The peers this node believes alive.
+    pub fn members(&self) -> &BTreeSet<NodeId> {
+        &self.members
+    }
+
+    /// The next effect to carry out, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When `handle_timeout` is due next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    fn begin_input(&mut self, now: Time) {
+        assert!(self.actions.is_empty(), "the driver drains actions after every input");
+        // Time never goes backwards inside the node, whatever the driver's clock does.
+        self.now = self.now.max(now);
+    }
+
+    /// Timers that are due at `now` fire, in order.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.begin_input(now);
+        let now = self.now;
+        let mut fired = 0usize;
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((_, _, timer)) = self.timers.pop().expect("peeked");
+            self.on_timer(now, timer);
+            fired += 1;
+            assert!(fired <= limits::TIMERS_PER_CALL_MAX, "timer storm: a timer rescheduled itself at now");
+        }
+        self.check_invariants();
+    }
+
+    /// A message from peer `from`. Undecodable bytes are dropped (counted as an event-free
+    /// no-op): a peer of another version must not crash this one.
+    pub fn handle_message(&mut self, now: Time, from: &NodeId, bytes: &[u8]) {
+        self.begin_input(now);
+        let now = self.now;
+        let Ok(message) = postcard::from_bytes::<Message>(bytes) else { return };
+        match message {
+            Message::Updates(entries) => self.merge_entries(now, entries),
+            Message::Digest(digest) => {
+                let want = self.registry.mismatched_buckets(&digest);
+                if !want.is_empty() {
+                    let entries = self.registry.entries_in_buckets(&want);
+                    self.send(from, &Message::Repair { entries, want });
+                }
+            }
+            Message::Repair { entries, want } => {
+                self.merge_entries(now, entries);
+                if !want.is_empty() {
+                    let entries = self.registry.entries_in_buckets(&want);
+                    self.send(from, &Message::Repair { entries, want: Vec::new() });
+                }
+            }
+            Message::Load { app, requests } => self.record_load(now, &app, requests),
+        }
+        self.check_invariants();
+    }
+
+    /// The perfect failure detector, a simulator crutch until SWIM lands: the driver says which
+    /// peers are alive. A peer missing from `alive` leaves every balancer at once.
+    pub fn handle_membership(&mut self, now: Time, alive: impl IntoIterator<Item = NodeId>) {
+        self.begin_input(now);
+        let now = self.now;
+        let alive: BTreeSet<NodeId> = alive.into_iter().filter(|n| *n != self.config.id).collect();
+        if alive != self.members {
+            self.members = alive;
+            self.update_backends();
+            self.request_reconcile(now);
+        }
+        self.check_invariants();
+    }
+
+    /// The container runtime reports on a container.
+    pub fn handle_container_event(&mut self, now: Time, event: ContainerEvent) {
+        self.begin_input(now);
+        let now = self.now;
+        match event {
+            ContainerEvent::Started { slot, generation, container } => {
+                let current =
+                    self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Starting);
+                if !current {
+                    // An answer to a start this node no longer wants: undo it.
+                    self.actions.push_back(Action::StopContainer { container, slot, drain_ms: 0 });
+                } else {
+                    let l = self.local.get_mut(&slot).expect("checked");
+                    l.container = Some(container);
+                    l.phase = Phase::Running;
+                    self.arm_health(now, &slot);
+                    self.publish_status(now);
+                }
+            }
+            ContainerEvent::StartFailed { slot, generation, .. } => {
+                if self.local.get(&slot).is_some_and(|l| l.generation == generation) {
+                    self.fail(now, &slot);
+                }
+            }
+            ContainerEvent::Exited { container } => {
+                let slot =
+                    self.local.iter().find(|(_, l)| l.container.as_deref() == Some(&container)).map(|(s, _)| s.clone());
+                if let Some(slot) = slot {
+                    self.fail(now, &slot);
+                }
+            }
+            ContainerEvent::Adopted { containers } => {
+                for (slot, container, host_port) in containers {
+                    if self.local.contains_key(&slot) {
+                        // Two containers for one slot on this node: keep the first.
+                        self.actions.push_back(Action::StopContainer { container, slot, drain_ms: 0 });
+                        continue;
+                    }
+                    let app = slot.app.clone();
+                    self.insert_local(now, slot.clone(), app, host_port, Phase::Running, Some(container));
+                    self.arm_health(now, &slot);
+                }
+                self.publish_status(now);
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// The outcome of an [`Action::Probe`].
+    pub fn handle_probe_result(&mut self, now: Time, container: &str, outcome: ProbeOutcome) {
+        self.begin_input(now);
+        let now = self.now;
+        let found =
+            self.local.iter().find(|(_, l)| l.phase == Phase::Running && l.container.as_deref() == Some(container));
+        let Some((slot, _)) = found else { return };
+        let slot = slot.clone();
+        let l = self.local.get_mut(&slot).expect("found");
+        if let Some(t) = l.health.record(now, outcome) {
+            match t.to {
+                HealthState::Healthy => {
+                    l.backoff.on_healthy(now);
+                    self.actions.push_back(Action::Event(Event::Health { slot: slot.clone(), state: t.to }));
+                    self.publish_status(now);
+                }
+                HealthState::Unhealthy => {
+                    self.actions.push_back(Action::Event(Event::Health { slot: slot.clone(), state: t.to }));
+                    self.fail(now, &slot);
+                }
+                HealthState::Starting => {}
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Requests that entered this node's balancer for `app` since the last call.
+    pub fn handle_traffic(&mut self, now: Time, app: &AppName, requests: u64) {
+        self.begin_input(now);
+        *self.load_pending.entry(app.clone()).or_default() += requests;
+        self.check_invariants();
+    }
+
+    /// An operator's command. On error nothing changed.
+    pub fn handle_command(&mut self, now: Time, command: Command) -> Result<(), CommandError> {
+        self.begin_input(now);
+        let now = self.now;
+        let result = match command {
+            Command::Apply(spec) => self.apply(now, *spec),
+            Command::Remove(app) => {
+                if self.registry.get(&Key::App(app.clone())).is_none() {
+                    Err(CommandError::UnknownApp(app.to_string()))
+                } else {
+                    self.registry.remove(now, Key::App(app.clone()));
+                    if self.registry.get(&Key::Scale(app.clone())).is_some() {
+                        self.registry.remove(now, Key::Scale(app));
+                    }
+                    self.request_reconcile(now);
+                    Ok(())
+                }
+            }
+            Command::Scale(app, replicas) => match self.registry.get(&Key::App(app.clone())) {
+                Some(Value::App(spec)) => {
+                    let mut spec = spec.clone();
+                    spec.replicas = replicas;
+                    if let Some(a) = &mut spec.autoscale {
+                        // An explicit count within an autoscaled app moves its bounds with it.
+                        a.min = a.min.min(replicas);
+                        a.max = a.max.max(replicas);
+                    }
+                    self.apply(now, spec)
+                }
+                _ => Err(CommandError::UnknownApp(app.to_string())),
+            },
+        };
+        self.check_invariants();
+        result
+    }
+
+    fn apply(&mut self, now: Time, spec: AppSpec) -> Result<(), CommandError> {
+        let mut apps: Vec<AppSpec> = self.apps().into_iter().filter(|a| a.name != spec.name).collect();
+        apps.push(spec.clone());
+        validate_apps(&apps)
+            .map_err(|(_, e)| CommandError::Invalid { app: spec.name.to_string(), problem: e.to_string() })?;
+        let bytes = postcard::to_allocvec(&Value::App(spec.clone())).expect("specs encode");
+        self.registry.check_size(&Key::App(spec.name.clone()), bytes.len())?;
+        let name = spec.name.clone();
+        let autoscaled = spec.autoscale.is_some();
+        self.registry.put(now, Key::App(name.clone()), Value::App(spec))?;
+        if autoscaled {
+            // A new spec resets the count the coordinator chose; it starts again from here.
+            if self.registry.get(&Key::Scale(name.clone())).is_some() {
+                self.registry.remove(now, Key::Scale(name));
+            }
+        }
+        self.request_reconcile(now);
+        Ok(())
+    }
+
+    /// Every app in the registry, with the replica count the coordinator chose for autoscaled
+    /// ones.
+    pub fn apps(&self) -> Vec<AppSpec> {
+        let mut apps = Vec::new();
+        for (key, entry) in self.registry.iter() {
+            let (Key::App(name), Some(Value::App(spec))) = (key, &entry.value) else { continue };
+            let mut spec = spec.clone();
+            if let (Some(a), Some(Value::Scale(n))) = (&spec.autoscale, self.registry.get(&Key::Scale(name.clone()))) {
+                spec.replicas = (*n).clamp(a.min, a.max);
+            }
+            apps.push(spec);
+        }
+        apps
+    }
+
+    fn on_timer(&mut self, now: Time, timer: Timer) {
+        match timer {
+            Timer::Gossip => {
+                self.gossip();
+                self.schedule(now + Duration::from_millis(self.config.gossip_interval_ms), Timer::Gossip);
+            }
+            Timer::AntiEntropy => {
+                if let Some(peer) = self.random_peers(1).pop() {
+                    self.send(&peer, &Message::Digest(self.registry.digest()));
+                }
+                self.schedule(now + Duration::from_millis(self.config.anti_entropy_interval_ms), Timer::AntiEntropy);
+            }
+            Timer::Reconcile => {
+                self.reconcile_pending = false;
+                self.reconcile(now);
+            }
+            Timer::LoadReport => {
+                self.report_load(now);
+                self.schedule(now + Duration::from_millis(self.config.load_report_interval_ms), Timer::LoadReport);
+            }
+            Timer::Autoscale => {
+                self.autoscale(now);
+                self.schedule(now + Duration::from_millis(self.config.autoscale_interval_ms), Timer::Autoscale);
+            }
+            Timer::Probe { slot, generation } => {
+                let Some(l) = self.local.get(&slot) else { return };
+                if l.generation != generation || l.phase != Phase::Running {
+                    return;
+                }
+                let spec = self.app_spec(&l.app);
+                let Some(spec) = spec else { return };
+                let container = l.container.clone().expect("a running slot has a container");
+                self.actions.push_back(Action::Probe {
+                    container,
+                    host_port: l.host_port,
+                    path: spec.health.path.clone(),
+                    timeout_ms: spec.health.timeout_ms,
+                });
+                self.schedule(now + Duration::from_millis(spec.health.interval_ms), Timer::Probe { slot, generation });
+            }
+            Timer::Restart { slot, generation } => {
+                let Some(l) = self.local.get(&slot) else { return };
+                if l.generation != generation || l.phase != Phase::BackingOff {
+                    return;
+                }
+                self.start(now, &slot);
+            }
+            Timer::Claim { slot, generation } => {
+                // Still ours after the settle: no other claim won it.
+                if self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Claimed) {
+                    self.start(now, &slot);
+                }
+            }
+            Timer::ForgetFailure { slot, generation } => {
+                if self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Failed) {
+                    self.local.remove(&slot);
+                    self.publish_status(now);
+                }
+            }
+        }
+    }
+
+    fn app_spec(&self, app: &AppName) -> Option<AppSpec> {
+        match self.registry.get(&Key::App(app.clone())) {
+            Some(Value::App(spec)) => Some(spec.clone()),
+            _ => None,
+        }
+    }
+
+    /// Merges entries from a peer; a change to the facts placement reads asks for a new pass.
+    fn merge_entries(&mut self, now: Time, entries: Vec<(Key, Entry<Value>)>) {
+        let mut changed = false;
+        let mut own_overwritten = false;
+        for (key, entry) in entries.into_iter().take(limits::ENTRIES_PER_MESSAGE_MAX) {
+            if matches!(&key, Key::Status(n) if *n == self.config.id) {
+                // Only this node writes its status. A newer one from elsewhere is an echo of a
+                // previous life of this node: take its version into the clock, write ours over.
+                if self.registry.entry(&key).is_some_and(|e| e.version < entry.version) {
+                    own_overwritten = true;
+                }
+            }
+            if self.registry.merge(now, key, entry) {
+                changed = true;
+            }
+        }
+        if own_overwritten {
+            self.publish_status(now);
+        }
+        if changed {
+            self.update_backends();
+            self.request_reconcile(now);
+        }
+    }
+
+    fn request_reconcile(&mut self, now: Time) {
+        if !self.reconcile_pending {
+            self.reconcile_pending = true;
+            self.schedule(now + Duration::from_millis(self.config.reconcile_delay_ms), Timer::Reconcile);
+        }
+    }
+
+    /// Live node specs and what they run, as this node sees them.
+    fn facts(&self) -> (Vec<NodeSpec>, Observed) {
+        let mut nodes = vec![self.config.spec()];
+        let mut observed = Observed::new();
+        observed.insert(self.config.id.clone(), self.own_containers());
+        for (key, entry) in self.registry.iter() {
+            let (Key::Status(node), Some(Value::Status(status))) = (key, &entry.value) else { continue };
+            if *node == self.config.id || !self.members.contains(node) {
+                continue;
+            }
+            nodes.push(status.spec.clone());
+            let containers = status
+                .containers
+                .iter()
+                .map(|c| ObservedContainer { slot: c.slot.clone(), container: c.container.clone(), state: c.state })
+                .collect();
+            observed.insert(node.clone(), containers);
+        }
+        (nodes, observed)
+    }
+
+    fn own_containers(&self) -> Vec<ObservedContainer> {
+        self.local
+            .iter()
+            .map(|(slot, l)| ObservedContainer {
+                slot: slot.clone(),
+                container: l.container.clone().unwrap_or_else(|| STARTING.to_owned()),
+                state: l.reported_state(),
+            })
+            .collect()
+    }
+
+    /// One placement pass: start what is placed here, stop what must go.
+    ///
+    /// A node that lacks the status of a peer it believes alive does not act: placing with a
+    /// partial view would put everything on the nodes it happens to know. The pass runs again
+    /// when the missing status arrives.
+    fn reconcile(&mut self, now: Time) {
+        let apps = self.apps();
+        let (nodes, observed) = self.facts();
+        if nodes.len() < self.members.len() + 1 {
+            return;
+        }
+        let plan = place(&apps, &nodes, &observed, self.config.policy);
+        let me = self.config.id.clone();
+        let mut changed = false;
+        for stop in plan.stops_on(&me) {
+            let Some(l) = self.local.get(&stop.slot) else { continue };
+            if l.phase == Phase::Failed {
+                continue; // already stopped; the record keeps the slot away from here
+            }
+            if l.container.as_deref().unwrap_or(STARTING) != stop.container {
+                continue;
+            }
+            let l = self.local.remove(&stop.slot).expect("found");
+            if let Some(container) = l.container {
+                self.actions.push_back(Action::StopContainer {
+                    container,
+                    slot: stop.slot.clone(),
+                    drain_ms: self.config.drain_ms,
+                });
+            }
+            changed = true;
+        }
+        for slot in plan.starts_on(&me) {
+            let app = slot.app.clone();
+            match self.local.get(&slot).map(|l| l.phase.clone()) {
+                None => {
+                    let Some(port) = self.free_host_port() else { continue };
+                    self.insert_local(now, slot.clone(), app, port, Phase::Claimed, None);
+                    let generation = self.local[&slot].generation;
+                    let settle = Duration::from_millis(self.config.claim_settle_ms);
+                    self.schedule(now + settle, Timer::Claim { slot, generation });
+                    changed = true;
+                }
+                Some(Phase::Failed) => {
+                    // Placed back here because nowhere else fits: try again, with a fresh budget.
+                    let spec = self.app_spec(&app);
+                    let l = self.local.get_mut(&slot).expect("present");
+                    if let Some(spec) = spec {
+                        l.backoff = Backoff::new(&spec.restart);
+                    }
+                    l.phase = Phase::BackingOff;
+                    self.start(now, &slot);
+                    changed = true;
+                }
+                Some(_) => {}
+            }
+        }
+        let unschedulable: Vec<(SlotId, Unplaceable)> =
+            plan.unschedulable().iter().map(|u| (u.slot.clone(), u.reason.clone())).collect();
+        if unschedulable != self.unschedulable {
+            self.unschedulable = unschedulable.clone();
+            self.actions.push_back(Action::Event(Event::Unschedulable { slots: unschedulable }));
+        }
+        if changed {
+            self.publish_status(now);
+        }
+        self.update_backends();
+    }
+
+    fn insert_local(
+        &mut self,
+        now: Time,
+        slot: SlotId,
+        app: AppName,
+        host_port: u16,
+        phase: Phase,
+        container: Option<String>,
+    ) {
+        let spec = self.app_spec(&app);
+        let (health, backoff) = match &spec {
+            Some(s) => (HealthTracker::new(&s.health, now), Backoff::new(&s.restart)),
+            None => (HealthTracker::new(&Default::default(), now), Backoff::new(&Default::default())),
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        self.local.insert(slot, Local { host_port, container, phase, health, backoff, generation, app });
+    }
+
+    fn start(&mut self, now: Time, slot: &SlotId) {
+        let Some(spec) = self.app_spec(&slot.app) else { return };
+        self.generation += 1;
+        let generation = self.generation;
+        let l = self.local.get_mut(slot).expect("a slot is local before it starts");
+        l.generation = generation;
+        l.phase = Phase::Starting;
+        l.container = None;
+        l.health = HealthTracker::new(&spec.health, now);
+        let host_port = l.host_port;
+        self.actions.push_back(Action::Event(Event::Starting { slot: slot.clone(), host_port }));
+        self.actions.push_back(Action::StartContainer {
+            slot: slot.clone(),
+            app: Box::new(spec),
+            host_port,
+            generation,
+        });
+    }
+
+    /// A container failed: out of every balancer at once, stopped, and started again after its
+    /// back-off on the same host port, or given up past its budget.
+    fn fail(&mut self, now: Time, slot: &SlotId) {
+        let Some(l) = self.local.get_mut(slot) else { return };
+        if let Some(container) = l.container.take() {
+            self.actions.push_back(Action::StopContainer { container, slot: slot.clone(), drain_ms: 0 });
+        }
+        self.generation += 1;
+        l.generation = self.generation;
+        let generation = l.generation;
+        match l.backoff.on_failure(now) {
+            BackoffDecision::RestartAt(at) => {
+                l.phase = Phase::BackingOff;
+                self.actions.push_back(Action::Event(Event::Restarting { slot: slot.clone(), at }));
+                self.schedule(at, Timer::Restart { slot: slot.clone(), generation });
+            }
+            BackoffDecision::GiveUp => {
+                l.phase = Phase::Failed;
+                self.actions.push_back(Action::Event(Event::GaveUp { slot: slot.clone() }));
+                let forget = now + Duration::from_millis(self.config.failed_cooldown_ms);
+                self.schedule(forget, Timer::ForgetFailure { slot: slot.clone(), generation });
+            }
+        }
+        self.publish_status(now);
+        self.request_reconcile(now);
+    }
+
+    fn arm_health(&mut self, now: Time, slot: &SlotId) {
+        let Some(l) = self.local.get(slot) else { return };
+        let generation = l.generation;
+        let first = l.health.next_probe_at().max(now);
+        self.schedule(first, Timer::Probe { slot: slot.clone(), generation });
+    }
+
+    fn free_host_port(&self) -> Option<u16> {
+        let used: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
+        (self.config.host_port_min..=self.config.host_port_max).find(|p| !used.contains(p))
+    }
+
+    /// Writes this node's status into its registry, which spreads it.
+    fn publish_status(&mut self, now: Time) {
+        let status = NodeStatus {
+            spec: self.config.spec(),
+            addr: self.config.addr.clone(),
+            containers: self
+                .local
+                .iter()
+                .map(|(slot, l)| ContainerStatus {
+                    slot: slot.clone(),
+                    container: l.container.clone().unwrap_or_else(|| STARTING.to_owned()),
+                    host_port: l.host_port,
+                    state: l.reported_state(),
+                })
+                .collect(),
+        };
+        let key = Key::Status(self.config.id.clone());
+        if self.registry.get(&key) == Some(&Value::Status(status.clone())) {
+            return;
+        }
+        // The status of one node is bounded by the slots it can run; a registry that refuses
+        // it is a limit set too low, a programming error.
+        self.registry.put(now, key, Value::Status(status)).expect("a node's own status fits the registry");
+        self.update_backends();
+    }
+
+    /// Sends each balancer its healthy backends, when they changed.
+    fn update_backends(&mut self) {
+        let mut wanted: BTreeMap<AppName, (u16, PickerKind, Vec<Backend>)> = BTreeMap::new();
+        for (key, entry) in self.registry.iter() {
+            if let (Key::App(name), Some(Value::App(spec))) = (key, &entry.value) {
+                wanted.insert(name.clone(), (spec.port, spec.balance, Vec::new()));
+            }
+        }
+        for (key, entry) in self.registry.iter() {
+            let (Key::Status(node), Some(Value::Status(status))) = (key, &entry.value) else { continue };
+            if *node != self.config.id && !self.members.contains(node) {
+                continue;
+            }
+            for c in status.containers.iter().filter(|c| c.state == ContainerState::Healthy) {
+                if let Some((_, _, list)) = wanted.get_mut(&c.slot.app) {
+                    list.push(Backend {
+                        node: node.clone(),
+                        addr: status.addr.clone(),
+                        host_port: c.host_port,
+                        slot: c.slot.clone(),
+                    });
+                }
+            }
+        }
+        for (app, (port, picker, mut backends)) in wanted.iter().map(|(a, v)| (a.clone(), v.clone())) {
+            backends.sort();
+            if self.backends.get(&app) != Some(&(port, picker, backends.clone())) {
+                self.backends.insert(app.clone(), (port, picker, backends.clone()));
+                self.actions.push_back(Action::SetBackends { app, port, picker, backends });
+            }
+        }
+        let gone: Vec<AppName> = self.backends.keys().filter(|a| !wanted.contains_key(*a)).cloned().collect();
+        for app in gone {
+            self.backends.remove(&app);
+            self.actions.push_back(Action::RemoveBalancer { app });
+        }
+    }
+
+    fn random_peers(&mut self, count: usize) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self.members.iter().cloned().collect();
+        let mut chosen = Vec::with_capacity(count.min(peers.len()));
+        while chosen.len() < count && !peers.is_empty() {
+            let i = self.rng.below(peers.len());
+            chosen.push(peers.swap_remove(i));
+        }
+        chosen
+    }
+
+    /// Pushes recent news to a few random peers (rumor mongering); anti-entropy repairs what
+    /// the rumors miss.
+    fn gossip(&mut self) {
+        for key in self.registry.take_recent() {
+            self.rumors.insert(key, self.config.rumor_rounds);
+        }
+        if self.rumors.is_empty() {
+            return;
+        }
+        let peers = self.random_peers(self.config.gossip_fanout);
+        if peers.is_empty() {
+            return;
+        }
+        let mut entries = Vec::new();
+        let mut spent = Vec::new();
+        for (key, rounds) in self.rumors.iter_mut().take(limits::ENTRIES_PER_MESSAGE_MAX) {
+            if let Some(entry) = self.registry.entry(key) {
+                entries.push((key.clone(), entry.clone()));
+            }
+            *rounds -= 1;
+            if *rounds == 0 {
+                spent.push(key.clone());
+            }
+        }
+        for key in spent {
+            self.rumors.remove(&key);
+        }
+        let message = Message::Updates(entries);
+        for peer in peers {
+            self.send(&peer, &message);
+        }
+    }
+
+    fn send(&mut self, to: &NodeId, message: &Message) {
+        let bytes = postcard::to_allocvec(message).expect("messages encode");
+        self.actions.push_back(Action::Send { to: to.clone(), bytes });
+    }
+
+    /// The live node that coordinates `app`: ranked first by rendezvous hash on its name.
+    pub fn coordinator_of(&self, app: &AppName) -> NodeId {
+        let everyone = self.members.iter().chain(std::iter::once(&self.config.id));
+        rendezvous_owner(app.as_str(), everyone).expect("this node is alive").clone()
+    }
+
+    fn report_load(&mut self, now: Time) {
+        let pending = std::mem::take(&mut self.load_pending);
+        for (app, requests) in pending {
+            let autoscaled = self.app_spec(&app).is_some_and(|s| s.autoscale.is_some());
+            if !autoscaled {
+                continue;
+            }
+            let coordinator = self.coordinator_of(&app);
+            if coordinator == self.config.id {
+                self.record_load(now, &app, requests);
+            } else {
+                self.send(&coordinator, &Message::Load { app, requests });
+            }
+        }
+    }
+
+    fn record_load(&mut self, now: Time, app: &AppName, requests: u64) {
+        if self.coordinator_of(app) != self.config.id {
+            return; // a report that raced a change of coordinator; the next one goes right
+        }
+        if let Some(scaler) = self.autoscalers.get_mut(app) {
+            scaler.record_requests(now, requests);
+        } else if let Some(spec) = self.apps().into_iter().find(|a| a.name == *app) {
+            if let Some(policy) = &spec.autoscale {
+                let mut scaler = Autoscaler::new(policy, spec.replicas, now);
+                scaler.record_requests(now, requests);
+                self.autoscalers.insert(app.clone(), scaler);
+            }
+        }
+    }
+
+    /// The coordinator of each autoscaled app evaluates its autoscaler and writes `scale/<app>`.
+    fn autoscale(&mut self, now: Time) {
+        let apps = self.apps();
+        let mine: BTreeMap<AppName, AppSpec> = apps
+            .into_iter()
+            .filter(|a| a.autoscale.is_some() && self.coordinator_of(&a.name) == self.config.id)
+            .map(|a| (a.name.clone(), a))
+            .collect();
+        self.autoscalers.retain(|app, _| mine.contains_key(app));
+        for (name, spec) in &mine {
+            let policy = spec.autoscale.as_ref().expect("filtered");
+            let scaler =
+                self.autoscalers.entry(name.clone()).or_insert_with(|| Autoscaler::new(policy, spec.replicas, now));
+            if let Some(decision) = scaler.evaluate(now, spec.replicas) {
+                let to = decision.to;
+                self.actions.push_back(Action::Event(Event::Scaled { app: name.clone(), decision }));
+                self.registry.put(now, Key::Scale(name.clone()), Value::Scale(to)).expect("a count fits the registry");
+                self.request_reconcile(now);
+            }
+        }
+    }
+
+    fn schedule(&mut self, at: Time, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse((at, self.timer_seq, timer)));
+    }
+
+    /// What must hold after every input (STYLE.md, rule 6).
+    fn check_invariants(&self) {
+        assert!(self.timers.len() <= limits::TIMERS_MAX, "timers are bounded");
+        assert!(self.local.len() <= (self.config.host_port_max - self.config.host_port_min) as usize + 1);
+        assert!(!self.members.contains(&self.config.id), "a node is not its own peer");
+        debug_assert!(
+            {
+                let ports: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
+                ports.len() == self.local.len()
+            },
+            "each local slot has its own host port"
+        );
+        for (_, _, backends) in self.backends.values() {
+            // A node declared down is never a backend.
+            debug_assert!(backends.iter().all(|b| b.node == self.config.id || self.members.contains(&b.node)));
+        }
+    }
+
+    /// The host ports and states of this node's slots, for status output and tests.
+    pub fn local_slots(&self) -> Vec<(SlotId, u16, ContainerState)> {
+        self.local.iter().map(|(s, l)| (s.clone(), l.host_port, l.reported_state())).collect()
+    }
+}
+
+impl Local {
+    fn reported_state(&self) -> ContainerState {
+        match self.phase {
+            Phase::Claimed | Phase::Starting => ContainerState::Starting,
+            Phase::BackingOff => ContainerState::Unhealthy,
+            Phase::Failed => ContainerState::Failed,
+            Phase::Running => match self.health.state() {
+                HealthState::Starting => ContainerState::Starting,
+                HealthState::Healthy => ContainerState::Healthy,
+                HealthState::Unhealthy => ContainerState::Unhealthy,
+            },
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! `canteen-sim run` and `canteen-sim sweep`. Exit codes: 0 every expectation held, 1 one
+//! failed (the output names the check, the simulated time and the command that replays it),
+//! 2 bad input.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::scenario::{self, Scenario};
+
+/// canteen's deterministic simulator.
+#[derive(Debug, Parser)]
+#[command(name = "canteen-sim", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one scenario with one seed and print its report.
+    Run {
+        /// The scenario file (TOML).
+        file: PathBuf,
+        /// Overrides the file's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write an SVG timeline of replicas, request rate, errors and latency.
+        #[arg(long, value_name = "OUT.svg")]
+        plot: Option<PathBuf>,
+    },
+    /// Run scenarios over a range of seeds; print each failing seed's replay command.
+    Sweep {
+        /// The scenario files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Seeds: `A..B` (B excluded) or `A..=B`.
+        #[arg(long, value_parser = parse_seeds)]
+        seeds: (u64, u64),
+        /// Runs at once; by default one per core.
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+}
+
+/// Parses `A..B` or `A..=B` into a half-open range.
+pub fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{text:?} is not a seed range; write A..B (B excluded) or A..=B, e.g. 1..101");
+    let (a, b, inclusive) = if let Some((a, b)) = text.split_once("..=") {
+        (a, b, true)
+    } else if let Some((a, b)) = text.split_once("..") {
+        (a, b, false)
+    } else {
+        return Err(bad());
+    };
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    let b: u64 = b.trim().parse().map_err(|_| bad())?;
+    let b = if inclusive { b.checked_add(1).ok_or_else(bad)? } else { b };
+    if b <= a {
+        return Err(format!("{text:?} is an empty seed range"));
+    }
+    Ok((a, b))
+}
+
+/// Reads and checks a scenario; on error prints it and gives exit code 2.
+pub fn load(path: &Path) -> Result<Scenario, u8> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("canteen-sim: {name}: cannot read: {e}");
+        2
+    })?;
+    scenario::parse(&name, &text).map_err(|e| {
+        eprintln!("canteen-sim: {e}");
+        2
+    })
+}
+
+/// The randomized options of a run, printed before anything else so a run can be replayed.
+pub fn options_line(s: &Scenario, seed: u64) -> String {
+    format!(
+        "seed={seed} file={} policy={} membership=perfect-failure-detector nodes={} apps={} duration_s={} start_latency_ms={}+-{} net_latency_ms={}..{} tick_ms={}",
+        s.file,
+        s.cluster.policy,
+        s.cluster.nodes.len(),
+        s.cluster.apps.len(),
+        s.duration_s,
+        s.sim.start_latency_ms,
+        s.sim.start_jitter_ms,
+        s.sim.net_latency_ms_min,
+        s.sim.net_latency_ms_max,
+        s.sim.tick_ms
+    )
+}
+
+/// Runs a command; returns the exit code.
+#[cfg(not(madsim))]
+pub fn run(_cli: Cli) -> u8 {
+    eprintln!(
+        "canteen-sim: this binary was built without the simulator; run it through scripts/sim, which builds it with RUSTFLAGS=\"--cfg madsim\""
+    );
+    2
+}
+
+/// Runs a command; returns the exit code.
+#[cfg(madsim)]
+pub fn run(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Run { file, seed, json, plot } => {
+            let scenario = match load(&file) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let seed = seed.unwrap_or(scenario.seed);
+            println!("{}", options_line(&scenario, seed));
+            let (report, timeline) = crate::harness::run(&scenario, seed);
+            if let Some(out) = plot {
+                if let Err(e) = std::fs::write(&out, timeline.to_svg()) {
+                    eprintln!("canteen-sim: {}: cannot write the plot: {e}", out.display());
+                    return 2;
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("reports encode"));
+            } else {
+                print!("{}", report.to_table());
+                eprintln!("wall time {} ms for {} simulated s", report.wall_ms, report.sim_s);
+            }
+            if report.passed {
+                0
+            } else {
+                for c in report.checks.iter().filter(|c| !c.passed) {
+                    eprintln!("canteen-sim: check {:?} failed: {}; replay: {}", c.name, c.detail, report.replay);
+                }
+                1
+            }
+        }
+        Command::Sweep { files, seeds, jobs } => sweep(&files, seeds, jobs),
+    }
+}
+
+#[cfg(madsim)]
+fn sweep(files: &[PathBuf], (from, to): (u64, u64), jobs: Option<usize>) -> u8 {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let mut scenarios = Vec::new();
+    for f in files {
+        match load(f) {
+            Ok(s) => scenarios.push(s),
+            Err(code) => return code,
+        }
+    }
+    let runs: Vec<(usize, u64)> = (0..scenarios.len()).flat_map(|i| (from..to).map(move |seed| (i, seed))).collect();
+    let bar = indicatif::ProgressBar::new(runs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} runs, {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let next = AtomicUsize::new(0);
+    let failures: Mutex<Vec<(usize, u64, String)>> = Mutex::new(Vec::new());
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(s, seed)) = runs.get(i) else { break };
+                    let (report, _) = crate::harness::run(&scenarios[s], seed);
+                    if !report.passed {
+                        let failed: Vec<String> = report
+                            .checks
+                            .iter()
+                            .filter(|c| !c.passed)
+                            .map(|c| format!("{}: {}", c.name, c.detail))
+                            .collect();
+                        failures.lock().expect("no panic while held").push((s, seed, failed.join("; ")));
+                    }
+                    let failed = failures.lock().expect("no panic while held").len();
+                    bar.set_message(format!("{failed} failed"));
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut failures = failures.into_inner().expect("threads joined");
+    failures.sort();
+    println!(
+        "sweep: {} scenarios x {} seeds = {} runs in {:.1} s, {} failed",
+        scenarios.len(),
+        to - from,
+        runs.len(),
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    for (s, seed, why) in &failures {
+        println!("FAILED {why}\n  replay: canteen-sim run {} --seed {seed}", scenarios[*s].file);
+    }
+    u8::from(!failures.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_ranges_parse_both_ways_and_reject_nonsense() {
+        assert_eq!(parse_seeds("1..101"), Ok((1, 101)));
+        assert_eq!(parse_seeds("1..=100"), Ok((1, 101)));
+        assert!(parse_seeds("5..5").is_err());
+        assert!(parse_seeds("a..b").is_err());
+        assert!(parse_seeds("7").is_err());
+    }
+}

@@ -1,0 +1,734 @@
+//! One simulated run: madsim nodes each running a driver loop around `core::node::Node`, a
+//! traffic task, a fault timeline and checkers watching the world all the time.
+//!
+//! Only built under `--cfg madsim`: madsim's runtime, network and node control exist only there.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use canteen_core::balance::Balancer;
+use canteen_core::health::ProbeOutcome;
+use canteen_core::model::{AppName, NodeId};
+use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig};
+use canteen_core::time::Time;
+use madsim::net::{Endpoint, NetSim};
+use madsim::runtime::{Handle, Runtime};
+use madsim::time::Instant;
+
+use crate::report::{Check, Recovery, Report, Requests, Timeline};
+use crate::scenario::{FaultKind, Scenario};
+use crate::traffic::poisson_arrivals;
+use crate::world::{Input, ScaleEvent, World};
+
+const GOSSIP_PORT: u16 = 7946;
+const TAG: u64 = 0x63616e74;
+
+type Shared = Arc<Mutex<World>>;
+
+fn lock<T>(shared: &Arc<Mutex<T>>) -> MutexGuard<'_, T> {
+    shared.lock().expect("the simulation runs on one thread and never panics while holding a lock")
+}
+
+fn ip_of(index: usize) -> IpAddr {
+    let n = index as u32 + 1;
+    IpAddr::V4(Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8))
+}
+
+fn index_of_ip(ip: IpAddr) -> Option<usize> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [_, a, b, c] = v4.octets();
+            let n = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
+            n.checked_sub(1).map(|i| i as usize)
+        }
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Runs `scenario` with `seed` to completion and returns its report. Deterministic: the same
+/// scenario and seed give the same report, wall time aside.
+pub fn run(scenario: &Scenario, seed: u64) -> (Report, Timeline) {
+    let wall = std::time::Instant::now();
+    let mut config = madsim::Config::default();
+    let min = Duration::from_millis(scenario.sim.net_latency_ms_min);
+    let max = Duration::from_millis(scenario.sim.net_latency_ms_max).max(min + Duration::from_micros(1));
+    config.net.send_latency = min..max;
+    let runtime = Runtime::with_seed_and_config(seed, config);
+    let scenario_for_run = scenario.clone();
+    let (mut report, timeline) = runtime.block_on(async move { supervise(scenario_for_run, seed).await });
+    report.wall_ms = wall.elapsed().as_millis() as u64;
+    (report, timeline)
+}
+
+fn now_ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// The driver loop of one node: inputs in, actions out, drained after every input.
+async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) {
+    let (tx, rx) = async_channel::unbounded::<Input>();
+    let endpoint =
+        Endpoint::bind(SocketAddr::new(ip_of(index), GOSSIP_PORT)).await.expect("each node binds its own address");
+    let receiver = endpoint.clone();
+    let inbox = tx.clone();
+    let names: Vec<NodeId> = lock(&world).nodes.iter().map(|n| n.id.clone()).collect();
+    madsim::task::spawn(async move {
+        while let Ok((payload, from)) = receiver.recv_from_raw(TAG).await {
+            let (Some(from), Ok(bytes)) = (index_of_ip(from.ip()), payload.downcast::<Vec<u8>>()) else { continue };
+            if inbox.send(Input::Message(names[from].clone(), *bytes)).await.is_err() {
+                break;
+            }
+        }
+    });
+    lock(&world).node_started(index, tx);
+    let mut node = Node::new(Time::from_millis(now_ms(start)), config);
+    // Inputs the simulated Docker answers later: container starts and probe results.
+    let mut later: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
+    let mut later_inputs: BTreeMap<usize, Input> = BTreeMap::new();
+    let mut later_seq = 0u64;
+    let mut membership_seen = 0u64;
+    let mut next_traffic_ms = now_ms(start) + 1000;
+    let mut next_digest_ms = now_ms(start) + 500;
+    loop {
+        // 1. Carry out every action, so the node's queue is empty before the next input.
+        while let Some(action) = node.poll_action() {
+            let now = now_ms(start);
+            match action {
+                Action::Send { to, bytes } => {
+                    let Some(&peer) = lock(&world).index_of.get(&to) else { continue };
+                    {
+                        let mut w = lock(&world);
+                        w.nodes[index].bytes_sent += bytes.len() as u64;
+                        w.nodes[index].messages_sent += 1;
+                    }
+                    // Lost datagrams are part of the model: errors are ignored.
+                    let _ = endpoint.send_to_raw(SocketAddr::new(ip_of(peer), GOSSIP_PORT), TAG, Box::new(bytes)).await;
+                }
+                Action::StartContainer { slot, app, host_port, generation } => {
+                    let mut w = lock(&world);
+                    let sim = w.app_sim(&app.name);
+                    let (latency, jitter) = w.start_latency;
+                    let offset = if jitter == 0 { 0 } else { w.rng.below(2 * jitter + 1) };
+                    let ready = now + latency - jitter + offset;
+                    let input = match w.create_container(index, slot.clone(), host_port, app.resources, ready, sim) {
+                        Some(container) => Input::Container(ContainerEvent::Started { slot, generation, container }),
+                        None => Input::Container(ContainerEvent::StartFailed {
+                            slot,
+                            generation,
+                            error: format!("host port {host_port} is taken"),
+                        }),
+                    };
+                    drop(w);
+                    later_seq += 1;
+                    later.push(Reverse((ready, later_seq, later_seq as usize)));
+                    later_inputs.insert(later_seq as usize, input);
+                }
+                Action::StopContainer { container, drain_ms, .. } => {
+                    lock(&world).stop_container(&container, now, drain_ms)
+                }
+                Action::Probe { container, timeout_ms, .. } => {
+                    let w = lock(&world);
+                    let (outcome, after_ms) = match w.containers.get(&container) {
+                        Some(c) if c.removed_at_ms.is_none() && c.hung => (ProbeOutcome::Timeout, timeout_ms),
+                        Some(c) if c.removed_at_ms.is_none() && c.healthy_at(now) => (ProbeOutcome::Success, 1),
+                        _ => (ProbeOutcome::Failure, 1),
+                    };
+                    drop(w);
+                    later_seq += 1;
+                    later.push(Reverse((now + after_ms, later_seq, later_seq as usize)));
+                    later_inputs.insert(later_seq as usize, Input::Probe(container, outcome));
+                }
+                Action::SetBackends { app, picker, backends, .. } => {
+                    let mut w = lock(&world);
+                    let seed = w.rng.next_u64();
+                    let balancers = &mut w.nodes[index].balancers;
+                    let balancer = balancers.entry(app).or_insert_with(|| Balancer::new(picker, seed));
+                    if balancer.kind() != picker {
+                        *balancer = Balancer::new(picker, seed);
+                    }
+                    balancer.set_backends(backends.into_iter().map(|b| (b, 1)));
+                }
+                Action::RemoveBalancer { app } => {
+                    lock(&world).nodes[index].balancers.remove(&app);
+                }
+                Action::Event(event) => lock(&world).record_event(now, event),
+            }
+        }
+        let now = now_ms(start);
+        // 2. The perfect failure detector tells the node who is up and reachable.
+        let membership = {
+            let w = lock(&world);
+            (w.membership_version != membership_seen).then(|| (w.membership_version, w.alive_seen_by(index)))
+        };
+        if let Some((version, alive)) = membership {
+            membership_seen = version;
+            node.handle_membership(Time::from_millis(now), alive);
+            continue;
+        }
+        if let Some(Reverse((at, _, key))) = later.peek().copied() {
+            if at <= now {
+                later.pop();
+                let input = later_inputs.remove(&key).expect("scheduled");
+                feed(&mut node, now, input);
+                continue;
+            }
+        }
+        if now >= next_traffic_ms {
+            next_traffic_ms = now + 1000;
+            let entered = std::mem::take(&mut lock(&world).nodes[index].entered);
+            for (app, count) in entered {
+                node.handle_traffic(Time::from_millis(now), &app, count);
+                assert!(node.poll_action().is_none(), "a traffic sample causes no action at once");
+            }
+        }
+        if now >= next_digest_ms {
+            next_digest_ms = now + 500;
+            lock(&world).nodes[index].digest = Some(node.registry().digest());
+        }
+        if node.poll_timeout().is_some_and(|t| t.as_millis() <= now) {
+            node.handle_timeout(Time::from_millis(now));
+            continue;
+        }
+        // 3. Sleep until the next timer or the next input.
+        let mut deadline = next_traffic_ms.min(next_digest_ms);
+        if let Some(t) = node.poll_timeout() {
+            deadline = deadline.min(t.as_millis());
+        }
+        if let Some(Reverse((at, _, _))) = later.peek() {
+            deadline = deadline.min(*at);
+        }
+        let wait = Duration::from_millis(deadline.saturating_sub(now));
+        match madsim::time::timeout(wait, rx.recv()).await {
+            Ok(Ok(input)) => feed(&mut node, now_ms(start), input),
+            Ok(Err(_)) => return,
+            Err(_) => {}
+        }
+    }
+}
+
+fn feed(node: &mut Node, now: u64, input: Input) {
+    let now = Time::from_millis(now);
+    match input {
+        Input::Message(from, bytes) => node.handle_message(now, &from, &bytes),
+        Input::Container(event) => node.handle_container_event(now, event),
+        Input::Probe(container, outcome) => node.handle_probe_result(now, &container, outcome),
+        Input::Command(command) => {
+            // The scenario's own commands are valid: the file was checked.
+            node.handle_command(now, command).expect("scenario commands are valid");
+        }
+    }
+}
+
+/// The whole run: nodes, traffic, faults, checks, report.
+async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
+    let start = Instant::now();
+    let world: Shared = Arc::new(Mutex::new(World::new(&scenario, seed)));
+    let handle = Handle::current();
+    let mut madsim_ids = Vec::new();
+    for (i, spec) in scenario.cluster.nodes.iter().enumerate() {
+        let mut config = NodeConfig::new(spec.id.clone(), &ip_of(i).to_string(), spec.capacity);
+        config.labels = spec.labels.clone();
+        config.policy = scenario.cluster.policy;
+        config.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64;
+        let w = world.clone();
+        let node = handle
+            .create_node()
+            .name(spec.id.as_str())
+            .ip(ip_of(i))
+            .init(move || drive(w.clone(), i, config.clone(), start))
+            .build();
+        madsim_ids.push(node.id());
+    }
+    // Let every node boot, then apply the apps through node 0, as an operator would.
+    while lock(&world).nodes.iter().any(|n| n.inbox.is_none()) {
+        madsim::time::sleep(Duration::from_millis(1)).await;
+    }
+    for app in &scenario.cluster.apps {
+        lock(&world).deliver(0, Input::Command(Command::Apply(Box::new(app.clone()))));
+    }
+
+    let checker = Checker::new(&scenario);
+    let checker = Arc::new(Mutex::new(checker));
+    let traffic = madsim::task::spawn(traffic_loop(world.clone(), scenario.clone(), start));
+    let checks = madsim::task::spawn(check_loop(world.clone(), checker.clone(), scenario.clone(), start));
+
+    // The fault timeline, then the heal, then the end of the run.
+    let mut events: Vec<(f64, usize, bool)> = Vec::new(); // (at, fault index, is_end)
+    for (i, f) in scenario.faults.iter().enumerate() {
+        events.push((f.at_s, i, false));
+        if let Some(end) = f.end_s() {
+            events.push((end, i, true));
+        }
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let heal_at = scenario.heal_at_s();
+    let mut healed = false;
+    let mut partitioned: Vec<(madsim::task::NodeId, madsim::task::NodeId)> = Vec::new();
+    for (at, i, is_end) in events {
+        if !healed && at > heal_at {
+            sleep_until_s(start, heal_at).await;
+            heal(&world, &mut partitioned, now_ms(start));
+            lock(&checker).healed_at(heal_at);
+            healed = true;
+        }
+        sleep_until_s(start, at).await;
+        let fault = &scenario.faults[i];
+        let now = now_ms(start);
+        let mut w = lock(&world);
+        if is_end {
+            match &fault.kind {
+                FaultKind::SlowNode { node, .. } => w.nodes[*node].slow_factor = 1.0,
+                FaultKind::Partition { .. } | FaultKind::PacketLoss { .. } => {
+                    drop(w);
+                    heal(&world, &mut partitioned, now);
+                    w = lock(&world);
+                }
+                _ => {}
+            }
+            continue;
+        }
+        lock(&checker).fault_started(fault.describe(), fault.at_s, fault.end_s());
+        match &fault.kind {
+            FaultKind::CrashNode { node } => {
+                if w.nodes[*node].up {
+                    w.node_crashed(*node, now);
+                    drop(w);
+                    handle.kill(madsim_ids[*node]);
+                }
+            }
+            FaultKind::RestartNode { node } => {
+                if !w.nodes[*node].up {
+                    drop(w);
+                    handle.restart(madsim_ids[*node]);
+                }
+            }
+            FaultKind::KillContainer { app, slot } => {
+                if let Some(id) = w.container_of(app, *slot) {
+                    let c = w.containers.get_mut(&id).expect("found");
+                    c.exited = true;
+                    let node = c.node;
+                    w.deliver(node, Input::Container(ContainerEvent::Exited { container: id }));
+                }
+            }
+            FaultKind::HangContainer { app, slot } => {
+                if let Some(id) = w.container_of(app, *slot) {
+                    w.containers.get_mut(&id).expect("found").hung = true;
+                }
+            }
+            FaultKind::FlapContainer { app, slot, period_ms } => {
+                let until = fault.end_s().map_or(u64::MAX, |e| (e * 1000.0) as u64);
+                if let Some(id) = w.container_of(app, *slot) {
+                    w.containers.get_mut(&id).expect("found").flap = Some((now, *period_ms, until));
+                }
+            }
+            FaultKind::SlowNode { node, factor } => w.nodes[*node].slow_factor = *factor,
+            FaultKind::Partition { groups } => {
+                let n = w.nodes.len();
+                let mut group = vec![groups.len(); n];
+                for (g, members) in groups.iter().enumerate() {
+                    for &m in members {
+                        group[m] = g;
+                    }
+                }
+                w.group = group.clone();
+                w.membership_version += 1;
+                drop(w);
+                let net = NetSim::current();
+                for a in 0..n {
+                    for b in 0..n {
+                        if group[a] != group[b] {
+                            net.clog_link(madsim_ids[a], madsim_ids[b]);
+                            partitioned.push((madsim_ids[a], madsim_ids[b]));
+                        }
+                    }
+                }
+            }
+            FaultKind::Heal => {
+                drop(w);
+                heal(&world, &mut partitioned, now);
+            }
+            FaultKind::PacketLoss { ratio } => {
+                let ratio = *ratio;
+                drop(w);
+                NetSim::current().update_config(|c| c.packet_loss_rate = ratio);
+            }
+        }
+    }
+    if !healed {
+        sleep_until_s(start, heal_at).await;
+        heal(&world, &mut partitioned, now_ms(start));
+        lock(&checker).healed_at(heal_at);
+    }
+    sleep_until_s(start, scenario.duration_s).await;
+    traffic.abort();
+    checks.abort();
+    let w = lock(&world);
+    let checker = lock(&checker);
+    checker.report(&scenario, seed, &w)
+}
+
+async fn sleep_until_s(start: Instant, at_s: f64) {
+    let at = start + Duration::from_secs_f64(at_s);
+    madsim::time::sleep_until(at).await;
+}
+
+/// Ends every partition and packet loss; slow nodes stay slow until their fault ends.
+fn heal(world: &Shared, partitioned: &mut Vec<(madsim::task::NodeId, madsim::task::NodeId)>, _now: u64) {
+    let net = NetSim::current();
+    for (a, b) in partitioned.drain(..) {
+        net.unclog_link(a, b);
+    }
+    net.update_config(|c| c.packet_loss_rate = 0.0);
+    let mut w = lock(world);
+    if w.group.iter().any(|g| *g != 0) {
+        w.group.iter_mut().for_each(|g| *g = 0);
+        w.membership_version += 1;
+    }
+}
+
+/// Open-loop Poisson clients: each request enters a random node that is up and goes through
+/// that node's balancer.
+async fn traffic_loop(world: Shared, scenario: Scenario, start: Instant) {
+    let tick_us = scenario.sim.tick_ms * 1000;
+    let mut arrivals = Vec::new();
+    let mut t_us = 0u64;
+    let apps: Vec<AppName> = scenario.cluster.apps.iter().map(|a| a.name.clone()).collect();
+    loop {
+        let next = t_us + tick_us;
+        madsim::time::sleep_until(start + Duration::from_micros(next)).await;
+        let mut w = lock(&world);
+        w.finish_requests(next);
+        let up: Vec<usize> = (0..w.nodes.len()).filter(|i| w.nodes[*i].up).collect();
+        for app in &apps {
+            let rate = rate_at(&scenario, app, t_us as f64 / 1e6);
+            if rate <= 0.0 {
+                continue;
+            }
+            arrivals.clear();
+            poisson_arrivals(&mut w.rng, rate, t_us, next, &mut arrivals);
+            for &at in &arrivals {
+                if up.is_empty() {
+                    w.record(Err(crate::world::RequestError::NoBackend));
+                    continue;
+                }
+                let entry = up[w.rng.below(up.len() as u64) as usize];
+                let outcome = w.route(at, entry, app);
+                w.record(outcome);
+                w.record_second(at, outcome);
+            }
+        }
+        t_us = next;
+    }
+}
+
+/// The load timeline's rate for `app` at `t_s`.
+fn rate_at(scenario: &Scenario, app: &AppName, t_s: f64) -> f64 {
+    scenario.load.iter().filter(|l| l.app == app.as_str() && l.at_s <= t_s).last().map_or(0.0, |l| l.rps)
+}
+
+async fn check_loop(world: Shared, checker: Arc<Mutex<Checker>>, scenario: Scenario, start: Instant) {
+    let interval = scenario.sim.check_interval_ms;
+    let mut t = 0;
+    loop {
+        t += interval;
+        madsim::time::sleep_until(start + Duration::from_millis(t)).await;
+        let mut w = lock(&world);
+        w.purge(t);
+        lock(&checker).sample(t, &w, &scenario);
+    }
+}
+
+/// What the checkers track over a run.
+#[derive(Debug)]
+struct Checker {
+    over_capacity: Option<(f64, String)>,
+    duplicate_replica_s: f64,
+    faults: Vec<OpenFault>,
+    heal_at: Option<f64>,
+    converged_at: Option<f64>,
+    good_now: bool,
+    timeline: Timeline,
+    last_second: u64,
+    peak_replicas: u32,
+}
+
+#[derive(Debug)]
+struct OpenFault {
+    describe: String,
+    at_s: f64,
+    measure_from_s: f64,
+    recovered_s: Option<f64>,
+}
+
+impl Checker {
+    fn new(scenario: &Scenario) -> Checker {
+        Checker {
+            over_capacity: None,
+            duplicate_replica_s: 0.0,
+            faults: Vec::new(),
+            heal_at: None,
+            converged_at: None,
+            good_now: false,
+            timeline: Timeline::new(scenario),
+            last_second: 0,
+            peak_replicas: 0,
+        }
+    }
+
+    fn fault_started(&mut self, describe: String, at_s: f64, end_s: Option<f64>) {
+        self.faults.push(OpenFault { describe, at_s, measure_from_s: end_s.unwrap_or(at_s), recovered_s: None });
+    }
+
+    fn healed_at(&mut self, at_s: f64) {
+        self.heal_at = Some(at_s);
+    }
+
+    fn sample(&mut self, now_ms: u64, w: &World, scenario: &Scenario) {
+        let now_s = now_ms as f64 / 1000.0;
+        let dt_s = scenario.sim.check_interval_ms as f64 / 1000.0;
+        // No node over capacity: what its containers reserve, against what it offers.
+        let mut used = vec![canteen_core::model::Resources::ZERO; w.nodes.len()];
+        for c in w.containers.values().filter(|c| c.removed_at_ms.is_none()) {
+            used[c.node] = used[c.node].saturating_add(c.resources);
+        }
+        for (i, n) in w.nodes.iter().enumerate() {
+            if n.up && !used[i].fits_in(n.capacity) && self.over_capacity.is_none() {
+                self.over_capacity = Some((now_s, format!("{} reserves {:?} of {:?}", n.id, used[i], n.capacity)));
+            }
+        }
+        // Every desired slot served, no duplicates.
+        let mut serving: BTreeMap<(&AppName, u32), u32> = BTreeMap::new();
+        for c in w.containers.values().filter(|c| c.serving_at(now_ms, &w.nodes)) {
+            *serving.entry((&c.slot.app, c.slot.index)).or_default() += 1;
+        }
+        let duplicates: u32 = serving.values().map(|n| n.saturating_sub(1)).sum();
+        self.duplicate_replica_s += f64::from(duplicates) * dt_s;
+        let mut missing = 0usize;
+        for (app, &replicas) in &w.desired {
+            missing += (0..replicas).filter(|i| !serving.contains_key(&(app, *i))).count();
+        }
+        let unschedulable = w.unschedulable;
+        let good = missing <= unschedulable && duplicates == 0;
+        self.good_now = good;
+        for f in &mut self.faults {
+            if f.recovered_s.is_none() && now_s > f.measure_from_s && good {
+                f.recovered_s = Some(now_s - f.measure_from_s);
+            }
+        }
+        if let Some(heal) = self.heal_at {
+            let digests: Vec<_> = w.nodes.iter().filter(|n| n.up).map(|n| n.digest.clone()).collect();
+            let agree = digests.windows(2).all(|d| d[0] == d[1]) && digests.iter().all(|d| d.is_some());
+            if good && agree && now_s >= heal {
+                self.converged_at.get_or_insert(now_s);
+            } else {
+                self.converged_at = None;
+            }
+        }
+        // Once a second: the plot's series.
+        let second = now_ms / 1000;
+        if second != self.last_second {
+            self.last_second = second;
+            let mut per_app: BTreeMap<&AppName, u32> = BTreeMap::new();
+            for ((app, _), _) in &serving {
+                *per_app.entry(app).or_default() += 1;
+            }
+            for (app, &desired) in &w.desired {
+                self.peak_replicas = self.peak_replicas.max(desired);
+                self.timeline.replicas(app, now_s, per_app.get(app).copied().unwrap_or(0), desired);
+            }
+        }
+    }
+
+    fn report(&self, scenario: &Scenario, seed: u64, w: &World) -> (Report, Timeline) {
+        let e = &scenario.expect;
+        let replay = format!("canteen-sim run {} --seed {seed}", scenario.file);
+        let mut checks = Vec::new();
+        checks.push(match &self.over_capacity {
+            None => {
+                Check::pass("no node over capacity", "every node's containers fit its capacity at every check".into())
+            }
+            Some((at, what)) => Check::fail("no node over capacity", format!("at {at:.1}s: {what}")),
+        });
+        let end_ms = (scenario.duration_s * 1000.0) as u64;
+        let mut lost = Vec::new();
+        for (app, &replicas) in &w.desired {
+            for i in 0..replicas {
+                if !w
+                    .containers
+                    .values()
+                    .any(|c| c.slot.app == *app && c.slot.index == i && c.serving_at(end_ms, &w.nodes))
+                {
+                    lost.push(format!("{app}/{i}"));
+                }
+            }
+        }
+        checks.push(if lost.len() <= w.unschedulable {
+            Check::pass(
+                "no slot lost",
+                format!("every desired slot runs healthy at the end ({} reported unschedulable)", w.unschedulable),
+            )
+        } else {
+            Check::fail("no slot lost", format!("at {:.1}s not running: {}", scenario.duration_s, lost.join(", ")))
+        });
+        let recoveries: Vec<Recovery> = self
+            .faults
+            .iter()
+            .map(|f| Recovery { fault: f.describe.clone(), at_s: f.at_s, recovery_s: f.recovered_s })
+            .collect();
+        if let Some(max) = e.recovery_s_max {
+            let slow: Vec<String> = recoveries
+                .iter()
+                .filter(|r| r.recovery_s.is_none_or(|s| s > max))
+                .map(|r| match r.recovery_s {
+                    Some(s) => format!("{} at {:.1}s took {s:.1}s", r.fault, r.at_s),
+                    None => format!("{} at {:.1}s never recovered", r.fault, r.at_s),
+                })
+                .collect();
+            checks.push(if slow.is_empty() {
+                Check::pass("recovery", format!("every fault recovered within {max}s"))
+            } else {
+                Check::fail("recovery", format!("over {max}s: {}", slow.join("; ")))
+            });
+        }
+        let requests = Requests::from_world(w);
+        if let Some(min) = e.success_ratio_min {
+            let ok = requests.success_ratio >= min;
+            let detail = format!("{:.5} of {} requests succeeded (min {min})", requests.success_ratio, requests.total);
+            checks.push(if ok { Check::pass("success ratio", detail) } else { Check::fail("success ratio", detail) });
+        }
+        if let Some(max) = e.duplicate_replica_s_max {
+            let detail = format!("{:.1} replica-seconds of duplicates (max {max})", self.duplicate_replica_s);
+            checks.push(if self.duplicate_replica_s <= max {
+                Check::pass("duplicates", detail)
+            } else {
+                Check::fail("duplicates", detail)
+            });
+        }
+        if e.converged {
+            let heal = self.heal_at.unwrap_or(0.0);
+            let bound = e.recovery_s_max.unwrap_or(scenario.duration_s);
+            checks.push(match self.converged_at {
+                Some(at) if at - heal <= bound => Check::pass(
+                    "converged",
+                    format!(
+                        "{:.1}s after the heal at {heal:.1}s: every slot healthy, no duplicates, registries identical",
+                        at - heal
+                    ),
+                ),
+                Some(at) => Check::fail(
+                    "converged",
+                    format!("only {:.1}s after the heal at {heal:.1}s (max {bound}s)", at - heal),
+                ),
+                None => Check::fail(
+                    "converged",
+                    format!("not converged at the end ({:.1}s); heal at {heal:.1}s", scenario.duration_s),
+                ),
+            });
+        }
+        if let Some(max) = e.latency_ms_p99_max {
+            let detail = format!("p99 {:.1} ms (max {max})", requests.latency_ms_p99);
+            checks.push(if requests.latency_ms_p99 <= max {
+                Check::pass("latency p99", detail)
+            } else {
+                Check::fail("latency p99", detail)
+            });
+        }
+        let ups = w.scale_events.iter().filter(|s| s.to > s.from).count() as u32;
+        let downs = w.scale_events.iter().filter(|s| s.to < s.from).count() as u32;
+        if let Some(min) = e.replicas_peak_min {
+            let detail = format!("peak desired replicas {} (min {min})", self.peak_replicas);
+            checks.push(if self.peak_replicas >= min {
+                Check::pass("scaled up", detail)
+            } else {
+                Check::fail("scaled up", detail)
+            });
+        }
+        if let Some(min) = e.scale_ups_min {
+            let detail = format!("{ups} scale-ups (min {min})");
+            checks.push(if ups >= min { Check::pass("scale-ups", detail) } else { Check::fail("scale-ups", detail) });
+        }
+        if let Some(max) = e.scale_downs_max {
+            let detail = format!("{downs} scale-downs (max {max})");
+            checks.push(if downs <= max {
+                Check::pass("no flapping", detail)
+            } else {
+                Check::fail("no flapping", detail)
+            });
+        }
+        if let Some(min) = e.unschedulable_min {
+            let detail = format!("{} slots reported unschedulable (min {min})", w.unschedulable);
+            checks.push(if w.unschedulable as u32 >= min {
+                Check::pass("unschedulable reported", detail)
+            } else {
+                Check::fail("unschedulable reported", detail)
+            });
+        }
+        for app in &e.fully_placed {
+            let name = AppName::new(app);
+            let want = w.desired.get(&name).copied().unwrap_or(0);
+            let have = (0..want)
+                .filter(|i| {
+                    w.containers
+                        .values()
+                        .any(|c| c.slot.app == name && c.slot.index == *i && c.serving_at(end_ms, &w.nodes))
+                })
+                .count() as u32;
+            let detail = format!("{app}: {have} of {want} slots run healthy at the end");
+            checks.push(if have == want {
+                Check::pass("fully placed", detail)
+            } else {
+                Check::fail("fully placed", detail)
+            });
+        }
+        if let Some(max) = e.moves_max {
+            let detail = format!("{} slots moved (max {max})", w.moves);
+            checks.push(if w.moves <= max { Check::pass("moves", detail) } else { Check::fail("moves", detail) });
+        }
+        let up = w.nodes.iter().filter(|n| n.up).count().max(1);
+        let bytes: u64 = w.nodes.iter().map(|n| n.bytes_sent).sum();
+        let report = Report {
+            scenario: scenario.name.clone(),
+            file: scenario.file.clone(),
+            seed,
+            passed: checks.iter().all(|c| c.passed),
+            membership: "perfect-failure-detector".to_owned(),
+            policy: scenario.cluster.policy.to_string(),
+            nodes: w.nodes.len(),
+            checks,
+            requests,
+            recoveries,
+            moves: w.moves,
+            duplicate_replica_s: self.duplicate_replica_s,
+            scale_events: w.scale_events.iter().cloned().map(Into::into).collect(),
+            sim_s: scenario.duration_s,
+            wall_ms: 0,
+            gossip_bytes_per_node_s: bytes as f64 / scenario.duration_s / up as f64,
+            replay,
+        };
+        let mut timeline = self.timeline.clone();
+        timeline.finish(w, scenario);
+        (report, timeline)
+    }
+}
+
+impl World {
+    /// Keeps what the checkers need from a node's event.
+    fn record_event(&mut self, now_ms: u64, event: Event) {
+        match event {
+            Event::Scaled { app, decision } => {
+                self.desired.insert(app.clone(), decision.to);
+                self.scale_events.push(ScaleEvent {
+                    at_s: now_ms as f64 / 1000.0,
+                    app,
+                    from: decision.from,
+                    to: decision.to,
+                });
+            }
+            Event::Unschedulable { slots } => self.unschedulable = slots.len(),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! canteen-sim: the deterministic simulator. Each simulated server is a madsim node running a
+//! driver loop around the very `canteen_core::node::Node` the real agent runs; a scenario file
+//! drives load and faults, and checkers watch invariants all the time. The same file and seed
+//! replay the same run bit for bit.
+//!
+//! # Layout
+//!
+//! - [`scenario`]: the scenario file, parsed and checked.
+//! - [`world`]: what is physically true: simulated Docker, the network's partitions, the
+//!   balancers and the request path.
+//! - `harness` (under `--cfg madsim` only): the madsim runtime, the node drivers, faults and
+//!   checkers of one run.
+//! - [`report`]: a run's report as a table, JSON and an SVG timeline.
+//! - [`traffic`]: Poisson arrivals, replica queues, latency histograms.
+//! - [`plot`]: the SVG timeline writer.
+//! - [`cli`]: the `canteen-sim` command line.
+
+pub mod cli;
+#[cfg(madsim)]
+pub mod harness;
+pub mod plot;
+pub mod report;
+pub mod scenario;
+pub mod traffic;
+pub mod world;

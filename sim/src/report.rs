@@ -1,0 +1,263 @@
+//! What a run found: checks, requests, recoveries, scale events; as a table, as JSON, and as an
+//! SVG timeline.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use canteen_core::model::AppName;
+use serde::Serialize;
+
+use crate::plot::{Marker, Panel, Series, timeline_svg};
+use crate::scenario::Scenario;
+use crate::world::{ScaleEvent, World};
+
+/// One check and its verdict.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Check {
+    /// What it checks.
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// What was measured.
+    pub detail: String,
+}
+
+impl Check {
+    /// A check that held.
+    pub fn pass(name: &str, detail: String) -> Check {
+        Check { name: name.to_owned(), passed: true, detail }
+    }
+    /// A check that failed.
+    pub fn fail(name: &str, detail: String) -> Check {
+        Check { name: name.to_owned(), passed: false, detail }
+    }
+}
+
+/// Request figures of a run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Requests {
+    /// All requests.
+    pub total: u64,
+    /// Answered.
+    pub ok: u64,
+    /// Refused, failed or timed out.
+    pub failed: u64,
+    /// `ok / total`, 1 when there were none.
+    pub success_ratio: f64,
+    /// Median latency of answered requests.
+    pub latency_ms_p50: f64,
+    /// 99th percentile latency of answered requests.
+    pub latency_ms_p99: f64,
+    /// Highest latency of an answered request.
+    pub latency_ms_max: f64,
+    /// Failures by cause.
+    pub failures: BTreeMap<String, u64>,
+}
+
+impl Requests {
+    /// The figures the world collected.
+    pub fn from_world(w: &World) -> Requests {
+        let failed: u64 = w.failed.values().sum();
+        let total = w.ok + failed;
+        Requests {
+            total,
+            ok: w.ok,
+            failed,
+            success_ratio: if total == 0 { 1.0 } else { w.ok as f64 / total as f64 },
+            latency_ms_p50: w.latency.quantile(0.5) as f64 / 1000.0,
+            latency_ms_p99: w.latency.quantile(0.99) as f64 / 1000.0,
+            latency_ms_max: w.latency.max() as f64 / 1000.0,
+            failures: w.failed.iter().map(|(k, v)| (format!("{k:?}"), *v)).collect(),
+        }
+    }
+}
+
+/// How long one fault took to recover from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Recovery {
+    /// The fault.
+    pub fault: String,
+    /// When it struck.
+    pub at_s: f64,
+    /// From its start (or its end, for faults with a duration) until every desired slot ran
+    /// healthy with no duplicate; `None` if that never happened.
+    pub recovery_s: Option<f64>,
+}
+
+/// The outcome of one run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// The scenario's name.
+    pub scenario: String,
+    /// Its file.
+    pub file: String,
+    /// The seed of the run.
+    pub seed: u64,
+    /// Whether every check held.
+    pub passed: bool,
+    /// How nodes learned who was alive.
+    pub membership: String,
+    /// The placement policy.
+    pub policy: String,
+    /// Nodes in the cluster.
+    pub nodes: usize,
+    /// Each check.
+    pub checks: Vec<Check>,
+    /// Request figures.
+    pub requests: Requests,
+    /// Each fault's recovery.
+    pub recoveries: Vec<Recovery>,
+    /// Slots started on another node than before.
+    pub moves: u64,
+    /// Replica-seconds during which a slot ran twice.
+    pub duplicate_replica_s: f64,
+    /// Scale decisions.
+    pub scale_events: Vec<ScaleEventJson>,
+    /// Simulated seconds.
+    pub sim_s: f64,
+    /// Wall-clock milliseconds the run took; the one figure that differs between two runs of
+    /// the same seed.
+    pub wall_ms: u64,
+    /// Bytes of gossip each live node sent per simulated second, on average.
+    pub gossip_bytes_per_node_s: f64,
+    /// The command that replays this run.
+    pub replay: String,
+}
+
+/// A scale decision in the report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScaleEventJson {
+    /// When.
+    pub at_s: f64,
+    /// The app.
+    pub app: String,
+    /// From.
+    pub from: u32,
+    /// To.
+    pub to: u32,
+}
+
+impl From<ScaleEvent> for ScaleEventJson {
+    fn from(e: ScaleEvent) -> Self {
+        ScaleEventJson { at_s: e.at_s, app: e.app.to_string(), from: e.from, to: e.to }
+    }
+}
+
+impl Report {
+    /// The report as a table for people. Leaves out the wall time, so that two runs of the same
+    /// seed print the same bytes.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario {} ({}): {} nodes, policy {}, membership {}, {:.0} simulated s",
+            self.scenario, self.file, self.nodes, self.policy, self.membership, self.sim_s
+        );
+        let _ = writeln!(out, "\nCHECK                    RESULT  DETAIL");
+        for c in &self.checks {
+            let _ = writeln!(out, "{:<24} {:<7} {}", c.name, if c.passed { "ok" } else { "FAILED" }, c.detail);
+        }
+        let r = &self.requests;
+        let _ = writeln!(
+            out,
+            "\nrequests: {} total, {} ok, {} failed ({:.5} success); latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            r.total, r.ok, r.failed, r.success_ratio, r.latency_ms_p50, r.latency_ms_p99, r.latency_ms_max
+        );
+        if !r.failures.is_empty() {
+            let causes: Vec<String> = r.failures.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(out, "failures: {}", causes.join(", "));
+        }
+        if !self.recoveries.is_empty() {
+            let _ = writeln!(out, "\nFAULT                                    AT (s)   RECOVERY (s)");
+            for rec in &self.recoveries {
+                let recovery = rec.recovery_s.map_or("never".to_owned(), |s| format!("{s:.1}"));
+                let _ = writeln!(out, "{:<40} {:>7.1}  {recovery}", rec.fault, rec.at_s);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nmoves {}, duplicates {:.1} replica-s, scale events {}, gossip {:.0} B/node/s",
+            self.moves,
+            self.duplicate_replica_s,
+            self.scale_events.len(),
+            self.gossip_bytes_per_node_s
+        );
+        for e in &self.scale_events {
+            let _ = writeln!(out, "  {:>7.1}s  {} {} -> {}", e.at_s, e.app, e.from, e.to);
+        }
+        let _ = writeln!(
+            out,
+            "\n{}",
+            if self.passed { "PASSED".to_owned() } else { format!("FAILED; replay: {}", self.replay) }
+        );
+        out
+    }
+}
+
+/// Series for the SVG timeline, sampled once a simulated second.
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    title: String,
+    duration_s: f64,
+    replicas: BTreeMap<AppName, (Vec<(f64, f64)>, Vec<(f64, f64)>)>,
+    requests: Vec<(f64, f64)>,
+    errors: Vec<(f64, f64)>,
+    p99: Vec<(f64, f64)>,
+    markers: Vec<Marker>,
+}
+
+impl Timeline {
+    /// An empty timeline for `scenario`, with a marker per fault.
+    pub fn new(scenario: &Scenario) -> Timeline {
+        Timeline {
+            title: format!("{} ({})", scenario.name, scenario.file),
+            duration_s: scenario.duration_s,
+            markers: scenario.faults.iter().map(|f| Marker { at_s: f.at_s, label: f.describe() }).collect(),
+            ..Timeline::default()
+        }
+    }
+
+    /// One sample of an app's serving and desired replicas.
+    pub fn replicas(&mut self, app: &AppName, t_s: f64, serving: u32, desired: u32) {
+        let (s, d) = self.replicas.entry(app.clone()).or_default();
+        s.push((t_s, f64::from(serving)));
+        d.push((t_s, f64::from(desired)));
+    }
+
+    /// Takes the per-second request series from the world at the end of the run.
+    pub fn finish(&mut self, w: &World, scenario: &Scenario) {
+        self.markers.push(Marker { at_s: scenario.heal_at_s(), label: "heal".into() });
+        for (second, (ok, failed, p99)) in w.seconds.iter().enumerate() {
+            let t = second as f64;
+            self.requests.push((t, (*ok + *failed) as f64));
+            self.errors.push((t, *failed as f64));
+            self.p99.push((t, *p99));
+        }
+    }
+
+    /// The timeline as a standalone SVG.
+    pub fn to_svg(&self) -> String {
+        let mut replicas = Vec::new();
+        for (app, (serving, desired)) in &self.replicas {
+            replicas.push(Series { name: format!("{app} serving"), points: serving.clone(), step: true });
+            replicas.push(Series { name: format!("{app} desired"), points: desired.clone(), step: true });
+        }
+        let panels = [
+            Panel { title: "replicas".into(), unit: "replicas".into(), series: replicas },
+            Panel {
+                title: "requests".into(),
+                unit: "per s".into(),
+                series: vec![
+                    Series { name: "requests".into(), points: self.requests.clone(), step: false },
+                    Series { name: "errors".into(), points: self.errors.clone(), step: false },
+                ],
+            },
+            Panel {
+                title: "latency".into(),
+                unit: "ms".into(),
+                series: vec![Series { name: "p99".into(), points: self.p99.clone(), step: false }],
+            },
+        ];
+        timeline_svg(&self.title, &panels, &self.markers, self.duration_s)
+    }
+}

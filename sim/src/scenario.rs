@@ -1,0 +1,541 @@
+//! A scenario file: a cluster file plus a load timeline, a fault timeline, simulator options and
+//! expectations. Parsed and checked here; every error names the file, the key and what is
+//! allowed.
+
+use std::collections::BTreeMap;
+
+use canteen_core::cluster_file::{self, Cluster, FileError, RawApp, RawCluster, RawNode};
+use canteen_core::model::AppName;
+use serde::Deserialize;
+
+/// How each replica of an app behaves when simulated (`[app.sim]`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSim {
+    /// Mean time one request keeps a replica busy.
+    #[serde(default = "default_service_time_ms")]
+    pub service_time_ms: f64,
+    /// Requests one replica serves at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Requests one replica queues beyond those; more are refused (503).
+    #[serde(default = "default_queue_max")]
+    pub queue_max: u32,
+}
+
+impl Default for AppSim {
+    fn default() -> Self {
+        AppSim {
+            service_time_ms: default_service_time_ms(),
+            concurrency: default_concurrency(),
+            queue_max: default_queue_max(),
+        }
+    }
+}
+
+fn default_service_time_ms() -> f64 {
+    5.0
+}
+fn default_concurrency() -> u32 {
+    16
+}
+fn default_queue_max() -> u32 {
+    64
+}
+
+/// How nodes learn who is alive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Membership {
+    /// The simulator tells every node who is up and reachable: a perfect failure detector, a
+    /// crutch until SWIM lands, kept afterwards to compare policies without detection noise.
+    #[default]
+    PerfectFailureDetector,
+}
+
+/// Simulator options (`[sim]`); every key has a default.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimOptions {
+    /// How nodes learn who is alive.
+    #[serde(default)]
+    pub membership: Membership,
+    /// Mean container start time.
+    #[serde(default = "default_start_latency_ms")]
+    pub start_latency_ms: u64,
+    /// Start time varies uniformly by up to this much either way.
+    #[serde(default = "default_start_jitter_ms")]
+    pub start_jitter_ms: u64,
+    /// One-way network latency between nodes: drawn in `[min, max]`.
+    #[serde(default = "default_net_latency_ms_min")]
+    pub net_latency_ms_min: u64,
+    /// See `net_latency_ms_min`.
+    #[serde(default = "default_net_latency_ms_max")]
+    pub net_latency_ms_max: u64,
+    /// A request to a hung replica fails after this long.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Requests are generated and routed in steps of this length.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Invariants are sampled this often.
+    #[serde(default = "default_check_interval_ms")]
+    pub check_interval_ms: u64,
+    /// When the fault phase ends and everything heals; by default once the last fault is over.
+    pub heal_at_s: Option<f64>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        toml::from_str("").expect("every key has a default")
+    }
+}
+
+fn default_start_latency_ms() -> u64 {
+    500
+}
+fn default_start_jitter_ms() -> u64 {
+    200
+}
+fn default_net_latency_ms_min() -> u64 {
+    1
+}
+fn default_net_latency_ms_max() -> u64 {
+    5
+}
+fn default_request_timeout_ms() -> u64 {
+    5000
+}
+fn default_tick_ms() -> u64 {
+    10
+}
+fn default_check_interval_ms() -> u64 {
+    100
+}
+
+/// One step of the load timeline: from `at_s` on, `app` receives `rps` requests per second.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadStep {
+    /// The app.
+    pub app: String,
+    /// From when, in simulated seconds.
+    pub at_s: f64,
+    /// Requests per second.
+    pub rps: f64,
+}
+
+/// A fault's kind, with what each needs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultKind {
+    /// The node stops at once: its agent and containers are gone.
+    CrashNode {
+        /// Node index.
+        node: usize,
+    },
+    /// A crashed node boots again, empty.
+    RestartNode {
+        /// Node index.
+        node: usize,
+    },
+    /// A replica's process exits.
+    KillContainer {
+        /// The app.
+        app: AppName,
+        /// The slot index.
+        slot: u32,
+    },
+    /// A replica stops answering: probes time out, requests never complete.
+    HangContainer {
+        /// The app.
+        app: AppName,
+        /// The slot index.
+        slot: u32,
+    },
+    /// A replica's health check flaps: failing for `period_ms`, passing for `period_ms`, ...
+    FlapContainer {
+        /// The app.
+        app: AppName,
+        /// The slot index.
+        slot: u32,
+        /// Half the flap cycle.
+        period_ms: u64,
+    },
+    /// A node's containers serve `factor` times slower.
+    SlowNode {
+        /// Node index.
+        node: usize,
+        /// Service time multiplier.
+        factor: f64,
+    },
+    /// The network splits into groups of node indexes; nodes in no group form one more group.
+    Partition {
+        /// The groups.
+        groups: Vec<Vec<usize>>,
+    },
+    /// Every partition and every packet-loss setting ends.
+    Heal,
+    /// Each datagram is lost with this probability.
+    PacketLoss {
+        /// In [0, 1).
+        ratio: f64,
+    },
+}
+
+/// One fault of the timeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    /// When, in simulated seconds.
+    pub at_s: f64,
+    /// What.
+    pub kind: FaultKind,
+    /// For faults that can end by themselves (slow-node, partition, packet-loss, flap): how long.
+    pub duration_s: Option<f64>,
+}
+
+impl Fault {
+    /// A one-line description, as the report and the plot show it.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            FaultKind::CrashNode { node } => format!("crash-node {node}"),
+            FaultKind::RestartNode { node } => format!("restart-node {node}"),
+            FaultKind::KillContainer { app, slot } => format!("kill-container {app}/{slot}"),
+            FaultKind::HangContainer { app, slot } => format!("hang-container {app}/{slot}"),
+            FaultKind::FlapContainer { app, slot, .. } => format!("flap-container {app}/{slot}"),
+            FaultKind::SlowNode { node, factor } => format!("slow-node {node} x{factor}"),
+            FaultKind::Partition { groups } => format!("partition {groups:?}"),
+            FaultKind::Heal => "heal".to_owned(),
+            FaultKind::PacketLoss { ratio } => format!("packet-loss {ratio}"),
+        }
+    }
+
+    /// When the fault ends by itself, if it does.
+    pub fn end_s(&self) -> Option<f64> {
+        self.duration_s.map(|d| self.at_s + d)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    at_s: f64,
+    kind: String,
+    node: Option<usize>,
+    app: Option<String>,
+    slot: Option<u32>,
+    groups: Option<Vec<Vec<usize>>>,
+    ratio: Option<f64>,
+    factor: Option<f64>,
+    duration_s: Option<f64>,
+    period_ms: Option<u64>,
+}
+
+/// What must hold for the scenario to pass (`[expect]`); an absent key is not checked.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Every fault recovered within this (all desired slots healthy, no duplicates).
+    pub recovery_s_max: Option<f64>,
+    /// Successful requests over all requests.
+    pub success_ratio_min: Option<f64>,
+    /// Replica-seconds of duplicates (a slot running twice).
+    pub duplicate_replica_s_max: Option<f64>,
+    /// After the heal, every desired slot runs healthy, no duplicates, registries agree.
+    #[serde(default)]
+    pub converged: bool,
+    /// 99th percentile latency of successful requests.
+    pub latency_ms_p99_max: Option<f64>,
+    /// The highest replica count of any autoscaled app reached at least this.
+    pub replicas_peak_min: Option<u32>,
+    /// Scale-downs over the whole run, at most (no flapping).
+    pub scale_downs_max: Option<u32>,
+    /// Scale-ups over the whole run, at least.
+    pub scale_ups_min: Option<u32>,
+    /// At the end, at least this many slots are reported unschedulable.
+    pub unschedulable_min: Option<u32>,
+    /// At the end, every slot of these apps runs healthy.
+    #[serde(default)]
+    pub fully_placed: Vec<String>,
+    /// Slots moved to another node, at most.
+    pub moves_max: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    duration_s: f64,
+    #[serde(default)]
+    cluster: RawCluster,
+    #[serde(default)]
+    node: Vec<RawNode>,
+    #[serde(default)]
+    app: Vec<RawApp>,
+    #[serde(default)]
+    sim: Option<SimOptions>,
+    #[serde(default)]
+    load: Vec<LoadStep>,
+    #[serde(default)]
+    fault: Vec<RawFault>,
+    #[serde(default)]
+    expect: Expect,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// A checked scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The file it came from, as given.
+    pub file: String,
+    /// Its name.
+    pub name: String,
+    /// The seed in the file; `--seed` overrides it.
+    pub seed: u64,
+    /// Simulated length of the run.
+    pub duration_s: f64,
+    /// Nodes, apps, policy.
+    pub cluster: Cluster,
+    /// How each app's replicas behave, by app name.
+    pub app_sim: BTreeMap<AppName, AppSim>,
+    /// Simulator options.
+    pub sim: SimOptions,
+    /// The load timeline, sorted by time.
+    pub load: Vec<LoadStep>,
+    /// The fault timeline, sorted by time.
+    pub faults: Vec<Fault>,
+    /// What must hold.
+    pub expect: Expect,
+}
+
+impl Scenario {
+    /// When the fault phase ends and the simulator heals everything.
+    pub fn heal_at_s(&self) -> f64 {
+        self.sim
+            .heal_at_s
+            .unwrap_or_else(|| self.faults.iter().map(|f| f.end_s().unwrap_or(f.at_s)).fold(0.0, f64::max))
+    }
+}
+
+/// Parses and checks a scenario file's text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
+    let raw: RawScenario = toml::from_str(text).map_err(|e| FileError::from_toml(file, text, &e))?;
+    let err = |key: String, message: String| FileError::new(file, key, message);
+    let cluster = cluster_file::build(file, &raw.cluster, &raw.node, &raw.app)?;
+    if !(raw.duration_s > 0.0 && raw.duration_s <= MAX_DURATION_S) {
+        return Err(err("duration_s".into(), format!("must be in (0, {MAX_DURATION_S}], got {}", raw.duration_s)));
+    }
+    if raw.name.trim().is_empty() {
+        return Err(err("name".into(), "must not be empty".into()));
+    }
+    let mut app_sim = BTreeMap::new();
+    for (i, app) in raw.app.iter().enumerate() {
+        let sim = match &app.sim {
+            None => AppSim::default(),
+            Some(table) => AppSim::deserialize(toml::Value::Table(table.clone()))
+                .map_err(|e| err(format!("app[{i}].sim"), e.message().to_owned()))?,
+        };
+        if !(sim.service_time_ms > 0.0 && sim.service_time_ms.is_finite()) {
+            return Err(err(format!("app[{i}].sim.service_time_ms"), "must be greater than 0".into()));
+        }
+        if sim.concurrency == 0 || sim.concurrency > 100_000 {
+            return Err(err(format!("app[{i}].sim.concurrency"), "must be in 1..=100000".into()));
+        }
+        app_sim.insert(cluster.apps[i].name.clone(), sim);
+    }
+    let sim = raw.sim.unwrap_or_default();
+    if sim.net_latency_ms_min > sim.net_latency_ms_max {
+        return Err(err("sim.net_latency_ms_min".into(), "must not exceed sim.net_latency_ms_max".into()));
+    }
+    if sim.tick_ms == 0 || sim.tick_ms > 1000 {
+        return Err(err("sim.tick_ms".into(), "must be in 1..=1000".into()));
+    }
+    if sim.check_interval_ms == 0 {
+        return Err(err("sim.check_interval_ms".into(), "must be greater than 0".into()));
+    }
+    if sim.start_jitter_ms > sim.start_latency_ms {
+        return Err(err("sim.start_jitter_ms".into(), "must not exceed sim.start_latency_ms".into()));
+    }
+    let app_names: Vec<&str> = cluster.apps.iter().map(|a| a.name.as_str()).collect();
+    let mut load = raw.load.clone();
+    for (i, step) in load.iter().enumerate() {
+        if !app_names.contains(&step.app.as_str()) {
+            return Err(err(
+                format!("load[{i}].app"),
+                format!("{:?} is not an app of this scenario; apps: {}", step.app, app_names.join(", ")),
+            ));
+        }
+        if !(step.at_s >= 0.0 && step.at_s <= raw.duration_s) {
+            return Err(err(format!("load[{i}].at_s"), format!("must be in [0, duration_s = {}]", raw.duration_s)));
+        }
+        if !(step.rps >= 0.0 && step.rps <= MAX_RPS) {
+            return Err(err(format!("load[{i}].rps"), format!("must be in [0, {MAX_RPS}]")));
+        }
+    }
+    load.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    let nodes = cluster.nodes.len();
+    let mut faults = Vec::new();
+    for (i, f) in raw.fault.iter().enumerate() {
+        faults.push(fault(f, nodes, &app_names, raw.duration_s).map_err(|(k, m)| err(format!("fault[{i}].{k}"), m))?);
+    }
+    faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    for (i, name) in raw.expect.fully_placed.iter().enumerate() {
+        if !app_names.contains(&name.as_str()) {
+            return Err(err(format!("expect.fully_placed[{i}]"), format!("{name:?} is not an app of this scenario")));
+        }
+    }
+    if let Some(r) = raw.expect.success_ratio_min {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(err("expect.success_ratio_min".into(), "must be in [0, 1]".into()));
+        }
+    }
+    Ok(Scenario {
+        file: file.to_owned(),
+        name: raw.name,
+        seed: raw.seed,
+        duration_s: raw.duration_s,
+        cluster,
+        app_sim,
+        sim,
+        load,
+        faults,
+        expect: raw.expect,
+    })
+}
+
+/// Longest simulated run: one day.
+pub const MAX_DURATION_S: f64 = 86_400.0;
+/// Highest request rate of one app.
+pub const MAX_RPS: f64 = 1_000_000.0;
+
+const FAULT_KINDS: &str =
+    "crash-node, restart-node, kill-container, hang-container, flap-container, slow-node, partition, heal, packet-loss";
+
+fn fault(f: &RawFault, nodes: usize, apps: &[&str], duration_s: f64) -> Result<Fault, (&'static str, String)> {
+    if !(f.at_s >= 0.0 && f.at_s <= duration_s) {
+        return Err(("at_s", format!("must be in [0, duration_s = {duration_s}]")));
+    }
+    let node = || match f.node {
+        Some(n) if n < nodes => Ok(n),
+        Some(n) => Err(("node", format!("node index {n} is out of range: the cluster has nodes 0..{}", nodes - 1))),
+        None => Err(("node", format!("kind {:?} needs `node`, a node index", f.kind))),
+    };
+    let app_slot = || -> Result<(AppName, u32), (&'static str, String)> {
+        let app = f.app.as_deref().ok_or(("app", format!("kind {:?} needs `app`", f.kind)))?;
+        if !apps.contains(&app) {
+            return Err(("app", format!("{app:?} is not an app of this scenario; apps: {}", apps.join(", "))));
+        }
+        Ok((AppName::new(app), f.slot.unwrap_or(0)))
+    };
+    let kind = match f.kind.as_str() {
+        "crash-node" => FaultKind::CrashNode { node: node()? },
+        "restart-node" => FaultKind::RestartNode { node: node()? },
+        "kill-container" => {
+            let (app, slot) = app_slot()?;
+            FaultKind::KillContainer { app, slot }
+        }
+        "hang-container" => {
+            let (app, slot) = app_slot()?;
+            FaultKind::HangContainer { app, slot }
+        }
+        "flap-container" => {
+            let (app, slot) = app_slot()?;
+            let period_ms = f.period_ms.unwrap_or(2000);
+            if period_ms == 0 {
+                return Err(("period_ms", "must be greater than 0".into()));
+            }
+            FaultKind::FlapContainer { app, slot, period_ms }
+        }
+        "slow-node" => {
+            let factor = f.factor.ok_or(("factor", "slow-node needs `factor`, a multiplier >= 1".to_owned()))?;
+            if !(1.0..=1000.0).contains(&factor) {
+                return Err(("factor", "must be in [1, 1000]".into()));
+            }
+            FaultKind::SlowNode { node: node()?, factor }
+        }
+        "partition" => {
+            let groups =
+                f.groups.clone().ok_or(("groups", "partition needs `groups`, lists of node indexes".to_owned()))?;
+            let mut seen = vec![false; nodes];
+            for g in &groups {
+                for &n in g {
+                    if n >= nodes {
+                        return Err((
+                            "groups",
+                            format!("node index {n} is out of range: the cluster has nodes 0..{}", nodes - 1),
+                        ));
+                    }
+                    if std::mem::replace(&mut seen[n], true) {
+                        return Err(("groups", format!("node {n} is in two groups")));
+                    }
+                }
+            }
+            FaultKind::Partition { groups }
+        }
+        "heal" => FaultKind::Heal,
+        "packet-loss" => {
+            let ratio = f.ratio.ok_or(("ratio", "packet-loss needs `ratio` in [0, 1)".to_owned()))?;
+            if !(0.0..1.0).contains(&ratio) {
+                return Err(("ratio", "must be in [0, 1)".into()));
+            }
+            FaultKind::PacketLoss { ratio }
+        }
+        other => return Err(("kind", format!("unknown fault kind {other:?}; allowed: {FAULT_KINDS}"))),
+    };
+    if let Some(d) = f.duration_s {
+        if !(d > 0.0) {
+            return Err(("duration_s", "must be greater than 0".into()));
+        }
+    }
+    Ok(Fault { at_s: f.at_s, kind, duration_s: f.duration_s })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str =
+        "name = \"t\"\nduration_s = 60\n[cluster]\nnodes = 3\n[[app]]\nname = \"web\"\nimage = \"x\"\nport = 80\n";
+
+    #[test]
+    fn a_minimal_scenario_takes_every_default() {
+        let s = parse("t.toml", BASE).unwrap();
+        assert_eq!(s.seed, 1);
+        assert_eq!(s.sim.start_latency_ms, 500);
+        assert_eq!(s.app_sim[&AppName::new("web")], AppSim::default());
+    }
+
+    #[test]
+    fn bad_faults_name_the_key_and_what_is_allowed() {
+        let cases = [
+            ("[[fault]]\nat_s = 1\nkind = \"explode\"\n", "fault[0].kind", "allowed: crash-node"),
+            ("[[fault]]\nat_s = 1\nkind = \"crash-node\"\nnode = 9\n", "fault[0].node", "0..2"),
+            ("[[fault]]\nat_s = 1\nkind = \"kill-container\"\napp = \"api\"\n", "fault[0].app", "apps: web"),
+            ("[[fault]]\nat_s = 99\nkind = \"heal\"\n", "fault[0].at_s", "duration_s = 60"),
+            ("[[fault]]\nat_s = 1\nkind = \"packet-loss\"\nratio = 1.5\n", "fault[0].ratio", "[0, 1)"),
+            ("[[fault]]\nat_s = 1\nkind = \"partition\"\ngroups = [[0], [0, 1]]\n", "fault[0].groups", "two groups"),
+            ("[[load]]\napp = \"db\"\nat_s = 0\nrps = 5\n", "load[0].app", "apps: web"),
+            ("[app.sim]\nconcurrency = 0\n", "app[0].sim.concurrency", "1..=100000"),
+            ("[app.sim]\nspeed = 1\n", "app[0].sim", "unknown field"),
+        ];
+        for (extra, key, allowed) in cases {
+            let e = parse("t.toml", &format!("{BASE}{extra}")).unwrap_err();
+            assert_eq!(e.key, key, "{extra}");
+            assert!(e.message.contains(allowed), "{extra}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn the_heal_comes_after_the_last_fault_ends() {
+        let s = parse(
+            "t.toml",
+            &format!("{BASE}[[fault]]\nat_s = 10\nkind = \"partition\"\ngroups = [[0]]\nduration_s = 20\n[[fault]]\nat_s = 15\nkind = \"crash-node\"\nnode = 1\n"),
+        )
+        .unwrap();
+        assert_eq!(s.heal_at_s(), 30.0);
+    }
+}

@@ -1,0 +1,452 @@
+//! The simulated world: what is physically true, as opposed to what nodes believe. Simulated
+//! Docker (containers with start latency, crashes, hangs, slowness), the partition map, each
+//! node's balancers, the request path and the ground truth the checkers read.
+//!
+//! Everything here is plain data behind one lock; madsim runs every task on one thread, so the
+//! lock is never contended and the order of operations is the simulator's, seeded.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use canteen_core::balance::Balancer;
+use canteen_core::health::ProbeOutcome;
+use canteen_core::model::{AppName, NodeId, Resources, SlotId};
+use canteen_core::node::{Backend, Command, ContainerEvent};
+use canteen_core::registry::Digest;
+
+use crate::scenario::{AppSim, Scenario};
+use crate::traffic::{LatencyHistogram, ReplicaQueue, SimRng};
+
+/// An input waiting for a node's driver.
+#[derive(Debug)]
+pub enum Input {
+    /// A datagram from a peer.
+    Message(NodeId, Vec<u8>),
+    /// The container runtime reports.
+    Container(ContainerEvent),
+    /// A probe answered (or timed out).
+    Probe(String, ProbeOutcome),
+    /// An operator's command.
+    Command(Command),
+}
+
+/// One simulated server.
+#[derive(Debug)]
+pub struct SimNode {
+    /// Its name.
+    pub id: NodeId,
+    /// What it offers.
+    pub capacity: Resources,
+    /// Whether it is running.
+    pub up: bool,
+    /// Service time multiplier of its containers (slow-node).
+    pub slow_factor: f64,
+    /// Where its driver takes inputs, while it runs.
+    pub inbox: Option<async_channel::Sender<Input>>,
+    /// Its registry digest, as last published by its driver.
+    pub digest: Option<Digest>,
+    /// Requests that entered its balancers since its driver last took the counts.
+    pub entered: BTreeMap<AppName, u64>,
+    /// Its balancers, by app.
+    pub balancers: BTreeMap<AppName, Balancer<Backend>>,
+    /// Bytes its agent sent to peers.
+    pub bytes_sent: u64,
+    /// Datagrams its agent sent to peers.
+    pub messages_sent: u64,
+}
+
+/// One simulated container.
+#[derive(Debug)]
+pub struct SimContainer {
+    /// The node running it.
+    pub node: usize,
+    /// The slot it serves.
+    pub slot: SlotId,
+    /// The host port it listens on.
+    pub host_port: u16,
+    /// Reserved resources.
+    pub resources: Resources,
+    /// When its process is up and answering.
+    pub ready_at_ms: u64,
+    /// Its process exited (crash or kill).
+    pub exited: bool,
+    /// It answers nothing: probes time out, requests never finish.
+    pub hung: bool,
+    /// Health flapping: from `.0` on, failing for `.1` ms, passing for `.1` ms, until `.2`.
+    pub flap: Option<(u64, u64, u64)>,
+    /// When its node asked for it to stop: it serves nothing from then, and is gone after
+    /// its drain.
+    pub stopping_at_ms: Option<u64>,
+    /// When it is removed.
+    pub removed_at_ms: Option<u64>,
+    /// Its request queue.
+    pub queue: ReplicaQueue,
+    /// How it serves.
+    pub sim: AppSim,
+}
+
+impl SimContainer {
+    /// Whether its health check would pass at `now_ms`: the ground truth the checkers use.
+    pub fn healthy_at(&self, now_ms: u64) -> bool {
+        if self.exited || self.hung || now_ms < self.ready_at_ms {
+            return false;
+        }
+        match self.flap {
+            Some((from, period, until)) if now_ms >= from && now_ms < until => ((now_ms - from) / period) % 2 == 1,
+            _ => true,
+        }
+    }
+
+    /// Whether it is a replica that serves: healthy, on a live node, not being stopped.
+    pub fn serving_at(&self, now_ms: u64, nodes: &[SimNode]) -> bool {
+        self.stopping_at_ms.is_none() && nodes[self.node].up && self.healthy_at(now_ms)
+    }
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RequestError {
+    /// The node it entered has no balancer for the app yet, or no backend.
+    NoBackend,
+    /// Both tries failed to connect (dead node, partition, stopped container).
+    ConnectFailed,
+    /// The replica queue was full.
+    Overloaded,
+    /// The replica never answered.
+    Timeout,
+}
+
+/// A scale decision, as the report lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleEvent {
+    /// Simulated seconds.
+    pub at_s: f64,
+    /// The app.
+    pub app: AppName,
+    /// From.
+    pub from: u32,
+    /// To.
+    pub to: u32,
+}
+
+/// Everything that is true in the simulation.
+#[derive(Debug)]
+pub struct World {
+    /// The servers, by index.
+    pub nodes: Vec<SimNode>,
+    /// Node index by name.
+    pub index_of: BTreeMap<NodeId, usize>,
+    /// Every container that exists or existed recently, by id.
+    pub containers: BTreeMap<String, SimContainer>,
+    /// Container id by (node, host port), for the request path.
+    pub by_port: BTreeMap<(usize, u16), String>,
+    /// The partition group of each node; all equal when the network is whole.
+    pub group: Vec<usize>,
+    /// Bumped whenever who-is-up or the partition map changes: drivers then ask the
+    /// perfect failure detector again.
+    pub membership_version: u64,
+    /// The world's randomness (container start jitter, service times, client choices).
+    pub rng: SimRng,
+    next_container: u64,
+    /// Replica counts the apps should have: the spec's, then each coordinator's decision.
+    pub desired: BTreeMap<AppName, u32>,
+    /// Scale decisions in order.
+    pub scale_events: Vec<ScaleEvent>,
+    /// The node each slot was last started on, to count moves.
+    last_node_of_slot: BTreeMap<SlotId, usize>,
+    /// Slots started on another node than their previous one.
+    pub moves: u64,
+    /// The latest set of unschedulable slots any node reported.
+    pub unschedulable: usize,
+    /// Requests still in service: (finish time, entry node, app, backend), for in-flight
+    /// counts of the balancers.
+    in_flight: BinaryHeap<Reverse<(u64, usize, AppName, Backend)>>,
+    /// Latencies of successful requests, whole run.
+    pub latency: LatencyHistogram,
+    /// Latencies of successful requests, current second (for the plot).
+    pub latency_second: LatencyHistogram,
+    /// Requests that succeeded.
+    pub ok: u64,
+    /// Requests that failed, by reason.
+    pub failed: BTreeMap<RequestError, u64>,
+    /// The one-way network time of a request hop.
+    pub hop_us: u64,
+    /// How long a request to a hung replica takes to fail.
+    pub request_timeout_us: u64,
+    /// Container start time and its jitter, in ms.
+    pub start_latency: (u64, u64),
+    /// How each app's replicas serve.
+    pub app_sims: BTreeMap<AppName, AppSim>,
+    /// Requests per simulated second: (ok, failed, p99 latency in ms of the ok ones).
+    pub seconds: Vec<(u64, u64, f64)>,
+}
+
+impl World {
+    /// The world at the start of a run.
+    pub fn new(scenario: &Scenario, seed: u64) -> World {
+        let nodes: Vec<SimNode> = scenario
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| SimNode {
+                id: n.id.clone(),
+                capacity: n.capacity,
+                up: false,
+                slow_factor: 1.0,
+                inbox: None,
+                digest: None,
+                entered: BTreeMap::new(),
+                balancers: BTreeMap::new(),
+                bytes_sent: 0,
+                messages_sent: 0,
+            })
+            .collect();
+        World {
+            index_of: nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect(),
+            group: vec![0; nodes.len()],
+            nodes,
+            containers: BTreeMap::new(),
+            by_port: BTreeMap::new(),
+            membership_version: 1,
+            rng: SimRng::new(seed ^ 0x5eed_0f_3071d),
+            next_container: 0,
+            desired: scenario.cluster.apps.iter().map(|a| (a.name.clone(), a.replicas)).collect(),
+            scale_events: Vec::new(),
+            last_node_of_slot: BTreeMap::new(),
+            moves: 0,
+            unschedulable: 0,
+            in_flight: BinaryHeap::new(),
+            latency: LatencyHistogram::new(),
+            latency_second: LatencyHistogram::new(),
+            ok: 0,
+            failed: BTreeMap::new(),
+            hop_us: scenario.sim.net_latency_ms_min * 1000,
+            request_timeout_us: scenario.sim.request_timeout_ms * 1000,
+            start_latency: (scenario.sim.start_latency_ms, scenario.sim.start_jitter_ms),
+            app_sims: scenario.app_sim.clone(),
+            seconds: Vec::new(),
+        }
+    }
+
+    /// The perfect failure detector: the peers node `index` can reach and that are up.
+    pub fn alive_seen_by(&self, index: usize) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| n.up && self.group[*i] == self.group[index])
+            .map(|(_, n)| n.id.clone())
+            .collect()
+    }
+
+    /// Node `index` booted: its driver takes inputs from `inbox`.
+    pub fn node_started(&mut self, index: usize, inbox: async_channel::Sender<Input>) {
+        let n = &mut self.nodes[index];
+        n.up = true;
+        n.inbox = Some(inbox);
+        n.slow_factor = 1.0;
+        self.membership_version += 1;
+    }
+
+    /// Node `index` crashed: its agent, its containers and its balancers are gone.
+    pub fn node_crashed(&mut self, index: usize, now_ms: u64) {
+        let n = &mut self.nodes[index];
+        n.up = false;
+        n.inbox = None;
+        n.digest = None;
+        n.entered.clear();
+        n.balancers.clear();
+        for c in self.containers.values_mut().filter(|c| c.node == index && c.removed_at_ms.is_none()) {
+            c.exited = true;
+            c.removed_at_ms = Some(now_ms);
+        }
+        self.by_port.retain(|(node, _), _| *node != index);
+        self.membership_version += 1;
+    }
+
+    /// Creates a container that answers after the start latency. Returns its id, or `None`
+    /// when the host port is taken.
+    pub fn create_container(
+        &mut self,
+        node: usize,
+        slot: SlotId,
+        host_port: u16,
+        resources: Resources,
+        ready_at_ms: u64,
+        sim: AppSim,
+    ) -> Option<String> {
+        if self.by_port.contains_key(&(node, host_port)) {
+            return None;
+        }
+        self.next_container += 1;
+        let id = format!("c{:06}", self.next_container);
+        if let Some(previous) = self.last_node_of_slot.insert(slot.clone(), node) {
+            if previous != node {
+                self.moves += 1;
+            }
+        }
+        self.by_port.insert((node, host_port), id.clone());
+        let queue = ReplicaQueue::new(sim.concurrency, sim.queue_max);
+        self.containers.insert(
+            id.clone(),
+            SimContainer {
+                node,
+                slot,
+                host_port,
+                resources,
+                ready_at_ms,
+                exited: false,
+                hung: false,
+                flap: None,
+                stopping_at_ms: None,
+                removed_at_ms: None,
+                queue,
+                sim,
+            },
+        );
+        Some(id)
+    }
+
+    /// A node asked for a container to stop: it serves nothing from now on and is removed after
+    /// `drain_ms` (in-flight requests finish meanwhile).
+    pub fn stop_container(&mut self, id: &str, now_ms: u64, drain_ms: u64) {
+        if let Some(c) = self.containers.get_mut(id) {
+            if c.removed_at_ms.is_none() {
+                c.stopping_at_ms.get_or_insert(now_ms);
+                c.removed_at_ms = Some(now_ms + drain_ms);
+                if drain_ms == 0 {
+                    self.by_port.remove(&(c.node, c.host_port));
+                }
+            }
+        }
+    }
+
+    /// Forgets containers removed before `now_ms`, freeing their ports.
+    pub fn purge(&mut self, now_ms: u64) {
+        let gone: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.removed_at_ms.is_some_and(|t| t <= now_ms))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            let c = self.containers.remove(&id).expect("listed");
+            if self.by_port.get(&(c.node, c.host_port)) == Some(&id) {
+                self.by_port.remove(&(c.node, c.host_port));
+            }
+        }
+    }
+
+    /// The live container serving `slot` index `slot` of `app`, the first one if several.
+    pub fn container_of(&self, app: &AppName, slot: u32) -> Option<String> {
+        self.containers
+            .iter()
+            .find(|(_, c)| c.slot.app == *app && c.slot.index == slot && c.removed_at_ms.is_none() && !c.exited)
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Sends an input to a node's driver, if the node runs.
+    pub fn deliver(&self, index: usize, input: Input) {
+        if let Some(inbox) = &self.nodes[index].inbox {
+            // The driver's inbox is unbounded; a closed one means the node just died.
+            let _ = inbox.try_send(input);
+        }
+    }
+
+    /// Finishes the requests that completed by `now_us`, for the balancers' in-flight counts.
+    pub fn finish_requests(&mut self, now_us: u64) {
+        while let Some(Reverse((finish, _, _, _))) = self.in_flight.peek() {
+            if *finish > now_us {
+                break;
+            }
+            let Reverse((_, entry, app, backend)) = self.in_flight.pop().expect("peeked");
+            if let Some(b) = self.nodes[entry].balancers.get_mut(&app) {
+                b.request_finished(&backend);
+            }
+        }
+    }
+
+    /// One request for `app` entering node `entry` at `at_us`: picked by that node's balancer,
+    /// retried once elsewhere when the connection fails before the request is sent. Returns the
+    /// latency in microseconds.
+    pub fn route(&mut self, at_us: u64, entry: usize, app: &AppName) -> Result<u64, RequestError> {
+        *self.nodes[entry].entered.entry(app.clone()).or_default() += 1;
+        let now_ms = at_us / 1000;
+        let mut tried: Option<Backend> = None;
+        for _ in 0..2 {
+            let Some(balancer) = self.nodes[entry].balancers.get_mut(app) else { return Err(RequestError::NoBackend) };
+            let pick = match &tried {
+                None => balancer.pick(),
+                Some(t) => balancer.pick_excluding(t),
+            };
+            let Some(backend) = pick else {
+                return Err(if tried.is_some() { RequestError::ConnectFailed } else { RequestError::NoBackend });
+            };
+            let target = self.index_of.get(&backend.node).copied();
+            let reachable = target.is_some_and(|t| self.nodes[t].up && self.group[t] == self.group[entry]);
+            let container = target.and_then(|t| self.by_port.get(&(t, backend.host_port))).cloned();
+            let usable = reachable
+                && container.as_ref().is_some_and(|id| {
+                    let c = &self.containers[id];
+                    c.slot == backend.slot && c.stopping_at_ms.is_none() && !c.exited && now_ms >= c.ready_at_ms
+                });
+            if !usable {
+                // Refused before anything was sent: out of this balancer, and one more try.
+                self.nodes[entry].balancers.get_mut(app).expect("present").eject(&backend);
+                tried = Some(backend);
+                continue;
+            }
+            let id = container.expect("usable");
+            let slow = self.nodes[target.expect("usable")].slow_factor;
+            let c = self.containers.get_mut(&id).expect("usable");
+            if c.hung {
+                return Err(RequestError::Timeout);
+            }
+            let service_us = (self.rng.exp(c.sim.service_time_ms * 1000.0 * slow)).max(1.0) as u64;
+            let arrival = at_us + self.hop_us;
+            return match c.queue.offer(arrival, service_us) {
+                Ok(finish) => {
+                    let balancer = self.nodes[entry].balancers.get_mut(app).expect("present");
+                    balancer.request_started(&backend);
+                    self.in_flight.push(Reverse((finish, entry, app.clone(), backend)));
+                    Ok(finish + self.hop_us - at_us)
+                }
+                Err(_) => Err(RequestError::Overloaded),
+            };
+        }
+        Err(RequestError::ConnectFailed)
+    }
+
+    /// How `app`'s replicas serve.
+    pub fn app_sim(&self, app: &AppName) -> AppSim {
+        self.app_sims.get(app).cloned().unwrap_or_default()
+    }
+
+    /// Counts a request in the per-second series, closing earlier seconds as time passes.
+    pub fn record_second(&mut self, at_us: u64, outcome: Result<u64, RequestError>) {
+        let second = (at_us / 1_000_000) as usize;
+        while self.seconds.len() <= second {
+            if let Some(last) = self.seconds.last_mut() {
+                last.2 = self.latency_second.quantile(0.99) as f64 / 1000.0;
+            }
+            self.latency_second.clear();
+            self.seconds.push((0, 0, 0.0));
+        }
+        let s = self.seconds.last_mut().expect("pushed");
+        match outcome {
+            Ok(_) => s.0 += 1,
+            Err(_) => s.1 += 1,
+        }
+    }
+
+    /// Records the outcome of one request.
+    pub fn record(&mut self, outcome: Result<u64, RequestError>) {
+        match outcome {
+            Ok(latency_us) => {
+                self.ok += 1;
+                self.latency.record(latency_us);
+                self.latency_second.record(latency_us);
+            }
+            Err(e) => *self.failed.entry(e).or_default() += 1,
+        }
+    }
+}
