@@ -105,6 +105,10 @@ pub struct Autoscaler {
     /// `TargetRps` only: recommendations of the stabilization window, as a sliding maximum
     /// (oldest first, replicas strictly decreasing), so the front is the window's highest.
     recommendations: VecDeque<Recommendation>,
+    /// `TargetRps` only: the last time the recommendation was at or above the count then
+    /// running, or the count last changed. A scale-down needs a whole stabilization window
+    /// after it, so the count steps down once, not once per second as the window slides.
+    last_held_at: Time,
     next_evaluation_at: Time,
 }
 
@@ -141,6 +145,7 @@ impl Autoscaler {
             max: spec.max,
             rule: spec.rule.clone(),
             created_at: now,
+            last_held_at: now,
             latest_input_at: now,
             retain_ms,
             sample_bucket_ms: retain_ms.div_ceil(buckets).max(1),
@@ -280,8 +285,27 @@ impl Autoscaler {
             Some(newest) if full => newest.at = now,
             _ => self.recommendations.push_back(Recommendation { at: now, replicas: recommendation }),
         }
-        let highest = self.recommendations.front().expect("just pushed").replicas;
-        if recommendation > current { recommendation } else { current.min(highest) }
+        if recommendation >= current {
+            self.last_held_at = now;
+        }
+        if recommendation > current {
+            return recommendation;
+        }
+        if now.saturating_since(self.last_held_at) < stabilization {
+            return current;
+        }
+        // Every recommendation of the stabilization window was below the running count: step
+        // down once, to the highest recommendation of the last rate window (the load as it is
+        // now, not as it was while the window average decayed), then hold for another window.
+        let recent = Duration::from_millis(window_ms);
+        let target = self
+            .recommendations
+            .iter()
+            .find(|r| now.saturating_since(r.at) < recent)
+            .map_or(recommendation, |r| r.replicas)
+            .min(current);
+        self.last_held_at = now;
+        target
     }
 
     fn advance_to(&mut self, now: Time) {

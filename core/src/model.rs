@@ -198,7 +198,7 @@ impl Default for HealthCheck {
 
 /// How an autoscaled app computes its replica count from its request load.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub enum ScaleRule {
     /// Keep each replica near `target_rps_per_replica`, measured over `window_ms`.
     TargetRps {

@@ -261,6 +261,13 @@ pub enum Event {
         /// What it decided.
         decision: ScaleDecision,
     },
+    /// A peer sent bytes that do not decode; they were dropped.
+    BadMessage {
+        /// The peer.
+        from: NodeId,
+        /// What the decoder said.
+        error: String,
+    },
     /// Slots that fit nowhere, reported whenever the set changes (empty when all fit again).
     Unschedulable {
         /// Each slot with the reason.
@@ -512,12 +519,19 @@ impl Node {
         self.check_invariants();
     }
 
-    /// A message from peer `from`. Undecodable bytes are dropped (counted as an event-free
-    /// no-op): a peer of another version must not crash this one.
+    /// A message from peer `from`. Undecodable bytes are dropped with an
+    /// [`Event::BadMessage`]: a peer of another version must not crash this one.
     pub fn handle_message(&mut self, now: Time, from: &NodeId, bytes: &[u8]) {
         self.begin_input(now);
         let now = self.now;
-        let Ok(message) = postcard::from_bytes::<Message>(bytes) else { return };
+        let message = match postcard::from_bytes::<Message>(bytes) {
+            Ok(message) => message,
+            Err(e) => {
+                let event = Event::BadMessage { from: from.clone(), error: e.to_string() };
+                self.actions.push_back(Action::Event(event));
+                return;
+            }
+        };
         match message {
             Message::Updates(entries) => self.merge_entries(now, entries),
             Message::Digest(digest) => {
@@ -1196,5 +1210,68 @@ impl Local {
                 HealthState::Unhealthy => ContainerState::Unhealthy,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Autoscale, ScaleRule, Volume};
+
+    fn full_spec() -> AppSpec {
+        let mut spec = AppSpec::new("web", "canteen-demo:latest", 3, Resources::new(500, 256));
+        spec.autoscale = Some(Autoscale { min: 1, max: 9, rule: ScaleRule::target_rps(100) });
+        spec.volume = Some(Volume { name: "web-data".into(), mount_path: "/data".into() });
+        spec.constraints.insert("disk".into(), "ssd".into());
+        spec.env.insert("MODE".into(), "prod".into());
+        spec.command = vec!["/demo".into(), "--port".into(), "80".into()];
+        spec
+    }
+
+    #[test]
+    fn every_message_survives_the_wire_format() {
+        let mut registry: Registry<Value> = Registry::new(NodeId::new("a"));
+        let t = Time::from_millis(5);
+        registry.put(t, Key::App(AppName::new("web")), Value::App(full_spec())).unwrap();
+        let per_requests = AppSpec {
+            autoscale: Some(Autoscale { min: 1, max: 5, rule: ScaleRule::PER_20_REQUESTS_120S }),
+            ..full_spec()
+        };
+        registry
+            .put(t, Key::App(AppName::new("w2")), Value::App(AppSpec { name: AppName::new("w2"), ..per_requests }))
+            .unwrap();
+        registry.put(t, Key::Scale(AppName::new("web")), Value::Scale(4)).unwrap();
+        let status = NodeStatus {
+            spec: NodeSpec { id: NodeId::new("a"), capacity: Resources::new(1000, 1000), labels: Labels::new() },
+            addr: "10.0.0.1".into(),
+            containers: vec![ContainerStatus {
+                slot: SlotId::new("web", 0),
+                container: "c1".into(),
+                host_port: 8000,
+                state: ContainerState::Healthy,
+            }],
+        };
+        registry.put(t, Key::Status(NodeId::new("a")), Value::Status(status)).unwrap();
+        registry.remove(t, Key::App(AppName::new("gone")));
+        let entries: Vec<(Key, Entry<Value>)> = registry.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        let messages = [
+            Message::Updates(entries.clone()),
+            Message::Digest(registry.digest()),
+            Message::Repair { entries, want: vec![1, 2] },
+            Message::Load { app: AppName::new("web"), requests: 7 },
+        ];
+        for m in messages {
+            let bytes = postcard::to_allocvec(&m).unwrap();
+            assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn garbage_from_a_peer_is_reported_and_changes_nothing() {
+        let mut node = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(1000, 1000)));
+        while node.poll_action().is_some() {}
+        node.handle_message(Time::from_millis(1), &NodeId::new("b"), &[0xff, 0xff, 0xff]);
+        assert!(matches!(node.poll_action(), Some(Action::Event(Event::BadMessage { .. }))));
+        assert_eq!(node.poll_action(), None);
     }
 }

@@ -128,6 +128,8 @@ pub enum StopReason {
     /// Its node no longer admits it: constraints changed, or the node is over capacity and this
     /// slot has the lowest priority there.
     Evicted,
+    /// A slot of a higher-priority app that fit nowhere else takes its place.
+    Preempted,
 }
 
 /// A container its node must stop.
@@ -145,12 +147,19 @@ pub struct Stop {
 
 /// Why a slot could not be placed. The slot is left unplaced, never over-committed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Unplaceable {
     /// No live node carries the labels the app requires (or no node is live).
     NoNodeMatches {
         /// The required labels, `k=v` joined by commas; empty when there are no live nodes.
         constraints: String,
+    },
+    /// It ran, or was placed, where a higher-priority slot that fit nowhere else now runs.
+    Preempted {
+        /// The slot that took its place.
+        by: SlotId,
+        /// That slot's priority.
+        priority: i32,
     },
     /// Nodes match, but none has the resources free.
     Insufficient {
@@ -170,6 +179,9 @@ impl fmt::Display for Unplaceable {
         match self {
             Unplaceable::NoNodeMatches { constraints } if constraints.is_empty() => f.write_str("no live node"),
             Unplaceable::NoNodeMatches { constraints } => write!(f, "no live node has labels {constraints}"),
+            Unplaceable::Preempted { by, priority } => {
+                write!(f, "preempted by {by} (priority {priority}) and fits nowhere else")
+            }
             Unplaceable::Insufficient { needs, eligible, cpu_free_max, mem_free_max } => {
                 let mut short = Vec::new();
                 if needs.cpu_millis > *cpu_free_max {
@@ -246,6 +258,8 @@ pub struct Plan {
     /// Per slot `(app, index)`, the nodes it failed on past its restart budget: it is placed
     /// elsewhere while one is possible.
     avoid: BTreeMap<(u32, u32), Vec<u32>>,
+    /// The container kept for each slot that runs, for stopping it if it is preempted.
+    kept_containers: BTreeMap<(u32, u32), String>,
 }
 
 /// Places every app's slots on `nodes`, keeping what `observed` shows running.
@@ -276,6 +290,7 @@ pub fn place(apps: &[AppSpec], nodes: &[NodeSpec], observed: &Observed, policy: 
         stops: Vec::new(),
         unschedulable: Vec::new(),
         avoid: BTreeMap::new(),
+        kept_containers: BTreeMap::new(),
     };
     plan.reconcile(observed);
     let missing: Vec<(u32, u32)> = plan
@@ -287,6 +302,7 @@ pub fn place(apps: &[AppSpec], nodes: &[NodeSpec], observed: &Observed, policy: 
         })
         .collect();
     plan.place_missing(&missing);
+    plan.preempt();
     plan.check_invariants();
     plan
 }
@@ -323,7 +339,8 @@ impl Plan {
                 }
             }
         }
-        for (&(a, i), &(_, n, _)) in &best {
+        for (&(a, i), &(_, n, container)) in &best {
+            self.kept_containers.insert((a as u32, i), container.to_owned());
             self.slots[a][i as usize] = n as u32;
             self.set_used(n, self.used[n].saturating_add(self.apps[a].resources));
         }
@@ -651,6 +668,110 @@ impl Plan {
         failed
     }
 
+    /// Slots that fit nowhere take the place of lower-priority slots, as few as possible: on
+    /// the node where the fewest (then the least important) slots must go. The evicted are
+    /// placed elsewhere if they fit, may in turn evict slots of still lower priority, and are
+    /// otherwise reported unschedulable. Priorities strictly fall along every chain of
+    /// evictions, so the pass ends.
+    fn preempt(&mut self) {
+        if self.unschedulable.is_empty() {
+            return;
+        }
+        let lowest = self.apps.iter().map(|a| a.priority).min().unwrap_or(0);
+        let index: BTreeMap<AppName, usize> = self.apps.iter().enumerate().map(|(i, a)| (a.name.clone(), i)).collect();
+        let mut reasons: BTreeMap<(u32, u32), Unplaceable> = BTreeMap::new();
+        for u in std::mem::take(&mut self.unschedulable) {
+            reasons.insert((index[&u.slot.app] as u32, u.slot.index), u.reason);
+        }
+        // Slots on each node, for choosing victims.
+        let mut on_node: Vec<Vec<(u32, u32)>> = vec![Vec::new(); self.nodes.len()];
+        for (a, slots) in self.slots.iter().enumerate() {
+            for (i, _) in slots.iter().enumerate() {
+                if let Some(n) = self.node_index_of(a, i as u32) {
+                    on_node[n].push((a as u32, i as u32));
+                }
+            }
+        }
+        let mut pending: std::collections::BTreeSet<(u32, u32)> = reasons.keys().copied().collect();
+        let mut cursor = 0;
+        while let Some((a, i)) = pending.pop_first() {
+            let app = a as usize;
+            let eligible: Vec<u32> = (0..self.nodes.len() as u32)
+                .filter(|&n| self.alive[n as usize] && self.apps[app].admits(&self.nodes[n as usize].labels))
+                .collect();
+            // Room may have appeared elsewhere (an evicted slot may fit where the evictor did not).
+            if self.place_avoiding(app, &[i], &eligible, &mut cursor).is_empty() {
+                let n = self.node_index_of(app, i).expect("just placed");
+                on_node[n].push((a, i));
+                reasons.remove(&(a, i));
+                continue;
+            }
+            let priority = self.apps[app].priority;
+            if priority <= lowest {
+                continue;
+            }
+            let need = self.apps[app].resources;
+            let mut best: Option<(usize, i32, usize, Vec<(u32, u32)>)> = None;
+            for &n in &eligible {
+                let n = n as usize;
+                let mut lower: Vec<(u32, u32)> =
+                    on_node[n].iter().copied().filter(|&(va, _)| self.apps[va as usize].priority < priority).collect();
+                // The least important go first: lowest priority, then last in placement order.
+                lower.sort_by_key(|&(va, vi)| (self.apps[va as usize].priority, Reverse(va), Reverse(vi)));
+                let mut free = self.free[n];
+                let mut victims = Vec::new();
+                for v in lower {
+                    if need.fits_in(free) {
+                        break;
+                    }
+                    free = free.saturating_add(self.apps[v.0 as usize].resources);
+                    victims.push(v);
+                }
+                if !need.fits_in(free) {
+                    continue;
+                }
+                let worst = victims.iter().map(|&(va, _)| self.apps[va as usize].priority).max().unwrap_or(i32::MIN);
+                let better = match &best {
+                    None => true,
+                    Some((count, w, _, _)) => (victims.len(), worst) < (*count, *w),
+                };
+                if better {
+                    best = Some((victims.len(), worst, n, victims));
+                }
+            }
+            let Some((_, _, n, victims)) = best else { continue };
+            let by = SlotId { app: self.apps[app].name.clone(), index: i };
+            for (va, vi) in victims {
+                let slot = SlotId { app: self.apps[va as usize].name.clone(), index: vi };
+                if self.slots[va as usize][vi as usize] & FRESH == 0 {
+                    let container = self.kept_containers.get(&(va, vi)).cloned().unwrap_or_default();
+                    self.stops.push(Stop {
+                        node: self.nodes[n].id.clone(),
+                        container,
+                        slot,
+                        reason: StopReason::Preempted,
+                    });
+                }
+                self.slots[va as usize][vi as usize] = UNPLACED;
+                self.set_used(n, self.used[n].saturating_sub(self.apps[va as usize].resources));
+                on_node[n].retain(|x| *x != (va, vi));
+                reasons.insert((va, vi), Unplaceable::Preempted { by: by.clone(), priority });
+                pending.insert((va, vi));
+            }
+            self.assign(app, i, n);
+            on_node[n].push((a, i));
+            reasons.remove(&(a, i));
+        }
+        self.unschedulable = reasons
+            .into_iter()
+            .map(|((a, i), reason)| Unschedulable {
+                slot: SlotId { app: self.apps[a as usize].name.clone(), index: i },
+                reason,
+            })
+            .collect();
+        self.stops.sort_by(|x, y| (&x.node, &x.container).cmp(&(&y.node, &y.container)));
+    }
+
     fn why_unplaceable(&self, a: usize, eligible: &[u32]) -> Unplaceable {
         if eligible.is_empty() {
             let constraints: Vec<String> = self.apps[a].constraints.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -686,8 +807,10 @@ impl Plan {
         }
         let before = self.unschedulable.len();
         self.place_missing(&missing);
+        self.preempt();
+        let _ = before;
         let failed: BTreeMap<SlotId, Unplaceable> =
-            self.unschedulable[before..].iter().map(|u| (u.slot.clone(), u.reason.clone())).collect();
+            self.unschedulable.iter().map(|u| (u.slot.clone(), u.reason.clone())).collect();
         let moves = missing
             .iter()
             .map(|&(a, i)| {
@@ -883,6 +1006,31 @@ mod tests {
             assert!(plan.placements().all(|(s, _)| s.app.as_str() == "important"), "{policy}");
             assert_eq!(plan.unschedulable().len(), 2);
             assert!(plan.unschedulable().iter().all(|u| u.slot.app.as_str() == "batch"));
+        }
+    }
+
+    #[test]
+    fn a_higher_priority_slot_preempts_running_lower_priority_ones_on_one_node() {
+        let mut checkout = app("checkout", 2, 600);
+        checkout.priority = 10;
+        let apps = [app("batch", 3, 500), checkout];
+        let nodes = [node("a", 1000, 1000), node("b", 1000, 1000)];
+        // batch/0 and batch/1 fill node a, batch/2 half of b: checkout/0 fits on b only after
+        // batch/2 goes, checkout/1 needs a whole node.
+        let rows = vec![
+            running("a", SlotId::new("batch", 0), "b0", ContainerState::Healthy),
+            running("a", SlotId::new("batch", 1), "b1", ContainerState::Healthy),
+            running("b", SlotId::new("batch", 2), "b2", ContainerState::Healthy),
+        ];
+        for (_, policy) in Policy::ALL {
+            let plan = place(&apps, &nodes, &observed(rows.clone()), policy);
+            assert!(plan.node_of(&SlotId::new("checkout", 0)).is_some(), "{policy}");
+            assert!(plan.node_of(&SlotId::new("checkout", 1)).is_some(), "{policy}");
+            let stopped: Vec<_> = plan.stops().iter().map(|s| (s.container.as_str(), s.reason)).collect();
+            assert_eq!(stopped.len(), 3, "{policy}: {stopped:?}");
+            assert!(stopped.iter().all(|(_, r)| *r == StopReason::Preempted));
+            assert!(plan.unschedulable().iter().all(|u| u.slot.app.as_str() == "batch"));
+            assert!(plan.unschedulable()[0].reason.to_string().starts_with("preempted by checkout/"));
         }
     }
 

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use canteen_core::model::{AppSpec, Labels, NodeId, NodeSpec, Resources, SlotId};
-use canteen_core::schedule::{ContainerState, Observed, ObservedContainer, Plan, Policy, place};
+use canteen_core::schedule::{
+    ContainerState, Observed, ObservedContainer, Plan, Policy, StopReason, Unplaceable, place,
+};
 use proptest::prelude::*;
 
 fn policy() -> impl Strategy<Value = Policy> {
@@ -105,6 +107,18 @@ proptest! {
     }
 
     #[test]
+    fn a_slot_is_preempted_only_by_a_higher_priority_one(apps in apps(), nodes in nodes(), policy in policy()) {
+        let plan = place(&apps, &nodes, &Observed::new(), policy);
+        let priority = |name: &str| apps.iter().find(|a| a.name.as_str() == name).unwrap().priority;
+        for u in plan.unschedulable() {
+            if let Unplaceable::Preempted { by, priority: p } = &u.reason {
+                prop_assert_eq!(*p, priority(by.app.as_str()));
+                prop_assert!(priority(u.slot.app.as_str()) < *p, "{} preempted by {} of no higher priority", u.slot, by);
+            }
+        }
+    }
+
+    #[test]
     fn a_plan_over_an_unchanged_cluster_changes_nothing(apps in apps(), nodes in nodes(), policy in policy()) {
         let first = place(&apps, &nodes, &Observed::new(), policy);
         let second = place(&apps, &nodes, &observe(&first), policy);
@@ -125,10 +139,15 @@ proptest! {
         let after = place(&apps, &survivors, &observe(&before), policy);
         check_capacity_and_constraints(&after, &apps, &survivors)?;
         let (old, new) = (placements(&before), placements(&after));
+        // "When capacity allows": a displaced slot of higher priority may preempt others.
+        let preempted = after.stops().iter().any(|s| s.reason == StopReason::Preempted);
         for (slot, node) in &old {
-            if *node != victim {
+            if *node != victim && !preempted {
                 prop_assert_eq!(new.get(slot), Some(node), "{} moved though its node lives", slot);
             }
+        }
+        for stop in after.stops() {
+            prop_assert_eq!(stop.reason, StopReason::Preempted, "the only stops after a crash are preemptions");
         }
         // A slot the dead node held is placed elsewhere or reported, never lost.
         for (slot, node) in &old {

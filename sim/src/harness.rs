@@ -366,6 +366,14 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
     traffic.abort();
     checks.abort();
     let w = lock(&world);
+    if std::env::var_os("CANTEEN_SIM_DEBUG").is_some() {
+        for (id, c) in &w.containers {
+            eprintln!(
+                "{id} {} on {} port {} ready {} exited {} stopping {:?}",
+                c.slot, w.nodes[c.node].id, c.host_port, c.ready_at_ms, c.exited, c.stopping_at_ms
+            );
+        }
+    }
     let checker = lock(&checker);
     checker.report(&scenario, seed, &w)
 }
@@ -552,6 +560,11 @@ impl Checker {
             }
             Some((at, what)) => Check::fail("no node over capacity", format!("at {at:.1}s: {what}")),
         });
+        checks.push(if w.bad_messages == 0 {
+            Check::pass("wire format", "every gossip message decoded".into())
+        } else {
+            Check::fail("wire format", format!("{} messages did not decode", w.bad_messages))
+        });
         let end_ms = (scenario.duration_s * 1000.0) as u64;
         let mut lost = Vec::new();
         for (app, &replicas) in &w.desired {
@@ -728,6 +741,7 @@ impl World {
                 });
             }
             Event::Unschedulable { slots } => self.unschedulable = slots.len(),
+            Event::BadMessage { .. } => self.bad_messages += 1,
             _ => {}
         }
     }

@@ -177,6 +177,8 @@ pub struct World {
     pub start_latency: (u64, u64),
     /// How each app's replicas serve.
     pub app_sims: BTreeMap<AppName, AppSim>,
+    /// Gossip messages that did not decode.
+    pub bad_messages: u64,
     /// Requests per simulated second: (ok, failed, p99 latency in ms of the ok ones).
     pub seconds: Vec<(u64, u64, f64)>,
 }
@@ -225,6 +227,7 @@ impl World {
             start_latency: (scenario.sim.start_latency_ms, scenario.sim.start_jitter_ms),
             app_sims: scenario.app_sim.clone(),
             seconds: Vec::new(),
+            bad_messages: 0,
         }
     }
 
@@ -387,7 +390,12 @@ impl World {
             let usable = reachable
                 && container.as_ref().is_some_and(|id| {
                     let c = &self.containers[id];
-                    c.slot == backend.slot && c.stopping_at_ms.is_none() && !c.exited && now_ms >= c.ready_at_ms
+                    // A replica being drained still answers until it is removed: balancers on
+                    // other nodes learn of the stop a gossip round later.
+                    c.slot == backend.slot
+                        && c.removed_at_ms.is_none_or(|t| t > now_ms)
+                        && !c.exited
+                        && now_ms >= c.ready_at_ms
                 });
             if !usable {
                 // Refused before anything was sent: out of this balancer, and one more try.
