@@ -6,8 +6,9 @@ use std::time::Duration;
 
 /// A point in time, in milliseconds since an epoch chosen by the driver.
 ///
-/// The simulator's epoch is the start of the run; the real agent's is the moment it started.
-/// Only differences between two `Time`s mean anything.
+/// The simulator's epoch is the start of the run, shared by every simulated node; the real
+/// agent's is the Unix epoch. Times are compared across nodes (the registry's hybrid logical
+/// clock), so every node of a cluster must use the same epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Time(u64);
 

@@ -203,6 +203,7 @@ fn sweep(files: &[PathBuf], (from, to): (u64, u64), jobs: Option<usize>) -> u8 {
     for (s, seed, why) in &failures {
         println!("FAILED {why}\n  replay: canteen-sim run {} --seed {seed}", scenarios[*s].file);
     }
+    println!("sweep: {} passed, {} failed", runs.len() - failures.len(), failures.len());
     u8::from(!failures.is_empty())
 }
 

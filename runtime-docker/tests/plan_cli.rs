@@ -1,0 +1,57 @@
+//! `canteen plan` as a user runs it: the binary, real files, exit codes.
+
+use std::process::Command;
+
+fn canteen(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_canteen"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn plan_prints_every_node_and_places_every_slot_of_the_example() {
+    let out = canteen(&["plan", "examples/cluster.toml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("policy spread: 16 slots placed on 7 nodes, 0 unschedulable"), "{text}");
+    for node in ["node-0", "node-4", "ssd-0", "ssd-1"] {
+        assert!(text.contains(node), "{node} missing from\n{text}");
+    }
+}
+
+#[test]
+fn plan_json_has_the_documented_shape() {
+    let out = canteen(&["plan", "examples/cluster.toml", "--policy", "binpack", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["policy"], "binpack");
+    assert_eq!(v["placements"].as_array().unwrap().len(), 16);
+    let first = &v["placements"][0];
+    assert!(first["app"].is_string() && first["slot"].is_u64() && first["node"].is_string());
+    assert!(v["unschedulable"].as_array().unwrap().is_empty());
+    for n in v["nodes"].as_array().unwrap() {
+        assert!(n["cpu_millis_used"].as_u64().unwrap() <= n["cpu_millis"].as_u64().unwrap());
+        assert!(n["mem_mb_used"].as_u64().unwrap() <= n["mem_mb"].as_u64().unwrap());
+    }
+}
+
+#[test]
+fn a_bad_file_exits_2_naming_the_file_and_the_key() {
+    let out = canteen(&["plan", "examples/bad.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("examples/bad.toml: key `app[0].replicas"), "{err}");
+    assert!(err.contains("must be at least 1"), "{err}");
+}
+
+#[test]
+fn an_unknown_policy_or_a_missing_file_exits_2() {
+    let out = canteen(&["plan", "examples/cluster.toml", "--policy", "random"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allowed: round-robin, binpack, spread, rendezvous"));
+    let out = canteen(&["plan", "examples/missing.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("examples/missing.toml: cannot read"));
+}
