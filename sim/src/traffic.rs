@@ -1,7 +1,7 @@
 //! Request traffic for the simulator: a seeded RNG, Poisson arrivals, a replica's queue, and the
 //! measurements taken of them (a latency histogram and a rate counter).
 //!
-//! Everything here depends on std only and is deterministic: no clock, no ambient randomness, no
+//! Everything here is deterministic: no clock, no ambient randomness, no
 //! hash-map iteration. Time is integer microseconds (`u64`, names ending in `_us`). The one caveat
 //! is [`SimRng::exp`], which calls `f64::ln`: the same binary on the same platform gives the same
 //! bits, but another libm may differ in the last ulp.
@@ -10,25 +10,21 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 
-/// A small seeded random number generator (splitmix64): the only source of randomness here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SimRng {
-    state: u64,
-}
+use canteen_core::rng::SplitMix64;
+
+/// A seeded random number generator: core's splitmix64, plus the draws the traffic model needs.
+#[derive(Clone, Debug)]
+pub struct SimRng(SplitMix64);
 
 impl SimRng {
     /// A generator whose whole sequence is fixed by `seed`.
     pub fn new(seed: u64) -> SimRng {
-        SimRng { state: seed }
+        SimRng(SplitMix64::new(seed))
     }
 
     /// The next 64 uniformly distributed bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A uniform float in [0, 1), with 53 bits of precision.
