@@ -711,7 +711,9 @@ impl Plan {
                 continue;
             }
             let need = self.apps[app].resources;
-            let mut best: Option<(usize, i32, usize, Vec<(u32, u32)>)> = None;
+            // (victims, highest victim priority, node, the victims themselves)
+            type Choice = (usize, i32, usize, Vec<(u32, u32)>);
+            let mut best: Option<Choice> = None;
             for &n in &eligible {
                 let n = n as usize;
                 let mut lower: Vec<(u32, u32)> =
