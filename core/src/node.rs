@@ -32,7 +32,7 @@ use crate::autoscale::{Autoscaler, ScaleDecision};
 use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
 use crate::limits;
 use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resources, SlotId, validate_apps};
-use crate::registry::{Digest, Entry, Key, Registry, RegistryError};
+use crate::registry::{Digest, Entry, Key, Registry, RegistryError, Version};
 use crate::rng::SplitMix64;
 use crate::schedule::{ContainerState, Observed, ObservedContainer, Policy, Unplaceable, place, rendezvous_owner};
 use crate::time::Time;
@@ -114,6 +114,7 @@ impl NodeConfig {
 
 /// What the registry holds under each kind of key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // the wire format and the public type stay as they are
 pub enum Value {
     /// `app/<name>`: the operator's spec.
     App(AppSpec),
@@ -420,6 +421,18 @@ pub struct Node {
     rumors: BTreeMap<Key, u32>,
     reconcile_pending: bool,
     backends: BTreeMap<AppName, (u16, PickerKind, Vec<Backend>)>,
+    /// Derived from the registry: every healthy replica each status lists, by app, whether its
+    /// node is believed alive or not (the membership filter is applied when a list is sent).
+    healthy: BTreeMap<AppName, BTreeSet<Backend>>,
+    /// Derived from the registry: the healthy replicas each node's status lists.
+    node_healthy: BTreeMap<NodeId, Vec<Backend>>,
+    /// Apps whose balancer list may differ from `backends`; `update_backends` looks at these only.
+    backends_dirty: BTreeSet<AppName>,
+    /// Bumped on every change to what placement reads (registry facts, membership).
+    facts_generation: u64,
+    /// `facts_generation` and this node's containers at the last placement pass that ran.
+    /// The last pass also says whether its view was complete (it acted).
+    last_pass: Option<(u64, Vec<ObservedContainer>, bool)>,
     unschedulable: Vec<(SlotId, Unplaceable)>,
     load_pending: BTreeMap<AppName, u64>,
     autoscalers: BTreeMap<AppName, Autoscaler>,
@@ -444,6 +457,11 @@ impl Node {
             rumors: BTreeMap::new(),
             reconcile_pending: false,
             backends: BTreeMap::new(),
+            healthy: BTreeMap::new(),
+            node_healthy: BTreeMap::new(),
+            backends_dirty: BTreeSet::new(),
+            facts_generation: 0,
+            last_pass: None,
             unschedulable: Vec::new(),
             load_pending: BTreeMap::new(),
             autoscalers: BTreeMap::new(),
@@ -542,10 +560,20 @@ impl Node {
                 }
             }
             Message::Repair { entries, want } => {
+                // A peer that wants buckets sent all its entries in them: it needs back only
+                // the entries it lacks or holds an older version of.
+                let theirs: BTreeMap<Key, Version> = if want.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    entries.iter().map(|(k, e)| (k.clone(), e.version.clone())).collect()
+                };
                 self.merge_entries(now, entries);
                 if !want.is_empty() {
-                    let entries = self.registry.entries_in_buckets(&want);
-                    self.send(from, &Message::Repair { entries, want: Vec::new() });
+                    let mut entries = self.registry.entries_in_buckets(&want);
+                    entries.retain(|(k, e)| theirs.get(k).is_none_or(|v| e.version > *v));
+                    if !entries.is_empty() {
+                        self.send(from, &Message::Repair { entries, want: Vec::new() });
+                    }
                 }
             }
             Message::Load { app, requests } => self.record_load(now, &app, requests),
@@ -560,7 +588,13 @@ impl Node {
         let now = self.now;
         let alive: BTreeSet<NodeId> = alive.into_iter().filter(|n| *n != self.config.id).collect();
         if alive != self.members {
+            for node in alive.symmetric_difference(&self.members) {
+                if let Some(list) = self.node_healthy.get(node) {
+                    self.backends_dirty.extend(list.iter().map(|b| b.slot.app.clone()));
+                }
+            }
             self.members = alive;
+            self.facts_generation += 1;
             self.update_backends();
             self.request_reconcile(now);
         }
@@ -659,8 +693,10 @@ impl Node {
                     Err(CommandError::UnknownApp(app.to_string()))
                 } else {
                     self.registry.remove(now, Key::App(app.clone()));
+                    self.key_changed(&Key::App(app.clone()));
                     if self.registry.get(&Key::Scale(app.clone())).is_some() {
-                        self.registry.remove(now, Key::Scale(app));
+                        self.registry.remove(now, Key::Scale(app.clone()));
+                        self.key_changed(&Key::Scale(app));
                     }
                     self.request_reconcile(now);
                     Ok(())
@@ -694,10 +730,12 @@ impl Node {
         let name = spec.name.clone();
         let autoscaled = spec.autoscale.is_some();
         self.registry.put(now, Key::App(name.clone()), Value::App(spec))?;
+        self.key_changed(&Key::App(name.clone()));
         if autoscaled {
             // A new spec resets the count the coordinator chose; it starts again from here.
             if self.registry.get(&Key::Scale(name.clone())).is_some() {
-                self.registry.remove(now, Key::Scale(name));
+                self.registry.remove(now, Key::Scale(name.clone()));
+                self.key_changed(&Key::Scale(name));
             }
         }
         self.request_reconcile(now);
@@ -748,16 +786,13 @@ impl Node {
                 if l.generation != generation || l.phase != Phase::Running {
                     return;
                 }
-                let spec = self.app_spec(&l.app);
-                let Some(spec) = spec else { return };
+                // Read in place: a probe needs three fields of the spec, not a copy of it.
+                let Some(Value::App(spec)) = self.registry.get(&Key::App(l.app.clone())) else { return };
                 let container = l.container.clone().expect("a running slot has a container");
-                self.actions.push_back(Action::Probe {
-                    container,
-                    host_port: l.host_port,
-                    path: spec.health.path.clone(),
-                    timeout_ms: spec.health.timeout_ms,
-                });
-                self.schedule(now + Duration::from_millis(spec.health.interval_ms), Timer::Probe { slot, generation });
+                let (path, timeout_ms, interval_ms) =
+                    (spec.health.path.clone(), spec.health.timeout_ms, spec.health.interval_ms);
+                self.actions.push_back(Action::Probe { container, host_port: l.host_port, path, timeout_ms });
+                self.schedule(now + Duration::from_millis(interval_ms), Timer::Probe { slot, generation });
             }
             Timer::Restart { slot, generation } => {
                 let Some(l) = self.local.get(&slot) else { return };
@@ -800,7 +835,8 @@ impl Node {
                     own_overwritten = true;
                 }
             }
-            if self.registry.merge(now, key, entry) {
+            if self.registry.merge(now, key.clone(), entry) {
+                self.key_changed(&key);
                 changed = true;
             }
         }
@@ -858,11 +894,33 @@ impl Node {
     /// partial view would put everything on the nodes it happens to know. The pass runs again
     /// when the missing status arrives.
     fn reconcile(&mut self, now: Time) {
-        let apps = self.apps();
-        let (nodes, observed) = self.facts();
-        if nodes.len() < self.members.len() + 1 {
+        // The plan depends on the facts only, and what this node does with it on its own
+        // containers: when neither changed since the last pass, this pass would do nothing.
+        let own = self.own_containers();
+        if let Some((generation, last, complete)) = &self.last_pass
+            && *generation == self.facts_generation
+            && *last == own
+        {
+            if *complete {
+                self.update_backends();
+            }
             return;
         }
+        // The view is complete when every live peer's status is known; counted before the
+        // facts are copied out, since an incomplete view copies them for nothing.
+        let known = self
+            .registry
+            .statuses()
+            .filter(|(node, value)| matches!(value, Value::Status(_)) && self.members.contains(*node))
+            .count();
+        let complete = known == self.members.len();
+        self.last_pass = Some((self.facts_generation, own, complete));
+        if !complete {
+            return;
+        }
+        let apps = self.apps();
+        let (nodes, observed) = self.facts();
+        debug_assert_eq!(nodes.len(), self.members.len() + 1);
         let plan = place(&apps, &nodes, &observed, self.config.policy);
         let me = self.config.id.clone();
         let mut changed = false;
@@ -1020,42 +1078,91 @@ impl Node {
         }
         // The status of one node is bounded by the slots it can run; a registry that refuses
         // it is a limit set too low, a programming error.
-        self.registry.put(now, key, Value::Status(status)).expect("a node's own status fits the registry");
+        self.registry.put(now, key.clone(), Value::Status(status)).expect("a node's own status fits the registry");
+        self.key_changed(&key);
         self.update_backends();
     }
 
-    /// Sends each balancer its healthy backends, when they changed.
-    fn update_backends(&mut self) {
-        let mut wanted: BTreeMap<AppName, (u16, PickerKind, Vec<Backend>)> = BTreeMap::new();
-        for (key, entry) in self.registry.iter() {
-            if let (Key::App(name), Some(Value::App(spec))) = (key, &entry.value) {
-                wanted.insert(name.clone(), (spec.port, spec.balance, Vec::new()));
+    /// Keeps the views derived from the registry in step after a write to `key`.
+    fn key_changed(&mut self, key: &Key) {
+        match key {
+            Key::App(app) => {
+                self.facts_generation += 1;
+                self.backends_dirty.insert(app.clone());
             }
-        }
-        for (key, entry) in self.registry.iter() {
-            let (Key::Status(node), Some(Value::Status(status))) = (key, &entry.value) else { continue };
-            if *node != self.config.id && !self.members.contains(node) {
-                continue;
-            }
-            for c in status.containers.iter().filter(|c| c.state == ContainerState::Healthy) {
-                if let Some((_, _, list)) = wanted.get_mut(&c.slot.app) {
-                    list.push(Backend {
-                        node: node.clone(),
-                        addr: status.addr.clone(),
-                        host_port: c.host_port,
-                        slot: c.slot.clone(),
-                    });
+            Key::Scale(_) => self.facts_generation += 1,
+            Key::Load(_) => {}
+            Key::Status(node) => {
+                self.facts_generation += 1;
+                let mut list: Vec<Backend> = match self.registry.get(key) {
+                    Some(Value::Status(status)) => status
+                        .containers
+                        .iter()
+                        .filter(|c| c.state == ContainerState::Healthy)
+                        .map(|c| Backend {
+                            node: node.clone(),
+                            addr: status.addr.clone(),
+                            host_port: c.host_port,
+                            slot: c.slot.clone(),
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                list.sort();
+                list.dedup();
+                let old = self.node_healthy.get(node).map(Vec::as_slice).unwrap_or(&[]);
+                if old == list.as_slice() {
+                    return;
+                }
+                let old = self.node_healthy.remove(node).unwrap_or_default();
+                for b in old {
+                    self.backends_dirty.insert(b.slot.app.clone());
+                    if let Some(set) = self.healthy.get_mut(&b.slot.app) {
+                        set.remove(&b);
+                        if set.is_empty() {
+                            self.healthy.remove(&b.slot.app);
+                        }
+                    }
+                }
+                for b in &list {
+                    self.backends_dirty.insert(b.slot.app.clone());
+                    self.healthy.entry(b.slot.app.clone()).or_default().insert(b.clone());
+                }
+                if !list.is_empty() {
+                    self.node_healthy.insert(node.clone(), list);
                 }
             }
         }
-        for (app, (port, picker, mut backends)) in wanted.iter().map(|(a, v)| (a.clone(), v.clone())) {
-            backends.sort();
-            if self.backends.get(&app) != Some(&(port, picker, backends.clone())) {
+    }
+
+    /// Sends each balancer its healthy backends, when they changed. Only apps whose facts
+    /// changed since the last call are looked at; the others' lists are current already.
+    fn update_backends(&mut self) {
+        let dirty = std::mem::take(&mut self.backends_dirty);
+        let mut gone = Vec::new();
+        for app in dirty {
+            let Some(Value::App(spec)) = self.registry.get(&Key::App(app.clone())) else {
+                if self.backends.contains_key(&app) {
+                    gone.push(app);
+                }
+                continue;
+            };
+            let (port, picker) = (spec.port, spec.balance);
+            let backends: Vec<Backend> = self
+                .healthy
+                .get(&app)
+                .into_iter()
+                .flatten()
+                .filter(|b| b.node == self.config.id || self.members.contains(&b.node))
+                .cloned()
+                .collect();
+            let same =
+                self.backends.get(&app).is_some_and(|(p, k, list)| *p == port && *k == picker && *list == backends);
+            if !same {
                 self.backends.insert(app.clone(), (port, picker, backends.clone()));
                 self.actions.push_back(Action::SetBackends { app, port, picker, backends });
             }
         }
-        let gone: Vec<AppName> = self.backends.keys().filter(|a| !wanted.contains_key(*a)).cloned().collect();
         for app in gone {
             self.backends.remove(&app);
             self.actions.push_back(Action::RemoveBalancer { app });
@@ -1099,9 +1206,10 @@ impl Node {
         for key in spent {
             self.rumors.remove(&key);
         }
-        let message = Message::Updates(entries);
+        // One encoding for every peer of the round.
+        let bytes = postcard::to_allocvec(&Message::Updates(entries)).expect("messages encode");
         for peer in peers {
-            self.send(&peer, &message);
+            self.actions.push_back(Action::Send { to: peer, bytes: bytes.clone() });
         }
     }
 
@@ -1138,12 +1246,12 @@ impl Node {
         }
         if let Some(scaler) = self.autoscalers.get_mut(app) {
             scaler.record_requests(now, requests);
-        } else if let Some(spec) = self.apps().into_iter().find(|a| a.name == *app) {
-            if let Some(policy) = &spec.autoscale {
-                let mut scaler = Autoscaler::new(policy, spec.replicas, now);
-                scaler.record_requests(now, requests);
-                self.autoscalers.insert(app.clone(), scaler);
-            }
+        } else if let Some(spec) = self.apps().into_iter().find(|a| a.name == *app)
+            && let Some(policy) = &spec.autoscale
+        {
+            let mut scaler = Autoscaler::new(policy, spec.replicas, now);
+            scaler.record_requests(now, requests);
+            self.autoscalers.insert(app.clone(), scaler);
         }
     }
 
@@ -1164,6 +1272,7 @@ impl Node {
                 let to = decision.to;
                 self.actions.push_back(Action::Event(Event::Scaled { app: name.clone(), decision }));
                 self.registry.put(now, Key::Scale(name.clone()), Value::Scale(to)).expect("a count fits the registry");
+                self.facts_generation += 1;
                 self.request_reconcile(now);
             }
         }

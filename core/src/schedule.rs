@@ -311,8 +311,9 @@ impl Plan {
     /// Keeps one container per desired slot on a live node that admits it; everything else that
     /// live nodes run is stopped.
     fn reconcile(&mut self, observed: &Observed) {
-        let node_index: BTreeMap<NodeId, usize> =
-            self.nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+        // `self.nodes` is sorted by name and its names are unique: a binary search finds one.
+        let nodes = &self.nodes;
+        let node_index = |id: &NodeId| nodes.binary_search_by(|n| n.id.cmp(id)).ok();
         let app_index: BTreeMap<AppName, usize> =
             self.apps.iter().enumerate().map(|(i, a)| (a.name.clone(), i)).collect();
         // The best container seen so far for each slot: (rank, node, container), compared so
@@ -320,7 +321,7 @@ impl Plan {
         let mut best: BTreeMap<(usize, u32), (Reverse<u8>, usize, &str)> = BTreeMap::new();
         let mut candidates: Vec<(usize, &ObservedContainer)> = Vec::new();
         for (node_id, containers) in observed {
-            let Some(&n) = node_index.get(node_id) else { continue };
+            let Some(n) = node_index(node_id) else { continue };
             for c in containers {
                 candidates.push((n, c));
                 let desired = app_index.get(&c.slot.app).copied().filter(|&a| c.slot.index < self.apps[a].replicas);

@@ -118,11 +118,11 @@ pub fn run(cli: Cli) -> u8 {
             let seed = seed.unwrap_or(scenario.seed);
             println!("{}", options_line(&scenario, seed));
             let (report, timeline) = crate::harness::run(&scenario, seed);
-            if let Some(out) = plot {
-                if let Err(e) = std::fs::write(&out, timeline.to_svg()) {
-                    eprintln!("canteen-sim: {}: cannot write the plot: {e}", out.display());
-                    return 2;
-                }
+            if let Some(out) = plot
+                && let Err(e) = std::fs::write(&out, timeline.to_svg())
+            {
+                eprintln!("canteen-sim: {}: cannot write the plot: {e}", out.display());
+                return 2;
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).expect("reports encode"));

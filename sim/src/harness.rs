@@ -168,13 +168,13 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
             node.handle_membership(Time::from_millis(now), alive);
             continue;
         }
-        if let Some(Reverse((at, _, key))) = later.peek().copied() {
-            if at <= now {
-                later.pop();
-                let input = later_inputs.remove(&key).expect("scheduled");
-                feed(&mut node, now, input);
-                continue;
-            }
+        if let Some(Reverse((at, _, key))) = later.peek().copied()
+            && at <= now
+        {
+            later.pop();
+            let input = later_inputs.remove(&key).expect("scheduled");
+            feed(&mut node, now, input);
+            continue;
         }
         if now >= next_traffic_ms {
             next_traffic_ms = now + 1000;
@@ -434,7 +434,7 @@ async fn traffic_loop(world: Shared, scenario: Scenario, start: Instant) {
 
 /// The load timeline's rate for `app` at `t_s`.
 fn rate_at(scenario: &Scenario, app: &AppName, t_s: f64) -> f64 {
-    scenario.load.iter().filter(|l| l.app == app.as_str() && l.at_s <= t_s).last().map_or(0.0, |l| l.rps)
+    scenario.load.iter().rfind(|l| l.app == app.as_str() && l.at_s <= t_s).map_or(0.0, |l| l.rps)
 }
 
 async fn check_loop(world: Shared, checker: Arc<Mutex<Checker>>, scenario: Scenario, start: Instant) {
@@ -540,7 +540,7 @@ impl Checker {
         if second != self.last_second {
             self.last_second = second;
             let mut per_app: BTreeMap<&AppName, u32> = BTreeMap::new();
-            for ((app, _), _) in &serving {
+            for (app, _) in serving.keys() {
                 *per_app.entry(app).or_default() += 1;
             }
             for (app, &desired) in &w.desired {

@@ -194,12 +194,15 @@ impl Report {
     }
 }
 
+type Points = Vec<(f64, f64)>;
+
 /// Series for the SVG timeline, sampled once a simulated second.
 #[derive(Clone, Debug, Default)]
 pub struct Timeline {
     title: String,
     duration_s: f64,
-    replicas: BTreeMap<AppName, (Vec<(f64, f64)>, Vec<(f64, f64)>)>,
+    /// Per app: (serving, desired) samples.
+    replicas: BTreeMap<AppName, (Points, Points)>,
     requests: Vec<(f64, f64)>,
     errors: Vec<(f64, f64)>,
     p99: Vec<(f64, f64)>,

@@ -388,10 +388,10 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
             return Err(err(format!("expect.fully_placed[{i}]"), format!("{name:?} is not an app of this scenario")));
         }
     }
-    if let Some(r) = raw.expect.success_ratio_min {
-        if !(0.0..=1.0).contains(&r) {
-            return Err(err("expect.success_ratio_min".into(), "must be in [0, 1]".into()));
-        }
+    if let Some(r) = raw.expect.success_ratio_min
+        && !(0.0..=1.0).contains(&r)
+    {
+        return Err(err("expect.success_ratio_min".into(), "must be in [0, 1]".into()));
     }
     Ok(Scenario {
         file: file.to_owned(),
@@ -486,10 +486,10 @@ fn fault(f: &RawFault, nodes: usize, apps: &[&str], duration_s: f64) -> Result<F
         }
         other => return Err(("kind", format!("unknown fault kind {other:?}; allowed: {FAULT_KINDS}"))),
     };
-    if let Some(d) = f.duration_s {
-        if !(d > 0.0) {
-            return Err(("duration_s", "must be greater than 0".into()));
-        }
+    if let Some(d) = f.duration_s
+        && d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+    {
+        return Err(("duration_s", "must be greater than 0".into()));
     }
     Ok(Fault { at_s: f.at_s, kind, duration_s: f.duration_s })
 }

@@ -210,7 +210,7 @@ impl World {
             containers: BTreeMap::new(),
             by_port: BTreeMap::new(),
             membership_version: 1,
-            rng: SimRng::new(seed ^ 0x5eed_0f_3071d),
+            rng: SimRng::new(seed ^ 0x05ee_d0f3_071d),
             next_container: 0,
             desired: scenario.cluster.apps.iter().map(|a| (a.name.clone(), a.replicas)).collect(),
             scale_events: Vec::new(),
@@ -282,10 +282,8 @@ impl World {
         }
         self.next_container += 1;
         let id = format!("c{:06}", self.next_container);
-        if let Some(previous) = self.last_node_of_slot.insert(slot.clone(), node) {
-            if previous != node {
-                self.moves += 1;
-            }
+        if self.last_node_of_slot.insert(slot.clone(), node).is_some_and(|previous| previous != node) {
+            self.moves += 1;
         }
         self.by_port.insert((node, host_port), id.clone());
         let queue = ReplicaQueue::new(sim.concurrency, sim.queue_max);
@@ -312,13 +310,13 @@ impl World {
     /// A node asked for a container to stop: it serves nothing from now on and is removed after
     /// `drain_ms` (in-flight requests finish meanwhile).
     pub fn stop_container(&mut self, id: &str, now_ms: u64, drain_ms: u64) {
-        if let Some(c) = self.containers.get_mut(id) {
-            if c.removed_at_ms.is_none() {
-                c.stopping_at_ms.get_or_insert(now_ms);
-                c.removed_at_ms = Some(now_ms + drain_ms);
-                if drain_ms == 0 {
-                    self.by_port.remove(&(c.node, c.host_port));
-                }
+        if let Some(c) = self.containers.get_mut(id)
+            && c.removed_at_ms.is_none()
+        {
+            c.stopping_at_ms.get_or_insert(now_ms);
+            c.removed_at_ms = Some(now_ms + drain_ms);
+            if drain_ms == 0 {
+                self.by_port.remove(&(c.node, c.host_port));
             }
         }
     }
@@ -372,7 +370,12 @@ impl World {
     /// retried once elsewhere when the connection fails before the request is sent. Returns the
     /// latency in microseconds.
     pub fn route(&mut self, at_us: u64, entry: usize, app: &AppName) -> Result<u64, RequestError> {
-        *self.nodes[entry].entered.entry(app.clone()).or_default() += 1;
+        match self.nodes[entry].entered.get_mut(app) {
+            Some(count) => *count += 1,
+            None => {
+                self.nodes[entry].entered.insert(app.clone(), 1);
+            }
+        }
         let now_ms = at_us / 1000;
         let mut tried: Option<Backend> = None;
         for _ in 0..2 {
