@@ -566,14 +566,17 @@ impl Checker {
             Check::fail("wire format", format!("{} messages did not decode", w.bad_messages))
         });
         let end_ms = (scenario.duration_s * 1000.0) as u64;
+        // The slots that run healthy at the end, read once for the checks below.
+        let serving_at_end: std::collections::BTreeSet<(&AppName, u32)> = w
+            .containers
+            .values()
+            .filter(|c| c.serving_at(end_ms, &w.nodes))
+            .map(|c| (&c.slot.app, c.slot.index))
+            .collect();
         let mut lost = Vec::new();
         for (app, &replicas) in &w.desired {
             for i in 0..replicas {
-                if !w
-                    .containers
-                    .values()
-                    .any(|c| c.slot.app == *app && c.slot.index == i && c.serving_at(end_ms, &w.nodes))
-                {
+                if !serving_at_end.contains(&(app, i)) {
                     lost.push(format!("{app}/{i}"));
                 }
             }
@@ -610,15 +613,11 @@ impl Checker {
         if let Some(min) = e.success_ratio_min {
             let ok = requests.success_ratio >= min;
             let detail = format!("{:.5} of {} requests succeeded (min {min})", requests.success_ratio, requests.total);
-            checks.push(if ok { Check::pass("success ratio", detail) } else { Check::fail("success ratio", detail) });
+            checks.push(Check::new("success ratio", ok, detail));
         }
         if let Some(max) = e.duplicate_replica_s_max {
             let detail = format!("{:.1} replica-seconds of duplicates (max {max})", self.duplicate_replica_s);
-            checks.push(if self.duplicate_replica_s <= max {
-                Check::pass("duplicates", detail)
-            } else {
-                Check::fail("duplicates", detail)
-            });
+            checks.push(Check::new("duplicates", self.duplicate_replica_s <= max, detail));
         }
         if e.converged {
             let heal = self.heal_at.unwrap_or(0.0);
@@ -643,62 +642,36 @@ impl Checker {
         }
         if let Some(max) = e.latency_ms_p99_max {
             let detail = format!("p99 {:.1} ms (max {max})", requests.latency_ms_p99);
-            checks.push(if requests.latency_ms_p99 <= max {
-                Check::pass("latency p99", detail)
-            } else {
-                Check::fail("latency p99", detail)
-            });
+            checks.push(Check::new("latency p99", requests.latency_ms_p99 <= max, detail));
         }
         let ups = w.scale_events.iter().filter(|s| s.to > s.from).count() as u32;
         let downs = w.scale_events.iter().filter(|s| s.to < s.from).count() as u32;
         if let Some(min) = e.replicas_peak_min {
             let detail = format!("peak desired replicas {} (min {min})", self.peak_replicas);
-            checks.push(if self.peak_replicas >= min {
-                Check::pass("scaled up", detail)
-            } else {
-                Check::fail("scaled up", detail)
-            });
+            checks.push(Check::new("scaled up", self.peak_replicas >= min, detail));
         }
         if let Some(min) = e.scale_ups_min {
             let detail = format!("{ups} scale-ups (min {min})");
-            checks.push(if ups >= min { Check::pass("scale-ups", detail) } else { Check::fail("scale-ups", detail) });
+            checks.push(Check::new("scale-ups", ups >= min, detail));
         }
         if let Some(max) = e.scale_downs_max {
             let detail = format!("{downs} scale-downs (max {max})");
-            checks.push(if downs <= max {
-                Check::pass("no flapping", detail)
-            } else {
-                Check::fail("no flapping", detail)
-            });
+            checks.push(Check::new("no flapping", downs <= max, detail));
         }
         if let Some(min) = e.unschedulable_min {
             let detail = format!("{} slots reported unschedulable (min {min})", w.unschedulable);
-            checks.push(if w.unschedulable as u32 >= min {
-                Check::pass("unschedulable reported", detail)
-            } else {
-                Check::fail("unschedulable reported", detail)
-            });
+            checks.push(Check::new("unschedulable reported", w.unschedulable as u32 >= min, detail));
         }
         for app in &e.fully_placed {
             let name = AppName::new(app);
             let want = w.desired.get(&name).copied().unwrap_or(0);
-            let have = (0..want)
-                .filter(|i| {
-                    w.containers
-                        .values()
-                        .any(|c| c.slot.app == name && c.slot.index == *i && c.serving_at(end_ms, &w.nodes))
-                })
-                .count() as u32;
+            let have = (0..want).filter(|i| serving_at_end.contains(&(&name, *i))).count() as u32;
             let detail = format!("{app}: {have} of {want} slots run healthy at the end");
-            checks.push(if have == want {
-                Check::pass("fully placed", detail)
-            } else {
-                Check::fail("fully placed", detail)
-            });
+            checks.push(Check::new("fully placed", have == want, detail));
         }
         if let Some(max) = e.moves_max {
             let detail = format!("{} slots moved (max {max})", w.moves);
-            checks.push(if w.moves <= max { Check::pass("moves", detail) } else { Check::fail("moves", detail) });
+            checks.push(Check::new("moves", w.moves <= max, detail));
         }
         let up = w.nodes.iter().filter(|n| n.up).count().max(1);
         let bytes: u64 = w.nodes.iter().map(|n| n.bytes_sent).sum();

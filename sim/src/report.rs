@@ -23,6 +23,10 @@ pub struct Check {
 }
 
 impl Check {
+    /// A check with its verdict.
+    pub fn new(name: &str, passed: bool, detail: String) -> Check {
+        Check { name: name.to_owned(), passed, detail }
+    }
     /// A check that held.
     pub fn pass(name: &str, detail: String) -> Check {
         Check { name: name.to_owned(), passed: true, detail }
