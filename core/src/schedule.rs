@@ -808,10 +808,8 @@ impl Plan {
                 }
             }
         }
-        let before = self.unschedulable.len();
         self.place_missing(&missing);
         self.preempt();
-        let _ = before;
         let failed: BTreeMap<SlotId, Unplaceable> =
             self.unschedulable.iter().map(|u| (u.slot.clone(), u.reason.clone())).collect();
         let moves = missing
