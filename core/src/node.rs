@@ -24,6 +24,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -32,9 +33,11 @@ use crate::autoscale::{Autoscaler, ScaleDecision};
 use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
 use crate::limits;
 use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resources, SlotId, validate_apps};
-use crate::registry::{Digest, Entry, Key, Registry, RegistryError, Version};
+use crate::registry::{Digest, Entry, Head, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
-use crate::schedule::{ContainerState, Observed, ObservedContainer, Policy, Unplaceable, place, rendezvous_owner};
+use crate::schedule::{
+    ContainerState, Observed, ObservedContainer, Policy, Unplaceable, place_owned, rendezvous_owner_hashed, stable_hash,
+};
 use crate::time::Time;
 
 /// How one agent behaves. Every field has a default that suits a LAN.
@@ -65,6 +68,10 @@ pub struct NodeConfig {
     /// How long after a change of facts the placement is computed again (changes in a burst
     /// cost one pass).
     pub reconcile_delay_ms: u64,
+    /// The least time between two placement passes: under a storm of changes (a thousand nodes
+    /// starting at once) a node computes placement this often at most, instead of once per
+    /// burst. A lone change still gets its pass after `reconcile_delay_ms`.
+    pub reconcile_interval_min_ms: u64,
     /// How often request counts go to each app's coordinator.
     pub load_report_interval_ms: u64,
     /// How often a coordinator evaluates its apps' autoscalers.
@@ -98,6 +105,7 @@ impl NodeConfig {
             rumor_rounds: 3,
             anti_entropy_interval_ms: 1000,
             reconcile_delay_ms: 20,
+            reconcile_interval_min_ms: 500,
             load_report_interval_ms: 1000,
             autoscale_interval_ms: 1000,
             failed_cooldown_ms: 300_000,
@@ -114,10 +122,10 @@ impl NodeConfig {
 
 /// What the registry holds under each kind of key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(clippy::large_enum_variant)] // the wire format and the public type stay as they are
 pub enum Value {
-    /// `app/<name>`: the operator's spec.
-    App(AppSpec),
+    /// `app/<name>`: the operator's spec, boxed: registry entries move around in B-tree nodes,
+    /// and a spec is many times the size of the other values.
+    App(Box<AppSpec>),
     /// `status/<node>`: what a node offers and runs.
     Status(NodeStatus),
     /// `scale/<app>`: the replica count the app's coordinator chose.
@@ -141,7 +149,7 @@ pub struct ContainerStatus {
     /// The slot it serves.
     pub slot: SlotId,
     /// The runtime's id; [`STARTING`] while the runtime has not answered yet.
-    pub container: String,
+    pub container: Arc<str>,
     /// The host port it listens on.
     pub host_port: u16,
     /// Its state.
@@ -156,8 +164,8 @@ pub const STARTING: &str = "~starting";
 pub struct Backend {
     /// The node running it.
     pub node: NodeId,
-    /// The host to connect to.
-    pub addr: String,
+    /// The host to connect to (shared by every backend of its node: cheap to clone).
+    pub addr: Arc<str>,
     /// The port to connect to.
     pub host_port: u16,
     /// The slot it serves.
@@ -339,20 +347,50 @@ pub enum CommandError {
     Registry(#[from] RegistryError),
 }
 
-/// The messages nodes exchange. Encoded with postcard.
+/// One registry entry on the wire: its [`Head`] in front, then the entry itself, encoded apart
+/// (postcard of `(Key, Entry<Value>)`). A receiver reads the head and decodes the body only when
+/// the entry is news: most copies of a rumor reach nodes that have it already.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEntry<'a> {
+    /// The key and version, hashed.
+    pub head: Head,
+    /// The encoded `(Key, Entry<Value>)`.
+    #[serde(borrow, serialize_with = "serialize_bytes")]
+    pub body: &'a [u8],
+}
+
+/// Writes a byte slice as one block of bytes: serde's own impl for slices writes element by
+/// element, which postcard turns into the same bytes, only many times slower.
+fn serialize_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
+}
+
+/// The messages nodes exchange. Encoded with postcard; entries borrow from the received bytes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Message {
+pub enum Message<'a> {
     /// News: entries that changed recently.
-    Updates(Vec<(Key, Entry<Value>)>),
-    /// Anti-entropy: "here is a summary of my registry".
+    Updates(#[serde(borrow)] Vec<WireEntry<'a>>),
+    /// Anti-entropy, first step: "here is one hash of my registry". Equal registries end the
+    /// exchange here, so a quiet cluster spends a few bytes a second on it.
+    Root(u64),
+    /// Anti-entropy, second step, when the roots differ: the hash of each bucket.
     Digest(Digest),
-    /// Anti-entropy answer: my entries in the buckets where we differ, and the buckets I want
-    /// yours of.
+    /// Anti-entropy, third step: the buckets where the digests differ, and the heads of the
+    /// sender's entries in them.
+    Summary {
+        /// The buckets that differ.
+        buckets: Vec<u16>,
+        /// The sender's heads in those buckets.
+        heads: Vec<Head>,
+    },
+    /// Anti-entropy, fourth and last steps: entries the receiver lacks or holds older, and the
+    /// key hashes of the entries the sender wants back.
     Repair {
-        /// The sender's entries in the differing buckets.
-        entries: Vec<(Key, Entry<Value>)>,
-        /// Buckets the receiver should send back its entries of.
-        want: Vec<u16>,
+        /// Entries the receiver needs.
+        #[serde(borrow)]
+        entries: Vec<WireEntry<'a>>,
+        /// Key hashes of the entries the sender needs; empty in the last step.
+        want: Vec<u64>,
     },
     /// Requests that entered the sender's balancer for `app` since its last report; sent to
     /// the app's coordinator.
@@ -362,6 +400,18 @@ pub enum Message {
         /// How many.
         requests: u64,
     },
+}
+
+/// Encodes entries for the wire: each body once, then the message around them.
+fn encode_with_entries(
+    entries: &[(Key, Entry<Value>)],
+    message: impl FnOnce(Vec<WireEntry<'_>>) -> Vec<u8>,
+) -> Vec<u8> {
+    let bodies: Vec<Vec<u8>> =
+        entries.iter().map(|(k, e)| postcard::to_allocvec(&(k, e)).expect("entries encode")).collect();
+    let wire =
+        entries.iter().zip(&bodies).map(|((k, e), body)| WireEntry { head: Head::of(k, &e.version), body }).collect();
+    message(wire)
 }
 
 /// Timers are data: what they are for, and for per-slot timers the generation they belong to,
@@ -393,11 +443,19 @@ enum Phase {
     Failed,
 }
 
+/// A registry entry this node pushes to a few peers for a few rounds.
+#[derive(Debug)]
+struct Rumor {
+    rounds_left: u32,
+    head: Head,
+    body: Vec<u8>,
+}
+
 /// One of this node's slots.
 #[derive(Debug)]
 struct Local {
     host_port: u16,
-    container: Option<String>,
+    container: Option<Arc<str>>,
     phase: Phase,
     health: HealthTracker,
     backoff: Backoff,
@@ -412,19 +470,28 @@ pub struct Node {
     registry: Registry<Value>,
     /// The peers believed alive, this node excluded.
     members: BTreeSet<NodeId>,
+    /// `members` in a vector, for drawing random peers without copying the set.
+    member_list: Vec<NodeId>,
+    /// The stable hash of each name in `member_list` and of this node's, for rendezvous.
+    member_hashes: Vec<u64>,
     local: BTreeMap<SlotId, Local>,
     generation: u64,
     timers: BinaryHeap<Reverse<(Time, u64, Timer)>>,
     timer_seq: u64,
     actions: VecDeque<Action>,
     rng: SplitMix64,
-    rumors: BTreeMap<Key, u32>,
+    /// Entries being pushed to peers: rounds left, and the entry encoded once, when it became
+    /// news (a newer version replaces it).
+    rumors: BTreeMap<Key, Rumor>,
+    /// Entries merged from peers since the last gossip round, as they arrived, by key hash:
+    /// a rumor passed on is sent as it was received instead of being encoded again.
+    received: BTreeMap<u64, (Head, Vec<u8>)>,
     reconcile_pending: bool,
     backends: BTreeMap<AppName, (u16, PickerKind, Vec<Backend>)>,
-    /// Derived from the registry: every healthy replica each status lists, by app, whether its
-    /// node is believed alive or not (the membership filter is applied when a list is sent).
+    /// Derived from the registry and membership: the healthy replicas on this node and on the
+    /// peers believed alive, by app. What each balancer gets.
     healthy: BTreeMap<AppName, BTreeSet<Backend>>,
-    /// Derived from the registry: the healthy replicas each node's status lists.
+    /// Derived from the registry: the healthy replicas each node's status lists, live or not.
     node_healthy: BTreeMap<NodeId, Vec<Backend>>,
     /// Apps whose balancer list may differ from `backends`; `update_backends` looks at these only.
     backends_dirty: BTreeSet<AppName>,
@@ -433,6 +500,20 @@ pub struct Node {
     /// `facts_generation` and this node's containers at the last placement pass that ran.
     /// The last pass also says whether its view was complete (it acted).
     last_pass: Option<(u64, Vec<ObservedContainer>, bool)>,
+    /// Live containers that have not failed, per slot, over this node and the peers believed
+    /// alive: what tells a pass that would change nothing from one that must run
+    /// (`Node::settled`). Slots with none are absent.
+    slot_counts: BTreeMap<SlotId, u32>,
+    /// Derived from the registry: each node's spec and the slots its status lists with a
+    /// container that has not failed, live or not.
+    node_slots: BTreeMap<NodeId, (NodeSpec, Vec<SlotId>)>,
+    /// Bumped by the changes that can move slots even when every slot runs exactly once: apps,
+    /// scales, membership, node specs.
+    structure_generation: u64,
+    /// `structure_generation` at the last pass that ran `place` on a complete view.
+    structure_at_last_place: Option<u64>,
+    /// When the last placement pass ran (see `NodeConfig::reconcile_interval_min_ms`).
+    last_pass_at: Option<Time>,
     unschedulable: Vec<(SlotId, Unplaceable)>,
     load_pending: BTreeMap<AppName, u64>,
     autoscalers: BTreeMap<AppName, Autoscaler>,
@@ -448,6 +529,8 @@ impl Node {
         let mut node = Node {
             registry: Registry::new(config.id.clone()),
             members: BTreeSet::new(),
+            member_list: Vec::new(),
+            member_hashes: Vec::new(),
             local: BTreeMap::new(),
             generation: 0,
             timers: BinaryHeap::new(),
@@ -455,6 +538,7 @@ impl Node {
             actions: VecDeque::new(),
             rng,
             rumors: BTreeMap::new(),
+            received: BTreeMap::new(),
             reconcile_pending: false,
             backends: BTreeMap::new(),
             healthy: BTreeMap::new(),
@@ -462,6 +546,11 @@ impl Node {
             backends_dirty: BTreeSet::new(),
             facts_generation: 0,
             last_pass: None,
+            last_pass_at: None,
+            slot_counts: BTreeMap::new(),
+            node_slots: BTreeMap::new(),
+            structure_generation: 0,
+            structure_at_last_place: None,
             unschedulable: Vec::new(),
             load_pending: BTreeMap::new(),
             autoscalers: BTreeMap::new(),
@@ -551,29 +640,43 @@ impl Node {
             }
         };
         match message {
-            Message::Updates(entries) => self.merge_entries(now, entries),
-            Message::Digest(digest) => {
-                let want = self.registry.mismatched_buckets(&digest);
-                if !want.is_empty() {
-                    let entries = self.registry.entries_in_buckets(&want);
-                    self.send(from, &Message::Repair { entries, want });
+            Message::Updates(entries) => {
+                self.merge_wire(now, from, &entries);
+            }
+            Message::Root(root) => {
+                if root != self.registry.root_hash() {
+                    self.send(from, &Message::Digest(self.registry.digest()));
                 }
             }
+            Message::Digest(digest) => {
+                let buckets = self.registry.mismatched_buckets(&digest);
+                if !buckets.is_empty() {
+                    let heads = self.registry.heads_in_buckets(&buckets);
+                    self.send(from, &Message::Summary { buckets, heads });
+                }
+            }
+            Message::Summary { buckets, heads } => {
+                // Send what the peer lacks or holds older; ask for what it has newer.
+                let theirs: BTreeMap<u64, Head> = heads.iter().map(|h| (h.key_hash, *h)).collect();
+                let send: Vec<u64> = self
+                    .registry
+                    .heads_in_buckets(&buckets)
+                    .into_iter()
+                    .filter(|mine| theirs.get(&mine.key_hash).is_none_or(|t| mine.may_beat(t)))
+                    .map(|h| h.key_hash)
+                    .collect();
+                let want: Vec<u64> = heads
+                    .iter()
+                    .filter(|h| self.registry.is_news(h))
+                    .map(|h| h.key_hash)
+                    .take(limits::ENTRIES_PER_MESSAGE_MAX)
+                    .collect();
+                self.send_repair(from, &send, want);
+            }
             Message::Repair { entries, want } => {
-                // A peer that wants buckets sent all its entries in them: it needs back only
-                // the entries it lacks or holds an older version of.
-                let theirs: BTreeMap<Key, Version> = if want.is_empty() {
-                    BTreeMap::new()
-                } else {
-                    entries.iter().map(|(k, e)| (k.clone(), e.version.clone())).collect()
-                };
-                self.merge_entries(now, entries);
+                self.merge_wire(now, from, &entries);
                 if !want.is_empty() {
-                    let mut entries = self.registry.entries_in_buckets(&want);
-                    entries.retain(|(k, e)| theirs.get(k).is_none_or(|v| e.version > *v));
-                    if !entries.is_empty() {
-                        self.send(from, &Message::Repair { entries, want: Vec::new() });
-                    }
+                    self.send_repair(from, &want, Vec::new());
                 }
             }
             Message::Load { app, requests } => self.record_load(now, &app, requests),
@@ -588,11 +691,23 @@ impl Node {
         let now = self.now;
         let alive: BTreeSet<NodeId> = alive.into_iter().filter(|n| *n != self.config.id).collect();
         if alive != self.members {
-            for node in alive.symmetric_difference(&self.members) {
-                if let Some(list) = self.node_healthy.get(node) {
-                    self.backends_dirty.extend(list.iter().map(|b| b.slot.app.clone()));
-                }
+            let joined: Vec<NodeId> = alive.difference(&self.members).cloned().collect();
+            let left: Vec<NodeId> = self.members.difference(&alive).cloned().collect();
+            for node in &left {
+                let list = self.node_healthy.get(node).cloned().unwrap_or_default();
+                self.unlist_healthy(&list);
+                let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
+                self.count_slots(&slots, false);
             }
+            for node in &joined {
+                let list = self.node_healthy.get(node).cloned().unwrap_or_default();
+                self.list_healthy(&list);
+                let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
+                self.count_slots(&slots, true);
+            }
+            self.structure_generation += 1;
+            self.member_list = alive.iter().cloned().collect();
+            self.member_hashes = self.member_list.iter().map(|n| stable_hash(n.as_str().as_bytes())).collect();
             self.members = alive;
             self.facts_generation += 1;
             self.update_backends();
@@ -614,7 +729,7 @@ impl Node {
                     self.actions.push_back(Action::StopContainer { container, slot, drain_ms: 0 });
                 } else {
                     let l = self.local.get_mut(&slot).expect("checked");
-                    l.container = Some(container);
+                    l.container = Some(Arc::from(container));
                     l.phase = Phase::Running;
                     self.arm_health(now, &slot);
                     self.publish_status(now);
@@ -704,7 +819,7 @@ impl Node {
             }
             Command::Scale(app, replicas) => match self.registry.get(&Key::App(app.clone())) {
                 Some(Value::App(spec)) => {
-                    let mut spec = spec.clone();
+                    let mut spec = (**spec).clone();
                     spec.replicas = replicas;
                     if let Some(a) = &mut spec.autoscale {
                         // An explicit count within an autoscaled app moves its bounds with it.
@@ -725,11 +840,12 @@ impl Node {
         apps.push(spec.clone());
         validate_apps(&apps)
             .map_err(|(_, e)| CommandError::Invalid { app: spec.name.to_string(), problem: e.to_string() })?;
-        let bytes = postcard::to_allocvec(&Value::App(spec.clone())).expect("specs encode");
-        self.registry.check_size(&Key::App(spec.name.clone()), bytes.len())?;
         let name = spec.name.clone();
         let autoscaled = spec.autoscale.is_some();
-        self.registry.put(now, Key::App(name.clone()), Value::App(spec))?;
+        let value = Value::App(Box::new(spec));
+        let bytes = postcard::to_allocvec(&value).expect("specs encode");
+        self.registry.check_size(&Key::App(name.clone()), bytes.len())?;
+        self.registry.put(now, Key::App(name.clone()), value)?;
         self.key_changed(&Key::App(name.clone()));
         if autoscaled {
             // A new spec resets the count the coordinator chose; it starts again from here.
@@ -745,16 +861,24 @@ impl Node {
     /// Every app in the registry, with the replica count the coordinator chose for autoscaled
     /// ones.
     pub fn apps(&self) -> Vec<AppSpec> {
-        let mut apps = Vec::new();
-        for (key, entry) in self.registry.iter() {
-            let (Key::App(name), Some(Value::App(spec))) = (key, &entry.value) else { continue };
-            let mut spec = spec.clone();
-            if let (Some(a), Some(Value::Scale(n))) = (&spec.autoscale, self.registry.get(&Key::Scale(name.clone()))) {
-                spec.replicas = (*n).clamp(a.min, a.max);
-            }
-            apps.push(spec);
+        self.registry.apps().filter_map(|(name, _)| self.app_with_scale(name)).collect()
+    }
+
+    /// App `name`'s spec, with the replica count its coordinator chose if it is autoscaled.
+    fn app_with_scale(&self, name: &AppName) -> Option<AppSpec> {
+        let Some(Value::App(spec)) = self.registry.get(&Key::App(name.clone())) else { return None };
+        let replicas = self.replicas_of(name, spec);
+        Some(AppSpec { replicas, ..(**spec).clone() })
+    }
+
+    /// How many replicas app `name` with `spec` should run: the count its coordinator chose,
+    /// within its bounds, when it is autoscaled; the spec's otherwise.
+    fn replicas_of(&self, name: &AppName, spec: &AppSpec) -> u32 {
+        let Some(a) = &spec.autoscale else { return spec.replicas };
+        match self.registry.get(&Key::Scale(name.clone())) {
+            Some(Value::Scale(n)) => (*n).clamp(a.min, a.max),
+            _ => spec.replicas,
         }
-        apps
     }
 
     fn on_timer(&mut self, now: Time, timer: Timer) {
@@ -765,7 +889,7 @@ impl Node {
             }
             Timer::AntiEntropy => {
                 if let Some(peer) = self.random_peers(1).pop() {
-                    self.send(&peer, &Message::Digest(self.registry.digest()));
+                    self.send(&peer, &Message::Root(self.registry.root_hash()));
                 }
                 self.schedule(now + Duration::from_millis(self.config.anti_entropy_interval_ms), Timer::AntiEntropy);
             }
@@ -791,6 +915,7 @@ impl Node {
                 let container = l.container.clone().expect("a running slot has a container");
                 let (path, timeout_ms, interval_ms) =
                     (spec.health.path.clone(), spec.health.timeout_ms, spec.health.interval_ms);
+                let container = container.to_string();
                 self.actions.push_back(Action::Probe { container, host_port: l.host_port, path, timeout_ms });
                 self.schedule(now + Duration::from_millis(interval_ms), Timer::Probe { slot, generation });
             }
@@ -802,6 +927,11 @@ impl Node {
                 self.start(now, &slot);
             }
             Timer::Claim { slot, generation } => {
+                // Facts that arrived during the settle (another node's claim, say) are looked
+                // at before the start, whatever the pass throttle says.
+                if self.reconcile_pending {
+                    self.reconcile(now);
+                }
                 // Still ours after the settle: no other claim won it.
                 if self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Claimed) {
                     self.start(now, &slot);
@@ -818,16 +948,34 @@ impl Node {
 
     fn app_spec(&self, app: &AppName) -> Option<AppSpec> {
         match self.registry.get(&Key::App(app.clone())) {
-            Some(Value::App(spec)) => Some(spec.clone()),
+            Some(Value::App(spec)) => Some((**spec).clone()),
             _ => None,
         }
     }
 
     /// Merges entries from a peer; a change to the facts placement reads asks for a new pass.
-    fn merge_entries(&mut self, now: Time, entries: Vec<(Key, Entry<Value>)>) {
+    /// Only entries whose head says they are news are decoded. A body that does not decode, or
+    /// does not match its head, is dropped with an [`Event::BadMessage`].
+    fn merge_wire(&mut self, now: Time, from: &NodeId, entries: &[WireEntry<'_>]) {
         let mut changed = false;
         let mut own_overwritten = false;
-        for (key, entry) in entries.into_iter().take(limits::ENTRIES_PER_MESSAGE_MAX) {
+        for wire in entries.iter().take(limits::ENTRIES_PER_MESSAGE_MAX) {
+            if !self.registry.is_news(&wire.head) {
+                continue;
+            }
+            let (key, entry) = match postcard::from_bytes::<(Key, Entry<Value>)>(wire.body) {
+                Ok(decoded) if Head::of(&decoded.0, &decoded.1.version) == wire.head => decoded,
+                Ok(_) => {
+                    let error = "an entry does not match its head".to_owned();
+                    self.actions.push_back(Action::Event(Event::BadMessage { from: from.clone(), error }));
+                    continue;
+                }
+                Err(e) => {
+                    let error = e.to_string();
+                    self.actions.push_back(Action::Event(Event::BadMessage { from: from.clone(), error }));
+                    continue;
+                }
+            };
             if matches!(&key, Key::Status(n) if *n == self.config.id) {
                 // Only this node writes its status. A newer one from elsewhere is an echo of a
                 // previous life of this node: take its version into the clock, write ours over.
@@ -836,6 +984,7 @@ impl Node {
                 }
             }
             if self.registry.merge(now, key.clone(), entry) {
+                self.received.insert(wire.head.key_hash, (wire.head, wire.body.to_vec()));
                 self.key_changed(&key);
                 changed = true;
             }
@@ -849,10 +998,27 @@ impl Node {
         }
     }
 
+    /// Anti-entropy: sends the entries with these key hashes and asks for those in `want`.
+    fn send_repair(&mut self, to: &NodeId, key_hashes: &[u64], want: Vec<u64>) {
+        let key_hashes = &key_hashes[..key_hashes.len().min(limits::ENTRIES_PER_MESSAGE_MAX)];
+        let entries = self.registry.entries_by_key_hash(key_hashes);
+        if entries.is_empty() && want.is_empty() {
+            return;
+        }
+        let bytes = encode_with_entries(&entries, |entries| {
+            postcard::to_allocvec(&Message::Repair { entries, want }).expect("messages encode")
+        });
+        self.actions.push_back(Action::Send { to: to.clone(), bytes });
+    }
+
     fn request_reconcile(&mut self, now: Time) {
         if !self.reconcile_pending {
             self.reconcile_pending = true;
-            self.schedule(now + Duration::from_millis(self.config.reconcile_delay_ms), Timer::Reconcile);
+            let mut at = now + Duration::from_millis(self.config.reconcile_delay_ms);
+            if let Some(last) = self.last_pass_at {
+                at = at.max(last + Duration::from_millis(self.config.reconcile_interval_min_ms));
+            }
+            self.schedule(at, Timer::Reconcile);
         }
     }
 
@@ -861,11 +1027,7 @@ impl Node {
         let mut nodes = vec![self.config.spec()];
         let mut observed = Observed::new();
         observed.insert(self.config.id.clone(), self.own_containers());
-        for (key, entry) in self.registry.iter() {
-            let (Key::Status(node), Some(Value::Status(status))) = (key, &entry.value) else { continue };
-            if *node == self.config.id || !self.members.contains(node) {
-                continue;
-            }
+        for (node, status) in self.live_statuses() {
             nodes.push(status.spec.clone());
             let containers = status
                 .containers
@@ -877,12 +1039,23 @@ impl Node {
         (nodes, observed)
     }
 
+    /// The statuses of the peers believed alive, in node order. Statuses and members are both
+    /// sorted by node, so one walk over each finds them, without a lookup per status.
+    fn live_statuses(&self) -> impl Iterator<Item = (&NodeId, &NodeStatus)> + '_ {
+        let mut members = self.members.iter().peekable();
+        self.registry.statuses().filter_map(move |(node, value)| {
+            let Value::Status(status) = value else { return None };
+            while members.next_if(|m| *m < node).is_some() {}
+            members.next_if(|m| *m == node).map(|_| (node, status))
+        })
+    }
+
     fn own_containers(&self) -> Vec<ObservedContainer> {
         self.local
             .iter()
             .map(|(slot, l)| ObservedContainer {
                 slot: slot.clone(),
-                container: l.container.clone().unwrap_or_else(|| STARTING.to_owned()),
+                container: l.container.clone().unwrap_or_else(|| Arc::from(STARTING)),
                 state: l.reported_state(),
             })
             .collect()
@@ -906,22 +1079,28 @@ impl Node {
             }
             return;
         }
+        if self.structure_at_last_place == Some(self.structure_generation) && self.settled() {
+            // Every slot runs once and nothing that moves slots changed since the last full
+            // pass: a pass would keep everything and act on nothing.
+            self.last_pass = Some((self.facts_generation, own, true));
+            self.debug_check_settled();
+            self.update_backends();
+            return;
+        }
         // The view is complete when every live peer's status is known; counted before the
         // facts are copied out, since an incomplete view copies them for nothing.
-        let known = self
-            .registry
-            .statuses()
-            .filter(|(node, value)| matches!(value, Value::Status(_)) && self.members.contains(*node))
-            .count();
+        let known = self.live_statuses().count();
         let complete = known == self.members.len();
         self.last_pass = Some((self.facts_generation, own, complete));
         if !complete {
             return;
         }
+        self.last_pass_at = Some(now);
+        self.structure_at_last_place = Some(self.structure_generation);
         let apps = self.apps();
         let (nodes, observed) = self.facts();
         debug_assert_eq!(nodes.len(), self.members.len() + 1);
-        let plan = place(&apps, &nodes, &observed, self.config.policy);
+        let plan = place_owned(apps, nodes, &observed, self.config.policy);
         let me = self.config.id.clone();
         let mut changed = false;
         for stop in plan.stops_on(&me) {
@@ -929,13 +1108,13 @@ impl Node {
             if l.phase == Phase::Failed {
                 continue; // already stopped; the record keeps the slot away from here
             }
-            if l.container.as_deref().unwrap_or(STARTING) != stop.container {
+            if l.container.as_deref().unwrap_or(STARTING) != &*stop.container {
                 continue;
             }
             let l = self.local.remove(&stop.slot).expect("found");
             if let Some(container) = l.container {
                 self.actions.push_back(Action::StopContainer {
-                    container,
+                    container: container.to_string(),
                     slot: stop.slot.clone(),
                     drain_ms: self.config.drain_ms,
                 });
@@ -979,6 +1158,23 @@ impl Node {
         self.update_backends();
     }
 
+    /// In debug builds, checks what `settled` promises: a full pass would start and stop
+    /// nothing here and report nothing unschedulable.
+    fn debug_check_settled(&self) {
+        if !cfg!(debug_assertions) || self.live_statuses().count() != self.members.len() {
+            return;
+        }
+        let (nodes, observed) = self.facts();
+        let plan = place_owned(self.apps(), nodes, &observed, self.config.policy);
+        let me = &self.config.id;
+        assert!(plan.starts_on(me).is_empty(), "a settled view starts nothing");
+        assert!(plan.unschedulable().is_empty(), "a settled view has nothing unschedulable");
+        for stop in plan.stops_on(me) {
+            let failed = self.local.get(&stop.slot).is_some_and(|l| l.phase == Phase::Failed);
+            assert!(failed, "a settled view stops nothing but records of failed slots: {stop:?}");
+        }
+    }
+
     fn insert_local(
         &mut self,
         now: Time,
@@ -995,6 +1191,7 @@ impl Node {
         };
         self.generation += 1;
         let generation = self.generation;
+        let container = container.map(Arc::from);
         self.local.insert(slot, Local { host_port, container, phase, health, backoff, generation, app });
     }
 
@@ -1022,6 +1219,7 @@ impl Node {
     fn fail(&mut self, now: Time, slot: &SlotId) {
         let Some(l) = self.local.get_mut(slot) else { return };
         if let Some(container) = l.container.take() {
+            let container = container.to_string();
             self.actions.push_back(Action::StopContainer { container, slot: slot.clone(), drain_ms: 0 });
         }
         self.generation += 1;
@@ -1066,14 +1264,27 @@ impl Node {
                 .iter()
                 .map(|(slot, l)| ContainerStatus {
                     slot: slot.clone(),
-                    container: l.container.clone().unwrap_or_else(|| STARTING.to_owned()),
+                    container: l.container.clone().unwrap_or_else(|| Arc::from(STARTING)),
                     host_port: l.host_port,
                     state: l.reported_state(),
                 })
                 .collect(),
         };
         let key = Key::Status(self.config.id.clone());
-        if self.registry.get(&key) == Some(&Value::Status(status.clone())) {
+        // What peers act on is which slots run here, on which ports, in which state. A change
+        // of container id alone (a start confirmed, the state still `Starting`) waits for the
+        // next change that matters, and goes out with it: a cold start of a large cluster
+        // spreads a third fewer versions.
+        if let Some(Value::Status(old)) = self.registry.get(&key)
+            && old.spec == status.spec
+            && old.addr == status.addr
+            && old.containers.len() == status.containers.len()
+            && old
+                .containers
+                .iter()
+                .zip(&status.containers)
+                .all(|(a, b)| a.slot == b.slot && a.host_port == b.host_port && a.state == b.state)
+        {
             return;
         }
         // The status of one node is bounded by the slots it can run; a registry that refuses
@@ -1088,24 +1299,32 @@ impl Node {
         match key {
             Key::App(app) => {
                 self.facts_generation += 1;
+                self.structure_generation += 1;
                 self.backends_dirty.insert(app.clone());
             }
-            Key::Scale(_) => self.facts_generation += 1,
+            Key::Scale(_) => {
+                self.facts_generation += 1;
+                self.structure_generation += 1;
+            }
             Key::Load(_) => {}
             Key::Status(node) => {
                 self.facts_generation += 1;
+                self.status_slots_changed(node);
                 let mut list: Vec<Backend> = match self.registry.get(key) {
-                    Some(Value::Status(status)) => status
-                        .containers
-                        .iter()
-                        .filter(|c| c.state == ContainerState::Healthy)
-                        .map(|c| Backend {
-                            node: node.clone(),
-                            addr: status.addr.clone(),
-                            host_port: c.host_port,
-                            slot: c.slot.clone(),
-                        })
-                        .collect(),
+                    Some(Value::Status(status)) => {
+                        let addr: Arc<str> = Arc::from(status.addr.as_str());
+                        status
+                            .containers
+                            .iter()
+                            .filter(|c| c.state == ContainerState::Healthy)
+                            .map(|c| Backend {
+                                node: node.clone(),
+                                addr: addr.clone(),
+                                host_port: c.host_port,
+                                slot: c.slot.clone(),
+                            })
+                            .collect()
+                    }
                     _ => Vec::new(),
                 };
                 list.sort();
@@ -1115,21 +1334,102 @@ impl Node {
                     return;
                 }
                 let old = self.node_healthy.remove(node).unwrap_or_default();
-                for b in old {
-                    self.backends_dirty.insert(b.slot.app.clone());
-                    if let Some(set) = self.healthy.get_mut(&b.slot.app) {
-                        set.remove(&b);
-                        if set.is_empty() {
-                            self.healthy.remove(&b.slot.app);
-                        }
-                    }
-                }
-                for b in &list {
-                    self.backends_dirty.insert(b.slot.app.clone());
-                    self.healthy.entry(b.slot.app.clone()).or_default().insert(b.clone());
+                // Only the replicas of live nodes are in the balancers' sets; a peer's list
+                // waits in `node_healthy` until it is believed alive.
+                if *node == self.config.id || self.members.contains(node) {
+                    self.unlist_healthy(&old);
+                    self.list_healthy(&list);
                 }
                 if !list.is_empty() {
                     self.node_healthy.insert(node.clone(), list);
+                }
+            }
+        }
+    }
+
+    /// Keeps `node_slots` and `slot_counts` in step with `node`'s status.
+    fn status_slots_changed(&mut self, node: &NodeId) {
+        let (spec, mut slots) = match self.registry.get(&Key::Status(node.clone())) {
+            Some(Value::Status(status)) => (
+                Some(status.spec.clone()),
+                status
+                    .containers
+                    .iter()
+                    .filter(|c| c.state != ContainerState::Failed)
+                    .map(|c| c.slot.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => (None, Vec::new()),
+        };
+        slots.sort();
+        let old = self.node_slots.remove(node);
+        if old.as_ref().map(|(s, _)| s) != spec.as_ref() {
+            self.structure_generation += 1;
+        }
+        let live = *node == self.config.id || self.members.contains(node);
+        if live {
+            if let Some((_, old_slots)) = &old {
+                self.count_slots(old_slots, false);
+            }
+            self.count_slots(&slots, true);
+        }
+        if let Some(spec) = spec {
+            self.node_slots.insert(node.clone(), (spec, slots));
+        }
+    }
+
+    /// Counts one live node's slots in (`add`) or out of `slot_counts`.
+    fn count_slots(&mut self, slots: &[SlotId], add: bool) {
+        for slot in slots {
+            if add {
+                *self.slot_counts.entry(slot.clone()).or_default() += 1;
+            } else if let Some(count) = self.slot_counts.get_mut(slot) {
+                *count -= 1;
+                if *count == 0 {
+                    self.slot_counts.remove(slot);
+                }
+            }
+        }
+    }
+
+    /// Whether every desired slot runs exactly once in this node's view, nothing runs that is
+    /// not desired, and nothing is reported unschedulable. Then, unless apps, scales,
+    /// membership or node specs changed since, a placement pass keeps everything where it is
+    /// and starts and stops nothing: it need not run. One walk over the apps and the counts,
+    /// both in slot order.
+    fn settled(&self) -> bool {
+        if !self.unschedulable.is_empty() {
+            return false;
+        }
+        let mut counts = self.slot_counts.iter();
+        for (name, value) in self.registry.apps() {
+            let Value::App(spec) = value else { return false };
+            for index in 0..self.replicas_of(name, spec) {
+                match counts.next() {
+                    Some((slot, &1)) if slot.app == *name && slot.index == index => {}
+                    _ => return false,
+                }
+            }
+        }
+        counts.next().is_none()
+    }
+
+    /// Adds a live node's healthy replicas to their apps' balancer sets.
+    fn list_healthy(&mut self, list: &[Backend]) {
+        for b in list {
+            self.backends_dirty.insert(b.slot.app.clone());
+            self.healthy.entry(b.slot.app.clone()).or_default().insert(b.clone());
+        }
+    }
+
+    /// Takes a node's replicas out of their apps' balancer sets.
+    fn unlist_healthy(&mut self, list: &[Backend]) {
+        for b in list {
+            self.backends_dirty.insert(b.slot.app.clone());
+            if let Some(set) = self.healthy.get_mut(&b.slot.app) {
+                set.remove(b);
+                if set.is_empty() {
+                    self.healthy.remove(&b.slot.app);
                 }
             }
         }
@@ -1148,14 +1448,7 @@ impl Node {
                 continue;
             };
             let (port, picker) = (spec.port, spec.balance);
-            let backends: Vec<Backend> = self
-                .healthy
-                .get(&app)
-                .into_iter()
-                .flatten()
-                .filter(|b| b.node == self.config.id || self.members.contains(&b.node))
-                .cloned()
-                .collect();
+            let backends: Vec<Backend> = self.healthy.get(&app).into_iter().flatten().cloned().collect();
             let same =
                 self.backends.get(&app).is_some_and(|(p, k, list)| *p == port && *k == picker && *list == backends);
             if !same {
@@ -1169,21 +1462,44 @@ impl Node {
         }
     }
 
+    /// `count` distinct peers drawn at random (all of them when there are fewer).
     fn random_peers(&mut self, count: usize) -> Vec<NodeId> {
-        let mut peers: Vec<NodeId> = self.members.iter().cloned().collect();
-        let mut chosen = Vec::with_capacity(count.min(peers.len()));
-        while chosen.len() < count && !peers.is_empty() {
-            let i = self.rng.below(peers.len());
-            chosen.push(peers.swap_remove(i));
+        let len = self.member_list.len();
+        let count = count.min(len);
+        let mut picked: Vec<usize> = Vec::with_capacity(count);
+        if count * 2 > len {
+            // A partial Fisher-Yates over the indexes when most peers are wanted.
+            let mut all: Vec<usize> = (0..len).collect();
+            for i in 0..count {
+                let j = i + self.rng.below(len - i);
+                all.swap(i, j);
+            }
+            picked.extend_from_slice(&all[..count]);
+        } else {
+            // Draws with rejection when few are: at most half are taken, so each draw is new
+            // with probability at least one half.
+            while picked.len() < count {
+                let i = self.rng.below(len);
+                if !picked.contains(&i) {
+                    picked.push(i);
+                }
+            }
         }
-        chosen
+        picked.into_iter().map(|i| self.member_list[i].clone()).collect()
     }
 
     /// Pushes recent news to a few random peers (rumor mongering); anti-entropy repairs what
     /// the rumors miss.
     fn gossip(&mut self) {
+        let mut received = std::mem::take(&mut self.received);
         for key in self.registry.take_recent() {
-            self.rumors.insert(key, self.config.rumor_rounds);
+            let Some(entry) = self.registry.entry(&key) else { continue };
+            let head = Head::of(&key, &entry.version);
+            let body = match received.remove(&head.key_hash) {
+                Some((h, body)) if h == head => body,
+                _ => postcard::to_allocvec(&(&key, entry)).expect("entries encode"),
+            };
+            self.rumors.insert(key, Rumor { rounds_left: self.config.rumor_rounds, head, body });
         }
         if self.rumors.is_empty() {
             return;
@@ -1192,22 +1508,23 @@ impl Node {
         if peers.is_empty() {
             return;
         }
-        let mut entries = Vec::new();
-        let mut spent = Vec::new();
-        for (key, rounds) in self.rumors.iter_mut().take(limits::ENTRIES_PER_MESSAGE_MAX) {
-            if let Some(entry) = self.registry.entry(key) {
-                entries.push((key.clone(), entry.clone()));
-            }
-            *rounds -= 1;
-            if *rounds == 0 {
-                spent.push(key.clone());
-            }
-        }
-        for key in spent {
-            self.rumors.remove(&key);
-        }
         // One encoding for every peer of the round.
-        let bytes = postcard::to_allocvec(&Message::Updates(entries)).expect("messages encode");
+        let wire: Vec<WireEntry<'_>> = self
+            .rumors
+            .values()
+            .take(limits::ENTRIES_PER_MESSAGE_MAX)
+            .map(|r| WireEntry { head: r.head, body: &r.body })
+            .collect();
+        let bytes = postcard::to_allocvec(&Message::Updates(wire)).expect("messages encode");
+        let mut sent = 0;
+        self.rumors.retain(|_, r| {
+            sent += 1;
+            if sent > limits::ENTRIES_PER_MESSAGE_MAX {
+                return true;
+            }
+            r.rounds_left -= 1;
+            r.rounds_left > 0
+        });
         for peer in peers {
             self.actions.push_back(Action::Send { to: peer, bytes: bytes.clone() });
         }
@@ -1220,14 +1537,16 @@ impl Node {
 
     /// The live node that coordinates `app`: ranked first by rendezvous hash on its name.
     pub fn coordinator_of(&self, app: &AppName) -> NodeId {
-        let everyone = self.members.iter().chain(std::iter::once(&self.config.id));
-        rendezvous_owner(app.as_str(), everyone).expect("this node is alive").clone()
+        let me = (stable_hash(self.config.id.as_str().as_bytes()), &self.config.id);
+        let peers = self.member_hashes.iter().copied().zip(&self.member_list);
+        rendezvous_owner_hashed(app.as_str(), peers.chain(std::iter::once(me))).expect("this node is alive").clone()
     }
 
     fn report_load(&mut self, now: Time) {
         let pending = std::mem::take(&mut self.load_pending);
         for (app, requests) in pending {
-            let autoscaled = self.app_spec(&app).is_some_and(|s| s.autoscale.is_some());
+            let autoscaled =
+                matches!(self.registry.get(&Key::App(app.clone())), Some(Value::App(s)) if s.autoscale.is_some());
             if !autoscaled {
                 continue;
             }
@@ -1246,7 +1565,7 @@ impl Node {
         }
         if let Some(scaler) = self.autoscalers.get_mut(app) {
             scaler.record_requests(now, requests);
-        } else if let Some(spec) = self.apps().into_iter().find(|a| a.name == *app)
+        } else if let Some(spec) = self.app_with_scale(app)
             && let Some(policy) = &spec.autoscale
         {
             let mut scaler = Autoscaler::new(policy, spec.replicas, now);
@@ -1257,12 +1576,16 @@ impl Node {
 
     /// The coordinator of each autoscaled app evaluates its autoscaler and writes `scale/<app>`.
     fn autoscale(&mut self, now: Time) {
-        let apps = self.apps();
-        let mine: BTreeMap<AppName, AppSpec> = apps
-            .into_iter()
-            .filter(|a| a.autoscale.is_some() && self.coordinator_of(&a.name) == self.config.id)
-            .map(|a| (a.name.clone(), a))
+        // Only the autoscaled apps this node coordinates are copied out of the registry.
+        let names: Vec<AppName> = self
+            .registry
+            .apps()
+            .filter(|(_, v)| matches!(v, Value::App(spec) if spec.autoscale.is_some()))
+            .map(|(name, _)| name.clone())
+            .filter(|name| self.coordinator_of(name) == self.config.id)
             .collect();
+        let mine: BTreeMap<AppName, AppSpec> =
+            names.into_iter().filter_map(|name| self.app_with_scale(&name).map(|spec| (name, spec))).collect();
         self.autoscalers.retain(|app, _| mine.contains_key(app));
         for (name, spec) in &mine {
             let policy = spec.autoscale.as_ref().expect("filtered");
@@ -1287,7 +1610,8 @@ impl Node {
     fn check_invariants(&self) {
         assert!(self.timers.len() <= limits::TIMERS_MAX, "timers are bounded");
         assert!(self.local.len() <= (self.config.host_port_max - self.config.host_port_min) as usize + 1);
-        assert!(!self.members.contains(&self.config.id), "a node is not its own peer");
+        debug_assert!(!self.members.contains(&self.config.id), "a node is not its own peer");
+        assert_eq!(self.members.len(), self.member_list.len(), "the member list mirrors the set");
         debug_assert!(
             {
                 let ports: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
@@ -1295,9 +1619,11 @@ impl Node {
             },
             "each local slot has its own host port"
         );
-        for (_, _, backends) in self.backends.values() {
-            // A node declared down is never a backend.
-            debug_assert!(backends.iter().all(|b| b.node == self.config.id || self.members.contains(&b.node)));
+        if cfg!(debug_assertions) {
+            for (_, _, backends) in self.backends.values() {
+                // A node declared down is never a backend.
+                debug_assert!(backends.iter().all(|b| b.node == self.config.id || self.members.contains(&b.node)));
+            }
         }
     }
 
@@ -1341,13 +1667,17 @@ mod tests {
     fn every_message_survives_the_wire_format() {
         let mut registry: Registry<Value> = Registry::new(NodeId::new("a"));
         let t = Time::from_millis(5);
-        registry.put(t, Key::App(AppName::new("web")), Value::App(full_spec())).unwrap();
+        registry.put(t, Key::App(AppName::new("web")), Value::App(Box::new(full_spec()))).unwrap();
         let per_requests = AppSpec {
             autoscale: Some(Autoscale { min: 1, max: 5, rule: ScaleRule::PER_20_REQUESTS_120S }),
             ..full_spec()
         };
         registry
-            .put(t, Key::App(AppName::new("w2")), Value::App(AppSpec { name: AppName::new("w2"), ..per_requests }))
+            .put(
+                t,
+                Key::App(AppName::new("w2")),
+                Value::App(Box::new(AppSpec { name: AppName::new("w2"), ..per_requests })),
+            )
             .unwrap();
         registry.put(t, Key::Scale(AppName::new("web")), Value::Scale(4)).unwrap();
         let status = NodeStatus {
@@ -1363,16 +1693,98 @@ mod tests {
         registry.put(t, Key::Status(NodeId::new("a")), Value::Status(status)).unwrap();
         registry.remove(t, Key::App(AppName::new("gone")));
         let entries: Vec<(Key, Entry<Value>)> = registry.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        let bodies: Vec<Vec<u8>> = entries.iter().map(|e| postcard::to_allocvec(e).unwrap()).collect();
+        let wire: Vec<WireEntry> = entries
+            .iter()
+            .zip(&bodies)
+            .map(|((k, e), body)| WireEntry { head: Head::of(k, &e.version), body })
+            .collect();
+        let heads: Vec<Head> = wire.iter().map(|w| w.head).collect();
         let messages = [
-            Message::Updates(entries.clone()),
+            Message::Updates(wire.clone()),
+            Message::Root(registry.root_hash()),
             Message::Digest(registry.digest()),
-            Message::Repair { entries, want: vec![1, 2] },
+            Message::Summary { buckets: vec![0, 63], heads },
+            Message::Repair { entries: wire.clone(), want: vec![1, 2] },
             Message::Load { app: AppName::new("web"), requests: 7 },
         ];
         for m in messages {
             let bytes = postcard::to_allocvec(&m).unwrap();
             assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), m);
         }
+        for (w, (key, entry)) in wire.iter().zip(&entries) {
+            let decoded: (Key, Entry<Value>) = postcard::from_bytes(w.body).unwrap();
+            assert_eq!((&decoded.0, &decoded.1), (key, entry), "each body decodes to its entry");
+        }
+    }
+
+    /// Runs two nodes that believe each other alive until `until_ms`, delivering their
+    /// messages 1 ms after they are sent, except those `drop` rejects.
+    fn pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
+        let ids = [nodes[0].id().clone(), nodes[1].id().clone()];
+        let mut in_flight: VecDeque<(u64, usize, Vec<u8>)> = VecDeque::new();
+        let drain = |node: &mut Node, from: usize, now: u64, in_flight: &mut VecDeque<(u64, usize, Vec<u8>)>| {
+            while let Some(action) = node.poll_action() {
+                if let Action::Send { bytes, .. } = action {
+                    let message = postcard::from_bytes::<Message>(&bytes).expect("own messages decode");
+                    if !drop(&message) {
+                        in_flight.push_back((now + 1, 1 - from, bytes));
+                    }
+                }
+            }
+        };
+        for now in from_ms..=until_ms {
+            while in_flight.front().is_some_and(|(at, _, _)| *at <= now) {
+                let (_, to, bytes) = in_flight.pop_front().expect("peeked");
+                nodes[to].handle_message(Time::from_millis(now), &ids[1 - to], &bytes);
+                drain(&mut nodes[to], to, now, &mut in_flight);
+            }
+            for (i, node) in nodes.iter_mut().enumerate() {
+                if node.poll_timeout().is_some_and(|t| t.as_millis() <= now) {
+                    node.handle_timeout(Time::from_millis(now));
+                    drain(node, i, now, &mut in_flight);
+                }
+            }
+        }
+    }
+
+    fn two_nodes() -> [Node; 2] {
+        let mut nodes = ["a", "b"]
+            .map(|id| Node::new(Time::ZERO, NodeConfig::new(NodeId::new(id), "10.0.0.1", Resources::new(4000, 4096))));
+        for (node, peer) in nodes.iter_mut().zip(["b", "a"]) {
+            while node.poll_action().is_some() {}
+            node.handle_membership(Time::from_millis(1), [NodeId::new(peer)]);
+            while node.poll_action().is_some() {}
+        }
+        nodes
+    }
+
+    #[test]
+    fn anti_entropy_alone_brings_two_registries_together() {
+        let mut nodes = two_nodes();
+        let web = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(100, 64));
+        let api = AppSpec::new("api", "canteen-demo:latest", 1, Resources::new(100, 64));
+        nodes[0].handle_command(Time::from_millis(2), Command::Apply(Box::new(web))).unwrap();
+        nodes[1].handle_command(Time::from_millis(2), Command::Apply(Box::new(api))).unwrap();
+        assert_ne!(nodes[0].registry().root_hash(), nodes[1].registry().root_hash());
+        // Every rumor is lost: only the root, digest, summary and repair steps get through.
+        pump(&mut nodes, 3, 5_000, |m| matches!(m, Message::Updates(_)));
+        assert_eq!(nodes[0].registry().root_hash(), nodes[1].registry().root_hash());
+        assert_eq!(nodes[0].registry().digest(), nodes[1].registry().digest());
+        for node in &nodes {
+            let apps: Vec<String> = node.apps().iter().map(|a| a.name.to_string()).collect();
+            assert_eq!(apps, ["api", "web"], "{} has both specs", node.id());
+        }
+    }
+
+    #[test]
+    fn a_rumor_reaches_the_peer_unchanged() {
+        let mut nodes = two_nodes();
+        let web = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(100, 64));
+        nodes[0].handle_command(Time::from_millis(2), Command::Apply(Box::new(web))).unwrap();
+        pump(&mut nodes, 3, 1_000, |_| false);
+        let key = Key::App(AppName::new("web"));
+        assert_eq!(nodes[1].registry().entry(&key), nodes[0].registry().entry(&key));
     }
 
     #[test]

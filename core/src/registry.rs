@@ -188,6 +188,95 @@ impl<V> Entry<V> {
     }
 }
 
+/// One entry's key and version in a fixed-size, allocation-free form: enough for a node to tell
+/// whether a peer's entry is news before it decodes the entry. Gossip sends a head in front of
+/// every entry, and anti-entropy compares heads instead of whole entries.
+///
+/// Keys and writers appear as 64-bit hashes. Two keys of one registry whose hashes collide would
+/// shadow each other in gossip (anti-entropy would not repair them); with a million keys the odds
+/// are about 1 in 10^7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Head {
+    /// [`key_hash`] of the entry's key.
+    pub key_hash: u64,
+    /// The version's wall time.
+    pub wall_ms: u64,
+    /// The version's logical counter.
+    pub logical: u32,
+    /// A hash of the version's writer.
+    pub writer_hash: u64,
+}
+
+/// A head on the wire: 28 bytes, little-endian, in field order. Fixed width because the two
+/// hashes are random 64-bit numbers, which varints would make longer, and slower to read: a
+/// node reads a head for every copy of every rumor it receives.
+const HEAD_BYTES: usize = 28;
+
+impl Serialize for Head {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = [0u8; HEAD_BYTES];
+        bytes[0..8].copy_from_slice(&self.key_hash.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.wall_ms.to_le_bytes());
+        bytes[16..20].copy_from_slice(&self.logical.to_le_bytes());
+        bytes[20..28].copy_from_slice(&self.writer_hash.to_le_bytes());
+        serializer.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Head, D::Error> {
+        struct HeadVisitor;
+        impl serde::de::Visitor<'_> for HeadVisitor {
+            type Value = Head;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{HEAD_BYTES} bytes of an entry head")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Head, E> {
+                if b.len() != HEAD_BYTES {
+                    return Err(E::invalid_length(b.len(), &self));
+                }
+                let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+                Ok(Head {
+                    key_hash: u64_at(0),
+                    wall_ms: u64_at(8),
+                    logical: u32::from_le_bytes(b[16..20].try_into().expect("4 bytes")),
+                    writer_hash: u64_at(20),
+                })
+            }
+        }
+        deserializer.deserialize_bytes(HeadVisitor)
+    }
+}
+
+impl Head {
+    /// The head of `key` at `version`.
+    pub fn of(key: &Key, version: &Version) -> Head {
+        Head::with_key_hash(key_hash(key), version)
+    }
+
+    fn with_key_hash(key_hash: u64, version: &Version) -> Head {
+        Head {
+            key_hash,
+            wall_ms: version.wall_ms,
+            logical: version.logical,
+            writer_hash: stable_hash(version.writer.as_str().as_bytes()),
+        }
+    }
+
+    /// Whether an entry with this head may be newer than one with `other` for the same key:
+    /// it is when its time is later, and may be when the times tie and the writers differ (the
+    /// writers' names break that tie, and a head carries only their hashes).
+    pub fn may_beat(&self, other: &Head) -> bool {
+        let (mine, theirs) = ((self.wall_ms, self.logical), (other.wall_ms, other.logical));
+        mine > theirs || (mine == theirs && self.writer_hash != other.writer_hash)
+    }
+
+    /// The anti-entropy bucket of the entry's key.
+    pub fn bucket(&self) -> u16 {
+        bucket_of_hash(self.key_hash)
+    }
+}
+
 /// The registry's anti-entropy summary: one hash per bucket of the key space, over the keys and
 /// versions of the entries in it, tombstones included.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -237,8 +326,16 @@ pub fn bucket_of(key: &Key) -> u16 {
     bucket_of_hash(key_hash(key))
 }
 
-fn key_hash(key: &Key) -> u64 {
-    stable_hash(key.to_string().as_bytes())
+/// A stable 64-bit hash of `key`, the same on every node and every build: its kind, then its
+/// name.
+pub fn key_hash(key: &Key) -> u64 {
+    let kind: u64 = match key {
+        Key::App(_) => 1,
+        Key::Status(_) => 2,
+        Key::Load(_) => 3,
+        Key::Scale(_) => 4,
+    };
+    mix(stable_hash(key.name().as_bytes()) ^ kind)
 }
 
 fn bucket_of_hash(key_hash: u64) -> u16 {
@@ -251,6 +348,17 @@ fn version_hash(v: &Version) -> u64 {
 
 fn entry_hash(key_hash: u64, version: &Version) -> u64 {
     mix(key_hash ^ version_hash(version))
+}
+
+/// `true` at each bucket listed; out-of-range ones are ignored.
+fn bucket_mask(buckets: &[u16]) -> [bool; limits::REGISTRY_BUCKETS] {
+    let mut wanted = [false; limits::REGISTRY_BUCKETS];
+    for &b in buckets {
+        if let Some(w) = wanted.get_mut(usize::from(b)) {
+            *w = true;
+        }
+    }
+    wanted
 }
 
 fn name_is_bounded(name: &str) -> bool {
@@ -267,12 +375,14 @@ pub struct Registry<V> {
     me: NodeId,
     clock: HlcClock,
     entries: BTreeMap<Key, Entry<V>>,
+    /// The head of every entry, by key hash, with its key: what gossip compares.
+    heads: BTreeMap<u64, (Head, Key)>,
     /// XOR of `entry_hash` over the entries of each bucket.
     buckets: [u64; limits::REGISTRY_BUCKETS],
     /// Keys changed since the last `take_recent`, oldest first, each once.
     recent: VecDeque<Key>,
-    /// The keys in `recent`.
-    recent_set: BTreeSet<Key>,
+    /// The hashes of the keys in `recent` (see [`Head`] on collisions).
+    recent_set: BTreeSet<u64>,
     /// Tombstones older than this were collected; ones that come back are not taken again.
     tombstone_horizon_ms: u64,
     /// [`limits::REGISTRY_KEYS_MAX`], lowered by tests.
@@ -287,6 +397,7 @@ impl<V: Clone> Registry<V> {
             me,
             clock: HlcClock::new(),
             entries: BTreeMap::new(),
+            heads: BTreeMap::new(),
             buckets: [0; limits::REGISTRY_BUCKETS],
             recent: VecDeque::new(),
             recent_set: BTreeSet::new(),
@@ -405,13 +516,17 @@ impl<V: Clone> Registry<V> {
         let key_hash = key_hash(&key);
         let bucket = usize::from(bucket_of_hash(key_hash));
         self.buckets[bucket] ^= entry_hash(key_hash, &entry.version);
+        let head = Head::with_key_hash(key_hash, &entry.version);
+        if let Some((_, other)) = self.heads.insert(key_hash, (head, key.clone())) {
+            debug_assert_eq!(other, key, "two keys share a 64-bit hash");
+        }
         if let Some(old) = self.entries.insert(key.clone(), entry) {
             self.buckets[bucket] ^= entry_hash(key_hash, &old.version);
         }
-        if self.recent_set.insert(key.clone()) {
+        if self.recent_set.insert(key_hash) {
             if self.recent.len() == limits::REGISTRY_RECENT_MAX {
                 let oldest = self.recent.pop_front().expect("the queue is full");
-                self.recent_set.remove(&oldest);
+                self.recent_set.remove(&self::key_hash(&oldest));
             }
             self.recent.push_back(key);
         }
@@ -482,6 +597,13 @@ impl<V: Clone> Registry<V> {
         Digest { buckets: self.buckets.to_vec() }
     }
 
+    /// One hash of the whole registry: the bucket hashes folded in order. Registries holding
+    /// the same entries have equal roots; anti-entropy sends this first and the digest only
+    /// when the roots differ.
+    pub fn root_hash(&self) -> u64 {
+        self.buckets.iter().fold(0, |acc, b| mix(acc ^ b))
+    }
+
     /// The buckets, ascending, whose hash differs in `other`. A bucket that `other` lacks (a
     /// digest of the wrong length, from a peer) counts as different; extra ones are ignored.
     pub fn mismatched_buckets(&self, other: &Digest) -> Vec<u16> {
@@ -491,16 +613,34 @@ impl<V: Clone> Registry<V> {
             .collect()
     }
 
+    /// Whether an entry with `head` would be news here: its key is unknown, or the entry may be
+    /// newer than the one held ([`Head::may_beat`]). Decoding an entry that is not news can be
+    /// skipped: [`Registry::merge`] would not store it.
+    pub fn is_news(&self, head: &Head) -> bool {
+        self.heads.get(&head.key_hash).is_none_or(|(mine, _)| head.may_beat(mine))
+    }
+
+    /// The heads of every entry in the given buckets (out-of-range ones ignored), in key-hash
+    /// order: what anti-entropy sends a peer whose digest differs there.
+    pub fn heads_in_buckets(&self, buckets: &[u16]) -> Vec<Head> {
+        let wanted = bucket_mask(buckets);
+        self.heads.values().map(|(h, _)| *h).filter(|h| wanted[usize::from(h.bucket())]).collect()
+    }
+
+    /// The entries whose key hashes are listed (unknown ones skipped), for a peer that asked.
+    pub fn entries_by_key_hash(&self, key_hashes: &[u64]) -> Vec<(Key, Entry<V>)> {
+        key_hashes
+            .iter()
+            .filter_map(|h| self.heads.get(h))
+            .filter_map(|(_, key)| self.entries.get(key).map(|e| (key.clone(), e.clone())))
+            .collect()
+    }
+
     /// Every entry, tombstones included, in the given buckets, in key order: what a peer whose
     /// digest differs there needs. Buckets out of range are ignored. One scan of the registry;
     /// the result holds about `len() / REGISTRY_BUCKETS` entries per bucket asked for.
     pub fn entries_in_buckets(&self, buckets: &[u16]) -> Vec<(Key, Entry<V>)> {
-        let mut wanted = [false; limits::REGISTRY_BUCKETS];
-        for &b in buckets {
-            if let Some(w) = wanted.get_mut(usize::from(b)) {
-                *w = true;
-            }
-        }
+        let wanted = bucket_mask(buckets);
         if !wanted.contains(&true) {
             return Vec::new();
         }
@@ -522,11 +662,13 @@ impl<V: Clone> Registry<V> {
         let cutoff_ms = now.as_millis().saturating_sub(older_than_ms);
         let before = self.entries.len();
         let buckets = &mut self.buckets;
+        let heads = &mut self.heads;
         self.entries.retain(|key, entry| {
             let keep = !entry.is_tombstone() || entry.version.wall_ms >= cutoff_ms;
             if !keep {
                 let key_hash = key_hash(key);
                 buckets[usize::from(bucket_of_hash(key_hash))] ^= entry_hash(key_hash, &entry.version);
+                heads.remove(&key_hash);
             }
             keep
         });
@@ -552,7 +694,14 @@ impl<V: Clone> Registry<V> {
         assert!(self.keys_max <= limits::REGISTRY_KEYS_MAX);
         assert!(self.recent.len() <= limits::REGISTRY_RECENT_MAX);
         assert_eq!(self.recent.len(), self.recent_set.len());
+        assert_eq!(self.heads.len(), self.entries.len(), "one head per entry");
         if cfg!(debug_assertions) && self.entries.len() <= FULL_CHECK_KEYS_MAX {
+            debug_assert!(
+                self.entries
+                    .iter()
+                    .all(|(k, e)| self.heads.get(&key_hash(k)) == Some(&(Head::of(k, &e.version), k.clone()))),
+                "each head matches its entry"
+            );
             let mut buckets = [0u64; limits::REGISTRY_BUCKETS];
             for (key, entry) in &self.entries {
                 let key_hash = key_hash(key);
@@ -563,7 +712,7 @@ impl<V: Clone> Registry<V> {
                 self.entries.values().all(|e| (e.version.wall_ms, e.version.logical) <= self.clock.last()),
                 "the clock is at or past every stored version"
             );
-            debug_assert!(self.recent.iter().all(|k| self.recent_set.contains(k)));
+            debug_assert!(self.recent.iter().all(|k| self.recent_set.contains(&key_hash(k))));
         }
     }
 }
@@ -573,6 +722,30 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_head_is_28_bytes_on_the_wire_and_a_short_one_is_refused() {
+        let version = Version { wall_ms: 1_700_000_000_000, logical: 7, writer: NodeId::new("node-1") };
+        let head = Head::of(&Key::Status(NodeId::new("node-1")), &version);
+        let bytes = postcard::to_allocvec(&head).unwrap();
+        assert_eq!(bytes.len(), 1 + HEAD_BYTES, "a length byte, then the fixed fields");
+        assert_eq!(postcard::from_bytes::<Head>(&bytes).unwrap(), head);
+        let short = postcard::to_allocvec(&[0u8; 27].as_slice()).unwrap();
+        assert!(postcard::from_bytes::<Head>(&short).is_err());
+    }
+
+    #[test]
+    fn news_is_what_may_beat_the_entry_held() {
+        let mut r: Registry<u32> = Registry::new(NodeId::new("a"));
+        let key = Key::App(AppName::new("web"));
+        let version = r.put(Time::from_millis(10), key.clone(), 1).unwrap();
+        let held = Head::of(&key, &version);
+        assert!(!r.is_news(&held), "the entry held is no news");
+        assert!(r.is_news(&Head { wall_ms: held.wall_ms + 1, ..held }), "a later write is");
+        assert!(!r.is_news(&Head { wall_ms: held.wall_ms - 1, ..held }), "an earlier one is not");
+        assert!(r.is_news(&Head { writer_hash: held.writer_hash ^ 1, ..held }), "a tie between writers may be");
+        assert!(r.is_news(&Head { key_hash: held.key_hash ^ 1, ..held }), "an unknown key is");
+    }
 
     fn ms(ms: u64) -> Time {
         Time::from_millis(ms)

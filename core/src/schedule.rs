@@ -17,6 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -105,8 +106,8 @@ impl ContainerState {
 pub struct ObservedContainer {
     /// The slot the container serves.
     pub slot: SlotId,
-    /// The runtime's container id.
-    pub container: String,
+    /// The runtime's container id (shared: a placement pass copies it cheaply).
+    pub container: Arc<str>,
     /// Its health as the node last saw it.
     pub state: ContainerState,
 }
@@ -138,7 +139,7 @@ pub struct Stop {
     /// The node running it.
     pub node: NodeId,
     /// The runtime's container id.
-    pub container: String,
+    pub container: Arc<str>,
     /// The slot it served.
     pub slot: SlotId,
     /// Why.
@@ -259,8 +260,12 @@ pub struct Plan {
     /// elsewhere while one is possible.
     avoid: BTreeMap<(u32, u32), Vec<u32>>,
     /// The container kept for each slot that runs, for stopping it if it is preempted.
-    kept_containers: BTreeMap<(u32, u32), String>,
+    kept_containers: BTreeMap<(u32, u32), Arc<str>>,
 }
+
+/// How a slot's containers are ranked when one is kept: state (healthy first), node index,
+/// container id; the least wins.
+type KeepKey<'a> = (Reverse<u8>, usize, &'a Arc<str>);
 
 /// Places every app's slots on `nodes`, keeping what `observed` shows running.
 ///
@@ -268,11 +273,15 @@ pub struct Plan {
 /// in `observed`. `apps` must have passed [`crate::model::validate_apps`] and node names must be
 /// unique (both are asserted).
 pub fn place(apps: &[AppSpec], nodes: &[NodeSpec], observed: &Observed, policy: Policy) -> Plan {
-    let mut nodes = nodes.to_vec();
+    place_owned(apps.to_vec(), nodes.to_vec(), observed, policy)
+}
+
+/// [`place`] for a caller that built `apps` and `nodes` for this pass: they are taken, not
+/// copied again (an agent computes a plan after every change of facts).
+pub fn place_owned(mut apps: Vec<AppSpec>, mut nodes: Vec<NodeSpec>, observed: &Observed, policy: Policy) -> Plan {
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     assert!(nodes.windows(2).all(|w| w[0].id != w[1].id), "node names must be unique");
     assert!(nodes.len() <= limits::NODES_MAX, "too many nodes");
-    let mut apps = apps.to_vec();
     apps.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
     assert!(apps.windows(2).all(|w| w[0].name != w[1].name), "app names must be unique");
 
@@ -318,13 +327,24 @@ impl Plan {
             self.apps.iter().enumerate().map(|(i, a)| (a.name.clone(), i)).collect();
         // The best container seen so far for each slot: (rank, node, container), compared so
         // that the choice does not depend on the order of the report.
-        let mut best: BTreeMap<(usize, u32), (Reverse<u8>, usize, &str)> = BTreeMap::new();
-        let mut candidates: Vec<(usize, &ObservedContainer)> = Vec::new();
+        let mut best: BTreeMap<(usize, u32), KeepKey<'_>> = BTreeMap::new();
+        let mut candidates: Vec<(usize, Option<usize>, &ObservedContainer)> = Vec::new();
+        // A node lists its containers by slot, so neighbours mostly share an app: remember the
+        // last name looked up.
+        let mut last_app: Option<(&AppName, Option<usize>)> = None;
         for (node_id, containers) in observed {
             let Some(n) = node_index(node_id) else { continue };
             for c in containers {
-                candidates.push((n, c));
-                let desired = app_index.get(&c.slot.app).copied().filter(|&a| c.slot.index < self.apps[a].replicas);
+                let app = match last_app {
+                    Some((name, a)) if *name == c.slot.app => a,
+                    _ => {
+                        let a = app_index.get(&c.slot.app).copied();
+                        last_app = Some((&c.slot.app, a));
+                        a
+                    }
+                };
+                candidates.push((n, app, c));
+                let desired = app.filter(|&a| c.slot.index < self.apps[a].replicas);
                 let Some(a) = desired else { continue };
                 if c.state == ContainerState::Failed {
                     self.avoid.entry((a as u32, c.slot.index)).or_default().push(n as u32);
@@ -333,7 +353,7 @@ impl Plan {
                 if !self.apps[a].admits(&self.nodes[n].labels) {
                     continue;
                 }
-                let key = (Reverse(c.state.keep_rank()), n, c.container.as_str());
+                let key = (Reverse(c.state.keep_rank()), n, &c.container);
                 let entry = best.entry((a, c.slot.index)).or_insert(key);
                 if key < *entry {
                     *entry = key;
@@ -341,19 +361,18 @@ impl Plan {
             }
         }
         for (&(a, i), &(_, n, container)) in &best {
-            self.kept_containers.insert((a as u32, i), container.to_owned());
+            self.kept_containers.insert((a as u32, i), container.clone());
             self.slots[a][i as usize] = n as u32;
             self.set_used(n, self.used[n].saturating_add(self.apps[a].resources));
         }
-        for (n, c) in candidates {
-            let app = app_index.get(&c.slot.app).copied();
+        for (n, app, c) in candidates {
             let reason = match app {
                 None => StopReason::Surplus,
                 Some(a) if c.slot.index >= self.apps[a].replicas => StopReason::Surplus,
                 Some(_) if c.state == ContainerState::Failed => StopReason::Failed,
                 Some(a) if !self.apps[a].admits(&self.nodes[n].labels) => StopReason::Evicted,
                 Some(a) => match best.get(&(a, c.slot.index)) {
-                    Some(&(_, kn, kc)) if kn == n && kc == c.container => continue,
+                    Some(&(_, kn, kc)) if kn == n && *kc == c.container => continue,
                     _ => StopReason::Duplicate,
                 },
             };
@@ -747,7 +766,7 @@ impl Plan {
             for (va, vi) in victims {
                 let slot = SlotId { app: self.apps[va as usize].name.clone(), index: vi };
                 if self.slots[va as usize][vi as usize] & FRESH == 0 {
-                    let container = self.kept_containers.get(&(va, vi)).cloned().unwrap_or_default();
+                    let container = self.kept_containers.get(&(va, vi)).cloned().unwrap_or_else(|| Arc::from(""));
                     self.stops.push(Stop {
                         node: self.nodes[n].id.clone(),
                         container,
@@ -942,8 +961,17 @@ pub fn mix(mut x: u64) -> u64 {
 /// The live node ranked first for `key` by rendezvous hashing over all of `nodes`; used to pick
 /// an app's coordinator. `None` when `nodes` is empty.
 pub fn rendezvous_owner<'a>(key: &str, nodes: impl IntoIterator<Item = &'a NodeId>) -> Option<&'a NodeId> {
+    rendezvous_owner_hashed(key, nodes.into_iter().map(|n| (stable_hash(n.as_str().as_bytes()), n)))
+}
+
+/// [`rendezvous_owner`] over nodes given with their names' [`stable_hash`], for a caller that
+/// keeps those hashes: the same answer, without hashing every name again.
+pub fn rendezvous_owner_hashed<'a>(
+    key: &str,
+    nodes: impl IntoIterator<Item = (u64, &'a NodeId)>,
+) -> Option<&'a NodeId> {
     let k = stable_hash(key.as_bytes());
-    nodes.into_iter().max_by_key(|n| (mix(k ^ stable_hash(n.as_str().as_bytes())), Reverse(*n)))
+    nodes.into_iter().max_by_key(|(h, n)| (mix(k ^ h), Reverse(*n))).map(|(_, n)| n)
 }
 
 #[cfg(test)]
@@ -1027,7 +1055,7 @@ mod tests {
             let plan = place(&apps, &nodes, &observed(rows.clone()), policy);
             assert!(plan.node_of(&SlotId::new("checkout", 0)).is_some(), "{policy}");
             assert!(plan.node_of(&SlotId::new("checkout", 1)).is_some(), "{policy}");
-            let stopped: Vec<_> = plan.stops().iter().map(|s| (s.container.as_str(), s.reason)).collect();
+            let stopped: Vec<_> = plan.stops().iter().map(|s| (&*s.container, s.reason)).collect();
             assert_eq!(stopped.len(), 3, "{policy}: {stopped:?}");
             assert!(stopped.iter().all(|(_, r)| *r == StopReason::Preempted));
             assert!(plan.unschedulable().iter().all(|u| u.slot.app.as_str() == "batch"));
@@ -1073,7 +1101,7 @@ mod tests {
         let two = place(&apps, &three_nodes(), &observed(vec![c, b, a]), Policy::Spread);
         assert_eq!(where_is(&one), [("web/0".to_owned(), "a".to_owned())], "healthy first, then the lower name");
         assert_eq!(one.stops(), two.stops());
-        let stopped: Vec<_> = one.stops().iter().map(|s| (s.container.as_str(), s.reason)).collect();
+        let stopped: Vec<_> = one.stops().iter().map(|s| (&*s.container, s.reason)).collect();
         assert_eq!(stopped, [("on-b", StopReason::Duplicate), ("on-c", StopReason::Duplicate)]);
     }
 
@@ -1086,7 +1114,7 @@ mod tests {
             running("b", SlotId::new("gone", 0), "removed", ContainerState::Healthy),
         ];
         let plan = place(&apps, &three_nodes(), &observed(rows), Policy::Spread);
-        let stopped: Vec<_> = plan.stops().iter().map(|s| (s.container.as_str(), s.reason)).collect();
+        let stopped: Vec<_> = plan.stops().iter().map(|s| (&*s.container, s.reason)).collect();
         assert_eq!(
             stopped,
             [("failed", StopReason::Failed), ("surplus", StopReason::Surplus), ("removed", StopReason::Surplus)]
@@ -1123,7 +1151,7 @@ mod tests {
         let plan = place(&apps, &three_nodes(), &observed(rows), Policy::Spread);
         assert_eq!(plan.node_of(&SlotId::new("high", 0)).unwrap().as_str(), "a");
         assert_eq!(plan.node_of(&SlotId::new("low", 0)).unwrap().as_str(), "b");
-        assert_eq!(plan.stops()[0].container, "l");
+        assert_eq!(&*plan.stops()[0].container, "l");
         assert_eq!(plan.stops()[0].reason, StopReason::Evicted);
     }
 

@@ -75,7 +75,7 @@ fn observe(plan: &Plan) -> Observed {
     let mut observed = Observed::new();
     for (slot, node) in plan.placements() {
         observed.entry(node.clone()).or_default().push(ObservedContainer {
-            container: format!("c-{}-{}", slot, node),
+            container: format!("c-{}-{}", slot, node).into(),
             slot,
             state: ContainerState::Healthy,
         });

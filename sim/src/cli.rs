@@ -46,6 +46,14 @@ pub enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Measure the simulator: run each scenario once at its own seed, check that its
+    /// expectations hold, and print simulated seconds per wall second, wall time and gossip
+    /// bytes per node per second.
+    Bench {
+        /// The scenario files.
+        #[arg(default_values = ["scenarios/bench/speed-50-nodes-1h.toml", "scenarios/bench/scale-1000-nodes.toml"])]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Parses `A..B` or `A..=B` into a half-open range.
@@ -140,7 +148,44 @@ pub fn run(cli: Cli) -> u8 {
             }
         }
         Command::Sweep { files, seeds, jobs } => sweep(&files, seeds, jobs),
+        Command::Bench { files } => bench(&files),
     }
+}
+
+/// Runs each scenario once and prints its speed; a run whose expectations fail measured
+/// nothing worth printing, so it is reported as a failure instead (exit 1).
+#[cfg(madsim)]
+fn bench(files: &[PathBuf]) -> u8 {
+    let mut failed = 0;
+    println!(
+        "{:<44} {:>6} {:>8} {:>10} {:>12} {:>16}",
+        "SCENARIO", "NODES", "SIM S", "WALL S", "SIM S/WALL S", "GOSSIP B/NODE/S"
+    );
+    for f in files {
+        let scenario = match load(f) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let (report, _) = crate::harness::run(&scenario, scenario.seed);
+        if !report.passed {
+            failed += 1;
+            for c in report.checks.iter().filter(|c| !c.passed) {
+                println!("{}: check {:?} failed: {}; replay: {}", scenario.file, c.name, c.detail, report.replay);
+            }
+            continue;
+        }
+        let wall_s = report.wall_ms as f64 / 1000.0;
+        println!(
+            "{:<44} {:>6} {:>8.0} {:>10.2} {:>12.0} {:>16.0}",
+            scenario.file,
+            report.nodes,
+            report.sim_s,
+            wall_s,
+            report.sim_s / wall_s.max(1e-3),
+            report.gossip_bytes_per_node_s
+        );
+    }
+    u8::from(failed > 0)
 }
 
 #[cfg(madsim)]

@@ -21,7 +21,7 @@ use madsim::time::Instant;
 use crate::report::{Check, Recovery, Report, Requests, Timeline};
 use crate::scenario::{FaultKind, Scenario};
 use crate::traffic::poisson_arrivals;
-use crate::world::{Input, ScaleEvent, World};
+use crate::world::{Input, ScaleEvent, World, container_id, container_name};
 
 const GOSSIP_PORT: u16 = 7946;
 const TAG: u64 = 0x63616e74;
@@ -94,8 +94,9 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
     let mut next_digest_ms = now_ms(start) + 500;
     loop {
         // 1. Carry out every action, so the node's queue is empty before the next input.
+        // The simulated clock does not move while actions are carried out: read it once.
+        let now = now_ms(start);
         while let Some(action) = node.poll_action() {
-            let now = now_ms(start);
             match action {
                 Action::Send { to, bytes } => {
                     let Some(&peer) = lock(&world).index_of.get(&to) else { continue };
@@ -114,7 +115,10 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
                     let offset = if jitter == 0 { 0 } else { w.rng.below(2 * jitter + 1) };
                     let ready = now + latency - jitter + offset;
                     let input = match w.create_container(index, slot.clone(), host_port, app.resources, ready, sim) {
-                        Some(container) => Input::Container(ContainerEvent::Started { slot, generation, container }),
+                        Some(id) => {
+                            let container = container_name(id);
+                            Input::Container(ContainerEvent::Started { slot, generation, container })
+                        }
                         None => Input::Container(ContainerEvent::StartFailed {
                             slot,
                             generation,
@@ -127,11 +131,13 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
                     later_inputs.insert(later_seq as usize, input);
                 }
                 Action::StopContainer { container, drain_ms, .. } => {
-                    lock(&world).stop_container(&container, now, drain_ms)
+                    if let Some(id) = container_id(&container) {
+                        lock(&world).stop_container(id, now, drain_ms)
+                    }
                 }
                 Action::Probe { container, timeout_ms, .. } => {
                     let w = lock(&world);
-                    let (outcome, after_ms) = match w.containers.get(&container) {
+                    let (outcome, after_ms) = match container_id(&container).and_then(|id| w.containers.get(&id)) {
                         Some(c) if c.removed_at_ms.is_none() && c.hung => (ProbeOutcome::Timeout, timeout_ms),
                         Some(c) if c.removed_at_ms.is_none() && c.healthy_at(now) => (ProbeOutcome::Success, 1),
                         _ => (ProbeOutcome::Failure, 1),
@@ -144,15 +150,19 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
                 Action::SetBackends { app, picker, backends, .. } => {
                     let mut w = lock(&world);
                     let seed = w.rng.next_u64();
-                    let balancers = &mut w.nodes[index].balancers;
-                    let balancer = balancers.entry(app).or_insert_with(|| Balancer::new(picker, seed));
+                    let Some(&app) = w.app_index.get(&app) else { continue };
+                    let backends = w.sim_backends(&backends);
+                    let balancer = w.nodes[index].balancers[app].get_or_insert_with(|| Balancer::new(picker, seed));
                     if balancer.kind() != picker {
                         *balancer = Balancer::new(picker, seed);
                     }
                     balancer.set_backends(backends.into_iter().map(|b| (b, 1)));
                 }
                 Action::RemoveBalancer { app } => {
-                    lock(&world).nodes[index].balancers.remove(&app);
+                    let mut w = lock(&world);
+                    if let Some(&app) = w.app_index.get(&app) {
+                        w.nodes[index].balancers[app] = None;
+                    }
                 }
                 Action::Event(event) => lock(&world).record_event(now, event),
             }
@@ -178,7 +188,17 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
         }
         if now >= next_traffic_ms {
             next_traffic_ms = now + 1000;
-            let entered = std::mem::take(&mut lock(&world).nodes[index].entered);
+            let entered: Vec<(AppName, u64)> = {
+                let mut w = lock(&world);
+                let w = &mut *w;
+                w.nodes[index]
+                    .entered
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, count)| **count > 0)
+                    .map(|(app, count)| (w.apps[app].clone(), std::mem::take(count)))
+                    .collect()
+            };
             for (app, count) in entered {
                 node.handle_traffic(Time::from_millis(now), &app, count);
                 assert!(node.poll_action().is_none(), "a traffic sample causes no action at once");
@@ -186,7 +206,7 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
         }
         if now >= next_digest_ms {
             next_digest_ms = now + 500;
-            lock(&world).nodes[index].digest = Some(node.registry().digest());
+            lock(&world).nodes[index].digest = Some(node.registry().root_hash());
         }
         if node.poll_timeout().is_some_and(|t| t.as_millis() <= now) {
             node.handle_timeout(Time::from_millis(now));
@@ -310,7 +330,7 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
                     let c = w.containers.get_mut(&id).expect("found");
                     c.exited = true;
                     let node = c.node;
-                    w.deliver(node, Input::Container(ContainerEvent::Exited { container: id }));
+                    w.deliver(node, Input::Container(ContainerEvent::Exited { container: container_name(id) }));
                 }
             }
             FaultKind::HangContainer { app, slot } => {
@@ -404,14 +424,21 @@ async fn traffic_loop(world: Shared, scenario: Scenario, start: Instant) {
     let mut arrivals = Vec::new();
     let mut t_us = 0u64;
     let apps: Vec<AppName> = scenario.cluster.apps.iter().map(|a| a.name.clone()).collect();
+    // Each app's load steps, in file order, read once instead of on every tick.
+    let steps: Vec<Vec<(f64, f64)>> = apps
+        .iter()
+        .map(|app| scenario.load.iter().filter(|l| l.app == app.as_str()).map(|l| (l.at_s, l.rps)).collect())
+        .collect();
+    let mut up: Vec<usize> = Vec::new();
     loop {
         let next = t_us + tick_us;
         madsim::time::sleep_until(start + Duration::from_micros(next)).await;
         let mut w = lock(&world);
         w.finish_requests(next);
-        let up: Vec<usize> = (0..w.nodes.len()).filter(|i| w.nodes[*i].up).collect();
-        for app in &apps {
-            let rate = rate_at(&scenario, app, t_us as f64 / 1e6);
+        up.clear();
+        up.extend((0..w.nodes.len()).filter(|i| w.nodes[*i].up));
+        for (app_index, steps) in steps.iter().enumerate() {
+            let rate = rate_at(steps, t_us as f64 / 1e6);
             if rate <= 0.0 {
                 continue;
             }
@@ -423,7 +450,7 @@ async fn traffic_loop(world: Shared, scenario: Scenario, start: Instant) {
                     continue;
                 }
                 let entry = up[w.rng.below(up.len() as u64) as usize];
-                let outcome = w.route(at, entry, app);
+                let outcome = w.route(at, entry, app_index);
                 w.record(outcome);
                 w.record_second(at, outcome);
             }
@@ -433,8 +460,10 @@ async fn traffic_loop(world: Shared, scenario: Scenario, start: Instant) {
 }
 
 /// The load timeline's rate for `app` at `t_s`.
-fn rate_at(scenario: &Scenario, app: &AppName, t_s: f64) -> f64 {
-    scenario.load.iter().rfind(|l| l.app == app.as_str() && l.at_s <= t_s).map_or(0.0, |l| l.rps)
+/// The load timeline's rate at `t_s`, from one app's steps `(at_s, rps)` in file order: the last
+/// step that has begun.
+fn rate_at(steps: &[(f64, f64)], t_s: f64) -> f64 {
+    steps.iter().rfind(|(at_s, _)| *at_s <= t_s).map_or(0.0, |(_, rps)| *rps)
 }
 
 async fn check_loop(world: Shared, checker: Arc<Mutex<Checker>>, scenario: Scenario, start: Instant) {
@@ -507,16 +536,23 @@ impl Checker {
                 self.over_capacity = Some((now_s, format!("{} reserves {:?} of {:?}", n.id, used[i], n.capacity)));
             }
         }
-        // Every desired slot served, no duplicates.
-        let mut serving: BTreeMap<(&AppName, u32), u32> = BTreeMap::new();
-        for c in w.containers.values().filter(|c| c.serving_at(now_ms, &w.nodes)) {
-            *serving.entry((&c.slot.app, c.slot.index)).or_default() += 1;
+        // Every desired slot served, no duplicates: serving replicas counted by app index and
+        // slot index (containers of apps the scenario does not name are not counted).
+        let mut serving: Vec<Vec<u32>> = vec![Vec::new(); w.apps.len()];
+        for c in w.containers.values().filter(|c| c.app < w.apps.len() && c.serving_at(now_ms, &w.nodes)) {
+            let counts = &mut serving[c.app];
+            let i = c.slot.index as usize;
+            if counts.len() <= i {
+                counts.resize(i + 1, 0);
+            }
+            counts[i] += 1;
         }
-        let duplicates: u32 = serving.values().map(|n| n.saturating_sub(1)).sum();
+        let duplicates: u32 = serving.iter().flatten().map(|n| n.saturating_sub(1)).sum();
         self.duplicate_replica_s += f64::from(duplicates) * dt_s;
+        let desired: Vec<u32> = w.apps.iter().map(|a| w.desired.get(a).copied().unwrap_or(0)).collect();
         let mut missing = 0usize;
-        for (app, &replicas) in &w.desired {
-            missing += (0..replicas).filter(|i| !serving.contains_key(&(app, *i))).count();
+        for (counts, &replicas) in serving.iter().zip(&desired) {
+            missing += (0..replicas as usize).filter(|&i| counts.get(i).is_none_or(|n| *n == 0)).count();
         }
         let unschedulable = w.unschedulable;
         let good = missing <= unschedulable && duplicates == 0;
@@ -527,7 +563,7 @@ impl Checker {
             }
         }
         if let Some(heal) = self.heal_at {
-            let digests: Vec<_> = w.nodes.iter().filter(|n| n.up).map(|n| n.digest.clone()).collect();
+            let digests: Vec<_> = w.nodes.iter().filter(|n| n.up).map(|n| n.digest).collect();
             let agree = digests.windows(2).all(|d| d[0] == d[1]) && digests.iter().all(|d| d.is_some());
             if good && agree && now_s >= heal {
                 self.converged_at.get_or_insert(now_s);
@@ -539,13 +575,10 @@ impl Checker {
         let second = now_ms / 1000;
         if second != self.last_second {
             self.last_second = second;
-            let mut per_app: BTreeMap<&AppName, u32> = BTreeMap::new();
-            for (app, _) in serving.keys() {
-                *per_app.entry(app).or_default() += 1;
-            }
-            for (app, &desired) in &w.desired {
+            for ((app, counts), &desired) in w.apps.iter().zip(&serving).zip(&desired) {
                 self.peak_replicas = self.peak_replicas.max(desired);
-                self.timeline.replicas(app, now_s, per_app.get(app).copied().unwrap_or(0), desired);
+                let running = counts.iter().filter(|n| **n > 0).count() as u32;
+                self.timeline.replicas(app, now_s, running, desired);
             }
         }
     }

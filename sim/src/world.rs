@@ -12,7 +12,6 @@ use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
 use canteen_core::model::{AppName, NodeId, Resources, SlotId};
 use canteen_core::node::{Backend, Command, ContainerEvent};
-use canteen_core::registry::Digest;
 
 use crate::scenario::{AppSim, Scenario};
 use crate::traffic::{LatencyHistogram, ReplicaQueue, SimRng};
@@ -30,6 +29,31 @@ pub enum Input {
     Command(Command),
 }
 
+/// A simulated container's id: the world's own number; nodes see it as `c000042`.
+pub type ContainerId = u64;
+
+/// The id string a node sees for container `id`.
+pub fn container_name(id: ContainerId) -> String {
+    format!("c{id:06}")
+}
+
+/// The container a node's id string names, if it names one of the world's.
+pub fn container_id(name: &str) -> Option<ContainerId> {
+    name.strip_prefix('c')?.parse().ok()
+}
+
+/// A balancer's backend in the simulated world: a node's [`Backend`] turned into indexes once,
+/// when the node sets its backends, so the request path compares and copies integers, not names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SimBackend {
+    /// Index of the node running the replica.
+    pub node: u32,
+    /// The host port it listens on.
+    pub host_port: u16,
+    /// The slot's index within its app.
+    pub slot: u32,
+}
+
 /// One simulated server.
 #[derive(Debug)]
 pub struct SimNode {
@@ -43,12 +67,12 @@ pub struct SimNode {
     pub slow_factor: f64,
     /// Where its driver takes inputs, while it runs.
     pub inbox: Option<async_channel::Sender<Input>>,
-    /// Its registry digest, as last published by its driver.
-    pub digest: Option<Digest>,
-    /// Requests that entered its balancers since its driver last took the counts.
-    pub entered: BTreeMap<AppName, u64>,
-    /// Its balancers, by app.
-    pub balancers: BTreeMap<AppName, Balancer<Backend>>,
+    /// Its registry's root hash, as last published by its driver.
+    pub digest: Option<u64>,
+    /// Requests that entered its balancers since its driver last took the counts, by app index.
+    pub entered: Vec<u64>,
+    /// Its balancers, by app index.
+    pub balancers: Vec<Option<Balancer<SimBackend>>>,
     /// Bytes its agent sent to peers.
     pub bytes_sent: u64,
     /// Datagrams its agent sent to peers.
@@ -62,6 +86,9 @@ pub struct SimContainer {
     pub node: usize,
     /// The slot it serves.
     pub slot: SlotId,
+    /// Index of the slot's app in [`World::apps`] (`usize::MAX` for an app the scenario does
+    /// not name).
+    pub app: usize,
     /// The host port it listens on.
     pub host_port: u16,
     /// Reserved resources.
@@ -137,9 +164,13 @@ pub struct World {
     /// Node index by name.
     pub index_of: BTreeMap<NodeId, usize>,
     /// Every container that exists or existed recently, by id.
-    pub containers: BTreeMap<String, SimContainer>,
+    pub containers: BTreeMap<ContainerId, SimContainer>,
     /// Container id by (node, host port), for the request path.
-    pub by_port: BTreeMap<(usize, u16), String>,
+    pub by_port: BTreeMap<(usize, u16), ContainerId>,
+    /// The scenario's apps; the request path names an app by its index here.
+    pub apps: Vec<AppName>,
+    /// App index by name.
+    pub app_index: BTreeMap<AppName, usize>,
     /// The partition group of each node; all equal when the network is whole.
     pub group: Vec<usize>,
     /// Bumped whenever who-is-up or the partition map changes: drivers then ask the
@@ -158,9 +189,9 @@ pub struct World {
     pub moves: u64,
     /// The latest set of unschedulable slots any node reported.
     pub unschedulable: usize,
-    /// Requests still in service: (finish time, entry node, app, backend), for in-flight
+    /// Requests still in service: (finish time, entry node, app index, backend), for in-flight
     /// counts of the balancers.
-    in_flight: BinaryHeap<Reverse<(u64, usize, AppName, Backend)>>,
+    in_flight: BinaryHeap<Reverse<(u64, u32, u32, SimBackend)>>,
     /// Latencies of successful requests, whole run.
     pub latency: LatencyHistogram,
     /// Latencies of successful requests, current second (for the plot).
@@ -175,8 +206,8 @@ pub struct World {
     pub request_timeout_us: u64,
     /// Container start time and its jitter, in ms.
     pub start_latency: (u64, u64),
-    /// How each app's replicas serve.
-    pub app_sims: BTreeMap<AppName, AppSim>,
+    /// How each app's replicas serve, by app index.
+    pub app_sims: Vec<AppSim>,
     /// Gossip messages that did not decode.
     pub bad_messages: u64,
     /// Requests per simulated second: (ok, failed, p99 latency in ms of the ok ones).
@@ -186,6 +217,7 @@ pub struct World {
 impl World {
     /// The world at the start of a run.
     pub fn new(scenario: &Scenario, seed: u64) -> World {
+        let apps: Vec<AppName> = scenario.cluster.apps.iter().map(|a| a.name.clone()).collect();
         let nodes: Vec<SimNode> = scenario
             .cluster
             .nodes
@@ -197,8 +229,8 @@ impl World {
                 slow_factor: 1.0,
                 inbox: None,
                 digest: None,
-                entered: BTreeMap::new(),
-                balancers: BTreeMap::new(),
+                entered: vec![0; apps.len()],
+                balancers: (0..apps.len()).map(|_| None).collect(),
                 bytes_sent: 0,
                 messages_sent: 0,
             })
@@ -209,6 +241,9 @@ impl World {
             nodes,
             containers: BTreeMap::new(),
             by_port: BTreeMap::new(),
+            app_index: apps.iter().enumerate().map(|(i, a)| (a.clone(), i)).collect(),
+            app_sims: apps.iter().map(|a| scenario.app_sim.get(a).cloned().unwrap_or_default()).collect(),
+            apps,
             membership_version: 1,
             rng: SimRng::new(seed ^ 0x05ee_d0f3_071d),
             next_container: 0,
@@ -225,7 +260,6 @@ impl World {
             hop_us: scenario.sim.net_latency_ms_min * 1000,
             request_timeout_us: scenario.sim.request_timeout_ms * 1000,
             start_latency: (scenario.sim.start_latency_ms, scenario.sim.start_jitter_ms),
-            app_sims: scenario.app_sim.clone(),
             seconds: Vec::new(),
             bad_messages: 0,
         }
@@ -256,8 +290,8 @@ impl World {
         n.up = false;
         n.inbox = None;
         n.digest = None;
-        n.entered.clear();
-        n.balancers.clear();
+        n.entered.iter_mut().for_each(|e| *e = 0);
+        n.balancers.iter_mut().for_each(|b| *b = None);
         for c in self.containers.values_mut().filter(|c| c.node == index && c.removed_at_ms.is_none()) {
             c.exited = true;
             c.removed_at_ms = Some(now_ms);
@@ -276,21 +310,22 @@ impl World {
         resources: Resources,
         ready_at_ms: u64,
         sim: AppSim,
-    ) -> Option<String> {
+    ) -> Option<ContainerId> {
         if self.by_port.contains_key(&(node, host_port)) {
             return None;
         }
         self.next_container += 1;
-        let id = format!("c{:06}", self.next_container);
+        let id = self.next_container;
         if self.last_node_of_slot.insert(slot.clone(), node).is_some_and(|previous| previous != node) {
             self.moves += 1;
         }
-        self.by_port.insert((node, host_port), id.clone());
+        self.by_port.insert((node, host_port), id);
         let queue = ReplicaQueue::new(sim.concurrency, sim.queue_max);
         self.containers.insert(
-            id.clone(),
+            id,
             SimContainer {
                 node,
+                app: self.app_index.get(&slot.app).copied().unwrap_or(usize::MAX),
                 slot,
                 host_port,
                 resources,
@@ -309,8 +344,8 @@ impl World {
 
     /// A node asked for a container to stop: it serves nothing from now on and is removed after
     /// `drain_ms` (in-flight requests finish meanwhile).
-    pub fn stop_container(&mut self, id: &str, now_ms: u64, drain_ms: u64) {
-        if let Some(c) = self.containers.get_mut(id)
+    pub fn stop_container(&mut self, id: ContainerId, now_ms: u64, drain_ms: u64) {
+        if let Some(c) = self.containers.get_mut(&id)
             && c.removed_at_ms.is_none()
         {
             c.stopping_at_ms.get_or_insert(now_ms);
@@ -323,11 +358,11 @@ impl World {
 
     /// Forgets containers removed before `now_ms`, freeing their ports.
     pub fn purge(&mut self, now_ms: u64) {
-        let gone: Vec<String> = self
+        let gone: Vec<ContainerId> = self
             .containers
             .iter()
             .filter(|(_, c)| c.removed_at_ms.is_some_and(|t| t <= now_ms))
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| *id)
             .collect();
         for id in gone {
             let c = self.containers.remove(&id).expect("listed");
@@ -338,11 +373,23 @@ impl World {
     }
 
     /// The live container serving `slot` index `slot` of `app`, the first one if several.
-    pub fn container_of(&self, app: &AppName, slot: u32) -> Option<String> {
+    pub fn container_of(&self, app: &AppName, slot: u32) -> Option<ContainerId> {
         self.containers
             .iter()
             .find(|(_, c)| c.slot.app == *app && c.slot.index == slot && c.removed_at_ms.is_none() && !c.exited)
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| *id)
+    }
+
+    /// Turns a node's backend list into the world's indexes. A backend on a node the world does
+    /// not know is dropped (no such node can be reached).
+    pub fn sim_backends(&self, backends: &[Backend]) -> Vec<SimBackend> {
+        backends
+            .iter()
+            .filter_map(|b| {
+                let node = *self.index_of.get(&b.node)?;
+                Some(SimBackend { node: node as u32, host_port: b.host_port, slot: b.slot.index })
+            })
+            .collect()
     }
 
     /// Sends an input to a node's driver, if the node runs.
@@ -360,26 +407,21 @@ impl World {
                 break;
             }
             let Reverse((_, entry, app, backend)) = self.in_flight.pop().expect("peeked");
-            if let Some(b) = self.nodes[entry].balancers.get_mut(&app) {
+            if let Some(b) = &mut self.nodes[entry as usize].balancers[app as usize] {
                 b.request_finished(&backend);
             }
         }
     }
 
-    /// One request for `app` entering node `entry` at `at_us`: picked by that node's balancer,
-    /// retried once elsewhere when the connection fails before the request is sent. Returns the
-    /// latency in microseconds.
-    pub fn route(&mut self, at_us: u64, entry: usize, app: &AppName) -> Result<u64, RequestError> {
-        match self.nodes[entry].entered.get_mut(app) {
-            Some(count) => *count += 1,
-            None => {
-                self.nodes[entry].entered.insert(app.clone(), 1);
-            }
-        }
+    /// One request for app index `app` entering node `entry` at `at_us`: picked by that node's
+    /// balancer, retried once elsewhere when the connection fails before the request is sent.
+    /// Returns the latency in microseconds.
+    pub fn route(&mut self, at_us: u64, entry: usize, app: usize) -> Result<u64, RequestError> {
+        self.nodes[entry].entered[app] += 1;
         let now_ms = at_us / 1000;
-        let mut tried: Option<Backend> = None;
+        let mut tried: Option<SimBackend> = None;
         for _ in 0..2 {
-            let Some(balancer) = self.nodes[entry].balancers.get_mut(app) else { return Err(RequestError::NoBackend) };
+            let Some(balancer) = &mut self.nodes[entry].balancers[app] else { return Err(RequestError::NoBackend) };
             let pick = match &tried {
                 None => balancer.pick(),
                 Some(t) => balancer.pick_excluding(t),
@@ -387,27 +429,30 @@ impl World {
             let Some(backend) = pick else {
                 return Err(if tried.is_some() { RequestError::ConnectFailed } else { RequestError::NoBackend });
             };
-            let target = self.index_of.get(&backend.node).copied();
-            let reachable = target.is_some_and(|t| self.nodes[t].up && self.group[t] == self.group[entry]);
-            let container = target.and_then(|t| self.by_port.get(&(t, backend.host_port))).cloned();
+            let target = backend.node as usize;
+            let reachable = self.nodes[target].up && self.group[target] == self.group[entry];
+            let container = self.by_port.get(&(target, backend.host_port)).copied();
             let usable = reachable
-                && container.as_ref().is_some_and(|id| {
-                    let c = &self.containers[id];
+                && container.is_some_and(|id| {
+                    let c = &self.containers[&id];
                     // A replica being drained still answers until it is removed: balancers on
                     // other nodes learn of the stop a gossip round later.
-                    c.slot == backend.slot
+                    c.app == app
+                        && c.slot.index == backend.slot
                         && c.removed_at_ms.is_none_or(|t| t > now_ms)
                         && !c.exited
                         && now_ms >= c.ready_at_ms
                 });
             if !usable {
                 // Refused before anything was sent: out of this balancer, and one more try.
-                self.nodes[entry].balancers.get_mut(app).expect("present").eject(&backend);
+                if let Some(b) = &mut self.nodes[entry].balancers[app] {
+                    b.eject(&backend);
+                }
                 tried = Some(backend);
                 continue;
             }
             let id = container.expect("usable");
-            let slow = self.nodes[target.expect("usable")].slow_factor;
+            let slow = self.nodes[target].slow_factor;
             let c = self.containers.get_mut(&id).expect("usable");
             if c.hung {
                 return Err(RequestError::Timeout);
@@ -416,9 +461,10 @@ impl World {
             let arrival = at_us + self.hop_us;
             return match c.queue.offer(arrival, service_us) {
                 Ok(finish) => {
-                    let balancer = self.nodes[entry].balancers.get_mut(app).expect("present");
-                    balancer.request_started(&backend);
-                    self.in_flight.push(Reverse((finish, entry, app.clone(), backend)));
+                    if let Some(b) = &mut self.nodes[entry].balancers[app] {
+                        b.request_started(&backend);
+                    }
+                    self.in_flight.push(Reverse((finish, entry as u32, app as u32, backend)));
                     Ok(finish + self.hop_us - at_us)
                 }
                 Err(_) => Err(RequestError::Overloaded),
@@ -429,7 +475,7 @@ impl World {
 
     /// How `app`'s replicas serve.
     pub fn app_sim(&self, app: &AppName) -> AppSim {
-        self.app_sims.get(app).cloned().unwrap_or_default()
+        self.app_index.get(app).map(|&i| self.app_sims[i].clone()).unwrap_or_default()
     }
 
     /// Counts a request in the per-second series, closing earlier seconds as time passes.
