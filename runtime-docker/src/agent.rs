@@ -376,9 +376,11 @@ impl Driver {
             Action::StartContainer { slot, app, host_port, generation } => {
                 let (docker, tx, ip) = (self.docker.clone(), self.tx.clone(), self.config.container_ip);
                 tokio::spawn(async move {
+                    let started = std::time::Instant::now();
                     let result = docker.start(&slot, &app, ip, host_port).await.map_err(|e| e.to_string());
                     if let Ok(id) = &result {
-                        tracing::info!(slot = %slot, container = %short(id), host_port, "container started");
+                        let start_ms = started.elapsed().as_millis() as u64;
+                        tracing::info!(slot = %slot, container = %short(id), host_port, start_ms, "container started");
                     }
                     let _ = tx.send(Input::StartDone { slot, generation, result }).await;
                 });
