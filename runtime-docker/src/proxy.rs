@@ -30,6 +30,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::metrics::{AppLabel, Metrics};
 
 /// A request body larger than this is refused (413): bodies are buffered so a request can be
@@ -75,8 +78,11 @@ struct Picking {
 /// One app's balancer, shared by its connections.
 struct AppProxy {
     app: AppName,
-    label: AppLabel,
     port: u16,
+    /// This app's metrics, looked up once (a family lookup hashes the label on every call).
+    requests_metric: Counter,
+    errors_metric: Counter,
+    latency_metric: Histogram,
     picking: Mutex<Picking>,
     /// Requests since the last report to the node.
     requests: AtomicU64,
@@ -197,15 +203,18 @@ impl Proxies {
         })?;
         let mut balancer = Balancer::new(picker, self.seed);
         balancer.set_backends(targets.iter().map(|t| (t.clone(), 1)));
+        let label = AppLabel::new(app.as_str());
         let proxy = Arc::new(AppProxy {
             app: app.clone(),
-            label: AppLabel::new(app.as_str()),
             port,
+            requests_metric: self.metrics.requests.get_or_create(&label).clone(),
+            errors_metric: self.metrics.errors.get_or_create(&label).clone(),
+            latency_metric: self.metrics.latency.get_or_create(&label).clone(),
             picking: Mutex::new(Picking { balancer, listed: targets, ejected_at: None, per_slot: HashMap::new() }),
             requests: AtomicU64::new(0),
         });
         tracing::info!(app = %app, %addr, "balancer listening");
-        let task = tokio::spawn(accept_loop(listener, proxy.clone(), self.client.clone(), self.metrics.clone()));
+        let task = tokio::spawn(accept_loop(listener, proxy.clone(), self.client.clone()));
         apps.insert(app.clone(), Running { proxy, listener: task });
         Ok(())
     }
@@ -261,7 +270,7 @@ impl Proxies {
     }
 }
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<AppProxy>, client: HttpClient, metrics: Arc<Metrics>) {
+async fn accept_loop(listener: TcpListener, proxy: Arc<AppProxy>, client: HttpClient) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -272,11 +281,11 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<AppProxy>, client: HttpCl
             }
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, client, metrics) = (proxy.clone(), client.clone(), metrics.clone());
+        let (proxy, client) = (proxy.clone(), client.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (proxy, client, metrics) = (proxy.clone(), client.clone(), metrics.clone());
-                async move { Ok::<_, Infallible>(forward(&proxy, &client, &metrics, peer, req).await) }
+                let (proxy, client) = (proxy.clone(), client.clone());
+                async move { Ok::<_, Infallible>(forward(&proxy, &client, peer, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -331,20 +340,19 @@ fn idempotent(method: &Method) -> bool {
 async fn forward(
     proxy: &AppProxy,
     client: &HttpClient,
-    metrics: &Metrics,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     proxy.requests.fetch_add(1, Ordering::Relaxed);
-    metrics.requests.get_or_create(&proxy.label).inc();
+    proxy.requests_metric.inc();
     let response = forward_inner(proxy, client, peer, req).await;
     if matches!(response.status(), StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
         && response.headers().contains_key("x-canteen-error")
     {
-        metrics.errors.get_or_create(&proxy.label).inc();
+        proxy.errors_metric.inc();
     }
-    metrics.latency.get_or_create(&proxy.label).observe(started.elapsed().as_secs_f64());
+    proxy.latency_metric.observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -428,6 +436,91 @@ fn bad_gateway(proxy: &AppProxy, target: &Target, e: &hyper_util::client::legacy
 #[cfg(test)]
 mod tests {
     use super::*;
+    use canteen_core::model::NodeId;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// A backend answering every request with `name` and the X-Forwarded-For and X-Private
+    /// headers it received.
+    async fn backend(name: &'static str) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                        let header =
+                            |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+                        let text = format!("{name} xff={} private={}", header("x-forwarded-for"), header("x-private"));
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        port
+    }
+
+    async fn get(port: u16) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, x-private\r\nX-Private: secret\r\n\r\n";
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, out.split_once("\r\n\r\n").unwrap().1.to_owned())
+    }
+
+    fn backend_at(index: u32, port: u16) -> Backend {
+        Backend { node: NodeId::new("n"), addr: "127.0.0.1".into(), host_port: port, slot: SlotId::new("web", index) }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusing_backend_is_ejected_and_its_request_retried_on_another() {
+        let live = backend("live").await;
+        let refusing = free_port(); // nothing listens there
+        let metrics = Arc::new(Metrics::new());
+        let proxies = Proxies::new("127.0.0.1".parse().unwrap(), metrics.clone(), 7);
+        let port = free_port();
+        let app = AppName::new("web");
+        proxies
+            .set_backends(&app, port, PickerKind::RoundRobin, &[backend_at(0, refusing), backend_at(1, live)])
+            .unwrap();
+        for _ in 0..6 {
+            let (code, body) = get(port).await;
+            assert_eq!(code, 200, "{body}");
+            // Forwarded for the client; the header its Connection named is not passed on.
+            assert_eq!(body, "live xff=127.0.0.1 private=-");
+        }
+        let running = proxies.apps.lock().unwrap();
+        let picking = running[&app].proxy.picking.lock().unwrap();
+        assert_eq!(picking.balancer.len(), 1, "the refusing backend is out");
+        assert_eq!(metrics.errors.get_or_create(&AppLabel::new("web")).get(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_robin_alternates_and_no_backend_is_a_503() {
+        let (a, b) = (backend("a").await, backend("b").await);
+        let proxies = Proxies::new("127.0.0.1".parse().unwrap(), Arc::new(Metrics::new()), 7);
+        let port = free_port();
+        let app = AppName::new("web");
+        proxies.set_backends(&app, port, PickerKind::RoundRobin, &[backend_at(0, a), backend_at(1, b)]).unwrap();
+        let mut names = Vec::new();
+        for _ in 0..4 {
+            names.push(get(port).await.1.split(' ').next().unwrap().to_owned());
+        }
+        assert!(names[0] != names[1] && names[0] == names[2] && names[1] == names[3], "{names:?}");
+        proxies.set_backends(&app, port, PickerKind::RoundRobin, &[]).unwrap();
+        let (code, body) = get(port).await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("no healthy replica"), "{body}");
+    }
 
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {

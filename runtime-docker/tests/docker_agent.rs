@@ -399,6 +399,56 @@ fn an_image_that_cannot_be_pulled_fails_its_app_only() {
     assert!(table.contains("app ghost: image \"canteen-no-such-image:never\""), "{table}");
 }
 
+#[test]
+fn a_container_killed_behind_the_agents_back_is_noticed_and_started_again() {
+    if !docker_ready("a_container_killed_behind_the_agents_back_is_noticed_and_started_again") {
+        return;
+    }
+    let mut env = Env::new("exit", 7, "");
+    env.start_agent();
+    // Probes every 10 s: only the event stream can notice the exit within the wait below.
+    env.apply(&demo_app("web", 17790, 1, "").replace("interval_ms = 200", "interval_ms = 10000"));
+    env.wait("1 healthy replica", Duration::from_secs(30), || env.healthy("web") == 1);
+    let before = env.containers();
+    let port = env.slots("web")[0].1;
+    let out = Command::new("docker").args(["kill", &before[0]]).output().unwrap();
+    assert!(out.status.success());
+    env.wait("the slot restarted in a new container on its port", Duration::from_secs(8), || {
+        let s = &env.slots("web")[0];
+        let now = env.containers();
+        s.1 == port && s.3 >= 1 && now.len() == 1 && now != before
+    });
+    env.wait("the new container serving on the same port", Duration::from_secs(5), || {
+        http(local(port), "GET", "/health", "").is_ok_and(|(code, _)| code == 200)
+    });
+}
+
+#[test]
+fn up_runs_the_apps_and_ctrl_c_removes_what_it_started() {
+    if !docker_ready("up_runs_the_apps_and_ctrl_c_removes_what_it_started") {
+        return;
+    }
+    let mut env = Env::new("up", 8, "");
+    let file = env.file("web.toml", &demo_app("web", 17890, 2, ""));
+    let log = std::fs::File::create(env.dir.join("agent.log")).unwrap();
+    let child =
+        Command::new(CANTEEN).arg("up").arg(&file).arg("--config").arg(&env.config).stderr(log).spawn().unwrap();
+    let pid = child.id();
+    env.child = Some(child);
+    env.wait("2 healthy replicas", Duration::from_secs(30), || {
+        http(env.api, "GET", "/status", "").is_ok() && env.healthy("web") == 2
+    });
+    let (code, body) = http(local(17890), "GET", "/", "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(env.containers().len(), 2);
+    let out = Command::new("kill").args(["-INT", &pid.to_string()]).output().unwrap();
+    assert!(out.status.success());
+    let status = env.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "canteen up exited with {status}\n{}", env.log_tail());
+    assert!(env.containers().is_empty(), "left behind: {:?}", env.containers());
+    assert!(!env.dir.join("data/state.json").exists(), "the desired state is cleared");
+}
+
 fn canteen(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(CANTEEN);
     cmd.args(args);
