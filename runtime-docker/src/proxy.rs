@@ -44,6 +44,11 @@ const EJECTION_MS: u64 = 5000;
 const CONNECT_TIMEOUT_MS: u64 = 1000;
 /// Idle pooled connections to backends are closed after this.
 const POOL_IDLE_MS: u64 = 30_000;
+/// Idle connections kept per backend; more are closed when they finish.
+const POOL_IDLE_PER_BACKEND_MAX: usize = 16;
+/// Read buffer of one connection, either side: enough for any sane request head, and it keeps
+/// the agent's memory flat under many connections (bodies stream through in chunks).
+const CONNECTION_BUFFER_BYTES_MAX: usize = 16 * 1024;
 
 /// What a proxy answers with.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -146,6 +151,8 @@ impl Proxies {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_millis(POOL_IDLE_MS))
             .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(POOL_IDLE_PER_BACKEND_MAX)
+            .http1_max_buf_size(CONNECTION_BUFFER_BYTES_MAX)
             .build(connector);
         Proxies {
             ip,
@@ -291,6 +298,7 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<AppProxy>, client: HttpCl
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .keep_alive(true)
+                .max_buf_size(CONNECTION_BUFFER_BYTES_MAX)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
