@@ -297,7 +297,13 @@ impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut stop: oneshot::Receiver<()>) {
         loop {
             self.drain();
-            let wait_ms = self.node.poll_timeout().map_or(1000, |t| t.as_millis().saturating_sub(now().as_millis()));
+            // Due timers first, so a steady stream of inputs never starves them.
+            let t = now();
+            if self.node.poll_timeout().is_some_and(|due| due <= t) {
+                self.node.handle_timeout(t);
+                continue;
+            }
+            let wait_ms = self.node.poll_timeout().map_or(1000, |due| due.as_millis().saturating_sub(t.as_millis()));
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
@@ -305,11 +311,7 @@ impl Driver {
                     Some(input) => self.handle(input),
                     None => break,
                 },
-                () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {
-                    if self.node.poll_timeout().is_some_and(|t| t <= now()) {
-                        self.node.handle_timeout(now());
-                    }
-                }
+                () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
             }
         }
         self.proxies.close_all();
