@@ -418,6 +418,48 @@ fn up_runs_the_apps_and_ctrl_c_removes_what_it_started() {
     assert!(!env.dir.join("data/state.json").exists(), "the desired state is cleared");
 }
 
+#[test]
+fn replicas_removed_by_a_scale_down_are_drained_first() {
+    if !docker_ready("replicas_removed_by_a_scale_down_are_drained_first") {
+        return;
+    }
+    let mut env = Env::new("drain", 9, "drain_ms = 1000\n");
+    env.start_agent();
+    env.apply(&demo_app("web", 17990, 3, ""));
+    env.wait("3 healthy replicas", Duration::from_secs(30), || env.healthy("web") == 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(Vec::new())));
+    // Four clients with slow POSTs (300 ms; not idempotent, so never retried after being sent):
+    // some are in flight on the replicas removed, and only draining lets them finish.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match http(local(17990), "POST", "/slow?ms=300", "x") {
+                        Ok((200, _)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let out = Command::new(CANTEEN).args(["scale", "web", "1", "--api", &env.api.to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.wait("1 container left", Duration::from_secs(20), || env.containers().len() == 1);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(ok.load(Ordering::Relaxed) >= 8, "the clients kept going");
+    assert!(failures.lock().unwrap().is_empty(), "failed requests: {:?}", failures.lock().unwrap());
+    assert_eq!(env.slots("web").len(), 1);
+}
+
 fn canteen(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(CANTEEN);
     cmd.args(args);
@@ -462,7 +504,7 @@ fn docker_unreachable_is_a_clear_message_and_exit_1() {
     let dir = std::env::temp_dir().join(format!("canteen-it-nodocker-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("canteen.toml");
-    std::fs::write(&config, format!("api_addr = \"127.0.0.1:17990\"\ndata_dir = \"{}\"\n", dir.display())).unwrap();
+    std::fs::write(&config, format!("api_addr = \"127.0.0.1:17099\"\ndata_dir = \"{}\"\n", dir.display())).unwrap();
     let (code, err) = canteen(
         &["agent", "--config", config.to_str().unwrap()],
         &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
