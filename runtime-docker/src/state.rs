@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use canteen_core::cluster_file::{FileError, RawClusterFile, build};
-use canteen_core::model::AppSpec;
+use canteen_core::model::{AppSpec, SpecError};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentConfig;
@@ -97,12 +97,25 @@ pub fn apps_from_file(file: &str, text: &str, config: &AgentConfig) -> Result<Ve
         };
         if !given("health", Some("interval_ms")) {
             spec.health.interval_ms = config.health_interval_ms;
-            spec.health.timeout_ms = spec.health.timeout_ms.min(config.health_interval_ms);
+            if !given("health", Some("timeout_ms")) {
+                // The default timeout never outlasts a shorter default interval.
+                spec.health.timeout_ms = spec.health.timeout_ms.min(config.health_interval_ms);
+            }
         }
         if !given("balance", None) {
             spec.balance = config.balance;
         }
-        spec.validate().map_err(|e| FileError::new(file, format!("app[{i}]"), e.to_string()))?;
+        spec.validate().map_err(|e| match e {
+            SpecError::Invalid { field, problem } => {
+                let from_agent = if field.starts_with("health.") && !given("health", Some("interval_ms")) {
+                    format!(" (interval_ms is the agent's health_interval_ms, {} ms)", config.health_interval_ms)
+                } else {
+                    String::new()
+                };
+                FileError::new(file, format!("app[{i}].{field}"), format!("{problem}{from_agent}"))
+            }
+            other => FileError::new(file, format!("app[{i}]"), other.to_string()),
+        })?;
     }
     if apps.is_empty() {
         return Err(FileError::new(file, "app", "the file has no [[app]] table: give at least one app to run"));
@@ -124,6 +137,15 @@ mod tests {
         assert_eq!(apps[0].health.interval_ms, 250);
         let text = format!("{WEB}[app.health]\ninterval_ms = 700\n");
         assert_eq!(apps_from_file("web.toml", &text, &config).unwrap()[0].health.interval_ms, 700);
+    }
+
+    #[test]
+    fn a_timeout_longer_than_the_agents_interval_is_an_error_not_a_silent_change() {
+        let config = AgentConfig { health_interval_ms: 500, ..AgentConfig::default() };
+        let text = format!("{WEB}[app.health]\ntimeout_ms = 800\n");
+        let e = apps_from_file("web.toml", &text, &config).unwrap_err();
+        assert_eq!(e.key, "app[0].health.timeout_ms", "{e}");
+        assert!(e.to_string().contains("health_interval_ms"), "{e}");
     }
 
     #[test]
