@@ -1,13 +1,16 @@
 //! The `canteen` command line. Exit codes: 0 done, 1 a runtime failure, 2 bad input (a file,
 //! a key or an argument), with a message that names what to fix.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use canteen_core::cluster_file::{self, Cluster};
 use canteen_core::schedule::Policy;
 use clap::{Parser, Subcommand};
 
-use crate::plan;
+use crate::api::{self, ApplyRequest, ClientError, RemoveRequest, ScaleRequest};
+use crate::config::AgentConfig;
+use crate::{agent, plan, state};
 
 /// canteen: a container orchestrator with no control plane.
 #[derive(Debug, Parser)]
@@ -32,7 +35,72 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the agent of this server: Docker, the balancers, the probes and the HTTP API.
+    Agent {
+        /// The agent's config file; every key has a default (`canteen config --defaults`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Join the cluster of the agent at this gossip address (needs the cluster protocol).
+        #[arg(long)]
+        join: Option<String>,
+    },
+    /// One machine in one command: run an agent and apply a cluster file's apps; Ctrl-C stops
+    /// it and removes every container it started.
+    Up {
+        /// The cluster file (TOML).
+        file: PathBuf,
+        /// The agent's config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Apply a cluster file's apps through a running agent.
+    Apply {
+        /// The cluster file (TOML).
+        file: PathBuf,
+        /// The agent's API address.
+        #[arg(long, default_value = DEFAULT_API)]
+        api: SocketAddr,
+    },
+    /// Show every slot: app, slot, node, host port, health, requests/s, restarts.
+    Status {
+        /// The agent's API address.
+        #[arg(long, default_value = DEFAULT_API)]
+        api: SocketAddr,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set an app's replica count.
+    Scale {
+        /// The app.
+        app: String,
+        /// The replica count.
+        replicas: u32,
+        /// The agent's API address.
+        #[arg(long, default_value = DEFAULT_API)]
+        api: SocketAddr,
+    },
+    /// Remove an app and all its replicas.
+    Rm {
+        /// The app.
+        app: String,
+        /// The agent's API address.
+        #[arg(long, default_value = DEFAULT_API)]
+        api: SocketAddr,
+    },
+    /// Print the agent's config.
+    Config {
+        /// Print every key with its default (the host's resources resolved).
+        #[arg(long)]
+        defaults: bool,
+        /// Print this config file with the defaults filled in instead.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
+
+/// The agent API address the CLI talks to unless told otherwise (the config's default).
+pub const DEFAULT_API: &str = "127.0.0.1:7070";
 
 /// A failure with the exit code it deserves.
 #[derive(Debug)]
@@ -46,6 +114,10 @@ pub struct Failure {
 impl Failure {
     fn bad_input(message: impl Into<String>) -> Failure {
         Failure { code: 2, message: message.into() }
+    }
+
+    fn runtime(message: impl Into<String>) -> Failure {
+        Failure { code: 1, message: message.into() }
     }
 }
 
@@ -64,12 +136,200 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let plan = plan::plan(&cluster, policy);
             if json {
                 let text = serde_json::to_string_pretty(&plan::to_json(&plan))
-                    .map_err(|e| Failure { code: 1, message: format!("cannot encode the plan: {e}") })?;
+                    .map_err(|e| Failure::runtime(format!("cannot encode the plan: {e}")))?;
                 println!("{text}");
             } else {
                 print!("{}", plan::to_table(&plan));
             }
             Ok(())
         }
+        Command::Agent { config, join } => {
+            if let Some(addr) = join {
+                return Err(Failure::bad_input(format!(
+                    "--join {addr}: multi-server clusters need the cluster protocol (SWIM gossip), which is not \
+                     built yet; run one agent per machine without --join"
+                )));
+            }
+            let config = read_config(config.as_deref())?;
+            run_agent(config, None)
+        }
+        Command::Up { file, config } => {
+            let config = read_config(config.as_deref())?;
+            let name = file.display().to_string();
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| Failure::bad_input(format!("{name}: cannot read: {e}")))?;
+            let apps = state::apps_from_file(&name, &text, &config).map_err(|e| Failure::bad_input(e.to_string()))?;
+            run_agent(config, Some(apps))
+        }
+        Command::Apply { file, api } => {
+            let name = file.display().to_string();
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| Failure::bad_input(format!("{name}: cannot read: {e}")))?;
+            // Checked here too, so a bad file fails the same way with or without an agent.
+            state::apps_from_file(&name, &text, &AgentConfig::default())
+                .map_err(|e| Failure::bad_input(e.to_string()))?;
+            let body = serde_json::to_string(&ApplyRequest { file: name, text }).expect("encodes");
+            let out = block_on(api::call(api, hyper::Method::POST, "/apply", Some(body)))?.map_err(client_failure)?;
+            println!("{}", done_message(&out));
+            Ok(())
+        }
+        Command::Status { api, json } => {
+            let status = block_on(api::status(api))?.map_err(client_failure)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).expect("encodes"));
+            } else {
+                print!("{}", status_table(&status));
+            }
+            Ok(())
+        }
+        Command::Scale { app, replicas, api } => {
+            let body = serde_json::to_string(&ScaleRequest { app, replicas }).expect("encodes");
+            let out = block_on(api::call(api, hyper::Method::POST, "/scale", Some(body)))?.map_err(client_failure)?;
+            println!("{}", done_message(&out));
+            Ok(())
+        }
+        Command::Rm { app, api } => {
+            let body = serde_json::to_string(&RemoveRequest { app }).expect("encodes");
+            let out = block_on(api::call(api, hyper::Method::POST, "/rm", Some(body)))?.map_err(client_failure)?;
+            println!("{}", done_message(&out));
+            Ok(())
+        }
+        Command::Config { defaults, config } => {
+            if !defaults && config.is_none() {
+                return Err(Failure::bad_input("canteen config: give --defaults, or --config FILE"));
+            }
+            let config = read_config(config.as_deref())?;
+            print!("{}", config.to_toml_with_defaults());
+            Ok(())
+        }
     }
+}
+
+fn read_config(path: Option<&Path>) -> Result<AgentConfig, Failure> {
+    match path {
+        None => Ok(AgentConfig::default()),
+        Some(p) => AgentConfig::load(p).map_err(|e| Failure::bad_input(e.to_string())),
+    }
+}
+
+fn client_failure(e: ClientError) -> Failure {
+    match e {
+        ClientError::Refused(message) => Failure::bad_input(message),
+        other => Failure::runtime(other.to_string()),
+    }
+}
+
+fn done_message(body: &str) -> String {
+    serde_json::from_str::<api::Reply>(body).ok().and_then(|r| r.done).unwrap_or_else(|| body.to_owned())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, Failure> {
+    Ok(runtime()?.block_on(f))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hyper=warn,bollard=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs the agent until Ctrl-C or SIGTERM. With `up`, applies those apps first and removes
+/// every container of this node (and the persisted state) on the way out.
+fn run_agent(config: AgentConfig, up: Option<Vec<canteen_core::model::AppSpec>>) -> Result<(), Failure> {
+    init_logging();
+    runtime()?.block_on(async move {
+        let (handle, driver, stop) = agent::start(config.clone()).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        let driver = tokio::spawn(driver);
+        if let Some(apps) = &up {
+            for app in apps {
+                if !handle.docker.has_image(&app.image).await {
+                    tracing::warn!(
+                        "app {}: image {} is not on this machine; the agent will try to pull it{}",
+                        app.name,
+                        app.image,
+                        if app.image.starts_with("canteen-demo") {
+                            " (build it first: scripts/demo-image)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            let commands = apps.iter().map(|a| canteen_core::node::Command::Apply(Box::new(a.clone()))).collect();
+            if let Err(e) = handle.commands(commands).await {
+                let _ = stop.send(());
+                let _ = driver.await;
+                return Err(Failure::bad_input(e));
+            }
+            for app in apps {
+                tracing::info!(
+                    "app {}: {} replicas, balancer on http://{}:{}",
+                    app.name,
+                    app.replicas,
+                    config.proxy_ip,
+                    app.port
+                );
+            }
+        }
+        wait_for_signal().await;
+        tracing::info!("stopping");
+        let _ = stop.send(());
+        let _ = driver.await;
+        if up.is_some() {
+            match agent::remove_all(&handle.docker).await {
+                Ok(n) => tracing::info!("removed {n} containers"),
+                Err(e) => return Err(Failure::runtime(format!("cannot remove the containers started: {e}"))),
+            }
+            state::clear(&config.data_dir);
+        }
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// The `canteen status` table.
+pub fn status_table(status: &agent::StatusJson) -> String {
+    let mut rows = vec![[
+        "APP".to_owned(),
+        "SLOT".to_owned(),
+        "NODE".to_owned(),
+        "HOST PORT".to_owned(),
+        "HEALTH".to_owned(),
+        "REQ/S".to_owned(),
+        "RESTARTS".to_owned(),
+    ]];
+    for s in &status.slots {
+        rows.push([
+            s.app.clone(),
+            s.slot.to_string(),
+            s.node.clone(),
+            if s.host_port == 0 { "-".to_owned() } else { s.host_port.to_string() },
+            s.health.clone(),
+            format!("{:.1}", s.requests_per_s),
+            s.restarts.to_string(),
+        ]);
+    }
+    let mut out = plan::table(&rows);
+    for app in &status.apps {
+        if let Some(e) = &app.error {
+            out.push_str(&format!("\napp {}: {e}\n", app.name));
+        }
+    }
+    out
 }

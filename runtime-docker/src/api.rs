@@ -1,0 +1,228 @@
+//! The agent's HTTP JSON API, used by the CLI, and its client.
+//!
+//! - `GET /status`: [`StatusJson`];
+//! - `POST /apply` with `{"file": name, "text": toml}`: applies the cluster file's apps;
+//! - `POST /scale` with `{"app": name, "replicas": n}`;
+//! - `POST /rm` with `{"app": name}`;
+//! - `GET /metrics`: Prometheus text.
+//!
+//! Bad input answers 400 with `{"error": message}`; the CLI exits 2 on it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use canteen_core::model::AppName;
+use canteen_core::node::Command;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::agent::{Handle, StatusJson};
+use crate::state::apps_from_file;
+
+/// An API request body larger than this is refused.
+const API_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// `POST /apply`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// The file's name, for messages.
+    pub file: String,
+    /// Its text.
+    pub text: String,
+}
+
+/// `POST /scale`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    /// The app.
+    pub app: String,
+    /// The replica count.
+    pub replicas: u32,
+}
+
+/// `POST /rm`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    /// The app.
+    pub app: String,
+}
+
+/// What a command answered.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Reply {
+    /// What was done, on success.
+    #[serde(default)]
+    pub done: Option<String>,
+    /// What went wrong, on failure.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, handle: Handle) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handle = handle.clone();
+                async move { Ok::<_, Infallible>(route(&handle, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("replies encode");
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn reply(result: Result<String, (StatusCode, String)>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(done) => json(StatusCode::OK, &Reply { done: Some(done), error: None }),
+        Err((status, error)) => json(status, &Reply { done: None, error: Some(error) }),
+    }
+}
+
+async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, (StatusCode, String)> {
+    let bytes = Limited::new(req.into_body(), API_BODY_BYTES_MAX)
+        .collect()
+        .await
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
+async fn run_commands(handle: &Handle, commands: Vec<Command>) -> Result<(), (StatusCode, String)> {
+    handle.commands(commands).await.map_err(|e| {
+        let status = if e.starts_with("no app named") { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
+        (status, e)
+    })
+}
+
+async fn route(handle: &Handle, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET, "/status") => match handle.status().await {
+            Some(status) => json(StatusCode::OK, &status),
+            None => reply(Err((StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping".to_owned()))),
+        },
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(handle.metrics.encode())));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (Method::POST, "/apply") => {
+            let result = async {
+                let request: ApplyRequest = body(req).await?;
+                let apps = apps_from_file(&request.file, &request.text, &handle.config)
+                    .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+                let names: Vec<String> = apps.iter().map(|a| a.name.to_string()).collect();
+                run_commands(handle, apps.into_iter().map(|a| Command::Apply(Box::new(a))).collect()).await?;
+                Ok(format!("applied {}", names.join(", ")))
+            }
+            .await;
+            reply(result)
+        }
+        (Method::POST, "/scale") => {
+            let result = async {
+                let request: ScaleRequest = body(req).await?;
+                run_commands(handle, vec![Command::Scale(AppName::new(&request.app), request.replicas)]).await?;
+                Ok(format!("scaled {} to {}", request.app, request.replicas))
+            }
+            .await;
+            reply(result)
+        }
+        (Method::POST, "/rm") => {
+            let result = async {
+                let request: RemoveRequest = body(req).await?;
+                run_commands(handle, vec![Command::Remove(AppName::new(&request.app))]).await?;
+                Ok(format!("removed {}", request.app))
+            }
+            .await;
+            reply(result)
+        }
+        _ => reply(Err((StatusCode::NOT_FOUND, "no such API route".to_owned()))),
+    }
+}
+
+/// Why a CLI call to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No agent answered; nothing changed.
+    #[error("cannot reach the agent's API at {addr}: {error}; is `canteen agent` (or `canteen up`) running there?")]
+    Unreachable {
+        /// The API address.
+        addr: SocketAddr,
+        /// What went wrong.
+        error: String,
+    },
+    /// The agent refused the request (bad input); nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The agent failed.
+    #[error("the agent answered {status}: {message}")]
+    Failed {
+        /// The HTTP status.
+        status: u16,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// One call to the agent's API; returns the body of a 2xx answer.
+pub async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<String>) -> Result<String, ClientError> {
+    let unreachable = |error: String| ClientError::Unreachable { addr, error };
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| unreachable("no answer within 5 s".to_owned()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .expect("a valid request");
+    let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if status.is_success() {
+        return Ok(text);
+    }
+    let message = serde_json::from_str::<Reply>(&text).ok().and_then(|r| r.error).unwrap_or(text);
+    if status.is_client_error() {
+        Err(ClientError::Refused(message))
+    } else {
+        Err(ClientError::Failed { status: status.as_u16(), message })
+    }
+}
+
+/// `GET /status`, decoded.
+pub async fn status(addr: SocketAddr) -> Result<StatusJson, ClientError> {
+    let text = call(addr, Method::GET, "/status", None).await?;
+    serde_json::from_str(&text).map_err(|e| ClientError::Failed { status: 200, message: e.to_string() })
+}

@@ -1,0 +1,108 @@
+//! The agent's Prometheus metrics, served as text on `GET /metrics`.
+//!
+//! prometheus-client adds `_total` to counters itself, so counters are named without it.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The label of every per-app metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabel {
+    /// The app's name.
+    pub app: String,
+}
+
+impl AppLabel {
+    /// The label for `app`.
+    pub fn new(app: &str) -> AppLabel {
+        AppLabel { app: app.to_owned() }
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to about 6.5 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// Every metric the agent keeps. Cheap to share behind an `Arc`; updates are lock-free or take
+/// a short read lock.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests that entered an app's balancer.
+    pub requests: Family<AppLabel, Counter>,
+    /// Requests answered with a 502/503 by the balancer (no backend, backend unreachable).
+    pub errors: Family<AppLabel, Counter>,
+    /// Time from a request entering the balancer to its response head, in seconds.
+    pub latency: Family<AppLabel, Histogram, fn() -> Histogram>,
+    /// Healthy replicas in each app's balancer.
+    pub replicas: Family<AppLabel, Gauge>,
+    /// Containers restarted after a failure.
+    pub restarts: Family<AppLabel, Counter>,
+    /// Autoscaler changes of an app's replica count.
+    pub scale_events: Family<AppLabel, Counter>,
+    /// Cluster members this node knows, itself included.
+    pub gossip_members: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric at zero, registered under the `canteen_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("canteen");
+        let requests = Family::<AppLabel, Counter>::default();
+        let errors = Family::<AppLabel, Counter>::default();
+        let latency = Family::<AppLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let replicas = Family::<AppLabel, Gauge>::default();
+        let restarts = Family::<AppLabel, Counter>::default();
+        let scale_events = Family::<AppLabel, Counter>::default();
+        let gossip_members = Gauge::default();
+        registry.register("requests", "Requests that entered an app's balancer", requests.clone());
+        registry.register("errors", "Requests the balancer answered with 502 or 503", errors.clone());
+        registry.register("request_latency_seconds", "Balancer latency to the response head", latency.clone());
+        registry.register("replicas", "Healthy replicas in an app's balancer", replicas.clone());
+        registry.register("restarts", "Containers restarted after a failure", restarts.clone());
+        registry.register("scale_events", "Autoscaler changes of the replica count", scale_events.clone());
+        registry.register("gossip_members", "Cluster members known, this node included", gossip_members.clone());
+        Metrics { registry, requests, errors, latency, replicas, restarts, scale_events, gossip_members }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_once_with_total() {
+        let m = Metrics::new();
+        m.requests.get_or_create(&AppLabel::new("web")).inc();
+        m.latency.get_or_create(&AppLabel::new("web")).observe(0.002);
+        let text = m.encode();
+        assert!(text.contains("canteen_requests_total{app=\"web\"} 1"), "{text}");
+        assert!(!text.contains("total_total"), "{text}");
+        assert!(text.contains("canteen_request_latency_seconds_bucket"), "{text}");
+    }
+}

@@ -1,0 +1,169 @@
+//! The desired state on disk: the apps applied to this agent, written atomically (a temporary
+//! file, fsync, rename, fsync of the directory) so a crash leaves the old or the new file, never
+//! half of one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use canteen_core::cluster_file::{FileError, RawClusterFile, build};
+use canteen_core::model::{AppSpec, SpecError};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AgentConfig;
+
+/// The state file's name inside the data directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// Why the state could not be read or written. A failed write leaves the previous file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file or its directory could not be read or written.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        error: std::io::Error,
+    },
+    /// The file exists but is not a state file; nothing was loaded.
+    #[error("{path}: not a canteen state file ({error}); move it away to start empty")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        error: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    apps: Vec<AppSpec>,
+}
+
+/// Reads the apps persisted in `data_dir`; none when there is no file yet.
+pub fn load(data_dir: &Path) -> Result<Vec<AppSpec>, StateError> {
+    let path = data_dir.join(STATE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(StateError::Io { path, error }),
+    };
+    let file: StateFile =
+        serde_json::from_str(&text).map_err(|e| StateError::Corrupt { path: path.clone(), error: e.to_string() })?;
+    Ok(file.apps)
+}
+
+/// Writes `apps` as the desired state in `data_dir`, atomically.
+pub fn save(data_dir: &Path, apps: &[AppSpec]) -> Result<(), StateError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |error| StateError::Io { path, error }
+    };
+    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let path = data_dir.join(STATE_FILE);
+    let tmp = data_dir.join(format!("{STATE_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(&StateFile { apps: apps.to_vec() }).expect("specs encode");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    if let Ok(dir) = std::fs::File::open(data_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Removes the state file (after `canteen up` removed everything it started).
+pub fn clear(data_dir: &Path) {
+    let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
+}
+
+/// The apps of a cluster file, for `apply` and `up`. The file's `[cluster]` and `[[node]]`
+/// tables may be left out (this agent is the node). Apps whose file gives no
+/// `[app.health] interval_ms` or `balance` take the agent's `health_interval_ms` and `balance`.
+pub fn apps_from_file(file: &str, text: &str, config: &AgentConfig) -> Result<Vec<AppSpec>, FileError> {
+    let mut raw: RawClusterFile = toml::from_str(text).map_err(|e| crate::config::toml_error(file, text, &e))?;
+    if raw.cluster.nodes == 0 && raw.node.is_empty() {
+        raw.cluster.nodes = 1;
+    }
+    let cluster = build(file, &raw.cluster, &raw.node, &raw.app)?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| crate::config::toml_error(file, text, &e))?;
+    let raw_apps = table.get("app").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+    let mut apps = cluster.apps;
+    for (i, spec) in apps.iter_mut().enumerate() {
+        let raw_app = raw_apps.iter().find(|a| a.get("name").and_then(|n| n.as_str()) == Some(spec.name.as_str()));
+        let given = |key: &str, sub: Option<&str>| {
+            raw_app.and_then(|a| a.get(key)).is_some_and(|v| sub.is_none_or(|s| v.get(s).is_some()))
+        };
+        if !given("health", Some("interval_ms")) {
+            spec.health.interval_ms = config.health_interval_ms;
+            if !given("health", Some("timeout_ms")) {
+                // The default timeout never outlasts a shorter default interval.
+                spec.health.timeout_ms = spec.health.timeout_ms.min(config.health_interval_ms);
+            }
+        }
+        if !given("balance", None) {
+            spec.balance = config.balance;
+        }
+        spec.validate().map_err(|e| match e {
+            SpecError::Invalid { field, problem } => {
+                let from_agent = if field.starts_with("health.") && !given("health", Some("interval_ms")) {
+                    format!(" (interval_ms is the agent's health_interval_ms, {} ms)", config.health_interval_ms)
+                } else {
+                    String::new()
+                };
+                FileError::new(file, format!("app[{i}].{field}"), format!("{problem}{from_agent}"))
+            }
+            other => FileError::new(file, format!("app[{i}]"), other.to_string()),
+        })?;
+    }
+    if apps.is_empty() {
+        return Err(FileError::new(file, "app", "the file has no [[app]] table: give at least one app to run"));
+    }
+    Ok(apps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEB: &str = "[[app]]\nname = \"web\"\nimage = \"canteen-demo:latest\"\nport = 8080\n";
+
+    #[test]
+    fn a_file_without_nodes_is_one_node_and_takes_the_agent_defaults() {
+        let config = AgentConfig { health_interval_ms: 250, ..AgentConfig::default() };
+        let apps = apps_from_file("web.toml", WEB, &config).unwrap();
+        assert_eq!(apps.len(), 1);
+        assert_eq!(apps[0].health.interval_ms, 250);
+        let text = format!("{WEB}[app.health]\ninterval_ms = 700\n");
+        assert_eq!(apps_from_file("web.toml", &text, &config).unwrap()[0].health.interval_ms, 700);
+    }
+
+    #[test]
+    fn a_timeout_longer_than_the_agents_interval_is_an_error_not_a_silent_change() {
+        let config = AgentConfig { health_interval_ms: 500, ..AgentConfig::default() };
+        let text = format!("{WEB}[app.health]\ntimeout_ms = 800\n");
+        let e = apps_from_file("web.toml", &text, &config).unwrap_err();
+        assert_eq!(e.key, "app[0].health.timeout_ms", "{e}");
+        assert!(e.to_string().contains("health_interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_app_names_the_file_and_the_key() {
+        let e = apps_from_file("web.toml", &WEB.replace("8080", "\"x\""), &AgentConfig::default()).unwrap_err();
+        assert!(e.to_string().starts_with("web.toml"), "{e}");
+        assert_eq!(e.key, "app.port", "{e}");
+        assert!(e.to_string().contains("u16"), "{e}");
+    }
+
+    #[test]
+    fn state_survives_a_save_and_load() {
+        let dir = std::env::temp_dir().join(format!("canteen-state-test-{}", std::process::id()));
+        let apps = apps_from_file("web.toml", WEB, &AgentConfig::default()).unwrap();
+        save(&dir, &apps).unwrap();
+        assert_eq!(load(&dir).unwrap(), apps);
+        clear(&dir);
+        assert!(load(&dir).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,518 @@
+//! The real `canteen` binary on the real Docker engine: nothing is mocked.
+//!
+//! Each test runs its own agent with its own node name (the label its containers carry), API
+//! port, host port range, app ports and data directory, and a guard removes its containers,
+//! volumes and files at the end, even when it fails. The workload is the project's own
+//! `canteen-demo:latest`, built first by `scripts/demo-image` (quick when already built).
+//!
+//! Without a reachable Docker engine each test prints a loud SKIP and passes, unless `CI=true`:
+//! then it fails.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const CANTEEN: &str = env!("CARGO_BIN_EXE_canteen");
+
+mod common;
+use common::docker_ready;
+
+/// One test's agent and everything it made; dropping it removes them.
+struct Env {
+    name: String,
+    dir: PathBuf,
+    api: SocketAddr,
+    config: PathBuf,
+    child: Option<Child>,
+    volumes: Vec<String>,
+}
+
+impl Env {
+    /// An environment numbered `n` (ports from 17000 + 100 n): API on +0, host ports +10..+59.
+    fn new(name: &str, n: u16, extra_config: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!("canteen-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = 17000 + 100 * n;
+        let api = SocketAddr::from(([127, 0, 0, 1], base));
+        let node = format!("it-{name}");
+        let config = dir.join("canteen.toml");
+        let text = format!(
+            "node_name = \"{node}\"\napi_addr = \"{api}\"\ndata_dir = \"{}\"\nhost_port_min = {}\nhost_port_max = {}\n{extra_config}",
+            dir.join("data").display(),
+            base + 10,
+            base + 59
+        );
+        std::fs::write(&config, text).unwrap();
+        let env = Env { name: node, dir, api, config, child: None, volumes: Vec::new() };
+        env.remove_containers();
+        env
+    }
+
+    fn start_agent(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
+        let child = Command::new(CANTEEN)
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let api = self.api;
+        self.wait("the API to answer", Duration::from_secs(20), || http(api, "GET", "/status", "").is_ok());
+    }
+
+    fn kill_agent(&mut self) {
+        let mut child = self.child.take().expect("an agent");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn apply(&self, text: &str) {
+        let path = self.file("apps.toml", text);
+        let out =
+            Command::new(CANTEEN).arg("apply").arg(&path).args(["--api", &self.api.to_string()]).output().unwrap();
+        assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn status(&self) -> Value {
+        let (code, body) = http(self.api, "GET", "/status", "").expect("status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The slots of `app`: (index, host port, health, restarts).
+    fn slots(&self, app: &str) -> Vec<(u64, u16, String, u64)> {
+        self.status()["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["app"] == app)
+            .map(|s| {
+                (
+                    s["slot"].as_u64().unwrap(),
+                    s["host_port"].as_u64().unwrap() as u16,
+                    s["health"].as_str().unwrap().to_owned(),
+                    s["restarts"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn healthy(&self, app: &str) -> usize {
+        self.slots(app).iter().filter(|s| s.2 == "healthy").count()
+    }
+
+    fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--no-trunc", "--filter", &format!("label=canteen.node={}", self.name)])
+            .output()
+            .unwrap();
+        let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        ids.sort();
+        ids
+    }
+
+    fn remove_containers(&self) {
+        for id in self.containers() {
+            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        }
+    }
+
+    fn wait(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            if start.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for {what}\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!("agent log (last lines):\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.remove_containers();
+        for v in &self.volumes {
+            let _ = Command::new("docker").args(["volume", "rm", "-f", v]).output();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    status.map(|s| (s, body)).ok_or_else(|| std::io::Error::other(format!("no status line in {response:?}")))
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn demo_app(name: &str, port: u16, replicas: u32, extra: &str) -> String {
+    format!(
+        "[[app]]\nname = \"{name}\"\nimage = \"canteen-demo:latest\"\nport = {port}\ncontainer_port = 8080\n\
+         replicas = {replicas}\ncpu_millis = 50\nmem_mb = 32\n{extra}\n\
+         [app.health]\npath = \"/health\"\ninterval_ms = 200\ntimeout_ms = 200\nfailures = 2\nstart_grace_ms = 1000\n"
+    )
+}
+
+#[test]
+fn round_robin_over_three_replicas_gives_each_a_third() {
+    if !docker_ready("round_robin_over_three_replicas_gives_each_a_third") {
+        return;
+    }
+    let mut env = Env::new("rr", 1, "");
+    env.start_agent();
+    env.apply(&demo_app("web", 17190, 3, ""));
+    env.wait("3 healthy replicas", Duration::from_secs(30), || env.healthy("web") == 3);
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..300 {
+        let (code, body) = http(local(17190), "GET", "/", "").unwrap();
+        assert_eq!(code, 200, "{body}");
+        *counts.entry(body.trim().to_owned()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (replica, n) in &counts {
+        assert!((99..=101).contains(n), "{replica} answered {n} of 300: {counts:?}");
+    }
+    // The agent's metrics saw them.
+    let (_, metrics) = http(env.api, "GET", "/metrics", "").unwrap();
+    assert!(metrics.contains("canteen_requests_total{app=\"web\"} 300"), "{metrics}");
+    assert!(metrics.contains("canteen_replicas{app=\"web\"} 3"), "{metrics}");
+}
+
+#[test]
+fn a_crashed_replica_is_replaced_on_its_port_and_no_request_fails() {
+    if !docker_ready("a_crashed_replica_is_replaced_on_its_port_and_no_request_fails") {
+        return;
+    }
+    let mut env = Env::new("crash", 2, "");
+    env.start_agent();
+    env.apply(&demo_app("web", 17290, 3, ""));
+    env.wait("3 healthy replicas", Duration::from_secs(30), || env.healthy("web") == 3);
+    let before = env.containers();
+    let (_, port, _, _) = env.slots("web")[0].clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let client = {
+        let (stop, ok, failed, failures) = (stop.clone(), ok.clone(), failed.clone(), failures.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match http(local(17290), "GET", "/", "") {
+                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        failures.lock().unwrap().push(format!("{other:?}"));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let (code, _) = http(local(port), "GET", "/crash", "").unwrap();
+    assert_eq!(code, 200);
+    env.wait("slot 0 restarted and healthy on its port", Duration::from_secs(30), || {
+        let s = &env.slots("web")[0];
+        s.1 == port && s.2 == "healthy" && s.3 >= 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let after = env.containers();
+    assert_eq!(after.len(), 3, "no duplicate, no leftover: {after:?}");
+    assert_ne!(before, after, "slot 0 runs a new container");
+    assert!(ok.load(Ordering::Relaxed) > 50, "the client kept going");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests: {:?}", failures.lock().unwrap());
+    // The replacement answers on the same host port.
+    assert_eq!(http(local(port), "GET", "/health", "").unwrap().0, 200);
+}
+
+#[test]
+fn load_above_the_target_adds_replicas_and_they_go_after_the_window() {
+    if !docker_ready("load_above_the_target_adds_replicas_and_they_go_after_the_window") {
+        return;
+    }
+    let mut env = Env::new("scale", 3, "scaling_interval_ms = 250\n");
+    env.start_agent();
+    let autoscale = "[app.autoscale]\nmin = 1\nmax = 3\ntarget_rps_per_replica = 10\ntolerance_percent = 10\n\
+                     window_ms = 2000\nscale_down_stabilization_ms = 3000\n";
+    env.apply(&demo_app("web", 17390, 1, autoscale));
+    env.wait("1 healthy replica", Duration::from_secs(30), || env.healthy("web") == 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // About 80 requests/s, bounded to 60 s.
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+                let _ = http(local(17390), "GET", "/", "");
+                std::thread::sleep(Duration::from_millis(12));
+            }
+        })
+    };
+    env.wait("3 healthy replicas under load", Duration::from_secs(30), || env.healthy("web") == 3);
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let stopped = Instant::now();
+    env.wait("back to 1 replica after the load stopped", Duration::from_secs(30), || env.slots("web").len() == 1);
+    // Not before the stabilization window (3 s) has passed since the load stopped.
+    assert!(stopped.elapsed() >= Duration::from_secs(2), "scaled down after {:?}", stopped.elapsed());
+    env.wait("1 container left", Duration::from_secs(10), || env.containers().len() == 1);
+    let (_, metrics) = http(env.api, "GET", "/metrics", "").unwrap();
+    assert!(metrics.contains("canteen_scale_events_total{app=\"web\"}"), "{metrics}");
+}
+
+#[test]
+fn a_file_written_through_one_replica_is_read_through_another() {
+    if !docker_ready("a_file_written_through_one_replica_is_read_through_another") {
+        return;
+    }
+    let mut env = Env::new("volume", 4, "");
+    let volume = format!("canteen-it-volume-{}", std::process::id());
+    env.volumes.push(volume.clone());
+    env.start_agent();
+    env.apply(&demo_app("web", 17490, 2, &format!("[app.volume]\nname = \"{volume}\"\npath = \"/data\"\n")));
+    env.wait("2 healthy replicas", Duration::from_secs(30), || env.healthy("web") == 2);
+    let slots = env.slots("web");
+    let (code, body) = http(local(slots[0].1), "POST", "/data", "written by web-0").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http(local(slots[1].1), "GET", "/data", "").unwrap();
+    assert_eq!((code, body.as_str()), (200, "written by web-0"));
+}
+
+#[test]
+fn a_killed_agent_adopts_its_containers_on_restart() {
+    if !docker_ready("a_killed_agent_adopts_its_containers_on_restart") {
+        return;
+    }
+    let mut env = Env::new("adopt", 5, "");
+    env.start_agent();
+    env.apply(&demo_app("web", 17590, 2, ""));
+    env.wait("2 healthy replicas", Duration::from_secs(30), || env.healthy("web") == 2);
+    let before = env.containers();
+    assert_eq!(before.len(), 2);
+    env.kill_agent();
+    env.start_agent();
+    env.wait("2 healthy replicas after the restart", Duration::from_secs(30), || env.healthy("web") == 2);
+    // Give a wrong reconcile time to show itself.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(env.containers(), before, "the same containers: no duplicate, no orphan");
+    assert_eq!(http(local(17590), "GET", "/", "").unwrap().0, 200);
+}
+
+#[test]
+fn an_image_that_cannot_be_pulled_fails_its_app_only() {
+    if !docker_ready("an_image_that_cannot_be_pulled_fails_its_app_only") {
+        return;
+    }
+    let mut env = Env::new("pull", 6, "");
+    env.start_agent();
+    let ghost = "[[app]]\nname = \"ghost\"\nimage = \"canteen-no-such-image:never\"\nport = 17691\n";
+    env.apply(&format!("{}\n{ghost}", demo_app("web", 17690, 1, "")));
+    env.wait("web healthy", Duration::from_secs(30), || env.healthy("web") == 1);
+    env.wait("the pull error on ghost", Duration::from_secs(30), || {
+        env.status()["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "ghost" && a["error"].as_str().is_some_and(|e| e.contains("pulling it failed")))
+    });
+    assert_eq!(http(local(17690), "GET", "/", "").unwrap().0, 200);
+    let out = Command::new(CANTEEN).args(["status", "--api", &env.api.to_string()]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("app ghost: image \"canteen-no-such-image:never\""), "{table}");
+}
+
+#[test]
+fn a_container_killed_behind_the_agents_back_is_noticed_and_started_again() {
+    if !docker_ready("a_container_killed_behind_the_agents_back_is_noticed_and_started_again") {
+        return;
+    }
+    let mut env = Env::new("exit", 7, "");
+    env.start_agent();
+    // Probes every 10 s: only the event stream can notice the exit within the wait below.
+    env.apply(&demo_app("web", 17790, 1, "").replace("interval_ms = 200", "interval_ms = 10000"));
+    env.wait("1 healthy replica", Duration::from_secs(30), || env.healthy("web") == 1);
+    let before = env.containers();
+    let port = env.slots("web")[0].1;
+    let out = Command::new("docker").args(["kill", &before[0]]).output().unwrap();
+    assert!(out.status.success());
+    env.wait("the slot restarted in a new container on its port", Duration::from_secs(8), || {
+        let s = &env.slots("web")[0];
+        let now = env.containers();
+        s.1 == port && s.3 >= 1 && now.len() == 1 && now != before
+    });
+    env.wait("the new container serving on the same port", Duration::from_secs(5), || {
+        http(local(port), "GET", "/health", "").is_ok_and(|(code, _)| code == 200)
+    });
+}
+
+#[test]
+fn up_runs_the_apps_and_ctrl_c_removes_what_it_started() {
+    if !docker_ready("up_runs_the_apps_and_ctrl_c_removes_what_it_started") {
+        return;
+    }
+    let mut env = Env::new("up", 8, "");
+    let file = env.file("web.toml", &demo_app("web", 17890, 2, ""));
+    let log = std::fs::File::create(env.dir.join("agent.log")).unwrap();
+    let child =
+        Command::new(CANTEEN).arg("up").arg(&file).arg("--config").arg(&env.config).stderr(log).spawn().unwrap();
+    let pid = child.id();
+    env.child = Some(child);
+    env.wait("2 healthy replicas", Duration::from_secs(30), || {
+        http(env.api, "GET", "/status", "").is_ok() && env.healthy("web") == 2
+    });
+    let (code, body) = http(local(17890), "GET", "/", "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(env.containers().len(), 2);
+    let out = Command::new("kill").args(["-INT", &pid.to_string()]).output().unwrap();
+    assert!(out.status.success());
+    let status = env.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "canteen up exited with {status}\n{}", env.log_tail());
+    assert!(env.containers().is_empty(), "left behind: {:?}", env.containers());
+    assert!(!env.dir.join("data/state.json").exists(), "the desired state is cleared");
+}
+
+#[test]
+fn replicas_removed_by_a_scale_down_are_drained_first() {
+    if !docker_ready("replicas_removed_by_a_scale_down_are_drained_first") {
+        return;
+    }
+    let mut env = Env::new("drain", 9, "drain_ms = 1000\n");
+    env.start_agent();
+    env.apply(&demo_app("web", 17990, 3, ""));
+    env.wait("3 healthy replicas", Duration::from_secs(30), || env.healthy("web") == 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(Vec::new())));
+    // Four clients with slow POSTs (300 ms; not idempotent, so never retried after being sent):
+    // some are in flight on the replicas removed, and only draining lets them finish.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match http(local(17990), "POST", "/slow?ms=300", "x") {
+                        Ok((200, _)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let out = Command::new(CANTEEN).args(["scale", "web", "1", "--api", &env.api.to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.wait("1 container left", Duration::from_secs(20), || env.containers().len() == 1);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(ok.load(Ordering::Relaxed) >= 8, "the clients kept going");
+    assert!(failures.lock().unwrap().is_empty(), "failed requests: {:?}", failures.lock().unwrap());
+    assert_eq!(env.slots("web").len(), 1);
+}
+
+fn canteen(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(CANTEEN);
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_files_exit_2_naming_file_key_and_what_is_allowed() {
+    let dir = std::env::temp_dir().join(format!("canteen-it-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster = dir.join("bad-cluster.toml");
+    std::fs::write(&cluster, "[[app]]\nname = \"web\"\nimage = \"x\"\nport = 8080\nbalance = \"fastest\"\n").unwrap();
+    for cmd in ["apply", "up"] {
+        let (code, err) =
+            canteen(&[cmd, cluster.to_str().unwrap(), "--api", "127.0.0.1:1"][..if cmd == "up" { 2 } else { 4 }], &[]);
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(err.contains("bad-cluster.toml"), "{err}");
+        assert!(err.contains("app.balance"), "{err}");
+        assert!(err.contains("round-robin"), "{err}");
+    }
+    let config = dir.join("bad-config.toml");
+    std::fs::write(&config, "host_port_min = 9000\nhost_port_max = 8000\n").unwrap();
+    let (code, err) = canteen(&["agent", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad-config.toml") && err.contains("host_port_min") && err.contains("between"), "{err}");
+    std::fs::write(&config, "policy = \"best\"\n").unwrap();
+    let (code, err) = canteen(&["agent", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("policy") && err.contains("binpack"), "{err}");
+    let (code, err) = canteen(&["agent", "--join", "10.0.0.2:7946"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cluster protocol"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn docker_unreachable_is_a_clear_message_and_exit_1() {
+    let dir = std::env::temp_dir().join(format!("canteen-it-nodocker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("canteen.toml");
+    std::fs::write(&config, format!("api_addr = \"127.0.0.1:17099\"\ndata_dir = \"{}\"\n", dir.display())).unwrap();
+    let (code, err) = canteen(
+        &["agent", "--config", config.to_str().unwrap()],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach the Docker engine"), "{err}");
+    let (code, err) = canteen(&["status", "--api", "127.0.0.1:1"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach the agent"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,115 @@
+//! The Docker driver alone, on the real engine: what a started container carries (labels,
+//! port bound on 127.0.0.1, CPU and memory limits, the volume, the environment), listing by
+//! label, the exit stream, removal.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use canteen_core::model::{AppSpec, NodeId, Resources, SlotId, Volume};
+use canteen_docker::docker::Docker;
+use serde_json::Value;
+
+mod common;
+use common::docker_ready;
+
+fn inspect(id: &str) -> Value {
+    let out = Command::new("docker").args(["inspect", id]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
+}
+
+/// Removes the node's containers and the volume, even when the test fails.
+struct Cleanup {
+    node: &'static str,
+    volume: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=canteen.node={}", self.node)])
+            .output()
+            .unwrap();
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        let _ = Command::new("docker").args(["volume", "rm", "-f", &self.volume]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_is_seen() {
+    if !docker_ready("a_started_container_carries_labels_limits_port_and_volume_and_its_exit_is_seen") {
+        return;
+    }
+    let volume = format!("canteen-it-driver-{}", std::process::id());
+    let _cleanup = Cleanup { node: "it-driver", volume: volume.clone() };
+    let docker = Docker::connect(NodeId::new("it-driver")).await.expect("docker");
+    let mut app = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(250, 64));
+    app.container_port = 8080;
+    app.volume = Some(Volume { name: volume.clone(), mount_path: "/data".into() });
+    app.env = BTreeMap::from([("MODE".to_owned(), "test".to_owned())]);
+    let slot = SlotId::new("web", 3);
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let id = docker.start(&slot, &app, ip, 17951).await.expect("start");
+
+    let c = inspect(&id);
+    let labels = &c["Config"]["Labels"];
+    assert_eq!(labels["canteen.app"], "web");
+    assert_eq!(labels["canteen.slot"], "3");
+    assert_eq!(labels["canteen.node"], "it-driver");
+    assert_eq!(labels["canteen.host_port"], "17951");
+    let binding = &c["HostConfig"]["PortBindings"]["8080/tcp"][0];
+    assert_eq!(binding["HostIp"], "127.0.0.1");
+    assert_eq!(binding["HostPort"], "17951");
+    assert_eq!(c["HostConfig"]["NanoCpus"], 250_000_000);
+    assert_eq!(c["HostConfig"]["Memory"], 64 * 1024 * 1024);
+    assert_eq!(c["Mounts"][0]["Name"], volume.as_str());
+    assert_eq!(c["Mounts"][0]["Destination"], "/data");
+    let env: Vec<&str> = c["Config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for expected in ["CANTEEN_SLOT=web-3", "PORT=8080", "MODE=test", "CANTEEN_DATA_DIR=/data"] {
+        assert!(env.contains(&expected), "{expected} missing from {env:?}");
+    }
+    assert_eq!(c["Name"], "/canteen-it-driver-web-3");
+
+    let own = docker.list_own().await.unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!((own[0].slot.clone(), own[0].host_port, own[0].running), (slot.clone(), 17951, true));
+
+    // Starting the slot again replaces the leftover of the same name.
+    let again = docker.start(&slot, &app, ip, 17951).await.expect("second start");
+    assert_ne!(again, id);
+    assert_eq!(docker.list_own().await.unwrap().len(), 1);
+
+    // Its death comes through the event stream.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(docker.clone().watch_exits(tx));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(Command::new("docker").args(["kill", &again]).output().unwrap().status.success());
+    // (The stream starts from the current second, so the first container's death may come first.)
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while rx.recv().await.expect("the stream is open") != again {}
+    })
+    .await
+    .expect("its exit within 10 s");
+    assert!(!docker.list_own().await.unwrap()[0].running);
+
+    docker.remove(&again).await.unwrap();
+    docker.remove(&again).await.expect("removing a removed container is fine");
+    assert!(docker.list_own().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_that_cannot_be_pulled_is_a_pull_error_and_nothing_is_created() {
+    if !docker_ready("a_missing_image_that_cannot_be_pulled_is_a_pull_error_and_nothing_is_created") {
+        return;
+    }
+    let docker = Docker::connect(NodeId::new("it-driver-pull")).await.expect("docker");
+    let app = AppSpec::new("ghost", "canteen-no-such-image:never", 1, Resources::new(100, 64));
+    let e = docker.start(&SlotId::new("ghost", 0), &app, "127.0.0.1".parse().unwrap(), 17952).await.unwrap_err();
+    assert!(e.to_string().contains("canteen-no-such-image:never"), "{e}");
+    assert!(e.to_string().contains("pulling it failed"), "{e}");
+    assert!(docker.list_own().await.unwrap().is_empty());
+}
