@@ -446,7 +446,7 @@ impl Driver {
             .registry()
             .iter()
             .filter_map(|(key, entry)| match (key, &entry.value) {
-                (Key::App(_), Some(canteen_core::node::Value::App(spec))) => Some(spec.clone()),
+                (Key::App(_), Some(canteen_core::node::Value::App(spec))) => Some((**spec).clone()),
                 _ => None,
             })
             .collect()
