@@ -1249,8 +1249,15 @@ impl Node {
         self.schedule(first, Timer::Probe { slot: slot.clone(), generation });
     }
 
+    /// The lowest port of the range that no local slot holds and no app publishes: every
+    /// node's balancer listens on every app's published port, so a container bound there
+    /// would fail to start.
     fn free_host_port(&self) -> Option<u16> {
-        let used: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
+        let mut used: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
+        used.extend(self.registry.apps().filter_map(|(_, v)| match v {
+            Value::App(spec) => Some(spec.port),
+            _ => None,
+        }));
         (self.config.host_port_min..=self.config.host_port_max).find(|p| !used.contains(p))
     }
 
@@ -1785,6 +1792,24 @@ mod tests {
         pump(&mut nodes, 3, 1_000, |_| false);
         let key = Key::App(AppName::new("web"));
         assert_eq!(nodes[1].registry().entry(&key), nodes[0].registry().entry(&key));
+    }
+
+    #[test]
+    fn host_ports_skip_the_ports_apps_publish() {
+        let mut config = NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(4000, 4096));
+        (config.host_port_min, config.host_port_max) = (8000, 8003);
+        let mut node = Node::new(Time::ZERO, config);
+        while node.poll_action().is_some() {}
+        node.handle_membership(Time::from_millis(1), []);
+        while node.poll_action().is_some() {}
+        let mut web = AppSpec::new("web", "canteen-demo:latest", 3, Resources::new(100, 64));
+        web.port = 8001;
+        node.handle_command(Time::from_millis(2), Command::Apply(Box::new(web))).unwrap();
+        while node.poll_action().is_some() {}
+        node.handle_timeout(Time::from_millis(100));
+        while node.poll_action().is_some() {}
+        let ports: Vec<u16> = node.local_slots().iter().map(|(_, port, _)| *port).collect();
+        assert_eq!(ports, [8000, 8002, 8003], "8001 is where the web balancer listens");
     }
 
     #[test]
