@@ -483,6 +483,8 @@ pub struct Node {
     /// Entries being pushed to peers: rounds left, and the entry encoded once, when it became
     /// news (a newer version replaces it).
     rumors: BTreeMap<Key, Rumor>,
+    /// Whether a `Gossip` timer is pending: only while there is news to push.
+    gossip_armed: bool,
     /// Entries merged from peers since the last gossip round, as they arrived, by key hash:
     /// a rumor passed on is sent as it was received instead of being encoded again.
     received: BTreeMap<u64, (Head, Vec<u8>)>,
@@ -538,6 +540,7 @@ impl Node {
             actions: VecDeque::new(),
             rng,
             rumors: BTreeMap::new(),
+            gossip_armed: true,
             received: BTreeMap::new(),
             reconcile_pending: false,
             backends: BTreeMap::new(),
@@ -885,7 +888,12 @@ impl Node {
         match timer {
             Timer::Gossip => {
                 self.gossip();
-                self.schedule(now + Duration::from_millis(self.config.gossip_interval_ms), Timer::Gossip);
+                // Rounds go on while there is news; a quiet node sleeps until its registry
+                // changes (`key_changed` wakes it).
+                self.gossip_armed = !self.rumors.is_empty() || self.registry.has_recent();
+                if self.gossip_armed {
+                    self.schedule(now + Duration::from_millis(self.config.gossip_interval_ms), Timer::Gossip);
+                }
             }
             Timer::AntiEntropy => {
                 if let Some(peer) = self.random_peers(1).pop() {
@@ -1301,8 +1309,13 @@ impl Node {
         self.update_backends();
     }
 
-    /// Keeps the views derived from the registry in step after a write to `key`.
+    /// Keeps the views derived from the registry in step after a write to `key`, and makes sure
+    /// a gossip round will carry the news.
     fn key_changed(&mut self, key: &Key) {
+        if !self.gossip_armed {
+            self.gossip_armed = true;
+            self.schedule(self.now + Duration::from_millis(1), Timer::Gossip);
+        }
         match key {
             Key::App(app) => {
                 self.facts_generation += 1;
@@ -1602,7 +1615,7 @@ impl Node {
                 let to = decision.to;
                 self.actions.push_back(Action::Event(Event::Scaled { app: name.clone(), decision }));
                 self.registry.put(now, Key::Scale(name.clone()), Value::Scale(to)).expect("a count fits the registry");
-                self.facts_generation += 1;
+                self.key_changed(&Key::Scale(name.clone()));
                 self.request_reconcile(now);
             }
         }

@@ -677,11 +677,19 @@ impl<V: Clone> Registry<V> {
         before - self.entries.len()
     }
 
+    /// Whether a key changed since the last [`Registry::take_recent`].
+    pub fn has_recent(&self) -> bool {
+        !self.recent.is_empty()
+    }
+
     /// Drains the keys changed (put, removed, or merged and stored) since the last call, each
     /// once, in the order each first changed, leaving out keys collected since. At most
     /// [`limits::REGISTRY_RECENT_MAX`]: when more changed, the oldest were dropped, and
     /// anti-entropy spreads those instead.
     pub fn take_recent(&mut self) -> Vec<Key> {
+        if self.recent.is_empty() {
+            return Vec::new();
+        }
         self.recent_set.clear();
         let entries = &self.entries;
         let keys = self.recent.drain(..).filter(|k| entries.contains_key(k)).collect();

@@ -91,7 +91,7 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
     let mut later_seq = 0u64;
     let mut membership_seen = 0u64;
     let mut next_traffic_ms = now_ms(start) + 1000;
-    let mut next_digest_ms = now_ms(start) + 500;
+    let mut published_root: Option<u64> = None;
     loop {
         // 1. Carry out every action, so the node's queue is empty before the next input.
         // The simulated clock does not move while actions are carried out: read it once.
@@ -204,21 +204,30 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
                 assert!(node.poll_action().is_none(), "a traffic sample causes no action at once");
             }
         }
-        if now >= next_digest_ms {
-            next_digest_ms = now + 500;
-            lock(&world).nodes[index].digest = Some(node.registry().root_hash());
+        // The checkers compare registries by their root hashes, kept current after every input.
+        let root = node.registry().root_hash();
+        if published_root != Some(root) {
+            published_root = Some(root);
+            lock(&world).nodes[index].digest = Some(root);
         }
         if node.poll_timeout().is_some_and(|t| t.as_millis() <= now) {
             node.handle_timeout(Time::from_millis(now));
             continue;
         }
-        // 3. Sleep until the next timer or the next input.
-        let mut deadline = next_traffic_ms.min(next_digest_ms);
-        if let Some(t) = node.poll_timeout() {
-            deadline = deadline.min(t.as_millis());
-        }
+        // 3. Sleep until the next timer or the next input. Traffic counts wait for the next
+        // wake-up after they are due: the node's own load report timer is one every second.
+        let mut deadline = node.poll_timeout().map_or(now + 1000, |t| t.as_millis());
         if let Some(Reverse((at, _, _))) = later.peek() {
             deadline = deadline.min(*at);
+        }
+        // An input already waiting is taken at once, without arming a timer for it.
+        match rx.try_recv() {
+            Ok(input) => {
+                feed(&mut node, now, input);
+                continue;
+            }
+            Err(async_channel::TryRecvError::Closed) => return,
+            Err(async_channel::TryRecvError::Empty) => {}
         }
         let wait = Duration::from_millis(deadline.saturating_sub(now));
         match madsim::time::timeout(wait, rx.recv()).await {
