@@ -36,7 +36,8 @@ use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resou
 use crate::registry::{Digest, Entry, Head, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
 use crate::schedule::{
-    ContainerState, Observed, ObservedContainer, Policy, Unplaceable, place_owned, rendezvous_owner_hashed, stable_hash,
+    ContainerState, Observed, ObservedContainer, Policy, Unplaceable, mix, place_owned, rendezvous_owner_hashed,
+    stable_hash,
 };
 use crate::time::Time;
 
@@ -402,6 +403,17 @@ pub enum Message<'a> {
     },
 }
 
+/// A hash of a backend list, in order: equal lists have equal fingerprints, and two different
+/// lists share one with odds of 1 in 2^64.
+fn backends_fingerprint(backends: &[Backend]) -> u64 {
+    backends.iter().fold(backends.len() as u64, |acc, b| {
+        let name = stable_hash(b.node.as_str().as_bytes()) ^ stable_hash(b.addr.as_bytes()).rotate_left(17);
+        let slot =
+            stable_hash(b.slot.app.as_str().as_bytes()) ^ (u64::from(b.slot.index) << 16 | u64::from(b.host_port));
+        mix(acc ^ mix(name ^ slot.rotate_left(31)))
+    })
+}
+
 /// Encodes entries for the wire: each body once, then the message around them.
 fn encode_with_entries(
     entries: &[(Key, Entry<Value>)],
@@ -489,7 +501,10 @@ pub struct Node {
     /// a rumor passed on is sent as it was received instead of being encoded again.
     received: BTreeMap<u64, (Head, Vec<u8>)>,
     reconcile_pending: bool,
-    backends: BTreeMap<AppName, (u16, PickerKind, Vec<Backend>)>,
+    /// What each balancer was last sent: its port, picker and a fingerprint of its backend list
+    /// (`backends_fingerprint`), so an unchanged list is not sent again. A fingerprint, not a
+    /// copy: a thousand-node cluster's lists would be held twice over on every node otherwise.
+    backends: BTreeMap<AppName, (u16, PickerKind, u64)>,
     /// Derived from the registry and membership: the healthy replicas on this node and on the
     /// peers believed alive, by app. What each balancer gets.
     healthy: BTreeMap<AppName, BTreeSet<Backend>>,
@@ -972,7 +987,7 @@ impl Node {
                 continue;
             }
             let (key, entry) = match postcard::from_bytes::<(Key, Entry<Value>)>(wire.body) {
-                Ok(decoded) if Head::of(&decoded.0, &decoded.1.version) == wire.head => decoded,
+                Ok(decoded) if Head::of(&decoded.0, &decoded.1.version) == wire.head => self.share_names(decoded),
                 Ok(_) => {
                     let error = "an entry does not match its head".to_owned();
                     self.actions.push_back(Action::Event(Event::BadMessage { from: from.clone(), error }));
@@ -1004,6 +1019,33 @@ impl Node {
             self.update_backends();
             self.request_reconcile(now);
         }
+    }
+
+    /// Points the names in a decoded entry at the copies this node holds already (its members'
+    /// names, its apps' names) instead of fresh ones: every node holds every node's status, so
+    /// a name decoded anew for each would be held a thousand times over in a large cluster.
+    fn share_names(&self, (key, mut entry): (Key, Entry<Value>)) -> (Key, Entry<Value>) {
+        let key = match key {
+            Key::Status(node) => {
+                let node = self.members.get(&node).cloned().unwrap_or(node);
+                if entry.version.writer == node {
+                    entry.version.writer = node.clone();
+                }
+                if let Some(Value::Status(status)) = &mut entry.value {
+                    if status.spec.id == node {
+                        status.spec.id = node.clone();
+                    }
+                    for c in &mut status.containers {
+                        if let Some((app, _)) = self.backends.get_key_value(&c.slot.app) {
+                            c.slot.app = app.clone();
+                        }
+                    }
+                }
+                Key::Status(node)
+            }
+            other => other,
+        };
+        (key, entry)
     }
 
     /// Anti-entropy: sends the entries with these key hashes and asks for those in `want`.
@@ -1469,10 +1511,10 @@ impl Node {
             };
             let (port, picker) = (spec.port, spec.balance);
             let backends: Vec<Backend> = self.healthy.get(&app).into_iter().flatten().cloned().collect();
-            let same =
-                self.backends.get(&app).is_some_and(|(p, k, list)| *p == port && *k == picker && *list == backends);
+            let fingerprint = backends_fingerprint(&backends);
+            let same = self.backends.get(&app).is_some_and(|&(p, k, f)| (p, k, f) == (port, picker, fingerprint));
             if !same {
-                self.backends.insert(app.clone(), (port, picker, backends.clone()));
+                self.backends.insert(app.clone(), (port, picker, fingerprint));
                 self.actions.push_back(Action::SetBackends { app, port, picker, backends });
             }
         }
@@ -1640,7 +1682,7 @@ impl Node {
             "each local slot has its own host port"
         );
         if cfg!(debug_assertions) {
-            for (_, _, backends) in self.backends.values() {
+            for backends in self.healthy.values() {
                 // A node declared down is never a backend.
                 debug_assert!(backends.iter().all(|b| b.node == self.config.id || self.members.contains(&b.node)));
             }
