@@ -44,8 +44,11 @@ const EJECTION_MS: u64 = 5000;
 const CONNECT_TIMEOUT_MS: u64 = 1000;
 /// Idle pooled connections to backends are closed after this.
 const POOL_IDLE_MS: u64 = 30_000;
-/// Idle connections kept per backend; more are closed when they finish.
-const POOL_IDLE_PER_BACKEND_MAX: usize = 16;
+/// Idle connections kept per backend; more are closed when they finish. Under load a finished
+/// connection is taken again at once, so the idle set stays small; what this bounds is the
+/// pool left behind a burst, which with 16 a backend over 30 replicas was a quarter of the
+/// agent's memory (`scripts/bench-docker`: 21 to 23 MiB peak, 16 to 18 with 4).
+const POOL_IDLE_PER_BACKEND_MAX: usize = 4;
 /// Read buffer of one connection, either side: enough for any sane request head, and it keeps
 /// the agent's memory flat under many connections (bodies stream through in chunks).
 const CONNECTION_BUFFER_BYTES_MAX: usize = 16 * 1024;
