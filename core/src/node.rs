@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::autoscale::{Autoscaler, ScaleDecision};
 use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
 use crate::limits;
+use crate::membership::{MembershipMode, Swim, SwimConfig, SwimTimer};
 use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resources, SlotId, validate_apps};
 use crate::registry::{Digest, Entry, Head, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
@@ -88,6 +89,17 @@ pub struct NodeConfig {
     pub claim_settle_ms: u64,
     /// Seeds this node's randomness (peer choice, balancer start positions).
     pub seed: u64,
+    /// How this node learns which peers are alive.
+    pub membership: MembershipMode,
+    /// SWIM settings, used in [`MembershipMode::Swim`]: see [`SwimConfig`] for the preset and
+    /// its detection time.
+    pub swim: SwimConfig,
+    /// The peers to join through at start in [`MembershipMode::Swim`] (this node may be among
+    /// them; it is left out). More peers can be given later through [`Node::handle_join`].
+    pub seeds: Vec<NodeId>,
+    /// This life of the node, for SWIM: higher after every restart, so peers that declared the
+    /// previous life down take the node back. The real agent may use its start time.
+    pub generation: u64,
 }
 
 impl NodeConfig {
@@ -113,6 +125,10 @@ impl NodeConfig {
             drain_ms: 1000,
             claim_settle_ms: 400,
             seed: 0,
+            membership: MembershipMode::default(),
+            swim: SwimConfig::default(),
+            seeds: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -401,6 +417,8 @@ pub enum Message<'a> {
         /// How many.
         requests: u64,
     },
+    /// A SWIM packet, foca's own encoding ([`crate::membership`]).
+    Swim(#[serde(borrow, serialize_with = "serialize_bytes")] &'a [u8]),
 }
 
 /// A hash of a backend list, in order: equal lists have equal fingerprints, and two different
@@ -435,10 +453,26 @@ enum Timer {
     Reconcile,
     LoadReport,
     Autoscale,
-    Probe { slot: SlotId, generation: u64 },
-    Restart { slot: SlotId, generation: u64 },
-    Claim { slot: SlotId, generation: u64 },
-    ForgetFailure { slot: SlotId, generation: u64 },
+    Probe {
+        slot: SlotId,
+        generation: u64,
+    },
+    Restart {
+        slot: SlotId,
+        generation: u64,
+    },
+    Claim {
+        slot: SlotId,
+        generation: u64,
+    },
+    ForgetFailure {
+        slot: SlotId,
+        generation: u64,
+    },
+    /// One of foca's timers; foca ignores a stale one itself.
+    Swim(SwimTimer),
+    /// Announce again to the seeds if no peer is known yet.
+    SwimJoin,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -534,6 +568,8 @@ pub struct Node {
     unschedulable: Vec<(SlotId, Unplaceable)>,
     load_pending: BTreeMap<AppName, u64>,
     autoscalers: BTreeMap<AppName, Autoscaler>,
+    /// SWIM membership, in [`MembershipMode::Swim`] only.
+    swim: Option<Swim>,
     now: Time,
 }
 
@@ -572,6 +608,7 @@ impl Node {
             unschedulable: Vec::new(),
             load_pending: BTreeMap::new(),
             autoscalers: BTreeMap::new(),
+            swim: None,
             now,
             config,
         };
@@ -588,6 +625,18 @@ impl Node {
         }
         node.publish_status(now);
         node.request_reconcile(now);
+        if node.config.membership == MembershipMode::Swim {
+            let seed = node.rng.next_u64();
+            let config = &node.config;
+            node.swim = Some(Swim::new(config.id.clone(), config.generation, &config.swim, seed));
+            let seeds = node.config.seeds.clone();
+            node.swim_call(now, |swim| {
+                swim.announce(&seeds);
+                Ok(())
+            });
+            let join_at = now + Duration::from_millis(node.config.swim.probe_period_ms);
+            node.schedule(join_at, Timer::SwimJoin);
+        }
         node
     }
 
@@ -698,8 +747,52 @@ impl Node {
                 }
             }
             Message::Load { app, requests } => self.record_load(now, &app, requests),
+            Message::Swim(packet) => {
+                if self.swim.is_some() {
+                    self.swim_call(now, |swim| swim.handle_data(packet));
+                }
+            }
         }
         self.check_invariants();
+    }
+
+    /// Joins the cluster through `peers` ([`MembershipMode::Swim`] only): announces this node
+    /// to them, and to them again while it knows no peer.
+    pub fn handle_join(&mut self, now: Time, peers: Vec<NodeId>) {
+        self.begin_input(now);
+        let now = self.now;
+        assert!(self.swim.is_some(), "handle_join is for MembershipMode::Swim");
+        self.swim_call(now, |swim| {
+            swim.announce(&peers);
+            Ok(())
+        });
+        self.check_invariants();
+    }
+
+    /// Runs one call into foca, then drains what it queued (packets to `Action::Send`, timers
+    /// into this node's heap) and takes the members from foca's own list, the truth.
+    fn swim_call(&mut self, now: Time, call: impl FnOnce(&mut Swim) -> Result<(), crate::membership::SwimError>) {
+        let swim = self.swim.as_mut().expect("swim mode");
+        let result = call(swim);
+        while let Some((to, packet)) = swim.poll_send() {
+            let bytes = postcard::to_allocvec(&Message::Swim(&packet)).expect("messages encode");
+            self.actions.push_back(Action::Send { to, bytes });
+        }
+        let mut timers = Vec::new();
+        while let Some((after, timer)) = swim.poll_timer() {
+            timers.push((after, timer));
+        }
+        swim.clear_notifications();
+        assert!(swim.is_drained(), "foca's runtime is drained after every call");
+        let alive = swim.alive();
+        for (after, timer) in timers {
+            self.schedule(now + after, Timer::Swim(timer));
+        }
+        if let Err(e) = result {
+            let from = self.config.id.clone();
+            self.actions.push_back(Action::Event(Event::BadMessage { from, error: e.to_string() }));
+        }
+        self.set_members(now, alive);
     }
 
     /// The perfect failure detector, a simulator crutch until SWIM lands: the driver says which
@@ -707,7 +800,19 @@ impl Node {
     pub fn handle_membership(&mut self, now: Time, alive: impl IntoIterator<Item = NodeId>) {
         self.begin_input(now);
         let now = self.now;
+        assert!(
+            self.config.membership == MembershipMode::PerfectFailureDetector,
+            "handle_membership is the perfect failure detector's input; SWIM learns members itself"
+        );
         let alive: BTreeSet<NodeId> = alive.into_iter().filter(|n| *n != self.config.id).collect();
+        self.set_members(now, alive);
+        self.check_invariants();
+    }
+
+    /// The peers believed alive are now `alive` (this node excluded): a peer that left leaves
+    /// every balancer and placement at once, one that joined enters them.
+    fn set_members(&mut self, now: Time, alive: BTreeSet<NodeId>) {
+        debug_assert!(!alive.contains(&self.config.id));
         if alive != self.members {
             let joined: Vec<NodeId> = alive.difference(&self.members).cloned().collect();
             let left: Vec<NodeId> = self.members.difference(&alive).cloned().collect();
@@ -731,7 +836,6 @@ impl Node {
             self.update_backends();
             self.request_reconcile(now);
         }
-        self.check_invariants();
     }
 
     /// The container runtime reports on a container.
@@ -965,6 +1069,15 @@ impl Node {
                     self.local.remove(&slot);
                     self.publish_status(now);
                 }
+            }
+            Timer::Swim(timer) => self.swim_call(now, |swim| swim.handle_timer(timer)),
+            Timer::SwimJoin => {
+                self.swim_call(now, |swim| {
+                    swim.announce_if_alone();
+                    Ok(())
+                });
+                let interval_ms = self.config.swim.probe_period_ms.max(1);
+                self.schedule(now + Duration::from_millis(interval_ms), Timer::SwimJoin);
             }
         }
     }
@@ -1782,7 +1895,7 @@ mod tests {
 
     /// Runs two nodes that believe each other alive until `until_ms`, delivering their
     /// messages 1 ms after they are sent, except those `drop` rejects.
-    fn pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
+    pub(super) fn pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
         let ids = [nodes[0].id().clone(), nodes[1].id().clone()];
         let mut in_flight: VecDeque<(u64, usize, Vec<u8>)> = VecDeque::new();
         let drain = |node: &mut Node, from: usize, now: u64, in_flight: &mut VecDeque<(u64, usize, Vec<u8>)>| {
@@ -1874,5 +1987,47 @@ mod tests {
         node.handle_message(Time::from_millis(1), &NodeId::new("b"), &[0xff, 0xff, 0xff]);
         assert!(matches!(node.poll_action(), Some(Action::Event(Event::BadMessage { .. }))));
         assert_eq!(node.poll_action(), None);
+    }
+}
+
+#[cfg(test)]
+mod swim_tests {
+    use super::*;
+
+    fn swim_nodes() -> [Node; 2] {
+        ["a", "b"].map(|id| {
+            let mut config = NodeConfig::new(NodeId::new(id), "10.0.0.1", Resources::new(4000, 4096));
+            config.membership = MembershipMode::Swim;
+            config.seeds = vec![NodeId::new("a")];
+            config.generation = 1;
+            let mut node = Node::new(Time::ZERO, config);
+            // The first announce is lost: the node announces again while it knows no peer.
+            while node.poll_action().is_some() {}
+            node
+        })
+    }
+
+    #[test]
+    fn swim_nodes_find_each_other_through_a_seed_and_declare_a_silent_peer_down() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 3000, |_| false);
+        assert!(nodes[0].members().contains(&NodeId::new("b")), "a learnt b from its announce");
+        assert!(nodes[1].members().contains(&NodeId::new("a")), "b joined through its seed");
+        // b stops answering: a declares it down within the preset's detection time.
+        let swim = nodes[0].config().swim.clone();
+        let bound_ms = 2 * swim.probe_period_ms + swim.suspect_to_down_ms + 3 * swim.gossip_interval_ms;
+        tests_pump(&mut nodes, 3001, 3001 + bound_ms, |m| matches!(m, Message::Swim(_)));
+        assert!(nodes[0].members().is_empty(), "a declared the silent b down");
+    }
+
+    #[test]
+    #[should_panic(expected = "perfect failure detector")]
+    fn the_perfect_failure_detector_is_refused_in_swim_mode() {
+        let mut nodes = swim_nodes();
+        nodes[0].handle_membership(Time::from_millis(1), [NodeId::new("b")]);
+    }
+
+    fn tests_pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
+        super::tests::pump(nodes, from_ms, until_ms, drop)
     }
 }
