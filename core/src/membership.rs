@@ -78,6 +78,10 @@ pub struct SwimConfig {
     pub announce_down_interval_ms: u64,
     /// The largest SWIM packet sent or accepted.
     pub packet_bytes_max: usize,
+    /// How long after its start a node runs no placement pass: its view of the members fills
+    /// in over the first second or so (announce, feed, gossip), and a pass over a partial view
+    /// starts slots that move as soon as the view is whole.
+    pub join_settle_ms: u64,
 }
 
 impl Default for SwimConfig {
@@ -93,6 +97,7 @@ impl Default for SwimConfig {
             announce_interval_ms: 5000,
             announce_down_interval_ms: 10_000,
             packet_bytes_max: 1400,
+            join_settle_ms: 2000,
         }
     }
 }

@@ -570,6 +570,9 @@ pub struct Node {
     autoscalers: BTreeMap<AppName, Autoscaler>,
     /// SWIM membership, in [`MembershipMode::Swim`] only.
     swim: Option<Swim>,
+    /// No placement pass runs before this (`SwimConfig::join_settle_ms` after the start in
+    /// SWIM mode; the start otherwise).
+    places_from: Time,
     now: Time,
 }
 
@@ -609,6 +612,10 @@ impl Node {
             load_pending: BTreeMap::new(),
             autoscalers: BTreeMap::new(),
             swim: None,
+            places_from: match config.membership {
+                MembershipMode::PerfectFailureDetector => now,
+                MembershipMode::Swim => now + Duration::from_millis(config.swim.join_settle_ms),
+            },
             now,
             config,
         };
@@ -1181,6 +1188,7 @@ impl Node {
             if let Some(last) = self.last_pass_at {
                 at = at.max(last + Duration::from_millis(self.config.reconcile_interval_min_ms));
             }
+            at = at.max(self.places_from);
             self.schedule(at, Timer::Reconcile);
         }
     }

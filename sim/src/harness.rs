@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
+use canteen_core::membership::MembershipMode;
 use canteen_core::model::{AppName, NodeId};
 use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig};
 use canteen_core::time::Time;
@@ -19,12 +20,14 @@ use madsim::runtime::{Handle, Runtime};
 use madsim::time::Instant;
 
 use crate::report::{Check, Recovery, Report, Requests, Timeline};
-use crate::scenario::{FaultKind, Scenario};
+use crate::scenario::{FaultKind, Membership, Scenario};
 use crate::traffic::poisson_arrivals;
 use crate::world::{Input, ScaleEvent, World, container_id, container_name};
 
 const GOSSIP_PORT: u16 = 7946;
 const TAG: u64 = 0x63616e74;
+/// With SWIM, every node joins through the first few nodes of the cluster.
+const SWIM_SEEDS: usize = 3;
 
 type Shared = Arc<Mutex<World>>;
 
@@ -68,7 +71,7 @@ fn now_ms(start: Instant) -> u64 {
 }
 
 /// The driver loop of one node: inputs in, actions out, drained after every input.
-async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) {
+async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Instant) {
     let (tx, rx) = async_channel::unbounded::<Input>();
     let endpoint =
         Endpoint::bind(SocketAddr::new(ip_of(index), GOSSIP_PORT)).await.expect("each node binds its own address");
@@ -83,7 +86,14 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
             }
         }
     });
-    lock(&world).node_started(index, tx);
+    let generation = {
+        let mut w = lock(&world);
+        w.node_started(index, tx);
+        w.nodes[index].starts
+    };
+    // SWIM: each life of the node is a new generation, so its peers take it back.
+    config.generation = generation;
+    let swim = config.membership == MembershipMode::Swim;
     let mut node = Node::new(Time::from_millis(now_ms(start)), config);
     // Inputs the simulated Docker answers later: container starts and probe results.
     let mut later: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
@@ -168,11 +178,14 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
             }
         }
         let now = now_ms(start);
-        // 2. The perfect failure detector tells the node who is up and reachable.
-        let membership = {
-            let w = lock(&world);
-            (w.membership_version != membership_seen).then(|| (w.membership_version, w.alive_seen_by(index)))
-        };
+        // 2. The perfect failure detector tells the node who is up and reachable; with SWIM
+        // the node learns it from its peers.
+        let membership = (!swim)
+            .then(|| {
+                let w = lock(&world);
+                (w.membership_version != membership_seen).then(|| (w.membership_version, w.alive_seen_by(index)))
+            })
+            .flatten();
         if let Some((version, alive)) = membership {
             membership_seen = version;
             node.handle_membership(Time::from_millis(now), alive);
@@ -262,6 +275,10 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
         config.labels = spec.labels.clone();
         config.policy = scenario.cluster.policy;
         config.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64;
+        if scenario.sim.membership == Membership::Swim {
+            config.membership = MembershipMode::Swim;
+            config.seeds = scenario.cluster.nodes.iter().take(SWIM_SEEDS).map(|n| n.id.clone()).collect();
+        }
         let w = world.clone();
         let node = handle
             .create_node()
@@ -722,7 +739,7 @@ impl Checker {
             file: scenario.file.clone(),
             seed,
             passed: checks.iter().all(|c| c.passed),
-            membership: "perfect-failure-detector".to_owned(),
+            membership: scenario.sim.membership.name().to_owned(),
             policy: scenario.cluster.policy.to_string(),
             nodes: w.nodes.len(),
             checks,

@@ -63,6 +63,8 @@ pub struct SimNode {
     pub capacity: Resources,
     /// Whether it is running.
     pub up: bool,
+    /// How many times it booted: the generation of its current life, for SWIM.
+    pub starts: u64,
     /// Service time multiplier of its containers (slow-node).
     pub slow_factor: f64,
     /// Where its driver takes inputs, while it runs.
@@ -226,6 +228,7 @@ impl World {
                 id: n.id.clone(),
                 capacity: n.capacity,
                 up: false,
+                starts: 0,
                 slow_factor: 1.0,
                 inbox: None,
                 digest: None,
@@ -279,6 +282,7 @@ impl World {
     pub fn node_started(&mut self, index: usize, inbox: async_channel::Sender<Input>) {
         let n = &mut self.nodes[index];
         n.up = true;
+        n.starts += 1;
         n.inbox = Some(inbox);
         n.slow_factor = 1.0;
         self.membership_version += 1;
