@@ -51,8 +51,11 @@ pub enum MembershipMode {
 /// Expected detection time of a crashed node: a dead peer is probed by some node within about one
 /// probe period (every node probes one peer per period), suspected one period later, declared
 /// down 1.5 s after that, and the news reaches everyone within a few gossip rounds: about
-/// 2.5 to 3 s, 3.5 s at worst in a cluster of tens of nodes. A node that stalls for longer than
-/// about 2 s is declared down too: this is the price of fast detection.
+/// 2.5 s, more when no peer happens to probe it for a few periods. Measured in the simulator
+/// (`scenarios/swim-node-crash.toml`, 20 nodes, 1 to 5 ms hops, seeds 1 to 100): until no live
+/// node believes the crashed one alive, median 2.5 s, 90th percentile 3.5 s, at most 5.1 s.
+/// A node that stalls for longer than about 2 s is declared down too: the price of fast
+/// detection (it rejoins under a new generation once it answers again).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwimConfig {
     /// How often this node probes one peer.

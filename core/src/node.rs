@@ -570,6 +570,8 @@ pub struct Node {
     autoscalers: BTreeMap<AppName, Autoscaler>,
     /// SWIM membership, in [`MembershipMode::Swim`] only.
     swim: Option<Swim>,
+    /// Bumped whenever `members` changes.
+    members_version: u64,
     /// No placement pass runs before this (`SwimConfig::join_settle_ms` after the start in
     /// SWIM mode; the start otherwise).
     places_from: Time,
@@ -612,6 +614,7 @@ impl Node {
             load_pending: BTreeMap::new(),
             autoscalers: BTreeMap::new(),
             swim: None,
+            members_version: 0,
             places_from: match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
                 MembershipMode::Swim => now + Duration::from_millis(config.swim.join_settle_ms),
@@ -665,6 +668,12 @@ impl Node {
     /// The peers this node believes alive.
     pub fn members(&self) -> &BTreeSet<NodeId> {
         &self.members
+    }
+
+    /// Bumped whenever [`Node::members`] changes: a driver that mirrors the members copies
+    /// them only then.
+    pub fn members_version(&self) -> u64 {
+        self.members_version
     }
 
     /// The next effect to carry out, if any.
@@ -839,6 +848,7 @@ impl Node {
             self.member_list = alive.iter().cloned().collect();
             self.member_hashes = self.member_list.iter().map(|n| stable_hash(n.as_str().as_bytes())).collect();
             self.members = alive;
+            self.members_version += 1;
             self.facts_generation += 1;
             self.update_backends();
             self.request_reconcile(now);

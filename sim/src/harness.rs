@@ -102,6 +102,7 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
     let mut membership_seen = 0u64;
     let mut next_traffic_ms = now_ms(start) + 1000;
     let mut published_root: Option<u64> = None;
+    let mut published_members = u64::MAX;
     loop {
         // 1. Carry out every action, so the node's queue is empty before the next input.
         // The simulated clock does not move while actions are carried out: read it once.
@@ -218,6 +219,10 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
             }
         }
         // The checkers compare registries by their root hashes, kept current after every input.
+        if published_members != node.members_version() {
+            published_members = node.members_version();
+            lock(&world).nodes[index].members = node.members().clone();
+        }
         let root = node.registry().root_hash();
         if published_root != Some(root) {
             published_root = Some(root);
@@ -336,7 +341,11 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
             }
             continue;
         }
-        lock(&checker).fault_started(fault.describe(), fault.at_s, fault.end_s());
+        let crashed = match &fault.kind {
+            FaultKind::CrashNode { node } if w.nodes[*node].up => Some(*node),
+            _ => None,
+        };
+        lock(&checker).fault_started(fault.describe(), fault.at_s, fault.end_s(), crashed);
         match &fault.kind {
             FaultKind::CrashNode { node } => {
                 if w.nodes[*node].up {
@@ -524,6 +533,10 @@ struct OpenFault {
     at_s: f64,
     measure_from_s: f64,
     recovered_s: Option<f64>,
+    /// The node a crash-node fault killed.
+    crashed: Option<usize>,
+    /// See `Recovery::detected_s`.
+    detected_s: Option<f64>,
 }
 
 impl Checker {
@@ -541,8 +554,9 @@ impl Checker {
         }
     }
 
-    fn fault_started(&mut self, describe: String, at_s: f64, end_s: Option<f64>) {
-        self.faults.push(OpenFault { describe, at_s, measure_from_s: end_s.unwrap_or(at_s), recovered_s: None });
+    fn fault_started(&mut self, describe: String, at_s: f64, end_s: Option<f64>, crashed: Option<usize>) {
+        let measure_from_s = end_s.unwrap_or(at_s);
+        self.faults.push(OpenFault { describe, at_s, measure_from_s, recovered_s: None, crashed, detected_s: None });
     }
 
     fn healed_at(&mut self, at_s: f64) {
@@ -586,6 +600,16 @@ impl Checker {
         for f in &mut self.faults {
             if f.recovered_s.is_none() && now_s > f.measure_from_s && good {
                 f.recovered_s = Some(now_s - f.measure_from_s);
+            }
+            if let Some(crashed) = f.crashed
+                && f.detected_s.is_none()
+                && now_s >= f.at_s
+                && !w.nodes[crashed].up
+            {
+                let id = &w.nodes[crashed].id;
+                if w.nodes.iter().all(|n| !n.up || !n.members.contains(id)) {
+                    f.detected_s = Some(now_s - f.at_s);
+                }
             }
         }
         if let Some(heal) = self.heal_at {
@@ -651,7 +675,12 @@ impl Checker {
         let recoveries: Vec<Recovery> = self
             .faults
             .iter()
-            .map(|f| Recovery { fault: f.describe.clone(), at_s: f.at_s, recovery_s: f.recovered_s })
+            .map(|f| Recovery {
+                fault: f.describe.clone(),
+                at_s: f.at_s,
+                recovery_s: f.recovered_s,
+                detected_s: f.crashed.and(f.detected_s),
+            })
             .collect();
         if let Some(max) = e.recovery_s_max {
             let slow: Vec<String> = recoveries

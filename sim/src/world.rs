@@ -6,7 +6,7 @@
 //! lock is never contended and the order of operations is the simulator's, seeded.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
@@ -71,6 +71,9 @@ pub struct SimNode {
     pub inbox: Option<async_channel::Sender<Input>>,
     /// Its registry's root hash, as last published by its driver.
     pub digest: Option<u64>,
+    /// The peers its node believes alive, as last published by its driver (for the
+    /// detection time of a crash).
+    pub members: BTreeSet<NodeId>,
     /// Requests that entered its balancers since its driver last took the counts, by app index.
     pub entered: Vec<u64>,
     /// Its balancers, by app index.
@@ -232,6 +235,7 @@ impl World {
                 slow_factor: 1.0,
                 inbox: None,
                 digest: None,
+                members: BTreeSet::new(),
                 entered: vec![0; apps.len()],
                 balancers: (0..apps.len()).map(|_| None).collect(),
                 bytes_sent: 0,
