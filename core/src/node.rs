@@ -640,7 +640,8 @@ impl Node {
             let config = &node.config;
             node.swim = Some(Swim::new(config.id.clone(), config.generation, &config.swim, seed));
             let seeds = node.config.seeds.clone();
-            node.swim_call(now, |swim| {
+            let me = node.config.id.clone();
+            node.swim_call(now, &me, |swim| {
                 swim.announce(&seeds);
                 Ok(())
             });
@@ -765,7 +766,7 @@ impl Node {
             Message::Load { app, requests } => self.record_load(now, &app, requests),
             Message::Swim(packet) => {
                 if self.swim.is_some() {
-                    self.swim_call(now, |swim| swim.handle_data(packet));
+                    self.swim_call(now, from, |swim| swim.handle_data(packet));
                 }
             }
         }
@@ -778,7 +779,8 @@ impl Node {
         self.begin_input(now);
         let now = self.now;
         assert!(self.swim.is_some(), "handle_join is for MembershipMode::Swim");
-        self.swim_call(now, |swim| {
+        let me = self.config.id.clone();
+        self.swim_call(now, &me, |swim| {
             swim.announce(&peers);
             Ok(())
         });
@@ -786,8 +788,14 @@ impl Node {
     }
 
     /// Runs one call into foca, then drains what it queued (packets to `Action::Send`, timers
-    /// into this node's heap) and takes the members from foca's own list, the truth.
-    fn swim_call(&mut self, now: Time, call: impl FnOnce(&mut Swim) -> Result<(), crate::membership::SwimError>) {
+    /// into this node's heap) and takes the members from foca's own list, the truth. A refused
+    /// input is reported as an [`Event::BadMessage`] from `source`.
+    fn swim_call(
+        &mut self,
+        now: Time,
+        source: &NodeId,
+        call: impl FnOnce(&mut Swim) -> Result<(), crate::membership::SwimError>,
+    ) {
         let swim = self.swim.as_mut().expect("swim mode");
         let result = call(swim);
         while let Some((to, packet)) = swim.poll_send() {
@@ -805,8 +813,8 @@ impl Node {
             self.schedule(now + after, Timer::Swim(timer));
         }
         if let Err(e) = result {
-            let from = self.config.id.clone();
-            self.actions.push_back(Action::Event(Event::BadMessage { from, error: e.to_string() }));
+            let event = Event::BadMessage { from: source.clone(), error: e.to_string() };
+            self.actions.push_back(Action::Event(event));
         }
         self.set_members(now, alive);
     }
@@ -1087,9 +1095,13 @@ impl Node {
                     self.publish_status(now);
                 }
             }
-            Timer::Swim(timer) => self.swim_call(now, |swim| swim.handle_timer(timer)),
+            Timer::Swim(timer) => {
+                let me = self.config.id.clone();
+                self.swim_call(now, &me, |swim| swim.handle_timer(timer));
+            }
             Timer::SwimJoin => {
-                self.swim_call(now, |swim| {
+                let me = self.config.id.clone();
+                self.swim_call(now, &me, |swim| {
                     swim.announce_if_alone();
                     Ok(())
                 });
@@ -2043,6 +2055,19 @@ mod swim_tests {
     fn the_perfect_failure_detector_is_refused_in_swim_mode() {
         let mut nodes = swim_nodes();
         nodes[0].handle_membership(Time::from_millis(1), [NodeId::new("b")]);
+    }
+
+    #[test]
+    fn a_garbled_swim_packet_is_reported_as_the_senders_and_changes_no_member() {
+        let mut nodes = swim_nodes();
+        let bytes = postcard::to_allocvec(&Message::Swim(&[0xff, 0xff, 0xff])).unwrap();
+        nodes[0].handle_message(Time::from_millis(1), &NodeId::new("b"), &bytes);
+        let Some(Action::Event(Event::BadMessage { from, .. })) = nodes[0].poll_action() else {
+            panic!("a bad swim packet is reported");
+        };
+        assert_eq!(from, NodeId::new("b"));
+        assert_eq!(nodes[0].poll_action(), None);
+        assert!(nodes[0].members().is_empty());
     }
 
     fn tests_pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
