@@ -283,9 +283,20 @@ impl Swim {
         self.runtime.to_schedule()
     }
 
-    /// Drops foca's notifications: the members are read from [`Swim::alive`] instead.
-    pub fn clear_notifications(&mut self) {
-        while self.runtime.to_notify().is_some() {}
+    /// Drops foca's notifications, and says whether there were any: a member up, down or
+    /// renamed, this node rejoined or lost its peers. The members themselves are read from
+    /// [`Swim::alive`].
+    pub fn take_notifications(&mut self) -> bool {
+        let mut any = false;
+        while self.runtime.to_notify().is_some() {
+            any = true;
+        }
+        any
+    }
+
+    /// How many peers foca holds active: cheap, unlike [`Swim::alive`].
+    pub fn num_members(&self) -> usize {
+        self.foca.num_members()
     }
 
     /// Whether every effect has been drained.
@@ -367,7 +378,7 @@ mod tests {
             while let Some((after, timer)) = member.poll_timer() {
                 later.push((after, timer));
             }
-            member.clear_notifications();
+            member.take_notifications();
             assert!(member.is_drained());
             for event in out {
                 if let Event::Packet(to, bytes) = event {

@@ -788,7 +788,10 @@ impl Node {
     }
 
     /// Runs one call into foca, then drains what it queued (packets to `Action::Send`, timers
-    /// into this node's heap) and takes the members from foca's own list, the truth. A refused
+    /// into this node's heap) and takes the members from foca's own list, the truth, when they
+    /// may have changed: foca notified something, or holds a different number of members. A
+    /// change that foca did not notify and that kept the count (a member down and another up
+    /// in one call) is caught by the full check every probe period (`Timer::SwimJoin`). A refused
     /// input is reported as an [`Event::BadMessage`] from `source`.
     fn swim_call(
         &mut self,
@@ -806,9 +809,11 @@ impl Node {
         while let Some((after, timer)) = swim.poll_timer() {
             timers.push((after, timer));
         }
-        swim.clear_notifications();
+        let notified = swim.take_notifications();
         assert!(swim.is_drained(), "foca's runtime is drained after every call");
-        let alive = swim.alive();
+        // Reading foca's members costs a set of n names: after every packet of a thousand-node
+        // cluster, that was most of a node's time.
+        let alive = (notified || swim.num_members() != self.members.len()).then(|| swim.alive());
         for (after, timer) in timers {
             self.schedule(now + after, Timer::Swim(timer));
         }
@@ -816,7 +821,9 @@ impl Node {
             let event = Event::BadMessage { from: source.clone(), error: e.to_string() };
             self.actions.push_back(Action::Event(event));
         }
-        self.set_members(now, alive);
+        if let Some(alive) = alive {
+            self.set_members(now, alive);
+        }
     }
 
     /// The perfect failure detector, a simulator crutch until SWIM lands: the driver says which
@@ -1105,6 +1112,8 @@ impl Node {
                     swim.announce_if_alone();
                     Ok(())
                 });
+                let alive = self.swim.as_ref().expect("swim mode").alive();
+                self.set_members(now, alive);
                 let interval_ms = self.config.swim.probe_period_ms.max(1);
                 self.schedule(now + Duration::from_millis(interval_ms), Timer::SwimJoin);
             }
