@@ -12,7 +12,8 @@
 //! sockets.
 //!
 //! `iter_members` is the truth: foca may miss a `MemberDown` for a member it never saw come up,
-//! so the members are read from it after every call, not followed through notifications.
+//! so the members are read from it ([`Swim::alive`]), not followed through notifications; a
+//! notification or a change of [`Swim::num_members`] only says when to read them again.
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;

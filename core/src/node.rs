@@ -18,9 +18,12 @@
 //! (`scale/<app>`). It computes [`crate::schedule::place`] over those facts and acts on its own
 //! rows only; every node runs the same function on the same facts, so no leader is needed.
 //!
-//! Membership: until the SWIM layer lands, the driver tells the node who is alive through
-//! [`Node::handle_membership`]. That is a *perfect failure detector*, a simulator crutch, and
-//! it is named so wherever it is used.
+//! Membership ([`NodeConfig::membership`]): by default the driver tells the node who is alive
+//! through [`Node::handle_membership`]. That is a *perfect failure detector*, a simulator
+//! crutch, and it is named so wherever it is used. In [`MembershipMode::Swim`] the node runs
+//! SWIM ([`crate::membership`]) instead: its packets are [`Message::Swim`], its timers sit in the
+//! node's timer heap, and the driver only names seeds ([`NodeConfig::seeds`],
+//! [`Node::handle_join`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
