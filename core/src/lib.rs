@@ -14,6 +14,7 @@
 //! - [`autoscale`]: request load to a target replica count.
 //! - [`cluster_file`]: the TOML cluster file, parsed and checked, with errors naming the key.
 //! - [`registry`]: the gossiped last-writer-wins registry, with a hybrid logical clock and digests.
+//! - [`membership`]: SWIM through foca: which peers are alive, learnt from the peers.
 //! - [`node`]: the agent state machine every driver runs: `handle_*` in, `poll_*` out.
 //! - [`rng`]: the seeded generator, core's only randomness.
 //! - [`time`]: the `Time` type that every `now` argument has.
@@ -24,6 +25,7 @@ pub mod balance;
 pub mod cluster_file;
 pub mod health;
 pub mod limits;
+pub mod membership;
 pub mod model;
 pub mod node;
 pub mod registry;

@@ -18,9 +18,12 @@
 //! (`scale/<app>`). It computes [`crate::schedule::place`] over those facts and acts on its own
 //! rows only; every node runs the same function on the same facts, so no leader is needed.
 //!
-//! Membership: until the SWIM layer lands, the driver tells the node who is alive through
-//! [`Node::handle_membership`]. That is a *perfect failure detector*, a simulator crutch, and
-//! it is named so wherever it is used.
+//! Membership ([`NodeConfig::membership`]): by default the driver tells the node who is alive
+//! through [`Node::handle_membership`]. That is a *perfect failure detector*, a simulator
+//! crutch, and it is named so wherever it is used. In [`MembershipMode::Swim`] the node runs
+//! SWIM ([`crate::membership`]) instead: its packets are [`Message::Swim`], its timers sit in the
+//! node's timer heap, and the driver only names seeds ([`NodeConfig::seeds`],
+//! [`Node::handle_join`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -32,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::autoscale::{Autoscaler, ScaleDecision};
 use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
 use crate::limits;
+use crate::membership::{MembershipMode, Swim, SwimConfig, SwimTimer};
 use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resources, SlotId, validate_apps};
 use crate::registry::{Digest, Entry, Head, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
@@ -88,6 +92,17 @@ pub struct NodeConfig {
     pub claim_settle_ms: u64,
     /// Seeds this node's randomness (peer choice, balancer start positions).
     pub seed: u64,
+    /// How this node learns which peers are alive.
+    pub membership: MembershipMode,
+    /// SWIM settings, used in [`MembershipMode::Swim`]: see [`SwimConfig`] for the preset and
+    /// its detection time.
+    pub swim: SwimConfig,
+    /// The peers to join through at start in [`MembershipMode::Swim`] (this node may be among
+    /// them; it is left out). More peers can be given later through [`Node::handle_join`].
+    pub seeds: Vec<NodeId>,
+    /// This life of the node, for SWIM: higher after every restart, so peers that declared the
+    /// previous life down take the node back. The real agent may use its start time.
+    pub generation: u64,
 }
 
 impl NodeConfig {
@@ -113,6 +128,10 @@ impl NodeConfig {
             drain_ms: 1000,
             claim_settle_ms: 400,
             seed: 0,
+            membership: MembershipMode::default(),
+            swim: SwimConfig::default(),
+            seeds: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -401,6 +420,8 @@ pub enum Message<'a> {
         /// How many.
         requests: u64,
     },
+    /// A SWIM packet, foca's own encoding ([`crate::membership`]).
+    Swim(#[serde(borrow, serialize_with = "serialize_bytes")] &'a [u8]),
 }
 
 /// A hash of a backend list, in order: equal lists have equal fingerprints, and two different
@@ -435,10 +456,26 @@ enum Timer {
     Reconcile,
     LoadReport,
     Autoscale,
-    Probe { slot: SlotId, generation: u64 },
-    Restart { slot: SlotId, generation: u64 },
-    Claim { slot: SlotId, generation: u64 },
-    ForgetFailure { slot: SlotId, generation: u64 },
+    Probe {
+        slot: SlotId,
+        generation: u64,
+    },
+    Restart {
+        slot: SlotId,
+        generation: u64,
+    },
+    Claim {
+        slot: SlotId,
+        generation: u64,
+    },
+    ForgetFailure {
+        slot: SlotId,
+        generation: u64,
+    },
+    /// One of foca's timers; foca ignores a stale one itself.
+    Swim(SwimTimer),
+    /// Announce again to the seeds if no peer is known yet.
+    SwimJoin,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -534,6 +571,13 @@ pub struct Node {
     unschedulable: Vec<(SlotId, Unplaceable)>,
     load_pending: BTreeMap<AppName, u64>,
     autoscalers: BTreeMap<AppName, Autoscaler>,
+    /// SWIM membership, in [`MembershipMode::Swim`] only.
+    swim: Option<Swim>,
+    /// Bumped whenever `members` changes.
+    members_version: u64,
+    /// No placement pass runs before this (`SwimConfig::join_settle_ms` after the start in
+    /// SWIM mode; the start otherwise).
+    places_from: Time,
     now: Time,
 }
 
@@ -572,6 +616,12 @@ impl Node {
             unschedulable: Vec::new(),
             load_pending: BTreeMap::new(),
             autoscalers: BTreeMap::new(),
+            swim: None,
+            members_version: 0,
+            places_from: match config.membership {
+                MembershipMode::PerfectFailureDetector => now,
+                MembershipMode::Swim => now + Duration::from_millis(config.swim.join_settle_ms),
+            },
             now,
             config,
         };
@@ -588,6 +638,19 @@ impl Node {
         }
         node.publish_status(now);
         node.request_reconcile(now);
+        if node.config.membership == MembershipMode::Swim {
+            let seed = node.rng.next_u64();
+            let config = &node.config;
+            node.swim = Some(Swim::new(config.id.clone(), config.generation, &config.swim, seed));
+            let seeds = node.config.seeds.clone();
+            let me = node.config.id.clone();
+            node.swim_call(now, &me, |swim| {
+                swim.announce(&seeds);
+                Ok(())
+            });
+            let join_at = now + Duration::from_millis(node.config.swim.probe_period_ms);
+            node.schedule(join_at, Timer::SwimJoin);
+        }
         node
     }
 
@@ -609,6 +672,12 @@ impl Node {
     /// The peers this node believes alive.
     pub fn members(&self) -> &BTreeSet<NodeId> {
         &self.members
+    }
+
+    /// Bumped whenever [`Node::members`] changes: a driver that mirrors the members copies
+    /// them only then.
+    pub fn members_version(&self) -> u64 {
+        self.members_version
     }
 
     /// The next effect to carry out, if any.
@@ -698,8 +767,66 @@ impl Node {
                 }
             }
             Message::Load { app, requests } => self.record_load(now, &app, requests),
+            Message::Swim(packet) => {
+                if self.swim.is_some() {
+                    self.swim_call(now, from, |swim| swim.handle_data(packet));
+                }
+            }
         }
         self.check_invariants();
+    }
+
+    /// Joins the cluster through `peers` ([`MembershipMode::Swim`] only): announces this node
+    /// to them, and to them again while it knows no peer.
+    pub fn handle_join(&mut self, now: Time, peers: Vec<NodeId>) {
+        self.begin_input(now);
+        let now = self.now;
+        assert!(self.swim.is_some(), "handle_join is for MembershipMode::Swim");
+        let me = self.config.id.clone();
+        self.swim_call(now, &me, |swim| {
+            swim.announce(&peers);
+            Ok(())
+        });
+        self.check_invariants();
+    }
+
+    /// Runs one call into foca, then drains what it queued (packets to `Action::Send`, timers
+    /// into this node's heap) and takes the members from foca's own list, the truth, when they
+    /// may have changed: foca notified something, or holds a different number of members. A
+    /// change that foca did not notify and that kept the count (a member down and another up
+    /// in one call) is caught by the full check every probe period (`Timer::SwimJoin`). A refused
+    /// input is reported as an [`Event::BadMessage`] from `source`.
+    fn swim_call(
+        &mut self,
+        now: Time,
+        source: &NodeId,
+        call: impl FnOnce(&mut Swim) -> Result<(), crate::membership::SwimError>,
+    ) {
+        let swim = self.swim.as_mut().expect("swim mode");
+        let result = call(swim);
+        while let Some((to, packet)) = swim.poll_send() {
+            let bytes = postcard::to_allocvec(&Message::Swim(&packet)).expect("messages encode");
+            self.actions.push_back(Action::Send { to, bytes });
+        }
+        let mut timers = Vec::new();
+        while let Some((after, timer)) = swim.poll_timer() {
+            timers.push((after, timer));
+        }
+        let notified = swim.take_notifications();
+        assert!(swim.is_drained(), "foca's runtime is drained after every call");
+        // Reading foca's members costs a set of n names: after every packet of a thousand-node
+        // cluster, that was most of a node's time.
+        let alive = (notified || swim.num_members() != self.members.len()).then(|| swim.alive());
+        for (after, timer) in timers {
+            self.schedule(now + after, Timer::Swim(timer));
+        }
+        if let Err(e) = result {
+            let event = Event::BadMessage { from: source.clone(), error: e.to_string() };
+            self.actions.push_back(Action::Event(event));
+        }
+        if let Some(alive) = alive {
+            self.set_members(now, alive);
+        }
     }
 
     /// The perfect failure detector, a simulator crutch until SWIM lands: the driver says which
@@ -707,7 +834,19 @@ impl Node {
     pub fn handle_membership(&mut self, now: Time, alive: impl IntoIterator<Item = NodeId>) {
         self.begin_input(now);
         let now = self.now;
+        assert!(
+            self.config.membership == MembershipMode::PerfectFailureDetector,
+            "handle_membership is the perfect failure detector's input; SWIM learns members itself"
+        );
         let alive: BTreeSet<NodeId> = alive.into_iter().filter(|n| *n != self.config.id).collect();
+        self.set_members(now, alive);
+        self.check_invariants();
+    }
+
+    /// The peers believed alive are now `alive` (this node excluded): a peer that left leaves
+    /// every balancer and placement at once, one that joined enters them.
+    fn set_members(&mut self, now: Time, alive: BTreeSet<NodeId>) {
+        debug_assert!(!alive.contains(&self.config.id));
         if alive != self.members {
             let joined: Vec<NodeId> = alive.difference(&self.members).cloned().collect();
             let left: Vec<NodeId> = self.members.difference(&alive).cloned().collect();
@@ -727,11 +866,11 @@ impl Node {
             self.member_list = alive.iter().cloned().collect();
             self.member_hashes = self.member_list.iter().map(|n| stable_hash(n.as_str().as_bytes())).collect();
             self.members = alive;
+            self.members_version += 1;
             self.facts_generation += 1;
             self.update_backends();
             self.request_reconcile(now);
         }
-        self.check_invariants();
     }
 
     /// The container runtime reports on a container.
@@ -966,6 +1105,21 @@ impl Node {
                     self.publish_status(now);
                 }
             }
+            Timer::Swim(timer) => {
+                let me = self.config.id.clone();
+                self.swim_call(now, &me, |swim| swim.handle_timer(timer));
+            }
+            Timer::SwimJoin => {
+                let me = self.config.id.clone();
+                self.swim_call(now, &me, |swim| {
+                    swim.announce_if_alone();
+                    Ok(())
+                });
+                let alive = self.swim.as_ref().expect("swim mode").alive();
+                self.set_members(now, alive);
+                let interval_ms = self.config.swim.probe_period_ms.max(1);
+                self.schedule(now + Duration::from_millis(interval_ms), Timer::SwimJoin);
+            }
         }
     }
 
@@ -1068,6 +1222,7 @@ impl Node {
             if let Some(last) = self.last_pass_at {
                 at = at.max(last + Duration::from_millis(self.config.reconcile_interval_min_ms));
             }
+            at = at.max(self.places_from);
             self.schedule(at, Timer::Reconcile);
         }
     }
@@ -1782,7 +1937,7 @@ mod tests {
 
     /// Runs two nodes that believe each other alive until `until_ms`, delivering their
     /// messages 1 ms after they are sent, except those `drop` rejects.
-    fn pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
+    pub(super) fn pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
         let ids = [nodes[0].id().clone(), nodes[1].id().clone()];
         let mut in_flight: VecDeque<(u64, usize, Vec<u8>)> = VecDeque::new();
         let drain = |node: &mut Node, from: usize, now: u64, in_flight: &mut VecDeque<(u64, usize, Vec<u8>)>| {
@@ -1874,5 +2029,60 @@ mod tests {
         node.handle_message(Time::from_millis(1), &NodeId::new("b"), &[0xff, 0xff, 0xff]);
         assert!(matches!(node.poll_action(), Some(Action::Event(Event::BadMessage { .. }))));
         assert_eq!(node.poll_action(), None);
+    }
+}
+
+#[cfg(test)]
+mod swim_tests {
+    use super::*;
+
+    fn swim_nodes() -> [Node; 2] {
+        ["a", "b"].map(|id| {
+            let mut config = NodeConfig::new(NodeId::new(id), "10.0.0.1", Resources::new(4000, 4096));
+            config.membership = MembershipMode::Swim;
+            config.seeds = vec![NodeId::new("a")];
+            config.generation = 1;
+            let mut node = Node::new(Time::ZERO, config);
+            // The first announce is lost: the node announces again while it knows no peer.
+            while node.poll_action().is_some() {}
+            node
+        })
+    }
+
+    #[test]
+    fn swim_nodes_find_each_other_through_a_seed_and_declare_a_silent_peer_down() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 3000, |_| false);
+        assert!(nodes[0].members().contains(&NodeId::new("b")), "a learnt b from its announce");
+        assert!(nodes[1].members().contains(&NodeId::new("a")), "b joined through its seed");
+        // b stops answering: a declares it down within the preset's detection time.
+        let swim = nodes[0].config().swim.clone();
+        let bound_ms = 2 * swim.probe_period_ms + swim.suspect_to_down_ms + 3 * swim.gossip_interval_ms;
+        tests_pump(&mut nodes, 3001, 3001 + bound_ms, |m| matches!(m, Message::Swim(_)));
+        assert!(nodes[0].members().is_empty(), "a declared the silent b down");
+    }
+
+    #[test]
+    #[should_panic(expected = "perfect failure detector")]
+    fn the_perfect_failure_detector_is_refused_in_swim_mode() {
+        let mut nodes = swim_nodes();
+        nodes[0].handle_membership(Time::from_millis(1), [NodeId::new("b")]);
+    }
+
+    #[test]
+    fn a_garbled_swim_packet_is_reported_as_the_senders_and_changes_no_member() {
+        let mut nodes = swim_nodes();
+        let bytes = postcard::to_allocvec(&Message::Swim(&[0xff, 0xff, 0xff])).unwrap();
+        nodes[0].handle_message(Time::from_millis(1), &NodeId::new("b"), &bytes);
+        let Some(Action::Event(Event::BadMessage { from, .. })) = nodes[0].poll_action() else {
+            panic!("a bad swim packet is reported");
+        };
+        assert_eq!(from, NodeId::new("b"));
+        assert_eq!(nodes[0].poll_action(), None);
+        assert!(nodes[0].members().is_empty());
+    }
+
+    fn tests_pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
+        super::tests::pump(nodes, from_ms, until_ms, drop)
     }
 }

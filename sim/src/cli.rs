@@ -91,9 +91,10 @@ pub fn load(path: &Path) -> Result<Scenario, u8> {
 /// The randomized options of a run, printed before anything else so a run can be replayed.
 pub fn options_line(s: &Scenario, seed: u64) -> String {
     format!(
-        "seed={seed} file={} policy={} membership=perfect-failure-detector nodes={} apps={} duration_s={} start_latency_ms={}+-{} net_latency_ms={}..{} tick_ms={}",
+        "seed={seed} file={} policy={} membership={} nodes={} apps={} duration_s={} start_latency_ms={}+-{} net_latency_ms={}..{} tick_ms={}",
         s.file,
         s.cluster.policy,
+        s.sim.membership.name(),
         s.cluster.nodes.len(),
         s.cluster.apps.len(),
         s.duration_s,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
+use canteen_core::membership::MembershipMode;
 use canteen_core::model::{AppName, NodeId};
 use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig};
 use canteen_core::time::Time;
@@ -19,12 +20,14 @@ use madsim::runtime::{Handle, Runtime};
 use madsim::time::Instant;
 
 use crate::report::{Check, Recovery, Report, Requests, Timeline};
-use crate::scenario::{FaultKind, Scenario};
+use crate::scenario::{FaultKind, Membership, Scenario};
 use crate::traffic::poisson_arrivals;
 use crate::world::{Input, ScaleEvent, World, container_id, container_name};
 
 const GOSSIP_PORT: u16 = 7946;
 const TAG: u64 = 0x63616e74;
+/// With SWIM, every node joins through the first few nodes of the cluster.
+const SWIM_SEEDS: usize = 3;
 
 type Shared = Arc<Mutex<World>>;
 
@@ -68,7 +71,7 @@ fn now_ms(start: Instant) -> u64 {
 }
 
 /// The driver loop of one node: inputs in, actions out, drained after every input.
-async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) {
+async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Instant) {
     let (tx, rx) = async_channel::unbounded::<Input>();
     let endpoint =
         Endpoint::bind(SocketAddr::new(ip_of(index), GOSSIP_PORT)).await.expect("each node binds its own address");
@@ -83,7 +86,14 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
             }
         }
     });
-    lock(&world).node_started(index, tx);
+    let generation = {
+        let mut w = lock(&world);
+        w.node_started(index, tx);
+        w.nodes[index].starts
+    };
+    // SWIM: each life of the node is a new generation, so its peers take it back.
+    config.generation = generation;
+    let swim = config.membership == MembershipMode::Swim;
     let mut node = Node::new(Time::from_millis(now_ms(start)), config);
     // Inputs the simulated Docker answers later: container starts and probe results.
     let mut later: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
@@ -92,6 +102,7 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
     let mut membership_seen = 0u64;
     let mut next_traffic_ms = now_ms(start) + 1000;
     let mut published_root: Option<u64> = None;
+    let mut published_members = u64::MAX;
     loop {
         // 1. Carry out every action, so the node's queue is empty before the next input.
         // The simulated clock does not move while actions are carried out: read it once.
@@ -168,11 +179,14 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
             }
         }
         let now = now_ms(start);
-        // 2. The perfect failure detector tells the node who is up and reachable.
-        let membership = {
-            let w = lock(&world);
-            (w.membership_version != membership_seen).then(|| (w.membership_version, w.alive_seen_by(index)))
-        };
+        // 2. The perfect failure detector tells the node who is up and reachable; with SWIM
+        // the node learns it from its peers.
+        let membership = (!swim)
+            .then(|| {
+                let w = lock(&world);
+                (w.membership_version != membership_seen).then(|| (w.membership_version, w.alive_seen_by(index)))
+            })
+            .flatten();
         if let Some((version, alive)) = membership {
             membership_seen = version;
             node.handle_membership(Time::from_millis(now), alive);
@@ -205,6 +219,10 @@ async fn drive(world: Shared, index: usize, config: NodeConfig, start: Instant) 
             }
         }
         // The checkers compare registries by their root hashes, kept current after every input.
+        if published_members != node.members_version() {
+            published_members = node.members_version();
+            lock(&world).nodes[index].members = node.members().clone();
+        }
         let root = node.registry().root_hash();
         if published_root != Some(root) {
             published_root = Some(root);
@@ -262,6 +280,10 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
         config.labels = spec.labels.clone();
         config.policy = scenario.cluster.policy;
         config.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64;
+        if scenario.sim.membership == Membership::Swim {
+            config.membership = MembershipMode::Swim;
+            config.seeds = scenario.cluster.nodes.iter().take(SWIM_SEEDS).map(|n| n.id.clone()).collect();
+        }
         let w = world.clone();
         let node = handle
             .create_node()
@@ -319,7 +341,11 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
             }
             continue;
         }
-        lock(&checker).fault_started(fault.describe(), fault.at_s, fault.end_s());
+        let crashed = match &fault.kind {
+            FaultKind::CrashNode { node } if w.nodes[*node].up => Some(*node),
+            _ => None,
+        };
+        lock(&checker).fault_started(fault.describe(), fault.at_s, fault.end_s(), crashed);
         match &fault.kind {
             FaultKind::CrashNode { node } => {
                 if w.nodes[*node].up {
@@ -507,6 +533,10 @@ struct OpenFault {
     at_s: f64,
     measure_from_s: f64,
     recovered_s: Option<f64>,
+    /// The node a crash-node fault killed.
+    crashed: Option<usize>,
+    /// See `Recovery::detected_s`.
+    detected_s: Option<f64>,
 }
 
 impl Checker {
@@ -524,8 +554,9 @@ impl Checker {
         }
     }
 
-    fn fault_started(&mut self, describe: String, at_s: f64, end_s: Option<f64>) {
-        self.faults.push(OpenFault { describe, at_s, measure_from_s: end_s.unwrap_or(at_s), recovered_s: None });
+    fn fault_started(&mut self, describe: String, at_s: f64, end_s: Option<f64>, crashed: Option<usize>) {
+        let measure_from_s = end_s.unwrap_or(at_s);
+        self.faults.push(OpenFault { describe, at_s, measure_from_s, recovered_s: None, crashed, detected_s: None });
     }
 
     fn healed_at(&mut self, at_s: f64) {
@@ -569,6 +600,16 @@ impl Checker {
         for f in &mut self.faults {
             if f.recovered_s.is_none() && now_s > f.measure_from_s && good {
                 f.recovered_s = Some(now_s - f.measure_from_s);
+            }
+            if let Some(crashed) = f.crashed
+                && f.detected_s.is_none()
+                && now_s >= f.at_s
+                && !w.nodes[crashed].up
+            {
+                let id = &w.nodes[crashed].id;
+                if w.nodes.iter().all(|n| !n.up || !n.members.contains(id)) {
+                    f.detected_s = Some(now_s - f.at_s);
+                }
             }
         }
         if let Some(heal) = self.heal_at {
@@ -634,7 +675,12 @@ impl Checker {
         let recoveries: Vec<Recovery> = self
             .faults
             .iter()
-            .map(|f| Recovery { fault: f.describe.clone(), at_s: f.at_s, recovery_s: f.recovered_s })
+            .map(|f| Recovery {
+                fault: f.describe.clone(),
+                at_s: f.at_s,
+                recovery_s: f.recovered_s,
+                detected_s: f.crashed.and(f.detected_s),
+            })
             .collect();
         if let Some(max) = e.recovery_s_max {
             let slow: Vec<String> = recoveries
@@ -722,7 +768,7 @@ impl Checker {
             file: scenario.file.clone(),
             seed,
             passed: checks.iter().all(|c| c.passed),
-            membership: "perfect-failure-detector".to_owned(),
+            membership: scenario.sim.membership.name().to_owned(),
             policy: scenario.cluster.policy.to_string(),
             nodes: w.nodes.len(),
             checks,

@@ -86,6 +86,9 @@ pub struct Recovery {
     /// From its start (or its end, for faults with a duration) until every desired slot ran
     /// healthy with no duplicate; `None` if that never happened.
     pub recovery_s: Option<f64>,
+    /// For a crashed node: from the crash until no live node believed it alive any more,
+    /// sampled every check interval; `None` if that never happened or for other faults.
+    pub detected_s: Option<f64>,
 }
 
 /// The outcome of one run.
@@ -172,10 +175,11 @@ impl Report {
             let _ = writeln!(out, "failures: {}", causes.join(", "));
         }
         if !self.recoveries.is_empty() {
-            let _ = writeln!(out, "\nFAULT                                    AT (s)   RECOVERY (s)");
+            let _ = writeln!(out, "\nFAULT                                    AT (s)   RECOVERY (s)  DETECTED (s)");
             for rec in &self.recoveries {
                 let recovery = rec.recovery_s.map_or("never".to_owned(), |s| format!("{s:.1}"));
-                let _ = writeln!(out, "{:<40} {:>7.1}  {recovery}", rec.fault, rec.at_s);
+                let detected = rec.detected_s.map_or("-".to_owned(), |s| format!("{s:.1}"));
+                let _ = writeln!(out, "{:<40} {:>7.1}  {recovery:<12}  {detected}", rec.fault, rec.at_s);
             }
         }
         let _ = writeln!(

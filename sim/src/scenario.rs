@@ -51,6 +51,20 @@ pub enum Membership {
     /// crutch until SWIM lands, kept afterwards to compare policies without detection noise.
     #[default]
     PerfectFailureDetector,
+    /// SWIM through foca, as the real agent will run it: every node joins through the seeds
+    /// (the first three nodes) and learns who is down from its peers; the simulator says
+    /// nothing about who is alive. A restarted node comes back with a higher generation.
+    Swim,
+}
+
+impl Membership {
+    /// The name a scenario file and every report use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Membership::PerfectFailureDetector => "perfect-failure-detector",
+            Membership::Swim => "swim",
+        }
+    }
 }
 
 /// Simulator options (`[sim]`); every key has a default.

@@ -6,7 +6,7 @@
 //! lock is never contended and the order of operations is the simulator's, seeded.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
@@ -63,12 +63,17 @@ pub struct SimNode {
     pub capacity: Resources,
     /// Whether it is running.
     pub up: bool,
+    /// How many times it booted: the generation of its current life, for SWIM.
+    pub starts: u64,
     /// Service time multiplier of its containers (slow-node).
     pub slow_factor: f64,
     /// Where its driver takes inputs, while it runs.
     pub inbox: Option<async_channel::Sender<Input>>,
     /// Its registry's root hash, as last published by its driver.
     pub digest: Option<u64>,
+    /// The peers its node believes alive, as last published by its driver (for the
+    /// detection time of a crash).
+    pub members: BTreeSet<NodeId>,
     /// Requests that entered its balancers since its driver last took the counts, by app index.
     pub entered: Vec<u64>,
     /// Its balancers, by app index.
@@ -226,9 +231,11 @@ impl World {
                 id: n.id.clone(),
                 capacity: n.capacity,
                 up: false,
+                starts: 0,
                 slow_factor: 1.0,
                 inbox: None,
                 digest: None,
+                members: BTreeSet::new(),
                 entered: vec![0; apps.len()],
                 balancers: (0..apps.len()).map(|_| None).collect(),
                 bytes_sent: 0,
@@ -279,6 +286,7 @@ impl World {
     pub fn node_started(&mut self, index: usize, inbox: async_channel::Sender<Input>) {
         let n = &mut self.nodes[index];
         n.up = true;
+        n.starts += 1;
         n.inbox = Some(inbox);
         n.slow_factor = 1.0;
         self.membership_version += 1;

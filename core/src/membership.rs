@@ -1,0 +1,501 @@
+//! SWIM membership through the `foca` crate: who is alive, learnt from the peers themselves.
+//!
+//! [`Swim`] wraps one `foca::Foca` and its `AccumulatingRuntime`. It is as sans-I/O as `Node`:
+//! packets and timers go in ([`Swim::handle_data`], [`Swim::handle_timer`], [`Swim::announce`]),
+//! and after every call the caller drains what came out ([`Swim::poll_send`],
+//! [`Swim::poll_timer`]) and reads the members again ([`Swim::alive`]). `Node` does that; it puts
+//! foca's timers in its own timer heap, one ordered queue, as foca requires (foca issue #26).
+//!
+//! A member's identity is its node name plus a *generation*: a node that restarts comes back
+//! with a higher generation, so its peers take it for the same node alive again instead of a
+//! ghost of the one they declared down. Its address is the node name: the driver maps names to
+//! sockets.
+//!
+//! `iter_members` is the truth: foca may miss a `MemberDown` for a member it never saw come up,
+//! so the members are read from it ([`Swim::alive`]), not followed through notifications; a
+//! notification or a change of [`Swim::num_members`] only says when to read them again.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::fmt;
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::time::Duration;
+
+use foca::{AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, PostcardCodec};
+use serde::{Deserialize, Serialize};
+
+use crate::model::NodeId;
+use crate::rng::SplitMix64;
+
+/// How a node learns which peers are alive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipMode {
+    /// The driver says who is alive through `Node::handle_membership`: a perfect failure
+    /// detector, the simulator's crutch. The default until SWIM has proven itself.
+    #[default]
+    PerfectFailureDetector,
+    /// SWIM through foca: nodes probe each other and gossip who is down
+    /// ([`SwimConfig`]); the driver only says which peers to join at start
+    /// (`NodeConfig::seeds`).
+    Swim,
+}
+
+/// SWIM settings. The default is a preset for a LAN (round trips of a few milliseconds) tuned
+/// for fast detection:
+///
+/// - every node probes one peer every 500 ms (`probe_period_ms`), waits 200 ms for the answer
+///   (`probe_rtt_ms`), then asks 3 others to probe it;
+/// - a peer silent for a whole probe period is suspected, and declared down 1.5 s later
+///   (`suspect_to_down_ms`) unless it refutes;
+/// - every node gossips membership news to 3 peers every 200 ms;
+/// - every 2 s a node announces itself to 2 peers it believes down, so that the two sides of a
+///   healed partition find each other again (`scenarios/swim-partition.toml`: converged a
+///   median 3.7 s after the heal, at most 6.7 s over seeds 1 to 100).
+///
+/// Expected detection time of a crashed node: a dead peer is probed by some node within about one
+/// probe period (every node probes one peer per period), suspected one period later, declared
+/// down 1.5 s after that, and the news reaches everyone within a few gossip rounds: about
+/// 2.5 s, more when no peer happens to probe it for a few periods. Measured in the simulator
+/// (`scenarios/swim-node-crash.toml`, 20 nodes, 1 to 5 ms hops, seeds 1 to 100): until no live
+/// node believes the crashed one alive, median 2.5 s, 90th percentile 3.3 s, at most 5.1 s.
+/// A node that stalls for longer than about 2 s is declared down too: the price of fast
+/// detection (it rejoins under a new generation once it answers again).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwimConfig {
+    /// How often this node probes one peer.
+    pub probe_period_ms: u64,
+    /// How long a direct probe waits for its answer before peers are asked to probe indirectly.
+    /// Must be less than `probe_period_ms`.
+    pub probe_rtt_ms: u64,
+    /// How many peers probe on this node's behalf when a direct probe is not answered.
+    pub indirect_probes: usize,
+    /// How long a suspected peer has to refute before it is declared down.
+    pub suspect_to_down_ms: u64,
+    /// How often membership news is pushed to `gossip_fanout` random peers, on top of the news
+    /// that rides on probes.
+    pub gossip_interval_ms: u64,
+    /// See `gossip_interval_ms`.
+    pub gossip_fanout: usize,
+    /// How many times each piece of membership news is sent.
+    pub max_transmissions: u8,
+    /// How often this node announces itself to one random peer, to learn the members it missed,
+    /// and to its seeds while it knows no peer at all.
+    pub announce_interval_ms: u64,
+    /// How often this node announces itself to a peer it believes down: how a partition heals.
+    pub announce_down_interval_ms: u64,
+    /// The largest SWIM packet sent or accepted.
+    pub packet_bytes_max: usize,
+    /// How long after its start a node runs no placement pass: its view of the members fills
+    /// in over the first second or so (announce, feed, gossip), and a pass over a partial view
+    /// starts slots that move as soon as the view is whole.
+    pub join_settle_ms: u64,
+}
+
+impl Default for SwimConfig {
+    fn default() -> Self {
+        SwimConfig {
+            probe_period_ms: 500,
+            probe_rtt_ms: 200,
+            indirect_probes: 3,
+            suspect_to_down_ms: 1500,
+            gossip_interval_ms: 200,
+            gossip_fanout: 3,
+            max_transmissions: 10,
+            announce_interval_ms: 5000,
+            announce_down_interval_ms: 2000,
+            packet_bytes_max: 1400,
+            join_settle_ms: 2000,
+        }
+    }
+}
+
+impl SwimConfig {
+    /// foca's `Config` for these settings.
+    fn foca(&self) -> foca::Config {
+        assert!(
+            self.probe_rtt_ms > 0 && self.probe_rtt_ms < self.probe_period_ms,
+            "0 < probe_rtt_ms < probe_period_ms"
+        );
+        assert!(self.suspect_to_down_ms > 0, "suspect_to_down_ms");
+        let nonzero = |n: usize| NonZeroUsize::new(n.max(1)).expect("at least one");
+        let mut config = foca::Config::simple();
+        config.probe_period = Duration::from_millis(self.probe_period_ms);
+        config.probe_rtt = Duration::from_millis(self.probe_rtt_ms);
+        config.num_indirect_probes = nonzero(self.indirect_probes);
+        config.suspect_to_down_after = Duration::from_millis(self.suspect_to_down_ms);
+        config.max_transmissions = NonZeroU8::new(self.max_transmissions.max(1)).expect("at least one");
+        config.max_packet_size = nonzero(self.packet_bytes_max);
+        config.notify_down_members = true;
+        config.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: Duration::from_millis(self.gossip_interval_ms.max(1)),
+            num_members: nonzero(self.gossip_fanout),
+        });
+        config.periodic_announce = Some(foca::PeriodicParams {
+            frequency: Duration::from_millis(self.announce_interval_ms.max(1)),
+            num_members: nonzero(1),
+        });
+        config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: Duration::from_millis(self.announce_down_interval_ms.max(1)),
+            num_members: nonzero(2),
+        });
+        config
+    }
+}
+
+/// A member's identity: its node name and the generation of this life of it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SwimId {
+    /// The node, which is also its address.
+    pub node: NodeId,
+    /// Higher in each life of the node: a restart, or a rejoin after being declared down.
+    pub generation: u64,
+}
+
+impl Identity for SwimId {
+    type Addr = NodeId;
+
+    fn renew(&self) -> Option<Self> {
+        Some(SwimId { node: self.node.clone(), generation: self.generation + 1 })
+    }
+
+    fn addr(&self) -> NodeId {
+        self.node.clone()
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        // Two lives of one node: the later one is the node as it is now.
+        self.generation > adversary.generation
+    }
+}
+
+/// foca's randomness: core's seeded generator behind rand's traits.
+#[derive(Clone, Debug)]
+pub struct SwimRng(SplitMix64);
+
+impl rand_core::TryRng for SwimRng {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        Ok((self.0.next_u64() >> 32) as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        Ok(self.0.next_u64())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.0.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+/// A foca timer, held in `Node`'s timer heap until it is due.
+pub type SwimTimer = foca::Timer<SwimId>;
+
+/// Why a SWIM input was refused. The membership is unchanged, except where foca says otherwise
+/// (it never applies half a packet's updates).
+#[derive(Debug, thiserror::Error)]
+pub enum SwimError {
+    /// foca refused the packet or the timer (malformed, too big, from ourselves, ...).
+    #[error("swim: {0}")]
+    Foca(#[from] foca::Error),
+}
+
+/// One node's SWIM member: foca, its runtime's queued effects, and the seeds to join through.
+pub struct Swim {
+    foca: Foca<SwimId, PostcardCodec, SwimRng, NoCustomBroadcast>,
+    runtime: AccumulatingRuntime<SwimId>,
+    seeds: Vec<NodeId>,
+}
+
+impl fmt::Debug for Swim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Swim")
+            .field("identity", self.foca.identity())
+            .field("members", &self.foca.num_members())
+            .field("seeds", &self.seeds)
+            .finish()
+    }
+}
+
+impl Swim {
+    /// A member named `node` in its life `generation`, with randomness from `seed`. It knows
+    /// nobody until it announces itself ([`Swim::announce`]) or a peer probes it.
+    pub fn new(node: NodeId, generation: u64, config: &SwimConfig, seed: u64) -> Swim {
+        let identity = SwimId { node, generation };
+        let foca = Foca::new(identity, config.foca(), SwimRng(SplitMix64::new(seed)), PostcardCodec);
+        Swim { foca, runtime: AccumulatingRuntime::new(), seeds: Vec::new() }
+    }
+
+    /// This life's identity (foca renews it when the cluster declared this node down).
+    pub fn identity(&self) -> &SwimId {
+        self.foca.identity()
+    }
+
+    /// The peers to announce to while this node knows none.
+    pub fn seeds(&self) -> &[NodeId] {
+        &self.seeds
+    }
+
+    /// Asks to join the cluster through `peers` (remembered as seeds, this node left out).
+    pub fn announce(&mut self, peers: &[NodeId]) {
+        let me = self.foca.identity().node.clone();
+        for peer in peers.iter().filter(|p| **p != me) {
+            if !self.seeds.contains(peer) {
+                self.seeds.push(peer.clone());
+            }
+            // An announce is accepted by address: the generation we guess does not matter.
+            let to = SwimId { node: peer.clone(), generation: 0 };
+            self.foca.announce(to, &mut self.runtime).expect("an announce only encodes a header");
+        }
+    }
+
+    /// Announces again to the seeds when this node knows no peer: its first announces may have
+    /// been lost, or reached seeds not started yet (foca issue #15).
+    pub fn announce_if_alone(&mut self) {
+        if self.foca.num_members() == 0 {
+            let seeds = self.seeds.clone();
+            self.announce(&seeds);
+        }
+    }
+
+    /// A SWIM packet from a peer.
+    pub fn handle_data(&mut self, bytes: &[u8]) -> Result<(), SwimError> {
+        self.foca.handle_data(bytes, &mut self.runtime)?;
+        Ok(())
+    }
+
+    /// A foca timer that came due.
+    pub fn handle_timer(&mut self, timer: SwimTimer) -> Result<(), SwimError> {
+        self.foca.handle_timer(timer, &mut self.runtime)?;
+        Ok(())
+    }
+
+    /// The next packet to send, to the named node.
+    pub fn poll_send(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        self.runtime.to_send().map(|(to, bytes)| (to.node, bytes.to_vec()))
+    }
+
+    /// The next timer to set, due after the given time.
+    pub fn poll_timer(&mut self) -> Option<(Duration, SwimTimer)> {
+        self.runtime.to_schedule()
+    }
+
+    /// Drops foca's notifications, and says whether there were any: a member up, down or
+    /// renamed, this node rejoined or lost its peers. The members themselves are read from
+    /// [`Swim::alive`].
+    pub fn take_notifications(&mut self) -> bool {
+        let mut any = false;
+        while self.runtime.to_notify().is_some() {
+            any = true;
+        }
+        any
+    }
+
+    /// How many peers foca holds active: cheap, unlike [`Swim::alive`].
+    pub fn num_members(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    /// Whether every effect has been drained.
+    pub fn is_drained(&self) -> bool {
+        self.runtime.backlog() == 0
+    }
+
+    /// The peers foca holds active (alive or suspected), by node name.
+    pub fn alive(&self) -> BTreeSet<NodeId> {
+        self.foca.iter_members().map(|m| m.id().node.clone()).collect()
+    }
+
+    /// How many membership updates wait to be gossiped: a number growing past the cluster's
+    /// size means identities are churning (foca issue #19).
+    pub fn updates_backlog(&self) -> usize {
+        self.foca.updates_backlog()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Reverse;
+    use std::collections::{BTreeMap, BinaryHeap};
+
+    /// A few `Swim` members on a perfect network with 1 ms hops, driven in order by one clock.
+    struct Cluster {
+        members: BTreeMap<NodeId, Swim>,
+        /// (due ms, sequence, event)
+        queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+        seq: u64,
+        now_ms: u64,
+        /// Nodes whose packets are neither delivered nor sent, and whose timers are dropped.
+        stopped: BTreeSet<NodeId>,
+    }
+
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+    enum Event {
+        Packet(NodeId, Vec<u8>),
+        Timer(NodeId, u64),
+    }
+
+    impl Cluster {
+        fn new(n: usize, config: &SwimConfig) -> (Cluster, BTreeMap<u64, SwimTimer>) {
+            let mut cluster = Cluster {
+                members: BTreeMap::new(),
+                queue: BinaryHeap::new(),
+                seq: 0,
+                now_ms: 0,
+                stopped: BTreeSet::new(),
+            };
+            let mut timers = BTreeMap::new();
+            for i in 0..n {
+                let id = NodeId::new(&format!("n{i}"));
+                cluster.members.insert(id.clone(), Swim::new(id, 1, config, i as u64));
+            }
+            let first = NodeId::new("n0");
+            for i in 1..n {
+                let id = NodeId::new(&format!("n{i}"));
+                cluster.members.get_mut(&id).unwrap().announce(std::slice::from_ref(&first));
+                cluster.drain(&id, &mut timers);
+            }
+            (cluster, timers)
+        }
+
+        fn push(&mut self, at_ms: u64, event: Event) {
+            self.seq += 1;
+            self.queue.push(Reverse((at_ms, self.seq, event)));
+        }
+
+        fn drain(&mut self, id: &NodeId, timers: &mut BTreeMap<u64, SwimTimer>) {
+            let now = self.now_ms;
+            let mut out = Vec::new();
+            let member = self.members.get_mut(id).unwrap();
+            while let Some((to, bytes)) = member.poll_send() {
+                out.push(Event::Packet(to, bytes));
+            }
+            let mut later = Vec::new();
+            while let Some((after, timer)) = member.poll_timer() {
+                later.push((after, timer));
+            }
+            member.take_notifications();
+            assert!(member.is_drained());
+            for event in out {
+                if let Event::Packet(to, bytes) = event {
+                    // The sender rides along in the payload's header; deliver to `to`.
+                    self.push(now + 1, Event::Packet(to, bytes));
+                }
+            }
+            for (after, timer) in later {
+                self.seq += 1;
+                timers.insert(self.seq, timer);
+                let key = self.seq;
+                self.queue.push(Reverse((now + after.as_millis() as u64, key, Event::Timer(id.clone(), key))));
+            }
+        }
+
+        fn run_until(&mut self, until_ms: u64, timers: &mut BTreeMap<u64, SwimTimer>) {
+            while let Some(Reverse((at, _, _))) = self.queue.peek() {
+                if *at > until_ms {
+                    break;
+                }
+                let Reverse((at, _, event)) = self.queue.pop().unwrap();
+                self.now_ms = at;
+                match event {
+                    Event::Packet(to, bytes) => {
+                        if self.stopped.contains(&to) || !self.members.contains_key(&to) {
+                            continue;
+                        }
+                        let _ = self.members.get_mut(&to).unwrap().handle_data(&bytes);
+                        self.drain(&to, timers);
+                    }
+                    Event::Timer(id, key) => {
+                        let timer = timers.remove(&key).unwrap();
+                        if self.stopped.contains(&id) {
+                            continue;
+                        }
+                        self.members.get_mut(&id).unwrap().handle_timer(timer).unwrap();
+                        self.drain(&id, timers);
+                    }
+                }
+            }
+            self.now_ms = until_ms;
+        }
+
+        fn everyone_but(&self, id: &NodeId) -> impl Iterator<Item = (&NodeId, &Swim)> + '_ {
+            let id = id.clone();
+            self.members.iter().filter(move |(n, _)| **n != id && !self.stopped.contains(*n))
+        }
+    }
+
+    #[test]
+    fn nodes_that_announce_to_one_seed_all_learn_each_other() {
+        let config = SwimConfig::default();
+        let (mut cluster, mut timers) = Cluster::new(8, &config);
+        cluster.run_until(3000, &mut timers);
+        for (id, member) in &cluster.members {
+            assert_eq!(member.alive().len(), 7, "{id} knows everyone else");
+        }
+    }
+
+    #[test]
+    fn a_node_that_stops_answering_is_declared_down_by_every_peer_within_the_expected_detection_time() {
+        let config = SwimConfig::default();
+        let (mut cluster, mut timers) = Cluster::new(10, &config);
+        cluster.run_until(5000, &mut timers);
+        let victim = NodeId::new("n3");
+        cluster.stopped.insert(victim.clone());
+        let stopped_at = cluster.now_ms;
+        // The bound the preset documents: a probe period to be probed, one to be suspected,
+        // the suspicion time, then a few gossip rounds.
+        let bound_ms = 2 * config.probe_period_ms + config.suspect_to_down_ms + 3 * config.gossip_interval_ms;
+        let mut declared_at = None;
+        while cluster.now_ms < stopped_at + 4 * bound_ms {
+            let next = cluster.now_ms + 50;
+            cluster.run_until(next, &mut timers);
+            if cluster.everyone_but(&victim).all(|(_, m)| !m.alive().contains(&victim)) {
+                declared_at = Some(cluster.now_ms);
+                break;
+            }
+        }
+        let declared_at = declared_at.expect("the silent node is declared down");
+        let took = declared_at - stopped_at;
+        assert!(took >= config.suspect_to_down_ms, "not before the suspicion ran out ({took} ms)");
+        assert!(took <= bound_ms + config.probe_period_ms, "declared down after {took} ms (bound {bound_ms} ms)");
+        for (id, member) in cluster.everyone_but(&victim) {
+            assert_eq!(member.alive().len(), 8, "{id} still sees every other live node");
+        }
+    }
+
+    #[test]
+    fn a_restarted_node_with_a_new_generation_rejoins_and_is_alive_again_everywhere() {
+        let config = SwimConfig::default();
+        let (mut cluster, mut timers) = Cluster::new(6, &config);
+        cluster.run_until(3000, &mut timers);
+        let victim = NodeId::new("n2");
+        cluster.stopped.insert(victim.clone());
+        cluster.run_until(10_000, &mut timers);
+        assert!(cluster.everyone_but(&victim).all(|(_, m)| !m.alive().contains(&victim)), "declared down first");
+        // The node comes back as a new life: a fresh member with a higher generation.
+        cluster.stopped.remove(&victim);
+        let mut reborn = Swim::new(victim.clone(), 2, &config, 99);
+        reborn.announce(&[NodeId::new("n0")]);
+        cluster.members.insert(victim.clone(), reborn);
+        cluster.drain(&victim, &mut timers);
+        cluster.run_until(13_000, &mut timers);
+        for (id, member) in &cluster.members {
+            assert_eq!(member.alive().len(), 5, "{id} sees every other node, the restarted one included");
+        }
+        assert_eq!(cluster.members[&victim].identity().generation, 2, "no rename was needed");
+    }
+
+    #[test]
+    fn the_later_life_of_a_node_wins_its_address() {
+        let old = SwimId { node: NodeId::new("a"), generation: 1 };
+        let new = old.renew().unwrap();
+        assert!(new.win_addr_conflict(&old));
+        assert!(!old.win_addr_conflict(&new));
+        assert_eq!(new.addr(), old.addr());
+    }
+}
