@@ -11,10 +11,12 @@
 //!
 //! Spreading entries is the caller's job, and the registry supports both halves of it:
 //! [`Registry::take_recent`] lists the keys changed since the last call, for rumors, and
-//! [`Registry::digest`] hashes the key space in [`limits::REGISTRY_BUCKETS`] buckets, so two
-//! nodes find the buckets they disagree on ([`Registry::mismatched_buckets`]) and send each
-//! other just those ([`Registry::entries_in_buckets`]): anti-entropy repairs whatever rumors
-//! missed.
+//! [`Registry::digest`] hashes the key space in [`limits::REGISTRY_BUCKETS`] buckets (folded
+//! into one [`Registry::root_hash`]), so two nodes find the buckets they disagree on
+//! ([`Registry::mismatched_buckets`]): anti-entropy repairs whatever rumors missed. A caller can
+//! then send each other every entry of those buckets ([`Registry::entries_in_buckets`]), or, as
+//! `node` does, compare their [`Head`]s ([`Registry::heads_in_buckets`], [`Registry::is_news`])
+//! and send only the entries the other lacks ([`Registry::entries_by_key_hash`]).
 //!
 //! # What the driver must guarantee
 //!
