@@ -1526,11 +1526,18 @@ impl Node {
             Key::Load(_) => {}
             Key::Status(node) => {
                 self.facts_generation += 1;
-                self.status_slots_changed(node);
-                let mut list: Vec<Backend> = match self.registry.get(key) {
+                // One read of the status for both derived views: the slots it runs and its
+                // healthy replicas.
+                let (spec, slots, mut list) = match self.registry.get(key) {
                     Some(Value::Status(status)) => {
                         let addr: Arc<str> = Arc::from(status.addr.as_str());
-                        status
+                        let slots: Vec<SlotId> = status
+                            .containers
+                            .iter()
+                            .filter(|c| c.state != ContainerState::Failed)
+                            .map(|c| c.slot.clone())
+                            .collect();
+                        let list: Vec<Backend> = status
                             .containers
                             .iter()
                             .filter(|c| c.state == ContainerState::Healthy)
@@ -1540,10 +1547,12 @@ impl Node {
                                 host_port: c.host_port,
                                 slot: c.slot.clone(),
                             })
-                            .collect()
+                            .collect();
+                        (Some(status.spec.clone()), slots, list)
                     }
-                    _ => Vec::new(),
+                    _ => (None, Vec::new(), Vec::new()),
                 };
+                self.status_slots_changed(node, spec, slots);
                 list.sort();
                 list.dedup();
                 let old = self.node_healthy.get(node).map(Vec::as_slice).unwrap_or(&[]);
@@ -1565,29 +1574,17 @@ impl Node {
     }
 
     /// Keeps `node_slots` and `slot_counts` in step with `node`'s status.
-    fn status_slots_changed(&mut self, node: &NodeId) {
-        let (spec, mut slots) = match self.registry.get(&Key::Status(node.clone())) {
-            Some(Value::Status(status)) => (
-                Some(status.spec.clone()),
-                status
-                    .containers
-                    .iter()
-                    .filter(|c| c.state != ContainerState::Failed)
-                    .map(|c| c.slot.clone())
-                    .collect::<Vec<_>>(),
-            ),
-            _ => (None, Vec::new()),
-        };
+    fn status_slots_changed(&mut self, node: &NodeId, spec: Option<NodeSpec>, mut slots: Vec<SlotId>) {
         slots.sort();
         let old = self.node_slots.remove(node);
         if old.as_ref().map(|(s, _)| s) != spec.as_ref() {
             self.structure_generation += 1;
         }
+        let old_slots = old.map(|(_, s)| s).unwrap_or_default();
+        // A health change keeps the slots as they were: the counts stay as they are.
         let live = *node == self.config.id || self.members.contains(node);
-        if live {
-            if let Some((_, old_slots)) = &old {
-                self.count_slots(old_slots, false);
-            }
+        if live && old_slots != slots {
+            self.count_slots(&old_slots, false);
             self.count_slots(&slots, true);
         }
         if let Some(spec) = spec {
