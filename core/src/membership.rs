@@ -6,19 +6,22 @@
 //! [`Swim::poll_timer`]) and reads the members again ([`Swim::alive`]). `Node` does that; it puts
 //! foca's timers in its own timer heap, one ordered queue, as foca requires (foca issue #26).
 //!
-//! A member's identity is its node name plus a *generation*: a node that restarts comes back
-//! with a higher generation, so its peers take it for the same node alive again instead of a
-//! ghost of the one they declared down. Its address is the node name: the driver maps names to
-//! sockets.
+//! A member's identity is its node name, its gossip address ([`PeerAddr`]) and a *generation*:
+//! a node that restarts comes back with a higher generation, so its peers take it for the same
+//! node alive again instead of a ghost of the one they declared down. foca tells members apart
+//! by address, so a node joins through any address it knows ([`Swim::announce`]) without
+//! knowing the name behind it, and the addresses of the members spread with the membership.
 //!
 //! `iter_members` is the truth: foca may miss a `MemberDown` for a member it never saw come up,
 //! so the members are read from it ([`Swim::alive`]), not followed through notifications; a
 //! notification or a change of [`Swim::num_members`] only says when to read them again.
 
-use std::collections::BTreeSet;
 use std::convert::Infallible;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::num::{NonZeroU8, NonZeroUsize};
+use std::sync::Arc;
 use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, PostcardCodec};
@@ -26,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::NodeId;
 use crate::rng::SplitMix64;
+use crate::schedule::stable_hash;
 
 /// How a node learns which peers are alive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,24 +146,111 @@ impl SwimConfig {
     }
 }
 
-/// A member's identity: its node name and the generation of this life of it.
+/// Where a node's packets go: a string its driver understands (the real agent's `host:port`
+/// of its UDP socket, the simulator's node address). Cheap to clone (shared) and to compare (it
+/// carries its hash): foca compares addresses in linear scans of its member list, so at a
+/// thousand members a string comparison there was a third of the simulator's time.
+#[derive(Clone)]
+pub struct PeerAddr {
+    text: Arc<str>,
+    hash: u64,
+}
+
+impl PeerAddr {
+    /// The address `text`.
+    pub fn new(text: &str) -> PeerAddr {
+        PeerAddr { text: Arc::from(text), hash: stable_hash(text.as_bytes()) }
+    }
+
+    /// The address as the driver gave it.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// A stable 64-bit hash of the address.
+    pub fn hash64(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl PartialEq for PeerAddr {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.text == other.text
+    }
+}
+
+impl Eq for PeerAddr {}
+
+impl PartialOrd for PeerAddr {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PeerAddr {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl Hash for PeerAddr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl fmt::Debug for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.text, f)
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<&str> for PeerAddr {
+    fn from(text: &str) -> Self {
+        PeerAddr::new(text)
+    }
+}
+
+impl Serialize for PeerAddr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(PeerAddr::new(&text))
+    }
+}
+
+/// A member's identity: its node name, its address and the generation of this life of it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SwimId {
-    /// The node, which is also its address.
+    /// The node.
     pub node: NodeId,
+    /// Where its packets go; foca tells members apart by it.
+    pub addr: PeerAddr,
     /// Higher in each life of the node: a restart, or a rejoin after being declared down.
     pub generation: u64,
 }
 
 impl Identity for SwimId {
-    type Addr = NodeId;
+    /// The address's hash: foca compares addresses in linear scans, so they must be cheap.
+    type Addr = u64;
 
     fn renew(&self) -> Option<Self> {
-        Some(SwimId { node: self.node.clone(), generation: self.generation + 1 })
+        Some(SwimId { node: self.node.clone(), addr: self.addr.clone(), generation: self.generation + 1 })
     }
 
-    fn addr(&self) -> NodeId {
-        self.node.clone()
+    fn addr(&self) -> u64 {
+        self.addr.hash
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
@@ -208,7 +299,7 @@ pub enum SwimError {
 pub struct Swim {
     foca: Foca<SwimId, PostcardCodec, SwimRng, NoCustomBroadcast>,
     runtime: AccumulatingRuntime<SwimId>,
-    seeds: Vec<NodeId>,
+    seeds: Vec<PeerAddr>,
 }
 
 impl fmt::Debug for Swim {
@@ -222,10 +313,11 @@ impl fmt::Debug for Swim {
 }
 
 impl Swim {
-    /// A member named `node` in its life `generation`, with randomness from `seed`. It knows
-    /// nobody until it announces itself ([`Swim::announce`]) or a peer probes it.
-    pub fn new(node: NodeId, generation: u64, config: &SwimConfig, seed: u64) -> Swim {
-        let identity = SwimId { node, generation };
+    /// A member named `node`, reached at `addr`, in its life `generation`, with randomness
+    /// from `seed`. It knows nobody until it announces itself ([`Swim::announce`]) or a peer
+    /// probes it.
+    pub fn new(node: NodeId, addr: PeerAddr, generation: u64, config: &SwimConfig, seed: u64) -> Swim {
+        let identity = SwimId { node, addr, generation };
         let foca = Foca::new(identity, config.foca(), SwimRng(SplitMix64::new(seed)), PostcardCodec);
         Swim { foca, runtime: AccumulatingRuntime::new(), seeds: Vec::new() }
     }
@@ -235,20 +327,21 @@ impl Swim {
         self.foca.identity()
     }
 
-    /// The peers to announce to while this node knows none.
-    pub fn seeds(&self) -> &[NodeId] {
+    /// The addresses to announce to while this node knows no peer.
+    pub fn seeds(&self) -> &[PeerAddr] {
         &self.seeds
     }
 
-    /// Asks to join the cluster through `peers` (remembered as seeds, this node left out).
-    pub fn announce(&mut self, peers: &[NodeId]) {
-        let me = self.foca.identity().node.clone();
-        for peer in peers.iter().filter(|p| **p != me) {
-            if !self.seeds.contains(peer) {
-                self.seeds.push(peer.clone());
+    /// Asks to join the cluster through the peers at `addrs` (remembered as seeds, this node's
+    /// own address left out). Their names need not be known.
+    pub fn announce(&mut self, addrs: &[PeerAddr]) {
+        let me = self.foca.identity().addr.clone();
+        for addr in addrs.iter().filter(|a| **a != me) {
+            if !self.seeds.contains(addr) {
+                self.seeds.push(addr.clone());
             }
-            // An announce is accepted by address: the generation we guess does not matter.
-            let to = SwimId { node: peer.clone(), generation: 0 };
+            // An announce is accepted by address: the name and generation we put do not matter.
+            let to = SwimId { node: NodeId::new(""), addr: addr.clone(), generation: 0 };
             self.foca.announce(to, &mut self.runtime).expect("an announce only encodes a header");
         }
     }
@@ -274,9 +367,9 @@ impl Swim {
         Ok(())
     }
 
-    /// The next packet to send, to the named node.
-    pub fn poll_send(&mut self) -> Option<(NodeId, Vec<u8>)> {
-        self.runtime.to_send().map(|(to, bytes)| (to.node, bytes.to_vec()))
+    /// The next packet to send, to the peer at that address.
+    pub fn poll_send(&mut self) -> Option<(PeerAddr, Vec<u8>)> {
+        self.runtime.to_send().map(|(to, bytes)| (to.addr, bytes.to_vec()))
     }
 
     /// The next timer to set, due after the given time.
@@ -305,9 +398,19 @@ impl Swim {
         self.runtime.backlog() == 0
     }
 
-    /// The peers foca holds active (alive or suspected), by node name.
-    pub fn alive(&self) -> BTreeSet<NodeId> {
-        self.foca.iter_members().map(|m| m.id().node.clone()).collect()
+    /// The peers foca holds active (alive or suspected), by node name, with their addresses.
+    pub fn alive(&self) -> BTreeMap<NodeId, PeerAddr> {
+        self.foca.iter_members().map(|m| (m.id().node.clone(), m.id().addr.clone())).collect()
+    }
+
+    /// A fingerprint of the active members (their addresses and generations), order-free and
+    /// cheap next to [`Swim::alive`]: equal fingerprints mean nothing to read again, but for
+    /// odds of 1 in 2^64.
+    pub fn fingerprint(&self) -> u64 {
+        self.foca.iter_members().fold(0u64, |acc, m| {
+            let id = m.id();
+            acc.wrapping_add(crate::schedule::mix(id.addr.hash ^ id.generation.rotate_left(32)))
+        })
     }
 
     /// How many membership updates wait to be gossiped: a number growing past the cluster's
@@ -321,7 +424,7 @@ impl Swim {
 mod tests {
     use super::*;
     use std::cmp::Reverse;
-    use std::collections::{BTreeMap, BinaryHeap};
+    use std::collections::{BTreeSet, BinaryHeap};
 
     /// A few `Swim` members on a perfect network with 1 ms hops, driven in order by one clock.
     struct Cluster {
@@ -352,9 +455,10 @@ mod tests {
             let mut timers = BTreeMap::new();
             for i in 0..n {
                 let id = NodeId::new(&format!("n{i}"));
-                cluster.members.insert(id.clone(), Swim::new(id, 1, config, i as u64));
+                let addr = PeerAddr::new(id.as_str());
+                cluster.members.insert(id.clone(), Swim::new(id, addr, 1, config, i as u64));
             }
-            let first = NodeId::new("n0");
+            let first = PeerAddr::new("n0");
             for i in 1..n {
                 let id = NodeId::new(&format!("n{i}"));
                 cluster.members.get_mut(&id).unwrap().announce(std::slice::from_ref(&first));
@@ -373,7 +477,8 @@ mod tests {
             let mut out = Vec::new();
             let member = self.members.get_mut(id).unwrap();
             while let Some((to, bytes)) = member.poll_send() {
-                out.push(Event::Packet(to, bytes));
+                // Each test node's address is its name.
+                out.push(Event::Packet(NodeId::new(to.as_str()), bytes));
             }
             let mut later = Vec::new();
             while let Some((after, timer)) = member.poll_timer() {
@@ -454,7 +559,7 @@ mod tests {
         while cluster.now_ms < stopped_at + 4 * bound_ms {
             let next = cluster.now_ms + 50;
             cluster.run_until(next, &mut timers);
-            if cluster.everyone_but(&victim).all(|(_, m)| !m.alive().contains(&victim)) {
+            if cluster.everyone_but(&victim).all(|(_, m)| !m.alive().contains_key(&victim)) {
                 declared_at = Some(cluster.now_ms);
                 break;
             }
@@ -476,11 +581,11 @@ mod tests {
         let victim = NodeId::new("n2");
         cluster.stopped.insert(victim.clone());
         cluster.run_until(10_000, &mut timers);
-        assert!(cluster.everyone_but(&victim).all(|(_, m)| !m.alive().contains(&victim)), "declared down first");
+        assert!(cluster.everyone_but(&victim).all(|(_, m)| !m.alive().contains_key(&victim)), "declared down first");
         // The node comes back as a new life: a fresh member with a higher generation.
         cluster.stopped.remove(&victim);
-        let mut reborn = Swim::new(victim.clone(), 2, &config, 99);
-        reborn.announce(&[NodeId::new("n0")]);
+        let mut reborn = Swim::new(victim.clone(), PeerAddr::new(victim.as_str()), 2, &config, 99);
+        reborn.announce(&[PeerAddr::new("n0")]);
         cluster.members.insert(victim.clone(), reborn);
         cluster.drain(&victim, &mut timers);
         cluster.run_until(13_000, &mut timers);
@@ -492,7 +597,7 @@ mod tests {
 
     #[test]
     fn the_later_life_of_a_node_wins_its_address() {
-        let old = SwimId { node: NodeId::new("a"), generation: 1 };
+        let old = SwimId { node: NodeId::new("a"), addr: PeerAddr::new("10.0.0.1:7946"), generation: 1 };
         let new = old.renew().unwrap();
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::autoscale::{Autoscaler, ScaleDecision};
 use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
 use crate::limits;
-use crate::membership::{MembershipMode, Swim, SwimConfig, SwimTimer};
+use crate::membership::{MembershipMode, PeerAddr, Swim, SwimConfig, SwimTimer};
 use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resources, SlotId, validate_apps};
 use crate::registry::{Digest, Entry, Head, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
@@ -52,6 +52,9 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// The host other nodes' balancers use to reach this node's containers.
     pub addr: String,
+    /// Where peers send this node's packets (gossip and SWIM): the real agent's UDP socket as
+    /// `host:port`, the simulator's node address. By default the node's name.
+    pub gossip_addr: PeerAddr,
     /// What this node offers to containers.
     pub capacity: Resources,
     /// This node's labels, matched by app constraints.
@@ -97,9 +100,10 @@ pub struct NodeConfig {
     /// SWIM settings, used in [`MembershipMode::Swim`]: see [`SwimConfig`] for the preset and
     /// its detection time.
     pub swim: SwimConfig,
-    /// The peers to join through at start in [`MembershipMode::Swim`] (this node may be among
-    /// them; it is left out). More peers can be given later through [`Node::handle_join`].
-    pub seeds: Vec<NodeId>,
+    /// The addresses to join through at start in [`MembershipMode::Swim`] (this node's own may
+    /// be among them; it is left out). Their names need not be known. More can be given later
+    /// through [`Node::handle_join`].
+    pub seeds: Vec<PeerAddr>,
     /// This life of the node, for SWIM: higher after every restart, so peers that declared the
     /// previous life down take the node back. The real agent may use its start time.
     pub generation: u64,
@@ -109,6 +113,7 @@ impl NodeConfig {
     /// A config with every default, for a node named `id` reachable at `addr`.
     pub fn new(id: NodeId, addr: &str, capacity: Resources) -> NodeConfig {
         NodeConfig {
+            gossip_addr: PeerAddr::new(id.as_str()),
             id,
             addr: addr.to_owned(),
             capacity,
@@ -195,11 +200,12 @@ pub struct Backend {
 /// What the node asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Send `bytes` to peer `to`; losing them is allowed.
+    /// Send `bytes` to the peer at `to`; losing them is allowed. The driver hands them to that
+    /// peer's [`Node::handle_message`].
     Send {
-        /// The peer.
-        to: NodeId,
-        /// An encoded [`Message`].
+        /// The peer's gossip address ([`NodeConfig::gossip_addr`]).
+        to: PeerAddr,
+        /// An encoded [`Packet`].
         bytes: Vec<u8>,
     },
     /// Start a container for `slot` listening on `host_port`; answer with
@@ -292,8 +298,8 @@ pub enum Event {
     },
     /// A peer sent bytes that do not decode; they were dropped.
     BadMessage {
-        /// The peer.
-        from: NodeId,
+        /// The peer, when the packet said who it was from.
+        from: Option<NodeId>,
         /// What the decoder said.
         error: String,
     },
@@ -385,7 +391,26 @@ fn serialize_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result
     serializer.serialize_bytes(bytes)
 }
 
-/// The messages nodes exchange. Encoded with postcard; entries borrow from the received bytes.
+/// What travels between nodes: the sender's name, then one [`Message`]. Encoded with postcard;
+/// entries borrow from the received bytes. The sender rides in the packet because a driver
+/// knows only where bytes came from on its network, not which node sent them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Packet<'a> {
+    /// The sending node.
+    pub from: NodeId,
+    /// What it says.
+    #[serde(borrow)]
+    pub message: Message<'a>,
+}
+
+impl Packet<'_> {
+    /// `message` from `from`, encoded for the wire.
+    pub fn encode(from: &NodeId, message: &Message<'_>) -> Vec<u8> {
+        postcard::to_allocvec(&(from, message)).expect("messages encode")
+    }
+}
+
+/// The messages nodes exchange, inside a [`Packet`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Message<'a> {
     /// News: entries that changed recently.
@@ -521,6 +546,8 @@ pub struct Node {
     members: BTreeSet<NodeId>,
     /// `members` in a vector, for drawing random peers without copying the set.
     member_list: Vec<NodeId>,
+    /// The gossip address of each name in `member_list`.
+    member_addrs: Vec<PeerAddr>,
     /// The stable hash of each name in `member_list` and of this node's, for rendezvous.
     member_hashes: Vec<u64>,
     local: BTreeMap<SlotId, Local>,
@@ -573,6 +600,8 @@ pub struct Node {
     autoscalers: BTreeMap<AppName, Autoscaler>,
     /// SWIM membership, in [`MembershipMode::Swim`] only.
     swim: Option<Swim>,
+    /// [`Swim::fingerprint`] when the members were last read from foca.
+    swim_fingerprint: u64,
     /// Bumped whenever `members` changes.
     members_version: u64,
     /// No placement pass runs before this (`SwimConfig::join_settle_ms` after the start in
@@ -591,6 +620,7 @@ impl Node {
             registry: Registry::new(config.id.clone()),
             members: BTreeSet::new(),
             member_list: Vec::new(),
+            member_addrs: Vec::new(),
             member_hashes: Vec::new(),
             local: BTreeMap::new(),
             generation: 0,
@@ -617,6 +647,7 @@ impl Node {
             load_pending: BTreeMap::new(),
             autoscalers: BTreeMap::new(),
             swim: None,
+            swim_fingerprint: 0,
             members_version: 0,
             places_from: match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
@@ -641,10 +672,10 @@ impl Node {
         if node.config.membership == MembershipMode::Swim {
             let seed = node.rng.next_u64();
             let config = &node.config;
-            node.swim = Some(Swim::new(config.id.clone(), config.generation, &config.swim, seed));
+            node.swim =
+                Some(Swim::new(config.id.clone(), config.gossip_addr.clone(), config.generation, &config.swim, seed));
             let seeds = node.config.seeds.clone();
-            let me = node.config.id.clone();
-            node.swim_call(now, &me, |swim| {
+            node.swim_call(now, None, |swim| {
                 swim.announce(&seeds);
                 Ok(())
             });
@@ -713,19 +744,20 @@ impl Node {
         self.check_invariants();
     }
 
-    /// A message from peer `from`. Undecodable bytes are dropped with an
-    /// [`Event::BadMessage`]: a peer of another version must not crash this one.
-    pub fn handle_message(&mut self, now: Time, from: &NodeId, bytes: &[u8]) {
+    /// A [`Packet`] from a peer, as it came off the network. Undecodable bytes are dropped
+    /// with an [`Event::BadMessage`]: a peer of another version must not crash this one.
+    pub fn handle_message(&mut self, now: Time, bytes: &[u8]) {
         self.begin_input(now);
         let now = self.now;
-        let message = match postcard::from_bytes::<Message>(bytes) {
-            Ok(message) => message,
+        let Packet { from, message } = match postcard::from_bytes::<Packet>(bytes) {
+            Ok(packet) => packet,
             Err(e) => {
-                let event = Event::BadMessage { from: from.clone(), error: e.to_string() };
+                let event = Event::BadMessage { from: None, error: e.to_string() };
                 self.actions.push_back(Action::Event(event));
                 return;
             }
         };
+        let from = &from;
         match message {
             Message::Updates(entries) => {
                 self.merge_wire(now, from, &entries);
@@ -769,22 +801,21 @@ impl Node {
             Message::Load { app, requests } => self.record_load(now, &app, requests),
             Message::Swim(packet) => {
                 if self.swim.is_some() {
-                    self.swim_call(now, from, |swim| swim.handle_data(packet));
+                    self.swim_call(now, Some(from), |swim| swim.handle_data(packet));
                 }
             }
         }
         self.check_invariants();
     }
 
-    /// Joins the cluster through `peers` ([`MembershipMode::Swim`] only): announces this node
-    /// to them, and to them again while it knows no peer.
-    pub fn handle_join(&mut self, now: Time, peers: Vec<NodeId>) {
+    /// Joins the cluster through the peers at `addrs` ([`MembershipMode::Swim`] only):
+    /// announces this node to them, and to them again while it knows no peer.
+    pub fn handle_join(&mut self, now: Time, addrs: Vec<PeerAddr>) {
         self.begin_input(now);
         let now = self.now;
         assert!(self.swim.is_some(), "handle_join is for MembershipMode::Swim");
-        let me = self.config.id.clone();
-        self.swim_call(now, &me, |swim| {
-            swim.announce(&peers);
+        self.swim_call(now, None, |swim| {
+            swim.announce(&addrs);
             Ok(())
         });
         self.check_invariants();
@@ -795,17 +826,17 @@ impl Node {
     /// may have changed: foca notified something, or holds a different number of members. A
     /// change that foca did not notify and that kept the count (a member down and another up
     /// in one call) is caught by the full check every probe period (`Timer::SwimJoin`). A refused
-    /// input is reported as an [`Event::BadMessage`] from `source`.
+    /// packet is reported as an [`Event::BadMessage`] from `source`.
     fn swim_call(
         &mut self,
         now: Time,
-        source: &NodeId,
+        source: Option<&NodeId>,
         call: impl FnOnce(&mut Swim) -> Result<(), crate::membership::SwimError>,
     ) {
         let swim = self.swim.as_mut().expect("swim mode");
         let result = call(swim);
         while let Some((to, packet)) = swim.poll_send() {
-            let bytes = postcard::to_allocvec(&Message::Swim(&packet)).expect("messages encode");
+            let bytes = Packet::encode(&self.config.id, &Message::Swim(&packet));
             self.actions.push_back(Action::Send { to, bytes });
         }
         let mut timers = Vec::new();
@@ -814,14 +845,22 @@ impl Node {
         }
         let notified = swim.take_notifications();
         assert!(swim.is_drained(), "foca's runtime is drained after every call");
-        // Reading foca's members costs a set of n names: after every packet of a thousand-node
-        // cluster, that was most of a node's time.
-        let alive = (notified || swim.num_members() != self.members.len()).then(|| swim.alive());
+        // Reading foca's members costs a sorted map of n names: after every packet of a
+        // thousand-node cluster, that was most of a node's time. So they are read only when
+        // they may have changed, and their fingerprint says they did.
+        let alive = if notified || swim.num_members() != self.members.len() {
+            let fingerprint = swim.fingerprint();
+            (fingerprint != std::mem::replace(&mut self.swim_fingerprint, fingerprint)).then(|| swim.alive())
+        } else {
+            None
+        };
         for (after, timer) in timers {
             self.schedule(now + after, Timer::Swim(timer));
         }
         if let Err(e) = result {
-            let event = Event::BadMessage { from: source.clone(), error: e.to_string() };
+            // foca refuses its own timers only on a bug; a packet from a peer may be anything.
+            assert!(source.is_some(), "foca refused a timer or an announce: {e}");
+            let event = Event::BadMessage { from: source.cloned(), error: e.to_string() };
             self.actions.push_back(Action::Event(event));
         }
         if let Some(alive) = alive {
@@ -829,48 +868,56 @@ impl Node {
         }
     }
 
-    /// The perfect failure detector, a simulator crutch until SWIM lands: the driver says which
-    /// peers are alive. A peer missing from `alive` leaves every balancer at once.
-    pub fn handle_membership(&mut self, now: Time, alive: impl IntoIterator<Item = NodeId>) {
+    /// The perfect failure detector, a simulator crutch kept for comparing policies without
+    /// detection noise: the driver says which peers are alive, and where they are. A peer
+    /// missing from `alive` leaves every balancer at once.
+    pub fn handle_membership(&mut self, now: Time, alive: impl IntoIterator<Item = (NodeId, PeerAddr)>) {
         self.begin_input(now);
         let now = self.now;
         assert!(
             self.config.membership == MembershipMode::PerfectFailureDetector,
             "handle_membership is the perfect failure detector's input; SWIM learns members itself"
         );
-        let alive: BTreeSet<NodeId> = alive.into_iter().filter(|n| *n != self.config.id).collect();
+        let alive: BTreeMap<NodeId, PeerAddr> = alive.into_iter().filter(|(n, _)| *n != self.config.id).collect();
         self.set_members(now, alive);
         self.check_invariants();
     }
 
-    /// The peers believed alive are now `alive` (this node excluded): a peer that left leaves
-    /// every balancer and placement at once, one that joined enters them.
-    fn set_members(&mut self, now: Time, alive: BTreeSet<NodeId>) {
-        debug_assert!(!alive.contains(&self.config.id));
-        if alive != self.members {
-            let joined: Vec<NodeId> = alive.difference(&self.members).cloned().collect();
-            let left: Vec<NodeId> = self.members.difference(&alive).cloned().collect();
-            for node in &left {
-                let list = self.node_healthy.get(node).cloned().unwrap_or_default();
-                self.unlist_healthy(&list);
-                let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
-                self.count_slots(&slots, false);
+    /// The peers believed alive are now `alive` (this node excluded), at these addresses: a
+    /// peer that left leaves every balancer and placement at once, one that joined enters them.
+    fn set_members(&mut self, now: Time, alive: BTreeMap<NodeId, PeerAddr>) {
+        debug_assert!(!alive.contains_key(&self.config.id));
+        if alive.len() == self.members.len() && alive.keys().eq(self.members.iter()) {
+            // The same peers; one may have come back at another address.
+            if !alive.values().eq(self.member_addrs.iter()) {
+                self.member_addrs = alive.into_values().collect();
             }
-            for node in &joined {
-                let list = self.node_healthy.get(node).cloned().unwrap_or_default();
-                self.list_healthy(&list);
-                let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
-                self.count_slots(&slots, true);
-            }
-            self.structure_generation += 1;
-            self.member_list = alive.iter().cloned().collect();
-            self.member_hashes = self.member_list.iter().map(|n| stable_hash(n.as_str().as_bytes())).collect();
-            self.members = alive;
-            self.members_version += 1;
-            self.facts_generation += 1;
-            self.update_backends();
-            self.request_reconcile(now);
+            return;
         }
+        let joined: Vec<NodeId> = alive.keys().filter(|n| !self.members.contains(*n)).cloned().collect();
+        let left: Vec<NodeId> = self.members.iter().filter(|n| !alive.contains_key(*n)).cloned().collect();
+        for node in &left {
+            let list = self.node_healthy.get(node).cloned().unwrap_or_default();
+            self.unlist_healthy(&list);
+            let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
+            self.count_slots(&slots, false);
+        }
+        for node in &joined {
+            let list = self.node_healthy.get(node).cloned().unwrap_or_default();
+            self.list_healthy(&list);
+            let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
+            self.count_slots(&slots, true);
+        }
+        self.structure_generation += 1;
+        let (names, addrs): (Vec<NodeId>, Vec<PeerAddr>) = alive.into_iter().unzip();
+        self.member_hashes = names.iter().map(|n| stable_hash(n.as_str().as_bytes())).collect();
+        self.members = names.iter().cloned().collect();
+        self.member_list = names;
+        self.member_addrs = addrs;
+        self.members_version += 1;
+        self.facts_generation += 1;
+        self.update_backends();
+        self.request_reconcile(now);
     }
 
     /// The container runtime reports on a container.
@@ -1051,7 +1098,9 @@ impl Node {
             }
             Timer::AntiEntropy => {
                 if let Some(peer) = self.random_peers(1).pop() {
-                    self.send(&peer, &Message::Root(self.registry.root_hash()));
+                    let bytes = Packet::encode(&self.config.id, &Message::Root(self.registry.root_hash()));
+                    let to = self.member_addrs[peer].clone();
+                    self.actions.push_back(Action::Send { to, bytes });
                 }
                 self.schedule(now + Duration::from_millis(self.config.anti_entropy_interval_ms), Timer::AntiEntropy);
             }
@@ -1106,17 +1155,19 @@ impl Node {
                 }
             }
             Timer::Swim(timer) => {
-                let me = self.config.id.clone();
-                self.swim_call(now, &me, |swim| swim.handle_timer(timer));
+                self.swim_call(now, None, |swim| swim.handle_timer(timer));
             }
             Timer::SwimJoin => {
-                let me = self.config.id.clone();
-                self.swim_call(now, &me, |swim| {
+                self.swim_call(now, None, |swim| {
                     swim.announce_if_alone();
                     Ok(())
                 });
-                let alive = self.swim.as_ref().expect("swim mode").alive();
-                self.set_members(now, alive);
+                let swim = self.swim.as_ref().expect("swim mode");
+                let fingerprint = swim.fingerprint();
+                if fingerprint != std::mem::replace(&mut self.swim_fingerprint, fingerprint) {
+                    let alive = swim.alive();
+                    self.set_members(now, alive);
+                }
                 let interval_ms = self.config.swim.probe_period_ms.max(1);
                 self.schedule(now + Duration::from_millis(interval_ms), Timer::SwimJoin);
             }
@@ -1144,12 +1195,12 @@ impl Node {
                 Ok(decoded) if Head::of(&decoded.0, &decoded.1.version) == wire.head => self.share_names(decoded),
                 Ok(_) => {
                     let error = "an entry does not match its head".to_owned();
-                    self.actions.push_back(Action::Event(Event::BadMessage { from: from.clone(), error }));
+                    self.actions.push_back(Action::Event(Event::BadMessage { from: Some(from.clone()), error }));
                     continue;
                 }
                 Err(e) => {
                     let error = e.to_string();
-                    self.actions.push_back(Action::Event(Event::BadMessage { from: from.clone(), error }));
+                    self.actions.push_back(Action::Event(Event::BadMessage { from: Some(from.clone()), error }));
                     continue;
                 }
             };
@@ -1209,10 +1260,9 @@ impl Node {
         if entries.is_empty() && want.is_empty() {
             return;
         }
-        let bytes = encode_with_entries(&entries, |entries| {
-            postcard::to_allocvec(&Message::Repair { entries, want }).expect("messages encode")
-        });
-        self.actions.push_back(Action::Send { to: to.clone(), bytes });
+        let from = &self.config.id;
+        let bytes = encode_with_entries(&entries, |entries| Packet::encode(from, &Message::Repair { entries, want }));
+        self.send_bytes(to, bytes);
     }
 
     fn request_reconcile(&mut self, now: Time) {
@@ -1676,8 +1726,9 @@ impl Node {
         }
     }
 
-    /// `count` distinct peers drawn at random (all of them when there are fewer).
-    fn random_peers(&mut self, count: usize) -> Vec<NodeId> {
+    /// `count` distinct peers drawn at random (all of them when there are fewer), as indexes
+    /// into `member_list`.
+    fn random_peers(&mut self, count: usize) -> Vec<usize> {
         let len = self.member_list.len();
         let count = count.min(len);
         let mut picked: Vec<usize> = Vec::with_capacity(count);
@@ -1699,7 +1750,7 @@ impl Node {
                 }
             }
         }
-        picked.into_iter().map(|i| self.member_list[i].clone()).collect()
+        picked
     }
 
     /// Pushes recent news to a few random peers (rumor mongering); anti-entropy repairs what
@@ -1729,7 +1780,7 @@ impl Node {
             .take(limits::ENTRIES_PER_MESSAGE_MAX)
             .map(|r| WireEntry { head: r.head, body: &r.body })
             .collect();
-        let bytes = postcard::to_allocvec(&Message::Updates(wire)).expect("messages encode");
+        let bytes = Packet::encode(&self.config.id, &Message::Updates(wire));
         let mut sent = 0;
         self.rumors.retain(|_, r| {
             sent += 1;
@@ -1740,13 +1791,24 @@ impl Node {
             r.rounds_left > 0
         });
         for peer in peers {
-            self.actions.push_back(Action::Send { to: peer, bytes: bytes.clone() });
+            let to = self.member_addrs[peer].clone();
+            self.actions.push_back(Action::Send { to, bytes: bytes.clone() });
         }
     }
 
     fn send(&mut self, to: &NodeId, message: &Message) {
-        let bytes = postcard::to_allocvec(message).expect("messages encode");
-        self.actions.push_back(Action::Send { to: to.clone(), bytes });
+        let bytes = Packet::encode(&self.config.id, message);
+        self.send_bytes(to, bytes);
+    }
+
+    /// Sends to a peer believed alive; one that is not (a reply to a node declared down since,
+    /// a load report racing a change of members) is not sent anything: it could not be
+    /// addressed, and it would be ignored anyway.
+    fn send_bytes(&mut self, to: &NodeId, bytes: Vec<u8>) {
+        if let Ok(i) = self.member_list.binary_search(to) {
+            let to = self.member_addrs[i].clone();
+            self.actions.push_back(Action::Send { to, bytes });
+        }
     }
 
     /// The live node that coordinates `app`: ranked first by rendezvous hash on its name.
@@ -1826,6 +1888,7 @@ impl Node {
         assert!(self.local.len() <= (self.config.host_port_max - self.config.host_port_min) as usize + 1);
         debug_assert!(!self.members.contains(&self.config.id), "a node is not its own peer");
         assert_eq!(self.members.len(), self.member_list.len(), "the member list mirrors the set");
+        assert_eq!(self.member_list.len(), self.member_addrs.len(), "every member has an address");
         debug_assert!(
             {
                 let ports: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
@@ -1922,9 +1985,10 @@ mod tests {
             Message::Repair { entries: wire.clone(), want: vec![1, 2] },
             Message::Load { app: AppName::new("web"), requests: 7 },
         ];
+        let from = NodeId::new("a");
         for m in messages {
-            let bytes = postcard::to_allocvec(&m).unwrap();
-            assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), m);
+            let bytes = Packet::encode(&from, &m);
+            assert_eq!(postcard::from_bytes::<Packet>(&bytes).unwrap(), Packet { from: from.clone(), message: m });
         }
         for (w, (key, entry)) in wire.iter().zip(&entries) {
             let decoded: (Key, Entry<Value>) = postcard::from_bytes(w.body).unwrap();
@@ -1935,13 +1999,16 @@ mod tests {
     /// Runs two nodes that believe each other alive until `until_ms`, delivering their
     /// messages 1 ms after they are sent, except those `drop` rejects.
     pub(super) fn pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
-        let ids = [nodes[0].id().clone(), nodes[1].id().clone()];
+        let addrs = [nodes[0].config().gossip_addr.clone(), nodes[1].config().gossip_addr.clone()];
         let mut in_flight: VecDeque<(u64, usize, Vec<u8>)> = VecDeque::new();
         let drain = |node: &mut Node, from: usize, now: u64, in_flight: &mut VecDeque<(u64, usize, Vec<u8>)>| {
             while let Some(action) = node.poll_action() {
-                if let Action::Send { bytes, .. } = action {
-                    let message = postcard::from_bytes::<Message>(&bytes).expect("own messages decode");
-                    if !drop(&message) {
+                if let Action::Send { to, bytes } = action {
+                    let packet = postcard::from_bytes::<Packet>(&bytes).expect("own messages decode");
+                    assert_eq!(packet.from, *node.id(), "a packet names its sender");
+                    // Only two nodes: whatever a node sends goes to the other, seeds included.
+                    assert!(to == addrs[1 - from] || node.config().seeds.contains(&to), "sent to {to}");
+                    if !drop(&packet.message) {
                         in_flight.push_back((now + 1, 1 - from, bytes));
                     }
                 }
@@ -1950,7 +2017,7 @@ mod tests {
         for now in from_ms..=until_ms {
             while in_flight.front().is_some_and(|(at, _, _)| *at <= now) {
                 let (_, to, bytes) = in_flight.pop_front().expect("peeked");
-                nodes[to].handle_message(Time::from_millis(now), &ids[1 - to], &bytes);
+                nodes[to].handle_message(Time::from_millis(now), &bytes);
                 drain(&mut nodes[to], to, now, &mut in_flight);
             }
             for (i, node) in nodes.iter_mut().enumerate() {
@@ -1967,7 +2034,7 @@ mod tests {
             .map(|id| Node::new(Time::ZERO, NodeConfig::new(NodeId::new(id), "10.0.0.1", Resources::new(4000, 4096))));
         for (node, peer) in nodes.iter_mut().zip(["b", "a"]) {
             while node.poll_action().is_some() {}
-            node.handle_membership(Time::from_millis(1), [NodeId::new(peer)]);
+            node.handle_membership(Time::from_millis(1), [(NodeId::new(peer), PeerAddr::new(peer))]);
             while node.poll_action().is_some() {}
         }
         nodes
@@ -2023,8 +2090,8 @@ mod tests {
     fn garbage_from_a_peer_is_reported_and_changes_nothing() {
         let mut node = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(1000, 1000)));
         while node.poll_action().is_some() {}
-        node.handle_message(Time::from_millis(1), &NodeId::new("b"), &[0xff, 0xff, 0xff]);
-        assert!(matches!(node.poll_action(), Some(Action::Event(Event::BadMessage { .. }))));
+        node.handle_message(Time::from_millis(1), &[0xff, 0xff, 0xff]);
+        assert!(matches!(node.poll_action(), Some(Action::Event(Event::BadMessage { from: None, .. }))));
         assert_eq!(node.poll_action(), None);
     }
 }
@@ -2037,7 +2104,9 @@ mod swim_tests {
         ["a", "b"].map(|id| {
             let mut config = NodeConfig::new(NodeId::new(id), "10.0.0.1", Resources::new(4000, 4096));
             config.membership = MembershipMode::Swim;
-            config.seeds = vec![NodeId::new("a")];
+            config.gossip_addr = PeerAddr::new(&format!("10.0.0.{}:7946", if id == "a" { 1 } else { 2 }));
+            // b knows a's address only, not its name.
+            config.seeds = vec![PeerAddr::new("10.0.0.1:7946")];
             config.generation = 1;
             let mut node = Node::new(Time::ZERO, config);
             // The first announce is lost: the node announces again while it knows no peer.
@@ -2063,18 +2132,18 @@ mod swim_tests {
     #[should_panic(expected = "perfect failure detector")]
     fn the_perfect_failure_detector_is_refused_in_swim_mode() {
         let mut nodes = swim_nodes();
-        nodes[0].handle_membership(Time::from_millis(1), [NodeId::new("b")]);
+        nodes[0].handle_membership(Time::from_millis(1), [(NodeId::new("b"), PeerAddr::new("b"))]);
     }
 
     #[test]
     fn a_garbled_swim_packet_is_reported_as_the_senders_and_changes_no_member() {
         let mut nodes = swim_nodes();
-        let bytes = postcard::to_allocvec(&Message::Swim(&[0xff, 0xff, 0xff])).unwrap();
-        nodes[0].handle_message(Time::from_millis(1), &NodeId::new("b"), &bytes);
+        let bytes = Packet::encode(&NodeId::new("b"), &Message::Swim(&[0xff, 0xff, 0xff]));
+        nodes[0].handle_message(Time::from_millis(1), &bytes);
         let Some(Action::Event(Event::BadMessage { from, .. })) = nodes[0].poll_action() else {
             panic!("a bad swim packet is reported");
         };
-        assert_eq!(from, NodeId::new("b"));
+        assert_eq!(from, Some(NodeId::new("b")));
         assert_eq!(nodes[0].poll_action(), None);
         assert!(nodes[0].members().is_empty());
     }

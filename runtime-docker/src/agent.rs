@@ -431,7 +431,7 @@ impl Driver {
                 tracing::info!(app = %app, ?decision, "scaled");
                 self.metrics.scale_events.get_or_create(&AppLabel::new(app.as_str())).inc();
             }
-            Event::BadMessage { from, error } => tracing::warn!(peer = %from, "bad message: {error}"),
+            Event::BadMessage { from, error } => tracing::warn!(peer = ?from, "bad message: {error}"),
             Event::Unschedulable { slots } => {
                 for (slot, reason) in slots {
                     tracing::warn!(slot = %slot, "unschedulable: {reason}");

@@ -5,14 +5,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
 use canteen_core::membership::MembershipMode;
-use canteen_core::model::{AppName, NodeId};
+use canteen_core::model::AppName;
 use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig};
 use canteen_core::time::Time;
 use madsim::net::{Endpoint, NetSim};
@@ -22,9 +22,9 @@ use madsim::time::Instant;
 use crate::report::{Check, Recovery, Report, Requests, Timeline};
 use crate::scenario::{FaultKind, Membership, Scenario};
 use crate::traffic::poisson_arrivals;
-use crate::world::{Input, ScaleEvent, World, container_id, container_name};
-
-const GOSSIP_PORT: u16 = 7946;
+use crate::world::{
+    GOSSIP_PORT, Input, ScaleEvent, World, container_id, container_name, gossip_addr_of, index_of_ip, ip_of,
+};
 const TAG: u64 = 0x63616e74;
 /// With SWIM, every node joins through the first few nodes of the cluster.
 const SWIM_SEEDS: usize = 3;
@@ -33,22 +33,6 @@ type Shared = Arc<Mutex<World>>;
 
 fn lock<T>(shared: &Arc<Mutex<T>>) -> MutexGuard<'_, T> {
     shared.lock().expect("the simulation runs on one thread and never panics while holding a lock")
-}
-
-fn ip_of(index: usize) -> IpAddr {
-    let n = index as u32 + 1;
-    IpAddr::V4(Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8))
-}
-
-fn index_of_ip(ip: IpAddr) -> Option<usize> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [_, a, b, c] = v4.octets();
-            let n = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
-            n.checked_sub(1).map(|i| i as usize)
-        }
-        IpAddr::V6(_) => None,
-    }
 }
 
 /// Runs `scenario` with `seed` to completion and returns its report. Deterministic: the same
@@ -77,11 +61,10 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
         Endpoint::bind(SocketAddr::new(ip_of(index), GOSSIP_PORT)).await.expect("each node binds its own address");
     let receiver = endpoint.clone();
     let inbox = tx.clone();
-    let names: Vec<NodeId> = lock(&world).nodes.iter().map(|n| n.id.clone()).collect();
     madsim::task::spawn(async move {
         while let Ok((payload, from)) = receiver.recv_from_raw(TAG).await {
-            let (Some(from), Ok(bytes)) = (index_of_ip(from.ip()), payload.downcast::<Vec<u8>>()) else { continue };
-            if inbox.send(Input::Message(names[from].clone(), *bytes)).await.is_err() {
+            let (Some(_), Ok(bytes)) = (index_of_ip(from.ip()), payload.downcast::<Vec<u8>>()) else { continue };
+            if inbox.send(Input::Message(*bytes)).await.is_err() {
                 break;
             }
         }
@@ -110,14 +93,15 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
         while let Some(action) = node.poll_action() {
             match action {
                 Action::Send { to, bytes } => {
-                    let Some(&peer) = lock(&world).index_of.get(&to) else { continue };
+                    // Every address a node learns is one of the simulated nodes' own.
+                    let to: SocketAddr = to.as_str().parse().expect("a simulated node's gossip address");
                     {
                         let mut w = lock(&world);
                         w.nodes[index].bytes_sent += bytes.len() as u64;
                         w.nodes[index].messages_sent += 1;
                     }
                     // Lost datagrams are part of the model: errors are ignored.
-                    let _ = endpoint.send_to_raw(SocketAddr::new(ip_of(peer), GOSSIP_PORT), TAG, Box::new(bytes)).await;
+                    let _ = endpoint.send_to_raw(to, TAG, Box::new(bytes)).await;
                 }
                 Action::StartContainer { slot, app, host_port, generation } => {
                     let mut w = lock(&world);
@@ -259,7 +243,7 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
 fn feed(node: &mut Node, now: u64, input: Input) {
     let now = Time::from_millis(now);
     match input {
-        Input::Message(from, bytes) => node.handle_message(now, &from, &bytes),
+        Input::Message(bytes) => node.handle_message(now, &bytes),
         Input::Container(event) => node.handle_container_event(now, event),
         Input::Probe(container, outcome) => node.handle_probe_result(now, &container, outcome),
         Input::Command(command) => {
@@ -277,12 +261,14 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
     let mut madsim_ids = Vec::new();
     for (i, spec) in scenario.cluster.nodes.iter().enumerate() {
         let mut config = NodeConfig::new(spec.id.clone(), &ip_of(i).to_string(), spec.capacity);
+        config.gossip_addr = gossip_addr_of(i);
         config.labels = spec.labels.clone();
         config.policy = scenario.cluster.policy;
         config.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64;
         if scenario.sim.membership == Membership::Swim {
             config.membership = MembershipMode::Swim;
-            config.seeds = scenario.cluster.nodes.iter().take(SWIM_SEEDS).map(|n| n.id.clone()).collect();
+            let seeds = SWIM_SEEDS.min(scenario.cluster.nodes.len());
+            config.seeds = (0..seeds).map(gossip_addr_of).collect();
         }
         let w = world.clone();
         let node = handle

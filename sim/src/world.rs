@@ -7,20 +7,48 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::net::{IpAddr, Ipv4Addr};
 
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
+use canteen_core::membership::PeerAddr;
 use canteen_core::model::{AppName, NodeId, Resources, SlotId};
 use canteen_core::node::{Backend, Command, ContainerEvent};
 
 use crate::scenario::{AppSim, Scenario};
 use crate::traffic::{LatencyHistogram, ReplicaQueue, SimRng};
 
+/// The UDP port every simulated node gossips on.
+pub const GOSSIP_PORT: u16 = 7946;
+
+/// Node `index`'s address on the simulated network: 10.0.0.1 for node 0, and so on.
+pub fn ip_of(index: usize) -> IpAddr {
+    let n = index as u32 + 1;
+    IpAddr::V4(Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8))
+}
+
+/// The node whose address is `ip`, if it is one of [`ip_of`]'s.
+pub fn index_of_ip(ip: IpAddr) -> Option<usize> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [_, a, b, c] = v4.octets();
+            let n = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
+            n.checked_sub(1).map(|i| i as usize)
+        }
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Node `index`'s gossip address, as its `Node` and its peers know it: `10.0.0.1:7946`.
+pub fn gossip_addr_of(index: usize) -> PeerAddr {
+    PeerAddr::new(&format!("{}:{GOSSIP_PORT}", ip_of(index)))
+}
+
 /// An input waiting for a node's driver.
 #[derive(Debug)]
 pub enum Input {
-    /// A datagram from a peer.
-    Message(NodeId, Vec<u8>),
+    /// A datagram from a peer (the sender's name is inside).
+    Message(Vec<u8>),
     /// The container runtime reports.
     Container(ContainerEvent),
     /// A probe answered (or timed out).
@@ -59,6 +87,8 @@ pub struct SimBackend {
 pub struct SimNode {
     /// Its name.
     pub id: NodeId,
+    /// Its gossip address ([`gossip_addr_of`]).
+    pub gossip_addr: PeerAddr,
     /// What it offers.
     pub capacity: Resources,
     /// Whether it is running.
@@ -227,8 +257,10 @@ impl World {
             .cluster
             .nodes
             .iter()
-            .map(|n| SimNode {
+            .enumerate()
+            .map(|(i, n)| SimNode {
                 id: n.id.clone(),
+                gossip_addr: gossip_addr_of(i),
                 capacity: n.capacity,
                 up: false,
                 starts: 0,
@@ -273,12 +305,12 @@ impl World {
     }
 
     /// The perfect failure detector: the peers node `index` can reach and that are up.
-    pub fn alive_seen_by(&self, index: usize) -> Vec<NodeId> {
+    pub fn alive_seen_by(&self, index: usize) -> Vec<(NodeId, PeerAddr)> {
         self.nodes
             .iter()
             .enumerate()
             .filter(|(i, n)| n.up && self.group[*i] == self.group[index])
-            .map(|(_, n)| n.id.clone())
+            .map(|(_, n)| (n.id.clone(), n.gossip_addr.clone()))
             .collect()
     }
 
