@@ -37,7 +37,8 @@ const _: () = assert!(AUTOSCALE_SAMPLES_MAX >= 2);
 pub const REGISTRY_KEYS_MAX: usize = 1_000_000;
 
 /// Largest encoded registry value; the caller checks it after encoding (`registry::check_size`).
-pub const REGISTRY_VALUE_BYTES_MAX: usize = 64 * 1024;
+/// An entry must fit in one packet, next to its head and the packet's own header.
+pub const REGISTRY_VALUE_BYTES_MAX: usize = 48 * 1024;
 
 /// Buckets the registry's key space is split into for anti-entropy digests.
 pub const REGISTRY_BUCKETS: usize = 64;
@@ -65,3 +66,43 @@ pub const TIMERS_PER_CALL_MAX: usize = TIMERS_MAX;
 
 /// Most registry entries one gossip message carries; a peer sending more is cut short.
 pub const ENTRIES_PER_MESSAGE_MAX: usize = 4096;
+
+/// Largest packet a node sends: one UDP datagram (at most 65,507 bytes of payload), with room
+/// to spare. News, anti-entropy summaries and repairs larger than this go out as several
+/// packets.
+pub const PACKET_BYTES_MAX: usize = 60 * 1024;
+
+/// Room kept in each packet for what surrounds the entries or heads: the sender's name, the
+/// message's tag and lengths.
+pub const PACKET_HEADER_BYTES_MAX: usize = NAME_LEN_MAX + 64;
+
+/// Most slots one node runs: its status, which lists them, must fit one registry value.
+pub const LOCAL_SLOTS_MAX: usize = 200;
+
+/// Longest container id a runtime may report (Docker's are 64 hex digits).
+pub const CONTAINER_ID_LEN_MAX: usize = 128;
+
+/// Largest encoded node spec (capacity and labels) a node may publish.
+pub const NODE_SPEC_BYTES_MAX: usize = 4096;
+
+/// Longest address a node gives for its containers or its gossip socket.
+pub const NODE_ADDR_LEN_MAX: usize = 255;
+
+/// The most one container takes in a status: its slot (app name and index), container id,
+/// host port and state, with their length prefixes.
+pub const CONTAINER_STATUS_BYTES_MAX: usize = NAME_LEN_MAX + 5 + CONTAINER_ID_LEN_MAX + 2 + 3 + 1;
+
+const _: () = assert!(PACKET_BYTES_MAX <= 65_507, "a packet is one UDP datagram");
+const _: () = assert!(
+    ENTRIES_PER_MESSAGE_MAX * 10 + PACKET_HEADER_BYTES_MAX <= PACKET_BYTES_MAX,
+    "a repair's wanted key hashes (varints of up to 10 bytes) fit one packet"
+);
+const _: () = assert!(
+    REGISTRY_VALUE_BYTES_MAX + 2 * NAME_LEN_MAX + 64 + PACKET_HEADER_BYTES_MAX <= PACKET_BYTES_MAX,
+    "the largest entry (its key, head and value) fits one packet"
+);
+const _: () = assert!(
+    NODE_SPEC_BYTES_MAX + NODE_ADDR_LEN_MAX + 64 + LOCAL_SLOTS_MAX * CONTAINER_STATUS_BYTES_MAX
+        <= REGISTRY_VALUE_BYTES_MAX,
+    "a node's status with every slot it may run fits one registry value"
+);

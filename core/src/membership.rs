@@ -16,8 +16,8 @@
 //! so the members are read from it ([`Swim::alive`]), not followed through notifications; a
 //! notification or a change of [`Swim::num_members`] only says when to read them again.
 
-use std::convert::Infallible;
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::num::{NonZeroU8, NonZeroUsize};

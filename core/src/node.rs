@@ -140,6 +140,36 @@ impl NodeConfig {
         }
     }
 
+    /// Checks what a driver takes from its operator: the node's name, its addresses and the
+    /// size of its spec (a status listing every slot must fit one registry value). The error
+    /// names the field and what is allowed; [`Node::new`] asserts this holds.
+    pub fn check(&self) -> Result<(), String> {
+        crate::model::validate_name(self.id.as_str()).map_err(|e| format!("node name: {e}"))?;
+        for (field, addr) in [("addr", self.addr.as_str()), ("gossip_addr", self.gossip_addr.as_str())] {
+            if addr.is_empty() || addr.len() > limits::NODE_ADDR_LEN_MAX {
+                return Err(format!(
+                    "{field}: must be 1 to {} characters, got {}",
+                    limits::NODE_ADDR_LEN_MAX,
+                    addr.len()
+                ));
+            }
+        }
+        let spec_bytes = postcard::to_allocvec(&self.spec()).expect("specs encode").len();
+        if spec_bytes > limits::NODE_SPEC_BYTES_MAX {
+            return Err(format!(
+                "labels: {spec_bytes} bytes encoded, at most {} allowed: fewer or shorter labels",
+                limits::NODE_SPEC_BYTES_MAX
+            ));
+        }
+        if self.host_port_min > self.host_port_max {
+            return Err(format!(
+                "host_port_min ({}) is above host_port_max ({})",
+                self.host_port_min, self.host_port_max
+            ));
+        }
+        Ok(())
+    }
+
     fn spec(&self) -> NodeSpec {
         NodeSpec { id: self.id.clone(), capacity: self.capacity, labels: self.labels.clone() }
     }
@@ -460,16 +490,44 @@ fn backends_fingerprint(backends: &[Backend]) -> u64 {
     })
 }
 
-/// Encodes entries for the wire: each body once, then the message around them.
+/// Splits `items` into runs, in order, whose sizes add up to at most what a packet holds
+/// around its header ([`limits::PACKET_BYTES_MAX`]). An item too large for any packet cannot
+/// exist: registry values are bounded to fit one ([`limits::REGISTRY_VALUE_BYTES_MAX`]).
+fn packet_runs<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    const BUDGET: usize = limits::PACKET_BYTES_MAX - limits::PACKET_HEADER_BYTES_MAX;
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let item_bytes = size(item);
+        assert!(item_bytes <= BUDGET, "an entry of {item_bytes} bytes fits no packet");
+        if bytes + item_bytes > BUDGET {
+            runs.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += item_bytes;
+    }
+    if start < items.len() {
+        runs.push(&items[start..]);
+    }
+    runs
+}
+
+/// What an entry takes in a packet: its head, its body and the body's length prefix.
+fn wire_bytes(entry: &WireEntry<'_>) -> usize {
+    crate::registry::HEAD_BYTES + 5 + entry.body.len()
+}
+
+/// Encodes entries for the wire, each body once, into as many packets as they need (none for
+/// no entries).
 fn encode_with_entries(
     entries: &[(Key, Entry<Value>)],
-    message: impl FnOnce(Vec<WireEntry<'_>>) -> Vec<u8>,
-) -> Vec<u8> {
+    message: impl Fn(Vec<WireEntry<'_>>) -> Vec<u8>,
+) -> Vec<Vec<u8>> {
     let bodies: Vec<Vec<u8>> =
         entries.iter().map(|(k, e)| postcard::to_allocvec(&(k, e)).expect("entries encode")).collect();
-    let wire =
+    let wire: Vec<WireEntry<'_>> =
         entries.iter().zip(&bodies).map(|((k, e), body)| WireEntry { head: Head::of(k, &e.version), body }).collect();
-    message(wire)
+    packet_runs(&wire, wire_bytes).into_iter().map(|run| message(run.to_vec())).collect()
 }
 
 /// Timers are data: what they are for, and for per-slot timers the generation they belong to,
@@ -613,7 +671,9 @@ pub struct Node {
 impl Node {
     /// A node that knows nothing yet; it publishes its status and starts its timers.
     pub fn new(now: Time, config: NodeConfig) -> Node {
-        assert!(config.host_port_min <= config.host_port_max, "host port range");
+        if let Err(e) = config.check() {
+            panic!("the driver checks its NodeConfig first (NodeConfig::check): {e}");
+        }
         assert!(config.gossip_fanout > 0 && config.gossip_interval_ms > 0 && config.anti_entropy_interval_ms > 0);
         let rng = SplitMix64::new(config.seed ^ crate::schedule::stable_hash(config.id.as_str().as_bytes()));
         let mut node = Node {
@@ -769,8 +829,7 @@ impl Node {
             }
             Message::Digest(digest) => {
                 let buckets = self.registry.mismatched_buckets(&digest);
-                if !buckets.is_empty() {
-                    let heads = self.registry.heads_in_buckets(&buckets);
+                for (buckets, heads) in self.summaries(&buckets) {
                     self.send(from, &Message::Summary { buckets, heads });
                 }
             }
@@ -926,6 +985,7 @@ impl Node {
         let now = self.now;
         match event {
             ContainerEvent::Started { slot, generation, container } => {
+                assert!(container.len() <= limits::CONTAINER_ID_LEN_MAX, "container ids are bounded");
                 let current =
                     self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Starting);
                 if !current {
@@ -953,8 +1013,10 @@ impl Node {
             }
             ContainerEvent::Adopted { containers } => {
                 for (slot, container, host_port) in containers {
-                    if self.local.contains_key(&slot) {
-                        // Two containers for one slot on this node: keep the first.
+                    assert!(container.len() <= limits::CONTAINER_ID_LEN_MAX, "container ids are bounded");
+                    if self.local.contains_key(&slot) || self.local.len() >= limits::LOCAL_SLOTS_MAX {
+                        // Two containers for one slot on this node (keep the first), or more than
+                        // a node runs.
                         self.actions.push_back(Action::StopContainer { container, slot, drain_ms: 0 });
                         continue;
                     }
@@ -1253,6 +1315,32 @@ impl Node {
         (key, entry)
     }
 
+    /// The anti-entropy summaries of `buckets`: the heads of this node's entries in them, in
+    /// packets of whole buckets, so that a receiver reads each bucket's heads complete (a
+    /// bucket too large for one packet is the one exception: it is cut, and the receiver sends
+    /// back a few entries the sender had).
+    fn summaries(&self, buckets: &[u16]) -> Vec<(Vec<u16>, Vec<Head>)> {
+        const HEADS_PER_PACKET: usize =
+            (limits::PACKET_BYTES_MAX - limits::PACKET_HEADER_BYTES_MAX) / (crate::registry::HEAD_BYTES + 3);
+        let mut by_bucket: BTreeMap<u16, Vec<Head>> = buckets.iter().map(|b| (*b, Vec::new())).collect();
+        for head in self.registry.heads_in_buckets(buckets) {
+            by_bucket.entry(head.bucket()).or_default().push(head);
+        }
+        let mut out: Vec<(Vec<u16>, Vec<Head>)> = Vec::new();
+        for (bucket, heads) in by_bucket {
+            for run in heads.chunks(HEADS_PER_PACKET).chain(heads.is_empty().then_some(&[][..])) {
+                match out.last_mut() {
+                    Some((b, h)) if h.len() + run.len() <= HEADS_PER_PACKET => {
+                        b.push(bucket);
+                        h.extend_from_slice(run);
+                    }
+                    _ => out.push((vec![bucket], run.to_vec())),
+                }
+            }
+        }
+        out
+    }
+
     /// Anti-entropy: sends the entries with these key hashes and asks for those in `want`.
     fn send_repair(&mut self, to: &NodeId, key_hashes: &[u64], want: Vec<u64>) {
         let key_hashes = &key_hashes[..key_hashes.len().min(limits::ENTRIES_PER_MESSAGE_MAX)];
@@ -1261,8 +1349,16 @@ impl Node {
             return;
         }
         let from = &self.config.id;
-        let bytes = encode_with_entries(&entries, |entries| Packet::encode(from, &Message::Repair { entries, want }));
-        self.send_bytes(to, bytes);
+        let mut packets = encode_with_entries(&entries, |entries| {
+            Packet::encode(from, &Message::Repair { entries, want: Vec::new() })
+        });
+        // The wanted hashes (at most ENTRIES_PER_MESSAGE_MAX of them) go in a packet of their own.
+        if !want.is_empty() {
+            packets.push(Packet::encode(from, &Message::Repair { entries: Vec::new(), want }));
+        }
+        for bytes in packets {
+            self.send_bytes(to, bytes);
+        }
     }
 
     fn request_reconcile(&mut self, now: Time) {
@@ -1508,6 +1604,9 @@ impl Node {
     /// node's balancer listens on every app's published port, so a container bound there
     /// would fail to start.
     fn free_host_port(&self) -> Option<u16> {
+        if self.local.len() >= limits::LOCAL_SLOTS_MAX {
+            return None;
+        }
         let mut used: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
         used.extend(self.registry.apps().filter_map(|(_, v)| match v {
             Value::App(spec) => Some(spec.port),
@@ -1773,14 +1872,17 @@ impl Node {
         if peers.is_empty() {
             return;
         }
-        // One encoding for every peer of the round.
+        // One encoding for every peer of the round, in as many packets as it takes.
         let wire: Vec<WireEntry<'_>> = self
             .rumors
             .values()
             .take(limits::ENTRIES_PER_MESSAGE_MAX)
             .map(|r| WireEntry { head: r.head, body: &r.body })
             .collect();
-        let bytes = Packet::encode(&self.config.id, &Message::Updates(wire));
+        let packets: Vec<Vec<u8>> = packet_runs(&wire, wire_bytes)
+            .into_iter()
+            .map(|run| Packet::encode(&self.config.id, &Message::Updates(run.to_vec())))
+            .collect();
         let mut sent = 0;
         self.rumors.retain(|_, r| {
             sent += 1;
@@ -1791,8 +1893,10 @@ impl Node {
             r.rounds_left > 0
         });
         for peer in peers {
-            let to = self.member_addrs[peer].clone();
-            self.actions.push_back(Action::Send { to, bytes: bytes.clone() });
+            for bytes in &packets {
+                let to = self.member_addrs[peer].clone();
+                self.actions.push_back(Action::Send { to, bytes: bytes.clone() });
+            }
         }
     }
 
@@ -1886,6 +1990,12 @@ impl Node {
     fn check_invariants(&self) {
         assert!(self.timers.len() <= limits::TIMERS_MAX, "timers are bounded");
         assert!(self.local.len() <= (self.config.host_port_max - self.config.host_port_min) as usize + 1);
+        assert!(self.local.len() <= limits::LOCAL_SLOTS_MAX, "a node runs a bounded number of slots");
+        for action in &self.actions {
+            if let Action::Send { bytes, .. } = action {
+                assert!(bytes.len() <= limits::PACKET_BYTES_MAX, "a packet of {} bytes", bytes.len());
+            }
+        }
         debug_assert!(!self.members.contains(&self.config.id), "a node is not its own peer");
         assert_eq!(self.members.len(), self.member_list.len(), "the member list mirrors the set");
         assert_eq!(self.member_list.len(), self.member_addrs.len(), "every member has an address");
@@ -2004,6 +2114,7 @@ mod tests {
         let drain = |node: &mut Node, from: usize, now: u64, in_flight: &mut VecDeque<(u64, usize, Vec<u8>)>| {
             while let Some(action) = node.poll_action() {
                 if let Action::Send { to, bytes } = action {
+                    assert!(bytes.len() <= limits::PACKET_BYTES_MAX, "every packet fits one datagram");
                     let packet = postcard::from_bytes::<Packet>(&bytes).expect("own messages decode");
                     assert_eq!(packet.from, *node.id(), "a packet names its sender");
                     // Only two nodes: whatever a node sends goes to the other, seeds included.
@@ -2056,6 +2167,51 @@ mod tests {
             let apps: Vec<String> = node.apps().iter().map(|a| a.name.to_string()).collect();
             assert_eq!(apps, ["api", "web"], "{} has both specs", node.id());
         }
+    }
+
+    /// Apps whose specs take about 30 KB each, with `env`: ten of them are five packets' worth.
+    fn large_apps(prefix: &str, count: usize) -> Vec<AppSpec> {
+        (0..count)
+            .map(|i| {
+                let mut spec = AppSpec::new(&format!("{prefix}{i}"), "canteen-demo:latest", 1, Resources::new(1, 1));
+                spec.port = 9000 + i as u16;
+                for k in 0..300 {
+                    spec.env.insert(format!("KEY_{k}"), "v".repeat(90));
+                }
+                spec
+            })
+            .collect()
+    }
+
+    #[test]
+    fn news_larger_than_a_packet_goes_out_in_several_and_arrives_whole() {
+        let mut nodes = two_nodes();
+        for (i, app) in large_apps("big", 10).into_iter().enumerate() {
+            nodes[0].handle_command(Time::from_millis(2 + i as u64), Command::Apply(Box::new(app))).unwrap();
+            while nodes[0].poll_action().is_some() {}
+        }
+        // Only rumors: pump asserts every packet fits one datagram.
+        pump(&mut nodes, 20, 1_000, |m| !matches!(m, Message::Updates(_)));
+        assert_eq!(nodes[1].apps().len(), 10, "every spec arrived");
+        assert_eq!(nodes[0].registry().root_hash(), nodes[1].registry().root_hash());
+    }
+
+    #[test]
+    fn anti_entropy_repairs_a_registry_larger_than_a_packet() {
+        let mut nodes = two_nodes();
+        for (i, app) in large_apps("big", 10).into_iter().enumerate() {
+            nodes[0].handle_command(Time::from_millis(2 + i as u64), Command::Apply(Box::new(app))).unwrap();
+            while nodes[0].poll_action().is_some() {}
+        }
+        for (i, app) in large_apps("other", 4).into_iter().enumerate() {
+            let mut app = app;
+            app.port = 9500 + i as u16;
+            nodes[1].handle_command(Time::from_millis(2 + i as u64), Command::Apply(Box::new(app))).unwrap();
+            while nodes[1].poll_action().is_some() {}
+        }
+        pump(&mut nodes, 20, 6_000, |m| matches!(m, Message::Updates(_)));
+        assert_eq!(nodes[0].registry().root_hash(), nodes[1].registry().root_hash());
+        assert_eq!(nodes[1].apps().len(), 14);
     }
 
     #[test]

@@ -212,7 +212,7 @@ pub struct Head {
 /// A head on the wire: 28 bytes, little-endian, in field order. Fixed width because the two
 /// hashes are random 64-bit numbers, which varints would make longer, and slower to read: a
 /// node reads a head for every copy of every rumor it receives.
-const HEAD_BYTES: usize = 28;
+pub const HEAD_BYTES: usize = 28;
 
 impl Serialize for Head {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
