@@ -76,6 +76,16 @@ pub const PACKET_BYTES_MAX: usize = 60 * 1024;
 /// message's tag and lengths.
 pub const PACKET_HEADER_BYTES_MAX: usize = NAME_LEN_MAX + 64;
 
+/// Largest registry entry (head and body, encoded) that rides on SWIM's packets as a custom
+/// broadcast; larger ones travel as the node's own rumors. A SWIM packet is at most
+/// `SwimConfig::packet_bytes_max` (1,400 bytes by default): a few such items fit beside the
+/// membership updates.
+pub const SWIM_ITEM_BYTES_MAX: usize = 400;
+
+/// Most registry entries waiting in SWIM's broadcast backlog; news past that goes out as
+/// rumors, which carry a burst in a few large packets.
+pub const SWIM_ITEMS_PENDING_MAX: usize = 32;
+
 /// Most slots one node runs: its status, which lists them, must fit one registry value.
 pub const LOCAL_SLOTS_MAX: usize = 200;
 

@@ -21,10 +21,10 @@ use std::convert::Infallible;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::num::{NonZeroU8, NonZeroUsize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, Identity, NoCustomBroadcast, PostcardCodec};
+use foca::{AccumulatingRuntime, BroadcastHandler, Foca, Identity, Invalidates, PostcardCodec};
 use serde::{Deserialize, Serialize};
 
 use crate::model::NodeId;
@@ -89,6 +89,16 @@ pub struct SwimConfig {
     pub announce_down_interval_ms: u64,
     /// The largest SWIM packet sent or accepted.
     pub packet_bytes_max: usize,
+    /// How often, at least, a node sends its whole member list to one random peer, which
+    /// answers with its own (a push-pull sync, as memberlist does): what a node missed from
+    /// SWIM's gossip, it learns there. The interval grows with the cluster
+    /// (`sync_ms_per_member` per member known), so that the bytes a node spends on it stay flat
+    /// as the cluster grows. A node also syncs with a seed right after it joins: a thousand
+    /// nodes starting at once learn each other in one round trip instead of a minute of
+    /// gossip.
+    pub sync_interval_ms: u64,
+    /// See `sync_interval_ms`.
+    pub sync_ms_per_member: u64,
     /// How long after its start a node runs no placement pass: its view of the members fills
     /// in over the first second or so (announce, feed, gossip), and a pass over a partial view
     /// starts slots that move as soon as the view is whole.
@@ -105,9 +115,11 @@ impl Default for SwimConfig {
             gossip_interval_ms: 200,
             gossip_fanout: 3,
             max_transmissions: 10,
-            announce_interval_ms: 5000,
+            announce_interval_ms: 30_000,
             announce_down_interval_ms: 2000,
             packet_bytes_max: 1400,
+            sync_interval_ms: 30_000,
+            sync_ms_per_member: 200,
             join_settle_ms: 2000,
         }
     }
@@ -231,14 +243,90 @@ impl<'de> Deserialize<'de> for PeerAddr {
 }
 
 /// A member's identity: its node name, its address and the generation of this life of it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Sixteen bytes: the address's hash inline, the rest shared. foca keeps its members in a
+/// vector and scans it on every packet (each packet's sender is applied as alive), so at a
+/// thousand members the size of an identity is what a scan costs: inline names made it three
+/// times as long.
+#[derive(Clone)]
 pub struct SwimId {
+    addr_hash: u64,
+    life: Arc<SwimLife>,
+}
+
+/// What a [`SwimId`] names, on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct SwimLife {
+    node: NodeId,
+    addr: PeerAddr,
+    generation: u64,
+}
+
+impl SwimId {
+    /// The life `generation` of `node`, reached at `addr`.
+    pub fn new(node: NodeId, addr: PeerAddr, generation: u64) -> SwimId {
+        SwimId { addr_hash: addr.hash, life: Arc::new(SwimLife { node, addr, generation }) }
+    }
+
     /// The node.
-    pub node: NodeId,
+    pub fn node(&self) -> &NodeId {
+        &self.life.node
+    }
+
     /// Where its packets go; foca tells members apart by it.
-    pub addr: PeerAddr,
+    pub fn peer_addr(&self) -> &PeerAddr {
+        &self.life.addr
+    }
+
     /// Higher in each life of the node: a restart, or a rejoin after being declared down.
-    pub generation: u64,
+    pub fn generation(&self) -> u64 {
+        self.life.generation
+    }
+}
+
+impl PartialEq for SwimId {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr_hash == other.addr_hash && (Arc::ptr_eq(&self.life, &other.life) || self.life == other.life)
+    }
+}
+
+impl Eq for SwimId {}
+
+impl PartialOrd for SwimId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SwimId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.life.cmp(&other.life)
+    }
+}
+
+impl Hash for SwimId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.life.hash(state);
+    }
+}
+
+impl fmt::Debug for SwimId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}#{}", self.life.node, self.life.addr, self.life.generation)
+    }
+}
+
+impl Serialize for SwimId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.life.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SwimId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let life = SwimLife::deserialize(deserializer)?;
+        Ok(SwimId { addr_hash: life.addr.hash, life: Arc::new(life) })
+    }
 }
 
 impl Identity for SwimId {
@@ -246,16 +334,16 @@ impl Identity for SwimId {
     type Addr = u64;
 
     fn renew(&self) -> Option<Self> {
-        Some(SwimId { node: self.node.clone(), addr: self.addr.clone(), generation: self.generation + 1 })
+        Some(SwimId::new(self.node().clone(), self.peer_addr().clone(), self.generation() + 1))
     }
 
     fn addr(&self) -> u64 {
-        self.addr.hash
+        self.addr_hash
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         // Two lives of one node: the later one is the node as it is now.
-        self.generation > adversary.generation
+        self.generation() > adversary.generation()
     }
 }
 
@@ -293,13 +381,71 @@ pub enum SwimError {
     /// foca refused the packet or the timer (malformed, too big, from ourselves, ...).
     #[error("swim: {0}")]
     Foca(#[from] foca::Error),
+    /// A member list from a peer ([`Swim::apply_sync`]) was empty: it must list its sender
+    /// first.
+    #[error("swim: a member list without its sender")]
+    EmptySync,
+}
+
+/// A member as a peer's member list ([`Swim::sync_state`]) gives it.
+pub type SwimMember = foca::Member<SwimId>;
+
+/// Registry news riding in the room SWIM's packets leave: foca's custom broadcasts. An item
+/// is one encoded `node::WireEntry` (its 28-byte head, then the entry). foca hands each item a
+/// peer sent to this handler, which keeps it for the node ([`Swim::take_broadcasts`]) and tells
+/// foca not to pass it on: the node merges it, and passes on ([`Swim::broadcast`]) only what
+/// was news to its registry. foca then sends each item `max_transmissions` times.
+struct EntryBroadcasts {
+    /// Items from peers, oldest first, until the node takes them. Shared with [`Swim`]: foca
+    /// owns its handler and lends no access to it (no thread ever touches this; the lock is
+    /// never contended).
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+/// What tells two broadcast items apart in foca's backlog: the registry key, by hash. A newer
+/// version of an entry replaces the older one there (the node passes on only news).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BroadcastKey(u64);
+
+impl Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+/// A broadcast item too short to hold an entry's head. The packet's other items and its
+/// membership updates are applied all the same.
+#[derive(Debug, thiserror::Error)]
+#[error("a broadcast item of {0} bytes is shorter than an entry head")]
+pub struct BroadcastError(usize);
+
+impl BroadcastHandler<SwimId> for EntryBroadcasts {
+    type Key = BroadcastKey;
+    type Error = BroadcastError;
+
+    fn receive_item(&mut self, data: &[u8], sender: Option<&SwimId>) -> Result<Option<BroadcastKey>, BroadcastError> {
+        // postcard writes the head as a length byte (28) and then its bytes, key hash first.
+        let key_hash =
+            data.get(1..9).filter(|_| data.len() > crate::registry::HEAD_BYTES).ok_or(BroadcastError(data.len()))?;
+        let key = BroadcastKey(u64::from_le_bytes(key_hash.try_into().expect("8 bytes")));
+        match sender {
+            // The node's own (or passed on): into foca's backlog.
+            None => Ok(Some(key)),
+            Some(_) => {
+                self.received.lock().expect("never poisoned: nothing panics holding it").push(data.to_vec());
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// One node's SWIM member: foca, its runtime's queued effects, and the seeds to join through.
 pub struct Swim {
-    foca: Foca<SwimId, PostcardCodec, SwimRng, NoCustomBroadcast>,
+    foca: Foca<SwimId, PostcardCodec, SwimRng, EntryBroadcasts>,
     runtime: AccumulatingRuntime<SwimId>,
     seeds: Vec<PeerAddr>,
+    /// See [`EntryBroadcasts::received`].
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl fmt::Debug for Swim {
@@ -317,9 +463,12 @@ impl Swim {
     /// from `seed`. It knows nobody until it announces itself ([`Swim::announce`]) or a peer
     /// probes it.
     pub fn new(node: NodeId, addr: PeerAddr, generation: u64, config: &SwimConfig, seed: u64) -> Swim {
-        let identity = SwimId { node, addr, generation };
-        let foca = Foca::new(identity, config.foca(), SwimRng(SplitMix64::new(seed)), PostcardCodec);
-        Swim { foca, runtime: AccumulatingRuntime::new(), seeds: Vec::new() }
+        let identity = SwimId::new(node, addr, generation);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let handler = EntryBroadcasts { received: received.clone() };
+        let rng = SwimRng(SplitMix64::new(seed));
+        let foca = Foca::with_custom_broadcast(identity, config.foca(), rng, PostcardCodec, handler);
+        Swim { foca, runtime: AccumulatingRuntime::new(), seeds: Vec::new(), received }
     }
 
     /// This life's identity (foca renews it when the cluster declared this node down).
@@ -335,13 +484,13 @@ impl Swim {
     /// Asks to join the cluster through the peers at `addrs` (remembered as seeds, this node's
     /// own address left out). Their names need not be known.
     pub fn announce(&mut self, addrs: &[PeerAddr]) {
-        let me = self.foca.identity().addr.clone();
+        let me = self.foca.identity().peer_addr().clone();
         for addr in addrs.iter().filter(|a| **a != me) {
             if !self.seeds.contains(addr) {
                 self.seeds.push(addr.clone());
             }
             // An announce is accepted by address: the name and generation we put do not matter.
-            let to = SwimId { node: NodeId::new(""), addr: addr.clone(), generation: 0 };
+            let to = SwimId::new(NodeId::new(""), addr.clone(), 0);
             self.foca.announce(to, &mut self.runtime).expect("an announce only encodes a header");
         }
     }
@@ -361,6 +510,55 @@ impl Swim {
         Ok(())
     }
 
+    /// This node's whole view of the cluster, for a push-pull sync: itself first (alive), then
+    /// every member foca knows, down ones included, split in runs of at most `bytes_max`
+    /// encoded bytes each. Each run begins with this node, so a receiver always knows where
+    /// to answer.
+    pub fn sync_state(&self, bytes_max: usize) -> Vec<Vec<SwimMember>> {
+        let me = foca::Member::alive(self.foca.identity().clone());
+        let size = |m: &SwimMember| postcard::to_allocvec(m).map_or(bytes_max, |b| b.len());
+        let head = size(&me);
+        let mut runs: Vec<Vec<SwimMember>> = vec![vec![me.clone()]];
+        let mut bytes = head;
+        for member in self.foca.iter_membership_state() {
+            let member_bytes = size(member);
+            if bytes + member_bytes > bytes_max {
+                runs.push(vec![me.clone()]);
+                bytes = head;
+            }
+            bytes += member_bytes;
+            runs.last_mut().expect("one run at least").push(member.clone());
+        }
+        runs
+    }
+
+    /// Takes in a peer's member list ([`Swim::sync_state`]) without gossiping it again: the
+    /// sender knows it already, and so, most likely, does the cluster. Returns the sender,
+    /// the list's first member, to answer to.
+    pub fn apply_sync(&mut self, members: Vec<SwimMember>) -> Result<SwimId, SwimError> {
+        let sender = members.first().ok_or(SwimError::EmptySync)?.id().clone();
+        self.foca.apply_many(members.into_iter(), false, &mut self.runtime)?;
+        Ok(sender)
+    }
+
+    /// Hands an item (an encoded `node::WireEntry`, at most
+    /// [`crate::limits::SWIM_ITEM_BYTES_MAX`] bytes) to foca, which sends it in the room left in
+    /// its next packets, `max_transmissions` times; an older item for the same key is dropped.
+    pub fn broadcast(&mut self, item: &[u8]) {
+        assert!(item.len() <= crate::limits::SWIM_ITEM_BYTES_MAX, "broadcast items are small");
+        self.foca.add_broadcast(item).expect("a small item with a head is accepted");
+    }
+
+    /// The broadcast items peers sent since the last call, oldest first.
+    pub fn take_broadcasts(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.received.lock().expect("never poisoned: nothing panics holding it"))
+    }
+
+    /// How many broadcast items foca still has to send.
+    pub fn broadcast_backlog(&self) -> usize {
+        self.foca.custom_broadcast_backlog()
+    }
+
     /// A foca timer that came due.
     pub fn handle_timer(&mut self, timer: SwimTimer) -> Result<(), SwimError> {
         self.foca.handle_timer(timer, &mut self.runtime)?;
@@ -369,7 +567,7 @@ impl Swim {
 
     /// The next packet to send, to the peer at that address.
     pub fn poll_send(&mut self) -> Option<(PeerAddr, Vec<u8>)> {
-        self.runtime.to_send().map(|(to, bytes)| (to.addr, bytes.to_vec()))
+        self.runtime.to_send().map(|(to, bytes)| (to.peer_addr().clone(), bytes.to_vec()))
     }
 
     /// The next timer to set, due after the given time.
@@ -393,14 +591,14 @@ impl Swim {
         self.foca.num_members()
     }
 
-    /// Whether every effect has been drained.
+    /// Whether every effect has been drained, broadcast items from peers included.
     pub fn is_drained(&self) -> bool {
-        self.runtime.backlog() == 0
+        self.runtime.backlog() == 0 && self.received.lock().expect("never poisoned").is_empty()
     }
 
     /// The peers foca holds active (alive or suspected), by node name, with their addresses.
     pub fn alive(&self) -> BTreeMap<NodeId, PeerAddr> {
-        self.foca.iter_members().map(|m| (m.id().node.clone(), m.id().addr.clone())).collect()
+        self.foca.iter_members().map(|m| (m.id().node().clone(), m.id().peer_addr().clone())).collect()
     }
 
     /// A fingerprint of the active members (their addresses and generations), order-free and
@@ -409,7 +607,7 @@ impl Swim {
     pub fn fingerprint(&self) -> u64 {
         self.foca.iter_members().fold(0u64, |acc, m| {
             let id = m.id();
-            acc.wrapping_add(crate::schedule::mix(id.addr.hash ^ id.generation.rotate_left(32)))
+            acc.wrapping_add(crate::schedule::mix(id.addr_hash ^ id.generation().rotate_left(32)))
         })
     }
 
@@ -592,12 +790,12 @@ mod tests {
         for (id, member) in &cluster.members {
             assert_eq!(member.alive().len(), 5, "{id} sees every other node, the restarted one included");
         }
-        assert_eq!(cluster.members[&victim].identity().generation, 2, "no rename was needed");
+        assert_eq!(cluster.members[&victim].identity().generation(), 2, "no rename was needed");
     }
 
     #[test]
     fn the_later_life_of_a_node_wins_its_address() {
-        let old = SwimId { node: NodeId::new("a"), addr: PeerAddr::new("10.0.0.1:7946"), generation: 1 };
+        let old = SwimId::new(NodeId::new("a"), PeerAddr::new("10.0.0.1:7946"), 1);
         let new = old.renew().unwrap();
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));

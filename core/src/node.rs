@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::autoscale::{Autoscaler, ScaleDecision};
 use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
 use crate::limits;
-use crate::membership::{MembershipMode, PeerAddr, Swim, SwimConfig, SwimTimer};
+use crate::membership::{MembershipMode, PeerAddr, Swim, SwimConfig, SwimMember, SwimTimer};
 use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resources, SlotId, validate_apps};
 use crate::registry::{Digest, Entry, Head, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
@@ -477,6 +477,14 @@ pub enum Message<'a> {
     },
     /// A SWIM packet, foca's own encoding ([`crate::membership`]).
     Swim(#[serde(borrow, serialize_with = "serialize_bytes")] &'a [u8]),
+    /// A push-pull membership sync ([`SwimConfig::sync_interval_ms`]): the sender's member
+    /// list, the sender first. With `reply`, the receiver answers with its own.
+    SwimSync {
+        /// The sender, then every member it knows.
+        members: Vec<SwimMember>,
+        /// Whether the receiver should answer with its own list.
+        reply: bool,
+    },
 }
 
 /// A hash of a backend list, in order: equal lists have equal fingerprints, and two different
@@ -530,6 +538,9 @@ fn encode_with_entries(
     packet_runs(&wire, wire_bytes).into_iter().map(|run| message(run.to_vec())).collect()
 }
 
+/// Every how many probe periods a SWIM node reads all of foca's members to check its own list.
+const SWIM_FULL_CHECK_PERIODS: u64 = 8;
+
 /// Timers are data: what they are for, and for per-slot timers the generation they belong to,
 /// so a stale one is ignored (STYLE.md, rule 3).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -559,6 +570,9 @@ enum Timer {
     Swim(SwimTimer),
     /// Announce again to the seeds if no peer is known yet.
     SwimJoin,
+    /// A push-pull membership sync with one peer: the first with a seed, right after the
+    /// start.
+    SwimSync,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -660,6 +674,8 @@ pub struct Node {
     swim: Option<Swim>,
     /// [`Swim::fingerprint`] when the members were last read from foca.
     swim_fingerprint: u64,
+    /// How many `SwimJoin` timers fired.
+    swim_join_ticks: u64,
     /// Bumped whenever `members` changes.
     members_version: u64,
     /// No placement pass runs before this (`SwimConfig::join_settle_ms` after the start in
@@ -708,6 +724,7 @@ impl Node {
             autoscalers: BTreeMap::new(),
             swim: None,
             swim_fingerprint: 0,
+            swim_join_ticks: 0,
             members_version: 0,
             places_from: match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
@@ -741,6 +758,8 @@ impl Node {
             });
             let join_at = now + Duration::from_millis(node.config.swim.probe_period_ms);
             node.schedule(join_at, Timer::SwimJoin);
+            // After the first announces were answered: the seeds know the cluster by then.
+            node.schedule(join_at, Timer::SwimSync);
         }
         node
     }
@@ -863,6 +882,18 @@ impl Node {
                     self.swim_call(now, Some(from), |swim| swim.handle_data(packet));
                 }
             }
+            Message::SwimSync { members, reply } => {
+                if self.swim.is_some() {
+                    let mut sender = None;
+                    self.swim_call(now, Some(from), |swim| {
+                        sender = Some(swim.apply_sync(members)?);
+                        Ok(())
+                    });
+                    if let Some(sender) = sender.filter(|_| reply) {
+                        self.send_swim_sync(sender.peer_addr().clone(), false);
+                    }
+                }
+            }
         }
         self.check_invariants();
     }
@@ -902,6 +933,7 @@ impl Node {
         while let Some((after, timer)) = swim.poll_timer() {
             timers.push((after, timer));
         }
+        let items = swim.take_broadcasts();
         let notified = swim.take_notifications();
         assert!(swim.is_drained(), "foca's runtime is drained after every call");
         // Reading foca's members costs a sorted map of n names: after every packet of a
@@ -924,6 +956,26 @@ impl Node {
         }
         if let Some(alive) = alive {
             self.set_members(now, alive);
+        }
+        self.merge_broadcasts(now, source, &items);
+    }
+
+    /// Registry entries that rode on a peer's SWIM packet ([`crate::membership`]): merged like
+    /// any news, and passed on at the next gossip round if they were news.
+    fn merge_broadcasts(&mut self, now: Time, source: Option<&NodeId>, items: &[Vec<u8>]) {
+        let mut wire = Vec::with_capacity(items.len());
+        for item in items {
+            match postcard::from_bytes::<WireEntry>(item) {
+                Ok(entry) => wire.push(entry),
+                Err(e) => {
+                    let event = Event::BadMessage { from: source.cloned(), error: format!("broadcast item: {e}") };
+                    self.actions.push_back(Action::Event(event));
+                }
+            }
+        }
+        if !wire.is_empty() {
+            let from = source.cloned().unwrap_or_else(|| self.config.id.clone());
+            self.merge_wire(now, &from, &wire);
         }
     }
 
@@ -953,8 +1005,25 @@ impl Node {
             }
             return;
         }
-        let joined: Vec<NodeId> = alive.keys().filter(|n| !self.members.contains(*n)).cloned().collect();
-        let left: Vec<NodeId> = self.members.iter().filter(|n| !alive.contains_key(*n)).cloned().collect();
+        // One walk over both sorted lists: at a thousand members, a lookup per name was a tenth
+        // of a cold start.
+        let (mut joined, mut left) = (Vec::new(), Vec::new());
+        let (mut new, mut old) = (alive.keys().peekable(), self.members.iter().peekable());
+        loop {
+            match (new.peek(), old.peek()) {
+                (Some(n), Some(o)) => match n.cmp(o) {
+                    std::cmp::Ordering::Less => joined.push(new.next().expect("peeked").clone()),
+                    std::cmp::Ordering::Greater => left.push(old.next().expect("peeked").clone()),
+                    std::cmp::Ordering::Equal => {
+                        new.next();
+                        old.next();
+                    }
+                },
+                (Some(_), None) => joined.push(new.next().expect("peeked").clone()),
+                (None, Some(_)) => left.push(old.next().expect("peeked").clone()),
+                (None, None) => break,
+            }
+        }
         for node in &left {
             let list = self.node_healthy.get(node).cloned().unwrap_or_default();
             self.unlist_healthy(&list);
@@ -1219,16 +1288,50 @@ impl Node {
             Timer::Swim(timer) => {
                 self.swim_call(now, None, |swim| swim.handle_timer(timer));
             }
+            Timer::SwimSync => {
+                let swim = self.swim.as_ref().expect("swim mode");
+                let first = self.places_from > now;
+                // The first sync goes to a seed: the node may know nobody else yet.
+                let to = if first && !swim.seeds().is_empty() {
+                    let seeds = swim.seeds();
+                    Some(seeds[self.rng.below(seeds.len())].clone())
+                } else {
+                    self.random_peers(1).pop().map(|i| self.member_addrs[i].clone())
+                };
+                if let Some(to) = to {
+                    self.send_swim_sync(to, true);
+                }
+                let swim = &self.config.swim;
+                let next = if first {
+                    // Once more before placement starts: the seeds may not have known the whole
+                    // cluster the first time (they learn every node from its own first sync).
+                    now + Duration::from_millis(2 * swim.probe_period_ms)
+                } else {
+                    let interval_ms =
+                        swim.sync_interval_ms.max(swim.sync_ms_per_member * self.members.len() as u64).max(1);
+                    // Spread over the interval, so that nodes started together do not sync in step.
+                    let jitter_ms = self.rng.below(interval_ms as usize / 2 + 1) as u64;
+                    now + Duration::from_millis(interval_ms / 2 + jitter_ms)
+                };
+                self.schedule(next, Timer::SwimSync);
+            }
             Timer::SwimJoin => {
                 self.swim_call(now, None, |swim| {
                     swim.announce_if_alone();
                     Ok(())
                 });
+                // foca notifies every change of members; the full check, a scan of them all, is a
+                // safety net and runs every few periods only.
+                self.swim_join_ticks += 1;
                 let swim = self.swim.as_ref().expect("swim mode");
-                let fingerprint = swim.fingerprint();
-                if fingerprint != std::mem::replace(&mut self.swim_fingerprint, fingerprint) {
-                    let alive = swim.alive();
-                    self.set_members(now, alive);
+                if self.swim_join_ticks.is_multiple_of(SWIM_FULL_CHECK_PERIODS)
+                    || swim.num_members() != self.members.len()
+                {
+                    let fingerprint = swim.fingerprint();
+                    if fingerprint != std::mem::replace(&mut self.swim_fingerprint, fingerprint) {
+                        let alive = swim.alive();
+                        self.set_members(now, alive);
+                    }
                 }
                 let interval_ms = self.config.swim.probe_period_ms.max(1);
                 self.schedule(now + Duration::from_millis(interval_ms), Timer::SwimJoin);
@@ -1863,6 +1966,20 @@ impl Node {
                 Some((h, body)) if h == head => body,
                 _ => postcard::to_allocvec(&(&key, entry)).expect("entries encode"),
             };
+            // Small news, a little at a time, rides on SWIM's packets, in the room they leave.
+            // The rest is pushed as rumors of this node's own: large entries, and bursts (a
+            // cluster starting, a node's slots moving) that SWIM's packets would take seconds
+            // to carry.
+            if let Some(swim) = self.swim.as_mut()
+                && swim.broadcast_backlog() < limits::SWIM_ITEMS_PENDING_MAX
+            {
+                let item = postcard::to_allocvec(&WireEntry { head, body: &body }).expect("entries encode");
+                if item.len() <= limits::SWIM_ITEM_BYTES_MAX {
+                    swim.broadcast(&item);
+                    self.rumors.remove(&key);
+                    continue;
+                }
+            }
             self.rumors.insert(key, Rumor { rounds_left: self.config.rumor_rounds, head, body });
         }
         if self.rumors.is_empty() {
@@ -1897,6 +2014,17 @@ impl Node {
                 let to = self.member_addrs[peer].clone();
                 self.actions.push_back(Action::Send { to, bytes: bytes.clone() });
             }
+        }
+    }
+
+    /// Sends this node's member list to the peer at `to`, asking for its own when `reply`.
+    fn send_swim_sync(&mut self, to: PeerAddr, reply: bool) {
+        let swim = self.swim.as_ref().expect("swim mode");
+        let runs = swim.sync_state(limits::PACKET_BYTES_MAX - limits::PACKET_HEADER_BYTES_MAX);
+        for (i, members) in runs.into_iter().enumerate() {
+            // One answer is enough, whatever the number of packets.
+            let bytes = Packet::encode(&self.config.id, &Message::SwimSync { members, reply: reply && i == 0 });
+            self.actions.push_back(Action::Send { to: to.clone(), bytes });
         }
     }
 
@@ -2094,6 +2222,14 @@ mod tests {
             Message::Summary { buckets: vec![0, 63], heads },
             Message::Repair { entries: wire.clone(), want: vec![1, 2] },
             Message::Load { app: AppName::new("web"), requests: 7 },
+            Message::SwimSync {
+                members: vec![foca::Member::alive(crate::membership::SwimId::new(
+                    NodeId::new("a"),
+                    PeerAddr::new("10.0.0.1:7946"),
+                    3,
+                ))],
+                reply: true,
+            },
         ];
         let from = NodeId::new("a");
         for m in messages {
@@ -2282,6 +2418,18 @@ mod swim_tests {
         let bound_ms = 2 * swim.probe_period_ms + swim.suspect_to_down_ms + 3 * swim.gossip_interval_ms;
         tests_pump(&mut nodes, 3001, 3001 + bound_ms, |m| matches!(m, Message::Swim(_)));
         assert!(nodes[0].members().is_empty(), "a declared the silent b down");
+    }
+
+    #[test]
+    fn small_news_rides_on_swim_packets_alone() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 3000, |_| false);
+        let web = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(100, 64));
+        nodes[0].handle_command(Time::from_millis(3001), Command::Apply(Box::new(web))).unwrap();
+        // Rumors and anti-entropy are all lost: only SWIM's packets get through.
+        tests_pump(&mut nodes, 3002, 5000, |m| !matches!(m, Message::Swim(_)));
+        let apps: Vec<String> = nodes[1].apps().iter().map(|a| a.name.to_string()).collect();
+        assert_eq!(apps, ["web"], "the spec reached b inside SWIM packets");
     }
 
     #[test]
