@@ -1,22 +1,28 @@
 //! The agent: one tokio task owns the [`Node`] and is the only caller of its `handle_*` and
 //! `poll_*`. Everything else (Docker, probes, the proxies' request counts, the API) reaches it
 //! as an [`Input`] on one bounded channel; after every input the task drains every action and
-//! hands each effect to a Docker, probe or proxy task. Time is Unix milliseconds.
+//! hands each effect to a Docker, probe, proxy or gossip task. Time is Unix milliseconds.
 //!
-//! Single server for now: the cluster protocol (gossip, `--join`) is not built, so the node is
-//! told once that it has no peers.
+//! The cluster protocol runs on one UDP socket bound to `gossip_addr`: every
+//! [`Action::Send`] is one datagram to the peer's gossip address, and every datagram received
+//! goes to [`Node::handle_message`] (the packet names its sender: the source address is never
+//! needed). Membership is SWIM ([`MembershipMode::Swim`]), joined through the seeds
+//! (`join`, `--join`); a node alone is a cluster of one.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use canteen_core::health::ProbeOutcome;
-use canteen_core::model::{AppName, AppSpec, SlotId};
-use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig};
+use canteen_core::membership::{MembershipMode, PeerAddr};
+use canteen_core::model::{AppName, AppSpec, NodeId, SlotId};
+use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig, Value};
 use canteen_core::registry::Key;
 use canteen_core::schedule::ContainerState;
 use canteen_core::time::Time;
 use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AgentConfig;
@@ -27,6 +33,10 @@ use crate::state::{self, StateError};
 
 /// Inputs waiting for the node; the senders wait when it is full.
 const INPUT_QUEUE_MAX: usize = 4096;
+/// The largest gossip datagram received; a larger one is cut short by the kernel and refused
+/// by the node as undecodable. Core keeps every packet under this (and UDP over IPv4 carries
+/// 65,507 bytes at most).
+const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
 
 /// Why the agent could not start. Nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +55,21 @@ pub enum AgentError {
         /// What the system said.
         error: std::io::Error,
     },
+    /// The gossip address is taken or not this host's.
+    #[error("cannot listen for gossip (UDP) on {addr}: {error}; check `gossip_addr` in the agent's config")]
+    Gossip {
+        /// The configured `gossip_addr`.
+        addr: std::net::SocketAddr,
+        /// What the system said.
+        error: std::io::Error,
+    },
 }
 
 /// What reaches the node's task.
 #[derive(Debug)]
 pub enum Input {
+    /// A gossip datagram from a peer.
+    Packet(Vec<u8>),
     /// A container started, failed to start, or exited.
     Container(ContainerEvent),
     /// A start's outcome, with the app it was for (a failure is kept as the app's error).
@@ -89,10 +109,30 @@ pub enum Input {
 pub struct StatusJson {
     /// This node.
     pub node: String,
+    /// This life of the node (its SWIM generation: the agent's start time in Unix ms).
+    #[serde(default)]
+    pub generation: u64,
     /// Every app applied.
     pub apps: Vec<AppStatusJson>,
-    /// Every slot of this node, and the desired slots placed nowhere.
+    /// Every slot running on a node believed alive (this one included), as this node sees the
+    /// cluster, and the desired slots running nowhere.
     pub slots: Vec<SlotStatusJson>,
+    /// Every node this one knows of: itself, its live peers, and nodes it believes down.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatusJson>,
+}
+
+/// One node of the cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeStatusJson {
+    /// Its name.
+    pub name: String,
+    /// `alive` (this node, or a peer SWIM holds alive or suspected) or `down`.
+    pub state: String,
+    /// The address its containers are reached at.
+    pub addr: String,
+    /// The slots its status lists.
+    pub slots: usize,
 }
 
 /// One app.
@@ -123,16 +163,20 @@ pub struct SlotStatusJson {
     pub host_port: u16,
     /// starting, healthy, unhealthy, failed or unplaced.
     pub health: String,
-    /// Requests per second it received over the last report period.
+    /// Requests per second this agent's balancer sent it over the last report period.
     pub requests_per_s: f64,
-    /// Restarts after failures since this agent started.
-    pub restarts: u64,
+    /// Restarts after failures since its agent started: known for this agent's slots only
+    /// (`None` for a peer's).
+    pub restarts: Option<u64>,
 }
 
 /// What the agent task owns.
 struct Driver {
     node: Node,
     config: AgentConfig,
+    gossip: Arc<UdpSocket>,
+    /// [`Node::members_version`] when the members were last logged and counted.
+    members_version: u64,
     docker: Docker,
     proxies: Arc<Proxies>,
     metrics: Arc<Metrics>,
@@ -185,10 +229,13 @@ impl Handle {
 }
 
 /// Starts the agent: connects to Docker, restores the persisted apps, adopts the containers
-/// this node already runs, opens the API, and runs the node's task until `shutdown` resolves.
-/// Returns once the API listens; the returned future ends when the agent stops.
+/// this node already runs, opens the API and the gossip socket, joins the cluster through
+/// `seeds` (none: a cluster of one, that others may join), and runs the node's task until
+/// `shutdown` resolves. Returns once the API listens; the returned future ends when the agent
+/// stops.
 pub async fn start(
     config: AgentConfig,
+    seeds: Vec<SocketAddr>,
 ) -> Result<(Handle, impl std::future::Future<Output = ()> + Send + 'static, oneshot::Sender<()>), AgentError> {
     let docker = Docker::connect(config.node_id()).await?;
     std::fs::create_dir_all(&config.data_dir)
@@ -198,13 +245,39 @@ pub async fn start(
     let api = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .map_err(|error| AgentError::Api { addr: config.api_addr, error })?;
+    let gossip = Arc::new(
+        UdpSocket::bind(config.gossip_addr)
+            .await
+            .map_err(|error| AgentError::Gossip { addr: config.gossip_addr, error })?,
+    );
+    let advertised = config.gossip_advertised();
+    if advertised.ip().is_loopback() && seeds.iter().any(|s| !s.ip().is_loopback()) {
+        tracing::warn!(
+            gossip = %advertised,
+            "gossip_addr is a loopback address but a seed is not: peers on other machines cannot reach this \
+             node (set gossip_addr, or advertise_ip, to an address they can reach)"
+        );
+    }
+    if config.reachable_container_ip().is_loopback() && seeds.iter().any(|s| !s.ip().is_loopback()) {
+        tracing::warn!(
+            container_ip = %config.reachable_container_ip(),
+            "containers are published on a loopback address but a seed is not: balancers on other machines \
+             cannot reach them (set container_ip, or advertise_ip, to an address they can reach)"
+        );
+    }
 
     let metrics = Arc::new(Metrics::new());
     let seed = seed();
     let proxies = Arc::new(Proxies::new(config.proxy_ip, metrics.clone(), seed));
     let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
     let t = now();
-    let mut node_config = NodeConfig::new(config.node_id(), &config.container_ip.to_string(), config.resources());
+    let mut node_config =
+        NodeConfig::new(config.node_id(), &config.reachable_container_ip().to_string(), config.resources());
+    node_config.gossip_addr = PeerAddr::new(&advertised.to_string());
+    node_config.membership = MembershipMode::Swim;
+    node_config.seeds = seeds.iter().map(|s| PeerAddr::new(&s.to_string())).collect();
+    // Higher in every life of the agent, so peers that declared the last one down take it back.
+    node_config.generation = t.as_millis();
     node_config.labels = config.labels.clone();
     node_config.policy = config.policy;
     node_config.host_port_min = config.host_port_min;
@@ -217,6 +290,8 @@ pub async fn start(
     let mut driver = Driver {
         node,
         config: config.clone(),
+        gossip: gossip.clone(),
+        members_version: u64::MAX,
         docker: docker.clone(),
         proxies: proxies.clone(),
         metrics: metrics.clone(),
@@ -247,10 +322,7 @@ pub async fn start(
     }
     driver.node.handle_container_event(now(), ContainerEvent::Adopted { containers: adopted });
     driver.drain();
-    // No peers: the cluster protocol is not built yet.
-    driver.node.handle_membership(now(), []);
-    driver.drain();
-    metrics.gossip_members.set(1);
+    tokio::spawn(receive_gossip(gossip, tx.clone(), metrics.clone()));
 
     let (exits_tx, mut exits_rx) = mpsc::channel::<String>(256);
     tokio::spawn(docker.clone().watch_exits(exits_tx));
@@ -284,9 +356,36 @@ pub async fn start(
         proxies: proxies.clone(),
     };
     tokio::spawn(crate::api::serve(api, handle.clone()));
-    tracing::info!(node = %config.node_name, api = %config.api_addr, "agent started");
+    tracing::info!(
+        node = %config.node_name,
+        api = %config.api_addr,
+        gossip = %advertised,
+        seeds = ?seeds,
+        generation = t.as_millis(),
+        "agent started"
+    );
     let (stop_tx, stop_rx) = oneshot::channel();
     Ok((handle, driver.run(rx, stop_rx), stop_tx))
+}
+
+/// Hands every gossip datagram received to the node, until the agent stops.
+async fn receive_gossip(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>, metrics: Arc<Metrics>) {
+    let mut buffer = vec![0u8; DATAGRAM_BYTES_MAX];
+    loop {
+        match socket.recv_from(&mut buffer).await {
+            Ok((n, _source)) => {
+                metrics.gossip_received.inc();
+                if tx.send(Input::Packet(buffer[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // An ICMP error reported on the socket, or an interrupted call: nothing to keep.
+                tracing::debug!("gossip receive: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 fn short(id: &str) -> &str {
@@ -320,6 +419,7 @@ impl Driver {
 
     fn handle(&mut self, input: Input) {
         match input {
+            Input::Packet(bytes) => self.node.handle_message(now(), &bytes),
             Input::Container(event) => self.node.handle_container_event(now(), event),
             Input::StartDone { slot, generation, result } => {
                 let event = match result {
@@ -368,13 +468,44 @@ impl Driver {
         while let Some(action) = self.node.poll_action() {
             self.dispatch(action);
         }
+        if self.node.members_version() != self.members_version {
+            self.members_version = self.node.members_version();
+            let members = self.node.members();
+            self.metrics.gossip_members.set(members.len() as i64 + 1);
+            let names: Vec<&str> = members.iter().map(NodeId::as_str).collect();
+            tracing::info!(members = ?names, "cluster members (peers believed alive)");
+        }
+    }
+
+    /// One gossip datagram to `to`; a failure loses it, which gossip and SWIM expect.
+    fn send(&self, to: &PeerAddr, bytes: &[u8]) {
+        let addr = match to.as_str().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                tracing::warn!(peer = %to, "gossip address is not IP:PORT: packet dropped");
+                self.metrics.gossip_dropped.inc();
+                return;
+            }
+        };
+        if bytes.len() > DATAGRAM_BYTES_MAX {
+            tracing::warn!(peer = %to, bytes = bytes.len(), "gossip packet larger than a datagram: dropped");
+            self.metrics.gossip_dropped.inc();
+            return;
+        }
+        match self.gossip.try_send_to(bytes, addr) {
+            Ok(_) => {
+                self.metrics.gossip_sent.inc();
+            }
+            Err(e) => {
+                tracing::debug!(peer = %to, "gossip send: {e}");
+                self.metrics.gossip_dropped.inc();
+            }
+        }
     }
 
     fn dispatch(&mut self, action: Action) {
         match action {
-            Action::Send { to, .. } => {
-                tracing::debug!(peer = %to, "no cluster protocol yet: message dropped");
-            }
+            Action::Send { to, bytes } => self.send(&to, &bytes),
             Action::StartContainer { slot, app, host_port, generation } => {
                 let (docker, tx, ip) = (self.docker.clone(), self.tx.clone(), self.config.container_ip);
                 tokio::spawn(async move {
@@ -463,22 +594,64 @@ impl Driver {
         }
     }
 
+    /// The cluster as this node sees it: its own slots (claims and back-offs included), every
+    /// slot the statuses of its live peers list, and the desired slots running nowhere.
     fn status(&self) -> StatusJson {
         let apps = self.node.apps();
-        let mut slots: Vec<SlotStatusJson> = self
-            .node
-            .local_slots()
-            .into_iter()
+        let me = self.node.id();
+        let local = self.node.local_slots();
+        let mut slots: Vec<SlotStatusJson> = local
+            .iter()
             .map(|(slot, host_port, state)| SlotStatusJson {
                 app: slot.app.to_string(),
                 slot: slot.index,
-                node: self.config.node_name.clone(),
-                host_port,
-                health: health_name(state).to_owned(),
-                requests_per_s: self.proxies.rate(&slot),
-                restarts: self.restarts.get(&slot).copied().unwrap_or(0),
+                node: me.to_string(),
+                host_port: *host_port,
+                health: health_name(*state).to_owned(),
+                requests_per_s: self.proxies.rate(slot),
+                restarts: Some(self.restarts.get(slot).copied().unwrap_or(0)),
             })
             .collect();
+        let mut nodes = vec![NodeStatusJson {
+            name: me.to_string(),
+            state: "alive".to_owned(),
+            addr: self.node.config().addr.clone(),
+            slots: local.len(),
+        }];
+        let mut listed = std::collections::BTreeSet::new();
+        for (key, entry) in self.node.registry().iter() {
+            let (Key::Status(node), Some(Value::Status(status))) = (key, &entry.value) else { continue };
+            if node == me {
+                continue;
+            }
+            listed.insert(node.clone());
+            let alive = self.node.members().contains(node);
+            nodes.push(NodeStatusJson {
+                name: node.to_string(),
+                state: if alive { "alive" } else { "down" }.to_owned(),
+                addr: status.addr.clone(),
+                slots: status.containers.len(),
+            });
+            if !alive {
+                continue;
+            }
+            for c in &status.containers {
+                slots.push(SlotStatusJson {
+                    app: c.slot.app.to_string(),
+                    slot: c.slot.index,
+                    node: node.to_string(),
+                    host_port: c.host_port,
+                    health: health_name(c.state).to_owned(),
+                    requests_per_s: self.proxies.rate(&c.slot),
+                    restarts: None,
+                });
+            }
+        }
+        for node in self.node.members().iter().filter(|n| !listed.contains(*n)) {
+            // A live peer whose status has not arrived yet.
+            nodes.push(NodeStatusJson { name: node.to_string(), state: "alive".to_owned(), ..Default::default() });
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
         for app in &apps {
             for slot in app.slots() {
                 if !slots.iter().any(|s| s.app == slot.app.as_str() && s.slot == slot.index) {
@@ -492,9 +665,10 @@ impl Driver {
                 }
             }
         }
-        slots.sort_by(|a, b| (&a.app, a.slot).cmp(&(&b.app, b.slot)));
+        slots.sort_by(|a, b| (&a.app, a.slot, &a.node).cmp(&(&b.app, b.slot, &b.node)));
         StatusJson {
-            node: self.config.node_name.clone(),
+            node: me.to_string(),
+            generation: self.node.config().generation,
             apps: apps
                 .iter()
                 .map(|a| AppStatusJson {
@@ -506,6 +680,7 @@ impl Driver {
                 })
                 .collect(),
             slots,
+            nodes,
         }
     }
 }
