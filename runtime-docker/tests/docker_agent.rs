@@ -112,7 +112,7 @@ impl Env {
                     s["slot"].as_u64().unwrap(),
                     s["host_port"].as_u64().unwrap() as u16,
                     s["health"].as_str().unwrap().to_owned(),
-                    s["restarts"].as_u64().unwrap(),
+                    s["restarts"].as_u64().unwrap_or(0),
                 )
             })
             .collect()
