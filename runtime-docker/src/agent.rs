@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canteen_core::health::ProbeOutcome;
+use canteen_core::limits;
 use canteen_core::membership::{MembershipMode, PeerAddr};
-use canteen_core::model::{AppName, AppSpec, NodeId, SlotId};
-use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig, Value};
-use canteen_core::registry::Key;
+use canteen_core::model::{AppName, NodeId, SlotId};
+use canteen_core::node::{Action, Command, ContainerEvent, Event, Message, Node, NodeConfig, Packet, Value, WireEntry};
+use canteen_core::registry::{Head, Key, Version};
 use canteen_core::schedule::ContainerState;
 use canteen_core::time::Time;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,8 @@ use crate::state::{self, StateError};
 
 /// Inputs waiting for the node; the senders wait when it is full.
 const INPUT_QUEUE_MAX: usize = 4096;
+/// How often the desired state is compared with the one on disk, and written when it changed.
+const PERSIST_INTERVAL_MS: u64 = 1000;
 /// The largest gossip datagram received; a larger one is cut short by the kernel and refused
 /// by the node as undecodable. Core keeps every packet under this (and UDP over IPv4 carries
 /// 65,507 bytes at most).
@@ -183,7 +186,8 @@ struct Driver {
     tx: mpsc::Sender<Input>,
     restarts: BTreeMap<SlotId, u64>,
     app_errors: BTreeMap<AppName, String>,
-    persisted: Vec<AppSpec>,
+    /// The keys and versions of the desired state last written to `data_dir`.
+    persisted: Vec<(Key, Version)>,
 }
 
 /// The current time as the node sees it: Unix milliseconds.
@@ -302,14 +306,8 @@ pub async fn start(
     };
     driver.drain();
     // The desired state first, so adopted containers meet their app's health check.
-    for spec in persisted {
-        let name = spec.name.clone();
-        if let Err(e) = driver.node.handle_command(now(), Command::Apply(Box::new(spec))) {
-            tracing::error!(app = %name, "persisted app refused: {e}");
-        }
-        driver.drain();
-    }
-    driver.persisted = driver.desired_specs();
+    driver.restore(persisted);
+    driver.persisted = driver.desired_versions();
     let mut adopted = Vec::new();
     for c in own {
         if c.running {
@@ -394,8 +392,14 @@ fn short(id: &str) -> &str {
 
 impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut stop: oneshot::Receiver<()>) {
+        let mut persist_at = std::time::Instant::now();
         loop {
             self.drain();
+            // The desired state may also change by gossip: looked at once a second.
+            if persist_at.elapsed() >= Duration::from_millis(PERSIST_INTERVAL_MS) {
+                self.persist();
+                persist_at = std::time::Instant::now();
+            }
             // Due timers first, so a steady stream of inputs never starves them.
             let t = now();
             if self.node.poll_timeout().is_some_and(|due| due <= t) {
@@ -413,6 +417,7 @@ impl Driver {
                 () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
             }
         }
+        self.persist();
         self.proxies.close_all();
         tracing::info!("agent stopped");
     }
@@ -571,25 +576,67 @@ impl Driver {
         }
     }
 
-    /// The apps as the operator gave them (not the autoscaler's counts).
-    fn desired_specs(&self) -> Vec<AppSpec> {
+    /// Brings back the desired state persisted by an earlier life of this agent. Entries with
+    /// versions are merged as the writes they were, through the node's own merge of a peer's
+    /// updates: what the cluster changed since (a removal, a scale through another agent) is
+    /// newer and wins, here or when the news arrives. Specs of the first file format are
+    /// applied again.
+    fn restore(&mut self, persisted: state::Persisted) {
+        for spec in persisted.apps {
+            let name = spec.name.clone();
+            if let Err(e) = self.node.handle_command(now(), Command::Apply(Box::new(spec))) {
+                tracing::error!(app = %name, "persisted app refused: {e}");
+            }
+            self.drain();
+        }
+        let encoded: Vec<(Head, Vec<u8>)> = persisted
+            .entries
+            .iter()
+            .map(|(key, entry)| {
+                (Head::of(key, &entry.version), postcard::to_allocvec(&(key, entry)).expect("entries encode"))
+            })
+            .collect();
+        for chunk in encoded.chunks(limits::ENTRIES_PER_MESSAGE_MAX) {
+            let entries = chunk.iter().map(|(head, body)| WireEntry { head: *head, body }).collect();
+            let packet = Packet::encode(self.node.id(), &Message::Updates(entries));
+            self.node.handle_message(now(), &packet);
+            self.drain();
+        }
+        let apps = self.node.apps().len();
+        if apps > 0 {
+            tracing::info!(apps, "desired state restored from {}", self.config.data_dir.display());
+        }
+    }
+
+    /// The desired state in the registry: `app/` and `scale/` entries, removals included.
+    fn desired_entries(&self) -> Vec<state::PersistedEntry> {
         self.node
             .registry()
             .iter()
-            .filter_map(|(key, entry)| match (key, &entry.value) {
-                (Key::App(_), Some(canteen_core::node::Value::App(spec))) => Some((**spec).clone()),
-                _ => None,
-            })
+            .filter(|(key, _)| matches!(key, Key::App(_) | Key::Scale(_)))
+            .map(|(key, entry)| (key.clone(), entry.clone()))
             .collect()
     }
 
+    /// The keys and versions of [`Driver::desired_entries`]: what tells a change.
+    fn desired_versions(&self) -> Vec<(Key, Version)> {
+        self.node
+            .registry()
+            .iter()
+            .filter(|(key, _)| matches!(key, Key::App(_) | Key::Scale(_)))
+            .map(|(key, entry)| (key.clone(), entry.version.clone()))
+            .collect()
+    }
+
+    /// Writes the desired state to `data_dir` when it changed, however it changed (through this
+    /// agent's API or by gossip).
     fn persist(&mut self) {
-        let desired = self.desired_specs();
-        if desired == self.persisted {
+        let versions = self.desired_versions();
+        if versions == self.persisted {
             return;
         }
-        match state::save(&self.config.data_dir, &desired) {
-            Ok(()) => self.persisted = desired,
+        match state::save(&self.config.data_dir, &self.desired_entries()) {
+            Ok(()) => self.persisted = versions,
             Err(e) => tracing::error!("cannot persist the desired state: {e}"),
         }
     }

@@ -528,3 +528,37 @@ fn an_app_applied_through_one_agent_reaches_the_others() {
             && cluster.agents.iter().all(|a| a.status().is_some_and(|s| s["apps"].as_array().unwrap().is_empty()))
     });
 }
+
+#[test]
+fn an_app_removed_while_an_agent_is_down_stays_removed_when_it_rejoins() {
+    if !docker_ready("an_app_removed_while_an_agent_is_down_stays_removed_when_it_rejoins") {
+        return;
+    }
+    let mut cluster = Cluster::new("removed", 5, 2);
+    cluster.start_all();
+    cluster.apply(0, 2);
+    let all = names(&cluster.agents.iter().collect::<Vec<_>>());
+    cluster.wait("2 healthy replicas, one on each", Duration::from_secs(30), || {
+        (0..2).all(|i| cluster.settled(i, 2, &all))
+    });
+    // The agent the app was applied through goes down (its container keeps running, orphaned),
+    // and the app is removed through the other.
+    cluster.agents[0].kill();
+    let other = cluster.agents[1].name.clone();
+    cluster.wait("the survivor to declare it down", Duration::from_secs(15), || {
+        cluster.agents[1].alive() == BTreeSet::from([other.clone()])
+    });
+    let rm = Command::new(CANTEEN).args(["rm", APP, "--api", &cluster.agents[1].api.to_string()]).output().unwrap();
+    assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+    cluster.wait("the survivor's replica removed", Duration::from_secs(10), || ids_of(&other).is_empty());
+    // Back: it restores the app from its disk as the old write it was, learns of the newer
+    // removal, and removes its orphan instead of bringing the app back.
+    cluster.agents[0].start();
+    cluster.wait("no container and no app anywhere", Duration::from_secs(20), || {
+        cluster.containers().is_empty()
+            && cluster.agents.iter().all(|a| a.status().is_some_and(|s| s["apps"].as_array().unwrap().is_empty()))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(cluster.containers().is_empty(), "{:?}", cluster.containers());
+    assert!(cluster.agents[0].log().contains("desired state restored"), "it read its disk");
+}
