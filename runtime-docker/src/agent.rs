@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use canteen_core::health::ProbeOutcome;
 use canteen_core::limits;
-use canteen_core::membership::{MembershipMode, PeerAddr};
+use canteen_core::membership::PeerAddr;
 use canteen_core::model::{AppName, NodeId, SlotId};
-use canteen_core::node::{Action, Command, ContainerEvent, Event, Message, Node, NodeConfig, Packet, Value, WireEntry};
+use canteen_core::node::{Action, Command, ContainerEvent, Event, Message, Node, Packet, Value, WireEntry};
 use canteen_core::registry::{Head, Key, Version};
 use canteen_core::schedule::ContainerState;
 use canteen_core::time::Time;
@@ -37,8 +37,9 @@ const INPUT_QUEUE_MAX: usize = 4096;
 /// How often the desired state is compared with the one on disk, and written when it changed.
 const PERSIST_INTERVAL_MS: u64 = 1000;
 /// The largest gossip datagram received; a larger one is cut short by the kernel and refused
-/// by the node as undecodable. Core keeps every packet under this (and UDP over IPv4 carries
-/// 65,507 bytes at most).
+/// by the node as undecodable. Core keeps every packet it sends under
+/// [`limits::PACKET_BYTES_MAX`], less than this (and UDP over IPv4 carries 65,507 bytes at
+/// most).
 const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
 
 /// Why the agent could not start. Nothing was started.
@@ -58,6 +59,10 @@ pub enum AgentError {
         /// What the system said.
         error: std::io::Error,
     },
+    /// The config gives the node something core refuses (checked when the file is read: only a
+    /// config built in code can get here).
+    #[error("the agent's config: {0}")]
+    Config(String),
     /// The gossip address is taken or not this host's.
     #[error("cannot listen for gossip (UDP) on {addr}: {error}; check `gossip_addr` in the agent's config")]
     Gossip {
@@ -275,21 +280,12 @@ pub async fn start(
     let proxies = Arc::new(Proxies::new(config.proxy_ip, metrics.clone(), seed));
     let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
     let t = now();
-    let mut node_config =
-        NodeConfig::new(config.node_id(), &config.reachable_container_ip().to_string(), config.resources());
-    node_config.gossip_addr = PeerAddr::new(&advertised.to_string());
-    node_config.membership = MembershipMode::Swim;
+    let mut node_config = config.node_config();
     node_config.seeds = seeds.iter().map(|s| PeerAddr::new(&s.to_string())).collect();
     // Higher in every life of the agent, so peers that declared the last one down take it back.
     node_config.generation = t.as_millis();
-    node_config.labels = config.labels.clone();
-    node_config.policy = config.policy;
-    node_config.host_port_min = config.host_port_min;
-    node_config.host_port_max = config.host_port_max;
-    node_config.load_report_interval_ms = config.scaling_interval_ms;
-    node_config.autoscale_interval_ms = config.scaling_interval_ms;
-    node_config.drain_ms = config.drain_ms;
     node_config.seed = seed;
+    node_config.check().map_err(AgentError::Config)?;
     let node = Node::new(t, node_config);
     let mut driver = Driver {
         node,
@@ -492,7 +488,7 @@ impl Driver {
                 return;
             }
         };
-        if bytes.len() > DATAGRAM_BYTES_MAX {
+        if bytes.len() > limits::PACKET_BYTES_MAX {
             tracing::warn!(peer = %to, bytes = bytes.len(), "gossip packet larger than a datagram: dropped");
             self.metrics.gossip_dropped.inc();
             return;

@@ -208,7 +208,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 
 fn read_config(path: Option<&Path>) -> Result<AgentConfig, Failure> {
     match path {
-        None => Ok(AgentConfig::default()),
+        // The defaults are checked too: the host's name becomes the node's.
+        None => AgentConfig::parse("(default config)", "").map_err(|e| Failure::bad_input(e.to_string())),
         Some(p) => AgentConfig::load(p).map_err(|e| Failure::bad_input(e.to_string())),
     }
 }
@@ -271,8 +272,10 @@ fn run_agent(
 ) -> Result<(), Failure> {
     init_logging();
     runtime()?.block_on(async move {
-        let (handle, driver, stop) =
-            agent::start(config.clone(), seeds).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        let (handle, driver, stop) = agent::start(config.clone(), seeds).await.map_err(|e| match e {
+            agent::AgentError::Config(_) => Failure::bad_input(e.to_string()),
+            e => Failure::runtime(e.to_string()),
+        })?;
         let driver = tokio::spawn(driver);
         if let Some(apps) = &up {
             for app in apps {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use canteen_core::cluster_file::FileError;
 use canteen_core::limits::MIB;
+use canteen_core::membership::{MembershipMode, PeerAddr};
 use canteen_core::model::{NodeId, PickerKind, Resources, validate_name};
+use canteen_core::node::NodeConfig;
 use canteen_core::schedule::Policy;
 use serde::{Deserialize, Serialize};
 
@@ -161,7 +163,35 @@ impl AgentConfig {
                 return err("join", &format!("{addr:?}: {problem}"));
             }
         }
+        // What core bounds (the labels' size above all), named by the key that sets it.
+        if let Err(problem) = self.node_config().check() {
+            let key = match problem.split(':').next().unwrap_or_default() {
+                "node name" => "node_name",
+                "addr" => "container_ip",
+                "gossip_addr" => "gossip_addr",
+                "host_port_min" => "host_port_min",
+                _ => "labels",
+            };
+            return err(key, &problem);
+        }
         Ok(())
+    }
+
+    /// The node's config for core: name, the addresses peers reach it at, resources, labels,
+    /// policy, host ports, intervals, SWIM membership. The driver adds the seeds, the
+    /// generation and the random seed.
+    pub fn node_config(&self) -> NodeConfig {
+        let mut node = NodeConfig::new(self.node_id(), &self.reachable_container_ip().to_string(), self.resources());
+        node.gossip_addr = PeerAddr::new(&self.gossip_advertised().to_string());
+        node.membership = MembershipMode::Swim;
+        node.labels = self.labels.clone();
+        node.policy = self.policy;
+        node.host_port_min = self.host_port_min;
+        node.host_port_max = self.host_port_max;
+        node.load_report_interval_ms = self.scaling_interval_ms;
+        node.autoscale_interval_ms = self.scaling_interval_ms;
+        node.drain_ms = self.drain_ms;
+        node
     }
 
     /// The gossip address this node tells its peers: `gossip_addr`, with `advertise_ip` in
@@ -344,6 +374,15 @@ mod tests {
         assert_eq!(c.reachable_container_ip(), "127.0.0.2".parse::<IpAddr>().unwrap(), "a specific address stays");
         let e = AgentConfig::parse("c.toml", "advertise_ip = \"0.0.0.0\"\n").unwrap_err();
         assert_eq!(e.key, "advertise_ip");
+    }
+
+    #[test]
+    fn labels_too_large_for_a_status_are_refused_by_their_key() {
+        let big = "x".repeat(1000);
+        let text = format!("[labels]\na = \"{big}\"\nb = \"{big}\"\nc = \"{big}\"\nd = \"{big}\"\ne = \"{big}\"\n");
+        let e = AgentConfig::parse("c.toml", &text).unwrap_err();
+        assert_eq!(e.key, "labels", "{e}");
+        assert!(e.to_string().contains("at most"), "{e}");
     }
 
     #[test]
