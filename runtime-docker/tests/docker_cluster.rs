@@ -457,6 +457,14 @@ fn a_crashed_agent_is_declared_down_and_its_slots_run_again_on_the_survivors() {
     assert_eq!(after.len(), 6, "{after:?}");
     assert!(after.iter().all(|c| survivors.contains(&c.0)), "{after:?}");
     assert!(serving < Duration::from_secs(15), "took {serving:?}");
+    // The dead node's replicas left the survivors' balancers: six backends, not eight.
+    for a in &cluster.agents[..2] {
+        cluster.wait("the balancer to list the 6 live replicas", Duration::from_secs(5), || {
+            a.metric("canteen_replicas{app=\"web\"} ") == Some(6.0)
+        });
+        let counts = round_robin(a.proxy(cluster.app_port), 60);
+        assert_eq!(counts.len(), 6, "through {}: {counts:?}", a.name);
+    }
     assert!(ok > 100, "the client kept going");
     // A refused connection ejects the dead node's replica and the request is retried on another.
     assert!(failures.is_empty(), "requests failed through a survivor: {failures:?}");
