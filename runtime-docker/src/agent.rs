@@ -1,22 +1,29 @@
 //! The agent: one tokio task owns the [`Node`] and is the only caller of its `handle_*` and
 //! `poll_*`. Everything else (Docker, probes, the proxies' request counts, the API) reaches it
 //! as an [`Input`] on one bounded channel; after every input the task drains every action and
-//! hands each effect to a Docker, probe or proxy task. Time is Unix milliseconds.
+//! hands each effect to a Docker, probe, proxy or gossip task. Time is Unix milliseconds.
 //!
-//! Single server for now: the cluster protocol (gossip, `--join`) is not built, so the node is
-//! told once that it has no peers.
+//! The cluster protocol runs on one UDP socket bound to `gossip_addr`: every
+//! [`Action::Send`] is one datagram to the peer's gossip address, and every datagram received
+//! goes to [`Node::handle_message`] (the packet names its sender: the source address is never
+//! needed). Membership is SWIM ([`MembershipMode::Swim`]), joined through the seeds
+//! (`join`, `--join`); a node alone is a cluster of one.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use canteen_core::health::ProbeOutcome;
-use canteen_core::model::{AppName, AppSpec, SlotId};
-use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig};
-use canteen_core::registry::Key;
+use canteen_core::limits;
+use canteen_core::membership::PeerAddr;
+use canteen_core::model::{AppName, NodeId, SlotId};
+use canteen_core::node::{Action, Command, ContainerEvent, Event, Message, Node, Packet, Value, WireEntry};
+use canteen_core::registry::{Head, Key, Version};
 use canteen_core::schedule::ContainerState;
 use canteen_core::time::Time;
 use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AgentConfig;
@@ -27,6 +34,13 @@ use crate::state::{self, StateError};
 
 /// Inputs waiting for the node; the senders wait when it is full.
 const INPUT_QUEUE_MAX: usize = 4096;
+/// How often the desired state is compared with the one on disk, and written when it changed.
+const PERSIST_INTERVAL_MS: u64 = 1000;
+/// The largest gossip datagram received; a larger one is cut short by the kernel and refused
+/// by the node as undecodable. Core keeps every packet it sends under
+/// [`limits::PACKET_BYTES_MAX`], less than this (and UDP over IPv4 carries 65,507 bytes at
+/// most).
+const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
 
 /// Why the agent could not start. Nothing was started.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +59,25 @@ pub enum AgentError {
         /// What the system said.
         error: std::io::Error,
     },
+    /// The config gives the node something core refuses (checked when the file is read: only a
+    /// config built in code can get here).
+    #[error("the agent's config: {0}")]
+    Config(String),
+    /// The gossip address is taken or not this host's.
+    #[error("cannot listen for gossip (UDP) on {addr}: {error}; check `gossip_addr` in the agent's config")]
+    Gossip {
+        /// The configured `gossip_addr`.
+        addr: std::net::SocketAddr,
+        /// What the system said.
+        error: std::io::Error,
+    },
 }
 
 /// What reaches the node's task.
 #[derive(Debug)]
 pub enum Input {
+    /// A gossip datagram from a peer.
+    Packet(Vec<u8>),
     /// A container started, failed to start, or exited.
     Container(ContainerEvent),
     /// A start's outcome, with the app it was for (a failure is kept as the app's error).
@@ -89,10 +117,30 @@ pub enum Input {
 pub struct StatusJson {
     /// This node.
     pub node: String,
+    /// This life of the node (its SWIM generation: the agent's start time in Unix ms).
+    #[serde(default)]
+    pub generation: u64,
     /// Every app applied.
     pub apps: Vec<AppStatusJson>,
-    /// Every slot of this node, and the desired slots placed nowhere.
+    /// Every slot running on a node believed alive (this one included), as this node sees the
+    /// cluster, and the desired slots running nowhere.
     pub slots: Vec<SlotStatusJson>,
+    /// Every node this one knows of: itself, its live peers, and nodes it believes down.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatusJson>,
+}
+
+/// One node of the cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeStatusJson {
+    /// Its name.
+    pub name: String,
+    /// `alive` (this node, or a peer SWIM holds alive or suspected) or `down`.
+    pub state: String,
+    /// The address its containers are reached at.
+    pub addr: String,
+    /// The slots its status lists.
+    pub slots: usize,
 }
 
 /// One app.
@@ -123,23 +171,28 @@ pub struct SlotStatusJson {
     pub host_port: u16,
     /// starting, healthy, unhealthy, failed or unplaced.
     pub health: String,
-    /// Requests per second it received over the last report period.
+    /// Requests per second this agent's balancer sent it over the last report period.
     pub requests_per_s: f64,
-    /// Restarts after failures since this agent started.
-    pub restarts: u64,
+    /// Restarts after failures since its agent started: known for this agent's slots only
+    /// (`None` for a peer's).
+    pub restarts: Option<u64>,
 }
 
 /// What the agent task owns.
 struct Driver {
     node: Node,
     config: AgentConfig,
+    gossip: Arc<UdpSocket>,
+    /// [`Node::members_version`] when the members were last logged and counted.
+    members_version: u64,
     docker: Docker,
     proxies: Arc<Proxies>,
     metrics: Arc<Metrics>,
     tx: mpsc::Sender<Input>,
     restarts: BTreeMap<SlotId, u64>,
     app_errors: BTreeMap<AppName, String>,
-    persisted: Vec<AppSpec>,
+    /// The keys and versions of the desired state last written to `data_dir`.
+    persisted: Vec<(Key, Version)>,
 }
 
 /// The current time as the node sees it: Unix milliseconds.
@@ -185,10 +238,13 @@ impl Handle {
 }
 
 /// Starts the agent: connects to Docker, restores the persisted apps, adopts the containers
-/// this node already runs, opens the API, and runs the node's task until `shutdown` resolves.
-/// Returns once the API listens; the returned future ends when the agent stops.
+/// this node already runs, opens the API and the gossip socket, joins the cluster through
+/// `seeds` (none: a cluster of one, that others may join), and runs the node's task until
+/// `shutdown` resolves. Returns once the API listens; the returned future ends when the agent
+/// stops.
 pub async fn start(
     config: AgentConfig,
+    seeds: Vec<SocketAddr>,
 ) -> Result<(Handle, impl std::future::Future<Output = ()> + Send + 'static, oneshot::Sender<()>), AgentError> {
     let docker = Docker::connect(config.node_id()).await?;
     std::fs::create_dir_all(&config.data_dir)
@@ -198,25 +254,44 @@ pub async fn start(
     let api = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .map_err(|error| AgentError::Api { addr: config.api_addr, error })?;
+    let gossip = Arc::new(
+        UdpSocket::bind(config.gossip_addr)
+            .await
+            .map_err(|error| AgentError::Gossip { addr: config.gossip_addr, error })?,
+    );
+    let advertised = config.gossip_advertised();
+    if advertised.ip().is_loopback() && seeds.iter().any(|s| !s.ip().is_loopback()) {
+        tracing::warn!(
+            gossip = %advertised,
+            "gossip_addr is a loopback address but a seed is not: peers on other machines cannot reach this \
+             node (set gossip_addr, or advertise_ip, to an address they can reach)"
+        );
+    }
+    if config.reachable_container_ip().is_loopback() && seeds.iter().any(|s| !s.ip().is_loopback()) {
+        tracing::warn!(
+            container_ip = %config.reachable_container_ip(),
+            "containers are published on a loopback address but a seed is not: balancers on other machines \
+             cannot reach them (set container_ip, or advertise_ip, to an address they can reach)"
+        );
+    }
 
     let metrics = Arc::new(Metrics::new());
     let seed = seed();
     let proxies = Arc::new(Proxies::new(config.proxy_ip, metrics.clone(), seed));
     let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
     let t = now();
-    let mut node_config = NodeConfig::new(config.node_id(), &config.container_ip.to_string(), config.resources());
-    node_config.labels = config.labels.clone();
-    node_config.policy = config.policy;
-    node_config.host_port_min = config.host_port_min;
-    node_config.host_port_max = config.host_port_max;
-    node_config.load_report_interval_ms = config.scaling_interval_ms;
-    node_config.autoscale_interval_ms = config.scaling_interval_ms;
-    node_config.drain_ms = config.drain_ms;
+    let mut node_config = config.node_config();
+    node_config.seeds = seeds.iter().map(|s| PeerAddr::new(&s.to_string())).collect();
+    // Higher in every life of the agent, so peers that declared the last one down take it back.
+    node_config.generation = t.as_millis();
     node_config.seed = seed;
+    node_config.check().map_err(AgentError::Config)?;
     let node = Node::new(t, node_config);
     let mut driver = Driver {
         node,
         config: config.clone(),
+        gossip: gossip.clone(),
+        members_version: u64::MAX,
         docker: docker.clone(),
         proxies: proxies.clone(),
         metrics: metrics.clone(),
@@ -227,14 +302,8 @@ pub async fn start(
     };
     driver.drain();
     // The desired state first, so adopted containers meet their app's health check.
-    for spec in persisted {
-        let name = spec.name.clone();
-        if let Err(e) = driver.node.handle_command(now(), Command::Apply(Box::new(spec))) {
-            tracing::error!(app = %name, "persisted app refused: {e}");
-        }
-        driver.drain();
-    }
-    driver.persisted = driver.desired_specs();
+    driver.restore(persisted);
+    driver.persisted = driver.desired_versions();
     let mut adopted = Vec::new();
     for c in own {
         if c.running {
@@ -247,10 +316,7 @@ pub async fn start(
     }
     driver.node.handle_container_event(now(), ContainerEvent::Adopted { containers: adopted });
     driver.drain();
-    // No peers: the cluster protocol is not built yet.
-    driver.node.handle_membership(now(), []);
-    driver.drain();
-    metrics.gossip_members.set(1);
+    tokio::spawn(receive_gossip(gossip, tx.clone(), metrics.clone()));
 
     let (exits_tx, mut exits_rx) = mpsc::channel::<String>(256);
     tokio::spawn(docker.clone().watch_exits(exits_tx));
@@ -284,9 +350,36 @@ pub async fn start(
         proxies: proxies.clone(),
     };
     tokio::spawn(crate::api::serve(api, handle.clone()));
-    tracing::info!(node = %config.node_name, api = %config.api_addr, "agent started");
+    tracing::info!(
+        node = %config.node_name,
+        api = %config.api_addr,
+        gossip = %advertised,
+        seeds = ?seeds,
+        generation = t.as_millis(),
+        "agent started"
+    );
     let (stop_tx, stop_rx) = oneshot::channel();
     Ok((handle, driver.run(rx, stop_rx), stop_tx))
+}
+
+/// Hands every gossip datagram received to the node, until the agent stops.
+async fn receive_gossip(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>, metrics: Arc<Metrics>) {
+    let mut buffer = vec![0u8; DATAGRAM_BYTES_MAX];
+    loop {
+        match socket.recv_from(&mut buffer).await {
+            Ok((n, _source)) => {
+                metrics.gossip_received.inc();
+                if tx.send(Input::Packet(buffer[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // An ICMP error reported on the socket, or an interrupted call: nothing to keep.
+                tracing::debug!("gossip receive: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 fn short(id: &str) -> &str {
@@ -295,8 +388,14 @@ fn short(id: &str) -> &str {
 
 impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut stop: oneshot::Receiver<()>) {
+        let mut persist_at = std::time::Instant::now();
         loop {
             self.drain();
+            // The desired state may also change by gossip: looked at once a second.
+            if persist_at.elapsed() >= Duration::from_millis(PERSIST_INTERVAL_MS) {
+                self.persist();
+                persist_at = std::time::Instant::now();
+            }
             // Due timers first, so a steady stream of inputs never starves them.
             let t = now();
             if self.node.poll_timeout().is_some_and(|due| due <= t) {
@@ -314,12 +413,14 @@ impl Driver {
                 () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
             }
         }
+        self.persist();
         self.proxies.close_all();
         tracing::info!("agent stopped");
     }
 
     fn handle(&mut self, input: Input) {
         match input {
+            Input::Packet(bytes) => self.node.handle_message(now(), &bytes),
             Input::Container(event) => self.node.handle_container_event(now(), event),
             Input::StartDone { slot, generation, result } => {
                 let event = match result {
@@ -368,13 +469,44 @@ impl Driver {
         while let Some(action) = self.node.poll_action() {
             self.dispatch(action);
         }
+        if self.node.members_version() != self.members_version {
+            self.members_version = self.node.members_version();
+            let members = self.node.members();
+            self.metrics.gossip_members.set(members.len() as i64 + 1);
+            let names: Vec<&str> = members.iter().map(NodeId::as_str).collect();
+            tracing::info!(members = ?names, "cluster members (peers believed alive)");
+        }
+    }
+
+    /// One gossip datagram to `to`; a failure loses it, which gossip and SWIM expect.
+    fn send(&self, to: &PeerAddr, bytes: &[u8]) {
+        let addr = match to.as_str().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                tracing::warn!(peer = %to, "gossip address is not IP:PORT: packet dropped");
+                self.metrics.gossip_dropped.inc();
+                return;
+            }
+        };
+        if bytes.len() > limits::PACKET_BYTES_MAX {
+            tracing::warn!(peer = %to, bytes = bytes.len(), "gossip packet larger than a datagram: dropped");
+            self.metrics.gossip_dropped.inc();
+            return;
+        }
+        match self.gossip.try_send_to(bytes, addr) {
+            Ok(_) => {
+                self.metrics.gossip_sent.inc();
+            }
+            Err(e) => {
+                tracing::debug!(peer = %to, "gossip send: {e}");
+                self.metrics.gossip_dropped.inc();
+            }
+        }
     }
 
     fn dispatch(&mut self, action: Action) {
         match action {
-            Action::Send { to, .. } => {
-                tracing::debug!(peer = %to, "no cluster protocol yet: message dropped");
-            }
+            Action::Send { to, bytes } => self.send(&to, &bytes),
             Action::StartContainer { slot, app, host_port, generation } => {
                 let (docker, tx, ip) = (self.docker.clone(), self.tx.clone(), self.config.container_ip);
                 tokio::spawn(async move {
@@ -440,45 +572,129 @@ impl Driver {
         }
     }
 
-    /// The apps as the operator gave them (not the autoscaler's counts).
-    fn desired_specs(&self) -> Vec<AppSpec> {
+    /// Brings back the desired state persisted by an earlier life of this agent. Entries with
+    /// versions are merged as the writes they were, through the node's own merge of a peer's
+    /// updates: what the cluster changed since (a removal, a scale through another agent) is
+    /// newer and wins, here or when the news arrives. Specs of the first file format are
+    /// applied again.
+    fn restore(&mut self, persisted: state::Persisted) {
+        for spec in persisted.apps {
+            let name = spec.name.clone();
+            if let Err(e) = self.node.handle_command(now(), Command::Apply(Box::new(spec))) {
+                tracing::error!(app = %name, "persisted app refused: {e}");
+            }
+            self.drain();
+        }
+        let encoded: Vec<(Head, Vec<u8>)> = persisted
+            .entries
+            .iter()
+            .map(|(key, entry)| {
+                (Head::of(key, &entry.version), postcard::to_allocvec(&(key, entry)).expect("entries encode"))
+            })
+            .collect();
+        for chunk in encoded.chunks(limits::ENTRIES_PER_MESSAGE_MAX) {
+            let entries = chunk.iter().map(|(head, body)| WireEntry { head: *head, body }).collect();
+            let packet = Packet::encode(self.node.id(), &Message::Updates(entries));
+            self.node.handle_message(now(), &packet);
+            self.drain();
+        }
+        let apps = self.node.apps().len();
+        if apps > 0 {
+            tracing::info!(apps, "desired state restored from {}", self.config.data_dir.display());
+        }
+    }
+
+    /// The desired state in the registry: `app/` and `scale/` entries, removals included.
+    fn desired_entries(&self) -> Vec<state::PersistedEntry> {
         self.node
             .registry()
             .iter()
-            .filter_map(|(key, entry)| match (key, &entry.value) {
-                (Key::App(_), Some(canteen_core::node::Value::App(spec))) => Some((**spec).clone()),
-                _ => None,
-            })
+            .filter(|(key, _)| matches!(key, Key::App(_) | Key::Scale(_)))
+            .map(|(key, entry)| (key.clone(), entry.clone()))
             .collect()
     }
 
+    /// The keys and versions of [`Driver::desired_entries`]: what tells a change.
+    fn desired_versions(&self) -> Vec<(Key, Version)> {
+        self.node
+            .registry()
+            .iter()
+            .filter(|(key, _)| matches!(key, Key::App(_) | Key::Scale(_)))
+            .map(|(key, entry)| (key.clone(), entry.version.clone()))
+            .collect()
+    }
+
+    /// Writes the desired state to `data_dir` when it changed, however it changed (through this
+    /// agent's API or by gossip).
     fn persist(&mut self) {
-        let desired = self.desired_specs();
-        if desired == self.persisted {
+        let versions = self.desired_versions();
+        if versions == self.persisted {
             return;
         }
-        match state::save(&self.config.data_dir, &desired) {
-            Ok(()) => self.persisted = desired,
+        match state::save(&self.config.data_dir, &self.desired_entries()) {
+            Ok(()) => self.persisted = versions,
             Err(e) => tracing::error!("cannot persist the desired state: {e}"),
         }
     }
 
+    /// The cluster as this node sees it: its own slots (claims and back-offs included), every
+    /// slot the statuses of its live peers list, and the desired slots running nowhere.
     fn status(&self) -> StatusJson {
         let apps = self.node.apps();
-        let mut slots: Vec<SlotStatusJson> = self
-            .node
-            .local_slots()
-            .into_iter()
+        let me = self.node.id();
+        let local = self.node.local_slots();
+        let mut slots: Vec<SlotStatusJson> = local
+            .iter()
             .map(|(slot, host_port, state)| SlotStatusJson {
                 app: slot.app.to_string(),
                 slot: slot.index,
-                node: self.config.node_name.clone(),
-                host_port,
-                health: health_name(state).to_owned(),
-                requests_per_s: self.proxies.rate(&slot),
-                restarts: self.restarts.get(&slot).copied().unwrap_or(0),
+                node: me.to_string(),
+                host_port: *host_port,
+                health: health_name(*state).to_owned(),
+                requests_per_s: self.proxies.rate(slot),
+                restarts: Some(self.restarts.get(slot).copied().unwrap_or(0)),
             })
             .collect();
+        let mut nodes = vec![NodeStatusJson {
+            name: me.to_string(),
+            state: "alive".to_owned(),
+            addr: self.node.config().addr.clone(),
+            slots: local.len(),
+        }];
+        let mut listed = std::collections::BTreeSet::new();
+        for (key, entry) in self.node.registry().iter() {
+            let (Key::Status(node), Some(Value::Status(status))) = (key, &entry.value) else { continue };
+            if node == me {
+                continue;
+            }
+            listed.insert(node.clone());
+            let alive = self.node.members().contains(node);
+            nodes.push(NodeStatusJson {
+                name: node.to_string(),
+                state: if alive { "alive" } else { "down" }.to_owned(),
+                addr: status.addr.clone(),
+                slots: status.containers.len(),
+            });
+            if !alive {
+                continue;
+            }
+            for c in &status.containers {
+                slots.push(SlotStatusJson {
+                    app: c.slot.app.to_string(),
+                    slot: c.slot.index,
+                    node: node.to_string(),
+                    host_port: c.host_port,
+                    health: health_name(c.state).to_owned(),
+                    requests_per_s: self.proxies.rate(&c.slot),
+                    restarts: None,
+                });
+            }
+        }
+        for node in self.node.members().iter().filter(|n| !listed.contains(*n)) {
+            // A live peer whose status has not arrived yet.
+            nodes.push(NodeStatusJson { name: node.to_string(), state: "alive".to_owned(), ..Default::default() });
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
         for app in &apps {
             for slot in app.slots() {
                 if !slots.iter().any(|s| s.app == slot.app.as_str() && s.slot == slot.index) {
@@ -492,9 +708,10 @@ impl Driver {
                 }
             }
         }
-        slots.sort_by(|a, b| (&a.app, a.slot).cmp(&(&b.app, b.slot)));
+        slots.sort_by(|a, b| (&a.app, a.slot, &a.node).cmp(&(&b.app, b.slot, &b.node)));
         StatusJson {
-            node: self.config.node_name.clone(),
+            node: me.to_string(),
+            generation: self.node.config().generation,
             apps: apps
                 .iter()
                 .map(|a| AppStatusJson {
@@ -506,6 +723,7 @@ impl Driver {
                 })
                 .collect(),
             slots,
+            nodes,
         }
     }
 }

@@ -40,9 +40,10 @@ pub enum Command {
         /// The agent's config file; every key has a default (`canteen config --defaults`).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Join the cluster of the agent at this gossip address (needs the cluster protocol).
-        #[arg(long)]
-        join: Option<String>,
+        /// Join the cluster through the agent whose gossip address is HOST:PORT (repeatable;
+        /// added to the config's `join`). Without any, this agent starts a cluster of its own.
+        #[arg(long, value_name = "HOST:PORT")]
+        join: Vec<String>,
     },
     /// One machine in one command: run an agent and apply a cluster file's apps; Ctrl-C stops
     /// it and removes every container it started.
@@ -143,23 +144,23 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Agent { config, join } => {
-            if let Some(addr) = join {
-                return Err(Failure::bad_input(format!(
-                    "--join {addr}: multi-server clusters need the cluster protocol (SWIM gossip), which is not \
-                     built yet; run one agent per machine without --join"
-                )));
+        Command::Agent { config: path, join } => {
+            for addr in &join {
+                crate::config::check_peer_addr(addr)
+                    .map_err(|problem| Failure::bad_input(format!("--join {addr:?}: {problem}")))?;
             }
-            let config = read_config(config.as_deref())?;
-            run_agent(config, None)
+            let config = read_config(path.as_deref())?;
+            let seeds = resolve_seeds(&config, path.as_deref(), &join)?;
+            run_agent(config, seeds, None)
         }
-        Command::Up { file, config } => {
-            let config = read_config(config.as_deref())?;
+        Command::Up { file, config: path } => {
+            let config = read_config(path.as_deref())?;
+            let seeds = resolve_seeds(&config, path.as_deref(), &[])?;
             let name = file.display().to_string();
             let text =
                 std::fs::read_to_string(&file).map_err(|e| Failure::bad_input(format!("{name}: cannot read: {e}")))?;
             let apps = state::apps_from_file(&name, &text, &config).map_err(|e| Failure::bad_input(e.to_string()))?;
-            run_agent(config, Some(apps))
+            run_agent(config, seeds, Some(apps))
         }
         Command::Apply { file, api } => {
             let name = file.display().to_string();
@@ -207,9 +208,29 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 
 fn read_config(path: Option<&Path>) -> Result<AgentConfig, Failure> {
     match path {
-        None => Ok(AgentConfig::default()),
+        // The defaults are checked too: the host's name becomes the node's.
+        None => AgentConfig::parse("(default config)", "").map_err(|e| Failure::bad_input(e.to_string())),
         Some(p) => AgentConfig::load(p).map_err(|e| Failure::bad_input(e.to_string())),
     }
+}
+
+/// The seeds to join through: the config's `join`, then the `--join` flags, each resolved once
+/// (a host name is looked up now). A bad or unresolvable one is bad input naming its key or flag.
+fn resolve_seeds(config: &AgentConfig, path: Option<&Path>, flags: &[String]) -> Result<Vec<SocketAddr>, Failure> {
+    let file = path.map_or_else(|| "(default config)".to_owned(), |p| p.display().to_string());
+    let mut seeds = Vec::new();
+    for addr in &config.join {
+        let seed = crate::config::resolve_peer_addr(addr).map_err(|problem| {
+            Failure::bad_input(cluster_file::FileError::new(&file, "join", format!("{addr:?}: {problem}")).to_string())
+        })?;
+        seeds.push(seed);
+    }
+    for addr in flags {
+        let seed = crate::config::resolve_peer_addr(addr)
+            .map_err(|problem| Failure::bad_input(format!("--join {addr:?}: {problem}")))?;
+        seeds.push(seed);
+    }
+    Ok(seeds)
 }
 
 fn client_failure(e: ClientError) -> Failure {
@@ -244,10 +265,17 @@ fn init_logging() {
 
 /// Runs the agent until Ctrl-C or SIGTERM. With `up`, applies those apps first and removes
 /// every container of this node (and the persisted state) on the way out.
-fn run_agent(config: AgentConfig, up: Option<Vec<canteen_core::model::AppSpec>>) -> Result<(), Failure> {
+fn run_agent(
+    config: AgentConfig,
+    seeds: Vec<SocketAddr>,
+    up: Option<Vec<canteen_core::model::AppSpec>>,
+) -> Result<(), Failure> {
     init_logging();
     runtime()?.block_on(async move {
-        let (handle, driver, stop) = agent::start(config.clone()).await.map_err(|e| Failure::runtime(e.to_string()))?;
+        let (handle, driver, stop) = agent::start(config.clone(), seeds).await.map_err(|e| match e {
+            agent::AgentError::Config(_) => Failure::bad_input(e.to_string()),
+            e => Failure::runtime(e.to_string()),
+        })?;
         let driver = tokio::spawn(driver);
         if let Some(apps) = &up {
             for app in apps {
@@ -322,10 +350,22 @@ pub fn status_table(status: &agent::StatusJson) -> String {
             if s.host_port == 0 { "-".to_owned() } else { s.host_port.to_string() },
             s.health.clone(),
             format!("{:.1}", s.requests_per_s),
-            s.restarts.to_string(),
+            s.restarts.map_or_else(|| "-".to_owned(), |n| n.to_string()),
         ]);
     }
     let mut out = plan::table(&rows);
+    if status.nodes.len() > 1 {
+        let mut rows = vec![["NODE".to_owned(), "STATE".to_owned(), "ADDR".to_owned(), "SLOTS".to_owned()]];
+        for n in &status.nodes {
+            rows.push([n.name.clone(), n.state.clone(), n.addr.clone(), n.slots.to_string()]);
+        }
+        out.push('\n');
+        out.push_str(&plan::table(&rows));
+        out.push_str(&format!(
+            "(as node {} sees the cluster; REQ/S through its balancer, RESTARTS of its own slots)\n",
+            status.node
+        ));
+    }
     for app in &status.apps {
         if let Some(e) = &app.error {
             out.push_str(&format!("\napp {}: {e}\n", app.name));

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use canteen_core::cluster_file::FileError;
 use canteen_core::limits::MIB;
+use canteen_core::membership::{MembershipMode, PeerAddr};
 use canteen_core::model::{NodeId, PickerKind, Resources, validate_name};
+use canteen_core::node::NodeConfig;
 use canteen_core::schedule::Policy;
 use serde::{Deserialize, Serialize};
 
@@ -20,11 +22,25 @@ pub struct AgentConfig {
     pub node_name: String,
     /// Where the HTTP API (used by the CLI) listens.
     pub api_addr: SocketAddr,
-    /// Where gossip listens (UDP). Used by the cluster protocol, not built yet.
+    /// Where gossip (the cluster protocol: SWIM membership and the registry's updates) listens,
+    /// on one UDP socket. Peers send to it: unless `advertise_ip` is given, its address is the
+    /// one this node tells them, so it must not be unspecified (`0.0.0.0`) without one.
     pub gossip_addr: SocketAddr,
+    /// The address peers reach this node at, when `gossip_addr` or `container_ip` listens on
+    /// every address (`0.0.0.0` or `::`): gossip is advertised at `advertise_ip` with
+    /// `gossip_addr`'s port, and peers' balancers reach this node's containers at it. Unset by
+    /// default: the two addresses are advertised as they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_ip: Option<IpAddr>,
+    /// Gossip addresses of agents to join the cluster through (`HOST:PORT`, a host name or an
+    /// IP address), on top of `canteen agent --join`. Empty: this agent starts a cluster of its
+    /// own (and others may join it).
+    pub join: Vec<String>,
     /// The address the apps' balancers (proxies) listen on, one port per app.
     pub proxy_ip: IpAddr,
-    /// The address containers' ports are published on, and that balancers connect to.
+    /// The address containers' ports are published on. Balancers of every node connect to it
+    /// (`advertise_ip` instead when it is unspecified): on several machines, an address the
+    /// others can reach.
     pub container_ip: IpAddr,
     /// Host ports for containers: `host_port_min..=host_port_max`.
     pub host_port_min: u16,
@@ -56,6 +72,8 @@ impl Default for AgentConfig {
             node_name: host_name(),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             gossip_addr: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            advertise_ip: None,
+            join: Vec::new(),
             proxy_ip: IpAddr::from([127, 0, 0, 1]),
             container_ip: IpAddr::from([127, 0, 0, 1]),
             host_port_min: 8000,
@@ -112,7 +130,83 @@ impl AgentConfig {
         if self.data_dir.as_os_str().is_empty() {
             return err("data_dir", "must name a directory");
         }
+        if let Some(ip) = self.advertise_ip
+            && ip.is_unspecified()
+        {
+            return err("advertise_ip", &format!("{ip} is no address a peer can reach: give this host's address"));
+        }
+        if self.gossip_addr.port() == 0 {
+            return err("gossip_addr", "needs a port (peers send to it): give HOST:PORT, e.g. 127.0.0.1:7946");
+        }
+        if self.gossip_addr.ip().is_unspecified() && self.advertise_ip.is_none() {
+            return err(
+                "gossip_addr",
+                &format!(
+                    "{} listens on every address, so peers need another to reach this node: give advertise_ip \
+                     (this host's address), or a specific gossip_addr",
+                    self.gossip_addr
+                ),
+            );
+        }
+        if self.container_ip.is_unspecified() && self.advertise_ip.is_none() {
+            return err(
+                "container_ip",
+                &format!(
+                    "{} publishes containers on every address, so peers' balancers need another to reach them: \
+                     give advertise_ip (this host's address), or a specific container_ip",
+                    self.container_ip
+                ),
+            );
+        }
+        for addr in &self.join {
+            if let Err(problem) = check_peer_addr(addr) {
+                return err("join", &format!("{addr:?}: {problem}"));
+            }
+        }
+        // What core bounds (the labels' size above all), named by the key that sets it.
+        if let Err(problem) = self.node_config().check() {
+            let key = match problem.split(':').next().unwrap_or_default() {
+                "node name" => "node_name",
+                "addr" => "container_ip",
+                "gossip_addr" => "gossip_addr",
+                "host_port_min" => "host_port_min",
+                _ => "labels",
+            };
+            return err(key, &problem);
+        }
         Ok(())
+    }
+
+    /// The node's config for core: name, the addresses peers reach it at, resources, labels,
+    /// policy, host ports, intervals, SWIM membership. The driver adds the seeds, the
+    /// generation and the random seed.
+    pub fn node_config(&self) -> NodeConfig {
+        let mut node = NodeConfig::new(self.node_id(), &self.reachable_container_ip().to_string(), self.resources());
+        node.gossip_addr = PeerAddr::new(&self.gossip_advertised().to_string());
+        node.membership = MembershipMode::Swim;
+        node.labels = self.labels.clone();
+        node.policy = self.policy;
+        node.host_port_min = self.host_port_min;
+        node.host_port_max = self.host_port_max;
+        node.load_report_interval_ms = self.scaling_interval_ms;
+        node.autoscale_interval_ms = self.scaling_interval_ms;
+        node.drain_ms = self.drain_ms;
+        node
+    }
+
+    /// The gossip address this node tells its peers: `gossip_addr`, with `advertise_ip` in
+    /// place of its address when given.
+    pub fn gossip_advertised(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise_ip.unwrap_or(self.gossip_addr.ip()), self.gossip_addr.port())
+    }
+
+    /// The address peers' balancers reach this node's containers at: `container_ip`, or
+    /// `advertise_ip` when `container_ip` is unspecified.
+    pub fn reachable_container_ip(&self) -> IpAddr {
+        match self.advertise_ip {
+            Some(ip) if self.container_ip.is_unspecified() => ip,
+            _ => self.container_ip,
+        }
     }
 
     /// The resources offered to containers: as configured, or the host's.
@@ -134,8 +228,50 @@ impl AgentConfig {
         resolved.cpu_millis = Some(resources.cpu_millis);
         resolved.mem_mb = Some(resources.mem_bytes / MIB);
         let body = toml::to_string(&resolved).expect("the config encodes");
-        format!("# canteen agent config: every key with its default (cpu_millis and mem_mb from this host).\n{body}")
+        let unset = if resolved.advertise_ip.is_none() {
+            "# advertise_ip = \"10.0.0.1\"   (unset: gossip_addr and container_ip are advertised as they are)\n"
+        } else {
+            ""
+        };
+        format!(
+            "# canteen agent config: every key with its default (cpu_millis and mem_mb from this host).\n{unset}{body}"
+        )
     }
+}
+
+/// What a peer's gossip address may be (`join`, `--join`): `HOST:PORT` with a host name, an
+/// IPv4 address or a bracketed IPv6 address, and a port from 1. Says what is wrong otherwise.
+pub fn check_peer_addr(addr: &str) -> Result<(), String> {
+    const ALLOWED: &str = "must be HOST:PORT (a host name or IP address, and a port from 1 to 65535), \
+                           e.g. 127.0.0.1:7946 or node-a:7946";
+    if let Ok(socket) = addr.parse::<SocketAddr>() {
+        return if socket.port() == 0 || socket.ip().is_unspecified() { Err(ALLOWED.to_owned()) } else { Ok(()) };
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else { return Err(ALLOWED.to_owned()) };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => Ok(()),
+        _ => Err(ALLOWED.to_owned()),
+    }
+}
+
+/// Resolves a peer's gossip address (checked by [`check_peer_addr`]) to one socket address,
+/// looking a host name up once. Says what failed otherwise.
+pub fn resolve_peer_addr(addr: &str) -> Result<SocketAddr, String> {
+    check_peer_addr(addr)?;
+    if let Ok(socket) = addr.parse::<SocketAddr>() {
+        return Ok(socket);
+    }
+    let mut found = std::net::ToSocketAddrs::to_socket_addrs(addr).map_err(|e| format!("cannot resolve it: {e}"))?;
+    found.next().ok_or_else(|| "the host name resolves to no address".to_owned())
 }
 
 /// A TOML syntax or type error with the key it is at (`app.port`), its line and column, and
@@ -218,5 +354,48 @@ mod tests {
         let e = AgentConfig::parse("c.toml", "balance = \"fastest\"\n").unwrap_err();
         assert_eq!(e.key, "balance");
         assert!(e.to_string().contains("round-robin"), "{e}");
+    }
+
+    #[test]
+    fn an_unspecified_gossip_or_container_address_needs_an_advertise_ip() {
+        let e = AgentConfig::parse("c.toml", "gossip_addr = \"0.0.0.0:7946\"\n").unwrap_err();
+        assert_eq!(e.key, "gossip_addr");
+        assert!(e.to_string().contains("advertise_ip"), "{e}");
+        let e = AgentConfig::parse("c.toml", "container_ip = \"0.0.0.0\"\n").unwrap_err();
+        assert_eq!(e.key, "container_ip");
+        let c = AgentConfig::parse(
+            "c.toml",
+            "gossip_addr = \"0.0.0.0:7000\"\ncontainer_ip = \"0.0.0.0\"\nadvertise_ip = \"10.1.2.3\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.gossip_advertised(), "10.1.2.3:7000".parse().unwrap());
+        assert_eq!(c.reachable_container_ip(), "10.1.2.3".parse::<IpAddr>().unwrap());
+        let c = AgentConfig::parse("c.toml", "container_ip = \"127.0.0.2\"\nadvertise_ip = \"10.1.2.3\"\n").unwrap();
+        assert_eq!(c.reachable_container_ip(), "127.0.0.2".parse::<IpAddr>().unwrap(), "a specific address stays");
+        let e = AgentConfig::parse("c.toml", "advertise_ip = \"0.0.0.0\"\n").unwrap_err();
+        assert_eq!(e.key, "advertise_ip");
+    }
+
+    #[test]
+    fn labels_too_large_for_a_status_are_refused_by_their_key() {
+        let big = "x".repeat(1000);
+        let text = format!("[labels]\na = \"{big}\"\nb = \"{big}\"\nc = \"{big}\"\nd = \"{big}\"\ne = \"{big}\"\n");
+        let e = AgentConfig::parse("c.toml", &text).unwrap_err();
+        assert_eq!(e.key, "labels", "{e}");
+        assert!(e.to_string().contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn join_addresses_are_host_and_port() {
+        for good in ["127.0.0.1:7946", "node-a:7946", "a.example.org:1", "[::1]:7946"] {
+            assert!(check_peer_addr(good).is_ok(), "{good}");
+        }
+        for bad in ["127.0.0.1", "node-a", ":7946", "node-a:0", "node-a:70000", "no_underscore:1", "0.0.0.0:7946", ""] {
+            assert!(check_peer_addr(bad).is_err(), "{bad}");
+        }
+        let e = AgentConfig::parse("c.toml", "join = [\"10.0.0.2\"]\n").unwrap_err();
+        assert_eq!(e.key, "join");
+        assert!(e.to_string().contains("HOST:PORT"), "{e}");
+        assert_eq!(resolve_peer_addr("localhost:7946").unwrap().port(), 7946);
     }
 }

@@ -44,8 +44,14 @@ pub struct Metrics {
     pub restarts: Family<AppLabel, Counter>,
     /// Autoscaler changes of an app's replica count.
     pub scale_events: Family<AppLabel, Counter>,
-    /// Cluster members this node knows, itself included.
+    /// Cluster members this node believes alive (SWIM: alive or suspected), itself included.
     pub gossip_members: Gauge,
+    /// Gossip datagrams sent.
+    pub gossip_sent: Counter,
+    /// Gossip datagrams received.
+    pub gossip_received: Counter,
+    /// Gossip datagrams not sent: the socket's buffer full, no route, too large, a bad address.
+    pub gossip_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -73,14 +79,35 @@ impl Metrics {
         let restarts = Family::<AppLabel, Counter>::default();
         let scale_events = Family::<AppLabel, Counter>::default();
         let gossip_members = Gauge::default();
+        let (gossip_sent, gossip_received, gossip_dropped) =
+            (Counter::default(), Counter::default(), Counter::default());
         registry.register("requests", "Requests that entered an app's balancer", requests.clone());
         registry.register("errors", "Requests the balancer answered with 502 or 503", errors.clone());
         registry.register("request_latency_seconds", "Balancer latency to the response head", latency.clone());
         registry.register("replicas", "Healthy replicas in an app's balancer", replicas.clone());
         registry.register("restarts", "Containers restarted after a failure", restarts.clone());
         registry.register("scale_events", "Autoscaler changes of the replica count", scale_events.clone());
-        registry.register("gossip_members", "Cluster members known, this node included", gossip_members.clone());
-        Metrics { registry, requests, errors, latency, replicas, restarts, scale_events, gossip_members }
+        registry.register(
+            "gossip_members",
+            "Cluster members believed alive, this node included",
+            gossip_members.clone(),
+        );
+        registry.register("gossip_sent_packets", "Gossip datagrams sent", gossip_sent.clone());
+        registry.register("gossip_received_packets", "Gossip datagrams received", gossip_received.clone());
+        registry.register("gossip_dropped_packets", "Gossip datagrams that could not be sent", gossip_dropped.clone());
+        Metrics {
+            registry,
+            requests,
+            errors,
+            latency,
+            replicas,
+            restarts,
+            scale_events,
+            gossip_members,
+            gossip_sent,
+            gossip_received,
+            gossip_dropped,
+        }
     }
 
     /// The Prometheus text exposition.

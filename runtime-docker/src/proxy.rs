@@ -53,6 +53,13 @@ const POOL_IDLE_PER_BACKEND_MAX: usize = 4;
 /// the agent's memory flat under many connections (bodies stream through in chunks).
 const CONNECTION_BUFFER_BYTES_MAX: usize = 16 * 1024;
 
+/// A client connection is closed when it stays idle this long between requests (hyper's header
+/// read timeout runs from the end of each response until the next request's head is in, so it
+/// is an idle timeout too), or takes this long to send a request head; a request body not
+/// received within it is answered 408. Without it, clients that open connections and go quiet
+/// (or send a body byte by byte) would hold the proxy's tasks and descriptors forever.
+const CLIENT_IDLE_MS: u64 = 30_000;
+
 /// What a proxy answers with.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -134,6 +141,8 @@ pub struct Proxies {
     metrics: Arc<Metrics>,
     apps: Mutex<BTreeMap<AppName, Running>>,
     seed: u64,
+    /// [`CLIENT_IDLE_MS`]; tests shorten it.
+    client_idle: Duration,
     last_report: Mutex<Instant>,
     /// Requests per second per slot over the last report period.
     rates: Mutex<BTreeMap<SlotId, f64>>,
@@ -163,6 +172,7 @@ impl Proxies {
             metrics,
             apps: Mutex::new(BTreeMap::new()),
             seed,
+            client_idle: Duration::from_millis(CLIENT_IDLE_MS),
             last_report: Mutex::new(Instant::now()),
             rates: Mutex::new(BTreeMap::new()),
         }
@@ -224,7 +234,7 @@ impl Proxies {
             requests: AtomicU64::new(0),
         });
         tracing::info!(app = %app, %addr, "balancer listening");
-        let task = tokio::spawn(accept_loop(listener, proxy.clone(), self.client.clone()));
+        let task = tokio::spawn(accept_loop(listener, proxy.clone(), self.client.clone(), self.client_idle));
         apps.insert(app.clone(), Running { proxy, listener: task });
         Ok(())
     }
@@ -280,7 +290,7 @@ impl Proxies {
     }
 }
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<AppProxy>, client: HttpClient) {
+async fn accept_loop(listener: TcpListener, proxy: Arc<AppProxy>, client: HttpClient, client_idle: Duration) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -295,11 +305,11 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<AppProxy>, client: HttpCl
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let (proxy, client) = (proxy.clone(), client.clone());
-                async move { Ok::<_, Infallible>(forward(&proxy, &client, peer, req).await) }
+                async move { Ok::<_, Infallible>(forward(&proxy, &client, peer, req, client_idle).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(client_idle)
                 .keep_alive(true)
                 .max_buf_size(CONNECTION_BUFFER_BYTES_MAX)
                 .serve_connection(TokioIo::new(stream), service)
@@ -353,11 +363,12 @@ async fn forward(
     client: &HttpClient,
     peer: SocketAddr,
     req: Request<Incoming>,
+    client_idle: Duration,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     proxy.requests.fetch_add(1, Ordering::Relaxed);
     proxy.requests_metric.inc();
-    let response = forward_inner(proxy, client, peer, req).await;
+    let response = forward_inner(proxy, client, peer, req, client_idle).await;
     if matches!(response.status(), StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
         && response.headers().contains_key("x-canteen-error")
     {
@@ -372,11 +383,18 @@ async fn forward_inner(
     client: &HttpClient,
     peer: SocketAddr,
     req: Request<Incoming>,
+    client_idle: Duration,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
-    let body = match Limited::new(body, REQUEST_BODY_BYTES_MAX).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large or cut off\n".to_owned()),
+    let body = match tokio::time::timeout(client_idle, Limited::new(body, REQUEST_BODY_BYTES_MAX).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large or cut off\n".to_owned()),
+        Err(_) => {
+            let text = format!("request body not received within {} ms\n", client_idle.as_millis());
+            let mut r = plain(StatusCode::REQUEST_TIMEOUT, text);
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
     };
     strip_hop_by_hop(&mut parts.headers);
     let forwarded = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -531,6 +549,35 @@ mod tests {
         let (code, body) = get(port).await;
         assert_eq!(code, 503, "{body}");
         assert!(body.contains("no healthy replica"), "{body}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_client_connection_is_closed_and_a_stalled_body_is_a_408() {
+        let a = backend("a").await;
+        let mut proxies = Proxies::new("127.0.0.1".parse().unwrap(), Arc::new(Metrics::new()), 7);
+        proxies.client_idle = Duration::from_millis(300);
+        let port = free_port();
+        proxies.set_backends(&AppName::new("web"), port, PickerKind::RoundRobin, &[backend_at(0, a)]).unwrap();
+        // One request on a kept-alive connection, then silence.
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains("private=-") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let idle = Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed").unwrap();
+        assert_eq!(n, 0, "the idle connection is closed");
+        assert!(idle.elapsed() >= Duration::from_millis(250), "closed after {:?}", idle.elapsed());
+        // A body that never comes in full.
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.expect("answered").unwrap();
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
     }
 
     #[test]

@@ -1,12 +1,20 @@
-//! The desired state on disk: the apps applied to this agent, written atomically (a temporary
-//! file, fsync, rename, fsync of the directory) so a crash leaves the old or the new file, never
-//! half of one.
+//! The desired state on disk: the registry's `app/` and `scale/` entries as this node holds
+//! them, removals (tombstones) included, each with the version it was written at, written
+//! atomically (a temporary file, fsync, rename, fsync of the directory) so a crash leaves the old
+//! or the new file, never half of one.
+//!
+//! The versions are what make a restart safe in a cluster: an agent that comes back merges what
+//! it persisted as the old writes they are, so a removal or a change made through another agent
+//! while it was down wins over them, where applying its old specs again would have undone it.
+//! A file of the first format (`{"apps": [...]}`, specs without versions) is still read.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use canteen_core::cluster_file::{FileError, RawClusterFile, build};
 use canteen_core::model::{AppSpec, SpecError};
+use canteen_core::node::Value;
+use canteen_core::registry::{Entry, Key};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentConfig;
@@ -35,26 +43,39 @@ pub enum StateError {
     },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct StateFile {
-    apps: Vec<AppSpec>,
+/// A registry entry as persisted: its key, value (or tombstone) and version.
+pub type PersistedEntry = (Key, Entry<Value>);
+
+/// What a state file holds.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Persisted {
+    /// Specs without versions, from a file of the first format: applied again as new writes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<AppSpec>,
+    /// `app/` and `scale/` entries with their versions: merged as the writes they were.
+    #[serde(default)]
+    pub entries: Vec<PersistedEntry>,
 }
 
-/// Reads the apps persisted in `data_dir`; none when there is no file yet.
-pub fn load(data_dir: &Path) -> Result<Vec<AppSpec>, StateError> {
+/// Reads the state persisted in `data_dir`; nothing when there is no file yet.
+pub fn load(data_dir: &Path) -> Result<Persisted, StateError> {
     let path = data_dir.join(STATE_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Persisted::default()),
         Err(error) => return Err(StateError::Io { path, error }),
     };
-    let file: StateFile =
+    let file: Persisted =
         serde_json::from_str(&text).map_err(|e| StateError::Corrupt { path: path.clone(), error: e.to_string() })?;
-    Ok(file.apps)
+    if let Some((key, _)) = file.entries.iter().find(|(k, _)| !matches!(k, Key::App(_) | Key::Scale(_))) {
+        let error = format!("entry {key} is not part of the desired state");
+        return Err(StateError::Corrupt { path, error });
+    }
+    Ok(file)
 }
 
-/// Writes `apps` as the desired state in `data_dir`, atomically.
-pub fn save(data_dir: &Path, apps: &[AppSpec]) -> Result<(), StateError> {
+/// Writes `entries` (`app/` and `scale/` entries) as the desired state in `data_dir`, atomically.
+pub fn save(data_dir: &Path, entries: &[PersistedEntry]) -> Result<(), StateError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |error| StateError::Io { path, error }
@@ -62,7 +83,8 @@ pub fn save(data_dir: &Path, apps: &[AppSpec]) -> Result<(), StateError> {
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
     let path = data_dir.join(STATE_FILE);
     let tmp = data_dir.join(format!("{STATE_FILE}.tmp"));
-    let text = serde_json::to_string_pretty(&StateFile { apps: apps.to_vec() }).expect("specs encode");
+    let file = Persisted { apps: Vec::new(), entries: entries.to_vec() };
+    let text = serde_json::to_string_pretty(&file).expect("entries encode");
     let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(text.as_bytes()).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
@@ -157,13 +179,37 @@ mod tests {
     }
 
     #[test]
-    fn state_survives_a_save_and_load() {
+    fn state_survives_a_save_and_load_with_its_versions_and_removals() {
+        use canteen_core::model::NodeId;
+        use canteen_core::registry::Version;
         let dir = std::env::temp_dir().join(format!("canteen-state-test-{}", std::process::id()));
         let apps = apps_from_file("web.toml", WEB, &AgentConfig::default()).unwrap();
-        save(&dir, &apps).unwrap();
-        assert_eq!(load(&dir).unwrap(), apps);
+        let version = |wall_ms| Version { wall_ms, logical: 2, writer: NodeId::new("node-a") };
+        let entries = vec![
+            (
+                Key::App(apps[0].name.clone()),
+                Entry { version: version(10), value: Some(Value::App(Box::new(apps[0].clone()))) },
+            ),
+            (Key::App("gone".into()), Entry { version: version(20), value: None }),
+            (Key::Scale(apps[0].name.clone()), Entry { version: version(30), value: Some(Value::Scale(4)) }),
+        ];
+        save(&dir, &entries).unwrap();
+        assert_eq!(load(&dir).unwrap(), Persisted { apps: Vec::new(), entries });
         clear(&dir);
-        assert!(load(&dir).unwrap().is_empty());
+        assert_eq!(load(&dir).unwrap(), Persisted::default());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_state_file_of_the_first_format_is_read() {
+        let dir = std::env::temp_dir().join(format!("canteen-state-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let apps = apps_from_file("web.toml", WEB, &AgentConfig::default()).unwrap();
+        let text = serde_json::json!({ "apps": apps }).to_string();
+        std::fs::write(dir.join(STATE_FILE), text).unwrap();
+        assert_eq!(load(&dir).unwrap().apps, apps);
+        std::fs::write(dir.join(STATE_FILE), "{\"entries\": 3}").unwrap();
+        assert!(matches!(load(&dir), Err(StateError::Corrupt { .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

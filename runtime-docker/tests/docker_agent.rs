@@ -35,7 +35,8 @@ struct Env {
 }
 
 impl Env {
-    /// An environment numbered `n` (ports from 17000 + 100 n): API on +0, host ports +10..+59.
+    /// An environment numbered `n` (ports from 17000 + 100 n): API on +0, gossip (UDP) on +1,
+    /// host ports +10..+59.
     fn new(name: &str, n: u16, extra_config: &str) -> Env {
         let dir = std::env::temp_dir().join(format!("canteen-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -45,7 +46,9 @@ impl Env {
         let node = format!("it-{name}");
         let config = dir.join("canteen.toml");
         let text = format!(
-            "node_name = \"{node}\"\napi_addr = \"{api}\"\ndata_dir = \"{}\"\nhost_port_min = {}\nhost_port_max = {}\n{extra_config}",
+            "node_name = \"{node}\"\napi_addr = \"{api}\"\ngossip_addr = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n\
+             host_port_min = {}\nhost_port_max = {}\n{extra_config}",
+            base + 1,
             dir.join("data").display(),
             base + 10,
             base + 59
@@ -109,7 +112,7 @@ impl Env {
                     s["slot"].as_u64().unwrap(),
                     s["host_port"].as_u64().unwrap() as u16,
                     s["health"].as_str().unwrap().to_owned(),
-                    s["restarts"].as_u64().unwrap(),
+                    s["restarts"].as_u64().unwrap_or(0),
                 )
             })
             .collect()
@@ -493,9 +496,19 @@ fn bad_files_exit_2_naming_file_key_and_what_is_allowed() {
     let (code, err) = canteen(&["agent", "--config", config.to_str().unwrap()], &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("policy") && err.contains("binpack"), "{err}");
-    let (code, err) = canteen(&["agent", "--join", "10.0.0.2:7946"], &[]);
+    for bad in ["10.0.0.2", "node-a:0", "0.0.0.0:7946", "no_such:host:1"] {
+        let (code, err) = canteen(&["agent", "--join", bad], &[]);
+        assert_eq!(code, 2, "--join {bad}: {err}");
+        assert!(err.contains("--join") && err.contains("HOST:PORT"), "{err}");
+    }
+    std::fs::write(&config, "join = [\"127.0.0.1:7946\", \"node-a\"]\n").unwrap();
+    let (code, err) = canteen(&["agent", "--config", config.to_str().unwrap()], &[]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("cluster protocol"), "{err}");
+    assert!(err.contains("bad-config.toml") && err.contains("join") && err.contains("HOST:PORT"), "{err}");
+    std::fs::write(&config, "gossip_addr = \"0.0.0.0:7946\"\n").unwrap();
+    let (code, err) = canteen(&["agent", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("gossip_addr") && err.contains("advertise_ip"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
