@@ -127,6 +127,19 @@ pub struct Report {
     pub wall_ms: u64,
     /// Bytes of gossip each live node sent per simulated second, on average.
     pub gossip_bytes_per_node_s: f64,
+    /// From the heal until every live registry was identical and no slot ran twice, for good
+    /// (to the end of the run); `None` if that did not hold at the end.
+    pub converge_s: Option<f64>,
+    /// Times a node dropped a peer from its members while the peer was up and reachable from
+    /// it (see `world::FALSE_DOWN_GRACE_MS`).
+    pub false_down_events: u64,
+    /// Node-seconds during which such a peer was missing from the node's members.
+    pub false_down_node_s: f64,
+    /// The longest time one container ran orphaned (its slot not desired, or not tracked by
+    /// its node's agent), sampled every check interval.
+    pub orphan_s_longest: f64,
+    /// Container-seconds of orphans.
+    pub orphan_container_s: f64,
     /// The command that replays this run.
     pub replay: String,
 }
@@ -189,6 +202,15 @@ impl Report {
             self.duplicate_replica_s,
             self.scale_events.len(),
             self.gossip_bytes_per_node_s
+        );
+        let _ = writeln!(
+            out,
+            "converged {} after the heal, wrongly declared down {} times ({:.1} node-s), longest orphan {:.1} s ({:.1} container-s)",
+            self.converge_s.map_or("never".to_owned(), |s| format!("{s:.1} s")),
+            self.false_down_events,
+            self.false_down_node_s,
+            self.orphan_s_longest,
+            self.orphan_container_s
         );
         for e in &self.scale_events {
             let _ = writeln!(out, "  {:>7.1}s  {} {} -> {}", e.at_s, e.app, e.from, e.to);
