@@ -121,6 +121,7 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
             match action {
                 Action::Send { to, bytes } => {
                     let Some(&peer) = lock(&world).index_of.get(&to) else { continue };
+
                     {
                         let mut w = lock(&world);
                         w.nodes[index].bytes_sent += bytes.len() as u64;
@@ -741,6 +742,11 @@ impl Checker {
         }
         let unschedulable = w.unschedulable;
         let good = missing <= unschedulable && duplicates == 0;
+        if good != self.good_now && std::env::var_os("CANTEEN_SIM_DEBUG").is_some() {
+            eprintln!(
+                "{now_s:.1}s good={good} missing={missing} unschedulable={unschedulable} duplicates={duplicates}"
+            );
+        }
         self.good_now = good;
         for f in &mut self.faults {
             if f.recovered_s.is_none() && now_s > f.measure_from_s && good {
@@ -859,7 +865,9 @@ impl Checker {
         }
         if e.converged {
             let heal = self.heal_at.unwrap_or(0.0);
-            let bound = e.recovery_s_max.unwrap_or(scenario.duration_s);
+            // Convergence includes spreading the new statuses to every registry: it may take
+            // longer than a fault's recovery, so a scenario can bound it on its own.
+            let bound = e.converge_s_max.or(e.recovery_s_max).unwrap_or(scenario.duration_s);
             checks.push(match self.converged_at {
                 Some(at) if at - heal <= bound => Check::pass(
                     "converged",
@@ -986,6 +994,7 @@ impl Checker {
             sim_s: scenario.duration_s,
             wall_ms: 0,
             gossip_bytes_per_node_s: bytes as f64 / scenario.duration_s / up as f64,
+            heal_at_s: scenario.heal_at_s(),
             converge_s,
             false_down_events: w.false_down_events,
             false_down_node_s,

@@ -300,7 +300,8 @@ pub struct Expect {
     pub success_ratio_min: Option<f64>,
     /// Replica-seconds of duplicates (a slot running twice).
     pub duplicate_replica_s_max: Option<f64>,
-    /// After the heal, every desired slot runs healthy, no duplicates, registries agree.
+    /// After the heal, every desired slot runs healthy, no duplicates, registries agree: within
+    /// `converge_s_max` if given, else within `recovery_s_max`.
     #[serde(default)]
     pub converged: bool,
     /// 99th percentile latency of successful requests.
