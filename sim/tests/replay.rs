@@ -78,3 +78,22 @@ fn convergence_after_a_heal_is_timed_and_an_impossible_bound_fails() {
     let check = report.checks.iter().find(|c| c.name == "converge time").expect("checked");
     assert!(!check.passed, "{}", check.detail);
 }
+
+#[test]
+fn a_live_node_dropped_by_its_peers_under_packet_loss_is_counted_as_wrongly_declared_down() {
+    // 30% loss for ten minutes among 20 nodes: SWIM declares live nodes down, and every peer
+    // that drops one counts until it rejoins. Without faults, nobody is.
+    let mut s = load("packet-loss.toml");
+    for f in &mut s.faults {
+        if let scenario::FaultKind::PacketLoss { ratio } = &mut f.kind {
+            *ratio = 0.3;
+        }
+    }
+    s.expect.false_down_max = Some(0);
+    let (report, _) = harness::run(&s, 1);
+    assert!(report.false_down_events > 0 && report.false_down_node_s > 0.0, "{}", report.to_table());
+    let check = report.checks.iter().find(|c| c.name == "wrongly declared down").expect("checked");
+    assert!(!check.passed && check.detail.contains("dropped"), "{}", check.detail);
+    let (quiet, _) = harness::run(&load("steady-state.toml"), 1);
+    assert_eq!(quiet.false_down_events, 0, "{}", quiet.to_table());
+}
