@@ -210,6 +210,9 @@ fn sweep(files: &[PathBuf], (from, to): (u64, u64), jobs: Option<usize>) -> u8 {
     );
     let next = AtomicUsize::new(0);
     let failures: Mutex<Vec<(usize, u64, String)>> = Mutex::new(Vec::new());
+    // Each run's recoveries and convergence, by (scenario, seed) so the summary does not
+    // depend on which thread finished first.
+    let figures: Mutex<std::collections::BTreeMap<(usize, u64), Figures>> = Mutex::default();
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let started = std::time::Instant::now();
     std::thread::scope(|scope| {
@@ -219,6 +222,7 @@ fn sweep(files: &[PathBuf], (from, to): (u64, u64), jobs: Option<usize>) -> u8 {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(s, seed)) = runs.get(i) else { break };
                     let (report, _) = crate::harness::run(&scenarios[s], seed);
+                    figures.lock().expect("no panic while held").insert((s, seed), Figures::of(&report));
                     if !report.passed {
                         let failed: Vec<String> = report
                             .checks
@@ -249,8 +253,83 @@ fn sweep(files: &[PathBuf], (from, to): (u64, u64), jobs: Option<usize>) -> u8 {
     for (s, seed, why) in &failures {
         println!("FAILED {why}\n  replay: canteen-sim run {} --seed {seed}", scenarios[*s].file);
     }
+    print!("{}", distributions(&scenarios, &figures.into_inner().expect("threads joined")));
     println!("sweep: {} passed, {} failed", runs.len() - failures.len(), failures.len());
     u8::from(!failures.is_empty())
+}
+
+/// What the sweep's summary keeps of one run.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Per fault, in timeline order: its description, when, recovery and detection times.
+    faults: Vec<(String, f64, Option<f64>, Option<f64>)>,
+    /// When the run had a heal: when, and how long convergence took.
+    converge: Option<(f64, Option<f64>)>,
+    /// Wrong down declarations, and their node-seconds.
+    false_down: (u64, f64),
+}
+
+impl Figures {
+    /// The figures of `report`.
+    pub fn of(report: &crate::report::Report) -> Figures {
+        Figures {
+            faults: report.recoveries.iter().map(|r| (r.fault.clone(), r.at_s, r.recovery_s, r.detected_s)).collect(),
+            converge: (!report.recoveries.is_empty()).then_some((report.heal_at_s, report.converge_s)),
+            false_down: (report.false_down_events, report.false_down_node_s),
+        }
+    }
+}
+
+/// Per scenario, the distribution over the sweep's seeds of each fault's recovery time (and
+/// detection time for a crash) and of the convergence time after the heal.
+pub fn distributions(scenarios: &[Scenario], figures: &std::collections::BTreeMap<(usize, u64), Figures>) -> String {
+    use std::fmt::Write as _;
+
+    use crate::report::Distribution;
+
+    let mut out = String::new();
+    let _ = writeln!(out, "distributions over the seeds: median / p90 / p99 / max");
+    for (i, scenario) in scenarios.iter().enumerate() {
+        let runs: Vec<&Figures> = figures.range((i, 0)..=(i, u64::MAX)).map(|(_, f)| f).collect();
+        let Some(first) = runs.first() else { continue };
+        let false_downs = runs.iter().any(|r| r.false_down.0 > 0) || scenario.expect.false_down_max.is_some();
+        if first.faults.is_empty() && !false_downs {
+            continue;
+        }
+        let _ = writeln!(out, "{} ({} runs, membership {})", scenario.file, runs.len(), scenario.sim.membership.name());
+        for (k, (fault, at_s, _, _)) in first.faults.iter().enumerate() {
+            let recovery: Vec<Option<f64>> = runs.iter().map(|r| r.faults.get(k).and_then(|f| f.2)).collect();
+            let detected: Vec<Option<f64>> = runs.iter().map(|r| r.faults.get(k).and_then(|f| f.3)).collect();
+            let mut line = format!("  {fault} at {at_s:.1}s: recovery ");
+            line.push_str(&Distribution::of(&recovery).map_or("never".to_owned(), |d| d.describe()));
+            if let Some(d) = Distribution::of(&detected) {
+                let _ = write!(line, "; detected {}", d.describe());
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        if let Some((heal_at_s, _)) = first.converge {
+            let converge: Vec<Option<f64>> = runs.iter().map(|r| r.converge.and_then(|c| c.1)).collect();
+            let d = Distribution::of(&converge).map_or("never".to_owned(), |d| d.describe());
+            let _ = writeln!(out, "  converged after the heal at {heal_at_s:.1}s: {d}");
+        }
+        if false_downs {
+            let events: Vec<u64> = runs.iter().map(|r| r.false_down.0).collect();
+            let node_s: f64 = runs.iter().map(|r| r.false_down.1).sum();
+            let with = events.iter().filter(|e| **e > 0).count();
+            let as_s: Vec<Option<f64>> = events.iter().map(|e| Some(*e as f64)).collect();
+            let d = Distribution::of(&as_s).expect("at least one run");
+            let _ = writeln!(
+                out,
+                "  wrongly declared down: in {with} of {} runs; per run {:.0} / {:.0} / {:.0} / {:.0} events; {node_s:.1} node-s in all",
+                runs.len(),
+                d.p50,
+                d.p90,
+                d.p99,
+                d.max
+            );
+        }
+    }
+    out
 }
 
 #[cfg(test)]

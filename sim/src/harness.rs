@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
-use canteen_core::membership::MembershipMode;
-use canteen_core::model::AppName;
-use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig};
+use canteen_core::membership::{MembershipMode, PeerAddr};
+use canteen_core::model::{AppName, AppSpec};
+use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig, Value};
+use canteen_core::registry::Key;
 use canteen_core::time::Time;
 use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::{Handle, Runtime};
@@ -69,15 +70,24 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
             }
         }
     });
-    let generation = {
+    let boot_ms = now_ms(start);
+    let (generation, running, persisted) = {
         let mut w = lock(&world);
-        w.node_started(index, tx);
-        w.nodes[index].starts
+        let (generation, running) = w.node_started(index, tx.clone(), boot_ms);
+        (generation, running, w.nodes[index].persisted.clone())
     };
-    // SWIM: each life of the node is a new generation, so its peers take it back.
+    // SWIM: each life of the node's agent is a new generation, so its peers take it back.
     config.generation = generation;
     let swim = config.membership == MembershipMode::Swim;
-    let mut node = Node::new(Time::from_millis(now_ms(start)), config);
+    let mut node = Node::new(Time::from_millis(boot_ms), config);
+    lock(&world).agent_generation(index, node.config().generation);
+    // As the real agent starts (runtime-docker's agent.rs): the saved apps first, so adopted
+    // containers meet their app's health check, then the containers found running on the
+    // node, before the first placement pass. Queued ahead of any peer's message.
+    for spec in persisted {
+        tx.try_send(Input::Command(Command::Apply(Box::new(spec)))).expect("the driver holds its inbox");
+    }
+    tx.try_send(Input::Container(ContainerEvent::Adopted { containers: running })).expect("the driver holds its inbox");
     // Inputs the simulated Docker answers later: container starts and probe results.
     let mut later: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
     let mut later_inputs: BTreeMap<usize, Input> = BTreeMap::new();
@@ -181,7 +191,7 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
         {
             later.pop();
             let input = later_inputs.remove(&key).expect("scheduled");
-            feed(&mut node, now, input);
+            feed(&mut node, now, input, &world, index);
             continue;
         }
         if now >= next_traffic_ms {
@@ -202,15 +212,25 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
                 assert!(node.poll_action().is_none(), "a traffic sample causes no action at once");
             }
         }
-        // The checkers compare registries by their root hashes, kept current after every input.
+        // The checkers compare registries by their root hashes and read members and the
+        // containers each agent tracks, all kept current after every input. What an agent
+        // tracks is in its status, so it changes only with the registry's root.
         if published_members != node.members_version() {
             published_members = node.members_version();
-            lock(&world).nodes[index].members = node.members().clone();
+            lock(&world).publish_members(index, node.members(), now);
         }
         let root = node.registry().root_hash();
         if published_root != Some(root) {
             published_root = Some(root);
-            lock(&world).nodes[index].digest = Some(root);
+            let mut w = lock(&world);
+            let listed = node
+                .local_slots()
+                .into_iter()
+                .map(|(slot, port, _)| (w.app_index.get(&slot.app).copied().unwrap_or(usize::MAX), slot.index, port))
+                .collect();
+            let n = &mut w.nodes[index];
+            n.digest = Some(root);
+            n.listed = listed;
         }
         if node.poll_timeout().is_some_and(|t| t.as_millis() <= now) {
             node.handle_timeout(Time::from_millis(now));
@@ -225,7 +245,7 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
         // An input already waiting is taken at once, without arming a timer for it.
         match rx.try_recv() {
             Ok(input) => {
-                feed(&mut node, now, input);
+                feed(&mut node, now, input, &world, index);
                 continue;
             }
             Err(async_channel::TryRecvError::Closed) => return,
@@ -233,14 +253,14 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
         }
         let wait = Duration::from_millis(deadline.saturating_sub(now));
         match madsim::time::timeout(wait, rx.recv()).await {
-            Ok(Ok(input)) => feed(&mut node, now_ms(start), input),
+            Ok(Ok(input)) => feed(&mut node, now_ms(start), input, &world, index),
             Ok(Err(_)) => return,
             Err(_) => {}
         }
     }
 }
 
-fn feed(node: &mut Node, now: u64, input: Input) {
+fn feed(node: &mut Node, now: u64, input: Input, world: &Shared, index: usize) {
     let now = Time::from_millis(now);
     match input {
         Input::Message(bytes) => node.handle_message(now, &bytes),
@@ -249,6 +269,16 @@ fn feed(node: &mut Node, now: u64, input: Input) {
         Input::Command(command) => {
             // The scenario's own commands are valid: the file was checked.
             node.handle_command(now, command).expect("scenario commands are valid");
+            // As the real agent does after an operator's command: save the apps it knows.
+            let apps: Vec<AppSpec> = node
+                .registry()
+                .iter()
+                .filter_map(|(key, entry)| match (key, &entry.value) {
+                    (Key::App(_), Some(Value::App(spec))) => Some((**spec).clone()),
+                    _ => None,
+                })
+                .collect();
+            lock(world).nodes[index].persisted = apps;
         }
     }
 }
@@ -258,33 +288,50 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
     let start = Instant::now();
     let world: Shared = Arc::new(Mutex::new(World::new(&scenario, seed)));
     let handle = Handle::current();
-    let mut madsim_ids = Vec::new();
-    for (i, spec) in scenario.cluster.nodes.iter().enumerate() {
-        let mut config = NodeConfig::new(spec.id.clone(), &ip_of(i).to_string(), spec.capacity);
-        config.gossip_addr = gossip_addr_of(i);
-        config.labels = spec.labels.clone();
-        config.policy = scenario.cluster.policy;
-        config.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64;
-        if scenario.sim.membership == Membership::Swim {
-            config.membership = MembershipMode::Swim;
-            let seeds = SWIM_SEEDS.min(scenario.cluster.nodes.len());
-            config.seeds = (0..seeds).map(gossip_addr_of).collect();
-        }
+    let late: Vec<bool> = (0..scenario.cluster.nodes.len()).map(|i| scenario.sim.late_nodes.contains(&i)).collect();
+    // SWIM seeds: the first few nodes that start at time 0.
+    let seeds: Vec<PeerAddr> =
+        (0..scenario.cluster.nodes.len()).filter(|i| !late[*i]).take(SWIM_SEEDS).map(gossip_addr_of).collect();
+    let configs: Vec<NodeConfig> = scenario
+        .cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let mut config = NodeConfig::new(spec.id.clone(), &ip_of(i).to_string(), spec.capacity);
+            config.gossip_addr = gossip_addr_of(i);
+            config.labels = spec.labels.clone();
+            config.policy = scenario.cluster.policy;
+            config.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64;
+            if scenario.sim.membership == Membership::Swim {
+                config.membership = MembershipMode::Swim;
+                config.seeds = seeds.clone();
+            }
+            config
+        })
+        .collect();
+    let spawn = |i: usize| {
         let w = world.clone();
-        let node = handle
+        let config = configs[i].clone();
+        handle
             .create_node()
-            .name(spec.id.as_str())
+            .name(scenario.cluster.nodes[i].id.as_str())
             .ip(ip_of(i))
             .init(move || drive(w.clone(), i, config.clone(), start))
-            .build();
-        madsim_ids.push(node.id());
-    }
-    // Let every node boot, then apply the apps through node 0, as an operator would.
-    while lock(&world).nodes.iter().any(|n| n.inbox.is_none()) {
+            .build()
+            .id()
+    };
+    let mut madsim_ids: Vec<Option<madsim::task::NodeId>> =
+        (0..configs.len()).map(|i| (!late[i]).then(|| spawn(i))).collect();
+    // Let every node boot, then apply the apps through the first node, as an operator would.
+    while lock(&world).nodes.iter().zip(&late).any(|(n, late)| !late && n.inbox.is_none()) {
         madsim::time::sleep(Duration::from_millis(1)).await;
     }
+    let first = late.iter().position(|l| !l).expect("checked: a node starts at time 0");
     for app in &scenario.cluster.apps {
-        lock(&world).deliver(0, Input::Command(Command::Apply(Box::new(app.clone()))));
+        if scenario.app_sim.get(&app.name).is_none_or(|s| s.apply_at_start) {
+            lock(&world).deliver(first, Input::Command(Command::Apply(Box::new(app.clone()))));
+        }
     }
 
     let checker = Checker::new(&scenario);
@@ -337,13 +384,54 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
                 if w.nodes[*node].up {
                     w.node_crashed(*node, now);
                     drop(w);
-                    handle.kill(madsim_ids[*node]);
+                    handle.kill(madsim_ids[*node].expect("an up node was spawned"));
                 }
             }
             FaultKind::RestartNode { node } => {
-                if !w.nodes[*node].up {
+                if !w.nodes[*node].up
+                    && let Some(id) = madsim_ids[*node]
+                {
                     drop(w);
-                    handle.restart(madsim_ids[*node]);
+                    handle.restart(id);
+                }
+            }
+            FaultKind::RestartAgent { node } => {
+                if w.nodes[*node].up {
+                    w.agent_stopped(*node, now);
+                    drop(w);
+                    let id = madsim_ids[*node].expect("an up node was spawned");
+                    handle.kill(id);
+                    handle.restart(id);
+                }
+            }
+            FaultKind::StartNode { node } => {
+                drop(w);
+                if madsim_ids[*node].is_none() {
+                    let id = spawn(*node);
+                    madsim_ids[*node] = Some(id);
+                    // Cut off from the nodes of other groups if a partition is on.
+                    let group = lock(&world).group.clone();
+                    let net = NetSim::current();
+                    for (other, other_id) in madsim_ids.iter().enumerate() {
+                        if let Some(other_id) = *other_id
+                            && group[other] != group[*node]
+                        {
+                            net.clog_link(id, other_id);
+                            net.clog_link(other_id, id);
+                            partitioned.push((id, other_id));
+                            partitioned.push((other_id, id));
+                        }
+                    }
+                }
+            }
+            FaultKind::Apply { node, app } => {
+                let spec = scenario.cluster.apps.iter().find(|a| a.name == *app).expect("checked: an app of the file");
+                if w.nodes[*node].inbox.is_some() {
+                    w.desired.insert(app.clone(), spec.replicas);
+                    w.deliver(*node, Input::Command(Command::Apply(Box::new(spec.clone()))));
+                } else {
+                    drop(w);
+                    lock(&checker).lost_apply(fault.describe());
                 }
             }
             FaultKind::KillContainer { app, slot } => {
@@ -374,15 +462,16 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
                         group[m] = g;
                     }
                 }
-                w.group = group.clone();
-                w.membership_version += 1;
+                w.set_groups(group.clone(), now);
                 drop(w);
                 let net = NetSim::current();
                 for a in 0..n {
                     for b in 0..n {
-                        if group[a] != group[b] {
-                            net.clog_link(madsim_ids[a], madsim_ids[b]);
-                            partitioned.push((madsim_ids[a], madsim_ids[b]));
+                        if let (Some(ida), Some(idb)) = (madsim_ids[a], madsim_ids[b])
+                            && group[a] != group[b]
+                        {
+                            net.clog_link(ida, idb);
+                            partitioned.push((ida, idb));
                         }
                     }
                 }
@@ -408,6 +497,9 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
     checks.abort();
     let w = lock(&world);
     if std::env::var_os("CANTEEN_SIM_DEBUG").is_some() {
+        for n in &w.nodes {
+            eprintln!("{} up {} members {:?}", n.id, n.up, n.members);
+        }
         for (id, c) in &w.containers {
             eprintln!(
                 "{id} {} on {} port {} ready {} exited {} stopping {:?}",
@@ -425,7 +517,7 @@ async fn sleep_until_s(start: Instant, at_s: f64) {
 }
 
 /// Ends every partition and packet loss; slow nodes stay slow until their fault ends.
-fn heal(world: &Shared, partitioned: &mut Vec<(madsim::task::NodeId, madsim::task::NodeId)>, _now: u64) {
+fn heal(world: &Shared, partitioned: &mut Vec<(madsim::task::NodeId, madsim::task::NodeId)>, now: u64) {
     let net = NetSim::current();
     for (a, b) in partitioned.drain(..) {
         net.unclog_link(a, b);
@@ -433,8 +525,8 @@ fn heal(world: &Shared, partitioned: &mut Vec<(madsim::task::NodeId, madsim::tas
     net.update_config(|c| c.packet_loss_rate = 0.0);
     let mut w = lock(world);
     if w.group.iter().any(|g| *g != 0) {
-        w.group.iter_mut().for_each(|g| *g = 0);
-        w.membership_version += 1;
+        let whole = vec![0; w.group.len()];
+        w.set_groups(whole, now);
     }
 }
 
@@ -511,6 +603,16 @@ struct Checker {
     timeline: Timeline,
     last_second: u64,
     peak_replicas: u32,
+    /// Since when each registry-identical, duplicate-free stretch after the heal began.
+    settled_since: Option<f64>,
+    /// Containers orphaned now, with since when (simulated ms).
+    orphaned: BTreeMap<crate::world::ContainerId, u64>,
+    /// The longest time one container stayed orphaned, and which, so far.
+    orphan_longest: (f64, String),
+    /// Container-seconds of orphans.
+    orphan_container_s: f64,
+    /// Apply faults whose node was not running.
+    lost_applies: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -537,7 +639,41 @@ impl Checker {
             timeline: Timeline::new(scenario),
             last_second: 0,
             peak_replicas: 0,
+            settled_since: None,
+            orphaned: BTreeMap::new(),
+            orphan_longest: (0.0, String::new()),
+            orphan_container_s: 0.0,
+            lost_applies: Vec::new(),
         }
+    }
+
+    fn lost_apply(&mut self, describe: String) {
+        self.lost_applies.push(describe);
+    }
+
+    /// Containers running on a live node that no agent tracks or whose slot is not desired.
+    fn sample_orphans(&mut self, now_ms: u64, dt_s: f64, w: &World) {
+        let mut still = BTreeMap::new();
+        for (id, c) in &w.containers {
+            if c.removed_at_ms.is_some() || c.stopping_at_ms.is_some() || c.exited || !w.nodes[c.node].up {
+                continue;
+            }
+            let desired = w.apps.get(c.app).and_then(|a| w.desired.get(a)).copied().unwrap_or(0);
+            let tracked = w.nodes[c.node].listed.contains(&(c.app, c.slot.index, c.host_port));
+            if c.slot.index < desired && tracked {
+                continue;
+            }
+            let since = self.orphaned.get(id).copied().unwrap_or(now_ms);
+            still.insert(*id, since);
+            self.orphan_container_s += dt_s;
+            let for_s = (now_ms - since) as f64 / 1000.0;
+            if for_s > self.orphan_longest.0 {
+                let why = if tracked { "its slot is not desired" } else { "its agent does not track it" };
+                self.orphan_longest =
+                    (for_s, format!("{} on {} since {:.1}s: {why}", c.slot, w.nodes[c.node].id, since as f64 / 1000.0));
+            }
+        }
+        self.orphaned = still;
     }
 
     fn fault_started(&mut self, describe: String, at_s: f64, end_s: Option<f64>, crashed: Option<usize>) {
@@ -574,6 +710,7 @@ impl Checker {
             counts[i] += 1;
         }
         let duplicates: u32 = serving.iter().flatten().map(|n| n.saturating_sub(1)).sum();
+        self.sample_orphans(now_ms, dt_s, w);
         self.duplicate_replica_s += f64::from(duplicates) * dt_s;
         let desired: Vec<u32> = w.apps.iter().map(|a| w.desired.get(a).copied().unwrap_or(0)).collect();
         let mut missing = 0usize;
@@ -582,6 +719,11 @@ impl Checker {
         }
         let unschedulable = w.unschedulable;
         let good = missing <= unschedulable && duplicates == 0;
+        if good != self.good_now && std::env::var_os("CANTEEN_SIM_DEBUG").is_some() {
+            eprintln!(
+                "{now_s:.1}s good={good} missing={missing} unschedulable={unschedulable} duplicates={duplicates}"
+            );
+        }
         self.good_now = good;
         for f in &mut self.faults {
             if f.recovered_s.is_none() && now_s > f.measure_from_s && good {
@@ -605,6 +747,11 @@ impl Checker {
                 self.converged_at.get_or_insert(now_s);
             } else {
                 self.converged_at = None;
+            }
+            if agree && duplicates == 0 && now_s >= heal {
+                self.settled_since.get_or_insert(now_s);
+            } else {
+                self.settled_since = None;
             }
         }
         // Once a second: the plot's series.
@@ -695,7 +842,9 @@ impl Checker {
         }
         if e.converged {
             let heal = self.heal_at.unwrap_or(0.0);
-            let bound = e.recovery_s_max.unwrap_or(scenario.duration_s);
+            // Convergence includes spreading the new statuses to every registry: it may take
+            // longer than a fault's recovery, so a scenario can bound it on its own.
+            let bound = e.converge_s_max.or(e.recovery_s_max).unwrap_or(scenario.duration_s);
             checks.push(match self.converged_at {
                 Some(at) if at - heal <= bound => Check::pass(
                     "converged",
@@ -747,6 +896,62 @@ impl Checker {
             let detail = format!("{} slots moved (max {max})", w.moves);
             checks.push(Check::new("moves", w.moves <= max, detail));
         }
+        let converge_s = self.settled_since.and_then(|at| self.heal_at.map(|heal| at - heal));
+        if let Some(max) = e.converge_s_max {
+            let heal = self.heal_at.unwrap_or(0.0);
+            checks.push(match converge_s {
+                Some(s) => Check::new(
+                    "converge time",
+                    s <= max,
+                    format!("registries identical and no duplicate {s:.1}s after the heal at {heal:.1}s (max {max}s)"),
+                ),
+                None => Check::fail(
+                    "converge time",
+                    format!("registries differ or a slot runs twice at the end ({:.1}s)", scenario.duration_s),
+                ),
+            });
+        }
+        let false_down_node_s = w.false_down_node_s(end_ms);
+        let false_down_detail = || {
+            let mut d = format!("{} wrong down declarations, {false_down_node_s:.1} node-s", w.false_down_events);
+            if !w.false_down_examples.is_empty() {
+                d.push_str(&format!(": {}", w.false_down_examples.join("; ")));
+            }
+            d
+        };
+        if let Some(max) = e.false_down_max {
+            let detail = format!("{} (max {max})", false_down_detail());
+            checks.push(Check::new("wrongly declared down", w.false_down_events <= max, detail));
+        }
+        if let Some(max) = e.false_down_node_s_max {
+            let detail = format!("{} (max {max} node-s)", false_down_detail());
+            checks.push(Check::new("wrongly down node-s", false_down_node_s <= max, detail));
+        }
+        if let Some(max) = e.orphan_s_max {
+            let (longest, what) = &self.orphan_longest;
+            let detail = if *longest > 0.0 {
+                format!("longest orphan {longest:.1}s (max {max}s): {what}")
+            } else {
+                format!("no container orphaned for a whole check interval (max {max}s)")
+            };
+            checks.push(Check::new("no orphans", *longest <= max, detail));
+        }
+        for r in &w.agent_restarts {
+            let id = &w.nodes[r.node].id;
+            let at = r.at_ms as f64 / 1000.0;
+            let ok = r.new_generation.is_some_and(|g| g > r.old_generation) && r.adopted == Some(r.running);
+            let detail = format!(
+                "{id} at {at:.1}s: generation {} -> {}, adopted {} of the {} containers running",
+                r.old_generation,
+                r.new_generation.map_or("none (never booted)".to_owned(), |g| g.to_string()),
+                r.adopted.map_or("none".to_owned(), |n| n.to_string()),
+                r.running
+            );
+            checks.push(Check::new("agent restart", ok, detail));
+        }
+        for lost in &self.lost_applies {
+            checks.push(Check::fail("apply", format!("{lost}: the node was not running, the command was lost")));
+        }
         let up = w.nodes.iter().filter(|n| n.up).count().max(1);
         let bytes: u64 = w.nodes.iter().map(|n| n.bytes_sent).sum();
         let report = Report {
@@ -766,6 +971,12 @@ impl Checker {
             sim_s: scenario.duration_s,
             wall_ms: 0,
             gossip_bytes_per_node_s: bytes as f64 / scenario.duration_s / up as f64,
+            heal_at_s: scenario.heal_at_s(),
+            converge_s,
+            false_down_events: w.false_down_events,
+            false_down_node_s,
+            orphan_s_longest: self.orphan_longest.0,
+            orphan_container_s: self.orphan_container_s,
             replay,
         };
         let mut timeline = self.timeline.clone();

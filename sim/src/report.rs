@@ -127,6 +127,21 @@ pub struct Report {
     pub wall_ms: u64,
     /// Bytes of gossip each live node sent per simulated second, on average.
     pub gossip_bytes_per_node_s: f64,
+    /// When the fault phase ended and everything healed, in simulated seconds.
+    pub heal_at_s: f64,
+    /// From the heal until every live registry was identical and no slot ran twice, for good
+    /// (to the end of the run); `None` if that did not hold at the end.
+    pub converge_s: Option<f64>,
+    /// Times a node dropped a peer from its members while the peer was up and reachable from
+    /// it (see `world::FALSE_DOWN_GRACE_MS`).
+    pub false_down_events: u64,
+    /// Node-seconds during which such a peer was missing from the node's members.
+    pub false_down_node_s: f64,
+    /// The longest time one container ran orphaned (its slot not desired, or not tracked by
+    /// its node's agent), sampled every check interval.
+    pub orphan_s_longest: f64,
+    /// Container-seconds of orphans.
+    pub orphan_container_s: f64,
     /// The command that replays this run.
     pub replay: String,
 }
@@ -190,6 +205,15 @@ impl Report {
             self.scale_events.len(),
             self.gossip_bytes_per_node_s
         );
+        let _ = writeln!(
+            out,
+            "converged {} after the heal, wrongly declared down {} times ({:.1} node-s), longest orphan {:.1} s ({:.1} container-s)",
+            self.converge_s.map_or("never".to_owned(), |s| format!("{s:.1} s")),
+            self.false_down_events,
+            self.false_down_node_s,
+            self.orphan_s_longest,
+            self.orphan_container_s
+        );
         for e in &self.scale_events {
             let _ = writeln!(out, "  {:>7.1}s  {} {} -> {}", e.at_s, e.app, e.from, e.to);
         }
@@ -199,6 +223,51 @@ impl Report {
             if self.passed { "PASSED".to_owned() } else { format!("FAILED; replay: {}", self.replay) }
         );
         out
+    }
+}
+
+/// A figure's distribution over the runs of a sweep: nearest-rank quantiles of the runs where
+/// it happened, and how many runs it never happened in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Distribution {
+    /// Runs where it happened.
+    pub count: usize,
+    /// Runs where it never happened (a fault never recovered, a heal never converged).
+    pub never: usize,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Highest.
+    pub max: f64,
+}
+
+impl Distribution {
+    /// The distribution of `values`, one per run; `None` is a run where it never happened.
+    /// `None` when no run had it.
+    pub fn of(values: &[Option<f64>]) -> Option<Distribution> {
+        let mut seen: Vec<f64> = values.iter().flatten().copied().collect();
+        if seen.is_empty() {
+            return None;
+        }
+        seen.sort_by(f64::total_cmp);
+        let rank = |q: f64| seen[((q * seen.len() as f64).ceil() as usize).clamp(1, seen.len()) - 1];
+        Some(Distribution {
+            count: seen.len(),
+            never: values.len() - seen.len(),
+            p50: rank(0.5),
+            p90: rank(0.9),
+            p99: rank(0.99),
+            max: *seen.last().expect("not empty"),
+        })
+    }
+
+    /// `median / p90 / p99 / max` in seconds, and how many runs it never happened in.
+    pub fn describe(&self) -> String {
+        let never = if self.never > 0 { format!(", never in {} runs", self.never) } else { String::new() };
+        format!("{:.1} / {:.1} / {:.1} / {:.1} s{never}", self.p50, self.p90, self.p99, self.max)
     }
 }
 
@@ -270,5 +339,23 @@ impl Timeline {
             },
         ];
         timeline_svg(&self.title, &panels, &self.markers, self.duration_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank_and_runs_without_the_figure_are_counted_apart() {
+        let mut values: Vec<Option<f64>> = (1..=100).map(|i| Some(f64::from(i))).collect();
+        values.push(None);
+        let d = Distribution::of(&values).expect("some runs had it");
+        assert_eq!((d.count, d.never), (100, 1));
+        assert_eq!((d.p50, d.p90, d.p99, d.max), (50.0, 90.0, 99.0, 100.0));
+        assert_eq!(d.describe(), "50.0 / 90.0 / 99.0 / 100.0 s, never in 1 runs");
+        let one = Distribution::of(&[Some(2.5)]).expect("one run");
+        assert_eq!((one.p50, one.p99, one.max), (2.5, 2.5, 2.5));
+        assert_eq!(Distribution::of(&[None, None]), None);
     }
 }

@@ -21,6 +21,10 @@ pub struct AppSim {
     /// Requests one replica queues beyond those; more are refused (503).
     #[serde(default = "default_queue_max")]
     pub queue_max: u32,
+    /// Whether the app is applied (through the first node started) when the run begins; an app
+    /// with `false` is applied later by a `kind = "apply"` fault.
+    #[serde(default = "default_apply_at_start")]
+    pub apply_at_start: bool,
 }
 
 impl Default for AppSim {
@@ -29,6 +33,7 @@ impl Default for AppSim {
             service_time_ms: default_service_time_ms(),
             concurrency: default_concurrency(),
             queue_max: default_queue_max(),
+            apply_at_start: default_apply_at_start(),
         }
     }
 }
@@ -42,19 +47,24 @@ fn default_concurrency() -> u32 {
 fn default_queue_max() -> u32 {
     64
 }
+fn default_apply_at_start() -> bool {
+    true
+}
 
 /// How nodes learn who is alive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Membership {
-    /// The simulator tells every node who is up and reachable: a perfect failure detector, a
-    /// crutch until SWIM lands, kept afterwards to compare policies without detection noise.
+    /// SWIM through foca, as the real agent runs it, the default: every node joins through the
+    /// seeds (the first three nodes started at time 0) and learns who is down from its peers;
+    /// the simulator says nothing about who is alive. A restarted node (or agent) comes back
+    /// with a higher generation.
     #[default]
-    PerfectFailureDetector,
-    /// SWIM through foca, as the real agent will run it: every node joins through the seeds
-    /// (the first three nodes) and learns who is down from its peers; the simulator says
-    /// nothing about who is alive. A restarted node comes back with a higher generation.
     Swim,
+    /// The simulator tells every node who is up and reachable, at once: a perfect failure
+    /// detector, no protocol at all. Only for comparing scheduling policies without detection
+    /// noise; a scenario that uses it says so in its goal line.
+    PerfectFailureDetector,
 }
 
 impl Membership {
@@ -97,6 +107,15 @@ pub struct SimOptions {
     pub check_interval_ms: u64,
     /// When the fault phase ends and everything heals; by default once the last fault is over.
     pub heal_at_s: Option<f64>,
+    /// Nodes (by index) that are not started at time 0: each boots at its `kind = "start-node"`
+    /// fault and joins the running cluster.
+    #[serde(default)]
+    pub late_nodes: Vec<usize>,
+    /// Whether an agent that starts adopts the containers it finds running on its node, as the
+    /// real agent does. `false` shows what adoption prevents (duplicates, orphans); the tests
+    /// use it to prove that the checks catch them.
+    #[serde(default = "default_adopt")]
+    pub adopt: bool,
 }
 
 impl Default for SimOptions {
@@ -126,6 +145,9 @@ fn default_tick_ms() -> u64 {
 fn default_check_interval_ms() -> u64 {
     100
 }
+fn default_adopt() -> bool {
+    true
+}
 
 /// One step of the load timeline: from `at_s` on, `app` receives `rps` requests per second.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -147,10 +169,31 @@ pub enum FaultKind {
         /// Node index.
         node: usize,
     },
-    /// A crashed node boots again, empty.
+    /// A crashed node boots again, empty (a replaced machine: no containers, no saved state).
     RestartNode {
         /// Node index.
         node: usize,
+    },
+    /// The node's agent process dies and starts again at once, while its containers keep
+    /// running: the new agent restores the apps it had saved (those applied through it, as the
+    /// real agent keeps them in its `data_dir`) and adopts the node's running containers, and
+    /// joins SWIM under a higher generation.
+    RestartAgent {
+        /// Node index.
+        node: usize,
+    },
+    /// A node of `[sim] late_nodes` boots for the first time and joins the running cluster.
+    StartNode {
+        /// Node index.
+        node: usize,
+    },
+    /// An operator applies an app (one marked `[app.sim] apply_at_start = false`) through
+    /// one node.
+    Apply {
+        /// The node the command goes to.
+        node: usize,
+        /// The app.
+        app: AppName,
     },
     /// A replica's process exits.
     KillContainer {
@@ -213,6 +256,9 @@ impl Fault {
         match &self.kind {
             FaultKind::CrashNode { node } => format!("crash-node {node}"),
             FaultKind::RestartNode { node } => format!("restart-node {node}"),
+            FaultKind::RestartAgent { node } => format!("restart-agent {node}"),
+            FaultKind::StartNode { node } => format!("start-node {node}"),
+            FaultKind::Apply { node, app } => format!("apply {app} through {node}"),
             FaultKind::KillContainer { app, slot } => format!("kill-container {app}/{slot}"),
             FaultKind::HangContainer { app, slot } => format!("hang-container {app}/{slot}"),
             FaultKind::FlapContainer { app, slot, .. } => format!("flap-container {app}/{slot}"),
@@ -254,7 +300,8 @@ pub struct Expect {
     pub success_ratio_min: Option<f64>,
     /// Replica-seconds of duplicates (a slot running twice).
     pub duplicate_replica_s_max: Option<f64>,
-    /// After the heal, every desired slot runs healthy, no duplicates, registries agree.
+    /// After the heal, every desired slot runs healthy, no duplicates, registries agree: within
+    /// `converge_s_max` if given, else within `recovery_s_max`.
     #[serde(default)]
     pub converged: bool,
     /// 99th percentile latency of successful requests.
@@ -272,6 +319,20 @@ pub struct Expect {
     pub fully_placed: Vec<String>,
     /// Slots moved to another node, at most.
     pub moves_max: Option<u64>,
+    /// No container stays orphaned longer than this: running on a live node while its slot is
+    /// not desired, or while its node's agent does not track it (does not list it in its
+    /// status).
+    pub orphan_s_max: Option<f64>,
+    /// Wrongly declared down, at most this many times: a node drops a peer from its members
+    /// while that peer is up and reachable from it (and was for the previous
+    /// `FALSE_DOWN_GRACE_MS`, so suspicions begun during a partition or a restart do not
+    /// count). Counted at every change of a node's view, not sampled.
+    pub false_down_max: Option<u64>,
+    /// Node-seconds during which a node missed a peer it had wrongly declared down, at most.
+    pub false_down_node_s_max: Option<f64>,
+    /// After the heal, within this many seconds every live node's registry is identical and no
+    /// slot runs twice, and it stays so to the end.
+    pub converge_s_max: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -374,6 +435,22 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
     if sim.start_jitter_ms > sim.start_latency_ms {
         return Err(err("sim.start_jitter_ms".into(), "must not exceed sim.start_latency_ms".into()));
     }
+    let nodes = cluster.nodes.len();
+    let mut late = vec![false; nodes];
+    for (i, &n) in sim.late_nodes.iter().enumerate() {
+        if n >= nodes {
+            return Err(err(
+                format!("sim.late_nodes[{i}]"),
+                format!("node index {n} is out of range: the cluster has nodes 0..{}", nodes - 1),
+            ));
+        }
+        if std::mem::replace(&mut late[n], true) {
+            return Err(err(format!("sim.late_nodes[{i}]"), format!("node {n} is listed twice")));
+        }
+    }
+    if late.iter().all(|l| *l) {
+        return Err(err("sim.late_nodes".into(), "at least one node must start at time 0".into()));
+    }
     let app_names: Vec<&str> = cluster.apps.iter().map(|a| a.name.as_str()).collect();
     let mut load = raw.load.clone();
     for (i, step) in load.iter().enumerate() {
@@ -391,10 +468,44 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
         }
     }
     load.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
-    let nodes = cluster.nodes.len();
+    let later: Vec<&str> =
+        cluster.apps.iter().filter(|a| !app_sim[&a.name].apply_at_start).map(|a| a.name.as_str()).collect();
+    let context = FaultContext { nodes, late: &late, apps: &app_names, later: &later, duration_s: raw.duration_s };
     let mut faults = Vec::new();
     for (i, f) in raw.fault.iter().enumerate() {
-        faults.push(fault(f, nodes, &app_names, raw.duration_s).map_err(|(k, m)| err(format!("fault[{i}].{k}"), m))?);
+        faults.push(fault(f, &context).map_err(|(k, m)| err(format!("fault[{i}].{k}"), m))?);
+    }
+    // A late node starts once, and an app applied later is applied once.
+    let mut started = vec![None; nodes];
+    let mut applied: BTreeMap<&AppName, usize> = BTreeMap::new();
+    for (i, f) in faults.iter().enumerate() {
+        match &f.kind {
+            FaultKind::StartNode { node } => {
+                if let Some(first) = started[*node].replace(i) {
+                    return Err(err(
+                        format!("fault[{i}].node"),
+                        format!("node {node} is started by fault[{first}] already"),
+                    ));
+                }
+            }
+            FaultKind::Apply { app, .. } => {
+                if let Some(first) = applied.insert(app, i) {
+                    return Err(err(
+                        format!("fault[{i}].app"),
+                        format!("{app:?} is applied by fault[{first}] already"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (i, app) in cluster.apps.iter().enumerate() {
+        if !app_sim[&app.name].apply_at_start && !applied.contains_key(&app.name) {
+            return Err(err(
+                format!("app[{i}].sim.apply_at_start"),
+                format!("{:?} is never applied: add a fault with kind = \"apply\" and app = {:?}", app.name, app.name),
+            ));
+        }
     }
     faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     for (i, name) in raw.expect.fully_placed.iter().enumerate() {
@@ -406,6 +517,19 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
         && !(0.0..=1.0).contains(&r)
     {
         return Err(err("expect.success_ratio_min".into(), "must be in [0, 1]".into()));
+    }
+    let seconds = [
+        ("expect.orphan_s_max", raw.expect.orphan_s_max),
+        ("expect.false_down_node_s_max", raw.expect.false_down_node_s_max),
+        ("expect.converge_s_max", raw.expect.converge_s_max),
+        ("expect.recovery_s_max", raw.expect.recovery_s_max),
+    ];
+    for (key, value) in seconds {
+        if let Some(v) = value
+            && !(v >= 0.0 && v.is_finite())
+        {
+            return Err(err(key.into(), format!("must be a number of seconds >= 0, got {v}")));
+        }
     }
     Ok(Scenario {
         file: file.to_owned(),
@@ -426,10 +550,21 @@ pub const MAX_DURATION_S: f64 = 86_400.0;
 /// Highest request rate of one app.
 pub const MAX_RPS: f64 = 1_000_000.0;
 
-const FAULT_KINDS: &str =
-    "crash-node, restart-node, kill-container, hang-container, flap-container, slow-node, partition, heal, packet-loss";
+const FAULT_KINDS: &str = "crash-node, restart-node, restart-agent, start-node, apply, kill-container, hang-container, flap-container, slow-node, partition, heal, packet-loss";
 
-fn fault(f: &RawFault, nodes: usize, apps: &[&str], duration_s: f64) -> Result<Fault, (&'static str, String)> {
+/// What a fault is checked against.
+struct FaultContext<'a> {
+    nodes: usize,
+    /// Whether each node is in `[sim] late_nodes`.
+    late: &'a [bool],
+    apps: &'a [&'a str],
+    /// The apps marked `[app.sim] apply_at_start = false`.
+    later: &'a [&'a str],
+    duration_s: f64,
+}
+
+fn fault(f: &RawFault, cx: &FaultContext) -> Result<Fault, (&'static str, String)> {
+    let (nodes, apps, duration_s) = (cx.nodes, cx.apps, cx.duration_s);
     if !(f.at_s >= 0.0 && f.at_s <= duration_s) {
         return Err(("at_s", format!("must be in [0, duration_s = {duration_s}]")));
     }
@@ -448,6 +583,38 @@ fn fault(f: &RawFault, nodes: usize, apps: &[&str], duration_s: f64) -> Result<F
     let kind = match f.kind.as_str() {
         "crash-node" => FaultKind::CrashNode { node: node()? },
         "restart-node" => FaultKind::RestartNode { node: node()? },
+        "restart-agent" => FaultKind::RestartAgent { node: node()? },
+        "start-node" => {
+            let node = node()?;
+            if !cx.late[node] {
+                let late: Vec<String> = (0..nodes).filter(|n| cx.late[*n]).map(|n| n.to_string()).collect();
+                return Err((
+                    "node",
+                    format!(
+                        "node {node} starts at time 0; start-node takes a node of [sim] late_nodes ({})",
+                        if late.is_empty() { "none given".to_owned() } else { late.join(", ") }
+                    ),
+                ));
+            }
+            FaultKind::StartNode { node }
+        }
+        "apply" => {
+            let node = node()?;
+            let app = f.app.as_deref().ok_or(("app", "kind \"apply\" needs `app`, the app to apply".to_owned()))?;
+            if !apps.contains(&app) {
+                return Err(("app", format!("{app:?} is not an app of this scenario; apps: {}", apps.join(", "))));
+            }
+            if !cx.later.contains(&app) {
+                return Err((
+                    "app",
+                    format!(
+                        "{app:?} is applied at start; mark it [app.sim] apply_at_start = false to apply it with this fault (apps applied later: {})",
+                        if cx.later.is_empty() { "none".to_owned() } else { cx.later.join(", ") }
+                    ),
+                ));
+            }
+            FaultKind::Apply { node, app: AppName::new(app) }
+        }
         "kill-container" => {
             let (app, slot) = app_slot()?;
             FaultKind::KillContainer { app, slot }
@@ -541,6 +708,63 @@ mod tests {
             assert_eq!(e.key, key, "{extra}");
             assert!(e.message.contains(allowed), "{extra}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn bad_restarts_joins_and_applies_name_the_key_and_what_is_allowed() {
+        let later = "[[app]]\nname = \"api\"\nimage = \"x\"\nport = 81\n[app.sim]\napply_at_start = false\n";
+        let apply_api = "[[fault]]\nat_s = 5\nkind = \"apply\"\nnode = 0\napp = \"api\"\n";
+        let cases = [
+            ("[[fault]]\nat_s = 1\nkind = \"restart-agent\"\n".to_owned(), "fault[0].node", "needs `node`"),
+            ("[[fault]]\nat_s = 1\nkind = \"restart-agent\"\nnode = 3\n".to_owned(), "fault[0].node", "0..2"),
+            ("[[fault]]\nat_s = 1\nkind = \"start-node\"\nnode = 1\n".to_owned(), "fault[0].node", "late_nodes (none given)"),
+            (
+                "[sim]\nlate_nodes = [2]\n[[fault]]\nat_s = 1\nkind = \"start-node\"\nnode = 2\n[[fault]]\nat_s = 2\nkind = \"start-node\"\nnode = 2\n".to_owned(),
+                "fault[1].node",
+                "started by fault[0] already",
+            ),
+            ("[sim]\nlate_nodes = [0, 1, 2]\n".to_owned(), "sim.late_nodes", "at least one node"),
+            ("[sim]\nlate_nodes = [1, 1]\n".to_owned(), "sim.late_nodes[1]", "listed twice"),
+            ("[sim]\nlate_nodes = [7]\n".to_owned(), "sim.late_nodes[0]", "0..2"),
+            ("[[fault]]\nat_s = 1\nkind = \"apply\"\nnode = 0\n".to_owned(), "fault[0].app", "needs `app`"),
+            (
+                "[[fault]]\nat_s = 1\nkind = \"apply\"\nnode = 0\napp = \"web\"\n".to_owned(),
+                "fault[0].app",
+                "apply_at_start = false",
+            ),
+            (format!("{later}[[fault]]\nat_s = 1\nkind = \"apply\"\napp = \"api\"\n"), "fault[0].node", "needs `node`"),
+            (later.to_owned(), "app[1].sim.apply_at_start", "never applied"),
+            (format!("{later}{apply_api}{apply_api}"), "fault[1].app", "applied by fault[0] already"),
+            ("[expect]\nconverge_s_max = -1\n".to_owned(), "expect.converge_s_max", ">= 0"),
+            ("[expect]\norphan_s_max = nan\n".to_owned(), "expect.orphan_s_max", ">= 0"),
+        ];
+        for (extra, key, allowed) in cases {
+            let e = parse("t.toml", &format!("{BASE}{extra}")).unwrap_err();
+            assert_eq!(e.key, key, "{extra}");
+            assert!(e.message.contains(allowed), "{extra}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_late_node_and_a_later_app_are_accepted_with_their_faults() {
+        let s = parse(
+            "t.toml",
+            &format!(
+                "{BASE}[[app]]\nname = \"api\"\nimage = \"x\"\nport = 81\n[app.sim]\napply_at_start = false\n[sim]\nlate_nodes = [2]\n[[fault]]\nat_s = 9\nkind = \"apply\"\nnode = 2\napp = \"api\"\n[[fault]]\nat_s = 5\nkind = \"start-node\"\nnode = 2\n[[fault]]\nat_s = 7\nkind = \"restart-agent\"\nnode = 0\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(s.sim.late_nodes, vec![2]);
+        assert!(!s.app_sim[&AppName::new("api")].apply_at_start);
+        let kinds: Vec<String> = s.faults.iter().map(Fault::describe).collect();
+        assert_eq!(kinds, ["start-node 2", "restart-agent 0", "apply api through 2"]);
+    }
+
+    #[test]
+    fn swim_is_the_default_membership_and_the_oracle_is_named_as_such() {
+        assert_eq!(parse("t.toml", BASE).unwrap().sim.membership, Membership::Swim);
+        let s = parse("t.toml", &format!("{BASE}[sim]\nmembership = \"perfect-failure-detector\"\n")).unwrap();
+        assert_eq!(s.sim.membership.name(), "perfect-failure-detector");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
 use canteen_core::membership::PeerAddr;
-use canteen_core::model::{AppName, NodeId, Resources, SlotId};
+use canteen_core::model::{AppName, AppSpec, NodeId, Resources, SlotId};
 use canteen_core::node::{Backend, Command, ContainerEvent};
 
 use crate::scenario::{AppSim, Scenario};
@@ -102,8 +102,20 @@ pub struct SimNode {
     /// Its registry's root hash, as last published by its driver.
     pub digest: Option<u64>,
     /// The peers its node believes alive, as last published by its driver (for the
-    /// detection time of a crash).
+    /// detection time of a crash and for wrong down declarations).
     pub members: BTreeSet<NodeId>,
+    /// The containers its agent tracks, as last published by its driver: (app index, slot
+    /// index, host port), for the orphan check.
+    pub listed: BTreeSet<(usize, u32, u16)>,
+    /// The apps its agent saved (applied through it), restored when the agent restarts; a
+    /// crash loses them with the machine.
+    pub persisted: Vec<AppSpec>,
+    /// The SWIM generation its current agent runs under, as the node itself reports it.
+    pub generation: u64,
+    /// When its current agent started.
+    pub agent_started_ms: u64,
+    /// How many running containers its current agent adopted at start.
+    pub adopted: usize,
     /// Requests that entered its balancers since its driver last took the counts, by app index.
     pub entered: Vec<u64>,
     /// Its balancers, by app index.
@@ -247,7 +259,47 @@ pub struct World {
     pub bad_messages: u64,
     /// Requests per simulated second: (ok, failed, p99 latency in ms of the ok ones).
     pub seconds: Vec<(u64, u64, f64)>,
+    /// When the partition map last changed (split or heal).
+    pub partition_changed_ms: u64,
+    /// Wrong down declarations still open: (observer, peer) -> since when.
+    false_down_open: BTreeMap<(usize, usize), u64>,
+    /// Wrong down declarations so far.
+    pub false_down_events: u64,
+    /// Milliseconds of wrong down declarations that ended.
+    false_down_closed_ms: u64,
+    /// The first few wrong down declarations, described, for the report.
+    pub false_down_examples: Vec<String>,
+    /// Every agent restart, in order.
+    pub agent_restarts: Vec<AgentRestart>,
+    /// Whether a starting agent adopts the containers running on its node (`[sim] adopt`).
+    adopt: bool,
 }
+
+/// One `restart-agent` fault, as the checks see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentRestart {
+    /// The node.
+    pub node: usize,
+    /// When its agent died, in simulated ms.
+    pub at_ms: u64,
+    /// The SWIM generation of the agent that died.
+    pub old_generation: u64,
+    /// The containers running on the node when it died.
+    pub running: usize,
+    /// The SWIM generation the new agent reported, once it booted.
+    pub new_generation: Option<u64>,
+    /// How many running containers the new agent adopted.
+    pub adopted: Option<usize>,
+}
+
+/// A peer dropped from a node's members counts as wrongly declared down only if it was up and
+/// reachable from that node for this long before: a SWIM suspicion begun before a partition
+/// healed or an agent restarted, and the news of it, end within about this (probe period 0.5 s,
+/// suspicion 1.5 s, a few gossip rounds; crash detection took at most 5.1 s over 100 seeds).
+pub const FALSE_DOWN_GRACE_MS: u64 = 5000;
+
+/// How many wrong down declarations the report describes one by one.
+const FALSE_DOWN_EXAMPLES_MAX: usize = 5;
 
 impl World {
     /// The world at the start of a run.
@@ -268,6 +320,11 @@ impl World {
                 inbox: None,
                 digest: None,
                 members: BTreeSet::new(),
+                listed: BTreeSet::new(),
+                persisted: Vec::new(),
+                generation: 0,
+                agent_started_ms: 0,
+                adopted: 0,
                 entered: vec![0; apps.len()],
                 balancers: (0..apps.len()).map(|_| None).collect(),
                 bytes_sent: 0,
@@ -286,7 +343,13 @@ impl World {
             membership_version: 1,
             rng: SimRng::new(seed ^ 0x05ee_d0f3_071d),
             next_container: 0,
-            desired: scenario.cluster.apps.iter().map(|a| (a.name.clone(), a.replicas)).collect(),
+            desired: scenario
+                .cluster
+                .apps
+                .iter()
+                .filter(|a| scenario.app_sim.get(&a.name).is_none_or(|s| s.apply_at_start))
+                .map(|a| (a.name.clone(), a.replicas))
+                .collect(),
             scale_events: Vec::new(),
             last_node_of_slot: BTreeMap::new(),
             moves: 0,
@@ -301,6 +364,13 @@ impl World {
             start_latency: (scenario.sim.start_latency_ms, scenario.sim.start_jitter_ms),
             seconds: Vec::new(),
             bad_messages: 0,
+            partition_changed_ms: 0,
+            false_down_open: BTreeMap::new(),
+            false_down_events: 0,
+            false_down_closed_ms: 0,
+            false_down_examples: Vec::new(),
+            agent_restarts: Vec::new(),
+            adopt: scenario.sim.adopt,
         }
     }
 
@@ -314,30 +384,164 @@ impl World {
             .collect()
     }
 
-    /// Node `index` booted: its driver takes inputs from `inbox`.
-    pub fn node_started(&mut self, index: usize, inbox: async_channel::Sender<Input>) {
+    /// Node `index`'s agent booted: its driver takes inputs from `inbox`. Returns the number
+    /// of this life (the first boot is 1), and the containers it finds running on the node,
+    /// to adopt: (slot, container id, host port). Exited containers it finds are removed, as
+    /// the real agent does at start-up.
+    pub fn node_started(
+        &mut self,
+        index: usize,
+        inbox: async_channel::Sender<Input>,
+        now_ms: u64,
+    ) -> (u64, Vec<(SlotId, String, u16)>) {
+        let was_up = self.nodes[index].up;
         let n = &mut self.nodes[index];
         n.up = true;
         n.starts += 1;
         n.inbox = Some(inbox);
-        n.slow_factor = 1.0;
+        n.agent_started_ms = now_ms;
+        if !was_up {
+            n.slow_factor = 1.0;
+        }
         self.membership_version += 1;
+        let starts = n.starts;
+        let mut running = Vec::new();
+        for (id, c) in self.containers.iter_mut().filter(|(_, c)| c.node == index && c.removed_at_ms.is_none()) {
+            if c.stopping_at_ms.is_some() {
+                continue; // the stop reached Docker before the agent died
+            }
+            if c.exited {
+                c.removed_at_ms = Some(now_ms);
+                continue;
+            }
+            if self.adopt {
+                running.push((c.slot.clone(), container_name(*id), c.host_port));
+            }
+        }
+        let containers = &self.containers;
+        self.by_port.retain(|(node, _), id| {
+            *node != index || containers.get(id).is_none_or(|c| !(c.exited && c.removed_at_ms == Some(now_ms)))
+        });
+        self.nodes[index].adopted = running.len();
+        if let Some(r) = self.agent_restarts.iter_mut().rev().find(|r| r.node == index)
+            && r.adopted.is_none()
+        {
+            r.adopted = Some(running.len());
+        }
+        (starts, running)
     }
 
-    /// Node `index` crashed: its agent, its containers and its balancers are gone.
-    pub fn node_crashed(&mut self, index: usize, now_ms: u64) {
+    /// The driver of node `index` reports the SWIM generation its new agent runs under.
+    pub fn agent_generation(&mut self, index: usize, generation: u64) {
+        self.nodes[index].generation = generation;
+        if let Some(r) = self.agent_restarts.iter_mut().rev().find(|r| r.node == index)
+            && r.new_generation.is_none()
+        {
+            r.new_generation = Some(generation);
+        }
+    }
+
+    /// Node `index`'s agent process died; the machine and its containers run on. Its
+    /// balancers (in the agent's process) and its view are gone.
+    pub fn agent_stopped(&mut self, index: usize, now_ms: u64) {
+        let running = self
+            .containers
+            .values()
+            .filter(|c| c.node == index && c.removed_at_ms.is_none() && c.stopping_at_ms.is_none() && !c.exited)
+            .count();
+        self.agent_restarts.push(AgentRestart {
+            node: index,
+            at_ms: now_ms,
+            old_generation: self.nodes[index].generation,
+            running,
+            new_generation: None,
+            adopted: None,
+        });
+        self.forget_agent(index, now_ms);
+    }
+
+    /// What dies with an agent's process: its inbox, balancers and view.
+    fn forget_agent(&mut self, index: usize, now_ms: u64) {
         let n = &mut self.nodes[index];
-        n.up = false;
         n.inbox = None;
         n.digest = None;
+        n.listed.clear();
         n.entered.iter_mut().for_each(|e| *e = 0);
         n.balancers.iter_mut().for_each(|b| *b = None);
+        n.members.clear();
+        self.close_false_downs(now_ms, |observer, _| observer == index);
+    }
+
+    /// Node `index` crashed: its agent, its containers and its balancers are gone, and the
+    /// apps its agent had saved (a crash is a lost machine).
+    pub fn node_crashed(&mut self, index: usize, now_ms: u64) {
+        self.forget_agent(index, now_ms);
+        let n = &mut self.nodes[index];
+        n.up = false;
+        n.persisted.clear();
         for c in self.containers.values_mut().filter(|c| c.node == index && c.removed_at_ms.is_none()) {
             c.exited = true;
             c.removed_at_ms = Some(now_ms);
         }
         self.by_port.retain(|(node, _), _| *node != index);
         self.membership_version += 1;
+        self.close_false_downs(now_ms, |_, peer| peer == index);
+    }
+
+    /// The partition map changed to `group` at `now_ms`. A wrong down declaration between two
+    /// nodes now apart is over: they cannot reach each other any more.
+    pub fn set_groups(&mut self, group: Vec<usize>, now_ms: u64) {
+        self.group = group;
+        self.partition_changed_ms = now_ms;
+        self.membership_version += 1;
+        let group = self.group.clone();
+        self.close_false_downs(now_ms, |a, b| group[a] != group[b]);
+    }
+
+    /// Node `index`'s driver publishes its node's members at `now_ms`. A peer dropped while
+    /// it is up and has been reachable from this node for [`FALSE_DOWN_GRACE_MS`] opens a
+    /// wrong down declaration; a peer taken back closes it.
+    pub fn publish_members(&mut self, index: usize, members: &BTreeSet<NodeId>, now_ms: u64) {
+        let old = std::mem::take(&mut self.nodes[index].members);
+        for dropped in old.difference(members) {
+            let Some(&peer) = self.index_of.get(dropped) else { continue };
+            let p = &self.nodes[peer];
+            let since = now_ms.saturating_sub(FALSE_DOWN_GRACE_MS);
+            let wrong = p.up
+                && p.agent_started_ms <= since
+                && self.nodes[index].agent_started_ms <= since
+                && self.group[peer] == self.group[index]
+                && self.partition_changed_ms <= since;
+            if wrong && self.false_down_open.insert((index, peer), now_ms).is_none() {
+                self.false_down_events += 1;
+                if self.false_down_examples.len() < FALSE_DOWN_EXAMPLES_MAX {
+                    let at = now_ms as f64 / 1000.0;
+                    self.false_down_examples.push(format!("{} dropped {} at {at:.1}s", self.nodes[index].id, p.id));
+                }
+            }
+        }
+        for added in members.difference(&old) {
+            if let Some(&peer) = self.index_of.get(added)
+                && let Some(since) = self.false_down_open.remove(&(index, peer))
+            {
+                self.false_down_closed_ms += now_ms - since;
+            }
+        }
+        self.nodes[index].members = members.clone();
+    }
+
+    fn close_false_downs(&mut self, now_ms: u64, over: impl Fn(usize, usize) -> bool) {
+        let closed: Vec<(usize, usize)> = self.false_down_open.keys().copied().filter(|&(a, b)| over(a, b)).collect();
+        for key in closed {
+            let since = self.false_down_open.remove(&key).expect("listed");
+            self.false_down_closed_ms += now_ms - since;
+        }
+    }
+
+    /// Node-seconds of wrong down declarations up to `now_ms`, the open ones included.
+    pub fn false_down_node_s(&self, now_ms: u64) -> f64 {
+        let open: u64 = self.false_down_open.values().map(|since| now_ms.saturating_sub(*since)).sum();
+        (self.false_down_closed_ms + open) as f64 / 1000.0
     }
 
     /// Creates a container that answers after the start latency. Returns its id, or `None`
