@@ -534,10 +534,14 @@ impl Swim {
 
     /// Takes in a peer's member list ([`Swim::sync_state`]) without gossiping it again: the
     /// sender knows it already, and so, most likely, does the cluster. Returns the sender,
-    /// the list's first member, to answer to.
+    /// the list's first member, to answer to. This node's own earlier lives in the list are
+    /// left out: foca would keep them as members declared down, and announce to them, that
+    /// is to itself.
     pub fn apply_sync(&mut self, members: Vec<SwimMember>) -> Result<SwimId, SwimError> {
         let sender = members.first().ok_or(SwimError::EmptySync)?.id().clone();
-        self.foca.apply_many(members.into_iter(), false, &mut self.runtime)?;
+        let me = self.foca.identity().clone();
+        let members = members.into_iter().filter(|m| m.id().addr() != me.addr() || *m.id() == me);
+        self.foca.apply_many(members, false, &mut self.runtime)?;
         Ok(sender)
     }
 

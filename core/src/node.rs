@@ -926,6 +926,12 @@ impl Node {
         let swim = self.swim.as_mut().expect("swim mode");
         let result = call(swim);
         while let Some((to, packet)) = swim.poll_send() {
+            // foca keeps this node's earlier lives as members declared down when peers gossip
+            // about them, and may announce to one: that is a packet to itself, which it would
+            // refuse.
+            if to == self.config.gossip_addr {
+                continue;
+            }
             let bytes = Packet::encode(&self.config.id, &Message::Swim(&packet));
             self.actions.push_back(Action::Send { to, bytes });
         }

@@ -999,7 +999,12 @@ impl World {
                 });
             }
             Event::Unschedulable { slots } => self.unschedulable = slots.len(),
-            Event::BadMessage { .. } => self.bad_messages += 1,
+            Event::BadMessage { from, error } => {
+                if std::env::var_os("CANTEEN_SIM_BAD").is_some() {
+                    eprintln!("bad message from {from:?}: {error}");
+                }
+                self.bad_messages += 1
+            }
             _ => {}
         }
     }
