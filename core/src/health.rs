@@ -140,9 +140,13 @@ impl HealthTracker {
     }
 
     /// When to send the next probe: `interval_ms` after the last recorded one, the first at
-    /// `started_at + interval_ms`.
+    /// once (`started_at`): a replacement serves as soon as it answers, not an interval later,
+    /// and a first probe that comes too early costs nothing inside the start grace.
     pub fn next_probe_at(&self) -> Time {
-        self.last_probe_at.unwrap_or(self.started_at) + Duration::from_millis(self.interval_ms)
+        match self.last_probe_at {
+            Some(last) => last + Duration::from_millis(self.interval_ms),
+            None => self.started_at,
+        }
     }
 
     /// Failures in a row that counted towards the threshold.
@@ -342,9 +346,9 @@ mod tests {
     }
 
     #[test]
-    fn probes_are_due_one_interval_after_the_last() {
+    fn the_first_probe_is_due_at_the_start_and_the_next_one_interval_after_the_last() {
         let mut t = HealthTracker::new(&check(3, 1, 0), ms(500));
-        assert_eq!(t.next_probe_at(), ms(1500));
+        assert_eq!(t.next_probe_at(), ms(500));
         t.record(ms(1700), Success);
         assert_eq!(t.next_probe_at(), ms(2700));
     }

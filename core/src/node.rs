@@ -678,6 +678,8 @@ pub struct Node {
     swim_join_ticks: u64,
     /// Bumped whenever `members` changes.
     members_version: u64,
+    /// Members SWIM suspects: their replicas are out of the balancers (`set_suspected`).
+    suspected: BTreeSet<NodeId>,
     /// No placement pass runs before this (`SwimConfig::join_settle_ms` after the start in
     /// SWIM mode; the start otherwise).
     places_from: Time,
@@ -726,6 +728,7 @@ impl Node {
             swim_fingerprint: 0,
             swim_join_ticks: 0,
             members_version: 0,
+            suspected: BTreeSet::new(),
             places_from: match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
                 MembershipMode::Swim => now + Duration::from_millis(config.swim.join_settle_ms),
@@ -782,6 +785,12 @@ impl Node {
     /// The peers this node believes alive.
     pub fn members(&self) -> &BTreeSet<NodeId> {
         &self.members
+    }
+
+    /// The members SWIM suspects right now: their replicas are out of every balancer, and
+    /// placement still counts them.
+    pub fn suspected(&self) -> &BTreeSet<NodeId> {
+        &self.suspected
     }
 
     /// Bumped whenever [`Node::members`] changes: a driver that mirrors the members copies
@@ -936,7 +945,13 @@ impl Node {
             self.actions.push_back(Action::Send { to, bytes });
         }
         let mut timers = Vec::new();
+        let mut suspected = Vec::new();
         while let Some((after, timer)) = swim.poll_timer() {
+            // foca arms this timer when it starts suspecting a member: that member's replicas
+            // leave the balancers now, not when it is declared down.
+            if let foca::Timer::ChangeSuspectToDown { member_id, .. } = &timer {
+                suspected.push(member_id.node().clone());
+            }
             timers.push((after, timer));
         }
         let items = swim.take_broadcasts();
@@ -963,7 +978,29 @@ impl Node {
         if let Some(alive) = alive {
             self.set_members(now, alive);
         }
+        for node in suspected {
+            self.set_suspected(&node, true);
+        }
         self.merge_broadcasts(now, source, &items);
+    }
+
+    /// A member suspected by SWIM is out of every balancer until it is cleared (it refuted, and
+    /// its suspicion timer ran out) or declared down (it leaves the members); placement still
+    /// counts it, as nothing has moved yet.
+    fn set_suspected(&mut self, node: &NodeId, suspected: bool) {
+        if !self.members.contains(node) {
+            return;
+        }
+        let changed = if suspected { self.suspected.insert(node.clone()) } else { self.suspected.remove(node) };
+        if changed {
+            let list = self.node_healthy.get(node).cloned().unwrap_or_default();
+            if suspected {
+                self.unlist_healthy(&list);
+            } else {
+                self.list_healthy(&list);
+            }
+            self.update_backends();
+        }
     }
 
     /// Registry entries that rode on a peer's SWIM packet ([`crate::membership`]): merged like
@@ -1032,7 +1069,10 @@ impl Node {
         }
         for node in &left {
             let list = self.node_healthy.get(node).cloned().unwrap_or_default();
-            self.unlist_healthy(&list);
+            // A suspected node's replicas left the balancers already.
+            if !self.suspected.remove(node) {
+                self.unlist_healthy(&list);
+            }
             let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
             self.count_slots(&slots, false);
         }
@@ -1292,7 +1332,15 @@ impl Node {
                 }
             }
             Timer::Swim(timer) => {
+                let cleared = match &timer {
+                    foca::Timer::ChangeSuspectToDown { member_id, .. } => Some(member_id.node().clone()),
+                    _ => None,
+                };
                 self.swim_call(now, None, |swim| swim.handle_timer(timer));
+                // Declared down, it left the members; still a member, it refuted in time.
+                if let Some(node) = cleared {
+                    self.set_suspected(&node, false);
+                }
             }
             Timer::SwimSync => {
                 let swim = self.swim.as_ref().expect("swim mode");
@@ -1820,7 +1868,7 @@ impl Node {
                 let old = self.node_healthy.remove(node).unwrap_or_default();
                 // Only the replicas of live nodes are in the balancers' sets; a peer's list
                 // waits in `node_healthy` until it is believed alive.
-                if *node == self.config.id || self.members.contains(node) {
+                if *node == self.config.id || (self.members.contains(node) && !self.suspected.contains(node)) {
                     self.unlist_healthy(&old);
                     self.list_healthy(&list);
                 }
@@ -2133,6 +2181,11 @@ impl Node {
         debug_assert!(!self.members.contains(&self.config.id), "a node is not its own peer");
         assert_eq!(self.members.len(), self.member_list.len(), "the member list mirrors the set");
         assert_eq!(self.member_list.len(), self.member_addrs.len(), "every member has an address");
+        assert!(self.suspected.is_subset(&self.members), "only members are suspected");
+        debug_assert!(
+            self.healthy.values().flatten().all(|b| !self.suspected.contains(&b.node)),
+            "a suspected node is never a backend"
+        );
         debug_assert!(
             {
                 let ports: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
@@ -2422,8 +2475,15 @@ mod swim_tests {
         // b stops answering: a declares it down within the preset's detection time.
         let swim = nodes[0].config().swim.clone();
         let bound_ms = 2 * swim.probe_period_ms + swim.suspect_to_down_ms + 3 * swim.gossip_interval_ms;
-        tests_pump(&mut nodes, 3001, 3001 + bound_ms, |m| matches!(m, Message::Swim(_)));
+        let b = NodeId::new("b");
+        let mut suspected_while_member = false;
+        for t in (3001..3001 + bound_ms).step_by(50) {
+            tests_pump(&mut nodes, t, t + 49, |m| matches!(m, Message::Swim(_)));
+            suspected_while_member |= nodes[0].members().contains(&b) && nodes[0].suspected().contains(&b);
+        }
+        assert!(suspected_while_member, "a suspected b before declaring it down");
         assert!(nodes[0].members().is_empty(), "a declared the silent b down");
+        assert!(nodes[0].suspected().is_empty(), "a member declared down is no longer suspected");
     }
 
     #[test]
