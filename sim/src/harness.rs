@@ -594,6 +594,9 @@ async fn check_loop(world: Shared, checker: Arc<Mutex<Checker>>, scenario: Scena
 /// What the checkers track over a run.
 #[derive(Debug)]
 struct Checker {
+    /// When the last minute of the run began (the second half, for shorter runs), and the
+    /// bytes every node had sent by then: the steady state's gossip, after start-up and faults.
+    bytes_at_last_minute: Option<(f64, u64)>,
     over_capacity: Option<(f64, String)>,
     duplicate_replica_s: f64,
     faults: Vec<OpenFault>,
@@ -638,6 +641,7 @@ impl Checker {
             good_now: false,
             timeline: Timeline::new(scenario),
             last_second: 0,
+            bytes_at_last_minute: None,
             peak_replicas: 0,
             settled_since: None,
             orphaned: BTreeMap::new(),
@@ -687,6 +691,10 @@ impl Checker {
 
     fn sample(&mut self, now_ms: u64, w: &World, scenario: &Scenario) {
         let now_s = now_ms as f64 / 1000.0;
+        let last_minute_from_s = (scenario.duration_s - 60.0).max(scenario.duration_s / 2.0);
+        if self.bytes_at_last_minute.is_none() && now_s >= last_minute_from_s {
+            self.bytes_at_last_minute = Some((now_s, w.nodes.iter().map(|n| n.bytes_sent).sum()));
+        }
         let dt_s = scenario.sim.check_interval_ms as f64 / 1000.0;
         // No node over capacity: what its containers reserve, against what it offers.
         let mut used = vec![canteen_core::model::Resources::ZERO; w.nodes.len()];
@@ -971,6 +979,9 @@ impl Checker {
             sim_s: scenario.duration_s,
             wall_ms: 0,
             gossip_bytes_per_node_s: bytes as f64 / scenario.duration_s / up as f64,
+            gossip_bytes_per_node_s_last_minute: self.bytes_at_last_minute.map_or(0.0, |(at_s, at_bytes)| {
+                (bytes - at_bytes) as f64 / (scenario.duration_s - at_s).max(1e-3) / up as f64
+            }),
             heal_at_s: scenario.heal_at_s(),
             converge_s,
             false_down_events: w.false_down_events,

@@ -127,6 +127,9 @@ pub struct Report {
     pub wall_ms: u64,
     /// Bytes of gossip each live node sent per simulated second, on average.
     pub gossip_bytes_per_node_s: f64,
+    /// The same over the run's last minute (its second half if shorter): the steady state,
+    /// without the cold start every node's status must reach every node in.
+    pub gossip_bytes_per_node_s_last_minute: f64,
     /// When the fault phase ended and everything healed, in simulated seconds.
     pub heal_at_s: f64,
     /// From the heal until every live registry was identical and no slot ran twice, for good
@@ -199,11 +202,12 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nmoves {}, duplicates {:.1} replica-s, scale events {}, gossip {:.0} B/node/s",
+            "\nmoves {}, duplicates {:.1} replica-s, scale events {}, gossip {:.0} B/node/s ({:.0} in the last minute)",
             self.moves,
             self.duplicate_replica_s,
             self.scale_events.len(),
-            self.gossip_bytes_per_node_s
+            self.gossip_bytes_per_node_s,
+            self.gossip_bytes_per_node_s_last_minute
         );
         let _ = writeln!(
             out,
