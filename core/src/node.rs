@@ -2364,27 +2364,24 @@ mod tests {
         }
     }
 
-    /// Apps whose specs take about 30 KB each, with `env`: ten of them are five packets' worth.
-    fn large_apps(prefix: &str, count: usize) -> Vec<AppSpec> {
-        (0..count)
-            .map(|i| {
-                let mut spec = AppSpec::new(&format!("{prefix}{i}"), "canteen-demo:latest", 1, Resources::new(1, 1));
-                spec.port = 9000 + i as u16;
-                for k in 0..300 {
-                    spec.env.insert(format!("KEY_{k}"), "v".repeat(90));
-                }
-                spec
-            })
-            .collect()
+    /// Applies `count` apps through `node`, each with a spec of about 30 KB (its `env`): ten of
+    /// them are five packets' worth. They publish ports from `port_min` up.
+    fn apply_large_apps(node: &mut Node, prefix: &str, count: usize, port_min: u16) {
+        for i in 0..count {
+            let mut spec = AppSpec::new(&format!("{prefix}{i}"), "canteen-demo:latest", 1, Resources::new(1, 1));
+            spec.port = port_min + i as u16;
+            for k in 0..300 {
+                spec.env.insert(format!("KEY_{k}"), "v".repeat(90));
+            }
+            node.handle_command(Time::from_millis(2 + i as u64), Command::Apply(Box::new(spec))).unwrap();
+            while node.poll_action().is_some() {}
+        }
     }
 
     #[test]
     fn news_larger_than_a_packet_goes_out_in_several_and_arrives_whole() {
         let mut nodes = two_nodes();
-        for (i, app) in large_apps("big", 10).into_iter().enumerate() {
-            nodes[0].handle_command(Time::from_millis(2 + i as u64), Command::Apply(Box::new(app))).unwrap();
-            while nodes[0].poll_action().is_some() {}
-        }
+        apply_large_apps(&mut nodes[0], "big", 10, 9000);
         // Only rumors: pump asserts every packet fits one datagram.
         pump(&mut nodes, 20, 1_000, |m| !matches!(m, Message::Updates(_)));
         assert_eq!(nodes[1].apps().len(), 10, "every spec arrived");
@@ -2394,16 +2391,8 @@ mod tests {
     #[test]
     fn anti_entropy_repairs_a_registry_larger_than_a_packet() {
         let mut nodes = two_nodes();
-        for (i, app) in large_apps("big", 10).into_iter().enumerate() {
-            nodes[0].handle_command(Time::from_millis(2 + i as u64), Command::Apply(Box::new(app))).unwrap();
-            while nodes[0].poll_action().is_some() {}
-        }
-        for (i, app) in large_apps("other", 4).into_iter().enumerate() {
-            let mut app = app;
-            app.port = 9500 + i as u16;
-            nodes[1].handle_command(Time::from_millis(2 + i as u64), Command::Apply(Box::new(app))).unwrap();
-            while nodes[1].poll_action().is_some() {}
-        }
+        apply_large_apps(&mut nodes[0], "big", 10, 9000);
+        apply_large_apps(&mut nodes[1], "other", 4, 9500);
         pump(&mut nodes, 20, 6_000, |m| matches!(m, Message::Updates(_)));
         assert_eq!(nodes[0].registry().root_hash(), nodes[1].registry().root_hash());
         assert_eq!(nodes[1].apps().len(), 14);

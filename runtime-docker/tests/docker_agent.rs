@@ -8,8 +8,7 @@
 //! Without a reachable Docker engine each test prints a loud SKIP and passes, unless `CI=true`:
 //! then it fails.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -22,7 +21,10 @@ use serde_json::Value;
 const CANTEEN: &str = env!("CARGO_BIN_EXE_canteen");
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 use common::docker_ready;
+use http::http;
 
 /// One test's agent and everything it made; dropping it removes them.
 struct Env {
@@ -171,22 +173,6 @@ impl Drop for Env {
             eprintln!("{}", self.log_tail());
         }
     }
-}
-
-/// One HTTP/1.1 request on a fresh connection: (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    status.map(|s| (s, body)).ok_or_else(|| std::io::Error::other(format!("no status line in {response:?}")))
 }
 
 fn local(port: u16) -> SocketAddr {

@@ -12,8 +12,7 @@
 //! then it fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +24,10 @@ use serde_json::Value;
 const CANTEEN: &str = env!("CARGO_BIN_EXE_canteen");
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 use common::docker_ready;
+use http::http;
 
 /// The app every test runs; its balancer listens on `Cluster::app_port` on every agent.
 const APP: &str = "web";
@@ -306,22 +308,6 @@ fn remove_containers_of(node: &str) {
     if !ids.is_empty() {
         let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
     }
-}
-
-/// One HTTP/1.1 request on a fresh connection: (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    status.map(|s| (s, body)).ok_or_else(|| std::io::Error::other(format!("no status line in {response:?}")))
 }
 
 /// `n` requests through `proxy`: how many each replica answered.
