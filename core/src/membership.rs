@@ -48,22 +48,25 @@ pub enum MembershipMode {
 /// for fast detection:
 ///
 /// - every node probes one peer every 500 ms (`probe_period_ms`), waits 200 ms for the answer
-///   (`probe_rtt_ms`), then asks 5 others to probe it (5 rather than 3: under 10% packet loss,
-///   3 let a live node be declared down in about one run in five of ten minutes at 20 nodes);
+///   (`probe_rtt_ms`), then asks 8 others to probe it (under 10% packet loss, a direct probe
+///   fails one time in five; with 8 indirect ones, all fail about once in 25,000 probes, against
+///   once in 1,000 with 5);
 /// - a peer silent for a whole probe period is suspected (its replicas leave the balancers at
-///   once), and declared down 1.5 s later (`suspect_to_down_ms`) unless it refutes;
+///   once) and told so straight away, five times over the suspicion (`node`'s
+///   `Message::SwimSuspicion`, Lifeguard's buddy system), so that a live one refutes within a
+///   round trip; it is declared down 1 s later (`suspect_to_down_ms`) unless it refutes;
 /// - every node gossips membership news to peers every 200 ms, and it rides on every probe;
 /// - every 2 s a node announces itself to 2 peers it believes down, so that the two sides of a
 ///   healed partition find each other again; the push-pull syncs (`sync_interval_ms`) repair
 ///   what that misses.
 ///
 /// Expected detection time of a crashed node: a dead peer is probed by some node within about
-/// one probe period, suspected at the end of that period, declared down 1.5 s later, and the
-/// news reaches everyone within a few gossip rounds: about 2.5 s, more when no peer happens to
+/// one probe period, suspected at the end of that period, declared down 1 s later, and the
+/// news reaches everyone within a few gossip rounds: about 2 s, more when no peer happens to
 /// probe it for a few periods. Measured in the simulator (1 to 5 ms hops, seeds 1 to 100,
 /// "detected" = no live node still lists it; `scripts/sim sweep FILE --seeds 1..101`):
-/// `scenarios/node-crash-50-nodes.toml` (50 nodes) median 2.6 s, p99 4.6 s; figures for 5, 20
-/// and 1,000 nodes are in benches/README.md. A node that stalls for longer than about 2 s is
+/// `scenarios/node-crash-50-nodes.toml` (50 nodes) median 2.1 s, p99 4.1 s; figures for 5, 20
+/// and 1,000 nodes are in benches/README.md. A node that stalls for longer than about 1.5 s is
 /// declared down too: the price of fast detection (it rejoins under a new generation once it
 /// answers again).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,8 +115,8 @@ impl Default for SwimConfig {
         SwimConfig {
             probe_period_ms: 500,
             probe_rtt_ms: 200,
-            indirect_probes: 5,
-            suspect_to_down_ms: 1500,
+            indirect_probes: 8,
+            suspect_to_down_ms: 1000,
             gossip_interval_ms: 200,
             gossip_fanout: 3,
             max_transmissions: 10,
@@ -246,13 +249,15 @@ impl<'de> Deserialize<'de> for PeerAddr {
 
 /// A member's identity: its node name, its address and the generation of this life of it.
 ///
-/// Sixteen bytes: the address's hash inline, the rest shared. foca keeps its members in a
-/// vector and scans it on every packet (each packet's sender is applied as alive), so at a
-/// thousand members the size of an identity is what a scan costs: inline names made it three
-/// times as long.
+/// Twenty-four bytes: the address's hash and the generation inline, the rest shared. foca
+/// keeps its members in a vector and scans it on every packet (each packet's sender is applied
+/// as alive), so at a thousand members the size of an identity is what a scan costs: inline
+/// names made it three times as long. The generation is inline so that telling two lives apart
+/// and fingerprinting the members ([`Swim::fingerprint`]) read no shared part.
 #[derive(Clone)]
 pub struct SwimId {
     addr_hash: u64,
+    generation: u64,
     life: Arc<SwimLife>,
 }
 
@@ -267,7 +272,7 @@ struct SwimLife {
 impl SwimId {
     /// The life `generation` of `node`, reached at `addr`.
     pub fn new(node: NodeId, addr: PeerAddr, generation: u64) -> SwimId {
-        SwimId { addr_hash: addr.hash, life: Arc::new(SwimLife { node, addr, generation }) }
+        SwimId { addr_hash: addr.hash, generation, life: Arc::new(SwimLife { node, addr, generation }) }
     }
 
     /// The node.
@@ -282,13 +287,15 @@ impl SwimId {
 
     /// Higher in each life of the node: a restart, or a rejoin after being declared down.
     pub fn generation(&self) -> u64 {
-        self.life.generation
+        self.generation
     }
 }
 
 impl PartialEq for SwimId {
     fn eq(&self, other: &Self) -> bool {
-        self.addr_hash == other.addr_hash && (Arc::ptr_eq(&self.life, &other.life) || self.life == other.life)
+        self.addr_hash == other.addr_hash
+            && self.generation == other.generation
+            && (Arc::ptr_eq(&self.life, &other.life) || self.life == other.life)
     }
 }
 
@@ -327,7 +334,7 @@ impl Serialize for SwimId {
 impl<'de> Deserialize<'de> for SwimId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let life = SwimLife::deserialize(deserializer)?;
-        Ok(SwimId { addr_hash: life.addr.hash, life: Arc::new(life) })
+        Ok(SwimId { addr_hash: life.addr.hash, generation: life.generation, life: Arc::new(life) })
     }
 }
 
@@ -542,9 +549,41 @@ impl Swim {
     pub fn apply_sync(&mut self, members: Vec<SwimMember>) -> Result<SwimId, SwimError> {
         let sender = members.first().ok_or(SwimError::EmptySync)?.id().clone();
         let me = self.foca.identity().clone();
-        let members = members.into_iter().filter(|m| m.id().addr() != me.addr() || *m.id() == me);
-        self.foca.apply_many(members, false, &mut self.runtime)?;
+        // Most of a list is what this node holds already: foca would find each in a scan of
+        // its members and change nothing, a thousand scans of a thousand at a thousand nodes.
+        // Only what differs goes to foca, which decides as ever.
+        let mut held: Vec<&SwimMember> = self.foca.iter_membership_state().collect();
+        held.sort_unstable_by_key(|m| (m.id().addr_hash, m.id().generation));
+        let same = |m: &SwimMember| {
+            let id = m.id();
+            held.binary_search_by_key(&(id.addr_hash, id.generation), |h| (h.id().addr_hash, h.id().generation))
+                .is_ok_and(|i| {
+                    held[i].id() == id && held[i].incarnation() == m.incarnation() && held[i].state() == m.state()
+                })
+        };
+        let members: Vec<SwimMember> =
+            members.into_iter().filter(|m| m.id().addr() != me.addr() || *m.id() == me).filter(|m| !same(m)).collect();
+        self.foca.apply_many(members.into_iter(), false, &mut self.runtime)?;
         Ok(sender)
+    }
+
+    /// What foca holds of `node` (its current life, or the last one it knew), if anything.
+    pub fn member(&self, node: &NodeId) -> Option<&SwimMember> {
+        self.foca.iter_membership_state().find(|m| m.id().node() == node)
+    }
+
+    /// A peer, `sender`, says it suspects this node (`suspect`, as the peer holds it). If
+    /// that is this node's current life, foca refutes it (a new incarnation, gossiped), and
+    /// this node announces itself to the sender: the header of that packet carries the new
+    /// incarnation, which clears the suspicion there. A suspicion of an earlier life is
+    /// ignored.
+    pub fn refute(&mut self, suspect: SwimMember, sender: SwimId) -> Result<(), SwimError> {
+        if suspect.id() != self.foca.identity() || sender.addr() == self.foca.identity().addr() {
+            return Ok(());
+        }
+        self.foca.apply_many(std::iter::once(suspect), true, &mut self.runtime)?;
+        self.foca.announce(sender, &mut self.runtime)?;
+        Ok(())
     }
 
     /// Hands an item (an encoded `node::WireEntry`, at most
@@ -613,7 +652,7 @@ impl Swim {
     pub fn fingerprint(&self) -> u64 {
         self.foca.iter_members().fold(0u64, |acc, m| {
             let id = m.id();
-            acc.wrapping_add(crate::schedule::mix(id.addr_hash ^ id.generation().rotate_left(32)))
+            acc.wrapping_add(crate::schedule::mix(id.addr_hash ^ id.generation.rotate_left(32)))
         })
     }
 

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::autoscale::{Autoscaler, ScaleDecision};
 use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
 use crate::limits;
-use crate::membership::{MembershipMode, PeerAddr, Swim, SwimConfig, SwimMember, SwimTimer};
+use crate::membership::{MembershipMode, PeerAddr, Swim, SwimConfig, SwimId, SwimMember, SwimTimer};
 use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resources, SlotId, validate_apps};
 use crate::registry::{Digest, Entry, Head, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
@@ -485,6 +485,17 @@ pub enum Message<'a> {
         /// Whether the receiver should answer with its own list.
         reply: bool,
     },
+    /// "I suspect you": sent straight to a member this node's probe of it failed, at once and
+    /// again while the suspicion lasts (Lifeguard's buddy system). A live receiver refutes (a
+    /// new incarnation) and announces itself to the sender, whose foca takes the refutation
+    /// from that packet's header: a round trip, where gossip alone takes a few rounds each way
+    /// and, under packet loss, sometimes longer than the suspicion.
+    SwimSuspicion {
+        /// The sender, to answer to.
+        sender: SwimId,
+        /// The receiver as the sender holds it: suspected, at that incarnation.
+        suspect: SwimMember,
+    },
 }
 
 /// A hash of a backend list, in order: equal lists have equal fingerprints, and two different
@@ -541,6 +552,12 @@ fn encode_with_entries(
 /// Every how many probe periods a SWIM node reads all of foca's members to check its own list.
 const SWIM_FULL_CHECK_PERIODS: u64 = 8;
 
+/// How many times a node tells a member it suspects so (`Message::SwimSuspicion`): at once,
+/// then evenly over the suspicion, while it lasts. Each telling is a round trip that 10% packet
+/// loss breaks about one time in five; all five fail about once in 4,000 suspicions, and
+/// gossip carries the news too.
+const SWIM_SUSPICION_SENDS: u32 = 5;
+
 /// Timers are data: what they are for, and for per-slot timers the generation they belong to,
 /// so a stale one is ignored (STYLE.md, rule 3).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -573,6 +590,12 @@ enum Timer {
     /// A push-pull membership sync with one peer: the first with a seed, right after the
     /// start.
     SwimSync,
+    /// Tell a suspected member again, if it still is (`Message::SwimSuspicion`).
+    SwimSuspicion {
+        member: SwimId,
+        incarnation: u16,
+        left: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -903,6 +926,11 @@ impl Node {
                     }
                 }
             }
+            Message::SwimSuspicion { sender, suspect } => {
+                if self.swim.is_some() {
+                    self.swim_call(now, Some(from), |swim| swim.refute(suspect, sender));
+                }
+            }
         }
         self.check_invariants();
     }
@@ -948,9 +976,10 @@ impl Node {
         let mut suspected = Vec::new();
         while let Some((after, timer)) = swim.poll_timer() {
             // foca arms this timer when it starts suspecting a member: that member's replicas
-            // leave the balancers now, not when it is declared down.
-            if let foca::Timer::ChangeSuspectToDown { member_id, .. } = &timer {
-                suspected.push(member_id.node().clone());
+            // leave the balancers now, not when it is declared down, and the member hears of
+            // it straight from this node.
+            if let foca::Timer::ChangeSuspectToDown { member_id, incarnation, .. } = &timer {
+                suspected.push((member_id.clone(), *incarnation));
             }
             timers.push((after, timer));
         }
@@ -978,15 +1007,49 @@ impl Node {
         if let Some(alive) = alive {
             self.set_members(now, alive);
         }
-        for node in suspected {
-            self.set_suspected(&node, true);
+        for (member, incarnation) in suspected {
+            self.set_suspected(member.node(), true);
+            self.send_suspicion(now, member, incarnation, SWIM_SUSPICION_SENDS);
+        }
+        // A packet from a member this node suspects may carry its refutation.
+        if let Some(node) = source
+            && self.suspected.contains(node)
+        {
+            self.refresh_suspected(node);
         }
         self.merge_broadcasts(now, source, &items);
     }
 
-    /// A member suspected by SWIM is out of every balancer until it is cleared (it refuted, and
-    /// its suspicion timer ran out) or declared down (it leaves the members); placement still
-    /// counts it, as nothing has moved yet.
+    /// Tells `member` that this node suspects it at `incarnation`, and arms the next telling
+    /// (`left` in all, spread over the suspicion) while it stays suspected.
+    fn send_suspicion(&mut self, now: Time, member: SwimId, incarnation: u16, left: u32) {
+        let swim = self.swim.as_ref().expect("swim mode");
+        let sender = swim.identity().clone();
+        let suspect = SwimMember::new(member.clone(), incarnation, foca::State::Suspect);
+        let to = member.peer_addr().clone();
+        let bytes = Packet::encode(&self.config.id, &Message::SwimSuspicion { sender, suspect });
+        self.actions.push_back(Action::Send { to, bytes });
+        if left > 1 {
+            let every = self.config.swim.suspect_to_down_ms / u64::from(SWIM_SUSPICION_SENDS);
+            let at = now + Duration::from_millis(every.max(1));
+            self.schedule(at, Timer::SwimSuspicion { member, incarnation, left: left - 1 });
+        }
+    }
+
+    /// Lists `node`'s replicas again if foca no longer suspects it (it refuted); only this
+    /// node's own suspicions take replicas out (see `swim_call`).
+    fn refresh_suspected(&mut self, node: &NodeId) {
+        let swim = self.swim.as_ref().expect("swim mode");
+        let still = swim.member(node).is_some_and(|m| m.state() == foca::State::Suspect);
+        if !still {
+            self.set_suspected(node, false);
+        }
+    }
+
+    /// A member suspected by SWIM is out of every balancer until it is cleared (it refuted:
+    /// seen on its next packet, at the next telling of the suspicion, or when the suspicion
+    /// timer runs out) or declared down (it leaves the members); placement still counts it, as
+    /// nothing has moved yet.
     fn set_suspected(&mut self, node: &NodeId, suspected: bool) {
         if !self.members.contains(node) {
             return;
@@ -1337,9 +1400,20 @@ impl Node {
                     _ => None,
                 };
                 self.swim_call(now, None, |swim| swim.handle_timer(timer));
-                // Declared down, it left the members; still a member, it refuted in time.
+                // Declared down, it left the members; still a member, it refuted in time (or
+                // is suspected again, by a later probe).
                 if let Some(node) = cleared {
-                    self.set_suspected(&node, false);
+                    self.refresh_suspected(&node);
+                }
+            }
+            Timer::SwimSuspicion { member, incarnation, left } => {
+                let swim = self.swim.as_ref().expect("swim mode");
+                let held = swim.member(member.node()).map(|m| (m.id() == &member, m.incarnation(), m.state()));
+                match held {
+                    Some((true, i, foca::State::Suspect)) if i == incarnation => {
+                        self.send_suspicion(now, member, incarnation, left);
+                    }
+                    _ => self.refresh_suspected(member.node()),
                 }
             }
             Timer::SwimSync => {
@@ -2304,6 +2378,18 @@ mod tests {
     /// Runs two nodes that believe each other alive until `until_ms`, delivering their
     /// messages 1 ms after they are sent, except those `drop` rejects.
     pub(super) fn pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
+        pump_directed(nodes, from_ms, until_ms, |_, m| drop(m), |_, _| {})
+    }
+
+    /// [`pump`], where `drop` also sees which node sent the message (0 or 1), and `observe`
+    /// sees both nodes at the end of every millisecond.
+    pub(super) fn pump_directed(
+        nodes: &mut [Node; 2],
+        from_ms: u64,
+        until_ms: u64,
+        drop: impl Fn(usize, &Message) -> bool,
+        mut observe: impl FnMut(u64, &[Node; 2]),
+    ) {
         let addrs = [nodes[0].config().gossip_addr.clone(), nodes[1].config().gossip_addr.clone()];
         let mut in_flight: VecDeque<(u64, usize, Vec<u8>)> = VecDeque::new();
         let drain = |node: &mut Node, from: usize, now: u64, in_flight: &mut VecDeque<(u64, usize, Vec<u8>)>| {
@@ -2314,7 +2400,7 @@ mod tests {
                     assert_eq!(packet.from, *node.id(), "a packet names its sender");
                     // Only two nodes: whatever a node sends goes to the other, seeds included.
                     assert!(to == addrs[1 - from] || node.config().seeds.contains(&to), "sent to {to}");
-                    if !drop(&packet.message) {
+                    if !drop(from, &packet.message) {
                         in_flight.push_back((now + 1, 1 - from, bytes));
                     }
                 }
@@ -2332,6 +2418,7 @@ mod tests {
                     drain(node, i, now, &mut in_flight);
                 }
             }
+            observe(now, nodes);
         }
     }
 
@@ -2505,6 +2592,49 @@ mod swim_tests {
         assert_eq!(from, Some(NodeId::new("b")));
         assert_eq!(nodes[0].poll_action(), None);
         assert!(nodes[0].members().is_empty());
+    }
+
+    #[test]
+    fn a_suspected_peer_hears_it_straight_away_and_its_refutation_clears_the_suspicion() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 3000, |_| false);
+        let b = NodeId::new("b");
+        assert!(nodes[0].members().contains(&b));
+        // Every SWIM packet from a to b is lost: a's probes of b fail, and no gossip from a
+        // reaches b. b hears of each suspicion only from a's `SwimSuspicion`, and its answer,
+        // an announce from b to a, is all that can clear it.
+        let (mut suspected_at, mut longest_ms, mut suspicions) = (None, 0, 0);
+        let lost = |from: usize, m: &Message| from == 0 && matches!(m, Message::Swim(_));
+        super::tests::pump_directed(&mut nodes, 3001, 8000, lost, |t, nodes| {
+            assert!(nodes[0].members().contains(&b), "a declared the live b down at {t} ms");
+            match (nodes[0].suspected().contains(&b), suspected_at) {
+                (true, None) => {
+                    suspected_at = Some(t);
+                    suspicions += 1;
+                }
+                (false, Some(since)) => {
+                    longest_ms = longest_ms.max(t - since);
+                    suspected_at = None;
+                }
+                _ => {}
+            }
+        });
+        assert!(suspicions >= 3, "a's probes of b failed, and a suspected it each time ({suspicions})");
+        assert!(longest_ms <= 10, "b's refutation cleared each suspicion within a round trip ({longest_ms} ms)");
+    }
+
+    #[test]
+    fn a_suspicion_of_an_earlier_life_is_not_refuted() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 3000, |_| false);
+        let swim_a = nodes[0].swim.as_ref().unwrap();
+        let sender = swim_a.identity().clone();
+        let b_now = nodes[1].swim.as_ref().unwrap().identity().clone();
+        let earlier = SwimId::new(b_now.node().clone(), b_now.peer_addr().clone(), b_now.generation() - 1);
+        let suspect = SwimMember::new(earlier, 0, foca::State::Suspect);
+        let bytes = Packet::encode(&NodeId::new("a"), &Message::SwimSuspicion { sender, suspect });
+        nodes[1].handle_message(Time::from_millis(3001), &bytes);
+        assert_eq!(nodes[1].poll_action(), None, "nothing to refute, nothing sent");
     }
 
     fn tests_pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {

@@ -353,6 +353,11 @@ fn entry_hash(key_hash: u64, version: &Version) -> u64 {
 }
 
 /// `true` at each bucket listed; out-of-range ones are ignored.
+/// The bucket hashes folded in order: [`Registry::root_hash`].
+fn root_of(buckets: &[u64; limits::REGISTRY_BUCKETS]) -> u64 {
+    buckets.iter().fold(0, |acc, b| mix(acc ^ b))
+}
+
 fn bucket_mask(buckets: &[u16]) -> [bool; limits::REGISTRY_BUCKETS] {
     let mut wanted = [false; limits::REGISTRY_BUCKETS];
     for &b in buckets {
@@ -381,6 +386,8 @@ pub struct Registry<V> {
     heads: BTreeMap<u64, (Head, Key)>,
     /// XOR of `entry_hash` over the entries of each bucket.
     buckets: [u64; limits::REGISTRY_BUCKETS],
+    /// [`Registry::root_hash`], kept with the buckets: drivers read it after every input.
+    root: u64,
     /// Keys changed since the last `take_recent`, oldest first, each once.
     recent: VecDeque<Key>,
     /// The hashes of the keys in `recent` (see [`Head`] on collisions).
@@ -401,6 +408,7 @@ impl<V: Clone> Registry<V> {
             entries: BTreeMap::new(),
             heads: BTreeMap::new(),
             buckets: [0; limits::REGISTRY_BUCKETS],
+            root: root_of(&[0; limits::REGISTRY_BUCKETS]),
             recent: VecDeque::new(),
             recent_set: BTreeSet::new(),
             tombstone_horizon_ms: 0,
@@ -525,6 +533,7 @@ impl<V: Clone> Registry<V> {
         if let Some(old) = self.entries.insert(key.clone(), entry) {
             self.buckets[bucket] ^= entry_hash(key_hash, &old.version);
         }
+        self.root = root_of(&self.buckets);
         if self.recent_set.insert(key_hash) {
             if self.recent.len() == limits::REGISTRY_RECENT_MAX {
                 let oldest = self.recent.pop_front().expect("the queue is full");
@@ -603,7 +612,7 @@ impl<V: Clone> Registry<V> {
     /// the same entries have equal roots; anti-entropy sends this first and the digest only
     /// when the roots differ.
     pub fn root_hash(&self) -> u64 {
-        self.buckets.iter().fold(0, |acc, b| mix(acc ^ b))
+        self.root
     }
 
     /// The buckets, ascending, whose hash differs in `other`. A bucket that `other` lacks (a
@@ -675,6 +684,7 @@ impl<V: Clone> Registry<V> {
             keep
         });
         self.tombstone_horizon_ms = self.tombstone_horizon_ms.max(cutoff_ms);
+        self.root = root_of(&self.buckets);
         self.check_invariants();
         before - self.entries.len()
     }
@@ -718,6 +728,7 @@ impl<V: Clone> Registry<V> {
                 buckets[usize::from(bucket_of_hash(key_hash))] ^= entry_hash(key_hash, &entry.version);
             }
             debug_assert_eq!(buckets, self.buckets, "bucket hashes match the entries");
+            debug_assert_eq!(self.root, root_of(&self.buckets), "the root is the buckets' fold");
             debug_assert!(
                 self.entries.values().all(|e| (e.version.wall_ms, e.version.logical) <= self.clock.last()),
                 "the clock is at or past every stored version"

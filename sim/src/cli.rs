@@ -291,6 +291,7 @@ pub fn distributions(scenarios: &[Scenario], figures: &std::collections::BTreeMa
     let mut out = String::new();
     let _ = writeln!(out, "distributions over the seeds: median / p90 / p99 / max");
     for (i, scenario) in scenarios.iter().enumerate() {
+        let seeds: Vec<u64> = figures.range((i, 0)..=(i, u64::MAX)).map(|((_, seed), _)| *seed).collect();
         let runs: Vec<&Figures> = figures.range((i, 0)..=(i, u64::MAX)).map(|(_, f)| f).collect();
         let Some(first) = runs.first() else { continue };
         let false_downs = runs.iter().any(|r| r.false_down.0 > 0) || scenario.expect.false_down_max.is_some();
@@ -317,11 +318,18 @@ pub fn distributions(scenarios: &[Scenario], figures: &std::collections::BTreeMa
             let events: Vec<u64> = runs.iter().map(|r| r.false_down.0).collect();
             let node_s: f64 = runs.iter().map(|r| r.false_down.1).sum();
             let with = events.iter().filter(|e| **e > 0).count();
+            // The seeds to replay, the first few.
+            let mut which: Vec<String> =
+                seeds.iter().zip(&events).filter(|(_, e)| **e > 0).map(|(s, _)| s.to_string()).take(6).collect();
+            if with > which.len() {
+                which.push("...".to_owned());
+            }
+            let which = if which.is_empty() { String::new() } else { format!(" (seeds {})", which.join(", ")) };
             let as_s: Vec<Option<f64>> = events.iter().map(|e| Some(*e as f64)).collect();
             let d = Distribution::of(&as_s).expect("at least one run");
             let _ = writeln!(
                 out,
-                "  wrongly declared down: in {with} of {} runs; per run {:.0} / {:.0} / {:.0} / {:.0} events; {node_s:.1} node-s in all",
+                "  wrongly declared down: in {with} of {} runs{which}; per run {:.0} / {:.0} / {:.0} / {:.0} events; {node_s:.1} node-s in all",
                 runs.len(),
                 d.p50,
                 d.p90,
