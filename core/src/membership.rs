@@ -641,9 +641,13 @@ impl Swim {
         self.runtime.backlog() == 0 && self.received.lock().expect("never poisoned").is_empty()
     }
 
-    /// The peers foca holds active (alive or suspected), by node name, with their addresses.
-    pub fn alive(&self) -> BTreeMap<NodeId, PeerAddr> {
-        self.foca.iter_members().map(|m| (m.id().node().clone(), m.id().peer_addr().clone())).collect()
+    /// The peers foca holds active (alive or suspected), by node name, with their addresses
+    /// and generations.
+    pub fn alive(&self) -> BTreeMap<NodeId, (PeerAddr, u64)> {
+        self.foca
+            .iter_members()
+            .map(|m| (m.id().node().clone(), (m.id().peer_addr().clone(), m.id().generation())))
+            .collect()
     }
 
     /// A fingerprint of the active members (their addresses and generations), order-free and

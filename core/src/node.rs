@@ -196,6 +196,11 @@ pub struct NodeStatus {
     pub addr: String,
     /// Its containers, by slot.
     pub containers: Vec<ContainerStatus>,
+    /// The SWIM generation of the node's life that wrote it (`NodeConfig::generation` with
+    /// the perfect failure detector). A peer that knows the node in a later life counts it as
+    /// no status at all: a rebooted node's status from before the reboot names containers
+    /// that are gone.
+    pub generation: u64,
 }
 
 /// One container as its node reports it.
@@ -669,6 +674,11 @@ pub struct Node {
     healthy: BTreeMap<AppName, BTreeSet<Backend>>,
     /// Derived from the registry: the healthy replicas each node's status lists, live or not.
     node_healthy: BTreeMap<NodeId, Vec<Backend>>,
+    /// The generation of each peer's life this node knows (kept after it leaves): its status
+    /// counts only if written by that life or a later one (`status_counts`).
+    member_generations: BTreeMap<NodeId, u64>,
+    /// The generation this node's own status was last written with (`own_generation`).
+    status_generation: Option<u64>,
     /// Apps whose balancer list may differ from `backends`; `update_backends` looks at these only.
     backends_dirty: BTreeSet<AppName>,
     /// Bumped on every change to what placement reads (registry facts, membership).
@@ -736,6 +746,8 @@ impl Node {
             backends: BTreeMap::new(),
             healthy: BTreeMap::new(),
             node_healthy: BTreeMap::new(),
+            member_generations: BTreeMap::new(),
+            status_generation: None,
             backends_dirty: BTreeSet::new(),
             facts_generation: 0,
             last_pass: None,
@@ -1007,6 +1019,11 @@ impl Node {
         if let Some(alive) = alive {
             self.set_members(now, alive);
         }
+        // Declared down and back under a renewed identity: the status says so, or peers that
+        // know the new life would count it as none.
+        if self.status_generation.is_some_and(|g| g != self.own_generation()) {
+            self.publish_status(now);
+        }
         for (member, incarnation) in suspected {
             self.set_suspected(member.node(), true);
             self.send_suspicion(now, member, incarnation, SWIM_SUSPICION_SENDS);
@@ -1095,15 +1112,26 @@ impl Node {
             self.config.membership == MembershipMode::PerfectFailureDetector,
             "handle_membership is the perfect failure detector's input; SWIM learns members itself"
         );
-        let alive: BTreeMap<NodeId, PeerAddr> = alive.into_iter().filter(|(n, _)| *n != self.config.id).collect();
+        // The oracle knows no lives: every status counts (generation 0 is the lowest).
+        let alive = alive.into_iter().filter(|(n, _)| *n != self.config.id).map(|(n, a)| (n, (a, 0))).collect();
         self.set_members(now, alive);
         self.check_invariants();
     }
 
     /// The peers believed alive are now `alive` (this node excluded), at these addresses: a
     /// peer that left leaves every balancer and placement at once, one that joined enters them.
-    fn set_members(&mut self, now: Time, alive: BTreeMap<NodeId, PeerAddr>) {
+    fn set_members(&mut self, now: Time, alive: BTreeMap<NodeId, (PeerAddr, u64)>) {
         debug_assert!(!alive.contains_key(&self.config.id));
+        // A peer seen for the first time, or in another life: what its status says is looked
+        // at again, since a status from an earlier life counts as none. A member stays one
+        // through this; one that joins is listed below from what this derived.
+        for (node, (_, generation)) in &alive {
+            if self.member_generations.insert(node.clone(), *generation) != Some(*generation) {
+                self.status_changed(node);
+                self.request_reconcile(now);
+            }
+        }
+        let alive: BTreeMap<NodeId, PeerAddr> = alive.into_iter().map(|(node, (addr, _))| (node, addr)).collect();
         if alive.len() == self.members.len() && alive.keys().eq(self.members.iter()) {
             // The same peers; one may have come back at another address.
             if !alive.values().eq(self.member_addrs.iter()) {
@@ -1628,7 +1656,7 @@ impl Node {
         self.registry.statuses().filter_map(move |(node, value)| {
             let Value::Status(status) = value else { return None };
             while members.next_if(|m| *m < node).is_some() {}
-            members.next_if(|m| *m == node).map(|_| (node, status))
+            members.next_if(|m| *m == node).filter(|_| self.status_counts(node, status)).map(|_| (node, status))
         })
     }
 
@@ -1848,9 +1876,11 @@ impl Node {
 
     /// Writes this node's status into its registry, which spreads it.
     fn publish_status(&mut self, now: Time) {
+        let generation = self.own_generation();
         let status = NodeStatus {
             spec: self.config.spec(),
             addr: self.config.addr.clone(),
+            generation,
             containers: self
                 .local
                 .iter()
@@ -1870,6 +1900,7 @@ impl Node {
         if let Some(Value::Status(old)) = self.registry.get(&key)
             && old.spec == status.spec
             && old.addr == status.addr
+            && old.generation == status.generation
             && old.containers.len() == status.containers.len()
             && old
                 .containers
@@ -1882,6 +1913,7 @@ impl Node {
         // The status of one node is bounded by the slots it can run; a registry that refuses
         // it is a limit set too low, a programming error.
         self.registry.put(now, key.clone(), Value::Status(status)).expect("a node's own status fits the registry");
+        self.status_generation = Some(generation);
         self.key_changed(&key);
         self.update_backends();
     }
@@ -1904,53 +1936,71 @@ impl Node {
                 self.structure_generation += 1;
             }
             Key::Load(_) => {}
-            Key::Status(node) => {
-                self.facts_generation += 1;
-                // One read of the status for both derived views: the slots it runs and its
-                // healthy replicas.
-                let (spec, slots, mut list) = match self.registry.get(key) {
-                    Some(Value::Status(status)) => {
-                        let addr: Arc<str> = Arc::from(status.addr.as_str());
-                        let slots: Vec<SlotId> = status
-                            .containers
-                            .iter()
-                            .filter(|c| c.state != ContainerState::Failed)
-                            .map(|c| c.slot.clone())
-                            .collect();
-                        let list: Vec<Backend> = status
-                            .containers
-                            .iter()
-                            .filter(|c| c.state == ContainerState::Healthy)
-                            .map(|c| Backend {
-                                node: node.clone(),
-                                addr: addr.clone(),
-                                host_port: c.host_port,
-                                slot: c.slot.clone(),
-                            })
-                            .collect();
-                        (Some(status.spec.clone()), slots, list)
-                    }
-                    _ => (None, Vec::new(), Vec::new()),
-                };
-                self.status_slots_changed(node, spec, slots);
-                list.sort();
-                list.dedup();
-                let old = self.node_healthy.get(node).map(Vec::as_slice).unwrap_or(&[]);
-                if old == list.as_slice() {
-                    return;
-                }
-                let old = self.node_healthy.remove(node).unwrap_or_default();
-                // Only the replicas of live nodes are in the balancers' sets; a peer's list
-                // waits in `node_healthy` until it is believed alive.
-                if *node == self.config.id || (self.members.contains(node) && !self.suspected.contains(node)) {
-                    self.unlist_healthy(&old);
-                    self.list_healthy(&list);
-                }
-                if !list.is_empty() {
-                    self.node_healthy.insert(node.clone(), list);
-                }
-            }
+            Key::Status(node) => self.status_changed(node),
         }
+    }
+
+    /// Derives what `node`'s status says (the slots it runs, its healthy replicas) into
+    /// `node_slots`, `slot_counts`, `node_healthy` and the balancers' sets. A status from an
+    /// earlier life than the one known counts as none.
+    fn status_changed(&mut self, node: &NodeId) {
+        self.facts_generation += 1;
+        // One read of the status for both derived views: the slots it runs and its
+        // healthy replicas.
+        let key = Key::Status(node.clone());
+        let (spec, slots, mut list) = match self.registry.get(&key) {
+            Some(Value::Status(status)) if self.status_counts(node, status) => {
+                let addr: Arc<str> = Arc::from(status.addr.as_str());
+                let slots: Vec<SlotId> = status
+                    .containers
+                    .iter()
+                    .filter(|c| c.state != ContainerState::Failed)
+                    .map(|c| c.slot.clone())
+                    .collect();
+                let list: Vec<Backend> = status
+                    .containers
+                    .iter()
+                    .filter(|c| c.state == ContainerState::Healthy)
+                    .map(|c| Backend {
+                        node: node.clone(),
+                        addr: addr.clone(),
+                        host_port: c.host_port,
+                        slot: c.slot.clone(),
+                    })
+                    .collect();
+                (Some(status.spec.clone()), slots, list)
+            }
+            _ => (None, Vec::new(), Vec::new()),
+        };
+        self.status_slots_changed(node, spec, slots);
+        list.sort();
+        list.dedup();
+        let old = self.node_healthy.get(node).map(Vec::as_slice).unwrap_or(&[]);
+        if old == list.as_slice() {
+            return;
+        }
+        let old = self.node_healthy.remove(node).unwrap_or_default();
+        // Only the replicas of live nodes are in the balancers' sets; a peer's list
+        // waits in `node_healthy` until it is believed alive.
+        if *node == self.config.id || (self.members.contains(node) && !self.suspected.contains(node)) {
+            self.unlist_healthy(&old);
+            self.list_healthy(&list);
+        }
+        if !list.is_empty() {
+            self.node_healthy.insert(node.clone(), list);
+        }
+    }
+
+    /// Whether `status`, `node`'s, counts: it was written by the life of `node` this node knows,
+    /// or a later one (its own status always counts).
+    fn status_counts(&self, node: &NodeId, status: &NodeStatus) -> bool {
+        *node == self.config.id || self.member_generations.get(node).is_none_or(|g| status.generation >= *g)
+    }
+
+    /// The generation this node's status carries: its SWIM identity's (a rejoin after being
+    /// declared down renews it), or its configured one.
+    fn own_generation(&self) -> u64 {
+        self.swim.as_ref().map_or(self.config.generation, |swim| swim.identity().generation())
     }
 
     /// Keeps `node_slots` and `slot_counts` in step with `node`'s status.
@@ -2331,6 +2381,7 @@ mod tests {
         let status = NodeStatus {
             spec: NodeSpec { id: NodeId::new("a"), capacity: Resources::new(1000, 1000), labels: Labels::new() },
             addr: "10.0.0.1".into(),
+            generation: 1,
             containers: vec![ContainerStatus {
                 slot: SlotId::new("web", 0),
                 container: "c1".into(),
@@ -2362,6 +2413,14 @@ mod tests {
                     3,
                 ))],
                 reply: true,
+            },
+            Message::SwimSuspicion {
+                sender: crate::membership::SwimId::new(NodeId::new("a"), PeerAddr::new("10.0.0.1:7946"), 3),
+                suspect: foca::Member::new(
+                    crate::membership::SwimId::new(NodeId::new("b"), PeerAddr::new("10.0.0.2:7946"), 1),
+                    4,
+                    foca::State::Suspect,
+                ),
             },
         ];
         let from = NodeId::new("a");
@@ -2431,6 +2490,53 @@ mod tests {
             while node.poll_action().is_some() {}
         }
         nodes
+    }
+
+    /// `b`'s status, written by its life `generation`, running `web-0` healthy on port 8000,
+    /// as a packet from `b`.
+    fn status_packet(generation: u64, wall_ms: u64) -> Vec<u8> {
+        let b = NodeId::new("b");
+        let mut registry: Registry<Value> = Registry::new(b.clone());
+        let status = NodeStatus {
+            spec: NodeSpec { id: b.clone(), capacity: Resources::new(4000, 4096), labels: Labels::new() },
+            addr: "10.0.0.2".into(),
+            generation,
+            containers: vec![ContainerStatus {
+                slot: SlotId::new("web", 0),
+                container: "c1".into(),
+                host_port: 8000,
+                state: ContainerState::Healthy,
+            }],
+        };
+        registry.put(Time::from_millis(wall_ms), Key::Status(b.clone()), Value::Status(status)).unwrap();
+        let (key, entry) = registry.iter().next().map(|(k, e)| (k.clone(), e.clone())).unwrap();
+        let body = postcard::to_allocvec(&(&key, &entry)).unwrap();
+        let wire = vec![WireEntry { head: Head::of(&key, &entry.version), body: &body }];
+        Packet::encode(&b, &Message::Updates(wire))
+    }
+
+    #[test]
+    fn a_status_from_an_earlier_life_of_a_peer_counts_as_none() {
+        let mut a = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(4000, 4096)));
+        let b = NodeId::new("b");
+        let web0 = SlotId::new("web", 0);
+        let live = |life: u64| BTreeMap::from([(NodeId::new("b"), (PeerAddr::new("10.0.0.2:7946"), life))]);
+        a.set_members(Time::from_millis(1), live(1));
+        a.handle_message(Time::from_millis(2), &status_packet(1, 2));
+        assert_eq!(a.slot_counts.get(&web0), Some(&1), "b's life 1 runs web-0");
+        assert!(a.healthy.values().flatten().any(|backend| backend.node == b), "and it is in the balancer");
+        assert_eq!(a.live_statuses().count(), 1);
+        // b reboots: its containers are gone, and it comes back as life 2 before its new
+        // status arrives. What life 1 said counts for nothing now.
+        a.set_members(Time::from_millis(3), live(2));
+        assert_eq!(a.slot_counts.get(&web0), None, "web-0 runs nowhere that a knows of");
+        assert!(a.healthy.values().flatten().all(|backend| backend.node != b), "b's old replica is out");
+        assert_eq!(a.live_statuses().count(), 0, "a's view waits for b's new status");
+        // A status from life 2 counts again.
+        a.handle_message(Time::from_millis(4), &status_packet(2, 4));
+        assert_eq!(a.slot_counts.get(&web0), Some(&1));
+        assert!(a.healthy.values().flatten().any(|backend| backend.node == b));
+        a.check_invariants();
     }
 
     #[test]
