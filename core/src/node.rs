@@ -1126,7 +1126,8 @@ impl Node {
         // at again, since a status from an earlier life counts as none. A member stays one
         // through this; one that joins is listed below from what this derived.
         for (node, (_, generation)) in &alive {
-            if self.member_generations.insert(node.clone(), *generation) != Some(*generation) {
+            if self.member_generations.get(node) != Some(generation) {
+                self.member_generations.insert(node.clone(), *generation);
                 self.status_changed(node);
                 self.request_reconcile(now);
             }
@@ -2509,10 +2510,10 @@ mod tests {
             }],
         };
         registry.put(Time::from_millis(wall_ms), Key::Status(b.clone()), Value::Status(status)).unwrap();
-        let (key, entry) = registry.iter().next().map(|(k, e)| (k.clone(), e.clone())).unwrap();
-        let body = postcard::to_allocvec(&(&key, &entry)).unwrap();
-        let wire = vec![WireEntry { head: Head::of(&key, &entry.version), body: &body }];
-        Packet::encode(&b, &Message::Updates(wire))
+        let entries: Vec<(Key, Entry<Value>)> = registry.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        let mut packets = encode_with_entries(&entries, |wire| Packet::encode(&b, &Message::Updates(wire)));
+        assert_eq!(packets.len(), 1, "one small status is one packet");
+        packets.pop().expect("one packet")
     }
 
     #[test]

@@ -352,12 +352,12 @@ fn entry_hash(key_hash: u64, version: &Version) -> u64 {
     mix(key_hash ^ version_hash(version))
 }
 
-/// `true` at each bucket listed; out-of-range ones are ignored.
 /// The bucket hashes folded in order: [`Registry::root_hash`].
 fn root_of(buckets: &[u64; limits::REGISTRY_BUCKETS]) -> u64 {
     buckets.iter().fold(0, |acc, b| mix(acc ^ b))
 }
 
+/// `true` at each bucket listed; out-of-range ones are ignored.
 fn bucket_mask(buckets: &[u16]) -> [bool; limits::REGISTRY_BUCKETS] {
     let mut wanted = [false; limits::REGISTRY_BUCKETS];
     for &b in buckets {

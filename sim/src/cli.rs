@@ -291,8 +291,8 @@ pub fn distributions(scenarios: &[Scenario], figures: &std::collections::BTreeMa
     let mut out = String::new();
     let _ = writeln!(out, "distributions over the seeds: median / p90 / p99 / max");
     for (i, scenario) in scenarios.iter().enumerate() {
-        let seeds: Vec<u64> = figures.range((i, 0)..=(i, u64::MAX)).map(|((_, seed), _)| *seed).collect();
-        let runs: Vec<&Figures> = figures.range((i, 0)..=(i, u64::MAX)).map(|(_, f)| f).collect();
+        let (seeds, runs): (Vec<u64>, Vec<&Figures>) =
+            figures.range((i, 0)..=(i, u64::MAX)).map(|((_, seed), f)| (*seed, f)).unzip();
         let Some(first) = runs.first() else { continue };
         let false_downs = runs.iter().any(|r| r.false_down.0 > 0) || scenario.expect.false_down_max.is_some();
         if first.faults.is_empty() && !false_downs {
