@@ -16,7 +16,6 @@
 //! so the members are read from it ([`Swim::alive`]), not followed through notifications; a
 //! notification or a change of [`Swim::num_members`] only says when to read them again.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -641,13 +640,18 @@ impl Swim {
         self.runtime.backlog() == 0 && self.received.lock().expect("never poisoned").is_empty()
     }
 
-    /// The peers foca holds active (alive or suspected), by node name, with their addresses
-    /// and generations.
-    pub fn alive(&self) -> BTreeMap<NodeId, (PeerAddr, u64)> {
-        self.foca
+    /// The peers foca holds active (alive or suspected), sorted by node name, with their
+    /// addresses and generations. A node is there once: foca keeps one identity per address,
+    /// and of a node seen at two addresses, the later life counts.
+    pub fn alive(&self) -> Vec<(NodeId, PeerAddr, u64)> {
+        let mut alive: Vec<(NodeId, PeerAddr, u64)> = self
+            .foca
             .iter_members()
-            .map(|m| (m.id().node().clone(), (m.id().peer_addr().clone(), m.id().generation())))
-            .collect()
+            .map(|m| (m.id().node().clone(), m.id().peer_addr().clone(), m.id().generation()))
+            .collect();
+        alive.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)));
+        alive.dedup_by(|later, first| later.0 == first.0);
+        alive
     }
 
     /// A fingerprint of the active members (their addresses and generations), order-free and
@@ -671,7 +675,7 @@ impl Swim {
 mod tests {
     use super::*;
     use std::cmp::Reverse;
-    use std::collections::{BTreeSet, BinaryHeap};
+    use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
     /// A few `Swim` members on a perfect network with 1 ms hops, driven in order by one clock.
     struct Cluster {
@@ -806,7 +810,7 @@ mod tests {
         while cluster.now_ms < stopped_at + 4 * bound_ms {
             let next = cluster.now_ms + 50;
             cluster.run_until(next, &mut timers);
-            if cluster.everyone_but(&victim).all(|(_, m)| !m.alive().contains_key(&victim)) {
+            if cluster.everyone_but(&victim).all(|(_, m)| !m.alive().iter().any(|(n, _, _)| *n == victim)) {
                 declared_at = Some(cluster.now_ms);
                 break;
             }
@@ -828,7 +832,10 @@ mod tests {
         let victim = NodeId::new("n2");
         cluster.stopped.insert(victim.clone());
         cluster.run_until(10_000, &mut timers);
-        assert!(cluster.everyone_but(&victim).all(|(_, m)| !m.alive().contains_key(&victim)), "declared down first");
+        assert!(
+            cluster.everyone_but(&victim).all(|(_, m)| !m.alive().iter().any(|(n, _, _)| *n == victim)),
+            "declared down first"
+        );
         // The node comes back as a new life: a fresh member with a higher generation.
         cluster.stopped.remove(&victim);
         let mut reborn = Swim::new(victim.clone(), PeerAddr::new(victim.as_str()), 2, &config, 99);

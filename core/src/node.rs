@@ -554,8 +554,20 @@ fn encode_with_entries(
     packet_runs(&wire, wire_bytes).into_iter().map(|run| message(run.to_vec())).collect()
 }
 
-/// Every how many probe periods a SWIM node reads all of foca's members to check its own list.
-const SWIM_FULL_CHECK_PERIODS: u64 = 8;
+/// Every how many `SwimJoin` ticks a SWIM node reads all of foca's members to check its own
+/// list (4 s at the default probe period, once joined).
+const SWIM_FULL_CHECK_PERIODS: u64 = 4;
+
+/// Once joined, a SWIM node's `SwimJoin` tick comes every this many probe periods.
+const SWIM_TICK_PERIODS: u64 = 2;
+
+/// [`Node::status_counts`], on the fields it reads, for callers that hold others borrowed.
+fn status_counts(me: &NodeId, member_generations: &BTreeMap<NodeId, u64>, node: &NodeId, status: &NodeStatus) -> bool {
+    *node == *me || member_generations.get(node).is_none_or(|g| status.generation >= *g)
+}
+
+/// While a node joins, how often at most `swim_call` reads foca's members.
+const SWIM_JOIN_READ_MS: u64 = 250;
 
 /// How many times a node tells a member it suspects so (`Message::SwimSuspicion`): at once,
 /// then evenly over the suspicion, while it lasts. Each telling is a round trip that 10% packet
@@ -648,6 +660,8 @@ pub struct Node {
     member_list: Vec<NodeId>,
     /// The gossip address of each name in `member_list`.
     member_addrs: Vec<PeerAddr>,
+    /// The generation (life) of each name in `member_list`.
+    member_gens: Vec<u64>,
     /// The stable hash of each name in `member_list` and of this node's, for rendezvous.
     member_hashes: Vec<u64>,
     local: BTreeMap<SlotId, Local>,
@@ -693,6 +707,9 @@ pub struct Node {
     /// Derived from the registry: each node's spec and the slots its status lists with a
     /// container that has not failed, live or not.
     node_slots: BTreeMap<NodeId, (NodeSpec, Vec<SlotId>)>,
+    /// How many members have a status that counts (are in `node_slots`): the view is complete
+    /// when all of them do. Kept in step by `status_slots_changed` and `set_members`.
+    members_with_status: usize,
     /// Bumped by the changes that can move slots even when every slot runs exactly once: apps,
     /// scales, membership, node specs.
     structure_generation: u64,
@@ -707,6 +724,18 @@ pub struct Node {
     swim: Option<Swim>,
     /// [`Swim::fingerprint`] when the members were last read from foca.
     swim_fingerprint: u64,
+    /// Whether foca's members may differ from `members`: a read is due (see `swim_call`).
+    swim_members_stale: bool,
+    /// When foca's members were last read by `swim_call`.
+    swim_members_read_at: Option<Time>,
+    /// foca's periodic gossip timers held back while foca has nothing to gossip
+    /// (`park_swim_gossip`).
+    swim_parked_gossip: Vec<SwimTimer>,
+    /// Where in their intervals this node's periodic timers fall: a random number drawn at
+    /// the start, taken modulo each interval (`on_grid`).
+    phase_ms: u64,
+    /// When this node started.
+    started: Time,
     /// How many `SwimJoin` timers fired.
     swim_join_ticks: u64,
     /// Bumped whenever `members` changes.
@@ -732,6 +761,7 @@ impl Node {
             members: BTreeSet::new(),
             member_list: Vec::new(),
             member_addrs: Vec::new(),
+            member_gens: Vec::new(),
             member_hashes: Vec::new(),
             local: BTreeMap::new(),
             generation: 0,
@@ -754,6 +784,7 @@ impl Node {
             last_pass_at: None,
             slot_counts: BTreeMap::new(),
             node_slots: BTreeMap::new(),
+            members_with_status: 0,
             structure_generation: 0,
             structure_at_last_place: None,
             unschedulable: Vec::new(),
@@ -761,7 +792,12 @@ impl Node {
             autoscalers: BTreeMap::new(),
             swim: None,
             swim_fingerprint: 0,
+            swim_members_stale: false,
+            swim_members_read_at: None,
             swim_join_ticks: 0,
+            swim_parked_gossip: Vec::new(),
+            phase_ms: 0,
+            started: now,
             members_version: 0,
             suspected: BTreeSet::new(),
             places_from: match config.membership {
@@ -772,6 +808,11 @@ impl Node {
             config,
         };
         // Spread the periodic timers so that nodes started together do not gossip in lockstep.
+        // On one node they share a phase: timers of equal intervals (anti-entropy, load
+        // reports, autoscaling: a second each by default) then come due together and wake the
+        // node once, not three times. SWIM's own tick (`SwimJoin`) shares it too.
+        let phase_ms = node.rng.next_u64();
+        node.phase_ms = phase_ms;
         let periodic = [
             (node.config.gossip_interval_ms, Timer::Gossip),
             (node.config.anti_entropy_interval_ms, Timer::AntiEntropy),
@@ -779,7 +820,7 @@ impl Node {
             (node.config.autoscale_interval_ms, Timer::Autoscale),
         ];
         for (interval_ms, timer) in periodic {
-            let jitter_ms = node.rng.below(interval_ms.max(1) as usize) as u64;
+            let jitter_ms = phase_ms % interval_ms.max(1);
             node.schedule(now + Duration::from_millis(jitter_ms), timer);
         }
         node.publish_status(now);
@@ -794,8 +835,9 @@ impl Node {
                 swim.announce(&seeds);
                 Ok(())
             });
-            let join_at = now + Duration::from_millis(node.config.swim.probe_period_ms);
-            node.schedule(join_at, Timer::SwimJoin);
+            let period_ms = node.config.swim.probe_period_ms.max(1);
+            let join_at = now + Duration::from_millis(period_ms);
+            node.schedule(join_at + Duration::from_millis(phase_ms % period_ms), Timer::SwimJoin);
             // After the first announces were answered: the seeds know the cluster by then.
             node.schedule(join_at, Timer::SwimSync);
         }
@@ -998,15 +1040,10 @@ impl Node {
         let items = swim.take_broadcasts();
         let notified = swim.take_notifications();
         assert!(swim.is_drained(), "foca's runtime is drained after every call");
-        // Reading foca's members costs a sorted map of n names: after every packet of a
+        // Reading foca's members costs a sorted list of n names: after every packet of a
         // thousand-node cluster, that was most of a node's time. So they are read only when
-        // they may have changed, and their fingerprint says they did.
-        let alive = if notified || swim.num_members() != self.members.len() {
-            let fingerprint = swim.fingerprint();
-            (fingerprint != std::mem::replace(&mut self.swim_fingerprint, fingerprint)).then(|| swim.alive())
-        } else {
-            None
-        };
+        // they may have changed (`read_swim_members`).
+        self.swim_members_stale |= notified || swim.num_members() != self.members.len();
         for (after, timer) in timers {
             self.schedule(now + after, Timer::Swim(timer));
         }
@@ -1016,9 +1053,7 @@ impl Node {
             let event = Event::BadMessage { from: source.cloned(), error: e.to_string() };
             self.actions.push_back(Action::Event(event));
         }
-        if let Some(alive) = alive {
-            self.set_members(now, alive);
-        }
+        self.read_swim_members(now, false);
         // Declared down and back under a renewed identity: the status says so, or peers that
         // know the new life would count it as none.
         if self.status_generation.is_some_and(|g| g != self.own_generation()) {
@@ -1035,6 +1070,67 @@ impl Node {
             self.refresh_suspected(node);
         }
         self.merge_broadcasts(now, source, &items);
+        self.unpark_swim_gossip(now);
+    }
+
+    /// The first time at or after `at` in this node's phase for timers of `interval_ms`:
+    /// `started`, plus `phase_ms` modulo the interval, plus a whole number of intervals.
+    fn on_grid(&self, at: Time, interval_ms: u64) -> Time {
+        let interval_ms = interval_ms.max(1);
+        let origin = self.started.as_millis() + self.phase_ms % interval_ms;
+        let at_ms = at.as_millis().max(origin);
+        let steps = (at_ms - origin).div_ceil(interval_ms);
+        Time::from_millis(origin + steps * interval_ms)
+    }
+
+    /// Holds back foca's periodic gossip timer when it comes due with nothing to gossip: foca
+    /// would send nothing and arm it again, one wake-up in three of an idle node's. It goes
+    /// back to foca as soon as there is something (`unpark_swim_gossip`), so news goes out at
+    /// once instead of at the next tick. Several may be held: a timer of an identity given up
+    /// since is one that foca ignores.
+    fn park_swim_gossip(&mut self, timer: &SwimTimer) -> bool {
+        let swim = self.swim.as_ref().expect("swim mode");
+        let idle = swim.updates_backlog() == 0 && swim.broadcast_backlog() == 0;
+        if idle && matches!(timer, foca::Timer::PeriodicGossip(_)) {
+            self.swim_parked_gossip.push(timer.clone());
+            return true;
+        }
+        false
+    }
+
+    /// Hands the parked gossip timers back to foca, due now, if it has something to gossip.
+    fn unpark_swim_gossip(&mut self, now: Time) {
+        let Some(swim) = self.swim.as_ref() else { return };
+        if self.swim_parked_gossip.is_empty() || (swim.updates_backlog() == 0 && swim.broadcast_backlog() == 0) {
+            return;
+        }
+        for timer in std::mem::take(&mut self.swim_parked_gossip) {
+            self.schedule(now, Timer::Swim(timer));
+        }
+    }
+
+    /// Takes the members from foca when they may have changed (`swim_members_stale`) and their
+    /// fingerprint says they did. While the node joins, members arrive by the dozen in every
+    /// packet and nothing acts on them yet (no placement pass runs before `places_from`): then
+    /// they are read at most every `SWIM_JOIN_READ_MS` unless `now_anyway`, a tenth of the
+    /// reads of a thousand-node cold start. A placement pass reads them first.
+    fn read_swim_members(&mut self, now: Time, now_anyway: bool) {
+        let Some(swim) = self.swim.as_ref() else { return };
+        if !self.swim_members_stale {
+            return;
+        }
+        let joining = now < self.places_from;
+        let due = || self.swim_members_read_at.is_none_or(|at| now >= at + Duration::from_millis(SWIM_JOIN_READ_MS));
+        if joining && !now_anyway && !due() {
+            return;
+        }
+        self.swim_members_stale = false;
+        self.swim_members_read_at = Some(now);
+        let fingerprint = swim.fingerprint();
+        if fingerprint != std::mem::replace(&mut self.swim_fingerprint, fingerprint) {
+            let alive = swim.alive();
+            self.set_members(now, alive);
+        }
     }
 
     /// Tells `member` that this node suspects it at `incarnation`, and arms the next telling
@@ -1113,53 +1209,81 @@ impl Node {
             "handle_membership is the perfect failure detector's input; SWIM learns members itself"
         );
         // The oracle knows no lives: every status counts (generation 0 is the lowest).
-        let alive = alive.into_iter().filter(|(n, _)| *n != self.config.id).map(|(n, a)| (n, (a, 0))).collect();
-        self.set_members(now, alive);
+        let alive: BTreeMap<NodeId, PeerAddr> = alive.into_iter().filter(|(n, _)| *n != self.config.id).collect();
+        self.set_members(now, alive.into_iter().map(|(n, a)| (n, a, 0)).collect());
         self.check_invariants();
     }
 
-    /// The peers believed alive are now `alive` (this node excluded), at these addresses: a
-    /// peer that left leaves every balancer and placement at once, one that joined enters them.
-    fn set_members(&mut self, now: Time, alive: BTreeMap<NodeId, (PeerAddr, u64)>) {
-        debug_assert!(!alive.contains_key(&self.config.id));
+    /// The peers believed alive are now `alive` (this node excluded, sorted by name), at these
+    /// addresses and in these lives: a peer that left leaves every balancer and placement at
+    /// once, one that joined enters them.
+    ///
+    /// One walk over `alive` and the member list, both sorted: at a thousand members this runs
+    /// a few dozen times per node in a cold start, and a map built or a lookup made per name
+    /// was a tenth of it. Only what changed is looked up or hashed.
+    fn set_members(&mut self, now: Time, alive: Vec<(NodeId, PeerAddr, u64)>) {
+        debug_assert!(alive.windows(2).all(|w| w[0].0 < w[1].0), "sorted by name, each once");
+        debug_assert!(alive.iter().all(|(n, _, _)| *n != self.config.id));
+        let unchanged = alive.len() == self.member_list.len()
+            && alive
+                .iter()
+                .zip(&self.member_list)
+                .zip(&self.member_addrs)
+                .zip(&self.member_gens)
+                .all(|((((n, a, g), m), ma), mg)| n == m && a == ma && g == mg);
+        if unchanged {
+            return;
+        }
+        let (mut joined, mut left, mut renewed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut hashes = Vec::with_capacity(alive.len());
+        let mut old = 0;
+        for (node, _, generation) in &alive {
+            while old < self.member_list.len() && self.member_list[old] < *node {
+                left.push(self.member_list[old].clone());
+                old += 1;
+            }
+            if old < self.member_list.len() && self.member_list[old] == *node {
+                if self.member_gens[old] != *generation {
+                    renewed.push((node.clone(), *generation));
+                }
+                hashes.push(self.member_hashes[old]);
+                old += 1;
+            } else {
+                joined.push(node.clone());
+                if self.member_generations.get(node) != Some(generation) {
+                    renewed.push((node.clone(), *generation));
+                }
+                hashes.push(stable_hash(node.as_str().as_bytes()));
+            }
+        }
+        left.extend(self.member_list[old..].iter().cloned());
         // A peer seen for the first time, or in another life: what its status says is looked
         // at again, since a status from an earlier life counts as none. A member stays one
         // through this; one that joins is listed below from what this derived.
-        for (node, (_, generation)) in &alive {
-            if self.member_generations.get(node) != Some(generation) {
-                self.member_generations.insert(node.clone(), *generation);
-                self.status_changed(node);
-                self.request_reconcile(now);
-            }
+        for (node, generation) in &renewed {
+            self.member_generations.insert(node.clone(), *generation);
+            self.status_changed(node);
+            self.request_reconcile(now);
         }
-        let alive: BTreeMap<NodeId, PeerAddr> = alive.into_iter().map(|(node, (addr, _))| (node, addr)).collect();
-        if alive.len() == self.members.len() && alive.keys().eq(self.members.iter()) {
-            // The same peers; one may have come back at another address.
-            if !alive.values().eq(self.member_addrs.iter()) {
-                self.member_addrs = alive.into_values().collect();
-            }
+        let mut names = Vec::with_capacity(alive.len());
+        let mut addrs = Vec::with_capacity(alive.len());
+        let mut gens = Vec::with_capacity(alive.len());
+        for (node, addr, generation) in alive {
+            names.push(node);
+            addrs.push(addr);
+            gens.push(generation);
+        }
+        self.member_addrs = addrs;
+        self.member_gens = gens;
+        if joined.is_empty() && left.is_empty() {
+            // The same peers; one may have come back at another address, or in another life.
             return;
         }
-        // One walk over both sorted lists: at a thousand members, a lookup per name was a tenth
-        // of a cold start.
-        let (mut joined, mut left) = (Vec::new(), Vec::new());
-        let (mut new, mut old) = (alive.keys().peekable(), self.members.iter().peekable());
-        loop {
-            match (new.peek(), old.peek()) {
-                (Some(n), Some(o)) => match n.cmp(o) {
-                    std::cmp::Ordering::Less => joined.push(new.next().expect("peeked").clone()),
-                    std::cmp::Ordering::Greater => left.push(old.next().expect("peeked").clone()),
-                    std::cmp::Ordering::Equal => {
-                        new.next();
-                        old.next();
-                    }
-                },
-                (Some(_), None) => joined.push(new.next().expect("peeked").clone()),
-                (None, Some(_)) => left.push(old.next().expect("peeked").clone()),
-                (None, None) => break,
-            }
-        }
         for node in &left {
+            self.members.remove(node);
+            if self.node_slots.contains_key(node) {
+                self.members_with_status -= 1;
+            }
             let list = self.node_healthy.get(node).cloned().unwrap_or_default();
             // A suspected node's replicas left the balancers already.
             if !self.suspected.remove(node) {
@@ -1169,17 +1293,18 @@ impl Node {
             self.count_slots(&slots, false);
         }
         for node in &joined {
+            self.members.insert(node.clone());
+            if self.node_slots.contains_key(node) {
+                self.members_with_status += 1;
+            }
             let list = self.node_healthy.get(node).cloned().unwrap_or_default();
             self.list_healthy(&list);
             let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
             self.count_slots(&slots, true);
         }
         self.structure_generation += 1;
-        let (names, addrs): (Vec<NodeId>, Vec<PeerAddr>) = alive.into_iter().unzip();
-        self.member_hashes = names.iter().map(|n| stable_hash(n.as_str().as_bytes())).collect();
-        self.members = names.iter().cloned().collect();
+        self.member_hashes = hashes;
         self.member_list = names;
-        self.member_addrs = addrs;
         self.members_version += 1;
         self.facts_generation += 1;
         self.update_backends();
@@ -1358,6 +1483,7 @@ impl Node {
         match timer {
             Timer::Gossip => {
                 self.gossip();
+                self.unpark_swim_gossip(now);
                 // Rounds go on while there is news; a quiet node sleeps until its registry
                 // changes (`key_changed` wakes it).
                 self.gossip_armed = !self.rumors.is_empty() || self.registry.has_recent();
@@ -1424,6 +1550,9 @@ impl Node {
                 }
             }
             Timer::Swim(timer) => {
+                if self.park_swim_gossip(&timer) {
+                    return;
+                }
                 let cleared = match &timer {
                     foca::Timer::ChangeSuspectToDown { member_id, .. } => Some(member_id.node().clone()),
                     _ => None,
@@ -1481,17 +1610,19 @@ impl Node {
                 // safety net and runs every few periods only.
                 self.swim_join_ticks += 1;
                 let swim = self.swim.as_ref().expect("swim mode");
-                if self.swim_join_ticks.is_multiple_of(SWIM_FULL_CHECK_PERIODS)
-                    || swim.num_members() != self.members.len()
-                {
-                    let fingerprint = swim.fingerprint();
-                    if fingerprint != std::mem::replace(&mut self.swim_fingerprint, fingerprint) {
-                        let alive = swim.alive();
-                        self.set_members(now, alive);
-                    }
-                }
-                let interval_ms = self.config.swim.probe_period_ms.max(1);
-                self.schedule(now + Duration::from_millis(interval_ms), Timer::SwimJoin);
+                self.swim_members_stale |= self.swim_join_ticks.is_multiple_of(SWIM_FULL_CHECK_PERIODS)
+                    || swim.num_members() != self.members.len();
+                self.read_swim_members(now, true);
+                // Every probe period while alone or joining; then every other one, in step with
+                // the node's other periodic timers (at their defaults), so that it costs no
+                // wake-up of its own.
+                let period_ms = self.config.swim.probe_period_ms.max(1);
+                let next = if self.members.is_empty() || now < self.places_from {
+                    now + Duration::from_millis(period_ms)
+                } else {
+                    self.on_grid(now + Duration::from_millis(period_ms), SWIM_TICK_PERIODS * period_ms)
+                };
+                self.schedule(next, Timer::SwimJoin);
             }
         }
     }
@@ -1678,6 +1809,7 @@ impl Node {
     /// partial view would put everything on the nodes it happens to know. The pass runs again
     /// when the missing status arrives.
     fn reconcile(&mut self, now: Time) {
+        self.read_swim_members(now, true);
         // The plan depends on the facts only, and what this node does with it on its own
         // containers: when neither changed since the last pass, this pass would do nothing.
         let own = self.own_containers();
@@ -1698,10 +1830,10 @@ impl Node {
             self.update_backends();
             return;
         }
-        // The view is complete when every live peer's status is known; counted before the
-        // facts are copied out, since an incomplete view copies them for nothing.
-        let known = self.live_statuses().count();
-        let complete = known == self.members.len();
+        // The view is complete when every live peer's status is known: a count kept in step,
+        // since a walk over the statuses for it was a tenth of a thousand-node cold start.
+        debug_assert_eq!(self.members_with_status, self.live_statuses().count(), "the count is kept in step");
+        let complete = self.members_with_status == self.members.len();
         self.last_pass = Some((self.facts_generation, own, complete));
         if !complete {
             return;
@@ -1772,7 +1904,7 @@ impl Node {
     /// In debug builds, checks what `settled` promises: a full pass would start and stop
     /// nothing here and report nothing unschedulable.
     fn debug_check_settled(&self) {
-        if !cfg!(debug_assertions) || self.live_statuses().count() != self.members.len() {
+        if !cfg!(debug_assertions) || self.members_with_status != self.members.len() {
             return;
         }
         let (nodes, observed) = self.facts();
@@ -1944,42 +2076,67 @@ impl Node {
     /// Derives what `node`'s status says (the slots it runs, its healthy replicas) into
     /// `node_slots`, `slot_counts`, `node_healthy` and the balancers' sets. A status from an
     /// earlier life than the one known counts as none.
+    ///
+    /// Every node runs this for every version of every peer's status: what the status says is
+    /// compared with what was derived before, and only what changed is built and written.
     fn status_changed(&mut self, node: &NodeId) {
         self.facts_generation += 1;
-        // One read of the status for both derived views: the slots it runs and its
-        // healthy replicas.
         let key = Key::Status(node.clone());
-        let (spec, slots, mut list) = match self.registry.get(&key) {
-            Some(Value::Status(status)) if self.status_counts(node, status) => {
-                let addr: Arc<str> = Arc::from(status.addr.as_str());
-                let slots: Vec<SlotId> = status
-                    .containers
-                    .iter()
-                    .filter(|c| c.state != ContainerState::Failed)
-                    .map(|c| c.slot.clone())
-                    .collect();
-                let list: Vec<Backend> = status
-                    .containers
-                    .iter()
-                    .filter(|c| c.state == ContainerState::Healthy)
-                    .map(|c| Backend {
-                        node: node.clone(),
-                        addr: addr.clone(),
-                        host_port: c.host_port,
-                        slot: c.slot.clone(),
-                    })
-                    .collect();
-                (Some(status.spec.clone()), slots, list)
+        let status = match self.registry.get(&key) {
+            Some(Value::Status(status)) if status_counts(&self.config.id, &self.member_generations, node, status) => {
+                Some(status)
             }
-            _ => (None, Vec::new(), Vec::new()),
+            _ => None,
         };
-        self.status_slots_changed(node, spec, slots);
-        list.sort();
-        list.dedup();
+        // The slots it runs. A health change keeps them as they were.
+        let old = self.node_slots.get(node);
+        let same_slots = match (status, old) {
+            (None, None) => true,
+            (Some(status), Some((spec, slots))) => {
+                *spec == status.spec
+                    && slots.iter().eq(status
+                        .containers
+                        .iter()
+                        .filter(|c| c.state != ContainerState::Failed)
+                        .map(|c| &c.slot))
+            }
+            _ => false,
+        };
+        if !same_slots {
+            let spec = status.map(|s| s.spec.clone());
+            let slots = status
+                .map(|s| {
+                    s.containers.iter().filter(|c| c.state != ContainerState::Failed).map(|c| c.slot.clone()).collect()
+                })
+                .unwrap_or_default();
+            self.status_slots_changed(node, spec, slots);
+        }
+        // Its healthy replicas, as a set.
+        let status = match self.registry.get(&key) {
+            Some(Value::Status(status)) if status_counts(&self.config.id, &self.member_generations, node, status) => {
+                Some(status)
+            }
+            _ => None,
+        };
         let old = self.node_healthy.get(node).map(Vec::as_slice).unwrap_or(&[]);
-        if old == list.as_slice() {
+        let status_addr = status.map_or("", |s| s.addr.as_str());
+        let healthy =
+            || status.into_iter().flat_map(|s| s.containers.iter().filter(|c| c.state == ContainerState::Healthy));
+        let same_healthy = healthy().count() == old.len()
+            && healthy()
+                .all(|c| old.iter().any(|b| b.host_port == c.host_port && b.slot == c.slot && *b.addr == *status_addr));
+        if same_healthy {
             return;
         }
+        let addr: Arc<str> = match old.first() {
+            Some(b) if *b.addr == *status_addr => b.addr.clone(),
+            _ => Arc::from(status_addr),
+        };
+        let mut list: Vec<Backend> = healthy()
+            .map(|c| Backend { node: node.clone(), addr: addr.clone(), host_port: c.host_port, slot: c.slot.clone() })
+            .collect();
+        list.sort();
+        list.dedup();
         let old = self.node_healthy.remove(node).unwrap_or_default();
         // Only the replicas of live nodes are in the balancers' sets; a peer's list
         // waits in `node_healthy` until it is believed alive.
@@ -1995,7 +2152,7 @@ impl Node {
     /// Whether `status`, `node`'s, counts: it was written by the life of `node` this node knows,
     /// or a later one (its own status always counts).
     fn status_counts(&self, node: &NodeId, status: &NodeStatus) -> bool {
-        *node == self.config.id || self.member_generations.get(node).is_none_or(|g| status.generation >= *g)
+        status_counts(&self.config.id, &self.member_generations, node, status)
     }
 
     /// The generation this node's status carries: its SWIM identity's (a rejoin after being
@@ -2011,9 +2168,15 @@ impl Node {
         if old.as_ref().map(|(s, _)| s) != spec.as_ref() {
             self.structure_generation += 1;
         }
+        let member = *node != self.config.id && self.members.contains(node);
+        match (old.is_some(), spec.is_some()) {
+            (false, true) if member => self.members_with_status += 1,
+            (true, false) if member => self.members_with_status -= 1,
+            _ => {}
+        }
         let old_slots = old.map(|(_, s)| s).unwrap_or_default();
         // A health change keeps the slots as they were: the counts stay as they are.
-        let live = *node == self.config.id || self.members.contains(node);
+        let live = *node == self.config.id || member;
         if live && old_slots != slots {
             self.count_slots(&old_slots, false);
             self.count_slots(&slots, true);
@@ -2306,6 +2469,8 @@ impl Node {
         debug_assert!(!self.members.contains(&self.config.id), "a node is not its own peer");
         assert_eq!(self.members.len(), self.member_list.len(), "the member list mirrors the set");
         assert_eq!(self.member_list.len(), self.member_addrs.len(), "every member has an address");
+        assert_eq!(self.member_list.len(), self.member_gens.len(), "every member has a generation");
+        assert_eq!(self.member_list.len(), self.member_hashes.len(), "every member has a hash");
         assert!(self.suspected.is_subset(&self.members), "only members are suspected");
         debug_assert!(
             self.healthy.values().flatten().all(|b| !self.suspected.contains(&b.node)),
@@ -2521,7 +2686,7 @@ mod tests {
         let mut a = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(4000, 4096)));
         let b = NodeId::new("b");
         let web0 = SlotId::new("web", 0);
-        let live = |life: u64| BTreeMap::from([(NodeId::new("b"), (PeerAddr::new("10.0.0.2:7946"), life))]);
+        let live = |life: u64| vec![(NodeId::new("b"), PeerAddr::new("10.0.0.2:7946"), life)];
         a.set_members(Time::from_millis(1), live(1));
         a.handle_message(Time::from_millis(2), &status_packet(1, 2));
         assert_eq!(a.slot_counts.get(&web0), Some(&1), "b's life 1 runs web-0");
@@ -2679,6 +2844,46 @@ mod swim_tests {
         tests_pump(&mut nodes, 3002, 5000, |m| !matches!(m, Message::Swim(_)));
         let apps: Vec<String> = nodes[1].apps().iter().map(|a| a.name.to_string()).collect();
         assert_eq!(apps, ["web"], "the spec reached b inside SWIM packets");
+    }
+
+    /// foca's periodic gossip timers pending in `node`'s heap.
+    fn pending_swim_gossip(node: &Node) -> usize {
+        node.timers.iter().filter(|Reverse((_, _, t))| matches!(t, Timer::Swim(foca::Timer::PeriodicGossip(_)))).count()
+    }
+
+    #[test]
+    fn an_idle_swim_node_parks_foca_gossip_timer_and_news_wakes_it_at_once() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 6000, |_| false);
+        assert_eq!(nodes[0].members().len(), 1, "a and b know each other");
+        assert_eq!(pending_swim_gossip(&nodes[0]), 0, "nothing to gossip: no timer wakes a");
+        assert_eq!(nodes[0].swim_parked_gossip.len(), 1, "it waits, parked");
+        let web = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(100, 64));
+        nodes[0].handle_command(Time::from_millis(6001), Command::Apply(Box::new(web))).unwrap();
+        while nodes[0].poll_action().is_some() {}
+        nodes[0].handle_timeout(Time::from_millis(6002));
+        // (What it sent is lost; foca sends an item several times.)
+        while nodes[0].poll_action().is_some() {}
+        // The news went to foca as a broadcast item: its gossip timer went back to it at once,
+        // it gossiped, and armed the timer again.
+        assert!(nodes[0].swim_parked_gossip.is_empty());
+        assert_eq!(pending_swim_gossip(&nodes[0]), 1);
+        tests_pump(&mut nodes, 6002, 7000, |m| !matches!(m, Message::Swim(_)));
+        assert_eq!(nodes[1].apps().len(), 1, "the spec reached b inside SWIM packets");
+    }
+
+    #[test]
+    fn periodic_timers_fall_on_the_nodes_own_grid() {
+        let config = NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(1, 1));
+        let mut node = Node::new(Time::from_millis(100), config);
+        node.phase_ms = 1234;
+        // Origin 100 + 1234 % 1000 = 334, then every second.
+        assert_eq!(node.on_grid(Time::from_millis(0), 1000), Time::from_millis(334));
+        assert_eq!(node.on_grid(Time::from_millis(334), 1000), Time::from_millis(334));
+        assert_eq!(node.on_grid(Time::from_millis(335), 1000), Time::from_millis(1334));
+        assert_eq!(node.on_grid(Time::from_millis(5000), 1000), Time::from_millis(5334));
+        // A 500 ms grid holds every point of the 1 s one.
+        assert_eq!(node.on_grid(Time::from_millis(335), 500), Time::from_millis(834));
     }
 
     #[test]

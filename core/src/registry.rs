@@ -32,7 +32,7 @@
 //! The digest hashes keys and versions, not values: two entries with the same key and version
 //! are taken to be the same write, which the rule above makes true.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque, btree_map};
 use std::fmt;
 use std::ops::Bound;
 
@@ -273,6 +273,12 @@ impl Head {
         mine > theirs || (mine == theirs && self.writer_hash != other.writer_hash)
     }
 
+    /// What the entry puts in its bucket's hash: `entry_hash` of its key hash and version,
+    /// from the head alone.
+    fn entry_hash(&self) -> u64 {
+        mix(self.key_hash ^ mix(self.wall_ms ^ mix(u64::from(self.logical) ^ self.writer_hash)))
+    }
+
     /// The anti-entropy bucket of the entry's key.
     pub fn bucket(&self) -> u16 {
         bucket_of_hash(self.key_hash)
@@ -344,12 +350,9 @@ fn bucket_of_hash(key_hash: u64) -> u16 {
     (key_hash % limits::REGISTRY_BUCKETS as u64) as u16
 }
 
-fn version_hash(v: &Version) -> u64 {
-    mix(v.wall_ms ^ mix(u64::from(v.logical) ^ stable_hash(v.writer.as_str().as_bytes())))
-}
-
+/// What an entry puts in its bucket's hash (see [`Head::entry_hash`]).
 fn entry_hash(key_hash: u64, version: &Version) -> u64 {
-    mix(key_hash ^ version_hash(version))
+    Head::with_key_hash(key_hash, version).entry_hash()
 }
 
 /// The bucket hashes folded in order: [`Registry::root_hash`].
@@ -525,20 +528,32 @@ impl<V: Clone> Registry<V> {
     fn store(&mut self, key: Key, entry: Entry<V>) {
         let key_hash = key_hash(&key);
         let bucket = usize::from(bucket_of_hash(key_hash));
-        self.buckets[bucket] ^= entry_hash(key_hash, &entry.version);
         let head = Head::with_key_hash(key_hash, &entry.version);
-        if let Some((_, other)) = self.heads.insert(key_hash, (head, key.clone())) {
-            debug_assert_eq!(other, key, "two keys share a 64-bit hash");
-        }
-        if let Some(old) = self.entries.insert(key.clone(), entry) {
-            self.buckets[bucket] ^= entry_hash(key_hash, &old.version);
+        self.buckets[bucket] ^= head.entry_hash();
+        // One walk of each map: the old head says what the old entry put in the bucket hash.
+        match self.heads.entry(key_hash) {
+            btree_map::Entry::Occupied(mut held) => {
+                debug_assert_eq!(held.get().1, key, "two keys share a 64-bit hash");
+                let old = std::mem::replace(&mut held.get_mut().0, head);
+                self.buckets[bucket] ^= old.entry_hash();
+            }
+            btree_map::Entry::Vacant(free) => {
+                free.insert((head, key.clone()));
+            }
         }
         self.root = root_of(&self.buckets);
-        if self.recent_set.insert(key_hash) {
-            if self.recent.len() == limits::REGISTRY_RECENT_MAX {
-                let oldest = self.recent.pop_front().expect("the queue is full");
-                self.recent_set.remove(&self::key_hash(&oldest));
+        let recent = self.recent_set.insert(key_hash);
+        if recent && self.recent.len() == limits::REGISTRY_RECENT_MAX {
+            let oldest = self.recent.pop_front().expect("the queue is full");
+            self.recent_set.remove(&self::key_hash(&oldest));
+        }
+        match self.entries.get_mut(&key) {
+            Some(held) => *held = entry,
+            None => {
+                self.entries.insert(key.clone(), entry);
             }
+        }
+        if recent {
             self.recent.push_back(key);
         }
     }
