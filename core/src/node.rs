@@ -37,7 +37,7 @@ use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeO
 use crate::limits;
 use crate::membership::{MembershipMode, PeerAddr, Swim, SwimConfig, SwimId, SwimMember, SwimTimer};
 use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resources, SlotId, validate_apps};
-use crate::registry::{Digest, Entry, Head, Key, Registry, RegistryError};
+use crate::registry::{Digest, Entry, Head, Key, KeyHashMap, Registry, RegistryError};
 use crate::rng::SplitMix64;
 use crate::schedule::{
     ContainerState, Observed, ObservedContainer, Policy, Unplaceable, mix, place_owned, rendezvous_owner_hashed,
@@ -677,7 +677,7 @@ pub struct Node {
     gossip_armed: bool,
     /// Entries merged from peers since the last gossip round, as they arrived, by key hash:
     /// a rumor passed on is sent as it was received instead of being encoded again.
-    received: BTreeMap<u64, (Head, Vec<u8>)>,
+    received: KeyHashMap<(Head, Vec<u8>)>,
     reconcile_pending: bool,
     /// What each balancer was last sent: its port, picker and a fingerprint of its backend list
     /// (`backends_fingerprint`), so an unchanged list is not sent again. A fingerprint, not a
@@ -771,7 +771,7 @@ impl Node {
             rng,
             rumors: BTreeMap::new(),
             gossip_armed: true,
-            received: BTreeMap::new(),
+            received: KeyHashMap::default(),
             reconcile_pending: false,
             backends: BTreeMap::new(),
             healthy: BTreeMap::new(),
@@ -1004,10 +1004,11 @@ impl Node {
 
     /// Runs one call into foca, then drains what it queued (packets to `Action::Send`, timers
     /// into this node's heap) and takes the members from foca's own list, the truth, when they
-    /// may have changed: foca notified something, or holds a different number of members. A
-    /// change that foca did not notify and that kept the count (a member down and another up
-    /// in one call) is caught by the full check every probe period (`Timer::SwimJoin`). A refused
-    /// packet is reported as an [`Event::BadMessage`] from `source`.
+    /// may have changed: foca notified something, or holds a different number of members
+    /// (`read_swim_members`). A change that foca did not notify and that kept the count (a
+    /// member down and another up in one call) is caught by the full check every
+    /// `SWIM_FULL_CHECK_PERIODS` ticks (`Timer::SwimJoin`). A refused packet is reported as an
+    /// [`Event::BadMessage`] from `source`.
     fn swim_call(
         &mut self,
         now: Time,
@@ -1607,7 +1608,7 @@ impl Node {
                     Ok(())
                 });
                 // foca notifies every change of members; the full check, a scan of them all, is a
-                // safety net and runs every few periods only.
+                // safety net and runs every `SWIM_FULL_CHECK_PERIODS` ticks only.
                 self.swim_join_ticks += 1;
                 let swim = self.swim.as_ref().expect("swim mode");
                 self.swim_members_stale |= self.swim_join_ticks.is_multiple_of(SWIM_FULL_CHECK_PERIODS)

@@ -32,8 +32,9 @@
 //! The digest hashes keys and versions, not values: two entries with the same key and version
 //! are taken to be the same write, which the rule above makes true.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque, btree_map};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque, hash_map};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -379,6 +380,35 @@ fn name_is_bounded(name: &str) -> bool {
 /// simulated cluster does not turn every merge into a full scan.
 const FULL_CHECK_KEYS_MAX: usize = 1024;
 
+/// Hashes a key hash ([`key_hash`]) for a hash map: it is one already, uniform over 64 bits, so
+/// it is its own hash. A map keyed so costs one memory access per lookup where a B-tree of a
+/// thousand keys costs three or four, on a path every received copy of every rumor takes.
+/// Iteration order is the map's own: callers that hand out keys in order sort them. (A peer
+/// that chose keys whose hashes collide would slow its own entries' lookups only as far as
+/// the registry's bounded size lets it.)
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyHashHasher(u64);
+
+impl Hasher for KeyHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (keys are u64); fold anything else in all the same.
+        for &b in bytes {
+            self.0 = crate::schedule::mix(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A hash map keyed by key hashes ([`KeyHashHasher`]).
+pub type KeyHashMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHashHasher>>;
+
 /// A last-writer-wins map from [`Key`] to `V`, replicated by merging [`Entry`]s.
 #[derive(Clone, Debug)]
 pub struct Registry<V> {
@@ -386,7 +416,7 @@ pub struct Registry<V> {
     clock: HlcClock,
     entries: BTreeMap<Key, Entry<V>>,
     /// The head of every entry, by key hash, with its key: what gossip compares.
-    heads: BTreeMap<u64, (Head, Key)>,
+    heads: KeyHashMap<(Head, Key)>,
     /// XOR of `entry_hash` over the entries of each bucket.
     buckets: [u64; limits::REGISTRY_BUCKETS],
     /// [`Registry::root_hash`], kept with the buckets: drivers read it after every input.
@@ -394,7 +424,7 @@ pub struct Registry<V> {
     /// Keys changed since the last `take_recent`, oldest first, each once.
     recent: VecDeque<Key>,
     /// The hashes of the keys in `recent` (see [`Head`] on collisions).
-    recent_set: BTreeSet<u64>,
+    recent_set: HashSet<u64, BuildHasherDefault<KeyHashHasher>>,
     /// Tombstones older than this were collected; ones that come back are not taken again.
     tombstone_horizon_ms: u64,
     /// [`limits::REGISTRY_KEYS_MAX`], lowered by tests.
@@ -409,11 +439,11 @@ impl<V: Clone> Registry<V> {
             me,
             clock: HlcClock::new(),
             entries: BTreeMap::new(),
-            heads: BTreeMap::new(),
+            heads: KeyHashMap::default(),
             buckets: [0; limits::REGISTRY_BUCKETS],
             root: root_of(&[0; limits::REGISTRY_BUCKETS]),
             recent: VecDeque::new(),
-            recent_set: BTreeSet::new(),
+            recent_set: HashSet::default(),
             tombstone_horizon_ms: 0,
             keys_max: limits::REGISTRY_KEYS_MAX,
         }
@@ -532,12 +562,12 @@ impl<V: Clone> Registry<V> {
         self.buckets[bucket] ^= head.entry_hash();
         // One walk of each map: the old head says what the old entry put in the bucket hash.
         match self.heads.entry(key_hash) {
-            btree_map::Entry::Occupied(mut held) => {
+            hash_map::Entry::Occupied(mut held) => {
                 debug_assert_eq!(held.get().1, key, "two keys share a 64-bit hash");
                 let old = std::mem::replace(&mut held.get_mut().0, head);
                 self.buckets[bucket] ^= old.entry_hash();
             }
-            btree_map::Entry::Vacant(free) => {
+            hash_map::Entry::Vacant(free) => {
                 free.insert((head, key.clone()));
             }
         }
@@ -650,7 +680,10 @@ impl<V: Clone> Registry<V> {
     /// order: what anti-entropy sends a peer whose digest differs there.
     pub fn heads_in_buckets(&self, buckets: &[u16]) -> Vec<Head> {
         let wanted = bucket_mask(buckets);
-        self.heads.values().map(|(h, _)| *h).filter(|h| wanted[usize::from(h.bucket())]).collect()
+        let mut heads: Vec<Head> =
+            self.heads.values().map(|(h, _)| *h).filter(|h| wanted[usize::from(h.bucket())]).collect();
+        heads.sort_unstable_by_key(|h| h.key_hash);
+        heads
     }
 
     /// The entries whose key hashes are listed (unknown ones skipped), for a peer that asked.
@@ -758,6 +791,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn a_head_is_28_bytes_on_the_wire_and_a_short_one_is_refused() {
