@@ -26,7 +26,8 @@
 //! [`Node::handle_join`]).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -505,8 +506,9 @@ pub enum Message<'a> {
 
 /// A hash of a backend list, in order: equal lists have equal fingerprints, and two different
 /// lists share one with odds of 1 in 2^64.
-fn backends_fingerprint(backends: &[Backend]) -> u64 {
-    backends.iter().fold(backends.len() as u64, |acc, b| {
+fn backends_fingerprint<'a>(backends: impl ExactSizeIterator<Item = &'a Backend>) -> u64 {
+    let len = backends.len() as u64;
+    backends.fold(len, |acc, b| {
         let name = stable_hash(b.node.as_str().as_bytes()) ^ stable_hash(b.addr.as_bytes()).rotate_left(17);
         let slot =
             stable_hash(b.slot.app.as_str().as_bytes()) ^ (u64::from(b.slot.index) << 16 | u64::from(b.host_port));
@@ -561,8 +563,12 @@ const SWIM_FULL_CHECK_PERIODS: u64 = 4;
 /// Once joined, a SWIM node's `SwimJoin` tick comes every this many probe periods.
 const SWIM_TICK_PERIODS: u64 = 2;
 
+/// A hash map by node name, for what is looked up per peer on every status merge and never
+/// walked in order.
+type NodeMap<V> = HashMap<NodeId, V, BuildHasherDefault<crate::schedule::StableHasher>>;
+
 /// [`Node::status_counts`], on the fields it reads, for callers that hold others borrowed.
-fn status_counts(me: &NodeId, member_generations: &BTreeMap<NodeId, u64>, node: &NodeId, status: &NodeStatus) -> bool {
+fn status_counts(me: &NodeId, member_generations: &NodeMap<u64>, node: &NodeId, status: &NodeStatus) -> bool {
     *node == *me || member_generations.get(node).is_none_or(|g| status.generation >= *g)
 }
 
@@ -687,10 +693,10 @@ pub struct Node {
     /// peers believed alive, by app. What each balancer gets.
     healthy: BTreeMap<AppName, BTreeSet<Backend>>,
     /// Derived from the registry: the healthy replicas each node's status lists, live or not.
-    node_healthy: BTreeMap<NodeId, Vec<Backend>>,
+    node_healthy: NodeMap<Vec<Backend>>,
     /// The generation of each peer's life this node knows (kept after it leaves): its status
     /// counts only if written by that life or a later one (`status_counts`).
-    member_generations: BTreeMap<NodeId, u64>,
+    member_generations: NodeMap<u64>,
     /// The generation this node's own status was last written with (`own_generation`).
     status_generation: Option<u64>,
     /// Apps whose balancer list may differ from `backends`; `update_backends` looks at these only.
@@ -706,7 +712,7 @@ pub struct Node {
     slot_counts: BTreeMap<SlotId, u32>,
     /// Derived from the registry: each node's spec and the slots its status lists with a
     /// container that has not failed, live or not.
-    node_slots: BTreeMap<NodeId, (NodeSpec, Vec<SlotId>)>,
+    node_slots: NodeMap<(NodeSpec, Vec<SlotId>)>,
     /// How many members have a status that counts (are in `node_slots`): the view is complete
     /// when all of them do. Kept in step by `status_slots_changed` and `set_members`.
     members_with_status: usize,
@@ -775,15 +781,15 @@ impl Node {
             reconcile_pending: false,
             backends: BTreeMap::new(),
             healthy: BTreeMap::new(),
-            node_healthy: BTreeMap::new(),
-            member_generations: BTreeMap::new(),
+            node_healthy: NodeMap::default(),
+            member_generations: NodeMap::default(),
             status_generation: None,
             backends_dirty: BTreeSet::new(),
             facts_generation: 0,
             last_pass: None,
             last_pass_at: None,
             slot_counts: BTreeMap::new(),
-            node_slots: BTreeMap::new(),
+            node_slots: NodeMap::default(),
             members_with_status: 0,
             structure_generation: 0,
             structure_at_last_place: None,
@@ -2257,10 +2263,15 @@ impl Node {
                 continue;
             };
             let (port, picker) = (spec.port, spec.balance);
-            let backends: Vec<Backend> = self.healthy.get(&app).into_iter().flatten().cloned().collect();
-            let fingerprint = backends_fingerprint(&backends);
+            // The list is copied out only when it changed.
+            let healthy = self.healthy.get(&app);
+            let fingerprint = match healthy {
+                Some(set) => backends_fingerprint(set.iter()),
+                None => backends_fingerprint([].iter()),
+            };
             let same = self.backends.get(&app).is_some_and(|&(p, k, f)| (p, k, f) == (port, picker, fingerprint));
             if !same {
+                let backends: Vec<Backend> = healthy.into_iter().flatten().cloned().collect();
                 self.backends.insert(app.clone(), (port, picker, fingerprint));
                 self.actions.push_back(Action::SetBackends { app, port, picker, backends });
             }

@@ -539,15 +539,27 @@ impl<V: Clone> Registry<V> {
             return false;
         }
         self.clock.observe(now, version);
-        let newer = match self.entries.get(&key) {
-            Some(old) => *version > old.version,
-            None => {
-                self.entries.len() < self.keys_max
-                    && !(entry.is_tombstone() && version.wall_ms < self.tombstone_horizon_ms)
+        let key_hash = key_hash(&key);
+        // The head held for the key settles most comparisons without a walk of the entries:
+        // versions order by wall time, then logical counter, then writer.
+        let held = match self.heads.get(&key_hash) {
+            Some((head, held_key)) if *held_key == key => Some(*head),
+            _ => None,
+        };
+        let newer = match held {
+            Some(head) if (head.wall_ms, head.logical) != (version.wall_ms, version.logical) => {
+                (version.wall_ms, version.logical) > (head.wall_ms, head.logical)
             }
+            _ => match self.entries.get(&key) {
+                Some(old) => *version > old.version,
+                None => {
+                    self.entries.len() < self.keys_max
+                        && !(entry.is_tombstone() && version.wall_ms < self.tombstone_horizon_ms)
+                }
+            },
         };
         if newer {
-            self.store(key, entry);
+            self.store_hashed(key_hash, key, entry);
         }
         self.check_invariants();
         newer
@@ -556,7 +568,12 @@ impl<V: Clone> Registry<V> {
     /// Stores `entry` under `key`, replacing what was there, and updates the bucket hash and the
     /// recent keys.
     fn store(&mut self, key: Key, entry: Entry<V>) {
-        let key_hash = key_hash(&key);
+        self.store_hashed(key_hash(&key), key, entry);
+    }
+
+    /// [`Registry::store`], for a caller that has the key's hash already.
+    fn store_hashed(&mut self, key_hash: u64, key: Key, entry: Entry<V>) {
+        debug_assert_eq!(key_hash, self::key_hash(&key));
         let bucket = usize::from(bucket_of_hash(key_hash));
         let head = Head::with_key_hash(key_hash, &entry.version);
         self.buckets[bucket] ^= head.entry_hash();

@@ -949,6 +949,30 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     mix(h)
 }
 
+/// [`stable_hash`] as a [`std::hash::Hasher`], for hash maps keyed by names: the same on every
+/// build and run (no random keys), fast on short strings.
+#[derive(Clone, Copy, Debug)]
+pub struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> Self {
+        StableHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for StableHasher {
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
 /// The splitmix64 finalizer: spreads every input bit over every output bit.
 pub fn mix(mut x: u64) -> u64 {
     x ^= x >> 30;
