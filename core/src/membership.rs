@@ -54,7 +54,9 @@ pub enum MembershipMode {
 ///   once) and told so straight away, five times over the suspicion (`node`'s
 ///   `Message::SwimSuspicion`, Lifeguard's buddy system), so that a live one refutes within a
 ///   round trip; it is declared down 1 s later (`suspect_to_down_ms`) unless it refutes;
-/// - every node gossips membership news to peers every 200 ms, and it rides on every probe;
+/// - every node gossips membership news to peers every 200 ms while it has some (at once when
+///   news arrives after a quiet spell: `node` parks foca's gossip timer while there is none),
+///   and it rides on every probe;
 /// - every 2 s a node announces itself to 2 peers it believes down, so that the two sides of a
 ///   healed partition find each other again; the push-pull syncs (`sync_interval_ms`) repair
 ///   what that misses.
@@ -64,7 +66,7 @@ pub enum MembershipMode {
 /// news reaches everyone within a few gossip rounds: about 2 s, more when no peer happens to
 /// probe it for a few periods. Measured in the simulator (1 to 5 ms hops, seeds 1 to 100,
 /// "detected" = no live node still lists it; `scripts/sim sweep FILE --seeds 1..101`):
-/// `scenarios/node-crash-50-nodes.toml` (50 nodes) median 2.1 s, p99 4.1 s; figures for 5, 20
+/// `scenarios/node-crash-50-nodes.toml` (50 nodes) median 1.8 s, p99 3.5 s; figures for 5, 20
 /// and 1,000 nodes are in benches/README.md. A node that stalls for longer than about 1.5 s is
 /// declared down too: the price of fast detection (it rejoins under a new generation once it
 /// answers again).
