@@ -567,11 +567,6 @@ const SWIM_TICK_PERIODS: u64 = 2;
 /// walked in order.
 type NodeMap<V> = HashMap<NodeId, V, BuildHasherDefault<crate::schedule::StableHasher>>;
 
-/// [`Node::status_counts`], on the fields it reads, for callers that hold others borrowed.
-fn status_counts(me: &NodeId, member_generations: &NodeMap<u64>, node: &NodeId, status: &NodeStatus) -> bool {
-    *node == *me || member_generations.get(node).is_none_or(|g| status.generation >= *g)
-}
-
 /// While a node joins, how often at most `swim_call` reads foca's members.
 const SWIM_JOIN_READ_MS: u64 = 250;
 
@@ -2088,13 +2083,7 @@ impl Node {
     /// compared with what was derived before, and only what changed is built and written.
     fn status_changed(&mut self, node: &NodeId) {
         self.facts_generation += 1;
-        let key = Key::Status(node.clone());
-        let status = match self.registry.get(&key) {
-            Some(Value::Status(status)) if status_counts(&self.config.id, &self.member_generations, node, status) => {
-                Some(status)
-            }
-            _ => None,
-        };
+        let status = self.counted_status(node);
         // The slots it runs. A health change keeps them as they were.
         let old = self.node_slots.get(node);
         let same_slots = match (status, old) {
@@ -2119,12 +2108,7 @@ impl Node {
             self.status_slots_changed(node, spec, slots);
         }
         // Its healthy replicas, as a set.
-        let status = match self.registry.get(&key) {
-            Some(Value::Status(status)) if status_counts(&self.config.id, &self.member_generations, node, status) => {
-                Some(status)
-            }
-            _ => None,
-        };
+        let status = self.counted_status(node);
         let old = self.node_healthy.get(node).map(Vec::as_slice).unwrap_or(&[]);
         let status_addr = status.map_or("", |s| s.addr.as_str());
         let healthy =
@@ -2159,7 +2143,15 @@ impl Node {
     /// Whether `status`, `node`'s, counts: it was written by the life of `node` this node knows,
     /// or a later one (its own status always counts).
     fn status_counts(&self, node: &NodeId, status: &NodeStatus) -> bool {
-        status_counts(&self.config.id, &self.member_generations, node, status)
+        *node == self.config.id || self.member_generations.get(node).is_none_or(|g| status.generation >= *g)
+    }
+
+    /// `node`'s status, if it has one that counts (`status_counts`).
+    fn counted_status(&self, node: &NodeId) -> Option<&NodeStatus> {
+        match self.registry.get(&Key::Status(node.clone())) {
+            Some(Value::Status(status)) if self.status_counts(node, status) => Some(status),
+            _ => None,
+        }
     }
 
     /// The generation this node's status carries: its SWIM identity's (a rejoin after being

@@ -941,16 +941,13 @@ impl Plan {
 
 /// FNV-1a: a hash that is the same on every machine and in every version, unlike std's.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(h)
+    let mut h = StableHasher::default();
+    std::hash::Hasher::write(&mut h, bytes);
+    std::hash::Hasher::finish(&h)
 }
 
-/// [`stable_hash`] as a [`std::hash::Hasher`], for hash maps keyed by names: the same on every
-/// build and run (no random keys), fast on short strings.
+/// FNV-1a, then [`mix`]: [`stable_hash`], and as a [`std::hash::Hasher`] for hash maps keyed
+/// by names. The same on every build and run (no random keys), fast on short strings.
 #[derive(Clone, Copy, Debug)]
 pub struct StableHasher(u64);
 
