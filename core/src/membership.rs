@@ -573,6 +573,32 @@ impl Swim {
         self.foca.iter_membership_state().find(|m| m.id().node() == node)
     }
 
+    /// The members foca holds as suspected, with the incarnation they are suspected at: a
+    /// scan of every member, for the periodic check only.
+    pub fn suspects(&self) -> Vec<(SwimId, u16)> {
+        self.foca
+            .iter_members()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect()
+    }
+
+    /// Declares `member` down, and gossips it, if foca still holds it suspected at
+    /// `incarnation` (a refutation since is a higher incarnation, and wins). Returns whether
+    /// it did. foca runs a suspicion's timer only on the node whose probe failed; this is the
+    /// same end for a suspicion heard by gossip (see `Node`'s stale suspicions).
+    pub fn declare_down(&mut self, member: &SwimId, incarnation: u16) -> Result<bool, SwimError> {
+        let still = self
+            .foca
+            .iter_members()
+            .any(|m| m.id() == member && m.incarnation() == incarnation && m.state() == foca::State::Suspect);
+        if still {
+            let down = foca::Member::new(member.clone(), incarnation, foca::State::Down);
+            self.foca.apply_many(std::iter::once(down), true, &mut self.runtime)?;
+        }
+        Ok(still)
+    }
+
     /// A peer, `sender`, says it suspects this node (`suspect`, as the peer holds it). If
     /// that is this node's current life, foca refutes it (a new incarnation, gossiped), and
     /// this node announces itself to the sender: the header of that packet carries the new

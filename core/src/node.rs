@@ -614,6 +614,12 @@ enum Timer {
         incarnation: u16,
         left: u32,
     },
+    /// The end of a stale suspicion this node took up (`Node::take_up_stale_suspicions`):
+    /// declared down if foca still suspects it at that incarnation.
+    SwimSuspectDown {
+        member: SwimId,
+        incarnation: u16,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -739,6 +745,9 @@ pub struct Node {
     started: Time,
     /// How many `SwimJoin` timers fired.
     swim_join_ticks: u64,
+    /// Members foca held suspected at the last full check that this node was not suspecting
+    /// itself (`take_up_stale_suspicions`).
+    swim_heard_suspects: Vec<(SwimId, u16)>,
     /// Bumped whenever `members` changes.
     members_version: u64,
     /// Members SWIM suspects: their replicas are out of the balancers (`set_suspected`).
@@ -796,6 +805,7 @@ impl Node {
             swim_members_stale: false,
             swim_members_read_at: None,
             swim_join_ticks: 0,
+            swim_heard_suspects: Vec::new(),
             swim_parked_gossip: Vec::new(),
             phase_ms: 0,
             started: now,
@@ -1148,6 +1158,34 @@ impl Node {
             let every = self.config.swim.suspect_to_down_ms / u64::from(SWIM_SUSPICION_SENDS);
             let at = now + Duration::from_millis(every.max(1));
             self.schedule(at, Timer::SwimSuspicion { member, incarnation, left: left - 1 });
+        }
+    }
+
+    /// foca runs a suspicion's timer only on the node whose probe failed; a node that heard
+    /// of the suspicion by gossip holds the member suspected until the same gossip brings the
+    /// member's refutation or its down declaration. A node that missed every copy of both
+    /// (each is sent `max_transmissions` times by every node that learns it: at a thousand
+    /// nodes, about one node in a hundred crashes) kept a dead member for minutes, until its
+    /// own probe or a push-pull sync reached it, and sent requests to its replicas. So a
+    /// suspicion this node heard of and still sees at two full checks in a row (4 s apart:
+    /// longer than any live suspicion lasts where it began) is taken up as its own: the
+    /// member leaves the balancers, is told (a live one refutes within a round trip, as for
+    /// any suspicion of this node's), and is declared down `suspect_to_down_ms` later if it
+    /// is still suspected at that incarnation. SWIM's paper starts a timer on every node that
+    /// hears a suspicion; this does it only for the stale ones, so that a live suspected
+    /// member is not told by every node of the cluster at once.
+    fn take_up_stale_suspicions(&mut self, now: Time) {
+        let swim = self.swim.as_ref().expect("swim mode");
+        let mut heard = swim.suspects();
+        heard.retain(|(member, _)| !self.suspected.contains(member.node()));
+        let before = std::mem::take(&mut self.swim_heard_suspects);
+        let stale: Vec<(SwimId, u16)> = heard.iter().filter(|s| before.contains(s)).cloned().collect();
+        self.swim_heard_suspects = heard;
+        for (member, incarnation) in stale {
+            self.set_suspected(member.node(), true);
+            self.send_suspicion(now, member.clone(), incarnation, SWIM_SUSPICION_SENDS);
+            let at = now + Duration::from_millis(self.config.swim.suspect_to_down_ms);
+            self.schedule(at, Timer::SwimSuspectDown { member, incarnation });
         }
     }
 
@@ -1576,6 +1614,10 @@ impl Node {
                     _ => self.refresh_suspected(member.node()),
                 }
             }
+            Timer::SwimSuspectDown { member, incarnation } => {
+                self.swim_call(now, None, |swim| swim.declare_down(&member, incarnation).map(|_| ()));
+                self.refresh_suspected(member.node());
+            }
             Timer::SwimSync => {
                 let swim = self.swim.as_ref().expect("swim mode");
                 let first = self.places_from > now;
@@ -1611,10 +1653,13 @@ impl Node {
                 // foca notifies every change of members; the full check, a scan of them all, is a
                 // safety net and runs every `SWIM_FULL_CHECK_PERIODS` ticks only.
                 self.swim_join_ticks += 1;
+                let full_check = self.swim_join_ticks.is_multiple_of(SWIM_FULL_CHECK_PERIODS);
                 let swim = self.swim.as_ref().expect("swim mode");
-                self.swim_members_stale |= self.swim_join_ticks.is_multiple_of(SWIM_FULL_CHECK_PERIODS)
-                    || swim.num_members() != self.members.len();
+                self.swim_members_stale |= full_check || swim.num_members() != self.members.len();
                 self.read_swim_members(now, true);
+                if full_check {
+                    self.take_up_stale_suspicions(now);
+                }
                 // Every probe period while alone or joining; then every other one, in step with
                 // the node's other periodic timers (at their defaults), so that it costs no
                 // wake-up of its own.
@@ -2937,6 +2982,42 @@ mod swim_tests {
         });
         assert!(suspicions >= 3, "a's probes of b failed, and a suspected it each time ({suspicions})");
         assert!(longest_ms <= 10, "b's refutation cleared each suspicion within a round trip ({longest_ms} ms)");
+    }
+
+    #[test]
+    fn a_suspicion_heard_by_gossip_and_never_refuted_ends_in_a_down_declaration() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 3000, |_| false);
+        let b = NodeId::new("b");
+        assert!(nodes[0].members().contains(&b));
+        // a hears, by a push-pull sync, that b is suspected at its current incarnation: the
+        // suspicion began elsewhere, and a missed both its end and b's refutation. b never
+        // hears of it either (a's tellings are lost), while a's probes of b still succeed.
+        let me = nodes[0].swim.as_ref().unwrap().identity().clone();
+        let held = nodes[0].swim.as_ref().unwrap().member(&b).unwrap().clone();
+        let members = vec![
+            SwimMember::new(me, 0, foca::State::Alive),
+            SwimMember::new(held.id().clone(), held.incarnation(), foca::State::Suspect),
+        ];
+        let bytes = Packet::encode(&NodeId::new("a"), &Message::SwimSync { members, reply: false });
+        nodes[0].handle_message(Time::from_millis(3001), &bytes);
+        while nodes[0].poll_action().is_some() {}
+        let heard = nodes[0].swim.as_ref().unwrap().suspects();
+        assert_eq!(heard.len(), 1, "a holds b suspected, with no suspicion timer of its own");
+        assert!(!nodes[0].suspected().contains(&b), "not a suspicion of a's own: b is still in the balancers");
+        // Two full checks (4 s apart) see it, then the suspicion runs out.
+        let swim = nodes[0].config().swim.clone();
+        let check_ms = SWIM_FULL_CHECK_PERIODS * SWIM_TICK_PERIODS * swim.probe_period_ms;
+        let bound_ms = 2 * check_ms + swim.suspect_to_down_ms + swim.probe_period_ms;
+        let mut left_at = None;
+        let lost = |from: usize, m: &Message| from == 0 && matches!(m, Message::SwimSuspicion { .. });
+        super::tests::pump_directed(&mut nodes, 3002, 3002 + bound_ms, lost, |t, nodes| {
+            if left_at.is_none() && !nodes[0].members().contains(&b) {
+                left_at = Some(t);
+            }
+        });
+        let left_at = left_at.expect("a declared the stale suspect down");
+        assert!(left_at >= 3001 + check_ms, "not before a second check saw the suspicion ({left_at} ms)");
     }
 
     #[test]

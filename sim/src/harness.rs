@@ -745,6 +745,14 @@ impl Checker {
                 let id = &w.nodes[crashed].id;
                 if w.nodes.iter().all(|n| !n.up || !n.members.contains(id)) {
                     f.detected_s = Some(now_s - f.at_s);
+                } else if now_ms % 5000 == 0 && std::env::var_os("CANTEEN_SIM_DEBUG").is_some() {
+                    let listing: Vec<_> =
+                        w.nodes.iter().filter(|n| n.up && n.members.contains(id)).map(|n| n.id.to_string()).collect();
+                    eprintln!(
+                        "{now_s:.1}s {id} still listed by {} nodes: {:?}",
+                        listing.len(),
+                        &listing[..listing.len().min(10)]
+                    );
                 }
             }
         }
