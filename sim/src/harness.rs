@@ -5,8 +5,10 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use canteen_core::balance::Balancer;
@@ -55,6 +57,51 @@ fn now_ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
+/// The madsim timers a driver has armed and that have not fired yet. madsim's `Sleep` adds a
+/// timer every time it is polled while pending and cannot take one back: a driver that awaited
+/// `timeout(wait, inbox.recv())` anew after every input left a timer behind whenever an input
+/// came first, and each of them woke the node again later for nothing, and armed another.
+/// A driver arms a timer only when none of its own is due at or before its deadline.
+#[derive(Default)]
+struct Alarms {
+    armed: std::collections::BTreeSet<Instant>,
+}
+
+impl Alarms {
+    /// The next input, or `None` at `deadline` if none came first; `Some(Err)` once the inbox
+    /// is closed.
+    async fn next_input(
+        &mut self,
+        rx: &async_channel::Receiver<Input>,
+        deadline: Instant,
+    ) -> Option<Result<Input, async_channel::RecvError>> {
+        let mut recv = std::pin::pin!(rx.recv());
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(input) = recv.as_mut().poll(cx) {
+                return Poll::Ready(Some(input));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Poll::Ready(None);
+            }
+            while self.armed.first().is_some_and(|at| *at <= now) {
+                self.armed.pop_first();
+            }
+            if self.armed.first().is_none_or(|at| *at > deadline) {
+                // As madsim does: a timer fires a millisecond from now at the soonest.
+                let at = deadline.max(now + Duration::from_millis(1));
+                let mut sleep = std::pin::pin!(madsim::time::sleep_until(at));
+                // Polled once, the sleep arms a timer that wakes this task at `at`; dropping
+                // it leaves the timer armed.
+                let _ = sleep.as_mut().poll(cx);
+                self.armed.insert(at);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 /// The driver loop of one node: inputs in, actions out, drained after every input.
 async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Instant) {
     let (tx, rx) = async_channel::unbounded::<Input>();
@@ -96,6 +143,7 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
     let mut next_traffic_ms = now_ms(start) + 1000;
     let mut published_root: Option<u64> = None;
     let mut published_members = u64::MAX;
+    let mut alarms = Alarms::default();
     loop {
         // 1. Carry out every action, so the node's queue is empty before the next input.
         // The simulated clock does not move while actions are carried out: read it once.
@@ -251,11 +299,10 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
             Err(async_channel::TryRecvError::Closed) => return,
             Err(async_channel::TryRecvError::Empty) => {}
         }
-        let wait = Duration::from_millis(deadline.saturating_sub(now));
-        match madsim::time::timeout(wait, rx.recv()).await {
-            Ok(Ok(input)) => feed(&mut node, now_ms(start), input, &world, index),
-            Ok(Err(_)) => return,
-            Err(_) => {}
+        match alarms.next_input(&rx, start + Duration::from_millis(deadline)).await {
+            Some(Ok(input)) => feed(&mut node, now_ms(start), input, &world, index),
+            Some(Err(_)) => return,
+            None => {}
         }
     }
 }
