@@ -502,6 +502,16 @@ pub enum Message<'a> {
         /// The receiver as the sender holds it: suspected, at that incarnation.
         suspect: SwimMember,
     },
+    /// The periodic push-pull sync's first step: a fingerprint of the sender's whole view of
+    /// the cluster ([`crate::membership::Swim::view_fingerprint`]). A receiver whose own
+    /// differs starts a full sync (`SwimSync` with `reply`); one whose view is the same, as
+    /// it is in a quiet cluster, answers nothing.
+    SwimSyncDigest {
+        /// The sender, to answer to.
+        sender: SwimId,
+        /// The fingerprint of the sender's view.
+        fingerprint: u64,
+    },
 }
 
 /// A hash of a backend list, in order: equal lists have equal fingerprints, and two different
@@ -989,6 +999,13 @@ impl Node {
                     if let Some(sender) = sender.filter(|_| reply) {
                         self.send_swim_sync(sender.peer_addr().clone(), false);
                     }
+                }
+            }
+            Message::SwimSyncDigest { sender, fingerprint } => {
+                if let Some(swim) = self.swim.as_ref()
+                    && swim.view_fingerprint() != fingerprint
+                {
+                    self.send_swim_sync(sender.peer_addr().clone(), true);
                 }
             }
             Message::SwimSuspicion { sender, suspect } => {
@@ -1563,7 +1580,11 @@ impl Node {
                     (spec.health.path.clone(), spec.health.timeout_ms, spec.health.interval_ms);
                 let container = container.to_string();
                 self.actions.push_back(Action::Probe { container, host_port: l.host_port, path, timeout_ms });
-                self.schedule(now + Duration::from_millis(interval_ms), Timer::Probe { slot, generation });
+                // The next point of the node's own grid (at most an interval away), with its
+                // other periodic timers: a node's probes of equal intervals go out in one
+                // wake-up, not one each.
+                let next = self.on_grid(now + Duration::from_millis(1), interval_ms);
+                self.schedule(next, Timer::Probe { slot, generation });
             }
             Timer::Restart { slot, generation } => {
                 let Some(l) = self.local.get(&slot) else { return };
@@ -1629,7 +1650,17 @@ impl Node {
                     self.random_peers(1).pop().map(|i| self.member_addrs[i].clone())
                 };
                 if let Some(to) = to {
-                    self.send_swim_sync(to, true);
+                    if first {
+                        self.send_swim_sync(to, true);
+                    } else {
+                        // Most periodic syncs find the two views the same: a fingerprint
+                        // first, the lists only if they differ.
+                        let swim = self.swim.as_ref().expect("swim mode");
+                        let sender = swim.identity().clone();
+                        let fingerprint = swim.view_fingerprint();
+                        let bytes = Packet::encode(&self.config.id, &Message::SwimSyncDigest { sender, fingerprint });
+                        self.actions.push_back(Action::Send { to, bytes });
+                    }
                 }
                 let swim = &self.config.swim;
                 let next = if first {
@@ -2629,6 +2660,10 @@ mod tests {
                 ))],
                 reply: true,
             },
+            Message::SwimSyncDigest {
+                sender: crate::membership::SwimId::new(NodeId::new("a"), PeerAddr::new("10.0.0.1:7946"), 3),
+                fingerprint: 42,
+            },
             Message::SwimSuspicion {
                 sender: crate::membership::SwimId::new(NodeId::new("a"), PeerAddr::new("10.0.0.1:7946"), 3),
                 suspect: foca::Member::new(
@@ -3018,6 +3053,25 @@ mod swim_tests {
         });
         let left_at = left_at.expect("a declared the stale suspect down");
         assert!(left_at >= 3001 + check_ms, "not before a second check saw the suspicion ({left_at} ms)");
+    }
+
+    #[test]
+    fn periodic_syncs_between_nodes_with_the_same_view_send_only_a_fingerprint() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 5000, |_| false);
+        let (digests, lists) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let count = |_: usize, m: &Message| {
+            match m {
+                Message::SwimSyncDigest { .. } => digests.set(digests.get() + 1),
+                Message::SwimSync { .. } => lists.set(lists.get() + 1),
+                _ => {}
+            }
+            false
+        };
+        // At least two periodic syncs each (every 15 to 30 s at this size).
+        super::tests::pump_directed(&mut nodes, 5001, 65_000, count, |_, _| {});
+        assert!(digests.get() >= 4, "each node synced twice at least ({} fingerprints)", digests.get());
+        assert_eq!(lists.get(), 0, "the views were the same: no member list was sent");
     }
 
     #[test]

@@ -144,6 +144,7 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
     let mut published_root: Option<u64> = None;
     let mut published_members = u64::MAX;
     let mut alarms = Alarms::default();
+    let mut socket_addrs: std::collections::HashMap<PeerAddr, SocketAddr> = std::collections::HashMap::new();
     loop {
         // 1. Carry out every action, so the node's queue is empty before the next input.
         // The simulated clock does not move while actions are carried out: read it once.
@@ -151,8 +152,15 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
         while let Some(action) = node.poll_action() {
             match action {
                 Action::Send { to, bytes } => {
-                    // Every address a node learns is one of the simulated nodes' own.
-                    let to: SocketAddr = to.as_str().parse().expect("a simulated node's gossip address");
+                    // Every address a node learns is one of the simulated nodes' own; each is
+                    // parsed once.
+                    let to: SocketAddr = match socket_addrs.get(&to) {
+                        Some(addr) => *addr,
+                        None => {
+                            let addr = to.as_str().parse().expect("a simulated node's gossip address");
+                            *socket_addrs.entry(to).or_insert(addr)
+                        }
+                    };
                     {
                         let mut w = lock(&world);
                         w.nodes[index].bytes_sent += bytes.len() as u64;
@@ -192,8 +200,9 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
                     let w = lock(&world);
                     let (outcome, after_ms) = match container_id(&container).and_then(|id| w.containers.get(&id)) {
                         Some(c) if c.removed_at_ms.is_none() && c.hung => (ProbeOutcome::Timeout, timeout_ms),
-                        Some(c) if c.removed_at_ms.is_none() && c.healthy_at(now) => (ProbeOutcome::Success, 1),
-                        _ => (ProbeOutcome::Failure, 1),
+                        // Answered at once: the node takes the answer before it sleeps again.
+                        Some(c) if c.removed_at_ms.is_none() && c.healthy_at(now) => (ProbeOutcome::Success, 0),
+                        _ => (ProbeOutcome::Failure, 0),
                     };
                     drop(w);
                     later_seq += 1;
@@ -792,7 +801,7 @@ impl Checker {
                 let id = &w.nodes[crashed].id;
                 if w.nodes.iter().all(|n| !n.up || !n.members.contains(id)) {
                     f.detected_s = Some(now_s - f.at_s);
-                } else if now_ms % 5000 == 0 && std::env::var_os("CANTEEN_SIM_DEBUG").is_some() {
+                } else if now_ms.is_multiple_of(5000) && std::env::var_os("CANTEEN_SIM_DEBUG").is_some() {
                     let listing: Vec<_> =
                         w.nodes.iter().filter(|n| n.up && n.members.contains(id)).map(|n| n.id.to_string()).collect();
                     eprintln!(
