@@ -86,11 +86,6 @@ pub const SWIM_ITEM_BYTES_MAX: usize = 400;
 /// rumors, which carry a burst in a few large packets.
 pub const SWIM_ITEMS_PENDING_MAX: usize = 32;
 
-/// Most SWIM identities a node keeps for sharing with the ones it decodes (foca's codec in
-/// `membership`): four lives for each member of a cluster of two thousand. Past that it forgets
-/// them all and starts again, which costs allocations, never correctness.
-pub const SWIM_KNOWN_IDS_MAX: usize = 8192;
-
 /// Most slots one node runs: its status, which lists them, must fit one registry value.
 pub const LOCAL_SLOTS_MAX: usize = 200;
 

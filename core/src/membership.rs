@@ -23,7 +23,7 @@ use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, BroadcastHandler, Codec, Foca, Header, Identity, Invalidates, PostcardCodec};
+use foca::{AccumulatingRuntime, BroadcastHandler, Foca, Identity, Invalidates, PostcardCodec};
 use serde::{Deserialize, Serialize};
 
 use crate::model::NodeId;
@@ -339,100 +339,6 @@ impl<'de> Deserialize<'de> for SwimId {
     }
 }
 
-/// A [`SwimId`] as a packet carries it, borrowed from the packet's bytes.
-#[derive(Clone, Copy, Deserialize)]
-struct SwimLifeRef<'a> {
-    node: &'a str,
-    addr: &'a str,
-    generation: u64,
-}
-
-/// foca's codec here: foca's postcard encoding, but an identity decoded from a packet is the
-/// one this node decoded before, when it has (the same `Arc`), not a new one. Every SWIM packet
-/// carries two identities or more, and foca compares each with its members': decoded anew,
-/// each was three allocations and, compared, two string comparisons, where a shared one is a
-/// pointer comparison. Identities are looked up by address hash and generation, and checked
-/// name for name.
-#[derive(Default)]
-struct SwimCodec {
-    known: std::collections::HashMap<(u64, u64), SwimId>,
-}
-
-impl SwimCodec {
-    /// The identity `life` names: the one known, or a new one, then known.
-    fn intern(&mut self, life: SwimLifeRef<'_>) -> SwimId {
-        let addr_hash = stable_hash(life.addr.as_bytes());
-        if let Some(id) = self.known.get(&(addr_hash, life.generation))
-            && id.life.node.as_str() == life.node
-            && id.life.addr.as_str() == life.addr
-        {
-            return id.clone();
-        }
-        if self.known.len() >= crate::limits::SWIM_KNOWN_IDS_MAX {
-            // Lives come and go (restarts, renewals): forget them all rather than keep the
-            // ones gone for good. The members' identities are found again as they arrive.
-            self.known.clear();
-        }
-        let id = SwimId::new(NodeId::new(life.node), PeerAddr::new(life.addr), life.generation);
-        self.known.insert((addr_hash, life.generation), id.clone());
-        id
-    }
-
-    fn intern_message(&mut self, message: foca::Message<SwimLifeRef<'_>>) -> foca::Message<SwimId> {
-        use foca::Message as M;
-        match message {
-            M::Ping(n) => M::Ping(n),
-            M::Ack(n) => M::Ack(n),
-            M::PingReq { target, probe_number } => M::PingReq { target: self.intern(target), probe_number },
-            M::IndirectPing { origin, probe_number } => M::IndirectPing { origin: self.intern(origin), probe_number },
-            M::IndirectAck { target, probe_number } => M::IndirectAck { target: self.intern(target), probe_number },
-            M::ForwardedAck { origin, probe_number } => M::ForwardedAck { origin: self.intern(origin), probe_number },
-            M::Announce => M::Announce,
-            M::Feed => M::Feed,
-            M::Gossip => M::Gossip,
-            M::Broadcast => M::Broadcast,
-            M::TurnUndead => M::TurnUndead,
-        }
-    }
-}
-
-impl Codec<SwimId> for SwimCodec {
-    type Error = postcard::Error;
-
-    fn encode_header(&mut self, header: &Header<SwimId>, buf: impl bytes::BufMut) -> Result<(), Self::Error> {
-        PostcardCodec.encode_header(header, buf)
-    }
-
-    fn decode_header(&mut self, mut buf: impl bytes::Buf) -> Result<Header<SwimId>, Self::Error> {
-        // foca hands a contiguous buffer (as its own postcard codec assumes).
-        let remaining = buf.remaining();
-        let (header, rest) = postcard::take_from_bytes::<Header<SwimLifeRef<'_>>>(buf.chunk())?;
-        let used = remaining - rest.len();
-        let header = Header {
-            src: self.intern(header.src),
-            src_incarnation: header.src_incarnation,
-            dst: self.intern(header.dst),
-            message: self.intern_message(header.message),
-        };
-        buf.advance(used);
-        Ok(header)
-    }
-
-    fn encode_member(&mut self, member: &SwimMember, buf: impl bytes::BufMut) -> Result<(), Self::Error> {
-        PostcardCodec.encode_member(member, buf)
-    }
-
-    fn decode_member(&mut self, mut buf: impl bytes::Buf) -> Result<SwimMember, Self::Error> {
-        let remaining = buf.remaining();
-        let (member, rest) = postcard::take_from_bytes::<foca::Member<SwimLifeRef<'_>>>(buf.chunk())?;
-        let used = remaining - rest.len();
-        let (incarnation, state) = (member.incarnation(), member.state());
-        let member = foca::Member::new(self.intern(*member.id()), incarnation, state);
-        buf.advance(used);
-        Ok(member)
-    }
-}
-
 impl Identity for SwimId {
     /// The address's hash: foca compares addresses in linear scans, so they must be cheap.
     type Addr = u64;
@@ -545,7 +451,7 @@ impl BroadcastHandler<SwimId> for EntryBroadcasts {
 
 /// One node's SWIM member: foca, its runtime's queued effects, and the seeds to join through.
 pub struct Swim {
-    foca: Foca<SwimId, SwimCodec, SwimRng, EntryBroadcasts>,
+    foca: Foca<SwimId, PostcardCodec, SwimRng, EntryBroadcasts>,
     runtime: AccumulatingRuntime<SwimId>,
     seeds: Vec<PeerAddr>,
     /// See [`EntryBroadcasts::received`].
@@ -571,7 +477,7 @@ impl Swim {
         let received = Arc::new(Mutex::new(Vec::new()));
         let handler = EntryBroadcasts { received: received.clone() };
         let rng = SwimRng(SplitMix64::new(seed));
-        let foca = Foca::with_custom_broadcast(identity, config.foca(), rng, SwimCodec::default(), handler);
+        let foca = Foca::with_custom_broadcast(identity, config.foca(), rng, PostcardCodec, handler);
         Swim { foca, runtime: AccumulatingRuntime::new(), seeds: Vec::new(), received }
     }
 
@@ -933,39 +839,6 @@ mod tests {
         cluster.run_until(3000, &mut timers);
         for (id, member) in &cluster.members {
             assert_eq!(member.alive().len(), 7, "{id} knows everyone else");
-        }
-    }
-
-    #[test]
-    fn the_codec_shares_an_identity_it_decoded_before_and_tells_other_lives_apart() {
-        let mut codec = SwimCodec::default();
-        let id = SwimId::new(NodeId::new("n1"), PeerAddr::new("10.0.0.2:7946"), 3);
-        let target = SwimId::new(NodeId::new("n2"), PeerAddr::new("10.0.0.3:7946"), 1);
-        let header = Header {
-            src: id.clone(),
-            src_incarnation: 2,
-            dst: target.clone(),
-            message: foca::Message::PingReq { target: target.clone(), probe_number: 7 },
-        };
-        let mut bytes = Vec::new();
-        codec.encode_header(&header, &mut bytes).unwrap();
-        let first = codec.decode_header(&bytes[..]).unwrap();
-        let again = codec.decode_header(&bytes[..]).unwrap();
-        assert_eq!(first, header, "what was encoded");
-        assert!(Arc::ptr_eq(&first.src.life, &again.src.life), "the identity decoded before, shared");
-        let foca::Message::PingReq { target: decoded_target, .. } = &again.message else { panic!("a ping request") };
-        assert!(Arc::ptr_eq(&again.dst.life, &decoded_target.life), "one identity wherever it stands");
-        // Another life, or another name, at the same address is another identity.
-        for other in [
-            SwimId::new(NodeId::new("n1"), PeerAddr::new("10.0.0.2:7946"), 4),
-            SwimId::new(NodeId::new("n9"), PeerAddr::new("10.0.0.2:7946"), 3),
-        ] {
-            let member = foca::Member::new(other.clone(), 0, foca::State::Alive);
-            let mut bytes = Vec::new();
-            codec.encode_member(&member, &mut bytes).unwrap();
-            let decoded = codec.decode_member(&bytes[..]).unwrap();
-            assert_eq!(decoded, member);
-            assert_ne!(decoded.id(), &id);
         }
     }
 
