@@ -495,7 +495,10 @@ pub enum Message<'a> {
     /// again while the suspicion lasts (Lifeguard's buddy system). A live receiver refutes (a
     /// new incarnation) and announces itself to the sender, whose foca takes the refutation
     /// from that packet's header: a round trip, where gossip alone takes a few rounds each way
-    /// and, under packet loss, sometimes longer than the suspicion.
+    /// and, under packet loss, sometimes longer than the suspicion. A receiver in a later life
+    /// than the one suspected (restarted, or renewed after a down declaration) announces that
+    /// life instead, which takes the old one's place at the sender: foca answers no probe
+    /// addressed to an earlier life, so the sender would declare it down.
     SwimSuspicion {
         /// The sender, to answer to.
         sender: SwimId,
@@ -3055,6 +3058,13 @@ mod swim_tests {
         assert!(left_at >= 3001 + check_ms, "not before a second check saw the suspicion ({left_at} ms)");
     }
 
+    /// The foca header of a SWIM packet.
+    fn swim_header(message: &Message) -> Option<foca::Header<SwimId>> {
+        let Message::Swim(bytes) = message else { return None };
+        let mut buf: &[u8] = bytes;
+        foca::Codec::<SwimId>::decode_header(&mut foca::PostcardCodec, &mut buf).ok()
+    }
+
     #[test]
     fn periodic_syncs_between_nodes_with_the_same_view_send_only_a_fingerprint() {
         let mut nodes = swim_nodes();
@@ -3075,17 +3085,101 @@ mod swim_tests {
     }
 
     #[test]
-    fn a_suspicion_of_an_earlier_life_is_not_refuted() {
+    fn a_suspicion_of_an_earlier_life_is_answered_with_this_life_and_not_refuted() {
         let mut nodes = swim_nodes();
         tests_pump(&mut nodes, 0, 3000, |_| false);
         let swim_a = nodes[0].swim.as_ref().unwrap();
         let sender = swim_a.identity().clone();
         let b_now = nodes[1].swim.as_ref().unwrap().identity().clone();
+        let incarnation = |node: &Node| node.swim.as_ref().unwrap().sync_state(usize::MAX)[0][0].incarnation();
+        let before = incarnation(&nodes[1]);
         let earlier = SwimId::new(b_now.node().clone(), b_now.peer_addr().clone(), b_now.generation() - 1);
         let suspect = SwimMember::new(earlier, 0, foca::State::Suspect);
-        let bytes = Packet::encode(&NodeId::new("a"), &Message::SwimSuspicion { sender, suspect });
+        let bytes = Packet::encode(&NodeId::new("a"), &Message::SwimSuspicion { sender: sender.clone(), suspect });
         nodes[1].handle_message(Time::from_millis(3001), &bytes);
-        assert_eq!(nodes[1].poll_action(), None, "nothing to refute, nothing sent");
+        let mut sent = Vec::new();
+        while let Some(action) = nodes[1].poll_action() {
+            if let Action::Send { bytes, .. } = action {
+                let packet = postcard::from_bytes::<Packet>(&bytes).unwrap();
+                sent.extend(swim_header(&packet.message).map(|h| (h.src, h.dst, h.message)));
+            }
+        }
+        assert_eq!(sent, [(b_now, sender, foca::Message::Announce)], "b tells a of its current life");
+        assert_eq!(incarnation(&nodes[1]), before, "nothing refuted: the suspicion is not this life's");
+    }
+
+    #[test]
+    fn a_refuted_suspicion_leaves_the_suspect_its_identity() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 3000, |_| false);
+        let b = NodeId::new("b");
+        let generation = |node: &Node| node.swim.as_ref().unwrap().identity().generation();
+        assert_eq!(generation(&nodes[1]), 1);
+        // a's SWIM packets to b are lost until a's probe of b fails and a suspects it; b hears
+        // of it from a's telling and refutes, and from then on nothing is lost. When a's
+        // suspicion runs out, b is alive at a higher incarnation: foca 2.0.0 would still send
+        // it its "you are declared down" (`TurnUndead`), and b would renew its identity, a
+        // new life that a's and every peer's probes of the old one no longer reach.
+        let suspected = std::cell::Cell::new(false);
+        let lost = |from: usize, m: &Message| from == 0 && matches!(m, Message::Swim(_)) && !suspected.get();
+        let turn_undead = std::cell::Cell::new(0);
+        let count = |from: usize, m: &Message| {
+            from == 0 && swim_header(m).is_some_and(|h| h.message == foca::Message::TurnUndead)
+        };
+        super::tests::pump_directed(
+            &mut nodes,
+            3001,
+            8000,
+            |from, m| {
+                if count(from, m) && !lost(from, m) {
+                    turn_undead.set(turn_undead.get() + 1);
+                }
+                lost(from, m)
+            },
+            |t, nodes| {
+                assert!(nodes[0].members().contains(&b), "a declared the live b down at {t} ms");
+                suspected.set(suspected.get() || nodes[0].suspected().contains(&b));
+            },
+        );
+        assert!(suspected.get(), "a's probe of b failed, and a suspected it");
+        assert_eq!(turn_undead.get(), 0, "a told the refuted b it was declared down");
+        assert_eq!(generation(&nodes[1]), 1, "b kept its identity");
+        assert!(nodes[0].suspected().is_empty());
+    }
+
+    #[test]
+    fn a_peer_holding_an_earlier_life_learns_the_current_one_from_the_answer_to_its_telling() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 3000, |_| false);
+        let b = NodeId::new("b");
+        // b's agent restarts: its new life (generation 2) announces itself to its seed a, but
+        // every SWIM packet from b to a is lost except b's answer to a's telling (an announce
+        // to a's exact identity, not to a seed's address). a's probes of b's earlier life go
+        // unanswered (foca drops packets addressed to another identity), so a suspects it and
+        // tells b.
+        let mut config = nodes[1].config().clone();
+        config.generation = 2;
+        nodes[1] = Node::new(Time::from_millis(3001), config);
+        while nodes[1].poll_action().is_some() {}
+        let a_id = nodes[0].swim.as_ref().unwrap().identity().clone();
+        let lost = |from: usize, m: &Message| {
+            from == 1
+                && match m {
+                    Message::Swim(_) => {
+                        !swim_header(m).is_some_and(|h| h.message == foca::Message::Announce && h.dst == a_id)
+                    }
+                    Message::SwimSync { .. } => true,
+                    _ => false,
+                }
+        };
+        let mut suspected = false;
+        super::tests::pump_directed(&mut nodes, 3001, 8000, lost, |t, nodes| {
+            assert!(nodes[0].members().contains(&b), "a declared the live b down at {t} ms");
+            suspected |= nodes[0].suspected().contains(&b);
+        });
+        assert!(suspected, "a's probes of b's earlier life failed, and a suspected it");
+        let held = nodes[0].swim.as_ref().unwrap().member(&b).unwrap();
+        assert_eq!((held.id().generation(), held.state()), (2, foca::State::Alive), "a holds b's current life");
     }
 
     fn tests_pump(nodes: &mut [Node; 2], from_ms: u64, until_ms: u64, drop: impl Fn(&Message) -> bool) {
