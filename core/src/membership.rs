@@ -95,9 +95,10 @@ pub struct SwimConfig {
     pub announce_down_interval_ms: u64,
     /// The largest SWIM packet sent or accepted.
     pub packet_bytes_max: usize,
-    /// How often, at least, a node sends its whole member list to one random peer, which
-    /// answers with its own (a push-pull sync, as memberlist does): what a node missed from
-    /// SWIM's gossip, it learns there. The interval grows with the cluster
+    /// How often, at least, a node syncs its member list with one random peer (a push-pull
+    /// sync, as memberlist does): it sends a fingerprint of its view first, and when the
+    /// peer's view differs, the two send each other their whole lists; what a node missed
+    /// from SWIM's gossip, it learns there. The interval grows with the cluster
     /// (`sync_ms_per_member` per member known), so that the bytes a node spends on it stay flat
     /// as the cluster grows. A node also syncs with a seed right after it joins: a thousand
     /// nodes starting at once learn each other in one round trip instead of a minute of
