@@ -3066,7 +3066,7 @@ mod swim_tests {
     }
 
     #[test]
-    fn periodic_syncs_between_nodes_with_the_same_view_send_only_a_fingerprint() {
+    fn periodic_syncs_send_only_a_fingerprint_while_the_views_agree_and_the_lists_when_they_differ() {
         let mut nodes = swim_nodes();
         tests_pump(&mut nodes, 0, 5000, |_| false);
         let (digests, lists) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
@@ -3082,6 +3082,25 @@ mod swim_tests {
         super::tests::pump_directed(&mut nodes, 5001, 65_000, count, |_, _| {});
         assert!(digests.get() >= 4, "each node synced twice at least ({} fingerprints)", digests.get());
         assert_eq!(lists.get(), 0, "the views were the same: no member list was sent");
+        // A fingerprint that is b's own view gets no answer; any other gets b's whole list,
+        // with a request for a's.
+        let sender = nodes[0].swim.as_ref().unwrap().identity().clone();
+        let same = nodes[1].swim.as_ref().unwrap().view_fingerprint();
+        for (fingerprint, answered) in [(same, false), (same ^ 1, true)] {
+            let digest = Message::SwimSyncDigest { sender: sender.clone(), fingerprint };
+            nodes[1].handle_message(Time::from_millis(65_001), &Packet::encode(&NodeId::new("a"), &digest));
+            let mut sent = Vec::new();
+            while let Some(action) = nodes[1].poll_action() {
+                if let Action::Send { to, bytes } = action {
+                    let packet = postcard::from_bytes::<Packet>(&bytes).unwrap();
+                    if let Message::SwimSync { members, reply } = packet.message {
+                        sent.push((to, members.len(), reply));
+                    }
+                }
+            }
+            let expected = if answered { vec![(sender.peer_addr().clone(), 2, true)] } else { vec![] };
+            assert_eq!(sent, expected, "fingerprint {fingerprint}");
+        }
     }
 
     #[test]
