@@ -589,15 +589,20 @@ impl Swim {
     /// it did. foca runs a suspicion's timer only on the node whose probe failed; this is the
     /// same end for a suspicion heard by gossip (see `Node`'s stale suspicions).
     pub fn declare_down(&mut self, member: &SwimId, incarnation: u16) -> Result<bool, SwimError> {
-        let still = self
-            .foca
-            .iter_members()
-            .any(|m| m.id() == member && m.incarnation() == incarnation && m.state() == foca::State::Suspect);
+        let still = self.state_at(member, incarnation) == Some(foca::State::Suspect);
         if still {
             let down = foca::Member::new(member.clone(), incarnation, foca::State::Down);
             self.foca.apply_many(std::iter::once(down), true, &mut self.runtime)?;
         }
         Ok(still)
+    }
+
+    /// The state foca holds `member` (that life of it) in, if it holds it at `incarnation`.
+    fn state_at(&self, member: &SwimId, incarnation: u16) -> Option<foca::State> {
+        self.foca
+            .iter_membership_state()
+            .find(|m| m.id() == member && m.incarnation() == incarnation)
+            .map(|m| m.state())
     }
 
     /// A peer, `sender`, says it suspects this node (`suspect`, as the peer holds it). If
@@ -653,7 +658,7 @@ impl Swim {
     /// declared the live node down (seed 14 of `scenarios/long/packet-loss-1h-50-nodes.toml`).
     pub fn handle_timer(&mut self, timer: SwimTimer) -> Result<(), SwimError> {
         if let foca::Timer::ChangeSuspectToDown { member_id, incarnation, .. } = &timer
-            && !self.foca.iter_membership_state().any(|m| m.id() == member_id && m.incarnation() == *incarnation)
+            && self.state_at(member_id, *incarnation).is_none()
         {
             return Ok(());
         }
