@@ -3058,6 +3058,37 @@ mod swim_tests {
         assert!(left_at >= 3001 + check_ms, "not before a second check saw the suspicion ({left_at} ms)");
     }
 
+    #[test]
+    fn a_live_member_suspected_by_hearsay_is_told_and_its_refutation_clears_the_suspicion() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 3000, |_| false);
+        let b = NodeId::new("b");
+        // As above, a hears by a sync that b is suspected; this time b hears a's tellings.
+        let me = nodes[0].swim.as_ref().unwrap().identity().clone();
+        let held = nodes[0].swim.as_ref().unwrap().member(&b).unwrap().clone();
+        let members = vec![
+            SwimMember::new(me, 0, foca::State::Alive),
+            SwimMember::new(held.id().clone(), held.incarnation(), foca::State::Suspect),
+        ];
+        let bytes = Packet::encode(&NodeId::new("a"), &Message::SwimSync { members, reply: false });
+        nodes[0].handle_message(Time::from_millis(3001), &bytes);
+        while nodes[0].poll_action().is_some() {}
+        let swim = nodes[0].config().swim.clone();
+        let check_ms = SWIM_FULL_CHECK_PERIODS * SWIM_TICK_PERIODS * swim.probe_period_ms;
+        let until = 3002 + 2 * check_ms + swim.suspect_to_down_ms + swim.probe_period_ms;
+        super::tests::pump_directed(
+            &mut nodes,
+            3002,
+            until,
+            |_, _| false,
+            |t, nodes| {
+                assert!(nodes[0].members().contains(&b), "a declared the live b down at {t} ms");
+            },
+        );
+        assert!(nodes[0].swim.as_ref().unwrap().suspects().is_empty(), "b's refutation ended the suspicion at a");
+        assert!(nodes[0].suspected().is_empty(), "b is back in a's balancers");
+    }
+
     /// The foca header of a SWIM packet.
     fn swim_header(message: &Message) -> Option<foca::Header<SwimId>> {
         let Message::Swim(bytes) = message else { return None };
