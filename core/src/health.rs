@@ -139,9 +139,11 @@ impl HealthTracker {
         self.healthy_since
     }
 
-    /// When to send the next probe: `interval_ms` after the last recorded one, the first at
-    /// once (`started_at`): a replacement serves as soon as it answers, not an interval later,
-    /// and a first probe that comes too early costs nothing inside the start grace.
+    /// When the first probe is due: at once (`started_at`), so that a replacement serves as
+    /// soon as it answers, not an interval later (a first probe that comes too early costs
+    /// nothing inside the start grace); after a recorded one, `interval_ms` later. `Node`
+    /// takes only the first from here: it sends the next ones on its own grid, at most an
+    /// interval apart.
     pub fn next_probe_at(&self) -> Time {
         match self.last_probe_at {
             Some(last) => last + Duration::from_millis(self.interval_ms),

@@ -758,9 +758,12 @@ pub struct Node {
     started: Time,
     /// How many `SwimJoin` timers fired.
     swim_join_ticks: u64,
-    /// Members foca held suspected at the last full check that this node was not suspecting
-    /// itself (`take_up_stale_suspicions`).
+    /// Members foca held suspected at the last full check with no suspicion timer of this
+    /// node's pending for them (`take_up_stale_suspicions`).
     swim_heard_suspects: Vec<(SwimId, u16)>,
+    /// The suspicions, by life and incarnation, whose end this node has a timer for: foca's
+    /// `ChangeSuspectToDown` and its own `SwimSuspectDown`. Each leaves when its timer fires.
+    swim_suspicion_timers: BTreeSet<(SwimId, u16)>,
     /// Bumped whenever `members` changes.
     members_version: u64,
     /// Members SWIM suspects: their replicas are out of the balancers (`set_suspected`).
@@ -819,6 +822,7 @@ impl Node {
             swim_members_read_at: None,
             swim_join_ticks: 0,
             swim_heard_suspects: Vec::new(),
+            swim_suspicion_timers: BTreeSet::new(),
             swim_parked_gossip: Vec::new(),
             phase_ms: 0,
             started: now,
@@ -1006,7 +1010,7 @@ impl Node {
             }
             Message::SwimSyncDigest { sender, fingerprint } => {
                 if let Some(swim) = self.swim.as_ref()
-                    && swim.view_fingerprint() != fingerprint
+                    && swim.view_fingerprint(sender.peer_addr()) != fingerprint
                 {
                     self.send_swim_sync(sender.peer_addr().clone(), true);
                 }
@@ -1076,6 +1080,9 @@ impl Node {
         // thousand-node cluster, that was most of a node's time. So they are read only when
         // they may have changed (`read_swim_members`).
         self.swim_members_stale |= notified || swim.num_members() != self.members.len();
+        for (member, incarnation) in &suspected {
+            self.swim_suspicion_timers.insert((member.clone(), *incarnation));
+        }
         for (after, timer) in timers {
             self.schedule(now + after, Timer::Swim(timer));
         }
@@ -1197,7 +1204,10 @@ impl Node {
     fn take_up_stale_suspicions(&mut self, now: Time) {
         let swim = self.swim.as_ref().expect("swim mode");
         let mut heard = swim.suspects();
-        heard.retain(|(member, _)| !self.suspected.contains(member.node()));
+        // A suspicion whose end this node has a timer for is not stale. One it suspected
+        // itself and lost the timer of (foca ignores its own timers once this node renewed
+        // its identity) is.
+        heard.retain(|suspicion| !self.swim_suspicion_timers.contains(suspicion));
         let before = std::mem::take(&mut self.swim_heard_suspects);
         let stale: Vec<(SwimId, u16)> = heard.iter().filter(|s| before.contains(s)).cloned().collect();
         self.swim_heard_suspects = heard;
@@ -1205,6 +1215,7 @@ impl Node {
             self.set_suspected(member.node(), true);
             self.send_suspicion(now, member.clone(), incarnation, SWIM_SUSPICION_SENDS);
             let at = now + Duration::from_millis(self.config.swim.suspect_to_down_ms);
+            self.swim_suspicion_timers.insert((member.clone(), incarnation));
             self.schedule(at, Timer::SwimSuspectDown { member, incarnation });
         }
     }
@@ -1618,7 +1629,10 @@ impl Node {
                     return;
                 }
                 let cleared = match &timer {
-                    foca::Timer::ChangeSuspectToDown { member_id, .. } => Some(member_id.node().clone()),
+                    foca::Timer::ChangeSuspectToDown { member_id, incarnation, .. } => {
+                        self.swim_suspicion_timers.remove(&(member_id.clone(), *incarnation));
+                        Some(member_id.node().clone())
+                    }
                     _ => None,
                 };
                 self.swim_call(now, None, |swim| swim.handle_timer(timer));
@@ -1639,6 +1653,7 @@ impl Node {
                 }
             }
             Timer::SwimSuspectDown { member, incarnation } => {
+                self.swim_suspicion_timers.remove(&(member.clone(), incarnation));
                 self.swim_call(now, None, |swim| swim.declare_down(&member, incarnation).map(|_| ()));
                 self.refresh_suspected(member.node());
             }
@@ -1660,7 +1675,7 @@ impl Node {
                         // first, the lists only if they differ.
                         let swim = self.swim.as_ref().expect("swim mode");
                         let sender = swim.identity().clone();
-                        let fingerprint = swim.view_fingerprint();
+                        let fingerprint = swim.view_fingerprint(&to);
                         let bytes = Packet::encode(&self.config.id, &Message::SwimSyncDigest { sender, fingerprint });
                         self.actions.push_back(Action::Send { to, bytes });
                     }
@@ -3116,7 +3131,7 @@ mod swim_tests {
         // A fingerprint that is b's own view gets no answer; any other gets b's whole list,
         // with a request for a's.
         let sender = nodes[0].swim.as_ref().unwrap().identity().clone();
-        let same = nodes[1].swim.as_ref().unwrap().view_fingerprint();
+        let same = nodes[1].swim.as_ref().unwrap().view_fingerprint(sender.peer_addr());
         for (fingerprint, answered) in [(same, false), (same ^ 1, true)] {
             let digest = Message::SwimSyncDigest { sender: sender.clone(), fingerprint };
             nodes[1].handle_message(Time::from_millis(65_001), &Packet::encode(&NodeId::new("a"), &digest));
@@ -3141,8 +3156,8 @@ mod swim_tests {
         let swim_a = nodes[0].swim.as_ref().unwrap();
         let sender = swim_a.identity().clone();
         let b_now = nodes[1].swim.as_ref().unwrap().identity().clone();
-        let incarnation = |node: &Node| node.swim.as_ref().unwrap().sync_state(usize::MAX)[0][0].incarnation();
-        let before = incarnation(&nodes[1]);
+        // b's incarnation as a holds it: no refutation since (no packet was lost).
+        let before = nodes[0].swim.as_ref().unwrap().member(b_now.node()).unwrap().incarnation();
         let earlier = SwimId::new(b_now.node().clone(), b_now.peer_addr().clone(), b_now.generation() - 1);
         let suspect = SwimMember::new(earlier, 0, foca::State::Suspect);
         let bytes = Packet::encode(&NodeId::new("a"), &Message::SwimSuspicion { sender: sender.clone(), suspect });
@@ -3151,11 +3166,11 @@ mod swim_tests {
         while let Some(action) = nodes[1].poll_action() {
             if let Action::Send { bytes, .. } = action {
                 let packet = postcard::from_bytes::<Packet>(&bytes).unwrap();
-                sent.extend(swim_header(&packet.message).map(|h| (h.src, h.dst, h.message)));
+                sent.extend(swim_header(&packet.message).map(|h| (h.src, h.src_incarnation, h.dst, h.message)));
             }
         }
-        assert_eq!(sent, [(b_now, sender, foca::Message::Announce)], "b tells a of its current life");
-        assert_eq!(incarnation(&nodes[1]), before, "nothing refuted: the suspicion is not this life's");
+        let announce = (b_now, before, sender, foca::Message::Announce);
+        assert_eq!(sent, [announce], "b tells a of its current life, at the incarnation a holds: nothing refuted");
     }
 
     #[test]
