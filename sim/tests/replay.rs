@@ -81,12 +81,13 @@ fn convergence_after_a_heal_is_timed_and_an_impossible_bound_fails() {
 
 #[test]
 fn a_live_node_dropped_by_its_peers_under_packet_loss_is_counted_as_wrongly_declared_down() {
-    // 30% loss for ten minutes among 20 nodes: SWIM declares live nodes down, and every peer
-    // that drops one counts until it rejoins. Without faults, nobody is.
+    // 50% loss for ten minutes among 20 nodes: SWIM declares live nodes down, and every peer
+    // that drops one counts until it rejoins. Without faults, nobody is. (At 30% and 40% it
+    // declares none at this seed since refuted suspicions stopped renewing identities.)
     let mut s = load("packet-loss.toml");
     for f in &mut s.faults {
         if let scenario::FaultKind::PacketLoss { ratio } = &mut f.kind {
-            *ratio = 0.3;
+            *ratio = 0.5;
         }
     }
     s.expect.false_down_max = Some(0);
