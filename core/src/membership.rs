@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::NodeId;
 use crate::rng::SplitMix64;
-use crate::schedule::{mix, stable_hash};
+use crate::schedule::stable_hash;
 
 /// How a node learns which peers are alive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,10 +95,9 @@ pub struct SwimConfig {
     pub announce_down_interval_ms: u64,
     /// The largest SWIM packet sent or accepted.
     pub packet_bytes_max: usize,
-    /// How often, at least, a node syncs its member list with one random peer (a push-pull
-    /// sync, as memberlist does): it sends a fingerprint of its view first, and when the
-    /// peer's view differs, the two send each other their whole lists; what a node missed
-    /// from SWIM's gossip, it learns there. The interval grows with the cluster
+    /// How often, at least, a node sends its whole member list to one random peer, which
+    /// answers with its own (a push-pull sync, as memberlist does): what a node missed from
+    /// SWIM's gossip, it learns there. The interval grows with the cluster
     /// (`sync_ms_per_member` per member known), so that the bytes a node spends on it stay flat
     /// as the cluster grows. A node also syncs with a seed right after it joins: a thousand
     /// nodes starting at once learn each other in one round trip instead of a minute of
@@ -717,33 +716,8 @@ impl Swim {
     pub fn fingerprint(&self) -> u64 {
         self.foca.iter_members().fold(0u64, |acc, m| {
             let id = m.id();
-            acc.wrapping_add(mix(id.addr_hash ^ id.generation.rotate_left(32)))
+            acc.wrapping_add(crate::schedule::mix(id.addr_hash ^ id.generation.rotate_left(32)))
         })
-    }
-
-    /// A fingerprint of this node's view of the cluster for a push-pull sync with `peer`:
-    /// every member foca holds, down ones included, with its generation, incarnation and state,
-    /// except the two ends of the sync (this node, its earlier lives, and every life of
-    /// `peer`). Each end is what it alone knows best: foca keeps no public record of a node's
-    /// own incarnation, so a node that refuted a suspicion once would never match its peers'
-    /// view of it, and what two neighbours hold of each other their own probes settle. Both
-    /// ends leave out the same pair, so two nodes that hold the same view of the rest have the
-    /// same fingerprint, and two views that differ share one with odds of 1 in 2^64.
-    pub fn view_fingerprint(&self, peer: &PeerAddr) -> u64 {
-        let (me, peer) = (self.foca.identity().addr_hash, peer.hash64());
-        self.foca.iter_membership_state().filter(|m| m.id().addr_hash != me && m.id().addr_hash != peer).fold(
-            0u64,
-            |acc, m| {
-                let state = match m.state() {
-                    foca::State::Alive => 1u64,
-                    foca::State::Suspect => 2,
-                    foca::State::Down => 3,
-                };
-                let id = m.id();
-                let life = mix(mix(id.addr_hash) ^ id.generation);
-                acc.wrapping_add(mix(life ^ (u64::from(m.incarnation()) << 2 | state)))
-            },
-        )
     }
 
     /// How many membership updates wait to be gossiped: a number growing past the cluster's
@@ -875,43 +849,6 @@ mod tests {
         for (id, member) in &cluster.members {
             assert_eq!(member.alive().len(), 7, "{id} knows everyone else");
         }
-    }
-
-    #[test]
-    fn nodes_that_hold_the_same_view_have_the_same_fingerprint_and_a_change_shows() {
-        let config = SwimConfig::default();
-        let (mut cluster, mut timers) = Cluster::new(8, &config);
-        cluster.run_until(3000, &mut timers);
-        // Every pair of nodes agrees on the rest of the cluster.
-        let agree = |cluster: &Cluster, skip: &NodeId| {
-            let nodes: Vec<&Swim> = cluster.everyone_but(skip).map(|(_, m)| m).collect();
-            nodes.iter().all(|a| {
-                nodes.iter().filter(|b| a.identity() != b.identity()).all(|b| {
-                    a.view_fingerprint(b.identity().peer_addr()) == b.view_fingerprint(a.identity().peer_addr())
-                })
-            })
-        };
-        let none = NodeId::new("none");
-        assert!(agree(&cluster, &none), "every pair holds the same view of the rest");
-        let victim = NodeId::new("n3");
-        let (n0, n1) = (&cluster.members[&NodeId::new("n0")], &cluster.members[&NodeId::new("n1")]);
-        let before = n0.view_fingerprint(n1.identity().peer_addr());
-        cluster.stopped.insert(victim.clone());
-        cluster.run_until(8000, &mut timers);
-        assert!(agree(&cluster, &victim), "the survivors agree again");
-        let (n0, n1) = (&cluster.members[&NodeId::new("n0")], &cluster.members[&NodeId::new("n1")]);
-        assert_ne!(n0.view_fingerprint(n1.identity().peer_addr()), before, "a member declared down changes the view");
-        // A refutation changes only the refuting node's own incarnation, which neither end of
-        // its syncs compares.
-        let n2 = NodeId::new("n2");
-        let suspect = foca::Member::new(cluster.members[&n2].identity().clone(), 0, foca::State::Suspect);
-        let sender = cluster.members[&NodeId::new("n0")].identity().clone();
-        cluster.members.get_mut(&n2).unwrap().refute(suspect, sender).unwrap();
-        cluster.drain(&n2, &mut timers);
-        cluster.run_until(9000, &mut timers);
-        let held = cluster.members[&NodeId::new("n0")].member(&n2).unwrap().incarnation();
-        assert_eq!(held, 1, "n2 refuted, and its peers know");
-        assert!(agree(&cluster, &victim), "the refuting node agrees with its peers");
     }
 
     #[test]

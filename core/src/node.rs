@@ -505,16 +505,6 @@ pub enum Message<'a> {
         /// The receiver as the sender holds it: suspected, at that incarnation.
         suspect: SwimMember,
     },
-    /// The periodic push-pull sync's first step: a fingerprint of the sender's whole view of
-    /// the cluster ([`crate::membership::Swim::view_fingerprint`]). A receiver whose own
-    /// differs starts a full sync (`SwimSync` with `reply`); one whose view is the same, as
-    /// it is in a quiet cluster, answers nothing.
-    SwimSyncDigest {
-        /// The sender, to answer to.
-        sender: SwimId,
-        /// The fingerprint of the sender's view.
-        fingerprint: u64,
-    },
 }
 
 /// A hash of a backend list, in order: equal lists have equal fingerprints, and two different
@@ -1006,13 +996,6 @@ impl Node {
                     if let Some(sender) = sender.filter(|_| reply) {
                         self.send_swim_sync(sender.peer_addr().clone(), false);
                     }
-                }
-            }
-            Message::SwimSyncDigest { sender, fingerprint } => {
-                if let Some(swim) = self.swim.as_ref()
-                    && swim.view_fingerprint(sender.peer_addr()) != fingerprint
-                {
-                    self.send_swim_sync(sender.peer_addr().clone(), true);
                 }
             }
             Message::SwimSuspicion { sender, suspect } => {
@@ -1668,17 +1651,7 @@ impl Node {
                     self.random_peers(1).pop().map(|i| self.member_addrs[i].clone())
                 };
                 if let Some(to) = to {
-                    if first {
-                        self.send_swim_sync(to, true);
-                    } else {
-                        // Most periodic syncs find the two views the same: a fingerprint
-                        // first, the lists only if they differ.
-                        let swim = self.swim.as_ref().expect("swim mode");
-                        let sender = swim.identity().clone();
-                        let fingerprint = swim.view_fingerprint(&to);
-                        let bytes = Packet::encode(&self.config.id, &Message::SwimSyncDigest { sender, fingerprint });
-                        self.actions.push_back(Action::Send { to, bytes });
-                    }
+                    self.send_swim_sync(to, true);
                 }
                 let swim = &self.config.swim;
                 let next = if first {
@@ -2678,10 +2651,6 @@ mod tests {
                 ))],
                 reply: true,
             },
-            Message::SwimSyncDigest {
-                sender: crate::membership::SwimId::new(NodeId::new("a"), PeerAddr::new("10.0.0.1:7946"), 3),
-                fingerprint: 42,
-            },
             Message::SwimSuspicion {
                 sender: crate::membership::SwimId::new(NodeId::new("a"), PeerAddr::new("10.0.0.1:7946"), 3),
                 suspect: foca::Member::new(
@@ -3109,44 +3078,6 @@ mod swim_tests {
         let Message::Swim(bytes) = message else { return None };
         let mut buf: &[u8] = bytes;
         foca::Codec::<SwimId>::decode_header(&mut foca::PostcardCodec, &mut buf).ok()
-    }
-
-    #[test]
-    fn periodic_syncs_send_only_a_fingerprint_while_the_views_agree_and_the_lists_when_they_differ() {
-        let mut nodes = swim_nodes();
-        tests_pump(&mut nodes, 0, 5000, |_| false);
-        let (digests, lists) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
-        let count = |_: usize, m: &Message| {
-            match m {
-                Message::SwimSyncDigest { .. } => digests.set(digests.get() + 1),
-                Message::SwimSync { .. } => lists.set(lists.get() + 1),
-                _ => {}
-            }
-            false
-        };
-        // At least two periodic syncs each (every 15 to 30 s at this size).
-        super::tests::pump_directed(&mut nodes, 5001, 65_000, count, |_, _| {});
-        assert!(digests.get() >= 4, "each node synced twice at least ({} fingerprints)", digests.get());
-        assert_eq!(lists.get(), 0, "the views were the same: no member list was sent");
-        // A fingerprint that is b's own view gets no answer; any other gets b's whole list,
-        // with a request for a's.
-        let sender = nodes[0].swim.as_ref().unwrap().identity().clone();
-        let same = nodes[1].swim.as_ref().unwrap().view_fingerprint(sender.peer_addr());
-        for (fingerprint, answered) in [(same, false), (same ^ 1, true)] {
-            let digest = Message::SwimSyncDigest { sender: sender.clone(), fingerprint };
-            nodes[1].handle_message(Time::from_millis(65_001), &Packet::encode(&NodeId::new("a"), &digest));
-            let mut sent = Vec::new();
-            while let Some(action) = nodes[1].poll_action() {
-                if let Action::Send { to, bytes } = action {
-                    let packet = postcard::from_bytes::<Packet>(&bytes).unwrap();
-                    if let Message::SwimSync { members, reply } = packet.message {
-                        sent.push((to, members.len(), reply));
-                    }
-                }
-            }
-            let expected = if answered { vec![(sender.peer_addr().clone(), 2, true)] } else { vec![] };
-            assert_eq!(sent, expected, "fingerprint {fingerprint}");
-        }
     }
 
     #[test]
