@@ -3006,6 +3006,20 @@ mod swim_tests {
         assert!(longest_ms <= 10, "b's refutation cleared each suspicion within a round trip ({longest_ms} ms)");
     }
 
+    /// Node a takes in a push-pull sync that lists b as suspected at the incarnation a holds
+    /// it at: a suspicion a heard of, with no timer of its own.
+    fn hear_by_sync_that_b_is_suspected(a: &mut Node, at_ms: u64) {
+        let swim = a.swim.as_ref().unwrap();
+        let held = swim.member(&NodeId::new("b")).unwrap();
+        let members = vec![
+            SwimMember::new(swim.identity().clone(), 0, foca::State::Alive),
+            SwimMember::new(held.id().clone(), held.incarnation(), foca::State::Suspect),
+        ];
+        let bytes = Packet::encode(&NodeId::new("a"), &Message::SwimSync { members, reply: false });
+        a.handle_message(Time::from_millis(at_ms), &bytes);
+        while a.poll_action().is_some() {}
+    }
+
     #[test]
     fn a_suspicion_heard_by_gossip_and_never_refuted_ends_in_a_down_declaration() {
         let mut nodes = swim_nodes();
@@ -3015,15 +3029,7 @@ mod swim_tests {
         // a hears, by a push-pull sync, that b is suspected at its current incarnation: the
         // suspicion began elsewhere, and a missed both its end and b's refutation. b never
         // hears of it either (a's tellings are lost), while a's probes of b still succeed.
-        let me = nodes[0].swim.as_ref().unwrap().identity().clone();
-        let held = nodes[0].swim.as_ref().unwrap().member(&b).unwrap().clone();
-        let members = vec![
-            SwimMember::new(me, 0, foca::State::Alive),
-            SwimMember::new(held.id().clone(), held.incarnation(), foca::State::Suspect),
-        ];
-        let bytes = Packet::encode(&NodeId::new("a"), &Message::SwimSync { members, reply: false });
-        nodes[0].handle_message(Time::from_millis(3001), &bytes);
-        while nodes[0].poll_action().is_some() {}
+        hear_by_sync_that_b_is_suspected(&mut nodes[0], 3001);
         let heard = nodes[0].swim.as_ref().unwrap().suspects();
         assert_eq!(heard.len(), 1, "a holds b suspected, with no suspicion timer of its own");
         assert!(!nodes[0].suspected().contains(&b), "not a suspicion of a's own: b is still in the balancers");
@@ -3048,15 +3054,7 @@ mod swim_tests {
         tests_pump(&mut nodes, 0, 3000, |_| false);
         let b = NodeId::new("b");
         // As above, a hears by a sync that b is suspected; this time b hears a's tellings.
-        let me = nodes[0].swim.as_ref().unwrap().identity().clone();
-        let held = nodes[0].swim.as_ref().unwrap().member(&b).unwrap().clone();
-        let members = vec![
-            SwimMember::new(me, 0, foca::State::Alive),
-            SwimMember::new(held.id().clone(), held.incarnation(), foca::State::Suspect),
-        ];
-        let bytes = Packet::encode(&NodeId::new("a"), &Message::SwimSync { members, reply: false });
-        nodes[0].handle_message(Time::from_millis(3001), &bytes);
-        while nodes[0].poll_action().is_some() {}
+        hear_by_sync_that_b_is_suspected(&mut nodes[0], 3001);
         let swim = nodes[0].config().swim.clone();
         let check_ms = SWIM_FULL_CHECK_PERIODS * SWIM_TICK_PERIODS * swim.probe_period_ms;
         let until = 3002 + 2 * check_ms + swim.suspect_to_down_ms + swim.probe_period_ms;
