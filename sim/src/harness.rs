@@ -147,7 +147,8 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
     let mut socket_addrs: std::collections::HashMap<PeerAddr, SocketAddr> = std::collections::HashMap::new();
     loop {
         // 1. Carry out every action, so the node's queue is empty before the next input.
-        // The simulated clock does not move while actions are carried out: read it once.
+        // The time is read once for all of them, though madsim holds each datagram sent for
+        // its sender's rand_delay, a millisecond once rounded up by its timers.
         let now = now_ms(start);
         while let Some(action) = node.poll_action() {
             match action {
