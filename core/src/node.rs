@@ -481,8 +481,11 @@ pub enum Message<'a> {
         /// How many.
         requests: u64,
     },
-    /// A SWIM packet, foca's own encoding ([`crate::membership`]).
-    Swim(#[serde(borrow, serialize_with = "serialize_bytes")] &'a [u8]),
+    /// A SWIM packet, foca's own encoding ([`crate::membership`]), and the sender's registry
+    /// root: with SWIM, anti-entropy's first step rides on its probes, which go to a random
+    /// peer several times a second anyway, instead of a datagram of its own every second
+    /// (a sixth of a quiet thousand-node cluster's datagrams).
+    Swim(u64, #[serde(borrow, serialize_with = "serialize_bytes")] &'a [u8]),
     /// A push-pull membership sync ([`SwimConfig::sync_interval_ms`]): the sender's member
     /// list, the sender first. With `reply`, the receiver answers with its own.
     SwimSync {
@@ -507,16 +510,48 @@ pub enum Message<'a> {
     },
 }
 
-/// A hash of a backend list, in order: equal lists have equal fingerprints, and two different
-/// lists share one with odds of 1 in 2^64.
-fn backends_fingerprint<'a>(backends: impl ExactSizeIterator<Item = &'a Backend>) -> u64 {
-    let len = backends.len() as u64;
-    backends.fold(len, |acc, b| {
-        let name = stable_hash(b.node.as_str().as_bytes()) ^ stable_hash(b.addr.as_bytes()).rotate_left(17);
-        let slot =
-            stable_hash(b.slot.app.as_str().as_bytes()) ^ (u64::from(b.slot.index) << 16 | u64::from(b.host_port));
-        mix(acc ^ mix(name ^ slot.rotate_left(31)))
-    })
+/// An app's healthy backends, with a fingerprint of the set kept up to date as backends come
+/// and go: telling whether a balancer's list changed costs one comparison, not a pass over
+/// the list (in a cold start every status version of every peer changes some app's set).
+#[derive(Debug, Default)]
+struct BackendSet {
+    backends: BTreeSet<Backend>,
+    /// The wrapping sum of `backend_hash` over `backends`: equal sets have equal sums, and two
+    /// different sets share one with odds of about 1 in 2^64.
+    sum: u64,
+}
+
+impl BackendSet {
+    /// Adds `backend`; returns whether it was new.
+    fn insert(&mut self, backend: Backend) -> bool {
+        let hash = backend_hash(&backend);
+        let new = self.backends.insert(backend);
+        if new {
+            self.sum = self.sum.wrapping_add(hash);
+        }
+        new
+    }
+
+    /// Takes `backend` out; returns whether it was there.
+    fn remove(&mut self, backend: &Backend) -> bool {
+        let was = self.backends.remove(backend);
+        if was {
+            self.sum = self.sum.wrapping_sub(backend_hash(backend));
+        }
+        was
+    }
+
+    /// A fingerprint of the set (of an empty one when `set` is `None`).
+    fn fingerprint(set: Option<&BackendSet>) -> u64 {
+        set.map_or(mix(0), |s| mix(s.sum ^ (s.backends.len() as u64).rotate_left(32)))
+    }
+}
+
+/// A stable hash of one backend: its node, address, port and slot.
+fn backend_hash(b: &Backend) -> u64 {
+    let name = stable_hash(b.node.as_str().as_bytes()) ^ stable_hash(b.addr.as_bytes()).rotate_left(17);
+    let slot = stable_hash(b.slot.app.as_str().as_bytes()) ^ (u64::from(b.slot.index) << 16 | u64::from(b.host_port));
+    mix(name ^ slot.rotate_left(31))
 }
 
 /// Splits `items` into runs, in order, whose sizes add up to at most what a packet holds
@@ -689,13 +724,15 @@ pub struct Node {
     /// a rumor passed on is sent as it was received instead of being encoded again.
     received: KeyHashMap<(Head, Vec<u8>)>,
     reconcile_pending: bool,
+    /// When this node last answered a peer's root with its digest (`Message::Swim`).
+    digest_sent_at: Option<Time>,
     /// What each balancer was last sent: its port, picker and a fingerprint of its backend list
-    /// (`backends_fingerprint`), so an unchanged list is not sent again. A fingerprint, not a
+    /// (`BackendSet::fingerprint`), so an unchanged list is not sent again. A fingerprint, not a
     /// copy: a thousand-node cluster's lists would be held twice over on every node otherwise.
     backends: BTreeMap<AppName, (u16, PickerKind, u64)>,
     /// Derived from the registry and membership: the healthy replicas on this node and on the
     /// peers believed alive, by app. What each balancer gets.
-    healthy: BTreeMap<AppName, BTreeSet<Backend>>,
+    healthy: BTreeMap<AppName, BackendSet>,
     /// Derived from the registry: the healthy replicas each node's status lists, live or not.
     node_healthy: NodeMap<Vec<Backend>>,
     /// The generation of each peer's life this node knows (kept after it leaves): its status
@@ -789,6 +826,7 @@ impl Node {
             gossip_armed: true,
             received: KeyHashMap::default(),
             reconcile_pending: false,
+            digest_sent_at: None,
             backends: BTreeMap::new(),
             healthy: BTreeMap::new(),
             node_healthy: NodeMap::default(),
@@ -837,7 +875,9 @@ impl Node {
             (node.config.load_report_interval_ms, Timer::LoadReport),
             (node.config.autoscale_interval_ms, Timer::Autoscale),
         ];
-        for (interval_ms, timer) in periodic {
+        // With SWIM, the root rides on its packets (`Message::Swim`).
+        let swim = node.config.membership == MembershipMode::Swim;
+        for (interval_ms, timer) in periodic.into_iter().filter(|(_, t)| !(swim && matches!(t, Timer::AntiEntropy))) {
             let jitter_ms = phase_ms % interval_ms.max(1);
             node.schedule(now + Duration::from_millis(jitter_ms), timer);
         }
@@ -981,9 +1021,18 @@ impl Node {
                 }
             }
             Message::Load { app, requests } => self.record_load(now, &app, requests),
-            Message::Swim(packet) => {
+            Message::Swim(root, packet) => {
                 if self.swim.is_some() {
                     self.swim_call(now, Some(from), |swim| swim.handle_data(packet));
+                    // A root that differs starts an exchange as a `Root` does, at most once an
+                    // anti-entropy interval: a busy node's packets would start one each.
+                    let due = self
+                        .digest_sent_at
+                        .is_none_or(|at| now >= at + Duration::from_millis(self.config.anti_entropy_interval_ms));
+                    if due && root != self.registry.root_hash() && self.members.contains(from) {
+                        self.digest_sent_at = Some(now);
+                        self.send(from, &Message::Digest(self.registry.digest()));
+                    }
                 }
             }
             Message::SwimSync { members, reply } => {
@@ -1035,6 +1084,7 @@ impl Node {
     ) {
         let swim = self.swim.as_mut().expect("swim mode");
         let result = call(swim);
+        let root = self.registry.root_hash();
         while let Some((to, packet)) = swim.poll_send() {
             // foca keeps this node's earlier lives as members declared down when peers gossip
             // about them, and may announce to one: that is a packet to itself, which it would
@@ -1042,7 +1092,7 @@ impl Node {
             if to == self.config.gossip_addr {
                 continue;
             }
-            let bytes = Packet::encode(&self.config.id, &Message::Swim(&packet));
+            let bytes = Packet::encode(&self.config.id, &Message::Swim(root, &packet));
             self.actions.push_back(Action::Send { to, bytes });
         }
         let mut timers = Vec::new();
@@ -2291,20 +2341,22 @@ impl Node {
     /// Adds a live node's healthy replicas to their apps' balancer sets.
     fn list_healthy(&mut self, list: &[Backend]) {
         for b in list {
-            self.backends_dirty.insert(b.slot.app.clone());
-            self.healthy.entry(b.slot.app.clone()).or_default().insert(b.clone());
+            if self.healthy.entry(b.slot.app.clone()).or_default().insert(b.clone()) {
+                self.backends_dirty.insert(b.slot.app.clone());
+            }
         }
     }
 
     /// Takes a node's replicas out of their apps' balancer sets.
     fn unlist_healthy(&mut self, list: &[Backend]) {
         for b in list {
-            self.backends_dirty.insert(b.slot.app.clone());
-            if let Some(set) = self.healthy.get_mut(&b.slot.app) {
-                set.remove(b);
-                if set.is_empty() {
+            if let Some(set) = self.healthy.get_mut(&b.slot.app)
+                && set.remove(b)
+            {
+                if set.backends.is_empty() {
                     self.healthy.remove(&b.slot.app);
                 }
+                self.backends_dirty.insert(b.slot.app.clone());
             }
         }
     }
@@ -2324,13 +2376,10 @@ impl Node {
             let (port, picker) = (spec.port, spec.balance);
             // The list is copied out only when it changed.
             let healthy = self.healthy.get(&app);
-            let fingerprint = match healthy {
-                Some(set) => backends_fingerprint(set.iter()),
-                None => backends_fingerprint([].iter()),
-            };
+            let fingerprint = BackendSet::fingerprint(healthy);
             let same = self.backends.get(&app).is_some_and(|&(p, k, f)| (p, k, f) == (port, picker, fingerprint));
             if !same {
-                let backends: Vec<Backend> = healthy.into_iter().flatten().cloned().collect();
+                let backends: Vec<Backend> = healthy.into_iter().flat_map(|s| &s.backends).cloned().collect();
                 self.backends.insert(app.clone(), (port, picker, fingerprint));
                 self.actions.push_back(Action::SetBackends { app, port, picker, backends });
             }
@@ -2544,7 +2593,7 @@ impl Node {
         assert_eq!(self.member_list.len(), self.member_hashes.len(), "every member has a hash");
         assert!(self.suspected.is_subset(&self.members), "only members are suspected");
         debug_assert!(
-            self.healthy.values().flatten().all(|b| !self.suspected.contains(&b.node)),
+            self.healthy.values().flat_map(|s| &s.backends).all(|b| !self.suspected.contains(&b.node)),
             "a suspected node is never a backend"
         );
         debug_assert!(
@@ -2555,9 +2604,9 @@ impl Node {
             "each local slot has its own host port"
         );
         if cfg!(debug_assertions) {
-            for backends in self.healthy.values() {
+            for set in self.healthy.values() {
                 // A node declared down is never a backend.
-                debug_assert!(backends.iter().all(|b| b.node == self.config.id || self.members.contains(&b.node)));
+                debug_assert!(set.backends.iter().all(|b| b.node == self.config.id || self.members.contains(&b.node)));
             }
         }
     }
@@ -2761,18 +2810,24 @@ mod tests {
         a.set_members(Time::from_millis(1), live(1));
         a.handle_message(Time::from_millis(2), &status_packet(1, 2));
         assert_eq!(a.slot_counts.get(&web0), Some(&1), "b's life 1 runs web-0");
-        assert!(a.healthy.values().flatten().any(|backend| backend.node == b), "and it is in the balancer");
+        assert!(
+            a.healthy.values().flat_map(|s| &s.backends).any(|backend| backend.node == b),
+            "and it is in the balancer"
+        );
         assert_eq!(a.live_statuses().count(), 1);
         // b reboots: its containers are gone, and it comes back as life 2 before its new
         // status arrives. What life 1 said counts for nothing now.
         a.set_members(Time::from_millis(3), live(2));
         assert_eq!(a.slot_counts.get(&web0), None, "web-0 runs nowhere that a knows of");
-        assert!(a.healthy.values().flatten().all(|backend| backend.node != b), "b's old replica is out");
+        assert!(
+            a.healthy.values().flat_map(|s| &s.backends).all(|backend| backend.node != b),
+            "b's old replica is out"
+        );
         assert_eq!(a.live_statuses().count(), 0, "a's view waits for b's new status");
         // A status from life 2 counts again.
         a.handle_message(Time::from_millis(4), &status_packet(2, 4));
         assert_eq!(a.slot_counts.get(&web0), Some(&1));
-        assert!(a.healthy.values().flatten().any(|backend| backend.node == b));
+        assert!(a.healthy.values().flat_map(|s| &s.backends).any(|backend| backend.node == b));
         a.check_invariants();
     }
 
@@ -2897,7 +2952,7 @@ mod swim_tests {
         let b = NodeId::new("b");
         let mut suspected_while_member = false;
         for t in (3001..3001 + bound_ms).step_by(50) {
-            tests_pump(&mut nodes, t, t + 49, |m| matches!(m, Message::Swim(_)));
+            tests_pump(&mut nodes, t, t + 49, |m| matches!(m, Message::Swim(..)));
             suspected_while_member |= nodes[0].members().contains(&b) && nodes[0].suspected().contains(&b);
         }
         assert!(suspected_while_member, "a suspected b before declaring it down");
@@ -2912,9 +2967,41 @@ mod swim_tests {
         let web = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(100, 64));
         nodes[0].handle_command(Time::from_millis(3001), Command::Apply(Box::new(web))).unwrap();
         // Rumors and anti-entropy are all lost: only SWIM's packets get through.
-        tests_pump(&mut nodes, 3002, 5000, |m| !matches!(m, Message::Swim(_)));
+        tests_pump(&mut nodes, 3002, 5000, |m| !matches!(m, Message::Swim(..)));
         let apps: Vec<String> = nodes[1].apps().iter().map(|a| a.name.to_string()).collect();
         assert_eq!(apps, ["web"], "the spec reached b inside SWIM packets");
+    }
+
+    #[test]
+    fn with_swim_the_root_rides_on_its_packets_and_anti_entropy_alone_brings_registries_together() {
+        let mut nodes = swim_nodes();
+        tests_pump(&mut nodes, 0, 3000, |_| false);
+        // Specs too large to ride in SWIM's packets as broadcast items: they go as rumors.
+        for (node, name) in nodes.iter_mut().zip(["web", "api"]) {
+            let mut spec = AppSpec::new(name, "canteen-demo:latest", 1, Resources::new(100, 64));
+            spec.port = if name == "web" { 9000 } else { 9001 };
+            spec.env.insert("PADDING".into(), "v".repeat(limits::SWIM_ITEM_BYTES_MAX));
+            node.handle_command(Time::from_millis(3001), Command::Apply(Box::new(spec))).unwrap();
+        }
+        assert_ne!(nodes[0].registry().root_hash(), nodes[1].registry().root_hash());
+        // Every rumor is lost, and no root goes out on its own: the roots on SWIM's packets
+        // start the digest, summary and repair steps.
+        let digests = std::cell::Cell::new(0);
+        tests_pump(&mut nodes, 3002, 8000, |m| match m {
+            Message::Updates(_) => true,
+            Message::Root(_) => panic!("with SWIM, no root goes out on its own"),
+            Message::Digest(_) => {
+                digests.set(digests.get() + 1);
+                false
+            }
+            _ => false,
+        });
+        assert!(digests.get() > 0, "a root on a SWIM packet started an exchange");
+        assert_eq!(nodes[0].registry().root_hash(), nodes[1].registry().root_hash());
+        for node in &nodes {
+            let apps: Vec<String> = node.apps().iter().map(|a| a.name.to_string()).collect();
+            assert_eq!(apps, ["api", "web"], "{} has both specs", node.id());
+        }
     }
 
     /// foca's periodic gossip timers pending in `node`'s heap.
@@ -2939,7 +3026,7 @@ mod swim_tests {
         // it gossiped, and armed the timer again.
         assert!(nodes[0].swim_parked_gossip.is_empty());
         assert_eq!(pending_swim_gossip(&nodes[0]), 1);
-        tests_pump(&mut nodes, 6002, 7000, |m| !matches!(m, Message::Swim(_)));
+        tests_pump(&mut nodes, 6002, 7000, |m| !matches!(m, Message::Swim(..)));
         assert_eq!(nodes[1].apps().len(), 1, "the spec reached b inside SWIM packets");
     }
 
@@ -2967,7 +3054,7 @@ mod swim_tests {
     #[test]
     fn a_garbled_swim_packet_is_reported_as_the_senders_and_changes_no_member() {
         let mut nodes = swim_nodes();
-        let bytes = Packet::encode(&NodeId::new("b"), &Message::Swim(&[0xff, 0xff, 0xff]));
+        let bytes = Packet::encode(&NodeId::new("b"), &Message::Swim(0, &[0xff, 0xff, 0xff]));
         nodes[0].handle_message(Time::from_millis(1), &bytes);
         let Some(Action::Event(Event::BadMessage { from, .. })) = nodes[0].poll_action() else {
             panic!("a bad swim packet is reported");
@@ -2987,7 +3074,7 @@ mod swim_tests {
         // reaches b. b hears of each suspicion only from a's `SwimSuspicion`, and its answer,
         // an announce from b to a, is all that can clear it.
         let (mut suspected_at, mut longest_ms, mut suspicions) = (None, 0, 0);
-        let lost = |from: usize, m: &Message| from == 0 && matches!(m, Message::Swim(_));
+        let lost = |from: usize, m: &Message| from == 0 && matches!(m, Message::Swim(..));
         super::tests::pump_directed(&mut nodes, 3001, 8000, lost, |t, nodes| {
             assert!(nodes[0].members().contains(&b), "a declared the live b down at {t} ms");
             match (nodes[0].suspected().contains(&b), suspected_at) {
@@ -3073,7 +3160,7 @@ mod swim_tests {
 
     /// The foca header of a SWIM packet.
     fn swim_header(message: &Message) -> Option<foca::Header<SwimId>> {
-        let Message::Swim(bytes) = message else { return None };
+        let Message::Swim(_, bytes) = message else { return None };
         let mut buf: &[u8] = bytes;
         foca::Codec::<SwimId>::decode_header(&mut foca::PostcardCodec, &mut buf).ok()
     }
@@ -3115,7 +3202,7 @@ mod swim_tests {
         // it its "you are declared down" (`TurnUndead`), and b would renew its identity, a
         // new life that a's and every peer's probes of the old one no longer reach.
         let suspected = std::cell::Cell::new(false);
-        let lost = |from: usize, m: &Message| from == 0 && matches!(m, Message::Swim(_)) && !suspected.get();
+        let lost = |from: usize, m: &Message| from == 0 && matches!(m, Message::Swim(..)) && !suspected.get();
         let turn_undead = std::cell::Cell::new(0);
         let count = |from: usize, m: &Message| {
             from == 0 && swim_header(m).is_some_and(|h| h.message == foca::Message::TurnUndead)
@@ -3159,7 +3246,7 @@ mod swim_tests {
         let lost = |from: usize, m: &Message| {
             from == 1
                 && match m {
-                    Message::Swim(_) => {
+                    Message::Swim(..) => {
                         !swim_header(m).is_some_and(|h| h.message == foca::Message::Announce && h.dst == a_id)
                     }
                     Message::SwimSync { .. } => true,

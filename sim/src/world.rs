@@ -6,7 +6,7 @@
 //! lock is never contended and the order of operations is the simulator's, seeded.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 use canteen_core::balance::Balancer;
@@ -208,16 +208,17 @@ pub struct ScaleEvent {
 pub struct World {
     /// The servers, by index.
     pub nodes: Vec<SimNode>,
-    /// Node index by name.
-    pub index_of: BTreeMap<NodeId, usize>,
+    /// Node index by name: looked up for every backend of every balancer update, and never
+    /// walked (so its order cannot reach a run's outcome).
+    pub index_of: HashMap<NodeId, usize>,
     /// Every container that exists or existed recently, by id.
     pub containers: BTreeMap<ContainerId, SimContainer>,
     /// Container id by (node, host port), for the request path.
     pub by_port: BTreeMap<(usize, u16), ContainerId>,
     /// The scenario's apps; the request path names an app by its index here.
     pub apps: Vec<AppName>,
-    /// App index by name.
-    pub app_index: BTreeMap<AppName, usize>,
+    /// App index by name; never walked either.
+    pub app_index: HashMap<AppName, usize>,
     /// The partition group of each node; all equal when the network is whole.
     pub group: Vec<usize>,
     /// Bumped whenever who-is-up or the partition map changes: drivers then ask the
