@@ -72,7 +72,9 @@ pub struct NodeConfig {
     pub gossip_fanout: usize,
     /// How many rounds a piece of news is pushed by each node that learns it.
     pub rumor_rounds: u32,
-    /// How often this node compares its registry with one random peer's.
+    /// How often this node compares its registry with one random peer's. With SWIM, whose
+    /// packets carry the sender's root, the least time between two digests this node sends
+    /// in answer to a root that differs from its own.
     pub anti_entropy_interval_ms: u64,
     /// How long after a change of facts the placement is computed again (changes in a burst
     /// cost one pass).
