@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::NodeId;
 use crate::rng::SplitMix64;
-use crate::schedule::stable_hash;
+use crate::schedule::{mix, stable_hash};
 
 /// How a node learns which peers are alive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -716,7 +716,7 @@ impl Swim {
     pub fn fingerprint(&self) -> u64 {
         self.foca.iter_members().fold(0u64, |acc, m| {
             let id = m.id();
-            acc.wrapping_add(crate::schedule::mix(id.addr_hash ^ id.generation.rotate_left(32)))
+            acc.wrapping_add(mix(id.addr_hash ^ id.generation.rotate_left(32)))
         })
     }
 

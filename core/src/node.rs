@@ -549,6 +549,15 @@ impl BackendSet {
     }
 }
 
+impl<'a> IntoIterator for &'a BackendSet {
+    type Item = &'a Backend;
+    type IntoIter = std::collections::btree_set::Iter<'a, Backend>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.backends.iter()
+    }
+}
+
 /// A stable hash of one backend: its node, address, port and slot.
 fn backend_hash(b: &Backend) -> u64 {
     let name = stable_hash(b.node.as_str().as_bytes()) ^ stable_hash(b.addr.as_bytes()).rotate_left(17);
@@ -2381,7 +2390,7 @@ impl Node {
             let fingerprint = BackendSet::fingerprint(healthy);
             let same = self.backends.get(&app).is_some_and(|&(p, k, f)| (p, k, f) == (port, picker, fingerprint));
             if !same {
-                let backends: Vec<Backend> = healthy.into_iter().flat_map(|s| &s.backends).cloned().collect();
+                let backends: Vec<Backend> = healthy.into_iter().flatten().cloned().collect();
                 self.backends.insert(app.clone(), (port, picker, fingerprint));
                 self.actions.push_back(Action::SetBackends { app, port, picker, backends });
             }
@@ -2595,7 +2604,7 @@ impl Node {
         assert_eq!(self.member_list.len(), self.member_hashes.len(), "every member has a hash");
         assert!(self.suspected.is_subset(&self.members), "only members are suspected");
         debug_assert!(
-            self.healthy.values().flat_map(|s| &s.backends).all(|b| !self.suspected.contains(&b.node)),
+            self.healthy.values().flatten().all(|b| !self.suspected.contains(&b.node)),
             "a suspected node is never a backend"
         );
         debug_assert!(
@@ -2606,9 +2615,9 @@ impl Node {
             "each local slot has its own host port"
         );
         if cfg!(debug_assertions) {
-            for set in self.healthy.values() {
+            for backends in self.healthy.values() {
                 // A node declared down is never a backend.
-                debug_assert!(set.backends.iter().all(|b| b.node == self.config.id || self.members.contains(&b.node)));
+                debug_assert!(backends.into_iter().all(|b| b.node == self.config.id || self.members.contains(&b.node)));
             }
         }
     }
@@ -2812,24 +2821,18 @@ mod tests {
         a.set_members(Time::from_millis(1), live(1));
         a.handle_message(Time::from_millis(2), &status_packet(1, 2));
         assert_eq!(a.slot_counts.get(&web0), Some(&1), "b's life 1 runs web-0");
-        assert!(
-            a.healthy.values().flat_map(|s| &s.backends).any(|backend| backend.node == b),
-            "and it is in the balancer"
-        );
+        assert!(a.healthy.values().flatten().any(|backend| backend.node == b), "and it is in the balancer");
         assert_eq!(a.live_statuses().count(), 1);
         // b reboots: its containers are gone, and it comes back as life 2 before its new
         // status arrives. What life 1 said counts for nothing now.
         a.set_members(Time::from_millis(3), live(2));
         assert_eq!(a.slot_counts.get(&web0), None, "web-0 runs nowhere that a knows of");
-        assert!(
-            a.healthy.values().flat_map(|s| &s.backends).all(|backend| backend.node != b),
-            "b's old replica is out"
-        );
+        assert!(a.healthy.values().flatten().all(|backend| backend.node != b), "b's old replica is out");
         assert_eq!(a.live_statuses().count(), 0, "a's view waits for b's new status");
         // A status from life 2 counts again.
         a.handle_message(Time::from_millis(4), &status_packet(2, 4));
         assert_eq!(a.slot_counts.get(&web0), Some(&1));
-        assert!(a.healthy.values().flat_map(|s| &s.backends).any(|backend| backend.node == b));
+        assert!(a.healthy.values().flatten().any(|backend| backend.node == b));
         a.check_invariants();
     }
 
