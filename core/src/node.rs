@@ -2252,6 +2252,7 @@ impl Node {
     /// compared with what was derived before, and only what changed is built and written.
     fn status_changed(&mut self, node: &NodeId) {
         self.facts_generation += 1;
+        // Both views are compared and built from one lookup of the status, then written.
         let status = self.counted_status(node);
         // The slots it runs. A health change keeps them as they were.
         let old = self.node_slots.get(node);
@@ -2267,17 +2268,16 @@ impl Node {
             }
             _ => false,
         };
-        if !same_slots {
+        let new_slots = (!same_slots).then(|| {
             let spec = status.map(|s| s.spec.clone());
             let slots = status
                 .map(|s| {
                     s.containers.iter().filter(|c| c.state != ContainerState::Failed).map(|c| c.slot.clone()).collect()
                 })
                 .unwrap_or_default();
-            self.status_slots_changed(node, spec, slots);
-        }
+            (spec, slots)
+        });
         // Its healthy replicas, as a set.
-        let status = self.counted_status(node);
         let old = self.node_healthy.get(node).map(Vec::as_slice).unwrap_or(&[]);
         let status_addr = status.map_or("", |s| s.addr.as_str());
         let healthy =
@@ -2285,18 +2285,27 @@ impl Node {
         let same_healthy = healthy().count() == old.len()
             && healthy()
                 .all(|c| old.iter().any(|b| b.host_port == c.host_port && b.slot == c.slot && *b.addr == *status_addr));
-        if same_healthy {
-            return;
+        let new_healthy = (!same_healthy).then(|| {
+            let addr: Arc<str> = match old.first() {
+                Some(b) if *b.addr == *status_addr => b.addr.clone(),
+                _ => Arc::from(status_addr),
+            };
+            let mut list: Vec<Backend> = healthy()
+                .map(|c| Backend {
+                    node: node.clone(),
+                    addr: addr.clone(),
+                    host_port: c.host_port,
+                    slot: c.slot.clone(),
+                })
+                .collect();
+            list.sort();
+            list.dedup();
+            list
+        });
+        if let Some((spec, slots)) = new_slots {
+            self.status_slots_changed(node, spec, slots);
         }
-        let addr: Arc<str> = match old.first() {
-            Some(b) if *b.addr == *status_addr => b.addr.clone(),
-            _ => Arc::from(status_addr),
-        };
-        let mut list: Vec<Backend> = healthy()
-            .map(|c| Backend { node: node.clone(), addr: addr.clone(), host_port: c.host_port, slot: c.slot.clone() })
-            .collect();
-        list.sort();
-        list.dedup();
+        let Some(list) = new_healthy else { return };
         let old = self.node_healthy.remove(node).unwrap_or_default();
         // Only the replicas of live nodes are in the balancers' sets; a peer's list
         // waits in `node_healthy` until it is believed alive.
