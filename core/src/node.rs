@@ -567,32 +567,6 @@ impl<'a> IntoIterator for &'a BackendSet {
 }
 
 /// A stable hash of one backend: its node, address, port and slot.
-/// The healthy replicas `status` lists for `node`, sorted, when they differ from `old` (what
-/// was derived before); `None` when they are the same.
-fn healthy_backends(node: &NodeId, status: Option<&NodeStatus>, old: Option<&Vec<Backend>>) -> Option<Vec<Backend>> {
-    let old = old.map(Vec::as_slice).unwrap_or(&[]);
-    let status_addr = status.map_or("", |s| s.addr.as_str());
-    let healthy =
-        || status.into_iter().flat_map(|s| s.containers.iter().filter(|c| c.state == ContainerState::Healthy));
-    let same = healthy().count() == old.len()
-        && healthy()
-            .all(|c| old.iter().any(|b| b.host_port == c.host_port && b.slot == c.slot && *b.addr == *status_addr));
-    if same {
-        return None;
-    }
-    // Every backend of a node shares one copy of its address.
-    let addr: Arc<str> = match old.first() {
-        Some(b) if *b.addr == *status_addr => b.addr.clone(),
-        _ => Arc::from(status_addr),
-    };
-    let mut list: Vec<Backend> = healthy()
-        .map(|c| Backend { node: node.clone(), addr: addr.clone(), host_port: c.host_port, slot: c.slot.clone() })
-        .collect();
-    list.sort();
-    list.dedup();
-    Some(list)
-}
-
 fn backend_hash(b: &Backend) -> u64 {
     let name = stable_hash(b.node.as_str().as_bytes()) ^ stable_hash(b.addr.as_bytes()).rotate_left(17);
     let slot = stable_hash(b.slot.app.as_str().as_bytes()) ^ (u64::from(b.slot.index) << 16 | u64::from(b.host_port));
@@ -2235,14 +2209,6 @@ impl Node {
                     self.status_batch_until = Some(until);
                     self.schedule(until, Timer::PublishStatus);
                 }
-                // This node's own balancers take the new replicas at once: only what its
-                // peers hear waits (the agent reports a replica healthy as its proxy sends it
-                // requests).
-                let id = self.config.id.clone();
-                if let Some(list) = healthy_backends(&id, Some(&status), self.node_healthy.get(&id)) {
-                    self.set_healthy(&id, list);
-                    self.update_backends();
-                }
                 return;
             }
         }
@@ -2312,18 +2278,34 @@ impl Node {
             (spec, slots)
         });
         // Its healthy replicas, as a set.
-        let new_healthy = healthy_backends(node, status, self.node_healthy.get(node));
+        let old = self.node_healthy.get(node).map(Vec::as_slice).unwrap_or(&[]);
+        let status_addr = status.map_or("", |s| s.addr.as_str());
+        let healthy =
+            || status.into_iter().flat_map(|s| s.containers.iter().filter(|c| c.state == ContainerState::Healthy));
+        let same_healthy = healthy().count() == old.len()
+            && healthy()
+                .all(|c| old.iter().any(|b| b.host_port == c.host_port && b.slot == c.slot && *b.addr == *status_addr));
+        let new_healthy = (!same_healthy).then(|| {
+            let addr: Arc<str> = match old.first() {
+                Some(b) if *b.addr == *status_addr => b.addr.clone(),
+                _ => Arc::from(status_addr),
+            };
+            let mut list: Vec<Backend> = healthy()
+                .map(|c| Backend {
+                    node: node.clone(),
+                    addr: addr.clone(),
+                    host_port: c.host_port,
+                    slot: c.slot.clone(),
+                })
+                .collect();
+            list.sort();
+            list.dedup();
+            list
+        });
         if let Some((spec, slots)) = new_slots {
             self.status_slots_changed(node, spec, slots);
         }
-        if let Some(list) = new_healthy {
-            self.set_healthy(node, list);
-        }
-    }
-
-    /// Replaces `node`'s healthy replicas with `list`: in `node_healthy`, and in the balancers'
-    /// sets while the node is believed alive.
-    fn set_healthy(&mut self, node: &NodeId, list: Vec<Backend>) {
+        let Some(list) = new_healthy else { return };
         let old = self.node_healthy.remove(node).unwrap_or_default();
         // Only the replicas of live nodes are in the balancers' sets; a peer's list
         // waits in `node_healthy` until it is believed alive.
@@ -2883,14 +2865,13 @@ mod tests {
     /// Runs a lone node with `web` (two replicas) until `until_ms`: each container starts
     /// `start_ms[i]` after it is asked for, each probe is answered at once with `probe`'s
     /// answer at that time. Returns its own status as each version left it (when, and the
-    /// state of each replica), when each replica's health changed (`Event::Health`), and when
-    /// its own balancer was given how many backends (`Action::SetBackends`).
+    /// state of each replica), and when each replica's health changed (`Event::Health`).
     #[allow(clippy::type_complexity)]
     fn run_lone_node(
         start_ms: [u64; 2],
         until_ms: u64,
         probe: impl Fn(u64) -> ProbeOutcome,
-    ) -> (Vec<(u64, Vec<ContainerState>)>, Vec<(u64, HealthState)>, Vec<(u64, usize)>) {
+    ) -> (Vec<(u64, Vec<ContainerState>)>, Vec<(u64, HealthState)>) {
         let mut node = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(4000, 4096)));
         let web = AppSpec::new("web", "canteen-demo:latest", 2, Resources::new(500, 256));
         node.handle_command(Time::from_millis(1), Command::Apply(Box::new(web))).unwrap();
@@ -2899,7 +2880,6 @@ mod tests {
         let mut last = None;
         let mut answers: Vec<(u64, Input)> = Vec::new();
         let health = std::cell::RefCell::new(Vec::new());
-        let balancer = std::cell::RefCell::new(Vec::new());
         enum Input {
             Started(SlotId, u64, String),
             Probe(String, ProbeOutcome),
@@ -2913,7 +2893,6 @@ mod tests {
                     }
                     Action::Probe { container, .. } => answers.push((now + 1, Input::Probe(container, probe(now)))),
                     Action::Event(Event::Health { state, .. }) => health.borrow_mut().push((now, state)),
-                    Action::SetBackends { backends, .. } => balancer.borrow_mut().push((now, backends.len())),
                     _ => {}
                 }
             }
@@ -2942,13 +2921,13 @@ mod tests {
                 versions.push((now, status.containers.iter().map(|c| c.state).collect()));
             }
         }
-        (versions, health.into_inner(), balancer.into_inner())
+        (versions, health.into_inner())
     }
 
     #[test]
     fn replicas_turning_healthy_within_a_batch_go_out_in_one_status_version() {
         use ContainerState::{Healthy, Starting};
-        let (versions, health, balancer) = run_lone_node([100, 250], 3000, |_| ProbeOutcome::Success);
+        let (versions, health) = run_lone_node([100, 250], 3000, |_| ProbeOutcome::Success);
         let states: Vec<&[ContainerState]> = versions.iter().map(|(_, s)| s.as_slice()).collect();
         // Empty at the start, claimed, then both healthy at once: 150 ms apart, within a batch.
         assert_eq!(states, [&[][..], &[Starting, Starting], &[Healthy, Healthy]], "{versions:?}");
@@ -2956,16 +2935,13 @@ mod tests {
         let batch_ms = NodeConfig::new(NodeId::new("a"), "", Resources::ZERO).status_batch_ms;
         assert_eq!(health.iter().map(|(at, _)| at - health[0].0).collect::<Vec<_>>(), [0, 150], "{health:?}");
         assert_eq!(versions[2].0, health[0].0 + batch_ms, "{versions:?} {health:?}");
-        // The node's own balancer did not wait: each replica joined it as it turned healthy.
-        let filled: Vec<(u64, usize)> = balancer.into_iter().filter(|&(_, n)| n > 0).collect();
-        assert_eq!(filled, [(health[0].0, 1), (health[1].0, 2)], "{health:?}");
     }
 
     #[test]
     fn replicas_turning_healthy_further_apart_than_a_batch_go_out_apart_and_a_failure_at_once() {
         use ContainerState::{Healthy, Starting, Unhealthy};
         // The probes fail from 2 s on: the replicas turn unhealthy, which goes out at once.
-        let (versions, health, _) =
+        let (versions, health) =
             run_lone_node(
                 [100, 600],
                 5000,
