@@ -96,13 +96,6 @@ pub struct NodeConfig {
     /// and the loser withdraws before any container exists. Should exceed the time a status
     /// takes to spread.
     pub claim_settle_ms: u64,
-    /// How long a status change that only adds healthy replicas waits for others to go out
-    /// with it (as Nomad's client batches allocation updates, every 200 ms): containers
-    /// started together turn healthy a few hundred milliseconds apart, and each version of a
-    /// status is merged and derived by every node of the cluster. Any other change (a claim,
-    /// a stop, a replica turning unhealthy) goes out at once, with whatever waits. 0 sends
-    /// every change at once.
-    pub status_batch_ms: u64,
     /// Seeds this node's randomness (peer choice, balancer start positions).
     pub seed: u64,
     /// How this node learns which peers are alive.
@@ -142,7 +135,6 @@ impl NodeConfig {
             failed_cooldown_ms: 300_000,
             drain_ms: 1000,
             claim_settle_ms: 400,
-            status_batch_ms: 250,
             seed: 0,
             membership: MembershipMode::default(),
             swim: SwimConfig::default(),
@@ -658,8 +650,6 @@ enum Timer {
         slot: SlotId,
         generation: u64,
     },
-    /// The end of a status batch (`NodeConfig::status_batch_ms`): what waits goes out.
-    PublishStatus,
     /// One of foca's timers; foca ignores a stale one itself.
     Swim(SwimTimer),
     /// Announce again to the seeds if no peer is known yet.
@@ -747,8 +737,6 @@ pub struct Node {
     reconcile_pending: bool,
     /// When this node last answered a peer's root with its digest (`Message::Swim`).
     digest_sent_at: Option<Time>,
-    /// When the status change waiting in a batch goes out (`NodeConfig::status_batch_ms`).
-    status_batch_until: Option<Time>,
     /// What each balancer was last sent: its port, picker and a fingerprint of its backend list
     /// (`BackendSet::fingerprint`), so an unchanged list is not sent again. A fingerprint, not a
     /// copy: a thousand-node cluster's lists would be held twice over on every node otherwise.
@@ -850,7 +838,6 @@ impl Node {
             received: KeyHashMap::default(),
             reconcile_pending: false,
             digest_sent_at: None,
-            status_batch_until: None,
             backends: BTreeMap::new(),
             healthy: BTreeMap::new(),
             node_healthy: NodeMap::default(),
@@ -1675,12 +1662,6 @@ impl Node {
                     self.start(now, &slot);
                 }
             }
-            Timer::PublishStatus => {
-                if self.status_batch_until.is_some_and(|until| until <= now) {
-                    self.status_batch_until = None;
-                    self.write_status(now, false);
-                }
-            }
             Timer::ForgetFailure { slot, generation } => {
                 if self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Failed) {
                     self.local.remove(&slot);
@@ -2158,12 +2139,6 @@ impl Node {
 
     /// Writes this node's status into its registry, which spreads it.
     fn publish_status(&mut self, now: Time) {
-        self.write_status(now, self.config.status_batch_ms > 0);
-    }
-
-    /// [`Node::publish_status`]; with `batch`, a change that only adds healthy replicas waits
-    /// for the end of a batch.
-    fn write_status(&mut self, now: Time, batch: bool) {
         let generation = self.own_generation();
         let status = NodeStatus {
             spec: self.config.spec(),
@@ -2184,8 +2159,7 @@ impl Node {
         // What peers act on is which slots run here, on which ports, in which state. A change
         // of container id alone (a start confirmed, the state still `Starting`) waits for the
         // next change that matters, and goes out with it: a cold start of a large cluster
-        // spreads a third fewer versions. A change that only adds healthy replicas waits for
-        // the end of its batch (`NodeConfig::status_batch_ms`).
+        // spreads a third fewer versions.
         if let Some(Value::Status(old)) = self.registry.get(&key)
             && old.spec == status.spec
             && old.addr == status.addr
@@ -2195,25 +2169,10 @@ impl Node {
                 .containers
                 .iter()
                 .zip(&status.containers)
-                .all(|(a, b)| a.slot == b.slot && a.host_port == b.host_port)
+                .all(|(a, b)| a.slot == b.slot && a.host_port == b.host_port && a.state == b.state)
         {
-            let changed = |(a, b): (&ContainerStatus, &ContainerStatus)| a.state != b.state;
-            let mut changes = old.containers.iter().zip(&status.containers).filter(|&pair| changed(pair)).peekable();
-            if changes.peek().is_none() {
-                return;
-            }
-            let only_gains = changes.all(|(_, b)| b.state == ContainerState::Healthy);
-            if only_gains && batch {
-                if self.status_batch_until.is_none() {
-                    let until = now + Duration::from_millis(self.config.status_batch_ms);
-                    self.status_batch_until = Some(until);
-                    self.schedule(until, Timer::PublishStatus);
-                }
-                return;
-            }
+            return;
         }
-        // What waited in a batch goes out now, with this change.
-        self.status_batch_until = None;
         // The status of one node is bounded by the slots it can run; a registry that refuses
         // it is a limit set too low, a programming error.
         self.registry.put(now, key.clone(), Value::Status(status)).expect("a node's own status fits the registry");
@@ -2860,105 +2819,6 @@ mod tests {
         let mut packets = encode_with_entries(&entries, |wire| Packet::encode(&b, &Message::Updates(wire)));
         assert_eq!(packets.len(), 1, "one small status is one packet");
         packets.pop().expect("one packet")
-    }
-
-    /// Runs a lone node with `web` (two replicas) until `until_ms`: each container starts
-    /// `start_ms[i]` after it is asked for, each probe is answered at once with `probe`'s
-    /// answer at that time. Returns its own status as each version left it (when, and the
-    /// state of each replica), and when each replica's health changed (`Event::Health`).
-    #[allow(clippy::type_complexity)]
-    fn run_lone_node(
-        start_ms: [u64; 2],
-        until_ms: u64,
-        probe: impl Fn(u64) -> ProbeOutcome,
-    ) -> (Vec<(u64, Vec<ContainerState>)>, Vec<(u64, HealthState)>) {
-        let mut node = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(4000, 4096)));
-        let web = AppSpec::new("web", "canteen-demo:latest", 2, Resources::new(500, 256));
-        node.handle_command(Time::from_millis(1), Command::Apply(Box::new(web))).unwrap();
-        let key = Key::Status(NodeId::new("a"));
-        let mut versions = Vec::new();
-        let mut last = None;
-        let mut answers: Vec<(u64, Input)> = Vec::new();
-        let health = std::cell::RefCell::new(Vec::new());
-        enum Input {
-            Started(SlotId, u64, String),
-            Probe(String, ProbeOutcome),
-        }
-        let drain = |node: &mut Node, now: u64, answers: &mut Vec<(u64, Input)>| {
-            while let Some(action) = node.poll_action() {
-                match action {
-                    Action::StartContainer { slot, generation, .. } => {
-                        let at = now + start_ms[slot.index as usize];
-                        answers.push((at, Input::Started(slot.clone(), generation, format!("c-{}", slot.index))));
-                    }
-                    Action::Probe { container, .. } => answers.push((now + 1, Input::Probe(container, probe(now)))),
-                    Action::Event(Event::Health { state, .. }) => health.borrow_mut().push((now, state)),
-                    _ => {}
-                }
-            }
-        };
-        drain(&mut node, 1, &mut answers);
-        for now in 1..=until_ms {
-            let t = Time::from_millis(now);
-            answers.sort_by_key(|(at, _)| *at);
-            while answers.first().is_some_and(|(at, _)| *at <= now) {
-                match answers.remove(0).1 {
-                    Input::Started(slot, generation, container) => {
-                        node.handle_container_event(t, ContainerEvent::Started { slot, generation, container })
-                    }
-                    Input::Probe(container, outcome) => node.handle_probe_result(t, &container, outcome),
-                }
-                drain(&mut node, now, &mut answers);
-            }
-            if node.poll_timeout().is_some_and(|at| at <= t) {
-                node.handle_timeout(t);
-                drain(&mut node, now, &mut answers);
-            }
-            let version = node.registry().version_of(&key).cloned();
-            if version != last {
-                last = version;
-                let Some(Value::Status(status)) = node.registry().get(&key) else { panic!("own status") };
-                versions.push((now, status.containers.iter().map(|c| c.state).collect()));
-            }
-        }
-        (versions, health.into_inner())
-    }
-
-    #[test]
-    fn replicas_turning_healthy_within_a_batch_go_out_in_one_status_version() {
-        use ContainerState::{Healthy, Starting};
-        let (versions, health) = run_lone_node([100, 250], 3000, |_| ProbeOutcome::Success);
-        let states: Vec<&[ContainerState]> = versions.iter().map(|(_, s)| s.as_slice()).collect();
-        // Empty at the start, claimed, then both healthy at once: 150 ms apart, within a batch.
-        assert_eq!(states, [&[][..], &[Starting, Starting], &[Healthy, Healthy]], "{versions:?}");
-        // The batch began when the first turned healthy and lasted `status_batch_ms`.
-        let batch_ms = NodeConfig::new(NodeId::new("a"), "", Resources::ZERO).status_batch_ms;
-        assert_eq!(health.iter().map(|(at, _)| at - health[0].0).collect::<Vec<_>>(), [0, 150], "{health:?}");
-        assert_eq!(versions[2].0, health[0].0 + batch_ms, "{versions:?} {health:?}");
-    }
-
-    #[test]
-    fn replicas_turning_healthy_further_apart_than_a_batch_go_out_apart_and_a_failure_at_once() {
-        use ContainerState::{Healthy, Starting, Unhealthy};
-        // The probes fail from 2 s on: the replicas turn unhealthy, which goes out at once.
-        let (versions, health) =
-            run_lone_node(
-                [100, 600],
-                5000,
-                |now| if now < 2000 { ProbeOutcome::Success } else { ProbeOutcome::Failure },
-            );
-        let states: Vec<&[ContainerState]> = versions.iter().map(|(_, s)| s.as_slice()).collect();
-        assert_eq!(&states[..4], [&[][..], &[Starting, Starting], &[Healthy, Starting], &[Healthy, Healthy]]);
-        // Each gain waited for its batch.
-        let batch_ms = NodeConfig::new(NodeId::new("a"), "", Resources::ZERO).status_batch_ms;
-        assert_eq!(versions[2].0, health[0].0 + batch_ms, "{versions:?} {health:?}");
-        assert_eq!(versions[3].0, health[1].0 + batch_ms, "{versions:?} {health:?}");
-        // A failure is not held back: it goes out in the millisecond of the probe answer that
-        // made the replica unhealthy.
-        let failed = versions.iter().position(|(_, s)| s.contains(&Unhealthy)).expect("a replica failed");
-        let unhealthy_at = health.iter().find(|(_, s)| *s == HealthState::Unhealthy).expect("reported").0;
-        assert!(unhealthy_at > 2000, "{health:?}");
-        assert_eq!(versions[failed].0, unhealthy_at, "{versions:?} {health:?}");
     }
 
     #[test]
