@@ -1439,9 +1439,17 @@ impl Node {
                     // An answer to a start this node no longer wants: undo it.
                     self.actions.push_back(Action::StopContainer { container, slot, drain_ms: 0 });
                 } else {
+                    // The start grace counts from here, when the container runs, not from the
+                    // start request: creating and starting a container can take a good part of
+                    // the grace, and a booting app would be restarted for it.
+                    let check = match self.registry.get(&Key::App(slot.app.clone())) {
+                        Some(Value::App(spec)) => spec.health.clone(),
+                        _ => Default::default(),
+                    };
                     let l = self.local.get_mut(&slot).expect("checked");
                     l.container = Some(Arc::from(container));
                     l.phase = Phase::Running;
+                    l.health = HealthTracker::new(&check, now);
                     self.arm_health(now, &slot);
                     self.publish_status(now);
                 }
@@ -2819,6 +2827,58 @@ mod tests {
         let mut packets = encode_with_entries(&entries, |wire| Packet::encode(&b, &Message::Updates(wire)));
         assert_eq!(packets.len(), 1, "one small status is one packet");
         packets.pop().expect("one packet")
+    }
+
+    /// A container that took 900 ms to start, of a 1,000 ms start grace, still has the whole
+    /// grace to boot: failed probes in the first second after it runs are not counted; the
+    /// first failure after that is (one failure makes it unhealthy here), and it is stopped.
+    #[test]
+    fn the_start_grace_counts_from_when_the_container_runs() {
+        let mut a = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(4000, 4096)));
+        a.handle_membership(Time::from_millis(1), []);
+        let mut spec = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(500, 256));
+        spec.health.start_grace_ms = 1000;
+        spec.health.interval_ms = 100;
+        spec.health.timeout_ms = 50;
+        spec.health.failures = 1;
+        a.handle_command(Time::from_millis(2), Command::Apply(Box::new(spec))).expect("a valid app");
+        // Timers run until the node asks for its container.
+        let mut now = 2;
+        let (slot, generation) = loop {
+            let start = std::iter::from_fn(|| a.poll_action()).find_map(|action| match action {
+                Action::StartContainer { slot, generation, .. } => Some((slot, generation)),
+                _ => None,
+            });
+            if let Some(start) = start {
+                break start;
+            }
+            now = a.poll_timeout().expect("a claim is pending").as_millis();
+            assert!(now < 5_000, "the slot is started");
+            a.handle_timeout(Time::from_millis(now));
+        };
+        let running = now + 900;
+        a.handle_container_event(
+            Time::from_millis(running),
+            ContainerEvent::Started { slot, generation, container: "c1".into() },
+        );
+        // Every probe fails; the node is woken at each of its timers.
+        let mut stopped_at = None;
+        while stopped_at.is_none() && now < running + 3_000 {
+            while let Some(action) = a.poll_action() {
+                match action {
+                    Action::Probe { container, .. } => {
+                        a.handle_probe_result(Time::from_millis(now), &container, ProbeOutcome::Failure)
+                    }
+                    Action::StopContainer { .. } => stopped_at = Some(now),
+                    _ => {}
+                }
+            }
+            now = a.poll_timeout().expect("probes are due").as_millis().max(now);
+            a.handle_timeout(Time::from_millis(now));
+        }
+        let stopped_at = stopped_at.expect("a container that never answers is stopped");
+        assert!(stopped_at >= running + 1000, "stopped {} ms after it ran, inside its grace", stopped_at - running);
+        assert!(stopped_at <= running + 1100, "the first failure after the grace counts");
     }
 
     #[test]
