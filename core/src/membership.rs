@@ -526,7 +526,7 @@ impl Swim {
     /// to answer.
     pub fn sync_state(&self, bytes_max: usize) -> Vec<Vec<SwimMember>> {
         let me = foca::Member::alive(self.foca.identity().clone());
-        let size = |m: &SwimMember| postcard::to_allocvec(m).map_or(bytes_max, |b| b.len());
+        let size = |m: &SwimMember| postcard::experimental::serialized_size(m).unwrap_or(bytes_max);
         let head = size(&me);
         let mut runs: Vec<Vec<SwimMember>> = vec![vec![me.clone()]];
         let mut bytes = head;
