@@ -257,7 +257,8 @@ pub struct HealthCheck {
     pub failures: u32,
     /// Consecutive successes that make a starting or unhealthy container healthy.
     pub successes: u32,
-    /// After a start, failures are not counted for this long (the app is booting).
+    /// Failures are not counted for this long after the container runs (the runtime reported
+    /// it started): the app is booting.
     pub start_grace_ms: u64,
 }
 
