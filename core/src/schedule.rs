@@ -90,11 +90,15 @@ pub enum ContainerState {
 }
 
 impl ContainerState {
-    /// Which of two containers of one slot is kept: the higher rank.
+    /// Which of two containers of one slot is kept: the higher rank. Healthy and starting rank
+    /// the same: each node hears its own container turn healthy at once and a peer's late, so
+    /// ranking them would let both nodes of a slot started twice keep their own copy until
+    /// each heard the other's health (seen at 1,000 nodes: both copies served for 0.8 s). A
+    /// claim is heard once and does not change: the lower node then keeps its copy, and both
+    /// nodes agree as soon as each has heard the other's claim.
     fn keep_rank(self) -> u8 {
         match self {
-            ContainerState::Healthy => 3,
-            ContainerState::Starting => 2,
+            ContainerState::Healthy | ContainerState::Starting => 2,
             ContainerState::Unhealthy => 1,
             ContainerState::Failed => 0,
         }
@@ -263,8 +267,8 @@ pub struct Plan {
     kept_containers: BTreeMap<(u32, u32), Arc<str>>,
 }
 
-/// How a slot's containers are ranked when one is kept: state (healthy first), node index,
-/// container id; the least wins.
+/// How a slot's containers are ranked when one is kept: state (running, healthy or starting,
+/// before unhealthy), node index, container id; the least wins.
 type KeepKey<'a> = (Reverse<u8>, usize, &'a Arc<str>);
 
 /// Places every app's slots on `nodes`, keeping what `observed` shows running.
@@ -1115,15 +1119,36 @@ mod tests {
     #[test]
     fn a_duplicate_is_stopped_the_same_way_whatever_the_report_order() {
         let apps = [app("web", 1, 100)];
-        let a = running("a", SlotId::new("web", 0), "on-a", ContainerState::Healthy);
-        let b = running("b", SlotId::new("web", 0), "on-b", ContainerState::Healthy);
-        let c = running("c", SlotId::new("web", 0), "on-c", ContainerState::Starting);
+        let a = running("a", SlotId::new("web", 0), "on-a", ContainerState::Unhealthy);
+        let b = running("b", SlotId::new("web", 0), "on-b", ContainerState::Starting);
+        let c = running("c", SlotId::new("web", 0), "on-c", ContainerState::Healthy);
         let one = place(&apps, &three_nodes(), &observed(vec![a.clone(), b.clone(), c.clone()]), Policy::Spread);
         let two = place(&apps, &three_nodes(), &observed(vec![c, b, a]), Policy::Spread);
-        assert_eq!(where_is(&one), [("web/0".to_owned(), "a".to_owned())], "healthy first, then the lower name");
+        assert_eq!(where_is(&one), [("web/0".to_owned(), "b".to_owned())], "running first, then the lower name");
         assert_eq!(one.stops(), two.stops());
         let stopped: Vec<_> = one.stops().iter().map(|s| (&*s.container, s.reason)).collect();
-        assert_eq!(stopped, [("on-b", StopReason::Duplicate), ("on-c", StopReason::Duplicate)]);
+        assert_eq!(stopped, [("on-a", StopReason::Duplicate), ("on-c", StopReason::Duplicate)]);
+    }
+
+    /// Two nodes that started one slot each see their own copy healthy before they hear that
+    /// the other's is: whichever states each has heard, both keep the copy on the lower node.
+    #[test]
+    fn both_nodes_of_a_doubly_started_slot_keep_the_same_copy_whatever_health_they_heard() {
+        let apps = [app("web", 1, 100)];
+        let copy = |node: &str, state| running(node, SlotId::new("web", 0), &format!("on-{node}"), state);
+        let (healthy, starting) = (ContainerState::Healthy, ContainerState::Starting);
+        // Each sees its own copy healthy and the other's still starting; later, both healthy.
+        let seen_by_a =
+            place(&apps, &three_nodes(), &observed(vec![copy("a", healthy), copy("b", starting)]), Policy::Spread);
+        let seen_by_b =
+            place(&apps, &three_nodes(), &observed(vec![copy("a", starting), copy("b", healthy)]), Policy::Spread);
+        let agreed =
+            place(&apps, &three_nodes(), &observed(vec![copy("a", healthy), copy("b", healthy)]), Policy::Spread);
+        for plan in [&seen_by_a, &seen_by_b, &agreed] {
+            assert_eq!(where_is(plan), [("web/0".to_owned(), "a".to_owned())]);
+            let stopped: Vec<_> = plan.stops().iter().map(|s| &*s.container).collect();
+            assert_eq!(stopped, ["on-b"]);
+        }
     }
 
     #[test]
