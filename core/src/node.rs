@@ -1657,7 +1657,7 @@ impl Node {
                 if l.generation != generation || l.phase != Phase::BackingOff {
                     return;
                 }
-                self.start(now, &slot);
+                self.start(&slot);
             }
             Timer::Claim { slot, generation } => {
                 // Facts that arrived during the settle (another node's claim, say) are looked
@@ -1667,7 +1667,7 @@ impl Node {
                 }
                 // Still ours after the settle: no other claim won it.
                 if self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Claimed) {
-                    self.start(now, &slot);
+                    self.start(&slot);
                 }
             }
             Timer::ForgetFailure { slot, generation } => {
@@ -2021,7 +2021,7 @@ impl Node {
                         l.backoff = Backoff::new(&spec.restart);
                     }
                     l.phase = Phase::BackingOff;
-                    self.start(now, &slot);
+                    self.start(&slot);
                     changed = true;
                 }
                 Some(_) => {}
@@ -2076,7 +2076,7 @@ impl Node {
         self.local.insert(slot, Local { host_port, container, phase, health, backoff, generation, app });
     }
 
-    fn start(&mut self, now: Time, slot: &SlotId) {
+    fn start(&mut self, slot: &SlotId) {
         let Some(spec) = self.app_spec(&slot.app) else { return };
         self.generation += 1;
         let generation = self.generation;
@@ -2084,7 +2084,7 @@ impl Node {
         l.generation = generation;
         l.phase = Phase::Starting;
         l.container = None;
-        l.health = HealthTracker::new(&spec.health, now);
+        // Its health tracker is made when the container runs (`ContainerEvent::Started`).
         let host_port = l.host_port;
         self.actions.push_back(Action::Event(Event::Starting { slot: slot.clone(), host_port }));
         self.actions.push_back(Action::StartContainer {
