@@ -96,6 +96,12 @@ pub struct NodeConfig {
     /// and the loser withdraws before any container exists. Should exceed the time a status
     /// takes to spread.
     pub claim_settle_ms: u64,
+    /// How long a replica that turned healthy waits before this node's status says so, so
+    /// that the replicas a node starts together are announced in one status version instead
+    /// of one each: every version of every status is merged by every peer. Anything else (a
+    /// claim, a replica unhealthy or stopped) is published at once and carries what waits.
+    /// Peers send a new replica requests this much later at most; 0 publishes at once.
+    pub status_batch_ms: u64,
     /// Seeds this node's randomness (peer choice, balancer start positions).
     pub seed: u64,
     /// How this node learns which peers are alive.
@@ -135,6 +141,7 @@ impl NodeConfig {
             failed_cooldown_ms: 300_000,
             drain_ms: 1000,
             claim_settle_ms: 400,
+            status_batch_ms: 500,
             seed: 0,
             membership: MembershipMode::default(),
             swim: SwimConfig::default(),
@@ -650,6 +657,8 @@ enum Timer {
         slot: SlotId,
         generation: u64,
     },
+    /// Publish the status held back by `NodeConfig::status_batch_ms`, if still held.
+    PublishStatus,
     /// One of foca's timers; foca ignores a stale one itself.
     Swim(SwimTimer),
     /// Announce again to the seeds if no peer is known yet.
@@ -751,6 +760,8 @@ pub struct Node {
     member_generations: NodeMap<u64>,
     /// The generation this node's own status was last written with (`own_generation`).
     status_generation: Option<u64>,
+    /// A change of this node's status waits for `NodeConfig::status_batch_ms`.
+    status_held: bool,
     /// Apps whose balancer list may differ from `backends`; `update_backends` looks at these only.
     backends_dirty: BTreeSet<AppName>,
     /// Bumped on every change to what placement reads (registry facts, membership).
@@ -843,6 +854,7 @@ impl Node {
             node_healthy: NodeMap::default(),
             member_generations: NodeMap::default(),
             status_generation: None,
+            status_held: false,
             backends_dirty: BTreeSet::new(),
             facts_generation: 0,
             last_pass: None,
@@ -1451,7 +1463,9 @@ impl Node {
                     l.phase = Phase::Running;
                     l.health = HealthTracker::new(&check, now);
                     self.arm_health(now, &slot);
-                    self.publish_status(now);
+                    // Only the container id changed, which no peer acts on: it goes out with
+                    // the next change, and does not send out one held back.
+                    self.hold_status(now);
                 }
             }
             ContainerEvent::StartFailed { slot, generation, .. } => {
@@ -1499,7 +1513,7 @@ impl Node {
                 HealthState::Healthy => {
                     l.backoff.on_healthy(now);
                     self.actions.push_back(Action::Event(Event::Health { slot: slot.clone(), state: t.to }));
-                    self.publish_status(now);
+                    self.hold_status(now);
                 }
                 HealthState::Unhealthy => {
                     self.actions.push_back(Action::Event(Event::Health { slot: slot.clone(), state: t.to }));
@@ -1668,6 +1682,11 @@ impl Node {
                 // Still ours after the settle: no other claim won it.
                 if self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Claimed) {
                     self.start(&slot);
+                }
+            }
+            Timer::PublishStatus => {
+                if self.status_held {
+                    self.publish_status(now);
                 }
             }
             Timer::ForgetFailure { slot, generation } => {
@@ -2145,8 +2164,20 @@ impl Node {
         (self.config.host_port_min..=self.config.host_port_max).find(|p| !used.contains(p))
     }
 
+    /// Publishes the status `status_batch_ms` from now, with whatever else changes by then
+    /// (see `NodeConfig::status_batch_ms`), unless something publishes it sooner.
+    fn hold_status(&mut self, now: Time) {
+        if self.config.status_batch_ms == 0 {
+            self.publish_status(now);
+        } else if !self.status_held {
+            self.status_held = true;
+            self.schedule(now + Duration::from_millis(self.config.status_batch_ms), Timer::PublishStatus);
+        }
+    }
+
     /// Writes this node's status into its registry, which spreads it.
     fn publish_status(&mut self, now: Time) {
+        self.status_held = false;
         let generation = self.own_generation();
         let status = NodeStatus {
             spec: self.config.spec(),
@@ -2879,6 +2910,99 @@ mod tests {
         let stopped_at = stopped_at.expect("a container that never answers is stopped");
         assert!(stopped_at >= running + 1000, "stopped {} ms after it ran, inside its grace", stopped_at - running);
         assert!(stopped_at <= running + 1100, "the first failure after the grace counts");
+    }
+
+    /// The replicas a node starts together turn healthy at different times (each start takes
+    /// its own time) and are announced in one status version, `status_batch_ms` after the
+    /// first; a replica that turns unhealthy is announced at once.
+    #[test]
+    fn replicas_turning_healthy_together_are_announced_in_one_status_version() {
+        let mut a = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(4000, 4096)));
+        let batch = a.config.status_batch_ms;
+        a.handle_membership(Time::from_millis(1), []);
+        let mut spec = AppSpec::new("web", "canteen-demo:latest", 2, Resources::new(500, 256));
+        spec.health.interval_ms = 100;
+        spec.health.timeout_ms = 50;
+        spec.health.start_grace_ms = 0;
+        spec.health.failures = 1;
+        a.handle_command(Time::from_millis(2), Command::Apply(Box::new(spec))).expect("a valid app");
+        let key = Key::Status(NodeId::new("a"));
+        let states = |a: &Node| match a.registry.get(&key) {
+            Some(Value::Status(s)) => s.containers.iter().map(|c| c.state).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
+        // Timers run until the node asks for both containers.
+        let mut now = 2;
+        let mut starts = Vec::new();
+        while starts.len() < 2 {
+            starts.extend(std::iter::from_fn(|| a.poll_action()).filter_map(|action| match action {
+                Action::StartContainer { slot, generation, .. } => Some((slot, generation)),
+                _ => None,
+            }));
+            now = a.poll_timeout().expect("a claim is pending").as_millis();
+            assert!(now < 5_000, "both slots are started");
+            a.handle_timeout(Time::from_millis(now));
+        }
+        // The first runs 100 ms after the request, the second 400 ms after; every probe
+        // passes until `failing` is set.
+        let mut pending: Vec<(u64, SlotId, u64, String)> = starts
+            .into_iter()
+            .zip([100, 400])
+            .map(|((slot, g), after)| (now + after, slot, g, format!("c{after}")))
+            .collect();
+        let mut versions = vec![(now, states(&a))];
+        let mut first_healthy_at = None;
+        let mut failing: Option<String> = None;
+        let mut failed_at = None;
+        let end = now + 3_000;
+        let mut todo: VecDeque<Action> = VecDeque::new();
+        while now < end {
+            for (_, slot, generation, container) in pending.extract_if(.., |(at, ..)| *at <= now) {
+                a.handle_container_event(
+                    Time::from_millis(now),
+                    ContainerEvent::Started { slot, generation, container },
+                );
+                todo.extend(std::iter::from_fn(|| a.poll_action()));
+            }
+            while let Some(action) = todo.pop_front() {
+                if let Action::Probe { container, .. } = action {
+                    let outcome = if failing.as_deref() == Some(&container) {
+                        ProbeOutcome::Failure
+                    } else {
+                        ProbeOutcome::Success
+                    };
+                    a.handle_probe_result(Time::from_millis(now), &container, outcome);
+                    todo.extend(std::iter::from_fn(|| a.poll_action()));
+                    match outcome {
+                        ProbeOutcome::Success => first_healthy_at.get_or_insert(now),
+                        _ => failed_at.get_or_insert(now),
+                    };
+                }
+            }
+            if versions.last().is_none_or(|(_, s)| *s != states(&a)) {
+                versions.push((now, states(&a)));
+            }
+            if failing.is_none() && states(&a) == [ContainerState::Healthy, ContainerState::Healthy] {
+                failing = Some("c100".to_owned());
+            }
+            let next = pending.iter().map(|(at, ..)| *at).chain(a.poll_timeout().map(|t| t.as_millis())).min();
+            now = next.expect("timers are due").max(now + 1);
+            a.handle_timeout(Time::from_millis(now));
+            todo.extend(std::iter::from_fn(|| a.poll_action()));
+        }
+        let healthy = [ContainerState::Healthy, ContainerState::Healthy];
+        let both = versions.iter().position(|(_, s)| *s == healthy).expect("both turn healthy");
+        assert!(
+            versions[..both].iter().all(|(_, s)| !s.contains(&ContainerState::Healthy)),
+            "never one healthy and one starting: {versions:?}"
+        );
+        let at = versions[both].0;
+        let first = first_healthy_at.expect("probes passed");
+        assert!(at <= first + batch, "announced {} ms after the first turned healthy", at - first);
+        let (unhealthy_at, _) =
+            versions.iter().find(|(_, s)| s.contains(&ContainerState::Unhealthy)).expect("c100 turns unhealthy");
+        let failed_probe_at = failed_at.expect("a probe of c100 failed");
+        assert_eq!(*unhealthy_at, failed_probe_at, "an unhealthy replica is announced at once");
     }
 
     #[test]
