@@ -19,11 +19,15 @@
 //! - [`rng`]: the seeded generator, core's only randomness.
 //! - [`time`]: the `Time` type that every `now` argument has.
 //! - [`limits`]: every bound in one place.
+//!
+//! The one piece of state shared beyond a `Node`: a per-thread cache that hands out one shared
+//! copy of each decoded name and address (`intern`). It changes no result.
 
 pub mod autoscale;
 pub mod balance;
 pub mod cluster_file;
 pub mod health;
+mod intern;
 pub mod limits;
 pub mod membership;
 pub mod model;

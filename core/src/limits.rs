@@ -98,6 +98,10 @@ pub const NODE_SPEC_BYTES_MAX: usize = 4096;
 /// Longest address a node gives for its containers or its gossip socket.
 pub const NODE_ADDR_LEN_MAX: usize = 255;
 
+/// The most strings a thread's cache of shared names and addresses holds (`intern`): a
+/// cluster's node names, app names and addresses, with room to spare: a few MiB per thread.
+pub const INTERNED_MAX: usize = 1 << 16;
+
 /// The most one container takes in a status: its slot (app name and index), container id,
 /// host port and state, with their length prefixes.
 pub const CONTAINER_STATUS_BYTES_MAX: usize = NAME_LEN_MAX + 5 + CONTAINER_ID_LEN_MAX + 2 + 3 + 1;

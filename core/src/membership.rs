@@ -177,7 +177,11 @@ pub struct PeerAddr {
 impl PeerAddr {
     /// The address `text`.
     pub fn new(text: &str) -> PeerAddr {
-        PeerAddr { text: Arc::from(text), hash: stable_hash(text.as_bytes()) }
+        let hash = stable_hash(text.as_bytes());
+        let text = crate::intern::with(&ADDRS, |addrs| {
+            addrs.get(text, |t: &str| Arc::from(t), |held| held, |held| Arc::strong_count(held) == 1)
+        });
+        PeerAddr { text, hash }
     }
 
     /// The address as the driver gave it.
@@ -193,11 +197,17 @@ impl PeerAddr {
 
 impl PartialEq for PeerAddr {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.text == other.text
+        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
     }
 }
 
 impl Eq for PeerAddr {}
+
+thread_local! {
+    /// One shared copy of each address this thread decodes or makes (see `intern`).
+    static ADDRS: std::cell::RefCell<crate::intern::Interner<Arc<str>>> =
+        std::cell::RefCell::new(crate::intern::Interner::new());
+}
 
 impl PartialOrd for PeerAddr {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {

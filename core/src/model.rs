@@ -45,8 +45,17 @@ impl Name {
         // Padding with zeros keeps the order: if the heads differ, the first byte at which
         // they do is a real byte of the string with the greater head, and either a smaller
         // byte or the end of the other string. Equal heads fall back to the strings.
-        Name { head: u64::from_be_bytes(head), text: Arc::new(Box::from(text)) }
+        let text = crate::intern::with(&NAMES, |names| {
+            names.get(text, |t| Arc::new(Box::from(t)), |held| held, |held| Arc::strong_count(held) == 1)
+        });
+        Name { head: u64::from_be_bytes(head), text }
     }
+}
+
+thread_local! {
+    /// One shared copy of each name this thread decodes or makes (see `intern`).
+    static NAMES: std::cell::RefCell<crate::intern::Interner<Arc<Box<str>>>> =
+        std::cell::RefCell::new(crate::intern::Interner::new());
 }
 
 impl PartialEq for Name {

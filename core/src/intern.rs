@@ -1,0 +1,110 @@
+//! Shared copies of the short strings that every message repeats: node and app names, peer
+//! addresses.
+//!
+//! A node decodes the same few hundred or thousand names over and over: every status names its
+//! node and the apps of its slots, every SWIM packet its sender and receiver. Decoded each
+//! time, a name is two allocations and a copy, and a thousand nodes' registries hold millions
+//! of copies of a thousand strings. Decoding through this cache hands out one shared copy per
+//! string instead, and names that are one copy compare by pointer.
+//!
+//! The cache belongs to the thread (the simulator runs every node on one thread, the real agent
+//! is one node), holds at most [`limits::INTERNED_MAX`] strings, and changes no result: a
+//! string is handed out equal to the one asked for, shared or not.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use crate::limits;
+use crate::registry::KeyHashHasher;
+use crate::schedule::stable_hash;
+
+/// Strings by their hash, each held as `V` (an `Arc` of some form).
+pub(crate) struct Interner<V> {
+    table: HashMap<u64, V, BuildHasherDefault<KeyHashHasher>>,
+}
+
+impl<V: Clone> Interner<V> {
+    pub(crate) fn new() -> Interner<V> {
+        Interner { table: HashMap::default() }
+    }
+
+    /// The shared copy of `text`, made with `make` if there is none. `text_of` reads a copy's
+    /// text back and `unused` tells a copy that only the cache holds.
+    pub(crate) fn get(
+        &mut self,
+        text: &str,
+        make: impl FnOnce(&str) -> V,
+        text_of: impl Fn(&V) -> &str,
+        unused: impl Fn(&V) -> bool,
+    ) -> V {
+        let hash = stable_hash(text.as_bytes());
+        if let Some(held) = self.table.get(&hash) {
+            if text_of(held) == text {
+                return held.clone();
+            }
+            // Two strings with one 64-bit hash: the second is not shared.
+            return make(text);
+        }
+        if self.table.len() >= limits::INTERNED_MAX {
+            // Full: drop what only the cache holds; if most is still in use, start over (the
+            // strings in use stay valid, they are just no longer shared with new copies).
+            self.table.retain(|_, held| !unused(held));
+            if self.table.len() >= limits::INTERNED_MAX / 2 {
+                self.table.clear();
+            }
+        }
+        let value = make(text);
+        self.table.insert(hash, value.clone());
+        value
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+}
+
+/// Runs `f` on this thread's cache of type `V` (one per call site's `thread_local!`).
+pub(crate) fn with<V: 'static, R>(
+    cache: &'static std::thread::LocalKey<RefCell<Interner<V>>>,
+    f: impl FnOnce(&mut Interner<V>) -> R,
+) -> R {
+    cache.with(|c| f(&mut c.borrow_mut()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn get(i: &mut Interner<Arc<str>>, text: &str) -> Arc<str> {
+        i.get(text, |t: &str| Arc::from(t), |v| v, |v| Arc::strong_count(v) == 1)
+    }
+
+    #[test]
+    fn one_copy_per_string_and_equal_to_it() {
+        let mut i = Interner::new();
+        let a = get(&mut i, "node-1");
+        let b = get(&mut i, "node-1");
+        let c = get(&mut i, "node-2");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!((&*a, &*c), ("node-1", "node-2"));
+        assert_eq!(i.len(), 2);
+    }
+
+    #[test]
+    fn the_cache_stays_bounded_and_keeps_what_is_in_use() {
+        let mut i = Interner::new();
+        let kept: Vec<Arc<str>> = (0..10).map(|n| get(&mut i, &format!("kept-{n}"))).collect();
+        for n in 0..3 * limits::INTERNED_MAX {
+            get(&mut i, &format!("name-{n}"));
+            assert!(i.len() <= limits::INTERNED_MAX);
+        }
+        // Every copy handed out is still its string; the ones in use are still shared.
+        for (n, k) in kept.iter().enumerate() {
+            assert_eq!(&**k, format!("kept-{n}"));
+            assert!(Arc::ptr_eq(k, &get(&mut i, &format!("kept-{n}"))));
+        }
+    }
+}
