@@ -2169,20 +2169,27 @@ impl Node {
     fn hold_status(&mut self, now: Time) {
         if self.config.status_batch_ms == 0 {
             self.publish_status(now);
-        } else if !self.status_held {
+            return;
+        }
+        // This node's own balancers take the change now, as its API does (from `local`): only
+        // peers hear it later. The registry keeps the status last published until then.
+        let me = self.config.id.clone();
+        let status = self.own_status();
+        let (new_slots, new_healthy) = self.status_views(&me, Some(&status));
+        self.write_status_views(&me, new_slots, new_healthy);
+        self.update_backends();
+        if !self.status_held {
             self.status_held = true;
             self.schedule(now + Duration::from_millis(self.config.status_batch_ms), Timer::PublishStatus);
         }
     }
 
-    /// Writes this node's status into its registry, which spreads it.
-    fn publish_status(&mut self, now: Time) {
-        self.status_held = false;
-        let generation = self.own_generation();
-        let status = NodeStatus {
+    /// This node's status as its slots are now.
+    fn own_status(&self) -> NodeStatus {
+        NodeStatus {
             spec: self.config.spec(),
             addr: self.config.addr.clone(),
-            generation,
+            generation: self.own_generation(),
             containers: self
                 .local
                 .iter()
@@ -2193,7 +2200,14 @@ impl Node {
                     state: l.reported_state(),
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// Writes this node's status into its registry, which spreads it.
+    fn publish_status(&mut self, now: Time) {
+        let was_held = std::mem::replace(&mut self.status_held, false);
+        let status = self.own_status();
+        let generation = status.generation;
         let key = Key::Status(self.config.id.clone());
         // What peers act on is which slots run here, on which ports, in which state. A change
         // of container id alone (a start confirmed, the state still `Starting`) waits for the
@@ -2210,6 +2224,13 @@ impl Node {
                 .zip(&status.containers)
                 .all(|(a, b)| a.slot == b.slot && a.host_port == b.host_port && a.state == b.state)
         {
+            if was_held {
+                // What was held changed back: this node's own views follow the registry again.
+                let me = self.config.id.clone();
+                let (new_slots, new_healthy) = self.status_views(&me, self.counted_status(&me));
+                self.write_status_views(&me, new_slots, new_healthy);
+                self.update_backends();
+            }
             return;
         }
         // The status of one node is bounded by the slots it can run; a registry that refuses
@@ -2251,7 +2272,18 @@ impl Node {
     fn status_changed(&mut self, node: &NodeId) {
         self.facts_generation += 1;
         // Both views are compared and built from one lookup of the status, then written.
-        let status = self.counted_status(node);
+        let (new_slots, new_healthy) = self.status_views(node, self.counted_status(node));
+        self.write_status_views(node, new_slots, new_healthy);
+    }
+
+    /// What `status_changed` writes for `node` whose status is `status`: its slots and its
+    /// healthy replicas, each only if it differs from what was derived before.
+    #[allow(clippy::type_complexity)]
+    fn status_views(
+        &self,
+        node: &NodeId,
+        status: Option<&NodeStatus>,
+    ) -> (Option<(Option<NodeSpec>, Vec<SlotId>)>, Option<Vec<Backend>>) {
         // The slots it runs. A health change keeps them as they were.
         let old = self.node_slots.get(node);
         let same_slots = match (status, old) {
@@ -2300,6 +2332,15 @@ impl Node {
             list.dedup();
             list
         });
+        (new_slots, new_healthy)
+    }
+
+    fn write_status_views(
+        &mut self,
+        node: &NodeId,
+        new_slots: Option<(Option<NodeSpec>, Vec<SlotId>)>,
+        new_healthy: Option<Vec<Backend>>,
+    ) {
         if let Some((spec, slots)) = new_slots {
             self.status_slots_changed(node, spec, slots);
         }
@@ -2914,7 +2955,8 @@ mod tests {
 
     /// The replicas a node starts together turn healthy at different times (each start takes
     /// its own time) and are announced in one status version, `status_batch_ms` after the
-    /// first; a replica that turns unhealthy is announced at once.
+    /// first; the node's own balancer takes each at once; a replica that turns unhealthy is
+    /// announced at once.
     #[test]
     fn replicas_turning_healthy_together_are_announced_in_one_status_version() {
         let mut a = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(4000, 4096)));
@@ -2954,6 +2996,8 @@ mod tests {
         let mut first_healthy_at = None;
         let mut failing: Option<String> = None;
         let mut failed_at = None;
+        // This node's own balancer for the app: when it changed, and to how many replicas.
+        let mut balancer: Vec<(u64, usize)> = Vec::new();
         let end = now + 3_000;
         let mut todo: VecDeque<Action> = VecDeque::new();
         while now < end {
@@ -2965,6 +3009,9 @@ mod tests {
                 todo.extend(std::iter::from_fn(|| a.poll_action()));
             }
             while let Some(action) = todo.pop_front() {
+                if let Action::SetBackends { backends, .. } = &action {
+                    balancer.push((now, backends.len()));
+                }
                 if let Action::Probe { container, .. } = action {
                     let outcome = if failing.as_deref() == Some(&container) {
                         ProbeOutcome::Failure
@@ -2999,6 +3046,8 @@ mod tests {
         let at = versions[both].0;
         let first = first_healthy_at.expect("probes passed");
         assert!(at <= first + batch, "announced {} ms after the first turned healthy", at - first);
+        // Its own balancer did not wait: it sends the first replica requests at once.
+        assert_eq!(balancer.first(), Some(&(first, 1)), "the node's own balancer: {balancer:?}");
         let (unhealthy_at, _) =
             versions.iter().find(|(_, s)| s.contains(&ContainerState::Unhealthy)).expect("c100 turns unhealthy");
         let failed_probe_at = failed_at.expect("a probe of c100 failed");
