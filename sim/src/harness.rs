@@ -26,7 +26,8 @@ use crate::report::{Check, Recovery, Report, Requests, Timeline};
 use crate::scenario::{FaultKind, Membership, Scenario};
 use crate::traffic::poisson_arrivals;
 use crate::world::{
-    GOSSIP_PORT, Input, ScaleEvent, World, container_id, container_name, gossip_addr_of, index_of_ip, ip_of,
+    GOSSIP_PORT, Inbox, InboxHandle, Input, ScaleEvent, World, container_id, container_name, gossip_addr_of,
+    index_of_ip, ip_of,
 };
 const TAG: u64 = 0x63616e74;
 /// With SWIM, every node joins through the first few nodes of the cluster.
@@ -68,20 +69,15 @@ struct Alarms {
 }
 
 impl Alarms {
-    /// The next input, or `None` at `deadline` if none came first; `Some(Err)` once the inbox
-    /// is closed.
-    async fn next_input(
-        &mut self,
-        rx: &async_channel::Receiver<Input>,
-        deadline: Instant,
-    ) -> Option<Result<Input, async_channel::RecvError>> {
-        let mut recv = std::pin::pin!(rx.recv());
+    /// The next input, or `None` at `deadline` if none came first.
+    async fn next_input(&mut self, inbox: &InboxHandle, deadline: Instant) -> Option<Input> {
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(input) = recv.as_mut().poll(cx) {
+            if let Some(input) = lock(inbox).pop_or_wait(cx.waker()) {
                 return Poll::Ready(Some(input));
             }
             let now = Instant::now();
             if now >= deadline {
+                lock(inbox).stop_waiting();
                 return Poll::Ready(None);
             }
             while self.armed.first().is_some_and(|at| *at <= now) {
@@ -104,23 +100,21 @@ impl Alarms {
 
 /// The driver loop of one node: inputs in, actions out, drained after every input.
 async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Instant) {
-    let (tx, rx) = async_channel::unbounded::<Input>();
+    let inbox_handle = InboxHandle::default();
     let endpoint =
         Endpoint::bind(SocketAddr::new(ip_of(index), GOSSIP_PORT)).await.expect("each node binds its own address");
     let receiver = endpoint.clone();
-    let inbox = tx.clone();
+    let inbox = inbox_handle.clone();
     madsim::task::spawn(async move {
         while let Ok((payload, from)) = receiver.recv_from_raw(TAG).await {
             let (Some(_), Ok(bytes)) = (index_of_ip(from.ip()), payload.downcast::<Vec<u8>>()) else { continue };
-            if inbox.send(Input::Message(*bytes)).await.is_err() {
-                break;
-            }
+            Inbox::push(&inbox, Input::Message(*bytes));
         }
     });
     let boot_ms = now_ms(start);
     let (generation, running, persisted) = {
         let mut w = lock(&world);
-        let (generation, running) = w.node_started(index, tx.clone(), boot_ms);
+        let (generation, running) = w.node_started(index, inbox_handle.clone(), boot_ms);
         (generation, running, w.nodes[index].persisted.clone())
     };
     // SWIM: each life of the node's agent is a new generation, so its peers take it back.
@@ -132,9 +126,9 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
     // containers meet their app's health check, then the containers found running on the
     // node, before the first placement pass. Queued ahead of any peer's message.
     for spec in persisted {
-        tx.try_send(Input::Command(Command::Apply(Box::new(spec)))).expect("the driver holds its inbox");
+        Inbox::push(&inbox_handle, Input::Command(Command::Apply(Box::new(spec))));
     }
-    tx.try_send(Input::Container(ContainerEvent::Adopted { containers: running })).expect("the driver holds its inbox");
+    Inbox::push(&inbox_handle, Input::Container(ContainerEvent::Adopted { containers: running }));
     // Inputs the simulated Docker answers later: container starts and probe results.
     let mut later: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
     let mut later_inputs: BTreeMap<usize, Input> = BTreeMap::new();
@@ -144,7 +138,6 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
     let mut published_root: Option<u64> = None;
     let mut published_members = u64::MAX;
     let mut alarms = Alarms::default();
-    let mut socket_addrs: std::collections::HashMap<PeerAddr, SocketAddr> = std::collections::HashMap::new();
     loop {
         // 1. Carry out every action, so the node's queue is empty before the next input.
         // The time is read once for all of them, though madsim holds each datagram sent for
@@ -154,20 +147,12 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
         while let Some(action) = node.poll_action() {
             match action {
                 Action::Send { to, bytes } => {
-                    // Every address a node learns is one of the simulated nodes' own; each is
-                    // parsed once.
-                    let to: SocketAddr = match socket_addrs.get(&to) {
-                        Some(addr) => *addr,
-                        None => {
-                            let addr = to.as_str().parse().expect("a simulated node's gossip address");
-                            *socket_addrs.entry(to).or_insert(addr)
-                        }
-                    };
-                    {
+                    let to = {
                         let mut w = lock(&world);
                         w.nodes[index].bytes_sent += bytes.len() as u64;
                         w.nodes[index].messages_sent += 1;
-                    }
+                        w.socket_addr(&to)
+                    };
                     // Lost datagrams are part of the model: errors are ignored.
                     let _ = endpoint.send_to_raw(to, TAG, Box::new(bytes)).await;
                     sent = true;
@@ -305,18 +290,13 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
             deadline = deadline.min(*at);
         }
         // An input already waiting is taken at once, without arming a timer for it.
-        match rx.try_recv() {
-            Ok(input) => {
-                feed(&mut node, now, input, &world, index);
-                continue;
-            }
-            Err(async_channel::TryRecvError::Closed) => return,
-            Err(async_channel::TryRecvError::Empty) => {}
+        let waiting = lock(&inbox_handle).pop();
+        if let Some(input) = waiting {
+            feed(&mut node, now, input, &world, index);
+            continue;
         }
-        match alarms.next_input(&rx, start + Duration::from_millis(deadline)).await {
-            Some(Ok(input)) => feed(&mut node, now_ms(start), input, &world, index),
-            Some(Err(_)) => return,
-            None => {}
+        if let Some(input) = alarms.next_input(&inbox_handle, start + Duration::from_millis(deadline)).await {
+            feed(&mut node, now_ms(start), input, &world, index);
         }
     }
 }
