@@ -463,6 +463,8 @@ impl BroadcastHandler<SwimId> for EntryBroadcasts {
 pub struct Swim {
     foca: Foca<SwimId, PostcardCodec, SwimRng, EntryBroadcasts>,
     runtime: AccumulatingRuntime<SwimId>,
+    /// Notifications drained by [`Swim::reconnect_after_rejoin`], for [`Swim::take_notifications`].
+    notified: bool,
     seeds: Vec<PeerAddr>,
     /// See [`EntryBroadcasts::received`].
     received: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -488,7 +490,7 @@ impl Swim {
         let handler = EntryBroadcasts { received: received.clone() };
         let rng = SwimRng(SplitMix64::new(seed));
         let foca = Foca::with_custom_broadcast(identity, config.foca(), rng, PostcardCodec, handler);
-        Swim { foca, runtime: AccumulatingRuntime::new(), seeds: Vec::new(), received }
+        Swim { foca, runtime: AccumulatingRuntime::new(), seeds: Vec::new(), received, notified: false }
     }
 
     /// This life's identity (foca renews it when the cluster declared this node down).
@@ -689,11 +691,36 @@ impl Swim {
     /// renamed, this node rejoined or lost its peers. The members themselves are read from
     /// [`Swim::alive`].
     pub fn take_notifications(&mut self) -> bool {
-        let mut any = false;
+        let mut any = std::mem::take(&mut self.notified);
         while self.runtime.to_notify().is_some() {
             any = true;
         }
         any
+    }
+
+    /// Reconnects foca at once after it renewed this node's identity, if it still holds active
+    /// members. A peer that believes this node down tells it so (`TurnUndead`); foca then
+    /// takes a new identity and waits, disconnected and with its periodic timers dropped,
+    /// until a packet from a member reconnects it. When a partition heals, every node on both
+    /// sides hears it from the other side and renews within a few milliseconds; a node whose
+    /// peers had all renewed before it hears nothing more and waits for its next push-pull
+    /// sync, tens of seconds (seed 195 of apply-then-partitioned: 11 s with no packet between
+    /// the sides). Drivers call this after every call into foca, before draining it.
+    pub fn reconnect_after_rejoin(&mut self) {
+        let mut rejoined = false;
+        while let Some(notification) = self.runtime.to_notify() {
+            self.notified = true;
+            match notification {
+                foca::OwnedNotification::Rejoin(_) => rejoined = true,
+                foca::OwnedNotification::Active => rejoined = false,
+                _ => {}
+            }
+        }
+        if rejoined && self.foca.num_members() > 0 {
+            // No update: foca only looks at its members again, finds some active, and
+            // reconnects (probes, announces and gossip timers armed again).
+            self.foca.apply_many(std::iter::empty(), false, &mut self.runtime).expect("no update to refuse");
+        }
     }
 
     /// How many peers foca holds active: cheap, unlike [`Swim::alive`].
@@ -752,11 +779,13 @@ mod tests {
         now_ms: u64,
         /// Nodes whose packets are neither delivered nor sent, and whose timers are dropped.
         stopped: BTreeSet<NodeId>,
+        /// One side of a partition: packets between it and the rest are lost.
+        side: BTreeSet<NodeId>,
     }
 
     #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
     enum Event {
-        Packet(NodeId, Vec<u8>),
+        Packet(NodeId, NodeId, Vec<u8>),
         Timer(NodeId, u64),
     }
 
@@ -768,6 +797,7 @@ mod tests {
                 seq: 0,
                 now_ms: 0,
                 stopped: BTreeSet::new(),
+                side: BTreeSet::new(),
             };
             let mut timers = BTreeMap::new();
             for i in 0..n {
@@ -793,9 +823,11 @@ mod tests {
             let now = self.now_ms;
             let mut out = Vec::new();
             let member = self.members.get_mut(id).unwrap();
+            // As `Node::swim_call` does, before it drains foca.
+            member.reconnect_after_rejoin();
             while let Some((to, bytes)) = member.poll_send() {
                 // Each test node's address is its name.
-                out.push(Event::Packet(NodeId::new(to.as_str()), bytes));
+                out.push(Event::Packet(id.clone(), NodeId::new(to.as_str()), bytes));
             }
             let mut later = Vec::new();
             while let Some((after, timer)) = member.poll_timer() {
@@ -804,9 +836,8 @@ mod tests {
             member.take_notifications();
             assert!(member.is_drained());
             for event in out {
-                if let Event::Packet(to, bytes) = event {
-                    // The sender rides along in the payload's header; deliver to `to`.
-                    self.push(now + 1, Event::Packet(to, bytes));
+                if let Event::Packet(from, to, bytes) = event {
+                    self.push(now + 1, Event::Packet(from, to, bytes));
                 }
             }
             for (after, timer) in later {
@@ -825,8 +856,9 @@ mod tests {
                 let Reverse((at, _, event)) = self.queue.pop().unwrap();
                 self.now_ms = at;
                 match event {
-                    Event::Packet(to, bytes) => {
-                        if self.stopped.contains(&to) || !self.members.contains_key(&to) {
+                    Event::Packet(from, to, bytes) => {
+                        let cut = self.side.contains(&from) != self.side.contains(&to);
+                        if cut || self.stopped.contains(&to) || !self.members.contains_key(&to) {
                             continue;
                         }
                         let _ = self.members.get_mut(&to).unwrap().handle_data(&bytes);
@@ -913,6 +945,36 @@ mod tests {
             assert_eq!(member.alive().len(), 5, "{id} sees every other node, the restarted one included");
         }
         assert_eq!(cluster.members[&victim].identity().generation(), 2, "no rename was needed");
+    }
+
+    /// After a partition heals, each side tells the other's nodes that they were declared down,
+    /// and every node renews its identity within a few milliseconds; foca then waits,
+    /// disconnected and with its timers dropped, for a packet from a member. Without
+    /// `reconnect_after_rejoin` the nodes that renewed last could wait for a push-pull sync.
+    #[test]
+    fn both_sides_of_a_healed_partition_find_each_other_within_a_few_seconds() {
+        let config = SwimConfig::default();
+        let (mut cluster, mut timers) = Cluster::new(7, &config);
+        cluster.run_until(3000, &mut timers);
+        cluster.side = ["n0", "n1"].into_iter().map(NodeId::new).collect();
+        cluster.run_until(20_000, &mut timers);
+        for (id, member) in &cluster.members {
+            let expected = if cluster.side.contains(id) { 1 } else { 4 };
+            assert_eq!(member.alive().len(), expected, "{id} sees only its own side");
+        }
+        cluster.side.clear();
+        let healed_at = cluster.now_ms;
+        let mut whole_at = None;
+        while cluster.now_ms < healed_at + 30_000 {
+            let next = cluster.now_ms + 100;
+            cluster.run_until(next, &mut timers);
+            if cluster.members.values().all(|m| m.alive().len() == 6) {
+                whole_at = Some(cluster.now_ms);
+                break;
+            }
+        }
+        let took = whole_at.expect("the sides find each other") - healed_at;
+        assert!(took <= 2 * config.announce_down_interval_ms, "whole again {took} ms after the heal");
     }
 
     #[test]

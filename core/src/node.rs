@@ -1107,6 +1107,7 @@ impl Node {
     ) {
         let swim = self.swim.as_mut().expect("swim mode");
         let result = call(swim);
+        swim.reconnect_after_rejoin();
         let root = self.registry.root_hash();
         while let Some((to, packet)) = swim.poll_send() {
             // foca keeps this node's earlier lives as members declared down when peers gossip
