@@ -14,47 +14,76 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 
 use crate::limits;
 use crate::registry::KeyHashHasher;
 use crate::schedule::stable_hash;
 
-/// Strings by their hash, each held as `V` (an `Arc` of some form).
+/// A shared string as the cache holds it.
+pub(crate) trait Shared: Clone {
+    /// A new shared copy of `text`.
+    fn make(text: &str) -> Self;
+    /// Its text.
+    fn text(&self) -> &str;
+    /// Whether only the cache holds it.
+    fn unused(&self) -> bool;
+}
+
+impl Shared for Arc<str> {
+    fn make(text: &str) -> Self {
+        Arc::from(text)
+    }
+    fn text(&self) -> &str {
+        self
+    }
+    fn unused(&self) -> bool {
+        Arc::strong_count(self) == 1
+    }
+}
+
+impl Shared for Arc<Box<str>> {
+    fn make(text: &str) -> Self {
+        Arc::new(Box::from(text))
+    }
+    fn text(&self) -> &str {
+        self
+    }
+    fn unused(&self) -> bool {
+        Arc::strong_count(self) == 1
+    }
+}
+
+/// Strings by their hash, each held as `V`.
 pub(crate) struct Interner<V> {
     table: HashMap<u64, V, BuildHasherDefault<KeyHashHasher>>,
 }
 
-impl<V: Clone> Interner<V> {
+impl<V: Shared> Interner<V> {
     pub(crate) fn new() -> Interner<V> {
         Interner { table: HashMap::default() }
     }
 
-    /// The shared copy of `text`, made with `make` if there is none. `text_of` reads a copy's
-    /// text back and `unused` tells a copy that only the cache holds.
-    pub(crate) fn get(
-        &mut self,
-        text: &str,
-        make: impl FnOnce(&str) -> V,
-        text_of: impl Fn(&V) -> &str,
-        unused: impl Fn(&V) -> bool,
-    ) -> V {
-        let hash = stable_hash(text.as_bytes());
+    /// The shared copy of `text`, whose [`stable_hash`] is `hash` (callers that keep the hash
+    /// compute it once), made if there is none.
+    pub(crate) fn get(&mut self, hash: u64, text: &str) -> V {
+        debug_assert_eq!(hash, stable_hash(text.as_bytes()));
         if let Some(held) = self.table.get(&hash) {
-            if text_of(held) == text {
+            if held.text() == text {
                 return held.clone();
             }
             // Two strings with one 64-bit hash: the second is not shared.
-            return make(text);
+            return V::make(text);
         }
         if self.table.len() >= limits::INTERNED_MAX {
             // Full: drop what only the cache holds; if most is still in use, start over (the
             // strings in use stay valid, they are just no longer shared with new copies).
-            self.table.retain(|_, held| !unused(held));
+            self.table.retain(|_, held| !held.unused());
             if self.table.len() >= limits::INTERNED_MAX / 2 {
                 self.table.clear();
             }
         }
-        let value = make(text);
+        let value = V::make(text);
         self.table.insert(hash, value.clone());
         value
     }
@@ -66,7 +95,7 @@ impl<V: Clone> Interner<V> {
 }
 
 /// Runs `f` on this thread's cache of type `V` (one per call site's `thread_local!`).
-pub(crate) fn with<V: 'static, R>(
+pub(crate) fn with<V: Shared + 'static, R>(
     cache: &'static std::thread::LocalKey<RefCell<Interner<V>>>,
     f: impl FnOnce(&mut Interner<V>) -> R,
 ) -> R {
@@ -76,10 +105,9 @@ pub(crate) fn with<V: 'static, R>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn get(i: &mut Interner<Arc<str>>, text: &str) -> Arc<str> {
-        i.get(text, |t: &str| Arc::from(t), |v| v, |v| Arc::strong_count(v) == 1)
+        i.get(stable_hash(text.as_bytes()), text)
     }
 
     #[test]

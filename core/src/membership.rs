@@ -178,9 +178,7 @@ impl PeerAddr {
     /// The address `text`.
     pub fn new(text: &str) -> PeerAddr {
         let hash = stable_hash(text.as_bytes());
-        let text = crate::intern::with(&ADDRS, |addrs| {
-            addrs.get(text, |t: &str| Arc::from(t), |held| held, |held| Arc::strong_count(held) == 1)
-        });
+        let text = crate::intern::with(&ADDRS, |addrs| addrs.get(hash, text));
         PeerAddr { text, hash }
     }
 

@@ -45,9 +45,8 @@ impl Name {
         // Padding with zeros keeps the order: if the heads differ, the first byte at which
         // they do is a real byte of the string with the greater head, and either a smaller
         // byte or the end of the other string. Equal heads fall back to the strings.
-        let text = crate::intern::with(&NAMES, |names| {
-            names.get(text, |t| Arc::new(Box::from(t)), |held| held, |held| Arc::strong_count(held) == 1)
-        });
+        let hash = crate::schedule::stable_hash(text.as_bytes());
+        let text = crate::intern::with(&NAMES, |names| names.get(hash, text));
         Name { head: u64::from_be_bytes(head), text }
     }
 }

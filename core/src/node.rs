@@ -2174,15 +2174,22 @@ impl Node {
         }
         // This node's own balancers take the change now, as its API does (from `local`): only
         // peers hear it later. The registry keeps the status last published until then.
-        let me = self.config.id.clone();
-        let status = self.own_status();
-        let (new_slots, new_healthy) = self.status_views(&me, Some(&status));
-        self.write_status_views(&me, new_slots, new_healthy);
-        self.update_backends();
+        self.derive_own_views(true);
         if !self.status_held {
             self.status_held = true;
             self.schedule(now + Duration::from_millis(self.config.status_batch_ms), Timer::PublishStatus);
         }
+    }
+
+    /// Derives this node's own views (its slots, its replicas in its balancers) from its slots
+    /// as they are now (`current`, while a status is held back) or from its published status.
+    fn derive_own_views(&mut self, current: bool) {
+        let me = self.config.id.clone();
+        let now = current.then(|| self.own_status());
+        let status = if current { now.as_ref() } else { self.counted_status(&me) };
+        let (new_slots, new_healthy) = self.status_views(&me, status);
+        self.write_status_views(&me, new_slots, new_healthy);
+        self.update_backends();
     }
 
     /// This node's status as its slots are now.
@@ -2227,10 +2234,7 @@ impl Node {
         {
             if was_held {
                 // What was held changed back: this node's own views follow the registry again.
-                let me = self.config.id.clone();
-                let (new_slots, new_healthy) = self.status_views(&me, self.counted_status(&me));
-                self.write_status_views(&me, new_slots, new_healthy);
-                self.update_backends();
+                self.derive_own_views(false);
             }
             return;
         }
