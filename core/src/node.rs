@@ -1925,8 +1925,9 @@ impl Node {
     /// Live node specs and what they run, as this node sees them.
     fn facts(&self) -> (Vec<NodeSpec>, Observed) {
         let mut nodes = vec![self.config.spec()];
-        let mut observed = Observed::new();
-        observed.insert(self.config.id.clone(), self.own_containers());
+        // Built from a list sorted by node, all at once: a thousand inserts into the map, each
+        // a walk from its root comparing names, were a tenth of a pass.
+        let mut observed = Vec::with_capacity(self.members.len() + 1);
         for (node, status) in self.live_statuses() {
             nodes.push(status.spec.clone());
             let containers = status
@@ -1934,9 +1935,11 @@ impl Node {
                 .iter()
                 .map(|c| ObservedContainer { slot: c.slot.clone(), container: c.container.clone(), state: c.state })
                 .collect();
-            observed.insert(node.clone(), containers);
+            observed.push((node.clone(), containers));
         }
-        (nodes, observed)
+        let me = observed.partition_point(|(node, _)| *node < self.config.id);
+        observed.insert(me, (self.config.id.clone(), self.own_containers()));
+        (nodes, observed.into_iter().collect())
     }
 
     /// The statuses of the peers believed alive, in node order. Statuses and members are both

@@ -32,6 +32,7 @@
 //! The digest hashes keys and versions, not values: two entries with the same key and version
 //! are taken to be the same write, which the rule above makes true.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque, hash_map};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -419,8 +420,10 @@ pub struct Registry<V> {
     heads: KeyHashMap<(Head, Key)>,
     /// XOR of `entry_hash` over the entries of each bucket.
     buckets: [u64; limits::REGISTRY_BUCKETS],
-    /// [`Registry::root_hash`], kept with the buckets: drivers read it after every input.
-    root: u64,
+    /// [`Registry::root_hash`], folded when first read after a change (`None` until then): a
+    /// packet of news stores dozens of entries, and folding the buckets after each was a few
+    /// percent of a thousand-node cold start; drivers read the root once per input.
+    root: Cell<Option<u64>>,
     /// Keys changed since the last `take_recent`, oldest first, each once.
     recent: VecDeque<Key>,
     /// The hashes of the keys in `recent` (see [`Head`] on collisions).
@@ -441,7 +444,7 @@ impl<V: Clone> Registry<V> {
             entries: BTreeMap::new(),
             heads: KeyHashMap::default(),
             buckets: [0; limits::REGISTRY_BUCKETS],
-            root: root_of(&[0; limits::REGISTRY_BUCKETS]),
+            root: Cell::new(None),
             recent: VecDeque::new(),
             recent_set: HashSet::default(),
             tombstone_horizon_ms: 0,
@@ -588,7 +591,7 @@ impl<V: Clone> Registry<V> {
                 free.insert((head, key.clone()));
             }
         }
-        self.root = root_of(&self.buckets);
+        self.root.set(None);
         let recent = self.recent_set.insert(key_hash);
         if recent && self.recent.len() == limits::REGISTRY_RECENT_MAX {
             let oldest = self.recent.pop_front().expect("the queue is full");
@@ -674,7 +677,11 @@ impl<V: Clone> Registry<V> {
     /// the same entries have equal roots; anti-entropy sends this first and the digest only
     /// when the roots differ.
     pub fn root_hash(&self) -> u64 {
-        self.root
+        self.root.get().unwrap_or_else(|| {
+            let root = root_of(&self.buckets);
+            self.root.set(Some(root));
+            root
+        })
     }
 
     /// The buckets, ascending, whose hash differs in `other`. A bucket that `other` lacks (a
@@ -749,7 +756,7 @@ impl<V: Clone> Registry<V> {
             keep
         });
         self.tombstone_horizon_ms = self.tombstone_horizon_ms.max(cutoff_ms);
-        self.root = root_of(&self.buckets);
+        self.root.set(None);
         self.check_invariants();
         before - self.entries.len()
     }
@@ -793,7 +800,7 @@ impl<V: Clone> Registry<V> {
                 buckets[usize::from(bucket_of_hash(key_hash))] ^= entry_hash(key_hash, &entry.version);
             }
             debug_assert_eq!(buckets, self.buckets, "bucket hashes match the entries");
-            debug_assert_eq!(self.root, root_of(&self.buckets), "the root is the buckets' fold");
+            debug_assert!(self.root.get().is_none_or(|r| r == root_of(&self.buckets)), "the root is the buckets' fold");
             debug_assert!(
                 self.entries.values().all(|e| (e.version.wall_ms, e.version.logical) <= self.clock.last()),
                 "the clock is at or past every stored version"

@@ -651,6 +651,8 @@ struct Checker {
     settled_since: Option<f64>,
     /// Containers orphaned now, with since when (simulated ms).
     orphaned: BTreeMap<crate::world::ContainerId, u64>,
+    /// The orphans the sample under way has seen so far (`sample_orphan`).
+    orphaned_now: BTreeMap<crate::world::ContainerId, u64>,
     /// The longest time one container stayed orphaned, and which, so far.
     orphan_longest: (f64, String),
     /// Container-seconds of orphans.
@@ -686,6 +688,7 @@ impl Checker {
             peak_replicas: 0,
             settled_since: None,
             orphaned: BTreeMap::new(),
+            orphaned_now: BTreeMap::new(),
             orphan_longest: (0.0, String::new()),
             orphan_container_s: 0.0,
             lost_applies: Vec::new(),
@@ -697,28 +700,40 @@ impl Checker {
     }
 
     /// Containers running on a live node that no agent tracks or whose slot is not desired.
-    fn sample_orphans(&mut self, now_ms: u64, dt_s: f64, w: &World) {
-        let mut still = BTreeMap::new();
-        for (id, c) in &w.containers {
-            if c.removed_at_ms.is_some() || c.stopping_at_ms.is_some() || c.exited || !w.nodes[c.node].up {
-                continue;
-            }
-            let desired = w.apps.get(c.app).and_then(|a| w.desired.get(a)).copied().unwrap_or(0);
-            let tracked = w.nodes[c.node].listed.contains(&(c.app, c.slot.index, c.host_port));
-            if c.slot.index < desired && tracked {
-                continue;
-            }
-            let since = self.orphaned.get(id).copied().unwrap_or(now_ms);
-            still.insert(*id, since);
-            self.orphan_container_s += dt_s;
-            let for_s = (now_ms - since) as f64 / 1000.0;
-            if for_s > self.orphan_longest.0 {
-                let why = if tracked { "its slot is not desired" } else { "its agent does not track it" };
-                self.orphan_longest =
-                    (for_s, format!("{} on {} since {:.1}s: {why}", c.slot, w.nodes[c.node].id, since as f64 / 1000.0));
-            }
+    /// Accounts for `c` (container `id`) if it is an orphan: running on a node that is up but
+    /// serving no desired slot, or not tracked by its agent. Called for every container in id
+    /// order, then `end_orphans`.
+    fn sample_orphan(
+        &mut self,
+        now_ms: u64,
+        dt_s: f64,
+        w: &World,
+        desired: &[u32],
+        id: crate::world::ContainerId,
+        c: &crate::world::SimContainer,
+    ) {
+        if c.removed_at_ms.is_some() || c.stopping_at_ms.is_some() || c.exited || !w.nodes[c.node].up {
+            return;
         }
-        self.orphaned = still;
+        let desired = desired.get(c.app).copied().unwrap_or(0);
+        let tracked = w.nodes[c.node].listed.contains(&(c.app, c.slot.index, c.host_port));
+        if c.slot.index < desired && tracked {
+            return;
+        }
+        let since = self.orphaned.get(&id).copied().unwrap_or(now_ms);
+        self.orphaned_now.insert(id, since);
+        self.orphan_container_s += dt_s;
+        let for_s = (now_ms - since) as f64 / 1000.0;
+        if for_s > self.orphan_longest.0 {
+            let why = if tracked { "its slot is not desired" } else { "its agent does not track it" };
+            self.orphan_longest =
+                (for_s, format!("{} on {} since {:.1}s: {why}", c.slot, w.nodes[c.node].id, since as f64 / 1000.0));
+        }
+    }
+
+    /// The orphans seen by this sample's `sample_orphan` calls become the ones to follow.
+    fn end_orphans(&mut self) {
+        self.orphaned = std::mem::take(&mut self.orphaned_now);
     }
 
     fn fault_started(&mut self, describe: String, at_s: f64, end_s: Option<f64>, crashed: Option<usize>) {
@@ -737,31 +752,36 @@ impl Checker {
             self.bytes_at_last_minute = Some((now_s, w.nodes.iter().map(|n| n.bytes_sent).sum()));
         }
         let dt_s = scenario.sim.check_interval_ms as f64 / 1000.0;
-        // No node over capacity: what its containers reserve, against what it offers.
+        let desired: Vec<u32> = w.apps.iter().map(|a| w.desired.get(a).copied().unwrap_or(0)).collect();
+        // One walk over the containers for three checks (each its own walk was a few percent
+        // of a quiet thousand-node run). No node over capacity: what its containers reserve,
+        // against what it offers. Every desired slot served, no duplicates: serving replicas
+        // counted by app index and slot index (containers of apps the scenario does not name
+        // are not counted). No orphans.
         let mut used = vec![canteen_core::model::Resources::ZERO; w.nodes.len()];
-        for c in w.containers.values().filter(|c| c.removed_at_ms.is_none()) {
-            used[c.node] = used[c.node].saturating_add(c.resources);
+        let mut serving: Vec<Vec<u32>> = vec![Vec::new(); w.apps.len()];
+        for (&id, c) in &w.containers {
+            if c.removed_at_ms.is_none() {
+                used[c.node] = used[c.node].saturating_add(c.resources);
+            }
+            if c.app < w.apps.len() && c.serving_at(now_ms, &w.nodes) {
+                let counts = &mut serving[c.app];
+                let i = c.slot.index as usize;
+                if counts.len() <= i {
+                    counts.resize(i + 1, 0);
+                }
+                counts[i] += 1;
+            }
+            self.sample_orphan(now_ms, dt_s, w, &desired, id, c);
         }
+        self.end_orphans();
         for (i, n) in w.nodes.iter().enumerate() {
             if n.up && !used[i].fits_in(n.capacity) && self.over_capacity.is_none() {
                 self.over_capacity = Some((now_s, format!("{} reserves {:?} of {:?}", n.id, used[i], n.capacity)));
             }
         }
-        // Every desired slot served, no duplicates: serving replicas counted by app index and
-        // slot index (containers of apps the scenario does not name are not counted).
-        let mut serving: Vec<Vec<u32>> = vec![Vec::new(); w.apps.len()];
-        for c in w.containers.values().filter(|c| c.app < w.apps.len() && c.serving_at(now_ms, &w.nodes)) {
-            let counts = &mut serving[c.app];
-            let i = c.slot.index as usize;
-            if counts.len() <= i {
-                counts.resize(i + 1, 0);
-            }
-            counts[i] += 1;
-        }
         let duplicates: u32 = serving.iter().flatten().map(|n| n.saturating_sub(1)).sum();
-        self.sample_orphans(now_ms, dt_s, w);
         self.duplicate_replica_s += f64::from(duplicates) * dt_s;
-        let desired: Vec<u32> = w.apps.iter().map(|a| w.desired.get(a).copied().unwrap_or(0)).collect();
         let mut missing = 0usize;
         for (counts, &replicas) in serving.iter().zip(&desired) {
             missing += (0..replicas as usize).filter(|&i| counts.get(i).is_none_or(|n| *n == 0)).count();
