@@ -341,9 +341,87 @@ impl Serialize for SwimId {
 }
 
 impl<'de> Deserialize<'de> for SwimId {
+    /// Reads what [`SwimLife`] writes (node, address, generation) and hands out this thread's
+    /// shared copy of that identity ([`SwimId::shared`]).
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let life = SwimLife::deserialize(deserializer)?;
-        Ok(SwimId { addr_hash: life.addr.hash, generation: life.generation, life: Arc::new(life) })
+        use serde::de::{Error, MapAccess, SeqAccess, Visitor};
+        use std::borrow::Cow;
+
+        struct IdVisitor;
+        impl<'de> Visitor<'de> for IdVisitor {
+            type Value = SwimId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SWIM identity: node, address, generation")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SwimId, A::Error> {
+                let node: Cow<'de, str> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let addr: Cow<'de, str> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let generation: u64 = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(2, &self))?;
+                Ok(SwimId::shared(&node, &addr, generation))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SwimId, A::Error> {
+                let (mut node, mut addr, mut generation) = (None, None, None);
+                while let Some(field) = map.next_key::<Cow<'de, str>>()? {
+                    match &*field {
+                        "node" => node = Some(map.next_value::<Cow<'de, str>>()?),
+                        "addr" => addr = Some(map.next_value::<Cow<'de, str>>()?),
+                        "generation" => generation = Some(map.next_value::<u64>()?),
+                        other => return Err(A::Error::unknown_field(other, FIELDS)),
+                    }
+                }
+                let node = node.ok_or_else(|| A::Error::missing_field("node"))?;
+                let addr = addr.ok_or_else(|| A::Error::missing_field("addr"))?;
+                let generation = generation.ok_or_else(|| A::Error::missing_field("generation"))?;
+                Ok(SwimId::shared(&node, &addr, generation))
+            }
+        }
+
+        const FIELDS: &[&str] = &["node", "addr", "generation"];
+        deserializer.deserialize_struct("SwimLife", FIELDS, IdVisitor)
+    }
+}
+
+thread_local! {
+    /// One shared copy of each SWIM identity this thread decodes, by a hash of the whole
+    /// identity: every SWIM packet's header names two and a push-pull sync a thousand, and a
+    /// thousand simulated nodes held a copy each of every identity. Bounded as `intern`'s
+    /// caches are.
+    static IDS: std::cell::RefCell<crate::registry::KeyHashMap<SwimId>> =
+        std::cell::RefCell::new(crate::registry::KeyHashMap::default());
+}
+
+impl SwimId {
+    /// This thread's shared copy of the identity `node` at `addr` in life `generation`, made
+    /// (its names through `intern`) the first time it is asked for. Shared copies compare by
+    /// pointer.
+    fn shared(node: &str, addr: &str, generation: u64) -> SwimId {
+        let addr_hash = stable_hash(addr.as_bytes());
+        let key = mix(addr_hash ^ mix(stable_hash(node.as_bytes()) ^ generation));
+        IDS.with(|ids| {
+            let mut ids = ids.borrow_mut();
+            if let Some(held) = ids.get(&key)
+                && held.addr_hash == addr_hash
+                && held.generation == generation
+                && held.life.addr.as_str() == addr
+                && held.life.node.as_str() == node
+            {
+                return held.clone();
+            }
+            if ids.len() >= crate::limits::INTERNED_MAX {
+                ids.retain(|_, held| Arc::strong_count(&held.life) > 1);
+                if ids.len() >= crate::limits::INTERNED_MAX / 2 {
+                    ids.clear();
+                }
+            }
+            let id = SwimId::new(NodeId::new(node), PeerAddr::new(addr), generation);
+            // A different identity with the same hash (odds of 1 in 2^64) takes the place;
+            // the one it replaces stays valid where it is held.
+            ids.insert(key, id.clone());
+            id
+        })
     }
 }
 
@@ -973,6 +1051,32 @@ mod tests {
         }
         let took = whole_at.expect("the sides find each other") - healed_at;
         assert!(took <= 2 * config.announce_down_interval_ms, "whole again {took} ms after the heal");
+    }
+
+    #[test]
+    fn a_decoded_identity_is_one_shared_copy_equal_to_the_identity_encoded() {
+        let id = SwimId::new(NodeId::new("node-7"), PeerAddr::new("10.0.0.8:7946"), 3);
+        let bytes = postcard::to_allocvec(&id).expect("encodes");
+        let a: SwimId = postcard::from_bytes(&bytes).expect("decodes");
+        let b: SwimId = postcard::from_bytes(&bytes).expect("decodes");
+        assert_eq!(a, id);
+        assert!(Arc::ptr_eq(&a.life, &b.life), "one copy per identity");
+        assert_eq!((a.node().as_str(), a.peer_addr().as_str(), a.generation()), ("node-7", "10.0.0.8:7946", 3));
+        // Another life of the node is another identity, and so is another node at the address.
+        let later = SwimId::new(NodeId::new("node-7"), PeerAddr::new("10.0.0.8:7946"), 4);
+        let c: SwimId = postcard::from_bytes(&postcard::to_allocvec(&later).expect("encodes")).expect("decodes");
+        assert_eq!(c, later);
+        assert_ne!(c, a);
+        let other = SwimId::new(NodeId::new("node-9"), PeerAddr::new("10.0.0.8:7946"), 3);
+        let d: SwimId = postcard::from_bytes(&postcard::to_allocvec(&other).expect("encodes")).expect("decodes");
+        assert_eq!(d, other);
+        assert_ne!(d, a);
+        // A format that names the fields decodes it too, to the same copy.
+        let text = toml::to_string(&id).expect("encodes");
+        let e: SwimId = toml::from_str(&text).expect("decodes");
+        assert!(Arc::ptr_eq(&e.life, &a.life));
+        // A cut identity is an error.
+        assert!(postcard::from_bytes::<SwimId>(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]
