@@ -664,11 +664,21 @@ impl Swim {
     /// The members foca holds as suspected, with the incarnation they are suspected at: a
     /// scan of every member, for the periodic check only.
     pub fn suspects(&self) -> Vec<(SwimId, u16)> {
-        self.foca
-            .iter_members()
-            .filter(|m| m.state() == foca::State::Suspect)
-            .map(|m| (m.id().clone(), m.incarnation()))
-            .collect()
+        self.fingerprint_and_suspects().1
+    }
+
+    /// [`Swim::fingerprint`] and [`Swim::suspects`] from one scan of the members, for the
+    /// periodic check, which wants both: each scan reads a thousand members from memory.
+    pub fn fingerprint_and_suspects(&self) -> (u64, Vec<(SwimId, u16)>) {
+        let mut fingerprint = 0u64;
+        let mut suspects = Vec::new();
+        for m in self.foca.iter_members() {
+            fingerprint = fingerprint.wrapping_add(Self::member_print(m.id()));
+            if m.state() == foca::State::Suspect {
+                suspects.push((m.id().clone(), m.incarnation()));
+            }
+        }
+        (fingerprint, suspects)
     }
 
     /// Declares `member` down, and gossips it, if foca still holds it suspected at
@@ -827,10 +837,12 @@ impl Swim {
     /// cheap next to [`Swim::alive`]: equal fingerprints mean nothing to read again, but for
     /// odds of 1 in 2^64.
     pub fn fingerprint(&self) -> u64 {
-        self.foca.iter_members().fold(0u64, |acc, m| {
-            let id = m.id();
-            acc.wrapping_add(mix(id.addr_hash ^ id.generation.rotate_left(32)))
-        })
+        self.foca.iter_members().fold(0u64, |acc, m| acc.wrapping_add(Self::member_print(m.id())))
+    }
+
+    /// What one active member adds to [`Swim::fingerprint`].
+    fn member_print(id: &SwimId) -> u64 {
+        mix(id.addr_hash ^ id.generation.rotate_left(32))
     }
 
     /// How many membership updates wait to be gossiped: a number growing past the cluster's

@@ -1223,8 +1223,13 @@ impl Node {
         self.swim_members_stale = false;
         self.swim_members_read_at = Some(now);
         let fingerprint = swim.fingerprint();
+        self.take_members_if_changed(now, fingerprint);
+    }
+
+    /// Takes foca's members if their `fingerprint` differs from the last one taken.
+    fn take_members_if_changed(&mut self, now: Time, fingerprint: u64) {
         if fingerprint != std::mem::replace(&mut self.swim_fingerprint, fingerprint) {
-            let alive = swim.alive();
+            let alive = self.swim.as_ref().expect("swim mode").alive();
             self.set_members(now, alive);
         }
     }
@@ -1258,9 +1263,7 @@ impl Node {
     /// is still suspected at that incarnation. SWIM's paper starts a timer on every node that
     /// hears a suspicion; this does it only for the stale ones, so that a live suspected
     /// member is not told by every node of the cluster at once.
-    fn take_up_stale_suspicions(&mut self, now: Time) {
-        let swim = self.swim.as_ref().expect("swim mode");
-        let mut heard = swim.suspects();
+    fn take_up_stale_suspicions(&mut self, now: Time, mut heard: Vec<(SwimId, u16)>) {
         // A suspicion whose end this node has a timer for is not stale. One it suspected
         // itself and lost the timer of (foca ignores its own timers once this node renewed
         // its identity) is.
@@ -1766,10 +1769,16 @@ impl Node {
                 self.swim_join_ticks += 1;
                 let full_check = self.swim_join_ticks.is_multiple_of(SWIM_FULL_CHECK_PERIODS);
                 let swim = self.swim.as_ref().expect("swim mode");
-                self.swim_members_stale |= full_check || swim.num_members() != self.members.len();
-                self.read_swim_members(now, true);
                 if full_check {
-                    self.take_up_stale_suspicions(now);
+                    // The members and their suspicions, from one scan of foca's members.
+                    let (fingerprint, suspects) = swim.fingerprint_and_suspects();
+                    self.swim_members_stale = false;
+                    self.swim_members_read_at = Some(now);
+                    self.take_members_if_changed(now, fingerprint);
+                    self.take_up_stale_suspicions(now, suspects);
+                } else {
+                    self.swim_members_stale |= swim.num_members() != self.members.len();
+                    self.read_swim_members(now, true);
                 }
                 // Every probe period while alone or joining; then every other one, in step with
                 // the node's other periodic timers (at their defaults), so that it costs no
