@@ -789,6 +789,10 @@ pub struct Node {
     unschedulable: Vec<(SlotId, Unplaceable)>,
     load_pending: BTreeMap<AppName, u64>,
     autoscalers: BTreeMap<AppName, Autoscaler>,
+    /// The apps whose spec in the registry autoscales, kept by `key_changed`: the load reports
+    /// and the coordinator's evaluation, every second, look only at these (reading every spec
+    /// for it was 2% of a thousand-node run, whose apps do not autoscale).
+    autoscaled: BTreeSet<AppName>,
     /// SWIM membership, in [`MembershipMode::Swim`] only.
     swim: Option<Swim>,
     /// [`Swim::fingerprint`] when the members were last read from foca.
@@ -867,6 +871,7 @@ impl Node {
             unschedulable: Vec::new(),
             load_pending: BTreeMap::new(),
             autoscalers: BTreeMap::new(),
+            autoscaled: BTreeSet::new(),
             swim: None,
             swim_fingerprint: 0,
             swim_members_stale: false,
@@ -2270,6 +2275,11 @@ impl Node {
                 self.facts_generation += 1;
                 self.structure_generation += 1;
                 self.backends_dirty.insert(app.clone());
+                if matches!(self.registry.get(key), Some(Value::App(spec)) if spec.autoscale.is_some()) {
+                    self.autoscaled.insert(app.clone());
+                } else {
+                    self.autoscaled.remove(app);
+                }
             }
             Key::Scale(_) => {
                 self.facts_generation += 1;
@@ -2632,9 +2642,7 @@ impl Node {
     fn report_load(&mut self, now: Time) {
         let pending = std::mem::take(&mut self.load_pending);
         for (app, requests) in pending {
-            let autoscaled =
-                matches!(self.registry.get(&Key::App(app.clone())), Some(Value::App(s)) if s.autoscale.is_some());
-            if !autoscaled {
+            if !self.autoscaled.contains(&app) {
                 continue;
             }
             let coordinator = self.coordinator_of(&app);
@@ -2664,13 +2672,8 @@ impl Node {
     /// The coordinator of each autoscaled app evaluates its autoscaler and writes `scale/<app>`.
     fn autoscale(&mut self, now: Time) {
         // Only the autoscaled apps this node coordinates are copied out of the registry.
-        let names: Vec<AppName> = self
-            .registry
-            .apps()
-            .filter(|(_, v)| matches!(v, Value::App(spec) if spec.autoscale.is_some()))
-            .map(|(name, _)| name.clone())
-            .filter(|name| self.coordinator_of(name) == self.config.id)
-            .collect();
+        let names: Vec<AppName> =
+            self.autoscaled.iter().filter(|name| self.coordinator_of(name) == self.config.id).cloned().collect();
         let mine: BTreeMap<AppName, AppSpec> =
             names.into_iter().filter_map(|name| self.app_with_scale(&name).map(|spec| (name, spec))).collect();
         self.autoscalers.retain(|app, _| mine.contains_key(app));
@@ -2704,6 +2707,14 @@ impl Node {
             }
         }
         debug_assert!(!self.members.contains(&self.config.id), "a node is not its own peer");
+        debug_assert!(
+            self.autoscaled.iter().eq(self
+                .registry
+                .apps()
+                .filter(|(_, v)| matches!(v, Value::App(spec) if spec.autoscale.is_some()))
+                .map(|(name, _)| name)),
+            "the autoscaled apps are the registry's"
+        );
         assert_eq!(self.members.len(), self.member_list.len(), "the member list mirrors the set");
         assert_eq!(self.member_list.len(), self.member_addrs.len(), "every member has an address");
         assert_eq!(self.member_list.len(), self.member_gens.len(), "every member has a generation");
