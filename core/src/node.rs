@@ -714,6 +714,15 @@ struct Local {
     app: AppName,
 }
 
+thread_local! {
+    /// One shared copy of each node's host address this thread's nodes put in their backends
+    /// (see `intern`): every node lists every peer's replicas, and a copy per node and peer
+    /// was a thousand copies of each address at a thousand nodes, each cold when a balancer's
+    /// list is copied out.
+    static HOSTS: std::cell::RefCell<crate::intern::Interner<Arc<str>>> =
+        std::cell::RefCell::new(crate::intern::Interner::new());
+}
+
 /// The agent. See the module documentation for the order in which a driver calls it.
 #[derive(Debug)]
 pub struct Node {
@@ -2345,7 +2354,10 @@ impl Node {
         let new_healthy = (!same_healthy).then(|| {
             let addr: Arc<str> = match old.first() {
                 Some(b) if *b.addr == *status_addr => b.addr.clone(),
-                _ => Arc::from(status_addr),
+                _ => {
+                    let hash = stable_hash(status_addr.as_bytes());
+                    crate::intern::with(&HOSTS, |hosts| hosts.get(hash, status_addr))
+                }
             };
             let mut list: Vec<Backend> = healthy()
                 .map(|c| Backend {
