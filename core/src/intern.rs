@@ -20,14 +20,24 @@ use crate::limits;
 use crate::registry::KeyHashHasher;
 use crate::schedule::stable_hash;
 
+/// A shared value as the cache holds it.
+pub(crate) trait Held: Clone {
+    /// Whether only the cache holds it.
+    fn unused(&self) -> bool;
+}
+
 /// A shared string as the cache holds it.
-pub(crate) trait Shared: Clone {
+pub(crate) trait Shared: Held {
     /// A new shared copy of `text`.
     fn make(text: &str) -> Self;
     /// Its text.
     fn text(&self) -> &str;
-    /// Whether only the cache holds it.
-    fn unused(&self) -> bool;
+}
+
+impl Held for Arc<str> {
+    fn unused(&self) -> bool {
+        Arc::strong_count(self) == 1
+    }
 }
 
 impl Shared for Arc<str> {
@@ -37,6 +47,9 @@ impl Shared for Arc<str> {
     fn text(&self) -> &str {
         self
     }
+}
+
+impl Held for Arc<Box<str>> {
     fn unused(&self) -> bool {
         Arc::strong_count(self) == 1
     }
@@ -49,41 +62,37 @@ impl Shared for Arc<Box<str>> {
     fn text(&self) -> &str {
         self
     }
-    fn unused(&self) -> bool {
-        Arc::strong_count(self) == 1
-    }
 }
 
-/// Strings by their hash, each held as `V`.
+/// Values by a 64-bit hash of what they hold (strings, or whatever the caller hashes).
 pub(crate) struct Interner<V> {
     table: HashMap<u64, V, BuildHasherDefault<KeyHashHasher>>,
 }
 
-impl<V: Shared> Interner<V> {
+impl<V: Held> Interner<V> {
     pub(crate) fn new() -> Interner<V> {
         Interner { table: HashMap::default() }
     }
 
-    /// The shared copy of `text`, whose [`stable_hash`] is `hash` (callers that keep the hash
-    /// compute it once), made if there is none.
-    pub(crate) fn get(&mut self, hash: u64, text: &str) -> V {
-        debug_assert_eq!(hash, stable_hash(text.as_bytes()));
+    /// The shared value under `hash` if `is` says it is the one wanted, else a new one from
+    /// `make`, kept for the next caller unless another value holds the hash.
+    pub(crate) fn get_or_make(&mut self, hash: u64, is: impl FnOnce(&V) -> bool, make: impl FnOnce() -> V) -> V {
         if let Some(held) = self.table.get(&hash) {
-            if held.text() == text {
+            if is(held) {
                 return held.clone();
             }
-            // Two strings with one 64-bit hash: the second is not shared.
-            return V::make(text);
+            // Two values with one 64-bit hash: the second is not shared.
+            return make();
         }
         if self.table.len() >= limits::INTERNED_MAX {
             // Full: drop what only the cache holds; if most is still in use, start over (the
-            // strings in use stay valid, they are just no longer shared with new copies).
+            // values in use stay valid, they are just no longer shared with new copies).
             self.table.retain(|_, held| !held.unused());
             if self.table.len() >= limits::INTERNED_MAX / 2 {
                 self.table.clear();
             }
         }
-        let value = V::make(text);
+        let value = make();
         self.table.insert(hash, value.clone());
         value
     }
@@ -94,8 +103,17 @@ impl<V: Shared> Interner<V> {
     }
 }
 
+impl<V: Shared> Interner<V> {
+    /// The shared copy of `text`, whose [`stable_hash`] is `hash` (callers that keep the hash
+    /// compute it once), made if there is none.
+    pub(crate) fn get(&mut self, hash: u64, text: &str) -> V {
+        debug_assert_eq!(hash, stable_hash(text.as_bytes()));
+        self.get_or_make(hash, |held| held.text() == text, || V::make(text))
+    }
+}
+
 /// Runs `f` on this thread's cache of type `V` (one per call site's `thread_local!`).
-pub(crate) fn with<V: Shared + 'static, R>(
+pub(crate) fn with<V: Held + 'static, R>(
     cache: &'static std::thread::LocalKey<RefCell<Interner<V>>>,
     f: impl FnOnce(&mut Interner<V>) -> R,
 ) -> R {

@@ -387,10 +387,15 @@ impl<'de> Deserialize<'de> for SwimId {
 thread_local! {
     /// One shared copy of each SWIM identity this thread decodes, by a hash of the whole
     /// identity: every SWIM packet's header names two and a push-pull sync a thousand, and a
-    /// thousand simulated nodes held a copy each of every identity. Bounded as `intern`'s
-    /// caches are.
-    static IDS: std::cell::RefCell<crate::registry::KeyHashMap<SwimId>> =
-        std::cell::RefCell::new(crate::registry::KeyHashMap::default());
+    /// thousand simulated nodes held a copy each of every identity.
+    static IDS: std::cell::RefCell<crate::intern::Interner<SwimId>> =
+        std::cell::RefCell::new(crate::intern::Interner::new());
+}
+
+impl crate::intern::Held for SwimId {
+    fn unused(&self) -> bool {
+        Arc::strong_count(&self.life) == 1
+    }
 }
 
 impl SwimId {
@@ -400,28 +405,14 @@ impl SwimId {
     fn shared(node: &str, addr: &str, generation: u64) -> SwimId {
         let addr_hash = stable_hash(addr.as_bytes());
         let key = mix(addr_hash ^ mix(stable_hash(node.as_bytes()) ^ generation));
-        IDS.with(|ids| {
-            let mut ids = ids.borrow_mut();
-            if let Some(held) = ids.get(&key)
-                && held.addr_hash == addr_hash
+        let is = |held: &SwimId| {
+            held.addr_hash == addr_hash
                 && held.generation == generation
                 && held.life.addr.as_str() == addr
                 && held.life.node.as_str() == node
-            {
-                return held.clone();
-            }
-            if ids.len() >= crate::limits::INTERNED_MAX {
-                ids.retain(|_, held| Arc::strong_count(&held.life) > 1);
-                if ids.len() >= crate::limits::INTERNED_MAX / 2 {
-                    ids.clear();
-                }
-            }
-            let id = SwimId::new(NodeId::new(node), PeerAddr::new(addr), generation);
-            // A different identity with the same hash (odds of 1 in 2^64) takes the place;
-            // the one it replaces stays valid where it is held.
-            ids.insert(key, id.clone());
-            id
-        })
+        };
+        let make = || SwimId::new(NodeId::new(node), PeerAddr::new(addr), generation);
+        crate::intern::with(&IDS, |ids| ids.get_or_make(key, is, make))
     }
 }
 

@@ -1163,7 +1163,7 @@ impl Node {
             let event = Event::BadMessage { from: source.cloned(), error: e.to_string() };
             self.actions.push_back(Action::Event(event));
         }
-        self.read_swim_members(now, false);
+        self.read_swim_members(now, false, None);
         // Declared down and back under a renewed identity: the status says so, or peers that
         // know the new life would count it as none.
         if self.status_generation.is_some_and(|g| g != self.own_generation()) {
@@ -1224,7 +1224,8 @@ impl Node {
     /// packet and nothing acts on them yet (no placement pass runs before `places_from`): then
     /// they are read at most every `SWIM_JOIN_READ_MS` unless `now_anyway`, a tenth of the
     /// reads of a thousand-node cold start. A placement pass reads them first.
-    fn read_swim_members(&mut self, now: Time, now_anyway: bool) {
+    /// `known` is the fingerprint when the caller has just computed it.
+    fn read_swim_members(&mut self, now: Time, now_anyway: bool, known: Option<u64>) {
         let Some(swim) = self.swim.as_ref() else { return };
         if !self.swim_members_stale {
             return;
@@ -1236,14 +1237,9 @@ impl Node {
         }
         self.swim_members_stale = false;
         self.swim_members_read_at = Some(now);
-        let fingerprint = swim.fingerprint();
-        self.take_members_if_changed(now, fingerprint);
-    }
-
-    /// Takes foca's members if their `fingerprint` differs from the last one taken.
-    fn take_members_if_changed(&mut self, now: Time, fingerprint: u64) {
+        let fingerprint = known.unwrap_or_else(|| swim.fingerprint());
         if fingerprint != std::mem::replace(&mut self.swim_fingerprint, fingerprint) {
-            let alive = self.swim.as_ref().expect("swim mode").alive();
+            let alive = swim.alive();
             self.set_members(now, alive);
         }
     }
@@ -1783,16 +1779,18 @@ impl Node {
                 self.swim_join_ticks += 1;
                 let full_check = self.swim_join_ticks.is_multiple_of(SWIM_FULL_CHECK_PERIODS);
                 let swim = self.swim.as_ref().expect("swim mode");
-                if full_check {
-                    // The members and their suspicions, from one scan of foca's members.
+                // The full check takes the members' fingerprint and their suspicions from one
+                // scan of foca's members.
+                let (known, suspects) = if full_check {
                     let (fingerprint, suspects) = swim.fingerprint_and_suspects();
-                    self.swim_members_stale = false;
-                    self.swim_members_read_at = Some(now);
-                    self.take_members_if_changed(now, fingerprint);
-                    self.take_up_stale_suspicions(now, suspects);
+                    (Some(fingerprint), Some(suspects))
                 } else {
-                    self.swim_members_stale |= swim.num_members() != self.members.len();
-                    self.read_swim_members(now, true);
+                    (None, None)
+                };
+                self.swim_members_stale |= full_check || swim.num_members() != self.members.len();
+                self.read_swim_members(now, true, known);
+                if let Some(suspects) = suspects {
+                    self.take_up_stale_suspicions(now, suspects);
                 }
                 // Every probe period while alone or joining; then every other one, in step with
                 // the node's other periodic timers (at their defaults), so that it costs no
@@ -1993,7 +1991,7 @@ impl Node {
     /// partial view would put everything on the nodes it happens to know. The pass runs again
     /// when the missing status arrives.
     fn reconcile(&mut self, now: Time) {
-        self.read_swim_members(now, true);
+        self.read_swim_members(now, true, None);
         // The plan depends on the facts only, and what this node does with it on its own
         // containers: when neither changed since the last pass, this pass would do nothing.
         let own = self.own_containers();

@@ -658,8 +658,6 @@ struct Checker {
     settled_since: Option<f64>,
     /// Containers orphaned now, with since when (simulated ms).
     orphaned: BTreeMap<crate::world::ContainerId, u64>,
-    /// The orphans the sample under way has seen so far (`sample_orphan`).
-    orphaned_now: BTreeMap<crate::world::ContainerId, u64>,
     /// The longest time one container stayed orphaned, and which, so far.
     orphan_longest: (f64, String),
     /// Container-seconds of orphans.
@@ -695,7 +693,6 @@ impl Checker {
             peak_replicas: 0,
             settled_since: None,
             orphaned: BTreeMap::new(),
-            orphaned_now: BTreeMap::new(),
             orphan_longest: (0.0, String::new()),
             orphan_container_s: 0.0,
             lost_applies: Vec::new(),
@@ -708,8 +705,9 @@ impl Checker {
 
     /// Containers running on a live node that no agent tracks or whose slot is not desired.
     /// Accounts for `c` (container `id`) if it is an orphan: running on a node that is up but
-    /// serving no desired slot, or not tracked by its agent. Called for every container in id
-    /// order, then `end_orphans`.
+    /// serving no desired slot, or not tracked by its agent. Returns since when it is one, for
+    /// the caller's list of this sample's orphans (which then replaces `orphaned`). Called
+    /// for every container in id order.
     fn sample_orphan(
         &mut self,
         now_ms: u64,
@@ -718,17 +716,16 @@ impl Checker {
         desired: &[u32],
         id: crate::world::ContainerId,
         c: &crate::world::SimContainer,
-    ) {
+    ) -> Option<u64> {
         if c.removed_at_ms.is_some() || c.stopping_at_ms.is_some() || c.exited || !w.nodes[c.node].up {
-            return;
+            return None;
         }
         let desired = desired.get(c.app).copied().unwrap_or(0);
         let tracked = w.nodes[c.node].listed.contains(&(c.app, c.slot.index, c.host_port));
         if c.slot.index < desired && tracked {
-            return;
+            return None;
         }
         let since = self.orphaned.get(&id).copied().unwrap_or(now_ms);
-        self.orphaned_now.insert(id, since);
         self.orphan_container_s += dt_s;
         let for_s = (now_ms - since) as f64 / 1000.0;
         if for_s > self.orphan_longest.0 {
@@ -736,11 +733,7 @@ impl Checker {
             self.orphan_longest =
                 (for_s, format!("{} on {} since {:.1}s: {why}", c.slot, w.nodes[c.node].id, since as f64 / 1000.0));
         }
-    }
-
-    /// The orphans seen by this sample's `sample_orphan` calls become the ones to follow.
-    fn end_orphans(&mut self) {
-        self.orphaned = std::mem::take(&mut self.orphaned_now);
+        Some(since)
     }
 
     fn fault_started(&mut self, describe: String, at_s: f64, end_s: Option<f64>, crashed: Option<usize>) {
@@ -767,6 +760,7 @@ impl Checker {
         // are not counted). No orphans.
         let mut used = vec![canteen_core::model::Resources::ZERO; w.nodes.len()];
         let mut serving: Vec<Vec<u32>> = vec![Vec::new(); w.apps.len()];
+        let mut still = BTreeMap::new();
         for (&id, c) in &w.containers {
             if c.removed_at_ms.is_none() {
                 used[c.node] = used[c.node].saturating_add(c.resources);
@@ -779,9 +773,11 @@ impl Checker {
                 }
                 counts[i] += 1;
             }
-            self.sample_orphan(now_ms, dt_s, w, &desired, id, c);
+            if let Some(since) = self.sample_orphan(now_ms, dt_s, w, &desired, id, c) {
+                still.insert(id, since);
+            }
         }
-        self.end_orphans();
+        self.orphaned = still;
         for (i, n) in w.nodes.iter().enumerate() {
             if n.up && !used[i].fits_in(n.capacity) && self.over_capacity.is_none() {
                 self.over_capacity = Some((now_s, format!("{} reserves {:?} of {:?}", n.id, used[i], n.capacity)));
