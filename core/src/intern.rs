@@ -16,9 +16,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
+use crate::hash::{KeyHashHasher, stable_hash};
 use crate::limits;
-use crate::registry::KeyHashHasher;
-use crate::schedule::stable_hash;
 
 /// A shared value as the cache holds it.
 pub(crate) trait Held: Clone {
@@ -112,7 +111,35 @@ impl<V: Shared> Interner<V> {
     }
 }
 
-/// Runs `f` on this thread's cache of type `V` (one per call site's `thread_local!`).
+thread_local! {
+    /// Node and app names ([`crate::model::NodeId`], [`crate::model::AppName`]).
+    static NAMES: RefCell<Interner<Arc<Box<str>>>> = RefCell::new(Interner::new());
+    /// Peers' gossip addresses ([`crate::membership::PeerAddr`]).
+    static ADDRS: RefCell<Interner<Arc<str>>> = RefCell::new(Interner::new());
+    /// The host addresses in balancers' backends ([`crate::node::Backend::addr`]): every node
+    /// lists every peer's replicas, and a copy per node and peer was a thousand copies of each
+    /// address at a thousand nodes, each cold when a balancer's list is copied out.
+    static HOSTS: RefCell<Interner<Arc<str>>> = RefCell::new(Interner::new());
+}
+
+/// This thread's shared copy of the name `text`, whose [`stable_hash`] is `hash`.
+pub(crate) fn name(hash: u64, text: &str) -> Arc<Box<str>> {
+    with(&NAMES, |names| names.get(hash, text))
+}
+
+/// This thread's shared copy of the peer address `text`, whose [`stable_hash`] is `hash`.
+pub(crate) fn peer_addr(hash: u64, text: &str) -> Arc<str> {
+    with(&ADDRS, |addrs| addrs.get(hash, text))
+}
+
+/// This thread's shared copy of the backend host `text`, whose [`stable_hash`] is `hash`.
+pub(crate) fn host(hash: u64, text: &str) -> Arc<str> {
+    with(&HOSTS, |hosts| hosts.get(hash, text))
+}
+
+/// Runs `f` on this thread's cache of type `V`: the three string caches above, and the SWIM
+/// identities' (`membership`, which sits above this module, holds that one: its values are
+/// membership's own type).
 pub(crate) fn with<V: Held + 'static, R>(
     cache: &'static std::thread::LocalKey<RefCell<Interner<V>>>,
     f: impl FnOnce(&mut Interner<V>) -> R,

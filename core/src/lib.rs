@@ -26,6 +26,7 @@
 pub mod autoscale;
 pub mod balance;
 pub mod cluster_file;
+pub mod hash;
 pub mod health;
 mod intern;
 pub mod limits;

@@ -26,9 +26,9 @@ use std::time::Duration;
 use foca::{AccumulatingRuntime, BroadcastHandler, Foca, Identity, Invalidates, PostcardCodec};
 use serde::{Deserialize, Serialize};
 
+use crate::hash::{mix, stable_hash};
 use crate::model::NodeId;
 use crate::rng::SplitMix64;
-use crate::schedule::{mix, stable_hash};
 
 /// How a node learns which peers are alive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +178,7 @@ impl PeerAddr {
     /// The address `text`.
     pub fn new(text: &str) -> PeerAddr {
         let hash = stable_hash(text.as_bytes());
-        let text = crate::intern::with(&ADDRS, |addrs| addrs.get(hash, text));
+        let text = crate::intern::peer_addr(hash, text);
         PeerAddr { text, hash }
     }
 
@@ -200,12 +200,6 @@ impl PartialEq for PeerAddr {
 }
 
 impl Eq for PeerAddr {}
-
-thread_local! {
-    /// One shared copy of each address this thread decodes or makes (see `intern`).
-    static ADDRS: std::cell::RefCell<crate::intern::Interner<Arc<str>>> =
-        std::cell::RefCell::new(crate::intern::Interner::new());
-}
 
 impl PartialOrd for PeerAddr {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {

@@ -45,16 +45,10 @@ impl Name {
         // Padding with zeros keeps the order: if the heads differ, the first byte at which
         // they do is a real byte of the string with the greater head, and either a smaller
         // byte or the end of the other string. Equal heads fall back to the strings.
-        let hash = crate::schedule::stable_hash(text.as_bytes());
-        let text = crate::intern::with(&NAMES, |names| names.get(hash, text));
+        let hash = crate::hash::stable_hash(text.as_bytes());
+        let text = crate::intern::name(hash, text);
         Name { head: u64::from_be_bytes(head), text }
     }
-}
-
-thread_local! {
-    /// One shared copy of each name this thread decodes or makes (see `intern`).
-    static NAMES: std::cell::RefCell<crate::intern::Interner<Arc<Box<str>>>> =
-        std::cell::RefCell::new(crate::intern::Interner::new());
 }
 
 impl PartialEq for Name {

@@ -26,23 +26,22 @@
 //! [`Node::handle_join`]).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::autoscale::{Autoscaler, ScaleDecision};
+use crate::hash::{KeyHashMap, StableMap, mix, stable_hash};
 use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
 use crate::limits;
 use crate::membership::{MembershipMode, PeerAddr, Swim, SwimConfig, SwimId, SwimMember, SwimTimer};
 use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, PickerKind, Resources, SlotId, validate_apps};
-use crate::registry::{Digest, Entry, Head, Key, KeyHashMap, Registry, RegistryError};
+use crate::registry::{Digest, Entry, Head, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
 use crate::schedule::{
-    ContainerState, Observed, ObservedContainer, Policy, Unplaceable, mix, place_owned, rendezvous_owner_hashed,
-    stable_hash,
+    ContainerState, Observed, ObservedContainer, Policy, Unplaceable, place_owned, rendezvous_owner_hashed,
 };
 use crate::time::Time;
 
@@ -621,7 +620,7 @@ const SWIM_TICK_PERIODS: u64 = 2;
 
 /// A hash map by node name, for what is looked up per peer on every status merge and never
 /// walked in order.
-type NodeMap<V> = HashMap<NodeId, V, BuildHasherDefault<crate::schedule::StableHasher>>;
+type NodeMap<V> = StableMap<NodeId, V>;
 
 /// While a node joins, how often at most `swim_call` reads foca's members.
 const SWIM_JOIN_READ_MS: u64 = 250;
@@ -712,15 +711,6 @@ struct Local {
     backoff: Backoff,
     generation: u64,
     app: AppName,
-}
-
-thread_local! {
-    /// One shared copy of each node's host address this thread's nodes put in their backends
-    /// (see `intern`): every node lists every peer's replicas, and a copy per node and peer
-    /// was a thousand copies of each address at a thousand nodes, each cold when a balancer's
-    /// list is copied out.
-    static HOSTS: std::cell::RefCell<crate::intern::Interner<Arc<str>>> =
-        std::cell::RefCell::new(crate::intern::Interner::new());
 }
 
 /// The agent. See the module documentation for the order in which a driver calls it.
@@ -843,7 +833,7 @@ impl Node {
             panic!("the driver checks its NodeConfig first (NodeConfig::check): {e}");
         }
         assert!(config.gossip_fanout > 0 && config.gossip_interval_ms > 0 && config.anti_entropy_interval_ms > 0);
-        let rng = SplitMix64::new(config.seed ^ crate::schedule::stable_hash(config.id.as_str().as_bytes()));
+        let rng = SplitMix64::new(config.seed ^ stable_hash(config.id.as_str().as_bytes()));
         let mut node = Node {
             registry: Registry::new(config.id.clone()),
             members: BTreeSet::new(),
@@ -2354,7 +2344,7 @@ impl Node {
                 Some(b) if *b.addr == *status_addr => b.addr.clone(),
                 _ => {
                     let hash = stable_hash(status_addr.as_bytes());
-                    crate::intern::with(&HOSTS, |hosts| hosts.get(hash, status_addr))
+                    crate::intern::host(hash, status_addr)
                 }
             };
             let mut list: Vec<Backend> = healthy()

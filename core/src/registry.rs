@@ -33,16 +33,16 @@
 //! are taken to be the same write, which the rule above makes true.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque, hash_map};
+use std::collections::{BTreeMap, HashSet, VecDeque, hash_map};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hash::{KeyHashHasher, KeyHashMap, mix, stable_hash};
 use crate::limits;
 use crate::model::{AppName, NodeId};
-use crate::schedule::{mix, stable_hash};
 use crate::time::Time;
 
 /// The version of one write: ordered by wall time, then logical counter, then writer.
@@ -380,35 +380,6 @@ fn name_is_bounded(name: &str) -> bool {
 /// Above this many keys the O(n) invariant checks are skipped even in debug builds, so a large
 /// simulated cluster does not turn every merge into a full scan.
 const FULL_CHECK_KEYS_MAX: usize = 1024;
-
-/// Hashes a key hash ([`key_hash`]) for a hash map: it is one already, uniform over 64 bits, so
-/// it is its own hash. A map keyed so costs one memory access per lookup where a B-tree of a
-/// thousand keys costs three or four, on a path every received copy of every rumor takes.
-/// Iteration order is the map's own: callers that hand out keys in order sort them. (A peer
-/// that chose keys whose hashes collide would slow its own entries' lookups only as far as
-/// the registry's bounded size lets it.)
-#[derive(Clone, Copy, Debug, Default)]
-pub struct KeyHashHasher(u64);
-
-impl Hasher for KeyHashHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used (keys are u64); fold anything else in all the same.
-        for &b in bytes {
-            self.0 = crate::schedule::mix(self.0 ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// A hash map keyed by key hashes ([`KeyHashHasher`]).
-pub type KeyHashMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHashHasher>>;
 
 /// A last-writer-wins map from [`Key`] to `V`, replicated by merging [`Entry`]s.
 #[derive(Clone, Debug)]

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hash::{mix, stable_hash};
 use crate::limits;
 use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, Resources, SlotId};
 
@@ -941,46 +942,6 @@ impl Plan {
     pub fn apps(&self) -> &[AppSpec] {
         &self.apps
     }
-}
-
-/// FNV-1a: a hash that is the same on every machine and in every version, unlike std's.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h = StableHasher::default();
-    std::hash::Hasher::write(&mut h, bytes);
-    std::hash::Hasher::finish(&h)
-}
-
-/// FNV-1a, then [`mix`]: [`stable_hash`], and as a [`std::hash::Hasher`] for hash maps keyed
-/// by names. The same on every build and run (no random keys), fast on short strings.
-#[derive(Clone, Copy, Debug)]
-pub struct StableHasher(u64);
-
-impl Default for StableHasher {
-    fn default() -> Self {
-        StableHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::hash::Hasher for StableHasher {
-    fn finish(&self) -> u64 {
-        mix(self.0)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
-
-/// The splitmix64 finalizer: spreads every input bit over every output bit.
-pub fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// The live node ranked first for `key` by rendezvous hashing over all of `nodes`; used to pick

@@ -103,7 +103,7 @@ impl Inbox {
 /// An index by name, hashed with core's FNV-based hasher: looked up for every backend of every
 /// balancer update (tens of millions in a thousand-node cold start), where the standard
 /// library's keyed SipHash of a short name costs several times FNV's.
-pub type NameMap<K> = HashMap<K, usize, std::hash::BuildHasherDefault<canteen_core::schedule::StableHasher>>;
+pub type NameMap<K> = HashMap<K, usize, std::hash::BuildHasherDefault<canteen_core::hash::StableHasher>>;
 
 /// A simulated container's id: the world's own number; nodes see it as `c000042`.
 pub type ContainerId = u64;
@@ -262,7 +262,7 @@ pub struct World {
     /// Every node's gossip address as its peers know it, by the address's hash, with the
     /// socket address it stands for: one table for the whole cluster, where each driver kept
     /// its own map (a cache miss on every datagram sent).
-    socket_addrs: canteen_core::registry::KeyHashMap<(PeerAddr, std::net::SocketAddr)>,
+    socket_addrs: canteen_core::hash::KeyHashMap<(PeerAddr, std::net::SocketAddr)>,
     /// Every container that exists or existed recently, by id.
     pub containers: BTreeMap<ContainerId, SimContainer>,
     /// When each container given a removal time is due to go, soonest first (`purge`).
