@@ -1,0 +1,203 @@
+//! The node's inputs and outputs besides packets: the actions a driver carries out, the
+//! events it logs, what the container runtime reports and what an operator commands.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::autoscale::ScaleDecision;
+use crate::health::HealthState;
+use crate::membership::PeerAddr;
+use crate::model::{AppName, AppSpec, NodeId, PickerKind, SlotId};
+use crate::registry::RegistryError;
+use crate::schedule::Unplaceable;
+use crate::time::Time;
+
+/// A replica a balancer may send requests to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Backend {
+    /// The node running it.
+    pub node: NodeId,
+    /// The host to connect to (shared by every backend of its node: cheap to clone).
+    pub addr: Arc<str>,
+    /// The port to connect to.
+    pub host_port: u16,
+    /// The slot it serves.
+    pub slot: SlotId,
+}
+
+/// What the node asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `bytes` to the peer at `to`; losing them is allowed. The driver hands them to that
+    /// peer's [`Node::handle_message`].
+    Send {
+        /// The peer's gossip address ([`NodeConfig::gossip_addr`]).
+        to: PeerAddr,
+        /// An encoded [`Packet`].
+        bytes: Vec<u8>,
+    },
+    /// Start a container for `slot` listening on `host_port`; answer with
+    /// [`ContainerEvent::Started`] or [`ContainerEvent::StartFailed`] carrying `generation`.
+    StartContainer {
+        /// The slot.
+        slot: SlotId,
+        /// The app's spec: image, command, env, resources, volume.
+        app: Box<AppSpec>,
+        /// The host port, from the node's range; the same on every restart of the slot.
+        host_port: u16,
+        /// Identifies this start; a late answer to an older one is ignored.
+        generation: u64,
+    },
+    /// Stop and remove a container, after letting it finish what it serves for `drain_ms`.
+    StopContainer {
+        /// The runtime's id.
+        container: String,
+        /// The slot it served.
+        slot: SlotId,
+        /// How long to let in-flight requests finish first.
+        drain_ms: u64,
+    },
+    /// Probe a container's health; answer with [`Node::handle_probe_result`].
+    Probe {
+        /// The runtime's id.
+        container: String,
+        /// The host port it listens on.
+        host_port: u16,
+        /// The HTTP path.
+        path: String,
+        /// A probe not answered by then is a [`ProbeOutcome::Timeout`].
+        timeout_ms: u64,
+    },
+    /// The balancer for `app` must send requests to exactly these backends from now on.
+    SetBackends {
+        /// The app.
+        app: AppName,
+        /// Its published port, where the balancer listens.
+        port: u16,
+        /// How to pick among them.
+        picker: PickerKind,
+        /// The healthy replicas, on every live node.
+        backends: Vec<Backend>,
+    },
+    /// The app was removed: close its balancer.
+    RemoveBalancer {
+        /// The app.
+        app: AppName,
+    },
+    /// Something worth a log line or a metric.
+    Event(Event),
+}
+
+/// What happened, for logs, metrics and the simulator's checkers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// This node asked for a slot to be started.
+    Starting {
+        /// The slot.
+        slot: SlotId,
+        /// On this host port.
+        host_port: u16,
+    },
+    /// A container turned healthy or unhealthy.
+    Health {
+        /// The slot.
+        slot: SlotId,
+        /// The new state.
+        state: HealthState,
+    },
+    /// A container failed (unhealthy or exited) and will be started again.
+    Restarting {
+        /// The slot.
+        slot: SlotId,
+        /// When.
+        at: Time,
+    },
+    /// A slot failed past its restart budget here; it will be placed elsewhere.
+    GaveUp {
+        /// The slot.
+        slot: SlotId,
+    },
+    /// The coordinator changed an app's replica count.
+    Scaled {
+        /// The app.
+        app: AppName,
+        /// What it decided.
+        decision: ScaleDecision,
+    },
+    /// A peer sent bytes that do not decode; they were dropped.
+    BadMessage {
+        /// The peer, when the packet said who it was from.
+        from: Option<NodeId>,
+        /// What the decoder said.
+        error: String,
+    },
+    /// Slots that fit nowhere, reported whenever the set changes (empty when all fit again).
+    Unschedulable {
+        /// Each slot with the reason.
+        slots: Vec<(SlotId, Unplaceable)>,
+    },
+}
+
+/// What the container runtime reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerEvent {
+    /// A start asked for by [`Action::StartContainer`] succeeded.
+    Started {
+        /// The slot.
+        slot: SlotId,
+        /// The generation of the start.
+        generation: u64,
+        /// The runtime's id.
+        container: String,
+    },
+    /// A start failed (image missing, port taken, ...).
+    StartFailed {
+        /// The slot.
+        slot: SlotId,
+        /// The generation of the start.
+        generation: u64,
+        /// What the runtime said.
+        error: String,
+    },
+    /// A container exited on its own.
+    Exited {
+        /// The runtime's id.
+        container: String,
+    },
+    /// At start-up: the containers this node already runs (found by their labels).
+    Adopted {
+        /// Each slot with its container and host port.
+        containers: Vec<(SlotId, String, u16)>,
+    },
+}
+
+/// What an operator asks of the cluster, through any node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Create or replace an app.
+    Apply(Box<AppSpec>),
+    /// Remove an app and all its replicas.
+    Remove(AppName),
+    /// Set an app's replica count.
+    Scale(AppName, u32),
+}
+
+/// Why a command was refused. The registry is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The spec is invalid, alone or next to the apps already applied.
+    #[error("app {app}: {problem}")]
+    Invalid {
+        /// The app.
+        app: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// No such app.
+    #[error("no app named {0:?}")]
+    UnknownApp(String),
+    /// The registry refused the write.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
