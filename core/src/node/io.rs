@@ -1,6 +1,7 @@
 //! The node's inputs and outputs besides packets: the actions a driver carries out, the
 //! events it logs, what the container runtime reports and what an operator commands.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,8 @@ use crate::model::{AppName, AppSpec, NodeId, PickerKind, SlotId};
 use crate::registry::RegistryError;
 use crate::schedule::Unplaceable;
 use crate::time::Time;
+
+use super::timers::{Timer, Timers};
 
 /// A replica a balancer may send requests to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -200,4 +203,32 @@ pub enum CommandError {
     /// The registry refused the write.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+/// Where the node's parts put what they want done: actions for the driver, drained after every
+/// input, and timers for the node itself. One sink, so that effects leave in the order they
+/// were decided.
+#[derive(Debug, Default)]
+pub(super) struct Effects {
+    /// What the driver is to carry out, in order.
+    pub(super) actions: VecDeque<Action>,
+    /// When the node is to be woken, and for what.
+    pub(super) timers: Timers,
+}
+
+impl Effects {
+    /// Queues an action for the driver.
+    pub(super) fn push(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    /// Queues an event for the driver's logs and metrics.
+    pub(super) fn event(&mut self, event: Event) {
+        self.actions.push_back(Action::Event(event));
+    }
+
+    /// Sets `timer` to fire at `at`.
+    pub(super) fn schedule(&mut self, at: Time, timer: Timer) {
+        self.timers.schedule(at, timer);
+    }
 }

@@ -25,8 +25,7 @@
 //! node's timer heap, and the driver only names seeds ([`NodeConfig::seeds`],
 //! [`Node::handle_join`]).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,25 +37,30 @@ use crate::membership::{MembershipMode, PeerAddr, Swim, SwimId, SwimMember, Swim
 use crate::model::{AppName, AppSpec, NodeId, NodeSpec, PickerKind, SlotId, validate_apps};
 use crate::registry::{Entry, Head, Key, Registry};
 use crate::rng::SplitMix64;
-use crate::schedule::{ContainerState, Observed, ObservedContainer, Unplaceable, place_owned, rendezvous_owner_hashed};
+use crate::schedule::{ContainerState, Observed, ObservedContainer, Unplaceable, place_owned};
 use crate::time::Time;
 
 mod balancers;
 mod config;
 mod io;
+mod members;
+mod timers;
 mod wire;
 
 use balancers::BackendSet;
 pub use config::NodeConfig;
+use io::Effects;
 pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
+use members::Members;
+use timers::{Grid, Timer};
 pub use wire::{ContainerStatus, Message, NodeStatus, Packet, STARTING, Value, WireEntry};
 use wire::{encode_with_entries, packet_runs, wire_bytes};
 
-/// Every how many `SwimJoin` ticks a SWIM node reads all of foca's members to check its own
+/// Every how many `SwimTick` ticks a SWIM node reads all of foca's members to check its own
 /// list (4 s at the default probe period, once joined).
 const SWIM_FULL_CHECK_PERIODS: u64 = 4;
 
-/// Once joined, a SWIM node's `SwimJoin` tick comes every this many probe periods.
+/// Once joined, a SWIM node's `SwimTick` tick comes every this many probe periods.
 const SWIM_TICK_PERIODS: u64 = 2;
 
 /// A hash map by node name, for what is looked up per peer on every status merge and never
@@ -71,54 +75,6 @@ const SWIM_JOIN_READ_MS: u64 = 250;
 /// loss breaks about one time in five; all five fail about once in 4,000 suspicions, and
 /// gossip carries the news too.
 const SWIM_SUSPICION_SENDS: u32 = 5;
-
-/// Timers are data: what they are for, and for per-slot timers the generation they belong to,
-/// so a stale one is ignored (STYLE.md, rule 3).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Timer {
-    Gossip,
-    AntiEntropy,
-    Reconcile,
-    LoadReport,
-    Autoscale,
-    Probe {
-        slot: SlotId,
-        generation: u64,
-    },
-    Restart {
-        slot: SlotId,
-        generation: u64,
-    },
-    Claim {
-        slot: SlotId,
-        generation: u64,
-    },
-    ForgetFailure {
-        slot: SlotId,
-        generation: u64,
-    },
-    /// Publish the status held back by `NodeConfig::status_batch_ms`, if still held.
-    PublishStatus,
-    /// One of foca's timers; foca ignores a stale one itself.
-    Swim(SwimTimer),
-    /// Announce again to the seeds if no peer is known yet.
-    SwimJoin,
-    /// A push-pull membership sync with one peer: the first with a seed, right after the
-    /// start.
-    SwimSync,
-    /// Tell a suspected member again, if it still is (`Message::SwimSuspicion`).
-    SwimSuspicion {
-        member: SwimId,
-        incarnation: u16,
-        left: u32,
-    },
-    /// The end of a stale suspicion this node took up (`Node::take_up_stale_suspicions`):
-    /// declared down if foca still suspects it at that incarnation.
-    SwimSuspectDown {
-        member: SwimId,
-        incarnation: u16,
-    },
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
@@ -159,21 +115,12 @@ struct Local {
 pub struct Node {
     config: NodeConfig,
     registry: Registry<Value>,
-    /// The peers believed alive, this node excluded.
-    members: BTreeSet<NodeId>,
-    /// `members` in a vector, for drawing random peers without copying the set.
-    member_list: Vec<NodeId>,
-    /// The gossip address of each name in `member_list`.
-    member_addrs: Vec<PeerAddr>,
-    /// The generation (life) of each name in `member_list`.
-    member_gens: Vec<u64>,
-    /// The stable hash of each name in `member_list` and of this node's, for rendezvous.
-    member_hashes: Vec<u64>,
+    /// The peers believed alive, their lives, and the ones SWIM suspects.
+    members: Members,
     local: BTreeMap<SlotId, Local>,
     generation: u64,
-    timers: BinaryHeap<Reverse<(Time, u64, Timer)>>,
-    timer_seq: u64,
-    actions: VecDeque<Action>,
+    /// What this node's parts decided to do: actions for the driver, timers for itself.
+    out: Effects,
     rng: SplitMix64,
     /// Entries being pushed to peers: rounds left, and the entry encoded once, when it became
     /// news (a newer version replaces it).
@@ -195,9 +142,6 @@ pub struct Node {
     healthy: BTreeMap<AppName, BackendSet>,
     /// Derived from the registry: the healthy replicas each node's status lists, live or not.
     node_healthy: NodeMap<Vec<Backend>>,
-    /// The generation of each peer's life this node knows (kept after it leaves): its status
-    /// counts only if written by that life or a later one (`status_counts`).
-    member_generations: NodeMap<u64>,
     /// The generation this node's own status was last written with (`own_generation`).
     status_generation: Option<u64>,
     /// A change of this node's status waits for `NodeConfig::status_batch_ms`.
@@ -244,12 +188,9 @@ pub struct Node {
     /// foca's periodic gossip timers held back while foca has nothing to gossip
     /// (`park_swim_gossip`).
     swim_parked_gossip: Vec<SwimTimer>,
-    /// Where in their intervals this node's periodic timers fall: a random number drawn at
-    /// the start, taken modulo each interval (`on_grid`).
-    phase_ms: u64,
-    /// When this node started.
-    started: Time,
-    /// How many `SwimJoin` timers fired.
+    /// Where this node's periodic timers fall.
+    grid: Grid,
+    /// How many `SwimTick` timers fired.
     swim_join_ticks: u64,
     /// Members foca held suspected at the last full check with no suspicion timer of this
     /// node's pending for them (`take_up_stale_suspicions`).
@@ -257,10 +198,6 @@ pub struct Node {
     /// The suspicions, by life and incarnation, whose end this node has a timer for: foca's
     /// `ChangeSuspectToDown` and its own `SwimSuspectDown`. Each leaves when its timer fires.
     swim_suspicion_timers: BTreeSet<(SwimId, u16)>,
-    /// Bumped whenever `members` changes.
-    members_version: u64,
-    /// Members SWIM suspects: their replicas are out of the balancers (`set_suspected`).
-    suspected: BTreeSet<NodeId>,
     /// No placement pass runs before this (`SwimConfig::join_settle_ms` after the start in
     /// SWIM mode; the start otherwise).
     places_from: Time,
@@ -277,16 +214,10 @@ impl Node {
         let rng = SplitMix64::new(config.seed ^ stable_hash(config.id.as_str().as_bytes()));
         let mut node = Node {
             registry: Registry::new(config.id.clone()),
-            members: BTreeSet::new(),
-            member_list: Vec::new(),
-            member_addrs: Vec::new(),
-            member_gens: Vec::new(),
-            member_hashes: Vec::new(),
+            members: Members::default(),
             local: BTreeMap::new(),
             generation: 0,
-            timers: BinaryHeap::new(),
-            timer_seq: 0,
-            actions: VecDeque::new(),
+            out: Effects::default(),
             rng,
             rumors: BTreeMap::new(),
             gossip_armed: true,
@@ -296,7 +227,6 @@ impl Node {
             backends: BTreeMap::new(),
             healthy: BTreeMap::new(),
             node_healthy: NodeMap::default(),
-            member_generations: NodeMap::default(),
             status_generation: None,
             status_held: false,
             backends_dirty: BTreeSet::new(),
@@ -320,10 +250,7 @@ impl Node {
             swim_heard_suspects: Vec::new(),
             swim_suspicion_timers: BTreeSet::new(),
             swim_parked_gossip: Vec::new(),
-            phase_ms: 0,
-            started: now,
-            members_version: 0,
-            suspected: BTreeSet::new(),
+            grid: Grid { started: now, phase_ms: 0 },
             places_from: match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
                 MembershipMode::Swim => now + Duration::from_millis(config.swim.join_settle_ms),
@@ -334,9 +261,8 @@ impl Node {
         // Spread the periodic timers so that nodes started together do not gossip in lockstep.
         // On one node they share a phase: timers of equal intervals (anti-entropy, load
         // reports, autoscaling: a second each by default) then come due together and wake the
-        // node once, not three times. SWIM's own tick (`SwimJoin`) shares it too.
-        let phase_ms = node.rng.next_u64();
-        node.phase_ms = phase_ms;
+        // node once, not three times. SWIM's own tick (`SwimTick`) shares it too.
+        node.grid.phase_ms = node.rng.next_u64();
         let periodic = [
             (node.config.gossip_interval_ms, Timer::Gossip),
             (node.config.anti_entropy_interval_ms, Timer::AntiEntropy),
@@ -346,8 +272,7 @@ impl Node {
         // With SWIM, the root rides on its packets (`Message::Swim`).
         let swim = node.config.membership == MembershipMode::Swim;
         for (interval_ms, timer) in periodic.into_iter().filter(|(_, t)| !(swim && matches!(t, Timer::AntiEntropy))) {
-            let jitter_ms = phase_ms % interval_ms.max(1);
-            node.schedule(now + Duration::from_millis(jitter_ms), timer);
+            node.out.schedule(now + Duration::from_millis(node.grid.jitter_ms(interval_ms)), timer);
         }
         node.publish_status(now);
         node.request_reconcile(now);
@@ -363,9 +288,9 @@ impl Node {
             });
             let period_ms = node.config.swim.probe_period_ms.max(1);
             let join_at = now + Duration::from_millis(period_ms);
-            node.schedule(join_at + Duration::from_millis(phase_ms % period_ms), Timer::SwimJoin);
+            node.out.schedule(join_at + Duration::from_millis(node.grid.jitter_ms(period_ms)), Timer::SwimTick);
             // After the first announces were answered: the seeds know the cluster by then.
-            node.schedule(join_at, Timer::SwimSync);
+            node.out.schedule(join_at, Timer::SwimSync);
         }
         node
     }
@@ -387,33 +312,33 @@ impl Node {
 
     /// The peers this node believes alive.
     pub fn members(&self) -> &BTreeSet<NodeId> {
-        &self.members
+        self.members.names()
     }
 
     /// The members SWIM suspects right now: their replicas are out of every balancer, and
     /// placement still counts them.
     pub fn suspected(&self) -> &BTreeSet<NodeId> {
-        &self.suspected
+        self.members.suspected()
     }
 
     /// Bumped whenever [`Node::members`] changes: a driver that mirrors the members copies
     /// them only then.
     pub fn members_version(&self) -> u64 {
-        self.members_version
+        self.members.version()
     }
 
     /// The next effect to carry out, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        self.out.actions.pop_front()
     }
 
     /// When `handle_timeout` is due next.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.timers.peek().map(|Reverse((t, _, _))| *t)
+        self.out.timers.next_due()
     }
 
     fn begin_input(&mut self, now: Time) {
-        assert!(self.actions.is_empty(), "the driver drains actions after every input");
+        assert!(self.out.actions.is_empty(), "the driver drains actions after every input");
         // Time never goes backwards inside the node, whatever the driver's clock does.
         self.now = self.now.max(now);
     }
@@ -423,11 +348,7 @@ impl Node {
         self.begin_input(now);
         let now = self.now;
         let mut fired = 0usize;
-        while let Some(Reverse((at, _, _))) = self.timers.peek() {
-            if *at > now {
-                break;
-            }
-            let Reverse((_, _, timer)) = self.timers.pop().expect("peeked");
+        while let Some(timer) = self.out.timers.pop_due(now) {
             self.on_timer(now, timer);
             fired += 1;
             assert!(fired <= limits::TIMERS_PER_CALL_MAX, "timer storm: a timer rescheduled itself at now");
@@ -444,7 +365,7 @@ impl Node {
             Ok(packet) => packet,
             Err(e) => {
                 let event = Event::BadMessage { from: None, error: e.to_string() };
-                self.actions.push_back(Action::Event(event));
+                self.out.event(event);
                 return;
             }
         };
@@ -542,7 +463,7 @@ impl Node {
     /// may have changed: foca notified something, or holds a different number of members
     /// (`read_swim_members`). A change that foca did not notify and that kept the count (a
     /// member down and another up in one call) is caught by the full check every
-    /// `SWIM_FULL_CHECK_PERIODS` ticks (`Timer::SwimJoin`). A refused packet is reported as an
+    /// `SWIM_FULL_CHECK_PERIODS` ticks (`Timer::SwimTick`). A refused packet is reported as an
     /// [`Event::BadMessage`] from `source`.
     fn swim_call(
         &mut self,
@@ -562,7 +483,7 @@ impl Node {
                 continue;
             }
             let bytes = Packet::encode(&self.config.id, &Message::Swim(root, &packet));
-            self.actions.push_back(Action::Send { to, bytes });
+            self.out.push(Action::Send { to, bytes });
         }
         let mut timers = Vec::new();
         let mut suspected = Vec::new();
@@ -586,13 +507,13 @@ impl Node {
             self.swim_suspicion_timers.insert((member.clone(), *incarnation));
         }
         for (after, timer) in timers {
-            self.schedule(now + after, Timer::Swim(timer));
+            self.out.schedule(now + after, Timer::Swim(timer));
         }
         if let Err(e) = result {
             // foca refuses its own timers only on a bug; a packet from a peer may be anything.
             assert!(source.is_some(), "foca refused a timer or an announce: {e}");
             let event = Event::BadMessage { from: source.cloned(), error: e.to_string() };
-            self.actions.push_back(Action::Event(event));
+            self.out.event(event);
         }
         self.read_swim_members(now, false, None);
         // Declared down and back under a renewed identity: the status says so, or peers that
@@ -606,22 +527,12 @@ impl Node {
         }
         // A packet from a member this node suspects may carry its refutation.
         if let Some(node) = source
-            && self.suspected.contains(node)
+            && self.members.is_suspected(node)
         {
             self.refresh_suspected(node);
         }
         self.merge_broadcasts(now, source, &items);
         self.unpark_swim_gossip(now);
-    }
-
-    /// The first time at or after `at` in this node's phase for timers of `interval_ms`:
-    /// `started`, plus `phase_ms` modulo the interval, plus a whole number of intervals.
-    fn on_grid(&self, at: Time, interval_ms: u64) -> Time {
-        let interval_ms = interval_ms.max(1);
-        let origin = self.started.as_millis() + self.phase_ms % interval_ms;
-        let at_ms = at.as_millis().max(origin);
-        let steps = (at_ms - origin).div_ceil(interval_ms);
-        Time::from_millis(origin + steps * interval_ms)
     }
 
     /// Holds back foca's periodic gossip timer when it comes due with nothing to gossip: foca
@@ -646,7 +557,7 @@ impl Node {
             return;
         }
         for timer in std::mem::take(&mut self.swim_parked_gossip) {
-            self.schedule(now, Timer::Swim(timer));
+            self.out.schedule(now, Timer::Swim(timer));
         }
     }
 
@@ -683,11 +594,11 @@ impl Node {
         let suspect = SwimMember::new(member.clone(), incarnation, foca::State::Suspect);
         let to = member.peer_addr().clone();
         let bytes = Packet::encode(&self.config.id, &Message::SwimSuspicion { sender, suspect });
-        self.actions.push_back(Action::Send { to, bytes });
+        self.out.push(Action::Send { to, bytes });
         if left > 1 {
             let every = self.config.swim.suspect_to_down_ms / u64::from(SWIM_SUSPICION_SENDS);
             let at = now + Duration::from_millis(every.max(1));
-            self.schedule(at, Timer::SwimSuspicion { member, incarnation, left: left - 1 });
+            self.out.schedule(at, Timer::SwimSuspicion { member, incarnation, left: left - 1 });
         }
     }
 
@@ -717,7 +628,7 @@ impl Node {
             self.send_suspicion(now, member.clone(), incarnation, SWIM_SUSPICION_SENDS);
             let at = now + Duration::from_millis(self.config.swim.suspect_to_down_ms);
             self.swim_suspicion_timers.insert((member.clone(), incarnation));
-            self.schedule(at, Timer::SwimSuspectDown { member, incarnation });
+            self.out.schedule(at, Timer::SwimSuspectDown { member, incarnation });
         }
     }
 
@@ -736,10 +647,7 @@ impl Node {
     /// timer runs out) or declared down (it leaves the members); placement still counts it, as
     /// nothing has moved yet.
     fn set_suspected(&mut self, node: &NodeId, suspected: bool) {
-        if !self.members.contains(node) {
-            return;
-        }
-        let changed = if suspected { self.suspected.insert(node.clone()) } else { self.suspected.remove(node) };
+        let changed = self.members.set_suspected(node, suspected);
         if changed {
             let list = self.node_healthy.get(node).cloned().unwrap_or_default();
             if suspected {
@@ -760,7 +668,7 @@ impl Node {
                 Ok(entry) => wire.push(entry),
                 Err(e) => {
                     let event = Event::BadMessage { from: source.cloned(), error: format!("broadcast item: {e}") };
-                    self.actions.push_back(Action::Event(event));
+                    self.out.event(event);
                 }
             }
         }
@@ -789,83 +697,35 @@ impl Node {
     /// The peers believed alive are now `alive` (this node excluded, sorted by name), at these
     /// addresses and in these lives: a peer that left leaves every balancer and placement at
     /// once, one that joined enters them.
-    ///
-    /// One walk over `alive` and the member list, both sorted: at a thousand members this runs
-    /// a few dozen times per node in a cold start, and a map built or a lookup made per name
-    /// was a tenth of it. Only what changed is looked up or hashed.
     fn set_members(&mut self, now: Time, alive: Vec<(NodeId, PeerAddr, u64)>) {
-        debug_assert!(alive.windows(2).all(|w| w[0].0 < w[1].0), "sorted by name, each once");
         debug_assert!(alive.iter().all(|(n, _, _)| *n != self.config.id));
-        let unchanged = alive.len() == self.member_list.len()
-            && alive
-                .iter()
-                .zip(&self.member_list)
-                .zip(&self.member_addrs)
-                .zip(&self.member_gens)
-                .all(|((((n, a, g), m), ma), mg)| n == m && a == ma && g == mg);
-        if unchanged {
-            return;
-        }
-        let (mut joined, mut left, mut renewed) = (Vec::new(), Vec::new(), Vec::new());
-        let mut hashes = Vec::with_capacity(alive.len());
-        let mut old = 0;
-        for (node, _, generation) in &alive {
-            while old < self.member_list.len() && self.member_list[old] < *node {
-                left.push(self.member_list[old].clone());
-                old += 1;
-            }
-            if old < self.member_list.len() && self.member_list[old] == *node {
-                if self.member_gens[old] != *generation {
-                    renewed.push((node.clone(), *generation));
-                }
-                hashes.push(self.member_hashes[old]);
-                old += 1;
-            } else {
-                joined.push(node.clone());
-                if self.member_generations.get(node) != Some(generation) {
-                    renewed.push((node.clone(), *generation));
-                }
-                hashes.push(stable_hash(node.as_str().as_bytes()));
-            }
-        }
-        left.extend(self.member_list[old..].iter().cloned());
+        let Some(change) = self.members.change(&alive) else { return };
         // A peer seen for the first time, or in another life: what its status says is looked
         // at again, since a status from an earlier life counts as none. A member stays one
         // through this; one that joins is listed below from what this derived.
-        for (node, generation) in &renewed {
-            self.member_generations.insert(node.clone(), *generation);
+        for (node, life) in &change.renewed {
+            self.members.know_life(node, *life);
             self.status_changed(node);
             self.request_reconcile(now);
         }
-        let mut names = Vec::with_capacity(alive.len());
-        let mut addrs = Vec::with_capacity(alive.len());
-        let mut gens = Vec::with_capacity(alive.len());
-        for (node, addr, generation) in alive {
-            names.push(node);
-            addrs.push(addr);
-            gens.push(generation);
-        }
-        self.member_addrs = addrs;
-        self.member_gens = gens;
-        if joined.is_empty() && left.is_empty() {
+        self.members.replace(alive, &change);
+        if change.joined.is_empty() && change.left.is_empty() {
             // The same peers; one may have come back at another address, or in another life.
             return;
         }
-        for node in &left {
-            self.members.remove(node);
+        for (node, suspected) in &change.left {
             if self.node_slots.contains_key(node) {
                 self.members_with_status -= 1;
             }
             let list = self.node_healthy.get(node).cloned().unwrap_or_default();
             // A suspected node's replicas left the balancers already.
-            if !self.suspected.remove(node) {
+            if !suspected {
                 self.unlist_healthy(&list);
             }
             let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
             self.count_slots(&slots, false);
         }
-        for node in &joined {
-            self.members.insert(node.clone());
+        for node in &change.joined {
             if self.node_slots.contains_key(node) {
                 self.members_with_status += 1;
             }
@@ -875,9 +735,6 @@ impl Node {
             self.count_slots(&slots, true);
         }
         self.structure_generation += 1;
-        self.member_hashes = hashes;
-        self.member_list = names;
-        self.members_version += 1;
         self.facts_generation += 1;
         self.update_backends();
         self.request_reconcile(now);
@@ -894,7 +751,7 @@ impl Node {
                     self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Starting);
                 if !current {
                     // An answer to a start this node no longer wants: undo it.
-                    self.actions.push_back(Action::StopContainer { container, slot, drain_ms: 0 });
+                    self.out.push(Action::StopContainer { container, slot, drain_ms: 0 });
                 } else {
                     // The start grace counts from here, when the container runs, not from the
                     // start request: creating and starting a container can take a good part of
@@ -931,7 +788,7 @@ impl Node {
                     if self.local.contains_key(&slot) || self.local.len() >= limits::LOCAL_SLOTS_MAX {
                         // Two containers for one slot on this node (keep the first), or more than
                         // a node runs.
-                        self.actions.push_back(Action::StopContainer { container, slot, drain_ms: 0 });
+                        self.out.push(Action::StopContainer { container, slot, drain_ms: 0 });
                         continue;
                     }
                     let app = slot.app.clone();
@@ -957,11 +814,11 @@ impl Node {
             match t.to {
                 HealthState::Healthy => {
                     l.backoff.on_healthy(now);
-                    self.actions.push_back(Action::Event(Event::Health { slot: slot.clone(), state: t.to }));
+                    self.out.event(Event::Health { slot: slot.clone(), state: t.to });
                     self.hold_status(now);
                 }
                 HealthState::Unhealthy => {
-                    self.actions.push_back(Action::Event(Event::Health { slot: slot.clone(), state: t.to }));
+                    self.out.event(Event::Health { slot: slot.clone(), state: t.to });
                     self.fail(now, &slot);
                 }
                 HealthState::Starting => {}
@@ -1070,16 +927,16 @@ impl Node {
                 // changes (`key_changed` wakes it).
                 self.gossip_armed = !self.rumors.is_empty() || self.registry.has_recent();
                 if self.gossip_armed {
-                    self.schedule(now + Duration::from_millis(self.config.gossip_interval_ms), Timer::Gossip);
+                    self.out.schedule(now + Duration::from_millis(self.config.gossip_interval_ms), Timer::Gossip);
                 }
             }
             Timer::AntiEntropy => {
-                if let Some(peer) = self.random_peers(1).pop() {
+                if let Some(to) = self.members.random_addrs(&mut self.rng, 1).pop() {
                     let bytes = Packet::encode(&self.config.id, &Message::Root(self.registry.root_hash()));
-                    let to = self.member_addrs[peer].clone();
-                    self.actions.push_back(Action::Send { to, bytes });
+                    self.out.push(Action::Send { to, bytes });
                 }
-                self.schedule(now + Duration::from_millis(self.config.anti_entropy_interval_ms), Timer::AntiEntropy);
+                self.out
+                    .schedule(now + Duration::from_millis(self.config.anti_entropy_interval_ms), Timer::AntiEntropy);
             }
             Timer::Reconcile => {
                 self.reconcile_pending = false;
@@ -1087,11 +944,11 @@ impl Node {
             }
             Timer::LoadReport => {
                 self.report_load(now);
-                self.schedule(now + Duration::from_millis(self.config.load_report_interval_ms), Timer::LoadReport);
+                self.out.schedule(now + Duration::from_millis(self.config.load_report_interval_ms), Timer::LoadReport);
             }
             Timer::Autoscale => {
                 self.autoscale(now);
-                self.schedule(now + Duration::from_millis(self.config.autoscale_interval_ms), Timer::Autoscale);
+                self.out.schedule(now + Duration::from_millis(self.config.autoscale_interval_ms), Timer::Autoscale);
             }
             Timer::Probe { slot, generation } => {
                 let Some(l) = self.local.get(&slot) else { return };
@@ -1104,12 +961,12 @@ impl Node {
                 let (path, timeout_ms, interval_ms) =
                     (spec.health.path.clone(), spec.health.timeout_ms, spec.health.interval_ms);
                 let container = container.to_string();
-                self.actions.push_back(Action::Probe { container, host_port: l.host_port, path, timeout_ms });
+                self.out.push(Action::Probe { container, host_port: l.host_port, path, timeout_ms });
                 // The next point of the node's own grid (at most an interval away), with its
                 // other periodic timers: a node's probes of equal intervals go out in one
                 // wake-up, not one each.
-                let next = self.on_grid(now + Duration::from_millis(1), interval_ms);
-                self.schedule(next, Timer::Probe { slot, generation });
+                let next = self.grid.at(now + Duration::from_millis(1), interval_ms);
+                self.out.schedule(next, Timer::Probe { slot, generation });
             }
             Timer::Restart { slot, generation } => {
                 let Some(l) = self.local.get(&slot) else { return };
@@ -1181,7 +1038,7 @@ impl Node {
                     let seeds = swim.seeds();
                     Some(seeds[self.rng.below(seeds.len())].clone())
                 } else {
-                    self.random_peers(1).pop().map(|i| self.member_addrs[i].clone())
+                    self.members.random_addrs(&mut self.rng, 1).pop()
                 };
                 if let Some(to) = to {
                     self.send_swim_sync(to, true);
@@ -1198,9 +1055,9 @@ impl Node {
                     let jitter_ms = self.rng.below(interval_ms as usize / 2 + 1) as u64;
                     now + Duration::from_millis(interval_ms / 2 + jitter_ms)
                 };
-                self.schedule(next, Timer::SwimSync);
+                self.out.schedule(next, Timer::SwimSync);
             }
-            Timer::SwimJoin => {
+            Timer::SwimTick => {
                 self.swim_call(now, None, |swim| {
                     swim.announce_if_alone();
                     Ok(())
@@ -1230,9 +1087,9 @@ impl Node {
                 let next = if self.members.is_empty() || now < self.places_from {
                     now + Duration::from_millis(period_ms)
                 } else {
-                    self.on_grid(now + Duration::from_millis(period_ms), SWIM_TICK_PERIODS * period_ms)
+                    self.grid.at(now + Duration::from_millis(period_ms), SWIM_TICK_PERIODS * period_ms)
                 };
-                self.schedule(next, Timer::SwimJoin);
+                self.out.schedule(next, Timer::SwimTick);
             }
         }
     }
@@ -1258,12 +1115,12 @@ impl Node {
                 Ok(decoded) if Head::of(&decoded.0, &decoded.1.version) == wire.head => self.share_names(decoded),
                 Ok(_) => {
                     let error = "an entry does not match its head".to_owned();
-                    self.actions.push_back(Action::Event(Event::BadMessage { from: Some(from.clone()), error }));
+                    self.out.event(Event::BadMessage { from: Some(from.clone()), error });
                     continue;
                 }
                 Err(e) => {
                     let error = e.to_string();
-                    self.actions.push_back(Action::Event(Event::BadMessage { from: Some(from.clone()), error }));
+                    self.out.event(Event::BadMessage { from: Some(from.clone()), error });
                     continue;
                 }
             };
@@ -1295,7 +1152,7 @@ impl Node {
     fn share_names(&self, (key, mut entry): (Key, Entry<Value>)) -> (Key, Entry<Value>) {
         let key = match key {
             Key::Status(node) => {
-                let node = self.members.get(&node).cloned().unwrap_or(node);
+                let node = self.members.shared_name(&node).cloned().unwrap_or(node);
                 if entry.version.writer == node {
                     entry.version.writer = node.clone();
                 }
@@ -1370,7 +1227,7 @@ impl Node {
                 at = at.max(last + Duration::from_millis(self.config.reconcile_interval_min_ms));
             }
             at = at.max(self.places_from);
-            self.schedule(at, Timer::Reconcile);
+            self.out.schedule(at, Timer::Reconcile);
         }
     }
 
@@ -1397,7 +1254,7 @@ impl Node {
     /// The statuses of the peers believed alive, in node order. Statuses and members are both
     /// sorted by node, so one walk over each finds them, without a lookup per status.
     fn live_statuses(&self) -> impl Iterator<Item = (&NodeId, &NodeStatus)> + '_ {
-        let mut members = self.members.iter().peekable();
+        let mut members = self.members.names().iter().peekable();
         self.registry.statuses().filter_map(move |(node, value)| {
             let Value::Status(status) = value else { return None };
             while members.next_if(|m| *m < node).is_some() {}
@@ -1469,7 +1326,7 @@ impl Node {
             }
             let l = self.local.remove(&stop.slot).expect("found");
             if let Some(container) = l.container {
-                self.actions.push_back(Action::StopContainer {
+                self.out.push(Action::StopContainer {
                     container: container.to_string(),
                     slot: stop.slot.clone(),
                     drain_ms: self.config.drain_ms,
@@ -1485,7 +1342,7 @@ impl Node {
                     self.insert_local(now, slot.clone(), app, port, Phase::Claimed, None);
                     let generation = self.local[&slot].generation;
                     let settle = Duration::from_millis(self.config.claim_settle_ms);
-                    self.schedule(now + settle, Timer::Claim { slot, generation });
+                    self.out.schedule(now + settle, Timer::Claim { slot, generation });
                     changed = true;
                 }
                 Some(Phase::Failed) => {
@@ -1506,7 +1363,7 @@ impl Node {
             plan.unschedulable().iter().map(|u| (u.slot.clone(), u.reason.clone())).collect();
         if unschedulable != self.unschedulable {
             self.unschedulable = unschedulable.clone();
-            self.actions.push_back(Action::Event(Event::Unschedulable { slots: unschedulable }));
+            self.out.event(Event::Unschedulable { slots: unschedulable });
         }
         if changed {
             self.publish_status(now);
@@ -1561,13 +1418,8 @@ impl Node {
         l.container = None;
         // Its health tracker is made when the container runs (`ContainerEvent::Started`).
         let host_port = l.host_port;
-        self.actions.push_back(Action::Event(Event::Starting { slot: slot.clone(), host_port }));
-        self.actions.push_back(Action::StartContainer {
-            slot: slot.clone(),
-            app: Box::new(spec),
-            host_port,
-            generation,
-        });
+        self.out.event(Event::Starting { slot: slot.clone(), host_port });
+        self.out.push(Action::StartContainer { slot: slot.clone(), app: Box::new(spec), host_port, generation });
     }
 
     /// A container failed: out of every balancer at once, stopped, and started again after its
@@ -1576,7 +1428,7 @@ impl Node {
         let Some(l) = self.local.get_mut(slot) else { return };
         if let Some(container) = l.container.take() {
             let container = container.to_string();
-            self.actions.push_back(Action::StopContainer { container, slot: slot.clone(), drain_ms: 0 });
+            self.out.push(Action::StopContainer { container, slot: slot.clone(), drain_ms: 0 });
         }
         self.generation += 1;
         l.generation = self.generation;
@@ -1584,14 +1436,14 @@ impl Node {
         match l.backoff.on_failure(now) {
             BackoffDecision::RestartAt(at) => {
                 l.phase = Phase::BackingOff;
-                self.actions.push_back(Action::Event(Event::Restarting { slot: slot.clone(), at }));
-                self.schedule(at, Timer::Restart { slot: slot.clone(), generation });
+                self.out.event(Event::Restarting { slot: slot.clone(), at });
+                self.out.schedule(at, Timer::Restart { slot: slot.clone(), generation });
             }
             BackoffDecision::GiveUp => {
                 l.phase = Phase::Failed;
-                self.actions.push_back(Action::Event(Event::GaveUp { slot: slot.clone() }));
+                self.out.event(Event::GaveUp { slot: slot.clone() });
                 let forget = now + Duration::from_millis(self.config.failed_cooldown_ms);
-                self.schedule(forget, Timer::ForgetFailure { slot: slot.clone(), generation });
+                self.out.schedule(forget, Timer::ForgetFailure { slot: slot.clone(), generation });
             }
         }
         self.publish_status(now);
@@ -1602,7 +1454,7 @@ impl Node {
         let Some(l) = self.local.get(slot) else { return };
         let generation = l.generation;
         let first = l.health.next_probe_at().max(now);
-        self.schedule(first, Timer::Probe { slot: slot.clone(), generation });
+        self.out.schedule(first, Timer::Probe { slot: slot.clone(), generation });
     }
 
     /// The lowest port of the range that no local slot holds and no app publishes: every
@@ -1632,7 +1484,7 @@ impl Node {
         self.derive_own_views(true);
         if !self.status_held {
             self.status_held = true;
-            self.schedule(now + Duration::from_millis(self.config.status_batch_ms), Timer::PublishStatus);
+            self.out.schedule(now + Duration::from_millis(self.config.status_batch_ms), Timer::PublishStatus);
         }
     }
 
@@ -1706,7 +1558,7 @@ impl Node {
     fn key_changed(&mut self, key: &Key) {
         if !self.gossip_armed {
             self.gossip_armed = true;
-            self.schedule(self.now + Duration::from_millis(1), Timer::Gossip);
+            self.out.schedule(self.now + Duration::from_millis(1), Timer::Gossip);
         }
         match key {
             Key::App(app) => {
@@ -1816,7 +1668,7 @@ impl Node {
         let old = self.node_healthy.remove(node).unwrap_or_default();
         // Only the replicas of live nodes are in the balancers' sets; a peer's list
         // waits in `node_healthy` until it is believed alive.
-        if *node == self.config.id || (self.members.contains(node) && !self.suspected.contains(node)) {
+        if *node == self.config.id || self.members.is_trusted(node) {
             self.unlist_healthy(&old);
             self.list_healthy(&list);
         }
@@ -1828,7 +1680,7 @@ impl Node {
     /// Whether `status`, `node`'s, counts: it was written by the life of `node` this node knows,
     /// or a later one (its own status always counts).
     fn status_counts(&self, node: &NodeId, status: &NodeStatus) -> bool {
-        *node == self.config.id || self.member_generations.get(node).is_none_or(|g| status.generation >= *g)
+        *node == self.config.id || self.members.life_counts(node, status.generation)
     }
 
     /// `node`'s status, if it has one that counts (`status_counts`).
@@ -1949,40 +1801,13 @@ impl Node {
             if !same {
                 let backends: Vec<Backend> = healthy.into_iter().flatten().cloned().collect();
                 self.backends.insert(app.clone(), (port, picker, fingerprint));
-                self.actions.push_back(Action::SetBackends { app, port, picker, backends });
+                self.out.push(Action::SetBackends { app, port, picker, backends });
             }
         }
         for app in gone {
             self.backends.remove(&app);
-            self.actions.push_back(Action::RemoveBalancer { app });
+            self.out.push(Action::RemoveBalancer { app });
         }
-    }
-
-    /// `count` distinct peers drawn at random (all of them when there are fewer), as indexes
-    /// into `member_list`.
-    fn random_peers(&mut self, count: usize) -> Vec<usize> {
-        let len = self.member_list.len();
-        let count = count.min(len);
-        let mut picked: Vec<usize> = Vec::with_capacity(count);
-        if count * 2 > len {
-            // A partial Fisher-Yates over the indexes when most peers are wanted.
-            let mut all: Vec<usize> = (0..len).collect();
-            for i in 0..count {
-                let j = i + self.rng.below(len - i);
-                all.swap(i, j);
-            }
-            picked.extend_from_slice(&all[..count]);
-        } else {
-            // Draws with rejection when few are: at most half are taken, so each draw is new
-            // with probability at least one half.
-            while picked.len() < count {
-                let i = self.rng.below(len);
-                if !picked.contains(&i) {
-                    picked.push(i);
-                }
-            }
-        }
-        picked
     }
 
     /// Pushes recent news to a few random peers (rumor mongering); anti-entropy repairs what
@@ -2015,7 +1840,7 @@ impl Node {
         if self.rumors.is_empty() {
             return;
         }
-        let peers = self.random_peers(self.config.gossip_fanout);
+        let peers = self.members.random_addrs(&mut self.rng, self.config.gossip_fanout);
         if peers.is_empty() {
             return;
         }
@@ -2041,8 +1866,8 @@ impl Node {
         });
         for peer in peers {
             for bytes in &packets {
-                let to = self.member_addrs[peer].clone();
-                self.actions.push_back(Action::Send { to, bytes: bytes.clone() });
+                let to = peer.clone();
+                self.out.push(Action::Send { to, bytes: bytes.clone() });
             }
         }
     }
@@ -2054,7 +1879,7 @@ impl Node {
         for (i, members) in runs.into_iter().enumerate() {
             // One answer is enough, whatever the number of packets.
             let bytes = Packet::encode(&self.config.id, &Message::SwimSync { members, reply: reply && i == 0 });
-            self.actions.push_back(Action::Send { to: to.clone(), bytes });
+            self.out.push(Action::Send { to: to.clone(), bytes });
         }
     }
 
@@ -2067,17 +1892,15 @@ impl Node {
     /// a load report racing a change of members) is not sent anything: it could not be
     /// addressed, and it would be ignored anyway.
     fn send_bytes(&mut self, to: &NodeId, bytes: Vec<u8>) {
-        if let Ok(i) = self.member_list.binary_search(to) {
-            let to = self.member_addrs[i].clone();
-            self.actions.push_back(Action::Send { to, bytes });
+        if let Some(to) = self.members.addr_of(to) {
+            let to = to.clone();
+            self.out.push(Action::Send { to, bytes });
         }
     }
 
     /// The live node that coordinates `app`: ranked first by rendezvous hash on its name.
     pub fn coordinator_of(&self, app: &AppName) -> NodeId {
-        let me = (stable_hash(self.config.id.as_str().as_bytes()), &self.config.id);
-        let peers = self.member_hashes.iter().copied().zip(&self.member_list);
-        rendezvous_owner_hashed(app.as_str(), peers.chain(std::iter::once(me))).expect("this node is alive").clone()
+        self.members.rendezvous_owner(app.as_str(), &self.config.id)
     }
 
     fn report_load(&mut self, now: Time) {
@@ -2124,7 +1947,7 @@ impl Node {
                 self.autoscalers.entry(name.clone()).or_insert_with(|| Autoscaler::new(policy, spec.replicas, now));
             if let Some(decision) = scaler.evaluate(now, spec.replicas) {
                 let to = decision.to;
-                self.actions.push_back(Action::Event(Event::Scaled { app: name.clone(), decision }));
+                self.out.event(Event::Scaled { app: name.clone(), decision });
                 self.registry.put(now, Key::Scale(name.clone()), Value::Scale(to)).expect("a count fits the registry");
                 self.key_changed(&Key::Scale(name.clone()));
                 self.request_reconcile(now);
@@ -2132,22 +1955,16 @@ impl Node {
         }
     }
 
-    fn schedule(&mut self, at: Time, timer: Timer) {
-        self.timer_seq += 1;
-        self.timers.push(Reverse((at, self.timer_seq, timer)));
-    }
-
     /// What must hold after every input (STYLE.md, rule 6).
     fn check_invariants(&self) {
-        assert!(self.timers.len() <= limits::TIMERS_MAX, "timers are bounded");
+        self.out.timers.check_invariants();
         assert!(self.local.len() <= (self.config.host_port_max - self.config.host_port_min) as usize + 1);
         assert!(self.local.len() <= limits::LOCAL_SLOTS_MAX, "a node runs a bounded number of slots");
-        for action in &self.actions {
+        for action in &self.out.actions {
             if let Action::Send { bytes, .. } = action {
                 assert!(bytes.len() <= limits::PACKET_BYTES_MAX, "a packet of {} bytes", bytes.len());
             }
         }
-        debug_assert!(!self.members.contains(&self.config.id), "a node is not its own peer");
         debug_assert!(
             self.autoscaled.iter().eq(self
                 .registry
@@ -2156,13 +1973,9 @@ impl Node {
                 .map(|(name, _)| name)),
             "the autoscaled apps are the registry's"
         );
-        assert_eq!(self.members.len(), self.member_list.len(), "the member list mirrors the set");
-        assert_eq!(self.member_list.len(), self.member_addrs.len(), "every member has an address");
-        assert_eq!(self.member_list.len(), self.member_gens.len(), "every member has a generation");
-        assert_eq!(self.member_list.len(), self.member_hashes.len(), "every member has a hash");
-        assert!(self.suspected.is_subset(&self.members), "only members are suspected");
+        self.members.check_invariants(&self.config.id);
         debug_assert!(
-            self.healthy.values().flatten().all(|b| !self.suspected.contains(&b.node)),
+            self.healthy.values().flatten().all(|b| !self.members.is_suspected(&b.node)),
             "a suspected node is never a backend"
         );
         debug_assert!(

@@ -82,7 +82,7 @@ fn with_swim_the_root_rides_on_its_packets_and_anti_entropy_alone_brings_registr
 
 /// foca's periodic gossip timers pending in `node`'s heap.
 fn pending_swim_gossip(node: &Node) -> usize {
-    node.timers.iter().filter(|Reverse((_, _, t))| matches!(t, Timer::Swim(foca::Timer::PeriodicGossip(_)))).count()
+    node.out.timers.pending().filter(|t| matches!(t, Timer::Swim(foca::Timer::PeriodicGossip(_)))).count()
 }
 
 #[test]
@@ -104,20 +104,6 @@ fn an_idle_swim_node_parks_foca_gossip_timer_and_news_wakes_it_at_once() {
     assert_eq!(pending_swim_gossip(&nodes[0]), 1);
     tests_pump(&mut nodes, 6002, 7000, |m| !matches!(m, Message::Swim(..)));
     assert_eq!(nodes[1].apps().len(), 1, "the spec reached b inside SWIM packets");
-}
-
-#[test]
-fn periodic_timers_fall_on_the_nodes_own_grid() {
-    let config = NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(1, 1));
-    let mut node = Node::new(Time::from_millis(100), config);
-    node.phase_ms = 1234;
-    // Origin 100 + 1234 % 1000 = 334, then every second.
-    assert_eq!(node.on_grid(Time::from_millis(0), 1000), Time::from_millis(334));
-    assert_eq!(node.on_grid(Time::from_millis(334), 1000), Time::from_millis(334));
-    assert_eq!(node.on_grid(Time::from_millis(335), 1000), Time::from_millis(1334));
-    assert_eq!(node.on_grid(Time::from_millis(5000), 1000), Time::from_millis(5334));
-    // A 500 ms grid holds every point of the 1 s one.
-    assert_eq!(node.on_grid(Time::from_millis(335), 500), Time::from_millis(834));
 }
 
 #[test]

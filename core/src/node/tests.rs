@@ -1,6 +1,7 @@
 use super::*;
 use crate::model::{Autoscale, ScaleRule, Volume};
 use crate::model::{Labels, Resources};
+use std::collections::VecDeque;
 
 fn full_spec() -> AppSpec {
     let mut spec = AppSpec::new("web", "canteen-demo:latest", 3, Resources::new(500, 256));
