@@ -30,11 +30,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::autoscale::Autoscaler;
-use crate::hash::{KeyHashMap, StableMap, stable_hash};
+use crate::hash::{KeyHashMap, stable_hash};
 use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
 use crate::limits;
 use crate::membership::{MembershipMode, PeerAddr, Swim, SwimId, SwimMember, SwimTimer};
-use crate::model::{AppName, AppSpec, NodeId, NodeSpec, PickerKind, SlotId, validate_apps};
+use crate::model::{AppName, AppSpec, NodeId, NodeSpec, SlotId, validate_apps};
 use crate::registry::{Entry, Head, Key, Registry};
 use crate::rng::SplitMix64;
 use crate::schedule::{ContainerState, Observed, ObservedContainer, Unplaceable, place_owned};
@@ -45,14 +45,16 @@ mod config;
 mod io;
 mod members;
 mod timers;
+mod view;
 mod wire;
 
-use balancers::BackendSet;
+use balancers::Balancers;
 pub use config::NodeConfig;
 use io::Effects;
 pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
 use members::Members;
 use timers::{Grid, Timer};
+use view::{NodeSlots, View};
 pub use wire::{ContainerStatus, Message, NodeStatus, Packet, STARTING, Value, WireEntry};
 use wire::{encode_with_entries, packet_runs, wire_bytes};
 
@@ -62,10 +64,6 @@ const SWIM_FULL_CHECK_PERIODS: u64 = 4;
 
 /// Once joined, a SWIM node's `SwimTick` tick comes every this many probe periods.
 const SWIM_TICK_PERIODS: u64 = 2;
-
-/// A hash map by node name, for what is looked up per peer on every status merge and never
-/// walked in order.
-type NodeMap<V> = StableMap<NodeId, V>;
 
 /// While a node joins, how often at most `swim_call` reads foca's members.
 const SWIM_JOIN_READ_MS: u64 = 250;
@@ -133,36 +131,19 @@ pub struct Node {
     reconcile_pending: bool,
     /// When this node last answered a peer's root with its digest (`Message::Swim`).
     digest_sent_at: Option<Time>,
-    /// What each balancer was last sent: its port, picker and a fingerprint of its backend list
-    /// (`BackendSet::fingerprint`), so an unchanged list is not sent again. A fingerprint, not a
-    /// copy: a thousand-node cluster's lists would be held twice over on every node otherwise.
-    backends: BTreeMap<AppName, (u16, PickerKind, u64)>,
-    /// Derived from the registry and membership: the healthy replicas on this node and on the
-    /// peers believed alive, by app. What each balancer gets.
-    healthy: BTreeMap<AppName, BackendSet>,
-    /// Derived from the registry: the healthy replicas each node's status lists, live or not.
-    node_healthy: NodeMap<Vec<Backend>>,
+    /// What each balancer is sent.
+    balancers: Balancers,
+    /// What the statuses say: the slots of each node, the live containers of each slot.
+    view: View,
     /// The generation this node's own status was last written with (`own_generation`).
     status_generation: Option<u64>,
     /// A change of this node's status waits for `NodeConfig::status_batch_ms`.
     status_held: bool,
-    /// Apps whose balancer list may differ from `backends`; `update_backends` looks at these only.
-    backends_dirty: BTreeSet<AppName>,
     /// Bumped on every change to what placement reads (registry facts, membership).
     facts_generation: u64,
     /// `facts_generation` and this node's containers at the last placement pass that ran.
     /// The last pass also says whether its view was complete (it acted).
     last_pass: Option<(u64, Vec<ObservedContainer>, bool)>,
-    /// Live containers that have not failed, per slot, over this node and the peers believed
-    /// alive: what tells a pass that would change nothing from one that must run
-    /// (`Node::settled`). Slots with none are absent.
-    slot_counts: BTreeMap<SlotId, u32>,
-    /// Derived from the registry: each node's spec and the slots its status lists with a
-    /// container that has not failed, live or not.
-    node_slots: NodeMap<(NodeSpec, Vec<SlotId>)>,
-    /// How many members have a status that counts (are in `node_slots`): the view is complete
-    /// when all of them do. Kept in step by `status_slots_changed` and `set_members`.
-    members_with_status: usize,
     /// Bumped by the changes that can move slots even when every slot runs exactly once: apps,
     /// scales, membership, node specs.
     structure_generation: u64,
@@ -224,18 +205,13 @@ impl Node {
             received: KeyHashMap::default(),
             reconcile_pending: false,
             digest_sent_at: None,
-            backends: BTreeMap::new(),
-            healthy: BTreeMap::new(),
-            node_healthy: NodeMap::default(),
+            balancers: Balancers::default(),
+            view: View::default(),
             status_generation: None,
             status_held: false,
-            backends_dirty: BTreeSet::new(),
             facts_generation: 0,
             last_pass: None,
             last_pass_at: None,
-            slot_counts: BTreeMap::new(),
-            node_slots: NodeMap::default(),
-            members_with_status: 0,
             structure_generation: 0,
             structure_at_last_place: None,
             unschedulable: Vec::new(),
@@ -649,12 +625,7 @@ impl Node {
     fn set_suspected(&mut self, node: &NodeId, suspected: bool) {
         let changed = self.members.set_suspected(node, suspected);
         if changed {
-            let list = self.node_healthy.get(node).cloned().unwrap_or_default();
-            if suspected {
-                self.unlist_healthy(&list);
-            } else {
-                self.list_healthy(&list);
-            }
+            self.balancers.trust(node, !suspected);
             self.update_backends();
         }
     }
@@ -714,25 +685,15 @@ impl Node {
             return;
         }
         for (node, suspected) in &change.left {
-            if self.node_slots.contains_key(node) {
-                self.members_with_status -= 1;
-            }
-            let list = self.node_healthy.get(node).cloned().unwrap_or_default();
+            self.view.member_changed(node, false);
             // A suspected node's replicas left the balancers already.
             if !suspected {
-                self.unlist_healthy(&list);
+                self.balancers.trust(node, false);
             }
-            let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
-            self.count_slots(&slots, false);
         }
         for node in &change.joined {
-            if self.node_slots.contains_key(node) {
-                self.members_with_status += 1;
-            }
-            let list = self.node_healthy.get(node).cloned().unwrap_or_default();
-            self.list_healthy(&list);
-            let slots = self.node_slots.get(node).map(|(_, s)| s.clone()).unwrap_or_default();
-            self.count_slots(&slots, true);
+            self.view.member_changed(node, true);
+            self.balancers.trust(node, true);
         }
         self.structure_generation += 1;
         self.facts_generation += 1;
@@ -1161,7 +1122,7 @@ impl Node {
                         status.spec.id = node.clone();
                     }
                     for c in &mut status.containers {
-                        if let Some((app, _)) = self.backends.get_key_value(&c.slot.app) {
+                        if let Some(app) = self.balancers.shared_app_name(&c.slot.app) {
                             c.slot.app = app.clone();
                         }
                     }
@@ -1237,7 +1198,7 @@ impl Node {
         // Built from a list sorted by node, all at once: a thousand inserts into the map, each
         // a walk from its root comparing names, were a tenth of a pass.
         let mut observed = Vec::with_capacity(self.members.len() + 1);
-        for (node, status) in self.live_statuses() {
+        for (node, status) in view::live_statuses(&self.registry, &self.members) {
             nodes.push(status.spec.clone());
             let containers = status
                 .containers
@@ -1249,17 +1210,6 @@ impl Node {
         let me = observed.partition_point(|(node, _)| *node < self.config.id);
         observed.insert(me, (self.config.id.clone(), self.own_containers()));
         (nodes, observed.into_iter().collect())
-    }
-
-    /// The statuses of the peers believed alive, in node order. Statuses and members are both
-    /// sorted by node, so one walk over each finds them, without a lookup per status.
-    fn live_statuses(&self) -> impl Iterator<Item = (&NodeId, &NodeStatus)> + '_ {
-        let mut members = self.members.names().iter().peekable();
-        self.registry.statuses().filter_map(move |(node, value)| {
-            let Value::Status(status) = value else { return None };
-            while members.next_if(|m| *m < node).is_some() {}
-            members.next_if(|m| *m == node).filter(|_| self.status_counts(node, status)).map(|_| (node, status))
-        })
     }
 
     fn own_containers(&self) -> Vec<ObservedContainer> {
@@ -1302,8 +1252,7 @@ impl Node {
         }
         // The view is complete when every live peer's status is known: a count kept in step,
         // since a walk over the statuses for it was a tenth of a thousand-node cold start.
-        debug_assert_eq!(self.members_with_status, self.live_statuses().count(), "the count is kept in step");
-        let complete = self.members_with_status == self.members.len();
+        let complete = self.view.is_complete(self.members.len());
         self.last_pass = Some((self.facts_generation, own, complete));
         if !complete {
             return;
@@ -1374,7 +1323,7 @@ impl Node {
     /// In debug builds, checks what `settled` promises: a full pass would start and stop
     /// nothing here and report nothing unschedulable.
     fn debug_check_settled(&self) {
-        if !cfg!(debug_assertions) || self.members_with_status != self.members.len() {
+        if !cfg!(debug_assertions) || !self.view.is_complete(self.members.len()) {
             return;
         }
         let (nodes, observed) = self.facts();
@@ -1493,9 +1442,10 @@ impl Node {
     fn derive_own_views(&mut self, current: bool) {
         let me = self.config.id.clone();
         let now = current.then(|| self.own_status());
-        let status = if current { now.as_ref() } else { self.counted_status(&me) };
-        let (new_slots, new_healthy) = self.status_views(&me, status);
-        self.write_status_views(&me, new_slots, new_healthy);
+        let status = if current { now.as_ref() } else { view::counted_status(&self.registry, &self.members, &me, &me) };
+        let slots = self.view.changed_slots(&me, status);
+        let list = self.balancers.changed_list(&me, status);
+        self.write_status_views(&me, slots, list);
         self.update_backends();
     }
 
@@ -1564,7 +1514,7 @@ impl Node {
             Key::App(app) => {
                 self.facts_generation += 1;
                 self.structure_generation += 1;
-                self.backends_dirty.insert(app.clone());
+                self.balancers.app_changed(app);
                 if matches!(self.registry.get(key), Some(Value::App(spec)) if spec.autoscale.is_some()) {
                     self.autoscaled.insert(app.clone());
                 } else {
@@ -1580,114 +1530,34 @@ impl Node {
         }
     }
 
-    /// Derives what `node`'s status says (the slots it runs, its healthy replicas) into
-    /// `node_slots`, `slot_counts`, `node_healthy` and the balancers' sets. A status from an
-    /// earlier life than the one known counts as none.
+    /// Derives what `node`'s status says (the slots it runs, its healthy replicas) into the
+    /// view and the balancers. A status from an earlier life than the one known counts as none.
     ///
     /// Every node runs this for every version of every peer's status: what the status says is
     /// compared with what was derived before, and only what changed is built and written.
     fn status_changed(&mut self, node: &NodeId) {
         self.facts_generation += 1;
         // Both views are compared and built from one lookup of the status, then written.
-        let (new_slots, new_healthy) = self.status_views(node, self.counted_status(node));
-        self.write_status_views(node, new_slots, new_healthy);
+        let status = view::counted_status(&self.registry, &self.members, &self.config.id, node);
+        let slots = self.view.changed_slots(node, status);
+        let list = self.balancers.changed_list(node, status);
+        self.write_status_views(node, slots, list);
     }
 
-    /// What `status_changed` writes for `node` whose status is `status`: its slots and its
-    /// healthy replicas, each only if it differs from what was derived before.
-    #[allow(clippy::type_complexity)]
-    fn status_views(
-        &self,
-        node: &NodeId,
-        status: Option<&NodeStatus>,
-    ) -> (Option<(Option<NodeSpec>, Vec<SlotId>)>, Option<Vec<Backend>>) {
-        // The slots it runs. A health change keeps them as they were.
-        let old = self.node_slots.get(node);
-        let same_slots = match (status, old) {
-            (None, None) => true,
-            (Some(status), Some((spec, slots))) => {
-                *spec == status.spec
-                    && slots.iter().eq(status
-                        .containers
-                        .iter()
-                        .filter(|c| c.state != ContainerState::Failed)
-                        .map(|c| &c.slot))
+    /// Writes what `node`'s status says, where it changed, into the view and the balancers.
+    fn write_status_views(&mut self, node: &NodeId, slots: Option<NodeSlots>, list: Option<Vec<Backend>>) {
+        let me = *node == self.config.id;
+        if let Some(slots) = slots {
+            let member = !me && self.members.contains(node);
+            if self.view.set_node_slots(node, slots, member, me || member) {
+                self.structure_generation += 1;
             }
-            _ => false,
-        };
-        let new_slots = (!same_slots).then(|| {
-            let spec = status.map(|s| s.spec.clone());
-            let slots = status
-                .map(|s| {
-                    s.containers.iter().filter(|c| c.state != ContainerState::Failed).map(|c| c.slot.clone()).collect()
-                })
-                .unwrap_or_default();
-            (spec, slots)
-        });
-        // Its healthy replicas, as a set.
-        let old = self.node_healthy.get(node).map(Vec::as_slice).unwrap_or(&[]);
-        let status_addr = status.map_or("", |s| s.addr.as_str());
-        let healthy =
-            || status.into_iter().flat_map(|s| s.containers.iter().filter(|c| c.state == ContainerState::Healthy));
-        let same_healthy = healthy().count() == old.len()
-            && healthy()
-                .all(|c| old.iter().any(|b| b.host_port == c.host_port && b.slot == c.slot && *b.addr == *status_addr));
-        let new_healthy = (!same_healthy).then(|| {
-            let addr: Arc<str> = match old.first() {
-                Some(b) if *b.addr == *status_addr => b.addr.clone(),
-                _ => {
-                    let hash = stable_hash(status_addr.as_bytes());
-                    crate::intern::host(hash, status_addr)
-                }
-            };
-            let mut list: Vec<Backend> = healthy()
-                .map(|c| Backend {
-                    node: node.clone(),
-                    addr: addr.clone(),
-                    host_port: c.host_port,
-                    slot: c.slot.clone(),
-                })
-                .collect();
-            list.sort();
-            list.dedup();
-            list
-        });
-        (new_slots, new_healthy)
-    }
-
-    fn write_status_views(
-        &mut self,
-        node: &NodeId,
-        new_slots: Option<(Option<NodeSpec>, Vec<SlotId>)>,
-        new_healthy: Option<Vec<Backend>>,
-    ) {
-        if let Some((spec, slots)) = new_slots {
-            self.status_slots_changed(node, spec, slots);
         }
-        let Some(list) = new_healthy else { return };
-        let old = self.node_healthy.remove(node).unwrap_or_default();
-        // Only the replicas of live nodes are in the balancers' sets; a peer's list
-        // waits in `node_healthy` until it is believed alive.
-        if *node == self.config.id || self.members.is_trusted(node) {
-            self.unlist_healthy(&old);
-            self.list_healthy(&list);
-        }
-        if !list.is_empty() {
-            self.node_healthy.insert(node.clone(), list);
-        }
-    }
-
-    /// Whether `status`, `node`'s, counts: it was written by the life of `node` this node knows,
-    /// or a later one (its own status always counts).
-    fn status_counts(&self, node: &NodeId, status: &NodeStatus) -> bool {
-        *node == self.config.id || self.members.life_counts(node, status.generation)
-    }
-
-    /// `node`'s status, if it has one that counts (`status_counts`).
-    fn counted_status(&self, node: &NodeId) -> Option<&NodeStatus> {
-        match self.registry.get(&Key::Status(node.clone())) {
-            Some(Value::Status(status)) if self.status_counts(node, status) => Some(status),
-            _ => None,
+        if let Some(list) = list {
+            // Only the replicas of live nodes are in the balancers' sets; a peer's list waits
+            // until it is believed alive.
+            let trusted = me || self.members.is_trusted(node);
+            self.balancers.set_node_list(node, list, trusted);
         }
     }
 
@@ -1697,117 +1567,29 @@ impl Node {
         self.swim.as_ref().map_or(self.config.generation, |swim| swim.identity().generation())
     }
 
-    /// Keeps `node_slots` and `slot_counts` in step with `node`'s status.
-    fn status_slots_changed(&mut self, node: &NodeId, spec: Option<NodeSpec>, mut slots: Vec<SlotId>) {
-        slots.sort();
-        let old = self.node_slots.remove(node);
-        if old.as_ref().map(|(s, _)| s) != spec.as_ref() {
-            self.structure_generation += 1;
-        }
-        let member = *node != self.config.id && self.members.contains(node);
-        match (old.is_some(), spec.is_some()) {
-            (false, true) if member => self.members_with_status += 1,
-            (true, false) if member => self.members_with_status -= 1,
-            _ => {}
-        }
-        let old_slots = old.map(|(_, s)| s).unwrap_or_default();
-        // A health change keeps the slots as they were: the counts stay as they are.
-        let live = *node == self.config.id || member;
-        if live && old_slots != slots {
-            self.count_slots(&old_slots, false);
-            self.count_slots(&slots, true);
-        }
-        if let Some(spec) = spec {
-            self.node_slots.insert(node.clone(), (spec, slots));
-        }
-    }
-
-    /// Counts one live node's slots in (`add`) or out of `slot_counts`.
-    fn count_slots(&mut self, slots: &[SlotId], add: bool) {
-        for slot in slots {
-            if add {
-                *self.slot_counts.entry(slot.clone()).or_default() += 1;
-            } else if let Some(count) = self.slot_counts.get_mut(slot) {
-                *count -= 1;
-                if *count == 0 {
-                    self.slot_counts.remove(slot);
-                }
-            }
-        }
-    }
-
     /// Whether every desired slot runs exactly once in this node's view, nothing runs that is
     /// not desired, and nothing is reported unschedulable. Then, unless apps, scales,
     /// membership or node specs changed since, a placement pass keeps everything where it is
-    /// and starts and stops nothing: it need not run. One walk over the apps and the counts,
-    /// both in slot order.
+    /// and starts and stops nothing: it need not run.
     fn settled(&self) -> bool {
         if !self.unschedulable.is_empty() {
             return false;
         }
-        let mut counts = self.slot_counts.iter();
-        for (name, value) in self.registry.apps() {
-            let Value::App(spec) = value else { return false };
-            for index in 0..self.replicas_of(name, spec) {
-                match counts.next() {
-                    Some((slot, &1)) if slot.app == *name && slot.index == index => {}
-                    _ => return false,
-                }
+        let mut all_specs = true;
+        let apps = self.registry.apps().map_while(|(name, value)| match value {
+            Value::App(spec) => Some((name, self.replicas_of(name, spec))),
+            _ => {
+                all_specs = false;
+                None
             }
-        }
-        counts.next().is_none()
+        });
+        let once = self.view.runs_each_slot_once(apps);
+        once && all_specs
     }
 
-    /// Adds a live node's healthy replicas to their apps' balancer sets.
-    fn list_healthy(&mut self, list: &[Backend]) {
-        for b in list {
-            if self.healthy.entry(b.slot.app.clone()).or_default().insert(b.clone()) {
-                self.backends_dirty.insert(b.slot.app.clone());
-            }
-        }
-    }
-
-    /// Takes a node's replicas out of their apps' balancer sets.
-    fn unlist_healthy(&mut self, list: &[Backend]) {
-        for b in list {
-            if let Some(set) = self.healthy.get_mut(&b.slot.app)
-                && set.remove(b)
-            {
-                if set.is_empty() {
-                    self.healthy.remove(&b.slot.app);
-                }
-                self.backends_dirty.insert(b.slot.app.clone());
-            }
-        }
-    }
-
-    /// Sends each balancer its healthy backends, when they changed. Only apps whose facts
-    /// changed since the last call are looked at; the others' lists are current already.
+    /// Sends each balancer its healthy backends, when they changed.
     fn update_backends(&mut self) {
-        let dirty = std::mem::take(&mut self.backends_dirty);
-        let mut gone = Vec::new();
-        for app in dirty {
-            let Some(Value::App(spec)) = self.registry.get(&Key::App(app.clone())) else {
-                if self.backends.contains_key(&app) {
-                    gone.push(app);
-                }
-                continue;
-            };
-            let (port, picker) = (spec.port, spec.balance);
-            // The list is copied out only when it changed.
-            let healthy = self.healthy.get(&app);
-            let fingerprint = BackendSet::fingerprint(healthy);
-            let same = self.backends.get(&app).is_some_and(|&(p, k, f)| (p, k, f) == (port, picker, fingerprint));
-            if !same {
-                let backends: Vec<Backend> = healthy.into_iter().flatten().cloned().collect();
-                self.backends.insert(app.clone(), (port, picker, fingerprint));
-                self.out.push(Action::SetBackends { app, port, picker, backends });
-            }
-        }
-        for app in gone {
-            self.backends.remove(&app);
-            self.out.push(Action::RemoveBalancer { app });
-        }
+        self.balancers.update(&self.registry, &mut self.out);
     }
 
     /// Pushes recent news to a few random peers (rumor mongering); anti-entropy repairs what
@@ -1974,10 +1756,9 @@ impl Node {
             "the autoscaled apps are the registry's"
         );
         self.members.check_invariants(&self.config.id);
-        debug_assert!(
-            self.healthy.values().flatten().all(|b| !self.members.is_suspected(&b.node)),
-            "a suspected node is never a backend"
-        );
+        let me = &self.config.id;
+        self.balancers.check_invariants(|node| node == me || self.members.is_trusted(node));
+        self.view.check_invariants(view::live_statuses(&self.registry, &self.members));
         debug_assert!(
             {
                 let ports: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
@@ -1985,12 +1766,6 @@ impl Node {
             },
             "each local slot has its own host port"
         );
-        if cfg!(debug_assertions) {
-            for backends in self.healthy.values() {
-                // A node declared down is never a backend.
-                debug_assert!(backends.into_iter().all(|b| b.node == self.config.id || self.members.contains(&b.node)));
-            }
-        }
     }
 
     /// The host ports and states of this node's slots, for status output and tests.

@@ -317,19 +317,19 @@ fn a_status_from_an_earlier_life_of_a_peer_counts_as_none() {
     let live = |life: u64| vec![(NodeId::new("b"), PeerAddr::new("10.0.0.2:7946"), life)];
     a.set_members(Time::from_millis(1), live(1));
     a.handle_message(Time::from_millis(2), &status_packet(1, 2));
-    assert_eq!(a.slot_counts.get(&web0), Some(&1), "b's life 1 runs web-0");
-    assert!(a.healthy.values().flatten().any(|backend| backend.node == b), "and it is in the balancer");
-    assert_eq!(a.live_statuses().count(), 1);
+    assert_eq!(a.view.count(&web0), Some(1), "b's life 1 runs web-0");
+    assert!(a.balancers.lists_node(&b), "and it is in the balancer");
+    assert_eq!(view::live_statuses(&a.registry, &a.members).count(), 1);
     // b reboots: its containers are gone, and it comes back as life 2 before its new
     // status arrives. What life 1 said counts for nothing now.
     a.set_members(Time::from_millis(3), live(2));
-    assert_eq!(a.slot_counts.get(&web0), None, "web-0 runs nowhere that a knows of");
-    assert!(a.healthy.values().flatten().all(|backend| backend.node != b), "b's old replica is out");
-    assert_eq!(a.live_statuses().count(), 0, "a's view waits for b's new status");
+    assert_eq!(a.view.count(&web0), None, "web-0 runs nowhere that a knows of");
+    assert!(!a.balancers.lists_node(&b), "b's old replica is out");
+    assert_eq!(view::live_statuses(&a.registry, &a.members).count(), 0, "a's view waits for b's new status");
     // A status from life 2 counts again.
     a.handle_message(Time::from_millis(4), &status_packet(2, 4));
-    assert_eq!(a.slot_counts.get(&web0), Some(&1));
-    assert!(a.healthy.values().flatten().any(|backend| backend.node == b));
+    assert_eq!(a.view.count(&web0), Some(1));
+    assert!(a.balancers.lists_node(&b));
     a.check_invariants();
 }
 
