@@ -26,12 +26,11 @@
 //! [`Node::handle_join`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::autoscale::Autoscaler;
 use crate::hash::{KeyHashMap, stable_hash};
-use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
+use crate::health::{HealthState, ProbeOutcome};
 use crate::limits;
 use crate::membership::{MembershipMode, PeerAddr, Swim, SwimId, SwimMember, SwimTimer};
 use crate::model::{AppName, AppSpec, NodeId, NodeSpec, SlotId, validate_apps};
@@ -44,6 +43,7 @@ mod balancers;
 mod config;
 mod io;
 mod members;
+mod slots;
 mod timers;
 mod view;
 mod wire;
@@ -53,6 +53,7 @@ pub use config::NodeConfig;
 use io::Effects;
 pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
 use members::Members;
+use slots::{Phase, Slots};
 use timers::{Grid, Timer};
 use view::{NodeSlots, View};
 pub use wire::{ContainerStatus, Message, NodeStatus, Packet, STARTING, Value, WireEntry};
@@ -74,38 +75,12 @@ const SWIM_JOIN_READ_MS: u64 = 250;
 /// gossip carries the news too.
 const SWIM_SUSPICION_SENDS: u32 = 5;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Placed here; no container yet until the claim settles.
-    Claimed,
-    /// Start asked for, no answer yet.
-    Starting,
-    /// Running; health as the tracker says.
-    Running,
-    /// Stopped after a failure; started again at the `Restart` timer.
-    BackingOff,
-    /// Failed past its budget; kept as a marker until `ForgetFailure`.
-    Failed,
-}
-
 /// A registry entry this node pushes to a few peers for a few rounds.
 #[derive(Debug)]
 struct Rumor {
     rounds_left: u32,
     head: Head,
     body: Vec<u8>,
-}
-
-/// One of this node's slots.
-#[derive(Debug)]
-struct Local {
-    host_port: u16,
-    container: Option<Arc<str>>,
-    phase: Phase,
-    health: HealthTracker,
-    backoff: Backoff,
-    generation: u64,
-    app: AppName,
 }
 
 /// The agent. See the module documentation for the order in which a driver calls it.
@@ -115,8 +90,8 @@ pub struct Node {
     registry: Registry<Value>,
     /// The peers believed alive, their lives, and the ones SWIM suspects.
     members: Members,
-    local: BTreeMap<SlotId, Local>,
-    generation: u64,
+    /// This node's slots and their lifecycles.
+    slots: Slots,
     /// What this node's parts decided to do: actions for the driver, timers for itself.
     out: Effects,
     rng: SplitMix64,
@@ -196,8 +171,7 @@ impl Node {
         let mut node = Node {
             registry: Registry::new(config.id.clone()),
             members: Members::default(),
-            local: BTreeMap::new(),
-            generation: 0,
+            slots: Slots::default(),
             out: Effects::default(),
             rng,
             rumors: BTreeMap::new(),
@@ -707,54 +681,30 @@ impl Node {
         let now = self.now;
         match event {
             ContainerEvent::Started { slot, generation, container } => {
-                assert!(container.len() <= limits::CONTAINER_ID_LEN_MAX, "container ids are bounded");
-                let current =
-                    self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Starting);
-                if !current {
-                    // An answer to a start this node no longer wants: undo it.
-                    self.out.push(Action::StopContainer { container, slot, drain_ms: 0 });
-                } else {
-                    // The start grace counts from here, when the container runs, not from the
-                    // start request: creating and starting a container can take a good part of
-                    // the grace, and a booting app would be restarted for it.
-                    let check = match self.registry.get(&Key::App(slot.app.clone())) {
-                        Some(Value::App(spec)) => spec.health.clone(),
-                        _ => Default::default(),
-                    };
-                    let l = self.local.get_mut(&slot).expect("checked");
-                    l.container = Some(Arc::from(container));
-                    l.phase = Phase::Running;
-                    l.health = HealthTracker::new(&check, now);
-                    self.arm_health(now, &slot);
+                let check = match self.registry.get(&Key::App(slot.app.clone())) {
+                    Some(Value::App(spec)) => spec.health.clone(),
+                    _ => Default::default(),
+                };
+                if self.slots.started(now, slot, generation, container, &check, &mut self.out) {
                     // Only the container id changed, which no peer acts on: it goes out with
                     // the next change, and does not send out one held back.
                     self.hold_status(now);
                 }
             }
             ContainerEvent::StartFailed { slot, generation, .. } => {
-                if self.local.get(&slot).is_some_and(|l| l.generation == generation) {
+                if self.slots.get(&slot).is_some_and(|l| l.start == generation) {
                     self.fail(now, &slot);
                 }
             }
             ContainerEvent::Exited { container } => {
-                let slot =
-                    self.local.iter().find(|(_, l)| l.container.as_deref() == Some(&container)).map(|(s, _)| s.clone());
-                if let Some(slot) = slot {
+                if let Some(slot) = self.slots.running(&container) {
                     self.fail(now, &slot);
                 }
             }
             ContainerEvent::Adopted { containers } => {
                 for (slot, container, host_port) in containers {
-                    assert!(container.len() <= limits::CONTAINER_ID_LEN_MAX, "container ids are bounded");
-                    if self.local.contains_key(&slot) || self.local.len() >= limits::LOCAL_SLOTS_MAX {
-                        // Two containers for one slot on this node (keep the first), or more than
-                        // a node runs.
-                        self.out.push(Action::StopContainer { container, slot, drain_ms: 0 });
-                        continue;
-                    }
-                    let app = slot.app.clone();
-                    self.insert_local(now, slot.clone(), app, host_port, Phase::Running, Some(container));
-                    self.arm_health(now, &slot);
+                    let spec = self.app_spec(&slot.app);
+                    self.slots.adopt(now, slot, container, host_port, spec.as_ref(), &mut self.out);
                 }
                 self.publish_status(now);
             }
@@ -766,24 +716,17 @@ impl Node {
     pub fn handle_probe_result(&mut self, now: Time, container: &str, outcome: ProbeOutcome) {
         self.begin_input(now);
         let now = self.now;
-        let found =
-            self.local.iter().find(|(_, l)| l.phase == Phase::Running && l.container.as_deref() == Some(container));
-        let Some((slot, _)) = found else { return };
-        let slot = slot.clone();
-        let l = self.local.get_mut(&slot).expect("found");
-        if let Some(t) = l.health.record(now, outcome) {
-            match t.to {
-                HealthState::Healthy => {
-                    l.backoff.on_healthy(now);
-                    self.out.event(Event::Health { slot: slot.clone(), state: t.to });
-                    self.hold_status(now);
-                }
-                HealthState::Unhealthy => {
-                    self.out.event(Event::Health { slot: slot.clone(), state: t.to });
-                    self.fail(now, &slot);
-                }
-                HealthState::Starting => {}
+        let Some((slot, state)) = self.slots.probed(now, container, outcome) else { return };
+        match state {
+            HealthState::Healthy => {
+                self.out.event(Event::Health { slot, state });
+                self.hold_status(now);
             }
+            HealthState::Unhealthy => {
+                self.out.event(Event::Health { slot: slot.clone(), state });
+                self.fail(now, &slot);
+            }
+            HealthState::Starting => {}
         }
         self.check_invariants();
     }
@@ -911,39 +854,20 @@ impl Node {
                 self.autoscale(now);
                 self.out.schedule(now + Duration::from_millis(self.config.autoscale_interval_ms), Timer::Autoscale);
             }
-            Timer::Probe { slot, generation } => {
-                let Some(l) = self.local.get(&slot) else { return };
-                if l.generation != generation || l.phase != Phase::Running {
-                    return;
+            Timer::Probe { slot, start } => self.probe(now, slot, start),
+            Timer::Restart { slot, start } => {
+                if self.slots.is_at(&slot, start, Phase::BackingOff) {
+                    self.start(&slot);
                 }
-                // Read in place: a probe needs three fields of the spec, not a copy of it.
-                let Some(Value::App(spec)) = self.registry.get(&Key::App(l.app.clone())) else { return };
-                let container = l.container.clone().expect("a running slot has a container");
-                let (path, timeout_ms, interval_ms) =
-                    (spec.health.path.clone(), spec.health.timeout_ms, spec.health.interval_ms);
-                let container = container.to_string();
-                self.out.push(Action::Probe { container, host_port: l.host_port, path, timeout_ms });
-                // The next point of the node's own grid (at most an interval away), with its
-                // other periodic timers: a node's probes of equal intervals go out in one
-                // wake-up, not one each.
-                let next = self.grid.at(now + Duration::from_millis(1), interval_ms);
-                self.out.schedule(next, Timer::Probe { slot, generation });
             }
-            Timer::Restart { slot, generation } => {
-                let Some(l) = self.local.get(&slot) else { return };
-                if l.generation != generation || l.phase != Phase::BackingOff {
-                    return;
-                }
-                self.start(&slot);
-            }
-            Timer::Claim { slot, generation } => {
+            Timer::Claim { slot, start } => {
                 // Facts that arrived during the settle (another node's claim, say) are looked
                 // at before the start, whatever the pass throttle says.
                 if self.reconcile_pending {
                     self.reconcile(now);
                 }
                 // Still ours after the settle: no other claim won it.
-                if self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Claimed) {
+                if self.slots.is_at(&slot, start, Phase::Claimed) {
                     self.start(&slot);
                 }
             }
@@ -952,9 +876,8 @@ impl Node {
                     self.publish_status(now);
                 }
             }
-            Timer::ForgetFailure { slot, generation } => {
-                if self.local.get(&slot).is_some_and(|l| l.generation == generation && l.phase == Phase::Failed) {
-                    self.local.remove(&slot);
+            Timer::ForgetFailure { slot, start } => {
+                if self.slots.forget(&slot, start) {
                     self.publish_status(now);
                 }
             }
@@ -1053,6 +976,21 @@ impl Node {
                 self.out.schedule(next, Timer::SwimTick);
             }
         }
+    }
+
+    /// Probes `slot`'s container if it still runs attempt `start`, and sets the next probe.
+    fn probe(&mut self, now: Time, slot: SlotId, start: u64) {
+        let Some(target) = self.slots.probe_target(&slot, start) else { return };
+        // Read in place: a probe needs three fields of the spec, not a copy of it.
+        let Some(Value::App(spec)) = self.registry.get(&Key::App(slot.app.clone())) else { return };
+        let (path, timeout_ms, interval_ms) =
+            (spec.health.path.clone(), spec.health.timeout_ms, spec.health.interval_ms);
+        self.out.push(Action::Probe { container: target.container, host_port: target.host_port, path, timeout_ms });
+        // The next point of the node's own grid (at most an interval away), with its other
+        // periodic timers: a node's probes of equal intervals go out in one wake-up, not one
+        // each.
+        let next = self.grid.at(now + Duration::from_millis(1), interval_ms);
+        self.out.schedule(next, Timer::Probe { slot, start });
     }
 
     fn app_spec(&self, app: &AppName) -> Option<AppSpec> {
@@ -1208,19 +1146,8 @@ impl Node {
             observed.push((node.clone(), containers));
         }
         let me = observed.partition_point(|(node, _)| *node < self.config.id);
-        observed.insert(me, (self.config.id.clone(), self.own_containers()));
+        observed.insert(me, (self.config.id.clone(), self.slots.observed()));
         (nodes, observed.into_iter().collect())
-    }
-
-    fn own_containers(&self) -> Vec<ObservedContainer> {
-        self.local
-            .iter()
-            .map(|(slot, l)| ObservedContainer {
-                slot: slot.clone(),
-                container: l.container.clone().unwrap_or_else(|| Arc::from(STARTING)),
-                state: l.reported_state(),
-            })
-            .collect()
     }
 
     /// One placement pass: start what is placed here, stop what must go.
@@ -1232,7 +1159,7 @@ impl Node {
         self.read_swim_members(now, true, None);
         // The plan depends on the facts only, and what this node does with it on its own
         // containers: when neither changed since the last pass, this pass would do nothing.
-        let own = self.own_containers();
+        let own = self.slots.observed();
         if let Some((generation, last, complete)) = &self.last_pass
             && *generation == self.facts_generation
             && *last == own
@@ -1266,42 +1193,29 @@ impl Node {
         let me = self.config.id.clone();
         let mut changed = false;
         for stop in plan.stops_on(&me) {
-            let Some(l) = self.local.get(&stop.slot) else { continue };
+            let Some(l) = self.slots.get(&stop.slot) else { continue };
             if l.phase == Phase::Failed {
                 continue; // already stopped; the record keeps the slot away from here
             }
-            if l.container.as_deref().unwrap_or(STARTING) != &*stop.container {
+            if self.slots.reported_container(&stop.slot).as_deref() != Some(&*stop.container) {
                 continue;
             }
-            let l = self.local.remove(&stop.slot).expect("found");
-            if let Some(container) = l.container {
-                self.out.push(Action::StopContainer {
-                    container: container.to_string(),
-                    slot: stop.slot.clone(),
-                    drain_ms: self.config.drain_ms,
-                });
-            }
+            self.slots.stop(&stop.slot, self.config.drain_ms, &mut self.out);
             changed = true;
         }
         for slot in plan.starts_on(&me) {
-            let app = slot.app.clone();
-            match self.local.get(&slot).map(|l| l.phase.clone()) {
+            match self.slots.get(&slot).map(|l| l.phase) {
                 None => {
                     let Some(port) = self.free_host_port() else { continue };
-                    self.insert_local(now, slot.clone(), app, port, Phase::Claimed, None);
-                    let generation = self.local[&slot].generation;
-                    let settle = Duration::from_millis(self.config.claim_settle_ms);
-                    self.out.schedule(now + settle, Timer::Claim { slot, generation });
+                    let spec = self.app_spec(&slot.app);
+                    let settle_ms = self.config.claim_settle_ms;
+                    self.slots.claim(now, slot, port, spec.as_ref(), settle_ms, &mut self.out);
                     changed = true;
                 }
                 Some(Phase::Failed) => {
                     // Placed back here because nowhere else fits: try again, with a fresh budget.
-                    let spec = self.app_spec(&app);
-                    let l = self.local.get_mut(&slot).expect("present");
-                    if let Some(spec) = spec {
-                        l.backoff = Backoff::new(&spec.restart);
-                    }
-                    l.phase = Phase::BackingOff;
+                    let spec = self.app_spec(&slot.app);
+                    self.slots.retry_failed(&slot, spec.as_ref());
                     self.start(&slot);
                     changed = true;
                 }
@@ -1332,93 +1246,34 @@ impl Node {
         assert!(plan.starts_on(me).is_empty(), "a settled view starts nothing");
         assert!(plan.unschedulable().is_empty(), "a settled view has nothing unschedulable");
         for stop in plan.stops_on(me) {
-            let failed = self.local.get(&stop.slot).is_some_and(|l| l.phase == Phase::Failed);
+            let failed = self.slots.get(&stop.slot).is_some_and(|l| l.phase == Phase::Failed);
             assert!(failed, "a settled view stops nothing but records of failed slots: {stop:?}");
         }
     }
 
-    fn insert_local(
-        &mut self,
-        now: Time,
-        slot: SlotId,
-        app: AppName,
-        host_port: u16,
-        phase: Phase,
-        container: Option<String>,
-    ) {
-        let spec = self.app_spec(&app);
-        let (health, backoff) = match &spec {
-            Some(s) => (HealthTracker::new(&s.health, now), Backoff::new(&s.restart)),
-            None => (HealthTracker::new(&Default::default(), now), Backoff::new(&Default::default())),
-        };
-        self.generation += 1;
-        let generation = self.generation;
-        let container = container.map(Arc::from);
-        self.local.insert(slot, Local { host_port, container, phase, health, backoff, generation, app });
-    }
-
+    /// Starts `slot` (claimed, or backing off) as its app's spec says; a slot whose app is gone
+    /// stays as it is, for the next pass to stop.
     fn start(&mut self, slot: &SlotId) {
         let Some(spec) = self.app_spec(&slot.app) else { return };
-        self.generation += 1;
-        let generation = self.generation;
-        let l = self.local.get_mut(slot).expect("a slot is local before it starts");
-        l.generation = generation;
-        l.phase = Phase::Starting;
-        l.container = None;
-        // Its health tracker is made when the container runs (`ContainerEvent::Started`).
-        let host_port = l.host_port;
-        self.out.event(Event::Starting { slot: slot.clone(), host_port });
-        self.out.push(Action::StartContainer { slot: slot.clone(), app: Box::new(spec), host_port, generation });
+        self.slots.start(slot, spec, &mut self.out);
     }
 
     /// A container failed: out of every balancer at once, stopped, and started again after its
     /// back-off on the same host port, or given up past its budget.
     fn fail(&mut self, now: Time, slot: &SlotId) {
-        let Some(l) = self.local.get_mut(slot) else { return };
-        if let Some(container) = l.container.take() {
-            let container = container.to_string();
-            self.out.push(Action::StopContainer { container, slot: slot.clone(), drain_ms: 0 });
+        if self.slots.fail(now, slot, self.config.failed_cooldown_ms, &mut self.out) {
+            self.publish_status(now);
+            self.request_reconcile(now);
         }
-        self.generation += 1;
-        l.generation = self.generation;
-        let generation = l.generation;
-        match l.backoff.on_failure(now) {
-            BackoffDecision::RestartAt(at) => {
-                l.phase = Phase::BackingOff;
-                self.out.event(Event::Restarting { slot: slot.clone(), at });
-                self.out.schedule(at, Timer::Restart { slot: slot.clone(), generation });
-            }
-            BackoffDecision::GiveUp => {
-                l.phase = Phase::Failed;
-                self.out.event(Event::GaveUp { slot: slot.clone() });
-                let forget = now + Duration::from_millis(self.config.failed_cooldown_ms);
-                self.out.schedule(forget, Timer::ForgetFailure { slot: slot.clone(), generation });
-            }
-        }
-        self.publish_status(now);
-        self.request_reconcile(now);
     }
 
-    fn arm_health(&mut self, now: Time, slot: &SlotId) {
-        let Some(l) = self.local.get(slot) else { return };
-        let generation = l.generation;
-        let first = l.health.next_probe_at().max(now);
-        self.out.schedule(first, Timer::Probe { slot: slot.clone(), generation });
-    }
-
-    /// The lowest port of the range that no local slot holds and no app publishes: every
-    /// node's balancer listens on every app's published port, so a container bound there
-    /// would fail to start.
+    /// The lowest port of the node's range that no local slot holds and no app publishes.
     fn free_host_port(&self) -> Option<u16> {
-        if self.local.len() >= limits::LOCAL_SLOTS_MAX {
-            return None;
-        }
-        let mut used: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
-        used.extend(self.registry.apps().filter_map(|(_, v)| match v {
+        let published = self.registry.apps().filter_map(|(_, v)| match v {
             Value::App(spec) => Some(spec.port),
             _ => None,
-        }));
-        (self.config.host_port_min..=self.config.host_port_max).find(|p| !used.contains(p))
+        });
+        self.slots.free_host_port(self.config.host_port_min, self.config.host_port_max, published)
     }
 
     /// Publishes the status `status_batch_ms` from now, with whatever else changes by then
@@ -1455,16 +1310,7 @@ impl Node {
             spec: self.config.spec(),
             addr: self.config.addr.clone(),
             generation: self.own_generation(),
-            containers: self
-                .local
-                .iter()
-                .map(|(slot, l)| ContainerStatus {
-                    slot: slot.clone(),
-                    container: l.container.clone().unwrap_or_else(|| Arc::from(STARTING)),
-                    host_port: l.host_port,
-                    state: l.reported_state(),
-                })
-                .collect(),
+            containers: self.slots.statuses(),
         }
     }
 
@@ -1740,8 +1586,7 @@ impl Node {
     /// What must hold after every input (STYLE.md, rule 6).
     fn check_invariants(&self) {
         self.out.timers.check_invariants();
-        assert!(self.local.len() <= (self.config.host_port_max - self.config.host_port_min) as usize + 1);
-        assert!(self.local.len() <= limits::LOCAL_SLOTS_MAX, "a node runs a bounded number of slots");
+        self.slots.check_invariants(usize::from(self.config.host_port_max - self.config.host_port_min) + 1);
         for action in &self.out.actions {
             if let Action::Send { bytes, .. } = action {
                 assert!(bytes.len() <= limits::PACKET_BYTES_MAX, "a packet of {} bytes", bytes.len());
@@ -1759,33 +1604,11 @@ impl Node {
         let me = &self.config.id;
         self.balancers.check_invariants(|node| node == me || self.members.is_trusted(node));
         self.view.check_invariants(view::live_statuses(&self.registry, &self.members));
-        debug_assert!(
-            {
-                let ports: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
-                ports.len() == self.local.len()
-            },
-            "each local slot has its own host port"
-        );
     }
 
     /// The host ports and states of this node's slots, for status output and tests.
     pub fn local_slots(&self) -> Vec<(SlotId, u16, ContainerState)> {
-        self.local.iter().map(|(s, l)| (s.clone(), l.host_port, l.reported_state())).collect()
-    }
-}
-
-impl Local {
-    fn reported_state(&self) -> ContainerState {
-        match self.phase {
-            Phase::Claimed | Phase::Starting => ContainerState::Starting,
-            Phase::BackingOff => ContainerState::Unhealthy,
-            Phase::Failed => ContainerState::Failed,
-            Phase::Running => match self.health.state() {
-                HealthState::Starting => ContainerState::Starting,
-                HealthState::Healthy => ContainerState::Healthy,
-                HealthState::Unhealthy => ContainerState::Unhealthy,
-            },
-        }
+        self.slots.summary()
     }
 }
 

@@ -13,27 +13,24 @@ use crate::time::Time;
 /// so a stale one is ignored (STYLE.md, rule 3).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Timer {
+    /// A gossip round: push recent news to a few peers. Set only while there is news.
     Gossip,
+    /// Compare roots with a random peer (without SWIM, whose packets carry the root).
     AntiEntropy,
+    /// A placement pass, requested by a change of facts (`Node::request_reconcile`).
     Reconcile,
+    /// Send the request counts to each autoscaled app's coordinator.
     LoadReport,
+    /// Evaluate the autoscalers of the apps this node coordinates.
     Autoscale,
-    Probe {
-        slot: SlotId,
-        generation: u64,
-    },
-    Restart {
-        slot: SlotId,
-        generation: u64,
-    },
-    Claim {
-        slot: SlotId,
-        generation: u64,
-    },
-    ForgetFailure {
-        slot: SlotId,
-        generation: u64,
-    },
+    /// Probe a running slot's container, if the slot is still at start attempt `start`.
+    Probe { slot: SlotId, start: u64 },
+    /// Start a slot backing off after a failure again.
+    Restart { slot: SlotId, start: u64 },
+    /// The end of a claim's settle: start the slot if it is still claimed here.
+    Claim { slot: SlotId, start: u64 },
+    /// Forget a slot that failed here past its budget, so placement may use this node again.
+    ForgetFailure { slot: SlotId, start: u64 },
     /// Publish the status held back by `NodeConfig::status_batch_ms`, if still held.
     PublishStatus,
     /// One of foca's timers; foca ignores a stale one itself.
@@ -45,17 +42,10 @@ pub(super) enum Timer {
     /// start.
     SwimSync,
     /// Tell a suspected member again, if it still is (`Message::SwimSuspicion`).
-    SwimSuspicion {
-        member: SwimId,
-        incarnation: u16,
-        left: u32,
-    },
+    SwimSuspicion { member: SwimId, incarnation: u16, left: u32 },
     /// The end of a stale suspicion this node took up (`Node::take_up_stale_suspicions`):
     /// declared down if foca still suspects it at that incarnation.
-    SwimSuspectDown {
-        member: SwimId,
-        incarnation: u16,
-    },
+    SwimSuspectDown { member: SwimId, incarnation: u16 },
 }
 
 /// The pending timers, earliest first; two due at the same time fire in the order they were
