@@ -28,7 +28,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::autoscale::Autoscaler;
 use crate::hash::{KeyHashMap, stable_hash};
 use crate::health::{HealthState, ProbeOutcome};
 use crate::limits;
@@ -36,13 +35,16 @@ use crate::membership::{MembershipMode, PeerAddr, Swim, SwimId, SwimMember, Swim
 use crate::model::{AppName, AppSpec, NodeId, NodeSpec, SlotId, validate_apps};
 use crate::registry::{Entry, Head, Key, Registry};
 use crate::rng::SplitMix64;
-use crate::schedule::{ContainerState, Observed, ObservedContainer, Unplaceable, place_owned};
+use crate::schedule::{ContainerState, Observed, ObservedContainer, place_owned};
 use crate::time::Time;
 
 mod balancers;
 mod config;
 mod io;
 mod members;
+mod own_status;
+mod placement;
+mod scaling;
 mod slots;
 mod timers;
 mod view;
@@ -53,6 +55,9 @@ pub use config::NodeConfig;
 use io::Effects;
 pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
 use members::Members;
+use own_status::OwnStatus;
+use placement::{Order, Placement, Shortcut};
+use scaling::Scaling;
 use slots::{Phase, Slots};
 use timers::{Grid, Timer};
 use view::{NodeSlots, View};
@@ -103,36 +108,18 @@ pub struct Node {
     /// Entries merged from peers since the last gossip round, as they arrived, by key hash:
     /// a rumor passed on is sent as it was received instead of being encoded again.
     received: KeyHashMap<(Head, Vec<u8>)>,
-    reconcile_pending: bool,
     /// When this node last answered a peer's root with its digest (`Message::Swim`).
     digest_sent_at: Option<Time>,
     /// What each balancer is sent.
     balancers: Balancers,
     /// What the statuses say: the slots of each node, the live containers of each slot.
     view: View,
-    /// The generation this node's own status was last written with (`own_generation`).
-    status_generation: Option<u64>,
-    /// A change of this node's status waits for `NodeConfig::status_batch_ms`.
-    status_held: bool,
-    /// Bumped on every change to what placement reads (registry facts, membership).
-    facts_generation: u64,
-    /// `facts_generation` and this node's containers at the last placement pass that ran.
-    /// The last pass also says whether its view was complete (it acted).
-    last_pass: Option<(u64, Vec<ObservedContainer>, bool)>,
-    /// Bumped by the changes that can move slots even when every slot runs exactly once: apps,
-    /// scales, membership, node specs.
-    structure_generation: u64,
-    /// `structure_generation` at the last pass that ran `place` on a complete view.
-    structure_at_last_place: Option<u64>,
-    /// When the last placement pass ran (see `NodeConfig::reconcile_interval_min_ms`).
-    last_pass_at: Option<Time>,
-    unschedulable: Vec<(SlotId, Unplaceable)>,
-    load_pending: BTreeMap<AppName, u64>,
-    autoscalers: BTreeMap<AppName, Autoscaler>,
-    /// The apps whose spec in the registry autoscales, kept by `key_changed`: the load reports
-    /// and the coordinator's evaluation, every second, look only at these (reading every spec
-    /// for it was 2% of a thousand-node run, whose apps do not autoscale).
-    autoscaled: BTreeSet<AppName>,
+    /// When this node's own status is written.
+    own_status: OwnStatus,
+    /// When placement passes run, and what the last one saw.
+    placement: Placement,
+    /// Request counts, autoscalers and which apps autoscale.
+    scaling: Scaling,
     /// SWIM membership, in [`MembershipMode::Swim`] only.
     swim: Option<Swim>,
     /// [`Swim::fingerprint`] when the members were last read from foca.
@@ -154,9 +141,6 @@ pub struct Node {
     /// The suspicions, by life and incarnation, whose end this node has a timer for: foca's
     /// `ChangeSuspectToDown` and its own `SwimSuspectDown`. Each leaves when its timer fires.
     swim_suspicion_timers: BTreeSet<(SwimId, u16)>,
-    /// No placement pass runs before this (`SwimConfig::join_settle_ms` after the start in
-    /// SWIM mode; the start otherwise).
-    places_from: Time,
     now: Time,
 }
 
@@ -177,21 +161,11 @@ impl Node {
             rumors: BTreeMap::new(),
             gossip_armed: true,
             received: KeyHashMap::default(),
-            reconcile_pending: false,
             digest_sent_at: None,
             balancers: Balancers::default(),
             view: View::default(),
-            status_generation: None,
-            status_held: false,
-            facts_generation: 0,
-            last_pass: None,
-            last_pass_at: None,
-            structure_generation: 0,
-            structure_at_last_place: None,
-            unschedulable: Vec::new(),
-            load_pending: BTreeMap::new(),
-            autoscalers: BTreeMap::new(),
-            autoscaled: BTreeSet::new(),
+            own_status: OwnStatus::default(),
+            scaling: Scaling::default(),
             swim: None,
             swim_fingerprint: 0,
             swim_members_stale: false,
@@ -201,10 +175,10 @@ impl Node {
             swim_suspicion_timers: BTreeSet::new(),
             swim_parked_gossip: Vec::new(),
             grid: Grid { started: now, phase_ms: 0 },
-            places_from: match config.membership {
+            placement: Placement::new(match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
                 MembershipMode::Swim => now + Duration::from_millis(config.swim.join_settle_ms),
-            },
+            }),
             now,
             config,
         };
@@ -225,7 +199,7 @@ impl Node {
             node.out.schedule(now + Duration::from_millis(node.grid.jitter_ms(interval_ms)), timer);
         }
         node.publish_status(now);
-        node.request_reconcile(now);
+        node.request_pass(now);
         if node.config.membership == MembershipMode::Swim {
             let seed = node.rng.next_u64();
             let config = &node.config;
@@ -468,7 +442,7 @@ impl Node {
         self.read_swim_members(now, false, None);
         // Declared down and back under a renewed identity: the status says so, or peers that
         // know the new life would count it as none.
-        if self.status_generation.is_some_and(|g| g != self.own_generation()) {
+        if self.own_status.is_of_another_life(self.own_generation()) {
             self.publish_status(now);
         }
         for (member, incarnation) in suspected {
@@ -513,7 +487,7 @@ impl Node {
 
     /// Takes the members from foca when they may have changed (`swim_members_stale`) and their
     /// fingerprint says they did. While the node joins, members arrive by the dozen in every
-    /// packet and nothing acts on them yet (no placement pass runs before `places_from`): then
+    /// packet and nothing acts on them yet (no placement pass runs before the node has joined): then
     /// they are read at most every `SWIM_JOIN_READ_MS` unless `now_anyway`, a tenth of the
     /// reads of a thousand-node cold start. A placement pass reads them first.
     /// `known` is the fingerprint when the caller has just computed it.
@@ -522,7 +496,7 @@ impl Node {
         if !self.swim_members_stale {
             return;
         }
-        let joining = now < self.places_from;
+        let joining = self.placement.is_joining(now);
         let due = || self.swim_members_read_at.is_none_or(|at| now >= at + Duration::from_millis(SWIM_JOIN_READ_MS));
         if joining && !now_anyway && !due() {
             return;
@@ -651,7 +625,7 @@ impl Node {
         for (node, life) in &change.renewed {
             self.members.know_life(node, *life);
             self.status_changed(node);
-            self.request_reconcile(now);
+            self.request_pass(now);
         }
         self.members.replace(alive, &change);
         if change.joined.is_empty() && change.left.is_empty() {
@@ -669,10 +643,10 @@ impl Node {
             self.view.member_changed(node, true);
             self.balancers.trust(node, true);
         }
-        self.structure_generation += 1;
-        self.facts_generation += 1;
+        self.placement.structure_changed();
+        self.placement.facts_changed();
         self.update_backends();
-        self.request_reconcile(now);
+        self.request_pass(now);
     }
 
     /// The container runtime reports on a container.
@@ -734,7 +708,7 @@ impl Node {
     /// Requests that entered this node's balancer for `app` since the last call.
     pub fn handle_traffic(&mut self, now: Time, app: &AppName, requests: u64) {
         self.begin_input(now);
-        *self.load_pending.entry(app.clone()).or_default() += requests;
+        self.scaling.count(app, requests);
         self.check_invariants();
     }
 
@@ -754,7 +728,7 @@ impl Node {
                         self.registry.remove(now, Key::Scale(app.clone()));
                         self.key_changed(&Key::Scale(app));
                     }
-                    self.request_reconcile(now);
+                    self.request_pass(now);
                     Ok(())
                 }
             }
@@ -795,31 +769,14 @@ impl Node {
                 self.key_changed(&Key::Scale(name));
             }
         }
-        self.request_reconcile(now);
+        self.request_pass(now);
         Ok(())
     }
 
     /// Every app in the registry, with the replica count the coordinator chose for autoscaled
     /// ones.
     pub fn apps(&self) -> Vec<AppSpec> {
-        self.registry.apps().filter_map(|(name, _)| self.app_with_scale(name)).collect()
-    }
-
-    /// App `name`'s spec, with the replica count its coordinator chose if it is autoscaled.
-    fn app_with_scale(&self, name: &AppName) -> Option<AppSpec> {
-        let Some(Value::App(spec)) = self.registry.get(&Key::App(name.clone())) else { return None };
-        let replicas = self.replicas_of(name, spec);
-        Some(AppSpec { replicas, ..(**spec).clone() })
-    }
-
-    /// How many replicas app `name` with `spec` should run: the count its coordinator chose,
-    /// within its bounds, when it is autoscaled; the spec's otherwise.
-    fn replicas_of(&self, name: &AppName, spec: &AppSpec) -> u32 {
-        let Some(a) = &spec.autoscale else { return spec.replicas };
-        match self.registry.get(&Key::Scale(name.clone())) {
-            Some(Value::Scale(n)) => (*n).clamp(a.min, a.max),
-            _ => spec.replicas,
-        }
+        self.registry.apps().filter_map(|(name, _)| scaling::spec_with_scale(&self.registry, name)).collect()
     }
 
     fn on_timer(&mut self, now: Time, timer: Timer) {
@@ -842,9 +799,9 @@ impl Node {
                 self.out
                     .schedule(now + Duration::from_millis(self.config.anti_entropy_interval_ms), Timer::AntiEntropy);
             }
-            Timer::Reconcile => {
-                self.reconcile_pending = false;
-                self.reconcile(now);
+            Timer::PlacementPass => {
+                self.placement.fired();
+                self.placement_pass(now);
             }
             Timer::LoadReport => {
                 self.report_load(now);
@@ -863,8 +820,8 @@ impl Node {
             Timer::Claim { slot, start } => {
                 // Facts that arrived during the settle (another node's claim, say) are looked
                 // at before the start, whatever the pass throttle says.
-                if self.reconcile_pending {
-                    self.reconcile(now);
+                if self.placement.is_pending() {
+                    self.placement_pass(now);
                 }
                 // Still ours after the settle: no other claim won it.
                 if self.slots.is_at(&slot, start, Phase::Claimed) {
@@ -872,7 +829,7 @@ impl Node {
                 }
             }
             Timer::PublishStatus => {
-                if self.status_held {
+                if self.own_status.is_held() {
                     self.publish_status(now);
                 }
             }
@@ -916,7 +873,7 @@ impl Node {
             }
             Timer::SwimSync => {
                 let swim = self.swim.as_ref().expect("swim mode");
-                let first = self.places_from > now;
+                let first = self.placement.is_joining(now);
                 // The first sync goes to a seed: the node may know nobody else yet.
                 let to = if first && !swim.seeds().is_empty() {
                     let seeds = swim.seeds();
@@ -968,7 +925,7 @@ impl Node {
                 // the node's other periodic timers (at their defaults), so that it costs no
                 // wake-up of its own.
                 let period_ms = self.config.swim.probe_period_ms.max(1);
-                let next = if self.members.is_empty() || now < self.places_from {
+                let next = if self.members.is_empty() || self.placement.is_joining(now) {
                     now + Duration::from_millis(period_ms)
                 } else {
                     self.grid.at(now + Duration::from_millis(period_ms), SWIM_TICK_PERIODS * period_ms)
@@ -1041,7 +998,7 @@ impl Node {
         }
         if changed {
             self.update_backends();
-            self.request_reconcile(now);
+            self.request_pass(now);
         }
     }
 
@@ -1118,16 +1075,10 @@ impl Node {
         }
     }
 
-    fn request_reconcile(&mut self, now: Time) {
-        if !self.reconcile_pending {
-            self.reconcile_pending = true;
-            let mut at = now + Duration::from_millis(self.config.reconcile_delay_ms);
-            if let Some(last) = self.last_pass_at {
-                at = at.max(last + Duration::from_millis(self.config.reconcile_interval_min_ms));
-            }
-            at = at.max(self.places_from);
-            self.out.schedule(at, Timer::Reconcile);
-        }
+    /// Asks for a placement pass (see [`Placement::request`]).
+    fn request_pass(&mut self, now: Time) {
+        let config = &self.config;
+        self.placement.request(now, config.reconcile_delay_ms, config.reconcile_interval_min_ms, &mut self.out);
     }
 
     /// Live node specs and what they run, as this node sees them.
@@ -1155,24 +1106,21 @@ impl Node {
     /// A node that lacks the status of a peer it believes alive does not act: placing with a
     /// partial view would put everything on the nodes it happens to know. The pass runs again
     /// when the missing status arrives.
-    fn reconcile(&mut self, now: Time) {
+    fn placement_pass(&mut self, now: Time) {
         self.read_swim_members(now, true, None);
         // The plan depends on the facts only, and what this node does with it on its own
         // containers: when neither changed since the last pass, this pass would do nothing.
         let own = self.slots.observed();
-        if let Some((generation, last, complete)) = &self.last_pass
-            && *generation == self.facts_generation
-            && *last == own
-        {
-            if *complete {
+        if let Shortcut::Unchanged { complete } = self.placement.shortcut(&own) {
+            if complete {
                 self.update_backends();
             }
             return;
         }
-        if self.structure_at_last_place == Some(self.structure_generation) && self.settled() {
+        if self.placement.structure_unchanged() && self.settled() {
             // Every slot runs once and nothing that moves slots changed since the last full
             // pass: a pass would keep everything and act on nothing.
-            self.last_pass = Some((self.facts_generation, own, true));
+            self.placement.ran(own, true);
             self.debug_check_settled();
             self.update_backends();
             return;
@@ -1180,58 +1128,46 @@ impl Node {
         // The view is complete when every live peer's status is known: a count kept in step,
         // since a walk over the statuses for it was a tenth of a thousand-node cold start.
         let complete = self.view.is_complete(self.members.len());
-        self.last_pass = Some((self.facts_generation, own, complete));
+        self.placement.ran(own, complete);
         if !complete {
             return;
         }
-        self.last_pass_at = Some(now);
-        self.structure_at_last_place = Some(self.structure_generation);
+        self.placement.placing(now);
         let apps = self.apps();
         let (nodes, observed) = self.facts();
         debug_assert_eq!(nodes.len(), self.members.len() + 1);
         let plan = place_owned(apps, nodes, &observed, self.config.policy);
-        let me = self.config.id.clone();
+        let orders = placement::orders(&plan, &self.config.id, &self.slots);
         let mut changed = false;
-        for stop in plan.stops_on(&me) {
-            let Some(l) = self.slots.get(&stop.slot) else { continue };
-            if l.phase == Phase::Failed {
-                continue; // already stopped; the record keeps the slot away from here
-            }
-            if self.slots.reported_container(&stop.slot).as_deref() != Some(&*stop.container) {
-                continue;
-            }
-            self.slots.stop(&stop.slot, self.config.drain_ms, &mut self.out);
-            changed = true;
+        for order in orders {
+            changed |= self.carry_out(now, order);
         }
-        for slot in plan.starts_on(&me) {
-            match self.slots.get(&slot).map(|l| l.phase) {
-                None => {
-                    let Some(port) = self.free_host_port() else { continue };
-                    let spec = self.app_spec(&slot.app);
-                    let settle_ms = self.config.claim_settle_ms;
-                    self.slots.claim(now, slot, port, spec.as_ref(), settle_ms, &mut self.out);
-                    changed = true;
-                }
-                Some(Phase::Failed) => {
-                    // Placed back here because nowhere else fits: try again, with a fresh budget.
-                    let spec = self.app_spec(&slot.app);
-                    self.slots.retry_failed(&slot, spec.as_ref());
-                    self.start(&slot);
-                    changed = true;
-                }
-                Some(_) => {}
-            }
-        }
-        let unschedulable: Vec<(SlotId, Unplaceable)> =
-            plan.unschedulable().iter().map(|u| (u.slot.clone(), u.reason.clone())).collect();
-        if unschedulable != self.unschedulable {
-            self.unschedulable = unschedulable.clone();
-            self.out.event(Event::Unschedulable { slots: unschedulable });
-        }
+        let unschedulable = plan.unschedulable().iter().map(|u| (u.slot.clone(), u.reason.clone())).collect();
+        self.placement.set_unschedulable(unschedulable, &mut self.out);
         if changed {
             self.publish_status(now);
         }
         self.update_backends();
+    }
+
+    /// Carries out one order of a placement pass; returns whether this node's slots changed
+    /// (a claim finds no free host port when every one is taken).
+    fn carry_out(&mut self, now: Time, order: Order) -> bool {
+        match order {
+            Order::Stop(slot) => self.slots.stop(&slot, self.config.drain_ms, &mut self.out),
+            Order::Claim(slot) => {
+                let Some(port) = self.free_host_port() else { return false };
+                let spec = self.app_spec(&slot.app);
+                let settle_ms = self.config.claim_settle_ms;
+                self.slots.claim(now, slot, port, spec.as_ref(), settle_ms, &mut self.out);
+            }
+            Order::Retry(slot) => {
+                let spec = self.app_spec(&slot.app);
+                self.slots.retry_failed(&slot, spec.as_ref());
+                self.start(&slot);
+            }
+        }
+        true
     }
 
     /// In debug builds, checks what `settled` promises: a full pass would start and stop
@@ -1263,7 +1199,7 @@ impl Node {
     fn fail(&mut self, now: Time, slot: &SlotId) {
         if self.slots.fail(now, slot, self.config.failed_cooldown_ms, &mut self.out) {
             self.publish_status(now);
-            self.request_reconcile(now);
+            self.request_pass(now);
         }
     }
 
@@ -1286,17 +1222,14 @@ impl Node {
         // This node's own balancers take the change now, as its API does (from `local`): only
         // peers hear it later. The registry keeps the status last published until then.
         self.derive_own_views(true);
-        if !self.status_held {
-            self.status_held = true;
-            self.out.schedule(now + Duration::from_millis(self.config.status_batch_ms), Timer::PublishStatus);
-        }
+        self.own_status.hold(now, self.config.status_batch_ms, &mut self.out);
     }
 
     /// Derives this node's own views (its slots, its replicas in its balancers) from its slots
     /// as they are now (`current`, while a status is held back) or from its published status.
     fn derive_own_views(&mut self, current: bool) {
         let me = self.config.id.clone();
-        let now = current.then(|| self.own_status());
+        let now = current.then(|| self.current_status());
         let status = if current { now.as_ref() } else { view::counted_status(&self.registry, &self.members, &me, &me) };
         let slots = self.view.changed_slots(&me, status);
         let list = self.balancers.changed_list(&me, status);
@@ -1305,7 +1238,7 @@ impl Node {
     }
 
     /// This node's status as its slots are now.
-    fn own_status(&self) -> NodeStatus {
+    fn current_status(&self) -> NodeStatus {
         NodeStatus {
             spec: self.config.spec(),
             addr: self.config.addr.clone(),
@@ -1316,24 +1249,12 @@ impl Node {
 
     /// Writes this node's status into its registry, which spreads it.
     fn publish_status(&mut self, now: Time) {
-        let was_held = std::mem::replace(&mut self.status_held, false);
-        let status = self.own_status();
+        let was_held = self.own_status.take_held();
+        let status = self.current_status();
         let generation = status.generation;
         let key = Key::Status(self.config.id.clone());
-        // What peers act on is which slots run here, on which ports, in which state. A change
-        // of container id alone (a start confirmed, the state still `Starting`) waits for the
-        // next change that matters, and goes out with it: a cold start of a large cluster
-        // spreads a third fewer versions.
         if let Some(Value::Status(old)) = self.registry.get(&key)
-            && old.spec == status.spec
-            && old.addr == status.addr
-            && old.generation == status.generation
-            && old.containers.len() == status.containers.len()
-            && old
-                .containers
-                .iter()
-                .zip(&status.containers)
-                .all(|(a, b)| a.slot == b.slot && a.host_port == b.host_port && a.state == b.state)
+            && OwnStatus::same_for_peers(old, &status)
         {
             if was_held {
                 // What was held changed back: this node's own views follow the registry again.
@@ -1344,7 +1265,7 @@ impl Node {
         // The status of one node is bounded by the slots it can run; a registry that refuses
         // it is a limit set too low, a programming error.
         self.registry.put(now, key.clone(), Value::Status(status)).expect("a node's own status fits the registry");
-        self.status_generation = Some(generation);
+        self.own_status.written(generation);
         self.key_changed(&key);
         self.update_backends();
     }
@@ -1358,18 +1279,18 @@ impl Node {
         }
         match key {
             Key::App(app) => {
-                self.facts_generation += 1;
-                self.structure_generation += 1;
+                self.placement.facts_changed();
+                self.placement.structure_changed();
                 self.balancers.app_changed(app);
-                if matches!(self.registry.get(key), Some(Value::App(spec)) if spec.autoscale.is_some()) {
-                    self.autoscaled.insert(app.clone());
-                } else {
-                    self.autoscaled.remove(app);
-                }
+                let spec = match self.registry.get(key) {
+                    Some(Value::App(spec)) => Some(&**spec),
+                    _ => None,
+                };
+                self.scaling.app_changed(app, spec);
             }
             Key::Scale(_) => {
-                self.facts_generation += 1;
-                self.structure_generation += 1;
+                self.placement.facts_changed();
+                self.placement.structure_changed();
             }
             Key::Load(_) => {}
             Key::Status(node) => self.status_changed(node),
@@ -1382,7 +1303,7 @@ impl Node {
     /// Every node runs this for every version of every peer's status: what the status says is
     /// compared with what was derived before, and only what changed is built and written.
     fn status_changed(&mut self, node: &NodeId) {
-        self.facts_generation += 1;
+        self.placement.facts_changed();
         // Both views are compared and built from one lookup of the status, then written.
         let status = view::counted_status(&self.registry, &self.members, &self.config.id, node);
         let slots = self.view.changed_slots(node, status);
@@ -1396,7 +1317,7 @@ impl Node {
         if let Some(slots) = slots {
             let member = !me && self.members.contains(node);
             if self.view.set_node_slots(node, slots, member, me || member) {
-                self.structure_generation += 1;
+                self.placement.structure_changed();
             }
         }
         if let Some(list) = list {
@@ -1418,12 +1339,12 @@ impl Node {
     /// membership or node specs changed since, a placement pass keeps everything where it is
     /// and starts and stops nothing: it need not run.
     fn settled(&self) -> bool {
-        if !self.unschedulable.is_empty() {
+        if self.placement.has_unschedulable() {
             return false;
         }
         let mut all_specs = true;
         let apps = self.registry.apps().map_while(|(name, value)| match value {
-            Value::App(spec) => Some((name, self.replicas_of(name, spec))),
+            Value::App(spec) => Some((name, scaling::replicas(&self.registry, name, spec))),
             _ => {
                 all_specs = false;
                 None
@@ -1531,12 +1452,9 @@ impl Node {
         self.members.rendezvous_owner(app.as_str(), &self.config.id)
     }
 
+    /// Sends each autoscaled app's request count to its coordinator (or records it, here).
     fn report_load(&mut self, now: Time) {
-        let pending = std::mem::take(&mut self.load_pending);
-        for (app, requests) in pending {
-            if !self.autoscaled.contains(&app) {
-                continue;
-            }
+        for (app, requests) in self.scaling.take_reports() {
             let coordinator = self.coordinator_of(&app);
             if coordinator == self.config.id {
                 self.record_load(now, &app, requests);
@@ -1546,40 +1464,31 @@ impl Node {
         }
     }
 
+    /// Requests for `app` reported to this node as its coordinator.
     fn record_load(&mut self, now: Time, app: &AppName, requests: u64) {
         if self.coordinator_of(app) != self.config.id {
             return; // a report that raced a change of coordinator; the next one goes right
         }
-        if let Some(scaler) = self.autoscalers.get_mut(app) {
-            scaler.record_requests(now, requests);
-        } else if let Some(spec) = self.app_with_scale(app)
-            && let Some(policy) = &spec.autoscale
-        {
-            let mut scaler = Autoscaler::new(policy, spec.replicas, now);
-            scaler.record_requests(now, requests);
-            self.autoscalers.insert(app.clone(), scaler);
-        }
+        let registry = &self.registry;
+        self.scaling.record(now, app, requests, || scaling::spec_with_scale(registry, app));
     }
 
     /// The coordinator of each autoscaled app evaluates its autoscaler and writes `scale/<app>`.
     fn autoscale(&mut self, now: Time) {
         // Only the autoscaled apps this node coordinates are copied out of the registry.
-        let names: Vec<AppName> =
-            self.autoscaled.iter().filter(|name| self.coordinator_of(name) == self.config.id).cloned().collect();
-        let mine: BTreeMap<AppName, AppSpec> =
-            names.into_iter().filter_map(|name| self.app_with_scale(&name).map(|spec| (name, spec))).collect();
-        self.autoscalers.retain(|app, _| mine.contains_key(app));
-        for (name, spec) in &mine {
-            let policy = spec.autoscale.as_ref().expect("filtered");
-            let scaler =
-                self.autoscalers.entry(name.clone()).or_insert_with(|| Autoscaler::new(policy, spec.replicas, now));
-            if let Some(decision) = scaler.evaluate(now, spec.replicas) {
-                let to = decision.to;
-                self.out.event(Event::Scaled { app: name.clone(), decision });
-                self.registry.put(now, Key::Scale(name.clone()), Value::Scale(to)).expect("a count fits the registry");
-                self.key_changed(&Key::Scale(name.clone()));
-                self.request_reconcile(now);
-            }
+        let mine: BTreeMap<AppName, AppSpec> = self
+            .scaling
+            .autoscaled()
+            .iter()
+            .filter(|name| self.coordinator_of(name) == self.config.id)
+            .filter_map(|name| scaling::spec_with_scale(&self.registry, name).map(|spec| (name.clone(), spec)))
+            .collect();
+        for (name, decision) in self.scaling.evaluate(now, &mine) {
+            let to = decision.to;
+            self.out.event(Event::Scaled { app: name.clone(), decision });
+            self.registry.put(now, Key::Scale(name.clone()), Value::Scale(to)).expect("a count fits the registry");
+            self.key_changed(&Key::Scale(name));
+            self.request_pass(now);
         }
     }
 
@@ -1592,14 +1501,7 @@ impl Node {
                 assert!(bytes.len() <= limits::PACKET_BYTES_MAX, "a packet of {} bytes", bytes.len());
             }
         }
-        debug_assert!(
-            self.autoscaled.iter().eq(self
-                .registry
-                .apps()
-                .filter(|(_, v)| matches!(v, Value::App(spec) if spec.autoscale.is_some()))
-                .map(|(name, _)| name)),
-            "the autoscaled apps are the registry's"
-        );
+        self.scaling.check_invariants(&self.registry);
         self.members.check_invariants(&self.config.id);
         let me = &self.config.id;
         self.balancers.check_invariants(|node| node == me || self.members.is_trusted(node));

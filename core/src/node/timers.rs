@@ -17,8 +17,8 @@ pub(super) enum Timer {
     Gossip,
     /// Compare roots with a random peer (without SWIM, whose packets carry the root).
     AntiEntropy,
-    /// A placement pass, requested by a change of facts (`Node::request_reconcile`).
-    Reconcile,
+    /// A placement pass, requested by a change of facts (`Node::request_pass`).
+    PlacementPass,
     /// Send the request counts to each autoscaled app's coordinator.
     LoadReport,
     /// Evaluate the autoscalers of the apps this node coordinates.

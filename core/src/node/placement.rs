@@ -1,0 +1,193 @@
+//! When a placement pass runs, and what it orders this node to do.
+//!
+//! A pass runs `reconcile_delay_ms` after the facts change (a burst costs one pass), no sooner
+//! than `reconcile_interval_min_ms` after the last one, and not before the node has joined. It
+//! is skipped when nothing it reads changed since the last, or when the view is *settled*
+//! (every slot runs once and nothing that moves slots changed); it places nothing while the
+//! view is incomplete. What it decides is a list of [`Order`]s for the node to carry out.
+
+use std::time::Duration;
+
+use crate::model::{NodeId, SlotId};
+use crate::schedule::{ObservedContainer, Plan, Unplaceable};
+use crate::time::Time;
+
+use super::Event;
+use super::io::Effects;
+use super::slots::{Phase, Slots};
+use super::timers::Timer;
+
+/// What a pass orders this node to do with one of its slots, in the order to do it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Order {
+    /// Stop the slot's container and forget the slot: it runs elsewhere, twice, or no more.
+    Stop(SlotId),
+    /// Claim the slot, placed here, on a free host port.
+    Claim(SlotId),
+    /// Start the slot, which failed here past its budget, again with a fresh budget: nowhere
+    /// else fits.
+    Retry(SlotId),
+}
+
+/// What this node orders itself from `plan`: its stops (of containers that are still the ones
+/// the plan saw, failed records aside: they keep the slot away from here), then its starts.
+pub(super) fn orders(plan: &Plan, me: &NodeId, slots: &Slots) -> Vec<Order> {
+    let mut orders = Vec::new();
+    for stop in plan.stops_on(me) {
+        let Some(l) = slots.get(&stop.slot) else { continue };
+        if l.phase == Phase::Failed {
+            continue;
+        }
+        if slots.reported_container(&stop.slot).as_deref() != Some(&*stop.container) {
+            continue;
+        }
+        orders.push(Order::Stop(stop.slot.clone()));
+    }
+    for slot in plan.starts_on(me) {
+        match slots.get(&slot).map(|l| l.phase) {
+            None => orders.push(Order::Claim(slot)),
+            Some(Phase::Failed) => orders.push(Order::Retry(slot)),
+            Some(_) => {}
+        }
+    }
+    orders
+}
+
+/// The last pass that ran: the facts it saw, this node's containers then, and whether its
+/// view was complete (it acted).
+#[derive(Debug)]
+struct LastPass {
+    facts: u64,
+    own: Vec<ObservedContainer>,
+    complete: bool,
+}
+
+/// What a pass about to run should do, before it computes anything.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Shortcut {
+    /// Nothing it reads changed since the last pass; `complete` is that pass's.
+    Unchanged {
+        /// Whether the last pass's view was complete.
+        complete: bool,
+    },
+    /// It has to look further.
+    None,
+}
+
+/// When passes run, and what the last one saw.
+#[derive(Debug)]
+pub(super) struct Placement {
+    /// Bumped on every change to what placement reads (registry facts, membership).
+    facts: u64,
+    /// Bumped by the changes that can move slots even when every slot runs exactly once:
+    /// apps, scales, membership, node specs.
+    structure: u64,
+    last_pass: Option<LastPass>,
+    /// `structure` at the last pass that ran `place` on a complete view.
+    structure_at_last_place: Option<u64>,
+    /// When the last pass placed (see `NodeConfig::reconcile_interval_min_ms`).
+    last_placed_at: Option<Time>,
+    /// Whether a `PlacementPass` timer is set.
+    pending: bool,
+    /// The slots the last pass could place nowhere, reported when the list changes.
+    unschedulable: Vec<(SlotId, Unplaceable)>,
+    /// No pass runs before this (`SwimConfig::join_settle_ms` after the start in SWIM mode;
+    /// the start otherwise).
+    places_from: Time,
+}
+
+impl Placement {
+    /// Passes from `places_from` on.
+    pub(super) fn new(places_from: Time) -> Placement {
+        Placement {
+            facts: 0,
+            structure: 0,
+            last_pass: None,
+            structure_at_last_place: None,
+            last_placed_at: None,
+            pending: false,
+            unschedulable: Vec::new(),
+            places_from,
+        }
+    }
+
+    /// Something a pass reads changed.
+    pub(super) fn facts_changed(&mut self) {
+        self.facts += 1;
+    }
+
+    /// Something that can move slots changed (apps, scales, membership, node specs).
+    pub(super) fn structure_changed(&mut self) {
+        self.structure += 1;
+    }
+
+    /// Whether `now` is before the first pass may run: the node is joining.
+    pub(super) fn is_joining(&self, now: Time) -> bool {
+        now < self.places_from
+    }
+
+    /// Sets a pass's timer, unless one is set: `delay_ms` from now, at least `interval_min_ms`
+    /// after the last pass that placed, and not before `places_from`.
+    pub(super) fn request(&mut self, now: Time, delay_ms: u64, interval_min_ms: u64, out: &mut Effects) {
+        if self.pending {
+            return;
+        }
+        self.pending = true;
+        let mut at = now + Duration::from_millis(delay_ms);
+        if let Some(last) = self.last_placed_at {
+            at = at.max(last + Duration::from_millis(interval_min_ms));
+        }
+        at = at.max(self.places_from);
+        out.schedule(at, Timer::PlacementPass);
+    }
+
+    /// Whether a pass's timer is set.
+    pub(super) fn is_pending(&self) -> bool {
+        self.pending
+    }
+
+    /// The pass's timer fired.
+    pub(super) fn fired(&mut self) {
+        self.pending = false;
+    }
+
+    /// Whether the pass about to run, with this node's containers `own`, would see what the
+    /// last one saw.
+    pub(super) fn shortcut(&self, own: &[ObservedContainer]) -> Shortcut {
+        match &self.last_pass {
+            Some(last) if last.facts == self.facts && last.own == own => {
+                Shortcut::Unchanged { complete: last.complete }
+            }
+            _ => Shortcut::None,
+        }
+    }
+
+    /// Whether nothing that moves slots changed since the last pass that placed.
+    pub(super) fn structure_unchanged(&self) -> bool {
+        self.structure_at_last_place == Some(self.structure)
+    }
+
+    /// A pass ran with `own` and a view `complete` or not (it placed, or had nothing to place).
+    pub(super) fn ran(&mut self, own: Vec<ObservedContainer>, complete: bool) {
+        self.last_pass = Some(LastPass { facts: self.facts, own, complete });
+    }
+
+    /// The pass places now.
+    pub(super) fn placing(&mut self, now: Time) {
+        self.last_placed_at = Some(now);
+        self.structure_at_last_place = Some(self.structure);
+    }
+
+    /// Whether the last pass that placed left slots unschedulable.
+    pub(super) fn has_unschedulable(&self) -> bool {
+        !self.unschedulable.is_empty()
+    }
+
+    /// The slots the pass could place nowhere; reported when the list changed.
+    pub(super) fn set_unschedulable(&mut self, unschedulable: Vec<(SlotId, Unplaceable)>, out: &mut Effects) {
+        if unschedulable != self.unschedulable {
+            self.unschedulable = unschedulable.clone();
+            out.event(Event::Unschedulable { slots: unschedulable });
+        }
+    }
+}
