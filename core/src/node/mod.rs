@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::hash::{KeyHashMap, stable_hash};
+use crate::hash::stable_hash;
 use crate::health::{HealthState, ProbeOutcome};
 use crate::limits;
 use crate::membership::{MembershipMode, PeerAddr, Swim, SwimId, SwimMember, SwimTimer};
@@ -38,8 +38,10 @@ use crate::rng::SplitMix64;
 use crate::schedule::{ContainerState, Observed, ObservedContainer, place_owned};
 use crate::time::Time;
 
+mod anti_entropy;
 mod balancers;
 mod config;
+mod gossip;
 mod io;
 mod members;
 mod own_status;
@@ -50,8 +52,10 @@ mod timers;
 mod view;
 mod wire;
 
+use anti_entropy::AntiEntropy;
 use balancers::Balancers;
 pub use config::NodeConfig;
+use gossip::{Gossip, Piggyback, RumorConfig};
 use io::Effects;
 pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
 use members::Members;
@@ -62,7 +66,6 @@ use slots::{Phase, Slots};
 use timers::{Grid, Timer};
 use view::{NodeSlots, View};
 pub use wire::{ContainerStatus, Message, NodeStatus, Packet, STARTING, Value, WireEntry};
-use wire::{encode_with_entries, packet_runs, wire_bytes};
 
 /// Every how many `SwimTick` ticks a SWIM node reads all of foca's members to check its own
 /// list (4 s at the default probe period, once joined).
@@ -80,14 +83,6 @@ const SWIM_JOIN_READ_MS: u64 = 250;
 /// gossip carries the news too.
 const SWIM_SUSPICION_SENDS: u32 = 5;
 
-/// A registry entry this node pushes to a few peers for a few rounds.
-#[derive(Debug)]
-struct Rumor {
-    rounds_left: u32,
-    head: Head,
-    body: Vec<u8>,
-}
-
 /// The agent. See the module documentation for the order in which a driver calls it.
 #[derive(Debug)]
 pub struct Node {
@@ -100,16 +95,10 @@ pub struct Node {
     /// What this node's parts decided to do: actions for the driver, timers for itself.
     out: Effects,
     rng: SplitMix64,
-    /// Entries being pushed to peers: rounds left, and the entry encoded once, when it became
-    /// news (a newer version replaces it).
-    rumors: BTreeMap<Key, Rumor>,
-    /// Whether a `Gossip` timer is pending: only while there is news to push.
-    gossip_armed: bool,
-    /// Entries merged from peers since the last gossip round, as they arrived, by key hash:
-    /// a rumor passed on is sent as it was received instead of being encoded again.
-    received: KeyHashMap<(Head, Vec<u8>)>,
-    /// When this node last answered a peer's root with its digest (`Message::Swim`).
-    digest_sent_at: Option<Time>,
+    /// Rumors of recent news, and when the next round is.
+    gossip: Gossip,
+    /// Throttles the answers to the roots SWIM's packets carry.
+    anti_entropy: AntiEntropy,
     /// What each balancer is sent.
     balancers: Balancers,
     /// What the statuses say: the slots of each node, the live containers of each slot.
@@ -158,10 +147,8 @@ impl Node {
             slots: Slots::default(),
             out: Effects::default(),
             rng,
-            rumors: BTreeMap::new(),
-            gossip_armed: true,
-            received: KeyHashMap::default(),
-            digest_sent_at: None,
+            gossip: Gossip::new(),
+            anti_entropy: AntiEntropy::default(),
             balancers: Balancers::default(),
             view: View::default(),
             own_status: OwnStatus::default(),
@@ -299,32 +286,19 @@ impl Node {
                 self.merge_wire(now, from, &entries);
             }
             Message::Root(root) => {
-                if root != self.registry.root_hash() {
-                    self.send(from, &Message::Digest(self.registry.digest()));
+                if let Some(digest) = anti_entropy::answer_root(&self.registry, root) {
+                    self.send(from, &digest);
                 }
             }
             Message::Digest(digest) => {
                 let buckets = self.registry.mismatched_buckets(&digest);
-                for (buckets, heads) in self.summaries(&buckets) {
+                for (buckets, heads) in anti_entropy::summaries(&self.registry, &buckets) {
                     self.send(from, &Message::Summary { buckets, heads });
                 }
             }
             Message::Summary { buckets, heads } => {
                 // Send what the peer lacks or holds older; ask for what it has newer.
-                let theirs: BTreeMap<u64, Head> = heads.iter().map(|h| (h.key_hash, *h)).collect();
-                let send: Vec<u64> = self
-                    .registry
-                    .heads_in_buckets(&buckets)
-                    .into_iter()
-                    .filter(|mine| theirs.get(&mine.key_hash).is_none_or(|t| mine.may_beat(t)))
-                    .map(|h| h.key_hash)
-                    .collect();
-                let want: Vec<u64> = heads
-                    .iter()
-                    .filter(|h| self.registry.is_news(h))
-                    .map(|h| h.key_hash)
-                    .take(limits::ENTRIES_PER_MESSAGE_MAX)
-                    .collect();
+                let (send, want) = anti_entropy::answer_summary(&self.registry, &buckets, &heads);
                 self.send_repair(from, &send, want);
             }
             Message::Repair { entries, want } => {
@@ -339,12 +313,12 @@ impl Node {
                     self.swim_call(now, Some(from), |swim| swim.handle_data(packet));
                     // A root that differs starts an exchange as a `Root` does, at most once an
                     // anti-entropy interval: a busy node's packets would start one each.
-                    let due = self
-                        .digest_sent_at
-                        .is_none_or(|at| now >= at + Duration::from_millis(self.config.anti_entropy_interval_ms));
-                    if due && root != self.registry.root_hash() && self.members.contains(from) {
-                        self.digest_sent_at = Some(now);
-                        self.send(from, &Message::Digest(self.registry.digest()));
+                    if self.anti_entropy.may_answer(now, self.config.anti_entropy_interval_ms)
+                        && self.members.contains(from)
+                        && let Some(digest) = anti_entropy::answer_root(&self.registry, root)
+                    {
+                        self.anti_entropy.answered(now);
+                        self.send(from, &digest);
                     }
                 }
             }
@@ -784,12 +758,7 @@ impl Node {
             Timer::Gossip => {
                 self.gossip();
                 self.unpark_swim_gossip(now);
-                // Rounds go on while there is news; a quiet node sleeps until its registry
-                // changes (`key_changed` wakes it).
-                self.gossip_armed = !self.rumors.is_empty() || self.registry.has_recent();
-                if self.gossip_armed {
-                    self.out.schedule(now + Duration::from_millis(self.config.gossip_interval_ms), Timer::Gossip);
-                }
+                self.gossip.rearm(now, self.config.gossip_interval_ms, &self.registry, &mut self.out);
             }
             Timer::AntiEntropy => {
                 if let Some(to) = self.members.random_addrs(&mut self.rng, 1).pop() {
@@ -988,7 +957,7 @@ impl Node {
                 }
             }
             if self.registry.merge(now, key.clone(), entry) {
-                self.received.insert(wire.head.key_hash, (wire.head, wire.body.to_vec()));
+                self.gossip.received(wire.head, wire.body);
                 self.key_changed(&key);
                 changed = true;
             }
@@ -1029,48 +998,9 @@ impl Node {
         (key, entry)
     }
 
-    /// The anti-entropy summaries of `buckets`: the heads of this node's entries in them, in
-    /// packets of whole buckets, so that a receiver reads each bucket's heads complete (a
-    /// bucket too large for one packet is the one exception: it is cut, and the receiver sends
-    /// back a few entries the sender had).
-    fn summaries(&self, buckets: &[u16]) -> Vec<(Vec<u16>, Vec<Head>)> {
-        const HEADS_PER_PACKET: usize =
-            (limits::PACKET_BYTES_MAX - limits::PACKET_HEADER_BYTES_MAX) / (crate::registry::HEAD_BYTES + 3);
-        let mut by_bucket: BTreeMap<u16, Vec<Head>> = buckets.iter().map(|b| (*b, Vec::new())).collect();
-        for head in self.registry.heads_in_buckets(buckets) {
-            by_bucket.entry(head.bucket()).or_default().push(head);
-        }
-        let mut out: Vec<(Vec<u16>, Vec<Head>)> = Vec::new();
-        for (bucket, heads) in by_bucket {
-            for run in heads.chunks(HEADS_PER_PACKET).chain(heads.is_empty().then_some(&[][..])) {
-                match out.last_mut() {
-                    Some((b, h)) if h.len() + run.len() <= HEADS_PER_PACKET => {
-                        b.push(bucket);
-                        h.extend_from_slice(run);
-                    }
-                    _ => out.push((vec![bucket], run.to_vec())),
-                }
-            }
-        }
-        out
-    }
-
     /// Anti-entropy: sends the entries with these key hashes and asks for those in `want`.
     fn send_repair(&mut self, to: &NodeId, key_hashes: &[u64], want: Vec<u64>) {
-        let key_hashes = &key_hashes[..key_hashes.len().min(limits::ENTRIES_PER_MESSAGE_MAX)];
-        let entries = self.registry.entries_by_key_hash(key_hashes);
-        if entries.is_empty() && want.is_empty() {
-            return;
-        }
-        let from = &self.config.id;
-        let mut packets = encode_with_entries(&entries, |entries| {
-            Packet::encode(from, &Message::Repair { entries, want: Vec::new() })
-        });
-        // The wanted hashes (at most ENTRIES_PER_MESSAGE_MAX of them) go in a packet of their own.
-        if !want.is_empty() {
-            packets.push(Packet::encode(from, &Message::Repair { entries: Vec::new(), want }));
-        }
-        for bytes in packets {
+        for bytes in anti_entropy::repair_packets(&self.registry, &self.config.id, key_hashes, want) {
             self.send_bytes(to, bytes);
         }
     }
@@ -1273,10 +1203,7 @@ impl Node {
     /// Keeps the views derived from the registry in step after a write to `key`, and makes sure
     /// a gossip round will carry the news.
     fn key_changed(&mut self, key: &Key) {
-        if !self.gossip_armed {
-            self.gossip_armed = true;
-            self.out.schedule(self.now + Duration::from_millis(1), Timer::Gossip);
-        }
+        self.gossip.wake(self.now, &mut self.out);
         match key {
             Key::App(app) => {
                 self.placement.facts_changed();
@@ -1359,66 +1286,19 @@ impl Node {
         self.balancers.update(&self.registry, &mut self.out);
     }
 
-    /// Pushes recent news to a few random peers (rumor mongering); anti-entropy repairs what
-    /// the rumors miss.
+    /// A gossip round (see [`Gossip::round`]).
     fn gossip(&mut self) {
-        let mut received = std::mem::take(&mut self.received);
-        for key in self.registry.take_recent() {
-            let Some(entry) = self.registry.entry(&key) else { continue };
-            let head = Head::of(&key, &entry.version);
-            let body = match received.remove(&head.key_hash) {
-                Some((h, body)) if h == head => body,
-                _ => postcard::to_allocvec(&(&key, entry)).expect("entries encode"),
-            };
-            // Small news, a little at a time, rides on SWIM's packets, in the room they leave.
-            // The rest is pushed as rumors of this node's own: large entries, and bursts (a
-            // cluster starting, a node's slots moving) that SWIM's packets would take seconds
-            // to carry.
-            if let Some(swim) = self.swim.as_mut()
-                && swim.broadcast_backlog() < limits::SWIM_ITEMS_PENDING_MAX
-            {
-                let item = postcard::to_allocvec(&WireEntry { head, body: &body }).expect("entries encode");
-                if item.len() <= limits::SWIM_ITEM_BYTES_MAX {
-                    swim.broadcast(&item);
-                    self.rumors.remove(&key);
-                    continue;
-                }
-            }
-            self.rumors.insert(key, Rumor { rounds_left: self.config.rumor_rounds, head, body });
-        }
-        if self.rumors.is_empty() {
-            return;
-        }
-        let peers = self.members.random_addrs(&mut self.rng, self.config.gossip_fanout);
-        if peers.is_empty() {
-            return;
-        }
-        // One encoding for every peer of the round, in as many packets as it takes.
-        let wire: Vec<WireEntry<'_>> = self
-            .rumors
-            .values()
-            .take(limits::ENTRIES_PER_MESSAGE_MAX)
-            .map(|r| WireEntry { head: r.head, body: &r.body })
-            .collect();
-        let packets: Vec<Vec<u8>> = packet_runs(&wire, wire_bytes)
-            .into_iter()
-            .map(|run| Packet::encode(&self.config.id, &Message::Updates(run.to_vec())))
-            .collect();
-        let mut sent = 0;
-        self.rumors.retain(|_, r| {
-            sent += 1;
-            if sent > limits::ENTRIES_PER_MESSAGE_MAX {
-                return true;
-            }
-            r.rounds_left -= 1;
-            r.rounds_left > 0
-        });
-        for peer in peers {
-            for bytes in &packets {
-                let to = peer.clone();
-                self.out.push(Action::Send { to, bytes: bytes.clone() });
-            }
-        }
+        let config = RumorConfig { fanout: self.config.gossip_fanout, rounds: self.config.rumor_rounds };
+        let piggyback = self.swim.as_mut().map(|swim| swim as &mut dyn Piggyback);
+        self.gossip.round(
+            &mut self.registry,
+            piggyback,
+            &self.members,
+            &mut self.rng,
+            &self.config.id,
+            config,
+            &mut self.out,
+        );
     }
 
     /// Sends this node's member list to the peer at `to`, asking for its own when `reply`.

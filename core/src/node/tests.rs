@@ -1,3 +1,4 @@
+use super::wire::encode_with_entries;
 use super::*;
 use crate::model::{Autoscale, ScaleRule, Volume};
 use crate::model::{Labels, Resources};
