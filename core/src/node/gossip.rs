@@ -158,13 +158,3 @@ impl Gossip {
         }
     }
 }
-
-impl Piggyback for crate::membership::Swim {
-    fn has_room(&self) -> bool {
-        self.broadcast_backlog() < limits::SWIM_ITEMS_PENDING_MAX
-    }
-
-    fn carry(&mut self, item: &[u8]) {
-        self.broadcast(item);
-    }
-}

@@ -31,7 +31,7 @@ use std::time::Duration;
 use crate::hash::stable_hash;
 use crate::health::{HealthState, ProbeOutcome};
 use crate::limits;
-use crate::membership::{MembershipMode, PeerAddr, Swim, SwimId, SwimMember, SwimTimer};
+use crate::membership::{MembershipMode, PeerAddr, Swim, SwimError, SwimId, SwimTimer};
 use crate::model::{AppName, AppSpec, NodeId, NodeSpec, SlotId, validate_apps};
 use crate::registry::{Entry, Head, Key, Registry};
 use crate::rng::SplitMix64;
@@ -48,6 +48,7 @@ mod own_status;
 mod placement;
 mod scaling;
 mod slots;
+mod swim;
 mod timers;
 mod view;
 mod wire;
@@ -55,7 +56,7 @@ mod wire;
 use anti_entropy::AntiEntropy;
 use balancers::Balancers;
 pub use config::NodeConfig;
-use gossip::{Gossip, Piggyback, RumorConfig};
+use gossip::{Gossip, RumorConfig};
 use io::Effects;
 pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
 use members::Members;
@@ -63,25 +64,10 @@ use own_status::OwnStatus;
 use placement::{Order, Placement, Shortcut};
 use scaling::Scaling;
 use slots::{Phase, Slots};
+use swim::{Liveness, SwimState};
 use timers::{Grid, Timer};
 use view::{NodeSlots, View};
 pub use wire::{ContainerStatus, Message, NodeStatus, Packet, STARTING, Value, WireEntry};
-
-/// Every how many `SwimTick` ticks a SWIM node reads all of foca's members to check its own
-/// list (4 s at the default probe period, once joined).
-const SWIM_FULL_CHECK_PERIODS: u64 = 4;
-
-/// Once joined, a SWIM node's `SwimTick` tick comes every this many probe periods.
-const SWIM_TICK_PERIODS: u64 = 2;
-
-/// While a node joins, how often at most `swim_call` reads foca's members.
-const SWIM_JOIN_READ_MS: u64 = 250;
-
-/// How many times a node tells a member it suspects so (`Message::SwimSuspicion`): at once,
-/// then evenly over the suspicion, while it lasts. Each telling is a round trip that 10% packet
-/// loss breaks about one time in five; all five fail about once in 4,000 suspicions, and
-/// gossip carries the news too.
-const SWIM_SUSPICION_SENDS: u32 = 5;
 
 /// The agent. See the module documentation for the order in which a driver calls it.
 #[derive(Debug)]
@@ -109,27 +95,10 @@ pub struct Node {
     placement: Placement,
     /// Request counts, autoscalers and which apps autoscale.
     scaling: Scaling,
-    /// SWIM membership, in [`MembershipMode::Swim`] only.
-    swim: Option<Swim>,
-    /// [`Swim::fingerprint`] when the members were last read from foca.
-    swim_fingerprint: u64,
-    /// Whether foca's members may differ from `members`: a read is due (see `swim_call`).
-    swim_members_stale: bool,
-    /// When foca's members were last read by `swim_call`.
-    swim_members_read_at: Option<Time>,
-    /// foca's periodic gossip timers held back while foca has nothing to gossip
-    /// (`park_swim_gossip`).
-    swim_parked_gossip: Vec<SwimTimer>,
+    /// How this node learns which peers are alive: told, or SWIM.
+    liveness: Liveness,
     /// Where this node's periodic timers fall.
     grid: Grid,
-    /// How many `SwimTick` timers fired.
-    swim_join_ticks: u64,
-    /// Members foca held suspected at the last full check with no suspicion timer of this
-    /// node's pending for them (`take_up_stale_suspicions`).
-    swim_heard_suspects: Vec<(SwimId, u16)>,
-    /// The suspicions, by life and incarnation, whose end this node has a timer for: foca's
-    /// `ChangeSuspectToDown` and its own `SwimSuspectDown`. Each leaves when its timer fires.
-    swim_suspicion_timers: BTreeSet<(SwimId, u16)>,
     now: Time,
 }
 
@@ -153,14 +122,7 @@ impl Node {
             view: View::default(),
             own_status: OwnStatus::default(),
             scaling: Scaling::default(),
-            swim: None,
-            swim_fingerprint: 0,
-            swim_members_stale: false,
-            swim_members_read_at: None,
-            swim_join_ticks: 0,
-            swim_heard_suspects: Vec::new(),
-            swim_suspicion_timers: BTreeSet::new(),
-            swim_parked_gossip: Vec::new(),
+            liveness: Liveness::Oracle,
             grid: Grid { started: now, phase_ms: 0 },
             placement: Placement::new(match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
@@ -190,8 +152,7 @@ impl Node {
         if node.config.membership == MembershipMode::Swim {
             let seed = node.rng.next_u64();
             let config = &node.config;
-            node.swim =
-                Some(Swim::new(config.id.clone(), config.gossip_addr.clone(), config.generation, &config.swim, seed));
+            node.liveness = Liveness::Swim(Box::new(SwimState::new(config, seed)));
             let seeds = node.config.seeds.clone();
             node.swim_call(now, None, |swim| {
                 swim.announce(&seeds);
@@ -309,7 +270,7 @@ impl Node {
             }
             Message::Load { app, requests } => self.record_load(now, &app, requests),
             Message::Swim(root, packet) => {
-                if self.swim.is_some() {
+                if self.liveness.swim().is_some() {
                     self.swim_call(now, Some(from), |swim| swim.handle_data(packet));
                     // A root that differs starts an exchange as a `Root` does, at most once an
                     // anti-entropy interval: a busy node's packets would start one each.
@@ -323,7 +284,7 @@ impl Node {
                 }
             }
             Message::SwimSync { members, reply } => {
-                if self.swim.is_some() {
+                if self.liveness.swim().is_some() {
                     let mut sender = None;
                     self.swim_call(now, Some(from), |swim| {
                         sender = Some(swim.apply_sync(members)?);
@@ -335,7 +296,7 @@ impl Node {
                 }
             }
             Message::SwimSuspicion { sender, suspect } => {
-                if self.swim.is_some() {
+                if self.liveness.swim().is_some() {
                     self.swim_call(now, Some(from), |swim| swim.refute(suspect, sender));
                 }
             }
@@ -348,7 +309,7 @@ impl Node {
     pub fn handle_join(&mut self, now: Time, addrs: Vec<PeerAddr>) {
         self.begin_input(now);
         let now = self.now;
-        assert!(self.swim.is_some(), "handle_join is for MembershipMode::Swim");
+        assert!(self.liveness.swim().is_some(), "handle_join is for MembershipMode::Swim");
         self.swim_call(now, None, |swim| {
             swim.announce(&addrs);
             Ok(())
@@ -356,62 +317,23 @@ impl Node {
         self.check_invariants();
     }
 
-    /// Runs one call into foca, then drains what it queued (packets to `Action::Send`, timers
-    /// into this node's heap) and takes the members from foca's own list, the truth, when they
-    /// may have changed: foca notified something, or holds a different number of members
-    /// (`read_swim_members`). A change that foca did not notify and that kept the count (a
-    /// member down and another up in one call) is caught by the full check every
-    /// `SWIM_FULL_CHECK_PERIODS` ticks (`Timer::SwimTick`). A refused packet is reported as an
+    /// Runs one call into foca ([`SwimState::call`]), then routes what it left: the members
+    /// read from foca's own list, the truth, when they may have changed; this node's status
+    /// again if foca renewed its identity; the members it began to suspect out of the
+    /// balancers and told; the news that rode on the packet merged. A change that foca did not
+    /// notify and that kept the count (a member down and another up in one call) is caught by
+    /// the full check of `Timer::SwimTick`. A refused packet is reported as an
     /// [`Event::BadMessage`] from `source`.
-    fn swim_call(
-        &mut self,
-        now: Time,
-        source: Option<&NodeId>,
-        call: impl FnOnce(&mut Swim) -> Result<(), crate::membership::SwimError>,
-    ) {
-        let swim = self.swim.as_mut().expect("swim mode");
-        let result = call(swim);
-        swim.reconnect_after_rejoin();
+    fn swim_call(&mut self, now: Time, source: Option<&NodeId>, call: impl FnOnce(&mut Swim) -> Result<(), SwimError>) {
         let root = self.registry.root_hash();
-        while let Some((to, packet)) = swim.poll_send() {
-            // foca keeps this node's earlier lives as members declared down when peers gossip
-            // about them, and may announce to one: that is a packet to itself, which it would
-            // refuse.
-            if to == self.config.gossip_addr {
-                continue;
-            }
-            let bytes = Packet::encode(&self.config.id, &Message::Swim(root, &packet));
-            self.out.push(Action::Send { to, bytes });
-        }
-        let mut timers = Vec::new();
-        let mut suspected = Vec::new();
-        while let Some((after, timer)) = swim.poll_timer() {
-            // foca arms this timer when it starts suspecting a member: that member's replicas
-            // leave the balancers now, not when it is declared down, and the member hears of
-            // it straight from this node.
-            if let foca::Timer::ChangeSuspectToDown { member_id, incarnation, .. } = &timer {
-                suspected.push((member_id.clone(), *incarnation));
-            }
-            timers.push((after, timer));
-        }
-        let items = swim.take_broadcasts();
-        let notified = swim.take_notifications();
-        assert!(swim.is_drained(), "foca's runtime is drained after every call");
-        // Reading foca's members costs a sorted list of n names: after every packet of a
-        // thousand-node cluster, that was most of a node's time. So they are read only when
-        // they may have changed (`read_swim_members`).
-        self.swim_members_stale |= notified || swim.num_members() != self.members.len();
-        for (member, incarnation) in &suspected {
-            self.swim_suspicion_timers.insert((member.clone(), *incarnation));
-        }
-        for (after, timer) in timers {
-            self.out.schedule(now + after, Timer::Swim(timer));
-        }
-        if let Err(e) = result {
+        let members = self.members.len();
+        let me = (&self.config.id, &self.config.gossip_addr);
+        let Some(swim) = self.liveness.swim_mut() else { return };
+        let drained = swim.call(now, me, root, members, call, &mut self.out);
+        if let Some(e) = drained.error {
             // foca refuses its own timers only on a bug; a packet from a peer may be anything.
             assert!(source.is_some(), "foca refused a timer or an announce: {e}");
-            let event = Event::BadMessage { from: source.cloned(), error: e.to_string() };
-            self.out.event(event);
+            self.out.event(Event::BadMessage { from: source.cloned(), error: e.to_string() });
         }
         self.read_swim_members(now, false, None);
         // Declared down and back under a renewed identity: the status says so, or peers that
@@ -419,9 +341,9 @@ impl Node {
         if self.own_status.is_of_another_life(self.own_generation()) {
             self.publish_status(now);
         }
-        for (member, incarnation) in suspected {
+        for (member, incarnation) in drained.suspected {
             self.set_suspected(member.node(), true);
-            self.send_suspicion(now, member, incarnation, SWIM_SUSPICION_SENDS);
+            self.tell_suspicion(now, member, incarnation, swim::SUSPICION_SENDS);
         }
         // A packet from a member this node suspects may carry its refutation.
         if let Some(node) = source
@@ -429,113 +351,59 @@ impl Node {
         {
             self.refresh_suspected(node);
         }
-        self.merge_broadcasts(now, source, &items);
+        self.merge_broadcasts(now, source, &drained.items);
         self.unpark_swim_gossip(now);
     }
 
-    /// Holds back foca's periodic gossip timer when it comes due with nothing to gossip: foca
-    /// would send nothing and arm it again, one wake-up in three of an idle node's. It goes
-    /// back to foca as soon as there is something (`unpark_swim_gossip`), so news goes out at
-    /// once instead of at the next tick. Several may be held: a timer of an identity given up
-    /// since is one that foca ignores.
-    fn park_swim_gossip(&mut self, timer: &SwimTimer) -> bool {
-        let swim = self.swim.as_ref().expect("swim mode");
-        let idle = swim.updates_backlog() == 0 && swim.broadcast_backlog() == 0;
-        if idle && matches!(timer, foca::Timer::PeriodicGossip(_)) {
-            self.swim_parked_gossip.push(timer.clone());
-            return true;
-        }
-        false
-    }
-
-    /// Hands the parked gossip timers back to foca, due now, if it has something to gossip.
+    /// Hands foca back its parked gossip timers if it has something to gossip.
     fn unpark_swim_gossip(&mut self, now: Time) {
-        let Some(swim) = self.swim.as_ref() else { return };
-        if self.swim_parked_gossip.is_empty() || (swim.updates_backlog() == 0 && swim.broadcast_backlog() == 0) {
-            return;
-        }
-        for timer in std::mem::take(&mut self.swim_parked_gossip) {
-            self.out.schedule(now, Timer::Swim(timer));
+        if let Some(swim) = self.liveness.swim_mut() {
+            swim.unpark(now, &mut self.out);
         }
     }
 
-    /// Takes the members from foca when they may have changed (`swim_members_stale`) and their
-    /// fingerprint says they did. While the node joins, members arrive by the dozen in every
-    /// packet and nothing acts on them yet (no placement pass runs before the node has joined): then
-    /// they are read at most every `SWIM_JOIN_READ_MS` unless `now_anyway`, a tenth of the
-    /// reads of a thousand-node cold start. A placement pass reads them first.
-    /// `known` is the fingerprint when the caller has just computed it.
+    /// Takes the members from foca when they may have changed ([`SwimState::members_to_read`]);
+    /// a placement pass reads them first (`now_anyway`).
     fn read_swim_members(&mut self, now: Time, now_anyway: bool, known: Option<u64>) {
-        let Some(swim) = self.swim.as_ref() else { return };
-        if !self.swim_members_stale {
-            return;
-        }
         let joining = self.placement.is_joining(now);
-        let due = || self.swim_members_read_at.is_none_or(|at| now >= at + Duration::from_millis(SWIM_JOIN_READ_MS));
-        if joining && !now_anyway && !due() {
-            return;
-        }
-        self.swim_members_stale = false;
-        self.swim_members_read_at = Some(now);
-        let fingerprint = known.unwrap_or_else(|| swim.fingerprint());
-        if fingerprint != std::mem::replace(&mut self.swim_fingerprint, fingerprint) {
-            let alive = swim.alive();
+        let Some(swim) = self.liveness.swim_mut() else { return };
+        if let Some(alive) = swim.members_to_read(now, joining, now_anyway, known) {
             self.set_members(now, alive);
         }
     }
 
-    /// Tells `member` that this node suspects it at `incarnation`, and arms the next telling
-    /// (`left` in all, spread over the suspicion) while it stays suspected.
-    fn send_suspicion(&mut self, now: Time, member: SwimId, incarnation: u16, left: u32) {
-        let swim = self.swim.as_ref().expect("swim mode");
-        let sender = swim.identity().clone();
-        let suspect = SwimMember::new(member.clone(), incarnation, foca::State::Suspect);
-        let to = member.peer_addr().clone();
-        let bytes = Packet::encode(&self.config.id, &Message::SwimSuspicion { sender, suspect });
-        self.out.push(Action::Send { to, bytes });
-        if left > 1 {
-            let every = self.config.swim.suspect_to_down_ms / u64::from(SWIM_SUSPICION_SENDS);
-            let at = now + Duration::from_millis(every.max(1));
-            self.out.schedule(at, Timer::SwimSuspicion { member, incarnation, left: left - 1 });
-        }
+    /// Tells `member` that this node suspects it (see [`SwimState::tell_suspicion`]).
+    fn tell_suspicion(&mut self, now: Time, member: SwimId, incarnation: u16, left: u32) {
+        let swim = self.liveness.swim().expect("only SWIM suspects");
+        swim.tell_suspicion(
+            now,
+            &self.config.id,
+            (member, incarnation, left),
+            self.config.swim.suspect_to_down_ms,
+            &mut self.out,
+        );
     }
 
-    /// foca runs a suspicion's timer only on the node whose probe failed; a node that heard
-    /// of the suspicion by gossip holds the member suspected until the same gossip brings the
-    /// member's refutation or its down declaration. A node that missed every copy of both
-    /// (each is sent `max_transmissions` times by every node that learns it: at a thousand
-    /// nodes, about one node in a hundred crashes) kept a dead member for minutes, until its
-    /// own probe or a push-pull sync reached it, and sent requests to its replicas. So a
-    /// suspicion this node heard of and still sees at two full checks in a row (4 s apart:
-    /// longer than any live suspicion lasts where it began) is taken up as its own: the
-    /// member leaves the balancers, is told (a live one refutes within a round trip, as for
-    /// any suspicion of this node's), and is declared down `suspect_to_down_ms` later if it
-    /// is still suspected at that incarnation. SWIM's paper starts a timer on every node that
-    /// hears a suspicion; this does it only for the stale ones, so that a live suspected
-    /// member is not told by every node of the cluster at once.
-    fn take_up_stale_suspicions(&mut self, now: Time, mut heard: Vec<(SwimId, u16)>) {
-        // A suspicion whose end this node has a timer for is not stale. One it suspected
-        // itself and lost the timer of (foca ignores its own timers once this node renewed
-        // its identity) is.
-        heard.retain(|suspicion| !self.swim_suspicion_timers.contains(suspicion));
-        let before = std::mem::take(&mut self.swim_heard_suspects);
-        let stale: Vec<(SwimId, u16)> = heard.iter().filter(|s| before.contains(s)).cloned().collect();
-        self.swim_heard_suspects = heard;
-        for (member, incarnation) in stale {
+    /// Takes up the suspicions heard of that went stale ([`SwimState::stale_suspicions`]): the
+    /// member leaves the balancers, is told (a live one refutes within a round trip, as for any
+    /// suspicion of this node's), and is declared down `suspect_to_down_ms` later if it is
+    /// still suspected at that incarnation.
+    fn take_up_stale_suspicions(&mut self, now: Time, heard: Vec<(SwimId, u16)>) {
+        let swim = self.liveness.swim_mut().expect("only SWIM suspects");
+        for (member, incarnation) in swim.stale_suspicions(heard) {
             self.set_suspected(member.node(), true);
-            self.send_suspicion(now, member.clone(), incarnation, SWIM_SUSPICION_SENDS);
-            let at = now + Duration::from_millis(self.config.swim.suspect_to_down_ms);
-            self.swim_suspicion_timers.insert((member.clone(), incarnation));
-            self.out.schedule(at, Timer::SwimSuspectDown { member, incarnation });
+            self.tell_suspicion(now, member.clone(), incarnation, swim::SUSPICION_SENDS);
+            let down_ms = self.config.swim.suspect_to_down_ms;
+            let swim = self.liveness.swim_mut().expect("only SWIM suspects");
+            swim.arm_suspect_down(now, member, incarnation, down_ms, &mut self.out);
         }
     }
 
     /// Lists `node`'s replicas again if foca no longer suspects it (it refuted); only this
     /// node's own suspicions take replicas out (see `swim_call`).
     fn refresh_suspected(&mut self, node: &NodeId) {
-        let swim = self.swim.as_ref().expect("swim mode");
-        let still = swim.member(node).is_some_and(|m| m.state() == foca::State::Suspect);
-        if !still {
+        let swim = self.liveness.swim().expect("only SWIM suspects");
+        if !swim.suspects(node) {
             self.set_suspected(node, false);
         }
     }
@@ -545,8 +413,7 @@ impl Node {
     /// timer runs out) or declared down (it leaves the members); placement still counts it, as
     /// nothing has moved yet.
     fn set_suspected(&mut self, node: &NodeId, suspected: bool) {
-        let changed = self.members.set_suspected(node, suspected);
-        if changed {
+        if self.members.set_suspected(node, suspected) {
             self.balancers.trust(node, !suspected);
             self.update_backends();
         }
@@ -807,101 +674,99 @@ impl Node {
                     self.publish_status(now);
                 }
             }
-            Timer::Swim(timer) => {
-                if self.park_swim_gossip(&timer) {
-                    return;
-                }
-                let cleared = match &timer {
-                    foca::Timer::ChangeSuspectToDown { member_id, incarnation, .. } => {
-                        self.swim_suspicion_timers.remove(&(member_id.clone(), *incarnation));
-                        Some(member_id.node().clone())
-                    }
-                    _ => None,
-                };
-                self.swim_call(now, None, |swim| swim.handle_timer(timer));
-                // Declared down, it left the members; still a member, it refuted in time (or
-                // is suspected again, by a later probe).
-                if let Some(node) = cleared {
-                    self.refresh_suspected(&node);
-                }
-            }
+            Timer::Swim(timer) => self.swim_timer(now, timer),
             Timer::SwimSuspicion { member, incarnation, left } => {
-                let swim = self.swim.as_ref().expect("swim mode");
-                let held = swim.member(member.node()).map(|m| (m.id() == &member, m.incarnation(), m.state()));
-                match held {
-                    Some((true, i, foca::State::Suspect)) if i == incarnation => {
-                        self.send_suspicion(now, member, incarnation, left);
-                    }
-                    _ => self.refresh_suspected(member.node()),
+                let swim = self.liveness.swim().expect("only SWIM suspects");
+                if swim.still_suspects(&member, incarnation) {
+                    self.tell_suspicion(now, member, incarnation, left);
+                } else {
+                    self.refresh_suspected(member.node());
                 }
             }
             Timer::SwimSuspectDown { member, incarnation } => {
-                self.swim_suspicion_timers.remove(&(member.clone(), incarnation));
+                let swim = self.liveness.swim_mut().expect("only SWIM suspects");
+                swim.suspicion_ended(&member, incarnation);
                 self.swim_call(now, None, |swim| swim.declare_down(&member, incarnation).map(|_| ()));
                 self.refresh_suspected(member.node());
             }
-            Timer::SwimSync => {
-                let swim = self.swim.as_ref().expect("swim mode");
-                let first = self.placement.is_joining(now);
-                // The first sync goes to a seed: the node may know nobody else yet.
-                let to = if first && !swim.seeds().is_empty() {
-                    let seeds = swim.seeds();
-                    Some(seeds[self.rng.below(seeds.len())].clone())
-                } else {
-                    self.members.random_addrs(&mut self.rng, 1).pop()
-                };
-                if let Some(to) = to {
-                    self.send_swim_sync(to, true);
-                }
-                let swim = &self.config.swim;
-                let next = if first {
-                    // Once more before placement starts: the seeds may not have known the whole
-                    // cluster the first time (they learn every node from its own first sync).
-                    now + Duration::from_millis(2 * swim.probe_period_ms)
-                } else {
-                    let interval_ms =
-                        swim.sync_interval_ms.max(swim.sync_ms_per_member * self.members.len() as u64).max(1);
-                    // Spread over the interval, so that nodes started together do not sync in step.
-                    let jitter_ms = self.rng.below(interval_ms as usize / 2 + 1) as u64;
-                    now + Duration::from_millis(interval_ms / 2 + jitter_ms)
-                };
-                self.out.schedule(next, Timer::SwimSync);
-            }
-            Timer::SwimTick => {
-                self.swim_call(now, None, |swim| {
-                    swim.announce_if_alone();
-                    Ok(())
-                });
-                // foca notifies every change of members; the full check, a scan of them all, is a
-                // safety net and runs every `SWIM_FULL_CHECK_PERIODS` ticks only.
-                self.swim_join_ticks += 1;
-                let full_check = self.swim_join_ticks.is_multiple_of(SWIM_FULL_CHECK_PERIODS);
-                let swim = self.swim.as_ref().expect("swim mode");
-                // The full check takes the members' fingerprint and their suspicions from one
-                // scan of foca's members.
-                let (known, suspects) = if full_check {
-                    let (fingerprint, suspects) = swim.fingerprint_and_suspects();
-                    (Some(fingerprint), Some(suspects))
-                } else {
-                    (None, None)
-                };
-                self.swim_members_stale |= full_check || swim.num_members() != self.members.len();
-                self.read_swim_members(now, true, known);
-                if let Some(suspects) = suspects {
-                    self.take_up_stale_suspicions(now, suspects);
-                }
-                // Every probe period while alone or joining; then every other one, in step with
-                // the node's other periodic timers (at their defaults), so that it costs no
-                // wake-up of its own.
-                let period_ms = self.config.swim.probe_period_ms.max(1);
-                let next = if self.members.is_empty() || self.placement.is_joining(now) {
-                    now + Duration::from_millis(period_ms)
-                } else {
-                    self.grid.at(now + Duration::from_millis(period_ms), SWIM_TICK_PERIODS * period_ms)
-                };
-                self.out.schedule(next, Timer::SwimTick);
-            }
+            Timer::SwimSync => self.swim_sync(now),
+            Timer::SwimTick => self.swim_tick(now),
         }
+    }
+
+    /// One of foca's timers: held back if it is its gossip timer with nothing to gossip, else
+    /// handed to foca.
+    fn swim_timer(&mut self, now: Time, timer: SwimTimer) {
+        let swim = self.liveness.swim_mut().expect("SWIM sets its timers");
+        if swim.park(&timer) {
+            return;
+        }
+        let cleared = match &timer {
+            foca::Timer::ChangeSuspectToDown { member_id, incarnation, .. } => {
+                swim.suspicion_ended(member_id, *incarnation);
+                Some(member_id.node().clone())
+            }
+            _ => None,
+        };
+        self.swim_call(now, None, |swim| swim.handle_timer(timer));
+        // Declared down, it left the members; still a member, it refuted in time (or is
+        // suspected again, by a later probe).
+        if let Some(node) = cleared {
+            self.refresh_suspected(&node);
+        }
+    }
+
+    /// A push-pull membership sync with one peer (the first ones with a seed: the node may
+    /// know nobody else yet), and the next.
+    fn swim_sync(&mut self, now: Time) {
+        let swim = self.liveness.swim().expect("SWIM sets its timers");
+        let first = self.placement.is_joining(now);
+        let to = if first && !swim.seeds().is_empty() {
+            let seeds = swim.seeds();
+            Some(seeds[self.rng.below(seeds.len())].clone())
+        } else {
+            self.members.random_addrs(&mut self.rng, 1).pop()
+        };
+        if let Some(to) = to {
+            self.send_swim_sync(to, true);
+        }
+        let swim = &self.config.swim;
+        let next = if first {
+            // Once more before placement starts: the seeds may not have known the whole cluster
+            // the first time (they learn every node from its own first sync).
+            now + Duration::from_millis(2 * swim.probe_period_ms)
+        } else {
+            let interval_ms = swim.sync_interval_ms.max(swim.sync_ms_per_member * self.members.len() as u64).max(1);
+            // Spread over the interval, so that nodes started together do not sync in step.
+            let jitter_ms = self.rng.below(interval_ms as usize / 2 + 1) as u64;
+            now + Duration::from_millis(interval_ms / 2 + jitter_ms)
+        };
+        self.out.schedule(next, Timer::SwimSync);
+    }
+
+    /// SWIM's own tick: announce again while alone, read the members when they may have
+    /// changed, and on a full check take up the stale suspicions; then the next tick.
+    fn swim_tick(&mut self, now: Time) {
+        self.swim_call(now, None, |swim| {
+            swim.announce_if_alone();
+            Ok(())
+        });
+        let members = self.members.len();
+        let tick = self.liveness.swim_mut().expect("SWIM sets its timers").tick(members);
+        self.read_swim_members(now, true, tick.fingerprint);
+        if let Some(suspects) = tick.suspects {
+            self.take_up_stale_suspicions(now, suspects);
+        }
+        // Every probe period while alone or joining; then every other one, in step with the
+        // node's other periodic timers (at their defaults), so that it costs no wake-up of its
+        // own.
+        let period_ms = self.config.swim.probe_period_ms.max(1);
+        let next = if self.members.is_empty() || self.placement.is_joining(now) {
+            now + Duration::from_millis(period_ms)
+        } else {
+            self.grid.at(now + Duration::from_millis(period_ms), swim::TICK_PERIODS * period_ms)
+        };
+        self.out.schedule(next, Timer::SwimTick);
     }
 
     /// Probes `slot`'s container if it still runs attempt `start`, and sets the next probe.
@@ -1258,7 +1123,7 @@ impl Node {
     /// The generation this node's status carries: its SWIM identity's (a rejoin after being
     /// declared down renews it), or its configured one.
     fn own_generation(&self) -> u64 {
-        self.swim.as_ref().map_or(self.config.generation, |swim| swim.identity().generation())
+        self.liveness.life(self.config.generation)
     }
 
     /// Whether every desired slot runs exactly once in this node's view, nothing runs that is
@@ -1289,7 +1154,7 @@ impl Node {
     /// A gossip round (see [`Gossip::round`]).
     fn gossip(&mut self) {
         let config = RumorConfig { fanout: self.config.gossip_fanout, rounds: self.config.rumor_rounds };
-        let piggyback = self.swim.as_mut().map(|swim| swim as &mut dyn Piggyback);
+        let piggyback = self.liveness.swim_mut().map(SwimState::piggyback);
         self.gossip.round(
             &mut self.registry,
             piggyback,
@@ -1303,13 +1168,8 @@ impl Node {
 
     /// Sends this node's member list to the peer at `to`, asking for its own when `reply`.
     fn send_swim_sync(&mut self, to: PeerAddr, reply: bool) {
-        let swim = self.swim.as_ref().expect("swim mode");
-        let runs = swim.sync_state(limits::PACKET_BYTES_MAX - limits::PACKET_HEADER_BYTES_MAX);
-        for (i, members) in runs.into_iter().enumerate() {
-            // One answer is enough, whatever the number of packets.
-            let bytes = Packet::encode(&self.config.id, &Message::SwimSync { members, reply: reply && i == 0 });
-            self.out.push(Action::Send { to: to.clone(), bytes });
-        }
+        let swim = self.liveness.swim().expect("SWIM syncs");
+        swim.send_sync(&self.config.id, to, reply, &mut self.out);
     }
 
     fn send(&mut self, to: &NodeId, message: &Message) {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::membership::SwimMember;
 use crate::model::Resources;
 
 fn swim_nodes() -> [Node; 2] {
@@ -91,7 +92,7 @@ fn an_idle_swim_node_parks_foca_gossip_timer_and_news_wakes_it_at_once() {
     tests_pump(&mut nodes, 0, 6000, |_| false);
     assert_eq!(nodes[0].members().len(), 1, "a and b know each other");
     assert_eq!(pending_swim_gossip(&nodes[0]), 0, "nothing to gossip: no timer wakes a");
-    assert_eq!(nodes[0].swim_parked_gossip.len(), 1, "it waits, parked");
+    assert_eq!(nodes[0].liveness.swim().unwrap().parked(), 1, "it waits, parked");
     let web = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(100, 64));
     nodes[0].handle_command(Time::from_millis(6001), Command::Apply(Box::new(web))).unwrap();
     while nodes[0].poll_action().is_some() {}
@@ -100,7 +101,7 @@ fn an_idle_swim_node_parks_foca_gossip_timer_and_news_wakes_it_at_once() {
     while nodes[0].poll_action().is_some() {}
     // The news went to foca as a broadcast item: its gossip timer went back to it at once,
     // it gossiped, and armed the timer again.
-    assert!(nodes[0].swim_parked_gossip.is_empty());
+    assert!(nodes[0].liveness.swim().unwrap().parked() == 0);
     assert_eq!(pending_swim_gossip(&nodes[0]), 1);
     tests_pump(&mut nodes, 6002, 7000, |m| !matches!(m, Message::Swim(..)));
     assert_eq!(nodes[1].apps().len(), 1, "the spec reached b inside SWIM packets");
@@ -158,7 +159,7 @@ fn a_suspected_peer_hears_it_straight_away_and_its_refutation_clears_the_suspici
 /// Node a takes in a push-pull sync that lists b as suspected at the incarnation a holds
 /// it at: a suspicion a heard of, with no timer of its own.
 fn hear_by_sync_that_b_is_suspected(a: &mut Node, at_ms: u64) {
-    let swim = a.swim.as_ref().unwrap();
+    let swim = a.liveness.swim().unwrap().foca();
     let held = swim.member(&NodeId::new("b")).unwrap();
     let members = vec![
         SwimMember::new(swim.identity().clone(), 0, foca::State::Alive),
@@ -179,12 +180,12 @@ fn a_suspicion_heard_by_gossip_and_never_refuted_ends_in_a_down_declaration() {
     // suspicion began elsewhere, and a missed both its end and b's refutation. b never
     // hears of it either (a's tellings are lost), while a's probes of b still succeed.
     hear_by_sync_that_b_is_suspected(&mut nodes[0], 3001);
-    let heard = nodes[0].swim.as_ref().unwrap().suspects();
+    let heard = nodes[0].liveness.swim().unwrap().foca().suspects();
     assert_eq!(heard.len(), 1, "a holds b suspected, with no suspicion timer of its own");
     assert!(!nodes[0].suspected().contains(&b), "not a suspicion of a's own: b is still in the balancers");
     // Two full checks (4 s apart) see it, then the suspicion runs out.
     let swim = nodes[0].config().swim.clone();
-    let check_ms = SWIM_FULL_CHECK_PERIODS * SWIM_TICK_PERIODS * swim.probe_period_ms;
+    let check_ms = swim::FULL_CHECK_TICKS * swim::TICK_PERIODS * swim.probe_period_ms;
     let bound_ms = 2 * check_ms + swim.suspect_to_down_ms + swim.probe_period_ms;
     let mut left_at = None;
     let lost = |from: usize, m: &Message| from == 0 && matches!(m, Message::SwimSuspicion { .. });
@@ -205,7 +206,7 @@ fn a_live_member_suspected_by_hearsay_is_told_and_its_refutation_clears_the_susp
     // As above, a hears by a sync that b is suspected; this time b hears a's tellings.
     hear_by_sync_that_b_is_suspected(&mut nodes[0], 3001);
     let swim = nodes[0].config().swim.clone();
-    let check_ms = SWIM_FULL_CHECK_PERIODS * SWIM_TICK_PERIODS * swim.probe_period_ms;
+    let check_ms = swim::FULL_CHECK_TICKS * swim::TICK_PERIODS * swim.probe_period_ms;
     let until = 3002 + 2 * check_ms + swim.suspect_to_down_ms + swim.probe_period_ms;
     super::tests::pump_directed(
         &mut nodes,
@@ -216,7 +217,7 @@ fn a_live_member_suspected_by_hearsay_is_told_and_its_refutation_clears_the_susp
             assert!(nodes[0].members().contains(&b), "a declared the live b down at {t} ms");
         },
     );
-    assert!(nodes[0].swim.as_ref().unwrap().suspects().is_empty(), "b's refutation ended the suspicion at a");
+    assert!(nodes[0].liveness.swim().unwrap().foca().suspects().is_empty(), "b's refutation ended the suspicion at a");
     assert!(nodes[0].suspected().is_empty(), "b is back in a's balancers");
 }
 
@@ -231,11 +232,11 @@ fn swim_header(message: &Message) -> Option<foca::Header<SwimId>> {
 fn a_suspicion_of_an_earlier_life_is_answered_with_this_life_and_not_refuted() {
     let mut nodes = swim_nodes();
     tests_pump(&mut nodes, 0, 3000, |_| false);
-    let swim_a = nodes[0].swim.as_ref().unwrap();
+    let swim_a = nodes[0].liveness.swim().unwrap().foca();
     let sender = swim_a.identity().clone();
-    let b_now = nodes[1].swim.as_ref().unwrap().identity().clone();
+    let b_now = nodes[1].liveness.swim().unwrap().foca().identity().clone();
     // b's incarnation as a holds it: no refutation since (no packet was lost).
-    let before = nodes[0].swim.as_ref().unwrap().member(b_now.node()).unwrap().incarnation();
+    let before = nodes[0].liveness.swim().unwrap().foca().member(b_now.node()).unwrap().incarnation();
     let earlier = SwimId::new(b_now.node().clone(), b_now.peer_addr().clone(), b_now.generation() - 1);
     let suspect = SwimMember::new(earlier, 0, foca::State::Suspect);
     let bytes = Packet::encode(&NodeId::new("a"), &Message::SwimSuspicion { sender: sender.clone(), suspect });
@@ -256,7 +257,7 @@ fn a_refuted_suspicion_leaves_the_suspect_its_identity() {
     let mut nodes = swim_nodes();
     tests_pump(&mut nodes, 0, 3000, |_| false);
     let b = NodeId::new("b");
-    let generation = |node: &Node| node.swim.as_ref().unwrap().identity().generation();
+    let generation = |node: &Node| node.liveness.swim().unwrap().foca().identity().generation();
     assert_eq!(generation(&nodes[1]), 1);
     // a's SWIM packets to b are lost until a's probe of b fails and a suspects it; b hears
     // of it from a's telling and refutes, and from then on nothing is lost. When a's
@@ -303,7 +304,7 @@ fn a_peer_holding_an_earlier_life_learns_the_current_one_from_the_answer_to_its_
     config.generation = 2;
     nodes[1] = Node::new(Time::from_millis(3001), config);
     while nodes[1].poll_action().is_some() {}
-    let a_id = nodes[0].swim.as_ref().unwrap().identity().clone();
+    let a_id = nodes[0].liveness.swim().unwrap().foca().identity().clone();
     let lost = |from: usize, m: &Message| {
         from == 1
             && match m {
@@ -320,7 +321,7 @@ fn a_peer_holding_an_earlier_life_learns_the_current_one_from_the_answer_to_its_
         suspected |= nodes[0].suspected().contains(&b);
     });
     assert!(suspected, "a's probes of b's earlier life failed, and a suspected it");
-    let held = nodes[0].swim.as_ref().unwrap().member(&b).unwrap();
+    let held = nodes[0].liveness.swim().unwrap().foca().member(&b).unwrap();
     assert_eq!((held.id().generation(), held.state()), (2, foca::State::Alive), "a holds b's current life");
 }
 
