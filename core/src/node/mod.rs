@@ -33,7 +33,7 @@ use crate::health::{HealthState, ProbeOutcome};
 use crate::limits;
 use crate::membership::{MembershipMode, PeerAddr, Swim, SwimError, SwimId, SwimTimer};
 use crate::model::{AppName, AppSpec, NodeId, NodeSpec, SlotId, validate_apps};
-use crate::registry::{Entry, Head, Key, Registry};
+use crate::registry::{Entry, Head, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
 use crate::schedule::{ContainerState, Observed, ObservedContainer, place_owned};
 use crate::time::Time;
@@ -241,11 +241,22 @@ impl Node {
                 return;
             }
         };
-        let from = &from;
         match message {
-            Message::Updates(entries) => {
-                self.merge_wire(now, from, &entries);
+            Message::Updates(entries) => self.merge_wire(now, &from, &entries),
+            Message::Load { app, requests } => self.record_load(now, &app, requests),
+            message @ (Message::Root(_) | Message::Digest(_) | Message::Summary { .. } | Message::Repair { .. }) => {
+                self.anti_entropy_message(now, &from, message)
             }
+            message @ (Message::Swim(..) | Message::SwimSync { .. } | Message::SwimSuspicion { .. }) => {
+                self.swim_message(now, &from, message)
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// A step of anti-entropy from `from`: answered with the next.
+    fn anti_entropy_message(&mut self, now: Time, from: &NodeId, message: Message<'_>) {
+        match message {
             Message::Root(root) => {
                 if let Some(digest) = anti_entropy::answer_root(&self.registry, root) {
                     self.send(from, &digest);
@@ -268,40 +279,43 @@ impl Node {
                     self.send_repair(from, &want, Vec::new());
                 }
             }
-            Message::Load { app, requests } => self.record_load(now, &app, requests),
+            _ => unreachable!("routed by handle_message"),
+        }
+    }
+
+    /// A SWIM packet from `from`, for foca; ignored with the perfect failure detector.
+    fn swim_message(&mut self, now: Time, from: &NodeId, message: Message<'_>) {
+        if self.liveness.swim().is_none() {
+            return;
+        }
+        match message {
             Message::Swim(root, packet) => {
-                if self.liveness.swim().is_some() {
-                    self.swim_call(now, Some(from), |swim| swim.handle_data(packet));
-                    // A root that differs starts an exchange as a `Root` does, at most once an
-                    // anti-entropy interval: a busy node's packets would start one each.
-                    if self.anti_entropy.may_answer(now, self.config.anti_entropy_interval_ms)
-                        && self.members.contains(from)
-                        && let Some(digest) = anti_entropy::answer_root(&self.registry, root)
-                    {
-                        self.anti_entropy.answered(now);
-                        self.send(from, &digest);
-                    }
+                self.swim_call(now, Some(from), |swim| swim.handle_data(packet));
+                // A root that differs starts an exchange as a `Root` does, at most once an
+                // anti-entropy interval: a busy node's packets would start one each.
+                if self.anti_entropy.may_answer(now, self.config.anti_entropy_interval_ms)
+                    && self.members.contains(from)
+                    && let Some(digest) = anti_entropy::answer_root(&self.registry, root)
+                {
+                    self.anti_entropy.answered(now);
+                    self.send(from, &digest);
                 }
             }
             Message::SwimSync { members, reply } => {
-                if self.liveness.swim().is_some() {
-                    let mut sender = None;
-                    self.swim_call(now, Some(from), |swim| {
-                        sender = Some(swim.apply_sync(members)?);
-                        Ok(())
-                    });
-                    if let Some(sender) = sender.filter(|_| reply) {
-                        self.send_swim_sync(sender.peer_addr().clone(), false);
-                    }
+                let mut sender = None;
+                self.swim_call(now, Some(from), |swim| {
+                    sender = Some(swim.apply_sync(members)?);
+                    Ok(())
+                });
+                if let Some(sender) = sender.filter(|_| reply) {
+                    self.send_swim_sync(sender.peer_addr().clone(), false);
                 }
             }
             Message::SwimSuspicion { sender, suspect } => {
-                if self.liveness.swim().is_some() {
-                    self.swim_call(now, Some(from), |swim| swim.refute(suspect, sender));
-                }
+                self.swim_call(now, Some(from), |swim| swim.refute(suspect, sender));
             }
+            _ => unreachable!("routed by handle_message"),
         }
-        self.check_invariants();
     }
 
     /// Joins the cluster through the peers at `addrs` ([`MembershipMode::Swim`] only):
@@ -563,11 +577,9 @@ impl Node {
                 if self.registry.get(&Key::App(app.clone())).is_none() {
                     Err(CommandError::UnknownApp(app.to_string()))
                 } else {
-                    self.registry.remove(now, Key::App(app.clone()));
-                    self.key_changed(&Key::App(app.clone()));
+                    self.remove(now, Key::App(app.clone()));
                     if self.registry.get(&Key::Scale(app.clone())).is_some() {
-                        self.registry.remove(now, Key::Scale(app.clone()));
-                        self.key_changed(&Key::Scale(app));
+                        self.remove(now, Key::Scale(app));
                     }
                     self.request_pass(now);
                     Ok(())
@@ -601,13 +613,11 @@ impl Node {
         let value = Value::App(Box::new(spec));
         let bytes = postcard::to_allocvec(&value).expect("specs encode");
         self.registry.check_size(&Key::App(name.clone()), bytes.len())?;
-        self.registry.put(now, Key::App(name.clone()), value)?;
-        self.key_changed(&Key::App(name.clone()));
+        self.write(now, Key::App(name.clone()), value)?;
         if autoscaled {
             // A new spec resets the count the coordinator chose; it starts again from here.
             if self.registry.get(&Key::Scale(name.clone())).is_some() {
-                self.registry.remove(now, Key::Scale(name.clone()));
-                self.key_changed(&Key::Scale(name));
+                self.remove(now, Key::Scale(name));
             }
         }
         self.request_pass(now);
@@ -620,78 +630,99 @@ impl Node {
         self.registry.apps().filter_map(|(name, _)| scaling::spec_with_scale(&self.registry, name)).collect()
     }
 
+    /// A timer came due: one line per kind, each a step of the part it belongs to.
     fn on_timer(&mut self, now: Time, timer: Timer) {
         match timer {
-            Timer::Gossip => {
-                self.gossip();
-                self.unpark_swim_gossip(now);
-                self.gossip.rearm(now, self.config.gossip_interval_ms, &self.registry, &mut self.out);
-            }
-            Timer::AntiEntropy => {
-                if let Some(to) = self.members.random_addrs(&mut self.rng, 1).pop() {
-                    let bytes = Packet::encode(&self.config.id, &Message::Root(self.registry.root_hash()));
-                    self.out.push(Action::Send { to, bytes });
-                }
-                self.out
-                    .schedule(now + Duration::from_millis(self.config.anti_entropy_interval_ms), Timer::AntiEntropy);
-            }
-            Timer::PlacementPass => {
-                self.placement.fired();
-                self.placement_pass(now);
-            }
-            Timer::LoadReport => {
-                self.report_load(now);
-                self.out.schedule(now + Duration::from_millis(self.config.load_report_interval_ms), Timer::LoadReport);
-            }
-            Timer::Autoscale => {
-                self.autoscale(now);
-                self.out.schedule(now + Duration::from_millis(self.config.autoscale_interval_ms), Timer::Autoscale);
-            }
+            Timer::Gossip => self.gossip_round(now),
+            Timer::AntiEntropy => self.anti_entropy_round(now),
+            Timer::PlacementPass => self.placement_pass_due(now),
+            Timer::LoadReport => self.report_load(now),
+            Timer::Autoscale => self.autoscale(now),
             Timer::Probe { slot, start } => self.probe(now, slot, start),
-            Timer::Restart { slot, start } => {
-                if self.slots.is_at(&slot, start, Phase::BackingOff) {
-                    self.start(&slot);
-                }
-            }
-            Timer::Claim { slot, start } => {
-                // Facts that arrived during the settle (another node's claim, say) are looked
-                // at before the start, whatever the pass throttle says.
-                if self.placement.is_pending() {
-                    self.placement_pass(now);
-                }
-                // Still ours after the settle: no other claim won it.
-                if self.slots.is_at(&slot, start, Phase::Claimed) {
-                    self.start(&slot);
-                }
-            }
-            Timer::PublishStatus => {
-                if self.own_status.is_held() {
-                    self.publish_status(now);
-                }
-            }
-            Timer::ForgetFailure { slot, start } => {
-                if self.slots.forget(&slot, start) {
-                    self.publish_status(now);
-                }
-            }
+            Timer::Restart { slot, start } => self.restart(slot, start),
+            Timer::Claim { slot, start } => self.claim_settled(now, slot, start),
+            Timer::PublishStatus => self.publish_held_status(now),
+            Timer::ForgetFailure { slot, start } => self.forget_failure(now, slot, start),
             Timer::Swim(timer) => self.swim_timer(now, timer),
-            Timer::SwimSuspicion { member, incarnation, left } => {
-                let swim = self.liveness.swim().expect("only SWIM suspects");
-                if swim.still_suspects(&member, incarnation) {
-                    self.tell_suspicion(now, member, incarnation, left);
-                } else {
-                    self.refresh_suspected(member.node());
-                }
-            }
-            Timer::SwimSuspectDown { member, incarnation } => {
-                let swim = self.liveness.swim_mut().expect("only SWIM suspects");
-                swim.suspicion_ended(&member, incarnation);
-                self.swim_call(now, None, |swim| swim.declare_down(&member, incarnation).map(|_| ()));
-                self.refresh_suspected(member.node());
-            }
+            Timer::SwimSuspicion { member, incarnation, left } => self.suspicion_told(now, member, incarnation, left),
+            Timer::SwimSuspectDown { member, incarnation } => self.suspicion_over(now, member, incarnation),
             Timer::SwimSync => self.swim_sync(now),
             Timer::SwimTick => self.swim_tick(now),
         }
+    }
+
+    /// A gossip round, then the next if there is still news.
+    fn gossip_round(&mut self, now: Time) {
+        self.gossip();
+        self.unpark_swim_gossip(now);
+        self.gossip.rearm(now, self.config.gossip_interval_ms, &self.registry, &mut self.out);
+    }
+
+    /// Anti-entropy's first step without SWIM: this node's root to a random peer.
+    fn anti_entropy_round(&mut self, now: Time) {
+        if let Some(to) = self.members.random_addrs(&mut self.rng, 1).pop() {
+            let bytes = Packet::encode(&self.config.id, &Message::Root(self.registry.root_hash()));
+            self.out.push(Action::Send { to, bytes });
+        }
+        self.out.schedule(now + Duration::from_millis(self.config.anti_entropy_interval_ms), Timer::AntiEntropy);
+    }
+
+    /// The placement pass requested is due.
+    fn placement_pass_due(&mut self, now: Time) {
+        self.placement.fired();
+        self.placement_pass(now);
+    }
+
+    /// A slot's back-off is over: started again, if it still backs off at that attempt.
+    fn restart(&mut self, slot: SlotId, start: u64) {
+        if self.slots.is_at(&slot, start, Phase::BackingOff) {
+            self.start(&slot);
+        }
+    }
+
+    /// A claim's settle is over: the slot starts if it is still claimed here.
+    fn claim_settled(&mut self, now: Time, slot: SlotId, start: u64) {
+        // Facts that arrived during the settle (another node's claim, say) are looked at
+        // before the start, whatever the pass throttle says.
+        if self.placement.is_pending() {
+            self.placement_pass(now);
+        }
+        // Still ours after the settle: no other claim won it.
+        if self.slots.is_at(&slot, start, Phase::Claimed) {
+            self.start(&slot);
+        }
+    }
+
+    /// The wait of a held-back status change is over.
+    fn publish_held_status(&mut self, now: Time) {
+        if self.own_status.is_held() {
+            self.publish_status(now);
+        }
+    }
+
+    /// A failed slot's cooldown is over: forgotten, so placement may use this node again.
+    fn forget_failure(&mut self, now: Time, slot: SlotId, start: u64) {
+        if self.slots.forget(&slot, start) {
+            self.publish_status(now);
+        }
+    }
+
+    /// Time to tell a suspected member again, if foca still suspects it.
+    fn suspicion_told(&mut self, now: Time, member: SwimId, incarnation: u16, left: u32) {
+        let swim = self.liveness.swim().expect("only SWIM suspects");
+        if swim.still_suspects(&member, incarnation) {
+            self.tell_suspicion(now, member, incarnation, left);
+        } else {
+            self.refresh_suspected(member.node());
+        }
+    }
+
+    /// The end of a suspicion this node took up: declared down if still suspected.
+    fn suspicion_over(&mut self, now: Time, member: SwimId, incarnation: u16) {
+        let swim = self.liveness.swim_mut().expect("only SWIM suspects");
+        swim.suspicion_ended(&member, incarnation);
+        self.swim_call(now, None, |swim| swim.declare_down(&member, incarnation).map(|_| ()));
+        self.refresh_suspected(member.node());
     }
 
     /// One of foca's timers: held back if it is its gossip timer with nothing to gossip, else
@@ -821,9 +852,8 @@ impl Node {
                     own_overwritten = true;
                 }
             }
-            if self.registry.merge(now, key.clone(), entry) {
+            if self.merge(now, key, entry) {
                 self.gossip.received(wire.head, wire.body);
-                self.key_changed(&key);
                 changed = true;
             }
         }
@@ -1059,15 +1089,38 @@ impl Node {
         }
         // The status of one node is bounded by the slots it can run; a registry that refuses
         // it is a limit set too low, a programming error.
-        self.registry.put(now, key.clone(), Value::Status(status)).expect("a node's own status fits the registry");
         self.own_status.written(generation);
-        self.key_changed(&key);
+        self.write(now, key, Value::Status(status)).expect("a node's own status fits the registry");
         self.update_backends();
     }
 
-    /// Keeps the views derived from the registry in step after a write to `key`, and makes sure
-    /// a gossip round will carry the news.
-    fn key_changed(&mut self, key: &Key) {
+    /// Writes `value` under `key`: the one path of this node's own writes to its registry.
+    /// On error nothing changed.
+    fn write(&mut self, now: Time, key: Key, value: Value) -> Result<(), RegistryError> {
+        self.registry.put(now, key.clone(), value)?;
+        self.on_key_changed(&key);
+        Ok(())
+    }
+
+    /// Removes `key` (a tombstone that spreads): the one path of this node's own removals.
+    fn remove(&mut self, now: Time, key: Key) {
+        self.registry.remove(now, key.clone());
+        self.on_key_changed(&key);
+    }
+
+    /// Merges a peer's `entry` under `key`: the one path of what peers write. Returns whether
+    /// it was news.
+    fn merge(&mut self, now: Time, key: Key, entry: Entry<Value>) -> bool {
+        if !self.registry.merge(now, key.clone(), entry) {
+            return false;
+        }
+        self.on_key_changed(&key);
+        true
+    }
+
+    /// After every change to the registry (`write`, `remove`, `merge`): fans out to whoever
+    /// derives state from `key`, and makes sure a gossip round will carry the news.
+    fn on_key_changed(&mut self, key: &Key) {
         self.gossip.wake(self.now, &mut self.out);
         match key {
             Key::App(app) => {
@@ -1192,7 +1245,8 @@ impl Node {
         self.members.rendezvous_owner(app.as_str(), &self.config.id)
     }
 
-    /// Sends each autoscaled app's request count to its coordinator (or records it, here).
+    /// Sends each autoscaled app's request count to its coordinator (or records it, here), and
+    /// sets the next report.
     fn report_load(&mut self, now: Time) {
         for (app, requests) in self.scaling.take_reports() {
             let coordinator = self.coordinator_of(&app);
@@ -1202,6 +1256,7 @@ impl Node {
                 self.send(&coordinator, &Message::Load { app, requests });
             }
         }
+        self.out.schedule(now + Duration::from_millis(self.config.load_report_interval_ms), Timer::LoadReport);
     }
 
     /// Requests for `app` reported to this node as its coordinator.
@@ -1213,7 +1268,8 @@ impl Node {
         self.scaling.record(now, app, requests, || scaling::spec_with_scale(registry, app));
     }
 
-    /// The coordinator of each autoscaled app evaluates its autoscaler and writes `scale/<app>`.
+    /// The coordinator of each autoscaled app evaluates its autoscaler and writes `scale/<app>`;
+    /// then the next evaluation.
     fn autoscale(&mut self, now: Time) {
         // Only the autoscaled apps this node coordinates are copied out of the registry.
         let mine: BTreeMap<AppName, AppSpec> = self
@@ -1226,10 +1282,10 @@ impl Node {
         for (name, decision) in self.scaling.evaluate(now, &mine) {
             let to = decision.to;
             self.out.event(Event::Scaled { app: name.clone(), decision });
-            self.registry.put(now, Key::Scale(name.clone()), Value::Scale(to)).expect("a count fits the registry");
-            self.key_changed(&Key::Scale(name));
+            self.write(now, Key::Scale(name), Value::Scale(to)).expect("a count fits the registry");
             self.request_pass(now);
         }
+        self.out.schedule(now + Duration::from_millis(self.config.autoscale_interval_ms), Timer::Autoscale);
     }
 
     /// What must hold after every input (STYLE.md, rule 6).
