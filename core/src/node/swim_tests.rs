@@ -1,5 +1,5 @@
 use super::*;
-use crate::membership::SwimMember;
+use crate::membership::{SwimId, SwimMember};
 use crate::model::Resources;
 
 fn swim_nodes() -> [Node; 2] {

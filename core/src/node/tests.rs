@@ -1,7 +1,8 @@
 use super::wire::encode_with_entries;
 use super::*;
 use crate::model::{Autoscale, ScaleRule, Volume};
-use crate::model::{Labels, Resources};
+use crate::model::{Labels, NodeSpec, Resources};
+use crate::registry::Head;
 use std::collections::VecDeque;
 
 fn full_spec() -> AppSpec {

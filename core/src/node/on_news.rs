@@ -1,0 +1,168 @@
+//! The facade's routing of the registry's news between nodes: gossip rounds, anti-entropy's
+//! steps, and merging what peers send, through `Node::merge`, the one path of their writes.
+
+use std::time::Duration;
+
+use crate::limits;
+use crate::model::NodeId;
+use crate::registry::{Entry, Head, Key};
+use crate::time::Time;
+
+use super::gossip::RumorConfig;
+use super::swim::SwimState;
+use super::{Action, Event, Message, Node, Packet, Timer, Value, WireEntry, anti_entropy};
+
+impl Node {
+    /// A step of anti-entropy from `from`: answered with the next.
+    pub(super) fn anti_entropy_message(&mut self, now: Time, from: &NodeId, message: Message<'_>) {
+        match message {
+            Message::Root(root) => {
+                if let Some(digest) = anti_entropy::answer_root(&self.registry, root) {
+                    self.send(from, &digest);
+                }
+            }
+            Message::Digest(digest) => {
+                let buckets = self.registry.mismatched_buckets(&digest);
+                for (buckets, heads) in anti_entropy::summaries(&self.registry, &buckets) {
+                    self.send(from, &Message::Summary { buckets, heads });
+                }
+            }
+            Message::Summary { buckets, heads } => {
+                // Send what the peer lacks or holds older; ask for what it has newer.
+                let (send, want) = anti_entropy::answer_summary(&self.registry, &buckets, &heads);
+                self.send_repair(from, &send, want);
+            }
+            Message::Repair { entries, want } => {
+                self.merge_wire(now, from, &entries);
+                if !want.is_empty() {
+                    self.send_repair(from, &want, Vec::new());
+                }
+            }
+            _ => unreachable!("routed by handle_message"),
+        }
+    }
+
+    /// A gossip round, then the next if there is still news.
+    pub(super) fn gossip_round(&mut self, now: Time) {
+        self.gossip();
+        self.unpark_swim_gossip(now);
+        self.gossip.rearm(now, self.config.gossip_interval_ms, &self.registry, &mut self.out);
+    }
+
+    /// Anti-entropy's first step without SWIM: this node's root to a random peer.
+    pub(super) fn anti_entropy_round(&mut self, now: Time) {
+        if let Some(to) = self.members.random_addrs(&mut self.rng, 1).pop() {
+            let bytes = Packet::encode(&self.config.id, &Message::Root(self.registry.root_hash()));
+            self.out.push(Action::Send { to, bytes });
+        }
+        self.out.schedule(now + Duration::from_millis(self.config.anti_entropy_interval_ms), Timer::AntiEntropy);
+    }
+
+    /// Merges entries from a peer; a change to the facts placement reads asks for a new pass.
+    /// Only entries whose head says they are news are decoded. A body that does not decode, or
+    /// does not match its head, is dropped with an [`Event::BadMessage`].
+    pub(super) fn merge_wire(&mut self, now: Time, from: &NodeId, entries: &[WireEntry<'_>]) {
+        let mut changed = false;
+        let mut own_overwritten = false;
+        for wire in entries.iter().take(limits::ENTRIES_PER_MESSAGE_MAX) {
+            if !self.registry.is_news(&wire.head) {
+                continue;
+            }
+            let (key, entry) = match postcard::from_bytes::<(Key, Entry<Value>)>(wire.body) {
+                Ok(decoded) if Head::of(&decoded.0, &decoded.1.version) == wire.head => self.share_names(decoded),
+                Ok(_) => {
+                    let error = "an entry does not match its head".to_owned();
+                    self.out.event(Event::BadMessage { from: Some(from.clone()), error });
+                    continue;
+                }
+                Err(e) => {
+                    let error = e.to_string();
+                    self.out.event(Event::BadMessage { from: Some(from.clone()), error });
+                    continue;
+                }
+            };
+            if matches!(&key, Key::Status(n) if *n == self.config.id) {
+                // Only this node writes its status. A newer one from elsewhere is an echo of a
+                // previous life of this node: take its version into the clock, write ours over.
+                if self.registry.entry(&key).is_some_and(|e| e.version < entry.version) {
+                    own_overwritten = true;
+                }
+            }
+            if self.merge(now, key, entry) {
+                self.gossip.received(wire.head, wire.body);
+                changed = true;
+            }
+        }
+        if own_overwritten {
+            self.publish_status(now);
+        }
+        if changed {
+            self.update_backends();
+            self.request_pass(now);
+        }
+    }
+
+    /// Points the names in a decoded entry at the copies this node holds already (its members'
+    /// names, its apps' names) instead of fresh ones: every node holds every node's status, so
+    /// a name decoded anew for each would be held a thousand times over in a large cluster.
+    pub(super) fn share_names(&self, (key, mut entry): (Key, Entry<Value>)) -> (Key, Entry<Value>) {
+        let key = match key {
+            Key::Status(node) => {
+                let node = self.members.shared_name(&node).cloned().unwrap_or(node);
+                if entry.version.writer == node {
+                    entry.version.writer = node.clone();
+                }
+                if let Some(Value::Status(status)) = &mut entry.value {
+                    if status.spec.id == node {
+                        status.spec.id = node.clone();
+                    }
+                    for c in &mut status.containers {
+                        if let Some(app) = self.balancers.shared_app_name(&c.slot.app) {
+                            c.slot.app = app.clone();
+                        }
+                    }
+                }
+                Key::Status(node)
+            }
+            other => other,
+        };
+        (key, entry)
+    }
+
+    /// Anti-entropy: sends the entries with these key hashes and asks for those in `want`.
+    pub(super) fn send_repair(&mut self, to: &NodeId, key_hashes: &[u64], want: Vec<u64>) {
+        for bytes in anti_entropy::repair_packets(&self.registry, &self.config.id, key_hashes, want) {
+            self.send_bytes(to, bytes);
+        }
+    }
+
+    /// A gossip round (see [`Gossip::round`]).
+    pub(super) fn gossip(&mut self) {
+        let config = RumorConfig { fanout: self.config.gossip_fanout, rounds: self.config.rumor_rounds };
+        let piggyback = self.liveness.swim_mut().map(SwimState::piggyback);
+        self.gossip.round(
+            &mut self.registry,
+            piggyback,
+            &self.members,
+            &mut self.rng,
+            &self.config.id,
+            config,
+            &mut self.out,
+        );
+    }
+
+    pub(super) fn send(&mut self, to: &NodeId, message: &Message) {
+        let bytes = Packet::encode(&self.config.id, message);
+        self.send_bytes(to, bytes);
+    }
+
+    /// Sends to a peer believed alive; one that is not (a reply to a node declared down since,
+    /// a load report racing a change of members) is not sent anything: it could not be
+    /// addressed, and it would be ignored anyway.
+    pub(super) fn send_bytes(&mut self, to: &NodeId, bytes: Vec<u8>) {
+        if let Some(to) = self.members.addr_of(to) {
+            let to = to.clone();
+            self.out.push(Action::Send { to, bytes });
+        }
+    }
+}

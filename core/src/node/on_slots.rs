@@ -1,0 +1,222 @@
+//! The facade's routing of placement and of this node's slots: when a placement pass runs and
+//! how its orders are carried out, and the timers of a slot's lifecycle (probe, restart,
+//! claim, forget).
+
+use std::time::Duration;
+
+use crate::model::{AppName, AppSpec, NodeSpec, SlotId};
+use crate::registry::Key;
+use crate::schedule::{Observed, ObservedContainer, place_owned};
+use crate::time::Time;
+
+use super::placement::{self, Order, Shortcut};
+use super::slots::Phase;
+use super::{Action, Node, Timer, Value, scaling, view};
+
+impl Node {
+    /// The placement pass requested is due.
+    pub(super) fn placement_pass_due(&mut self, now: Time) {
+        self.placement.fired();
+        self.placement_pass(now);
+    }
+
+    /// A slot's back-off is over: started again, if it still backs off at that attempt.
+    pub(super) fn restart(&mut self, slot: SlotId, start: u64) {
+        if self.slots.is_at(&slot, start, Phase::BackingOff) {
+            self.start(&slot);
+        }
+    }
+
+    /// A claim's settle is over: the slot starts if it is still claimed here.
+    pub(super) fn claim_settled(&mut self, now: Time, slot: SlotId, start: u64) {
+        // Facts that arrived during the settle (another node's claim, say) are looked at
+        // before the start, whatever the pass throttle says.
+        if self.placement.is_pending() {
+            self.placement_pass(now);
+        }
+        // Still ours after the settle: no other claim won it.
+        if self.slots.is_at(&slot, start, Phase::Claimed) {
+            self.start(&slot);
+        }
+    }
+
+    /// A failed slot's cooldown is over: forgotten, so placement may use this node again.
+    pub(super) fn forget_failure(&mut self, now: Time, slot: SlotId, start: u64) {
+        if self.slots.forget(&slot, start) {
+            self.publish_status(now);
+        }
+    }
+
+    /// Probes `slot`'s container if it still runs attempt `start`, and sets the next probe.
+    pub(super) fn probe(&mut self, now: Time, slot: SlotId, start: u64) {
+        let Some(target) = self.slots.probe_target(&slot, start) else { return };
+        // Read in place: a probe needs three fields of the spec, not a copy of it.
+        let Some(Value::App(spec)) = self.registry.get(&Key::App(slot.app.clone())) else { return };
+        let (path, timeout_ms, interval_ms) =
+            (spec.health.path.clone(), spec.health.timeout_ms, spec.health.interval_ms);
+        self.out.push(Action::Probe { container: target.container, host_port: target.host_port, path, timeout_ms });
+        // The next point of the node's own grid (at most an interval away), with its other
+        // periodic timers: a node's probes of equal intervals go out in one wake-up, not one
+        // each.
+        let next = self.grid.at(now + Duration::from_millis(1), interval_ms);
+        self.out.schedule(next, Timer::Probe { slot, start });
+    }
+
+    pub(super) fn app_spec(&self, app: &AppName) -> Option<AppSpec> {
+        match self.registry.get(&Key::App(app.clone())) {
+            Some(Value::App(spec)) => Some((**spec).clone()),
+            _ => None,
+        }
+    }
+
+    /// Live node specs and what they run, as this node sees them.
+    pub(super) fn facts(&self) -> (Vec<NodeSpec>, Observed) {
+        let mut nodes = vec![self.config.spec()];
+        // Built from a list sorted by node, all at once: a thousand inserts into the map, each
+        // a walk from its root comparing names, were a tenth of a pass.
+        let mut observed = Vec::with_capacity(self.members.len() + 1);
+        for (node, status) in view::live_statuses(&self.registry, &self.members) {
+            nodes.push(status.spec.clone());
+            let containers = status
+                .containers
+                .iter()
+                .map(|c| ObservedContainer { slot: c.slot.clone(), container: c.container.clone(), state: c.state })
+                .collect();
+            observed.push((node.clone(), containers));
+        }
+        let me = observed.partition_point(|(node, _)| *node < self.config.id);
+        observed.insert(me, (self.config.id.clone(), self.slots.observed()));
+        (nodes, observed.into_iter().collect())
+    }
+
+    /// One placement pass: start what is placed here, stop what must go.
+    ///
+    /// A node that lacks the status of a peer it believes alive does not act: placing with a
+    /// partial view would put everything on the nodes it happens to know. The pass runs again
+    /// when the missing status arrives.
+    pub(super) fn placement_pass(&mut self, now: Time) {
+        self.read_swim_members(now, true, None);
+        // The plan depends on the facts only, and what this node does with it on its own
+        // containers: when neither changed since the last pass, this pass would do nothing.
+        let own = self.slots.observed();
+        if let Shortcut::Unchanged { complete } = self.placement.shortcut(&own) {
+            if complete {
+                self.update_backends();
+            }
+            return;
+        }
+        if self.placement.structure_unchanged() && self.settled() {
+            // Every slot runs once and nothing that moves slots changed since the last full
+            // pass: a pass would keep everything and act on nothing.
+            self.placement.ran(own, true);
+            self.debug_check_settled();
+            self.update_backends();
+            return;
+        }
+        // The view is complete when every live peer's status is known: a count kept in step,
+        // since a walk over the statuses for it was a tenth of a thousand-node cold start.
+        let complete = self.view.is_complete(self.members.len());
+        self.placement.ran(own, complete);
+        if !complete {
+            return;
+        }
+        self.placement.placing(now);
+        let apps = self.apps();
+        let (nodes, observed) = self.facts();
+        debug_assert_eq!(nodes.len(), self.members.len() + 1);
+        let plan = place_owned(apps, nodes, &observed, self.config.policy);
+        let orders = placement::orders(&plan, &self.config.id, &self.slots);
+        let mut changed = false;
+        for order in orders {
+            changed |= self.carry_out(now, order);
+        }
+        let unschedulable = plan.unschedulable().iter().map(|u| (u.slot.clone(), u.reason.clone())).collect();
+        self.placement.set_unschedulable(unschedulable, &mut self.out);
+        if changed {
+            self.publish_status(now);
+        }
+        self.update_backends();
+    }
+
+    /// Carries out one order of a placement pass; returns whether this node's slots changed
+    /// (a claim finds no free host port when every one is taken).
+    pub(super) fn carry_out(&mut self, now: Time, order: Order) -> bool {
+        match order {
+            Order::Stop(slot) => self.slots.stop(&slot, self.config.drain_ms, &mut self.out),
+            Order::Claim(slot) => {
+                let Some(port) = self.free_host_port() else { return false };
+                let spec = self.app_spec(&slot.app);
+                let settle_ms = self.config.claim_settle_ms;
+                self.slots.claim(now, slot, port, spec.as_ref(), settle_ms, &mut self.out);
+            }
+            Order::Retry(slot) => {
+                let spec = self.app_spec(&slot.app);
+                self.slots.retry_failed(&slot, spec.as_ref());
+                self.start(&slot);
+            }
+        }
+        true
+    }
+
+    /// In debug builds, checks what `settled` promises: a full pass would start and stop
+    /// nothing here and report nothing unschedulable.
+    pub(super) fn debug_check_settled(&self) {
+        if !cfg!(debug_assertions) || !self.view.is_complete(self.members.len()) {
+            return;
+        }
+        let (nodes, observed) = self.facts();
+        let plan = place_owned(self.apps(), nodes, &observed, self.config.policy);
+        let me = &self.config.id;
+        assert!(plan.starts_on(me).is_empty(), "a settled view starts nothing");
+        assert!(plan.unschedulable().is_empty(), "a settled view has nothing unschedulable");
+        for stop in plan.stops_on(me) {
+            let failed = self.slots.get(&stop.slot).is_some_and(|l| l.phase == Phase::Failed);
+            assert!(failed, "a settled view stops nothing but records of failed slots: {stop:?}");
+        }
+    }
+
+    /// Starts `slot` (claimed, or backing off) as its app's spec says; a slot whose app is gone
+    /// stays as it is, for the next pass to stop.
+    pub(super) fn start(&mut self, slot: &SlotId) {
+        let Some(spec) = self.app_spec(&slot.app) else { return };
+        self.slots.start(slot, spec, &mut self.out);
+    }
+
+    /// A container failed: out of every balancer at once, stopped, and started again after its
+    /// back-off on the same host port, or given up past its budget.
+    pub(super) fn fail(&mut self, now: Time, slot: &SlotId) {
+        if self.slots.fail(now, slot, self.config.failed_cooldown_ms, &mut self.out) {
+            self.publish_status(now);
+            self.request_pass(now);
+        }
+    }
+
+    /// The lowest port of the node's range that no local slot holds and no app publishes.
+    pub(super) fn free_host_port(&self) -> Option<u16> {
+        let published = self.registry.apps().filter_map(|(_, v)| match v {
+            Value::App(spec) => Some(spec.port),
+            _ => None,
+        });
+        self.slots.free_host_port(self.config.host_port_min, self.config.host_port_max, published)
+    }
+
+    /// Whether every desired slot runs exactly once in this node's view, nothing runs that is
+    /// not desired, and nothing is reported unschedulable. Then, unless apps, scales,
+    /// membership or node specs changed since, a placement pass keeps everything where it is
+    /// and starts and stops nothing: it need not run.
+    pub(super) fn settled(&self) -> bool {
+        if self.placement.has_unschedulable() {
+            return false;
+        }
+        let mut all_specs = true;
+        let apps = self.registry.apps().map_while(|(name, value)| match value {
+            Value::App(spec) => Some((name, scaling::replicas(&self.registry, name, spec))),
+            _ => {
+                all_specs = false;
+                None
+            }
+        });
+        let once = self.view.runs_each_slot_once(apps);
+        once && all_specs
+    }
+}
