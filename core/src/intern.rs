@@ -112,11 +112,11 @@ impl<V: Shared> Interner<V> {
 }
 
 thread_local! {
-    /// Node and app names ([`crate::model::NodeId`], [`crate::model::AppName`]).
+    /// Node and app names (`model::NodeId`, `model::AppName`: this module sits below them).
     static NAMES: RefCell<Interner<Arc<Box<str>>>> = RefCell::new(Interner::new());
-    /// Peers' gossip addresses ([`crate::membership::PeerAddr`]).
+    /// Peers' gossip addresses (`membership::PeerAddr`).
     static ADDRS: RefCell<Interner<Arc<str>>> = RefCell::new(Interner::new());
-    /// The host addresses in balancers' backends ([`crate::node::Backend::addr`]): every node
+    /// The host addresses in balancers' backends (`node::Backend::addr`): every node
     /// lists every peer's replicas, and a copy per node and peer was a thousand copies of each
     /// address at a thousand nodes, each cold when a balancer's list is copied out.
     static HOSTS: RefCell<Interner<Arc<str>>> = RefCell::new(Interner::new());

@@ -155,6 +155,12 @@ impl Key {
         }
     }
 
+    /// Whether the key is part of the desired state (`app/`, `scale/`): what an agent
+    /// persists and restores; statuses and loads are facts of a node's life.
+    pub fn is_desired_state(&self) -> bool {
+        matches!(self, Key::App(_) | Key::Scale(_))
+    }
+
     /// The only node allowed to write a value under this key, for keys that have one. Anyone
     /// may write a tombstone there, so the cluster can forget a node that left.
     pub fn owner(&self) -> Option<&NodeId> {

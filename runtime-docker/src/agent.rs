@@ -18,8 +18,7 @@ use canteen_core::health::ProbeOutcome;
 use canteen_core::limits;
 use canteen_core::membership::PeerAddr;
 use canteen_core::model::{AppName, NodeId, SlotId};
-use canteen_core::node::{Action, Command, ContainerEvent, Event, Message, Node, Packet, Value, WireEntry};
-use canteen_core::registry::{Head, Key, Version};
+use canteen_core::node::{Action, Command, ContainerEvent, Event, Node};
 use canteen_core::schedule::ContainerState;
 use canteen_core::time::Time;
 use serde::{Deserialize, Serialize};
@@ -191,8 +190,8 @@ struct Driver {
     tx: mpsc::Sender<Input>,
     restarts: BTreeMap<SlotId, u64>,
     app_errors: BTreeMap<AppName, String>,
-    /// The keys and versions of the desired state last written to `data_dir`.
-    persisted: Vec<(Key, Version)>,
+    /// [`Node::desired_version`] when the desired state was last written to `data_dir`.
+    persisted: u64,
 }
 
 /// The current time as the node sees it: Unix milliseconds.
@@ -298,12 +297,12 @@ pub async fn start(
         tx: tx.clone(),
         restarts: BTreeMap::new(),
         app_errors: BTreeMap::new(),
-        persisted: Vec::new(),
+        persisted: u64::MAX,
     };
     driver.drain();
     // The desired state first, so adopted containers meet their app's health check.
     driver.restore(persisted);
-    driver.persisted = driver.desired_versions();
+    driver.persisted = driver.node.desired_version();
     let mut adopted = Vec::new();
     for c in own {
         if c.running {
@@ -572,11 +571,10 @@ impl Driver {
         }
     }
 
-    /// Brings back the desired state persisted by an earlier life of this agent. Entries with
-    /// versions are merged as the writes they were, through the node's own merge of a peer's
-    /// updates: what the cluster changed since (a removal, a scale through another agent) is
-    /// newer and wins, here or when the news arrives. Specs of the first file format are
-    /// applied again.
+    /// Brings back the desired state persisted by an earlier life of this agent, through the
+    /// node's own input for it ([`Node::handle_restore`]): what the cluster changed since (a
+    /// removal, a scale through another agent) is newer and wins, here or when the news
+    /// arrives. Specs of the first file format are applied again.
     fn restore(&mut self, persisted: state::Persisted) {
         for spec in persisted.apps {
             let name = spec.name.clone();
@@ -585,54 +583,23 @@ impl Driver {
             }
             self.drain();
         }
-        let encoded: Vec<(Head, Vec<u8>)> = persisted
-            .entries
-            .iter()
-            .map(|(key, entry)| {
-                (Head::of(key, &entry.version), postcard::to_allocvec(&(key, entry)).expect("entries encode"))
-            })
-            .collect();
-        for chunk in encoded.chunks(limits::ENTRIES_PER_MESSAGE_MAX) {
-            let entries = chunk.iter().map(|(head, body)| WireEntry { head: *head, body }).collect();
-            let packet = Packet::encode(self.node.id(), &Message::Updates(entries));
-            self.node.handle_message(now(), &packet);
-            self.drain();
-        }
+        self.node.handle_restore(now(), persisted.entries);
+        self.drain();
         let apps = self.node.apps().len();
         if apps > 0 {
             tracing::info!(apps, "desired state restored from {}", self.config.data_dir.display());
         }
     }
 
-    /// The desired state in the registry: `app/` and `scale/` entries, removals included.
-    fn desired_entries(&self) -> Vec<state::PersistedEntry> {
-        self.node
-            .registry()
-            .iter()
-            .filter(|(key, _)| matches!(key, Key::App(_) | Key::Scale(_)))
-            .map(|(key, entry)| (key.clone(), entry.clone()))
-            .collect()
-    }
-
-    /// The keys and versions of [`Driver::desired_entries`]: what tells a change.
-    fn desired_versions(&self) -> Vec<(Key, Version)> {
-        self.node
-            .registry()
-            .iter()
-            .filter(|(key, _)| matches!(key, Key::App(_) | Key::Scale(_)))
-            .map(|(key, entry)| (key.clone(), entry.version.clone()))
-            .collect()
-    }
-
     /// Writes the desired state to `data_dir` when it changed, however it changed (through this
     /// agent's API or by gossip).
     fn persist(&mut self) {
-        let versions = self.desired_versions();
-        if versions == self.persisted {
+        let version = self.node.desired_version();
+        if version == self.persisted {
             return;
         }
-        match state::save(&self.config.data_dir, &self.desired_entries()) {
-            Ok(()) => self.persisted = versions,
+        match state::save(&self.config.data_dir, &self.node.desired_entries()) {
+            Ok(()) => self.persisted = version,
             Err(e) => tracing::error!("cannot persist the desired state: {e}"),
         }
     }
@@ -661,21 +628,25 @@ impl Driver {
             addr: self.node.config().addr.clone(),
             slots: local.len(),
         }];
-        let mut listed = std::collections::BTreeSet::new();
-        for (key, entry) in self.node.registry().iter() {
-            let (Key::Status(node), Some(Value::Status(status))) = (key, &entry.value) else { continue };
+        for view in self.node.cluster_view() {
+            let node = view.node;
             if node == me {
                 continue;
             }
-            listed.insert(node.clone());
-            let alive = self.node.members().contains(node);
+            let Some(status) = view.status else {
+                // A live peer whose status has not arrived yet (or only one of an earlier
+                // life), or a node down whose last status is of an earlier life.
+                let state = if view.alive { "alive" } else { "down" }.to_owned();
+                nodes.push(NodeStatusJson { name: node.to_string(), state, ..Default::default() });
+                continue;
+            };
             nodes.push(NodeStatusJson {
                 name: node.to_string(),
-                state: if alive { "alive" } else { "down" }.to_owned(),
+                state: if view.alive { "alive" } else { "down" }.to_owned(),
                 addr: status.addr.clone(),
                 slots: status.containers.len(),
             });
-            if !alive {
+            if !view.alive {
                 continue;
             }
             for c in &status.containers {
@@ -689,10 +660,6 @@ impl Driver {
                     restarts: None,
                 });
             }
-        }
-        for node in self.node.members().iter().filter(|n| !listed.contains(*n)) {
-            // A live peer whose status has not arrived yet.
-            nodes.push(NodeStatusJson { name: node.to_string(), state: "alive".to_owned(), ..Default::default() });
         }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         for app in &apps {

@@ -14,9 +14,8 @@ use std::time::Duration;
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
 use canteen_core::membership::{MembershipMode, PeerAddr};
-use canteen_core::model::{AppName, AppSpec};
-use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig, Value};
-use canteen_core::registry::Key;
+use canteen_core::model::AppName;
+use canteen_core::node::{Action, Command, ContainerEvent, Event, Node, NodeConfig};
 use canteen_core::time::Time;
 use madsim::net::{Endpoint, NetSim};
 use madsim::runtime::{Handle, Runtime};
@@ -122,12 +121,10 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
     let swim = config.membership == MembershipMode::Swim;
     let mut node = Node::new(Time::from_millis(boot_ms), config);
     lock(&world).agent_generation(index, node.config().generation);
-    // As the real agent starts (runtime-docker's agent.rs): the saved apps first, so adopted
-    // containers meet their app's health check, then the containers found running on the
-    // node, before the first placement pass. Queued ahead of any peer's message.
-    for spec in persisted {
-        Inbox::push(&inbox_handle, Input::Command(Command::Apply(Box::new(spec))));
-    }
+    // As the real agent starts (runtime-docker's agent.rs): the persisted desired state first,
+    // so adopted containers meet their app's health check, then the containers found running
+    // on the node, before the first placement pass. Queued ahead of any peer's message.
+    Inbox::push(&inbox_handle, Input::Restore(persisted));
     Inbox::push(&inbox_handle, Input::Container(ContainerEvent::Adopted { containers: running }));
     // Inputs the simulated Docker answers later: container starts and probe results.
     let mut later: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
@@ -137,6 +134,7 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
     let mut next_traffic_ms = now_ms(start) + 1000;
     let mut published_root: Option<u64> = None;
     let mut published_members = u64::MAX;
+    let mut persisted_version = node.desired_version();
     let mut alarms = Alarms::default();
     loop {
         // 1. Carry out every action, so the node's queue is empty before the next input.
@@ -238,7 +236,7 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
         {
             later.pop();
             let input = later_inputs.remove(&key).expect("scheduled");
-            feed(&mut node, now, input, &world, index);
+            feed(&mut node, now, input);
             continue;
         }
         if now >= next_traffic_ms {
@@ -262,6 +260,12 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
         // The checkers compare registries by their root hashes and read members and the
         // containers each agent tracks, all kept current after every input. What an agent
         // tracks is in its status, so it changes only with the registry's root.
+        // As the real agent does: the desired state is persisted whenever it changed, however
+        // it changed (a command, a peer's news).
+        if persisted_version != node.desired_version() {
+            persisted_version = node.desired_version();
+            lock(&world).nodes[index].persisted = node.desired_entries();
+        }
         if published_members != node.members_version() {
             published_members = node.members_version();
             lock(&world).publish_members(index, node.members(), now);
@@ -292,35 +296,24 @@ async fn drive(world: Shared, index: usize, mut config: NodeConfig, start: Insta
         // An input already waiting is taken at once, without arming a timer for it.
         let waiting = lock(&inbox_handle).pop();
         if let Some(input) = waiting {
-            feed(&mut node, now, input, &world, index);
+            feed(&mut node, now, input);
             continue;
         }
         if let Some(input) = alarms.next_input(&inbox_handle, start + Duration::from_millis(deadline)).await {
-            feed(&mut node, now_ms(start), input, &world, index);
+            feed(&mut node, now_ms(start), input);
         }
     }
 }
 
-fn feed(node: &mut Node, now: u64, input: Input, world: &Shared, index: usize) {
+fn feed(node: &mut Node, now: u64, input: Input) {
     let now = Time::from_millis(now);
     match input {
         Input::Message(bytes) => node.handle_message(now, &bytes),
         Input::Container(event) => node.handle_container_event(now, event),
         Input::Probe(container, outcome) => node.handle_probe_result(now, &container, outcome),
-        Input::Command(command) => {
-            // The scenario's own commands are valid: the file was checked.
-            node.handle_command(now, command).expect("scenario commands are valid");
-            // As the real agent does after an operator's command: save the apps it knows.
-            let apps: Vec<AppSpec> = node
-                .registry()
-                .iter()
-                .filter_map(|(key, entry)| match (key, &entry.value) {
-                    (Key::App(_), Some(Value::App(spec))) => Some((**spec).clone()),
-                    _ => None,
-                })
-                .collect();
-            lock(world).nodes[index].persisted = apps;
-        }
+        // The scenario's own commands are valid: the file was checked.
+        Input::Command(command) => node.handle_command(now, command).expect("scenario commands are valid"),
+        Input::Restore(entries) => node.handle_restore(now, entries),
     }
 }
 

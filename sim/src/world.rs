@@ -12,8 +12,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
 use canteen_core::membership::PeerAddr;
-use canteen_core::model::{AppName, AppSpec, NodeId, Resources, SlotId};
-use canteen_core::node::{Backend, Command, ContainerEvent};
+use canteen_core::model::{AppName, NodeId, Resources, SlotId};
+use canteen_core::node::{Backend, Command, ContainerEvent, Value};
+use canteen_core::registry::{Entry, Key};
 
 use crate::scenario::{AppSim, Scenario};
 use crate::traffic::{LatencyHistogram, ReplicaQueue, SimRng};
@@ -55,6 +56,8 @@ pub enum Input {
     Probe(String, ProbeOutcome),
     /// An operator's command.
     Command(Command),
+    /// The desired state the node's previous agent persisted, given back as its agent starts.
+    Restore(Vec<(Key, Entry<Value>)>),
 }
 
 /// A node driver's inbox: the inputs its socket task, the simulated Docker and the scenario
@@ -155,9 +158,10 @@ pub struct SimNode {
     /// The containers its agent tracks, as last published by its driver: (app index, slot
     /// index, host port), for the orphan check.
     pub listed: BTreeSet<(usize, u32, u16)>,
-    /// The apps its agent saved (applied through it), restored when the agent restarts; a
-    /// crash loses them with the machine.
-    pub persisted: Vec<AppSpec>,
+    /// The desired state its agent persisted (`Node::desired_entries`, whenever it changed,
+    /// as the real agent does), restored when the agent restarts; a crash loses it with the
+    /// machine.
+    pub persisted: Vec<(Key, Entry<Value>)>,
     /// The SWIM generation its current agent runs under, as the node itself reports it.
     pub generation: u64,
     /// When its current agent started.

@@ -59,6 +59,7 @@ mod wire;
 use anti_entropy::AntiEntropy;
 use balancers::Balancers;
 pub use config::NodeConfig;
+pub use view::NodeView;
 use gossip::Gossip;
 use io::Effects;
 pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
@@ -98,6 +99,8 @@ pub struct Node {
     placement: Placement,
     /// Request counts, autoscalers and which apps autoscale.
     scaling: Scaling,
+    /// Bumped by every change to the `app/` and `scale/` entries (`desired_version`).
+    desired_version: u64,
     /// How this node learns which peers are alive: told, or SWIM.
     liveness: Liveness,
     /// Where this node's periodic timers fall.
@@ -106,6 +109,30 @@ pub struct Node {
 }
 
 impl Node {
+    /// Brings back the desired state an earlier life of this node persisted
+    /// ([`Node::desired_entries`]): each entry merged as the write it was, so that what the
+    /// cluster changed since (a removal, a scale through another node) is newer and wins, here
+    /// or when the news arrives. Entries of other keys are not desired state: they are dropped
+    /// with an [`Event::BadMessage`]. A driver restores before it reports adopted containers,
+    /// so that they meet their app's health check.
+    pub fn handle_restore(&mut self, now: Time, entries: Vec<(Key, Entry<Value>)>) {
+        self.begin_input(now);
+        let now = self.now;
+        let mut changed = false;
+        for (key, entry) in entries {
+            if !key.is_desired_state() {
+                self.out.event(Event::BadMessage { from: None, error: format!("restored entry {key} is not desired state") });
+                continue;
+            }
+            changed |= self.merge(now, key, entry);
+        }
+        if changed {
+            self.update_backends();
+            self.request_pass(now);
+        }
+        self.check_invariants();
+    }
+
     /// A node that knows nothing yet; it publishes its status and starts its timers.
     pub fn new(now: Time, config: NodeConfig) -> Node {
         if let Err(e) = config.check() {
@@ -126,6 +153,7 @@ impl Node {
             own_status: OwnStatus::default(),
             scaling: Scaling::default(),
             liveness: Liveness::Oracle,
+            desired_version: 0,
             grid: Grid { started: now, phase_ms: 0 },
             placement: Placement::new(match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
@@ -531,6 +559,9 @@ impl Node {
     /// derives state from `key`, and makes sure a gossip round will carry the news.
     fn on_key_changed(&mut self, key: &Key) {
         self.gossip.wake(self.now, &mut self.out);
+        if key.is_desired_state() {
+            self.desired_version += 1;
+        }
         match key {
             Key::App(app) => {
                 self.placement.facts_changed();
@@ -660,6 +691,36 @@ impl Node {
     /// The host ports and states of this node's slots, for status output and tests.
     pub fn local_slots(&self) -> Vec<(SlotId, u16, ContainerState)> {
         self.slots.summary()
+    }
+
+    /// The desired state as this node holds it: the `app/` and `scale/` entries, removals
+    /// included, each with its version. What a driver persists, and gives back to
+    /// [`Node::restore`] in the node's next life.
+    pub fn desired_entries(&self) -> Vec<(Key, Entry<Value>)> {
+        self.registry.iter().filter(|(key, _)| key.is_desired_state()).map(|(k, e)| (k.clone(), e.clone())).collect()
+    }
+
+    /// Bumped by every change to [`Node::desired_entries`], however it came (a command, a
+    /// peer's news): a driver persists them again when this moved.
+    pub fn desired_version(&self) -> u64 {
+        self.desired_version
+    }
+
+    /// The cluster as this node sees it, for status output: every node it has a status of or
+    /// believes alive, whether it is alive, and its status if one counts (a status written by
+    /// an earlier life than the one this node knows counts as none).
+    pub fn cluster_view(&self) -> Vec<NodeView<'_>> {
+        let me = &self.config.id;
+        let mut nodes: BTreeMap<&NodeId, NodeView<'_>> = BTreeMap::new();
+        for (node, _) in self.registry.statuses() {
+            let alive = node == me || self.members.contains(node);
+            let status = view::counted_status(&self.registry, &self.members, me, node);
+            nodes.insert(node, NodeView { node, alive, status });
+        }
+        for node in self.members.names().iter().chain(std::iter::once(me)) {
+            nodes.entry(node).or_insert(NodeView { node, alive: true, status: None });
+        }
+        nodes.into_values().collect()
     }
 }
 

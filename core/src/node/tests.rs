@@ -335,6 +335,86 @@ fn a_status_from_an_earlier_life_of_a_peer_counts_as_none() {
     a.check_invariants();
 }
 
+/// `canteen status` reads the cluster through `cluster_view`: a peer whose only status is of
+/// an earlier life is alive with no status, not alive running what it ran before its reboot.
+#[test]
+fn the_cluster_view_counts_no_status_of_an_earlier_life() {
+    let mut a = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(4000, 4096)));
+    let b = NodeId::new("b");
+    let live = |life: u64| vec![(NodeId::new("b"), PeerAddr::new("10.0.0.2:7946"), life)];
+    a.set_members(Time::from_millis(1), live(1));
+    a.handle_message(Time::from_millis(2), &status_packet(1, 2));
+    let view = a.cluster_view();
+    let names: Vec<&str> = view.iter().map(|v| v.node.as_str()).collect();
+    assert_eq!(names, ["a", "b"], "every node, this one included, by name");
+    assert!(view[1].alive && view[1].status.is_some_and(|s| s.containers.len() == 1));
+    a.set_members(Time::from_millis(3), live(2));
+    let view = a.cluster_view();
+    assert!(view[1].alive, "b is alive in its new life");
+    assert_eq!(view[1].status, None, "what its earlier life said counts for nothing");
+    a.set_members(Time::from_millis(4), Vec::new());
+    let view = a.cluster_view();
+    assert_eq!((view[1].node, view[1].alive), (&b, false), "a node that left is listed down");
+}
+
+/// A restarted agent gives its node the desired state it persisted. Entries come back as the
+/// writes they were (same versions: nothing new spreads), a removal the cluster made since wins
+/// over them, and an entry that is not desired state is refused.
+#[test]
+fn restored_entries_are_the_old_writes_and_newer_news_wins_over_them() {
+    let config = |id: &str| NodeConfig::new(NodeId::new(id), "10.0.0.1", Resources::new(4000, 4096));
+    let mut first = Node::new(Time::ZERO, config("a"));
+    while first.poll_action().is_some() {}
+    first.handle_membership(Time::from_millis(1), []);
+    let web = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(100, 64));
+    let api = AppSpec { port: 9090, ..AppSpec::new("api", "canteen-demo:latest", 1, Resources::new(100, 64)) };
+    let commands = [
+        Command::Apply(Box::new(web)),
+        Command::Apply(Box::new(api)),
+        Command::Scale(AppName::new("web"), 3),
+    ];
+    for (at, command) in (2..).zip(commands) {
+        first.handle_command(Time::from_millis(at), command).unwrap();
+        while first.poll_action().is_some() {}
+    }
+    let persisted = first.desired_entries();
+    assert_eq!(persisted.len(), 2, "two apps; statuses are not desired state");
+    assert!(first.desired_version() >= 3, "every write of the desired state moved the version");
+
+    // The next life restores them: the very same entries, no new version of any.
+    let mut next = Node::new(Time::from_millis(10), config("a"));
+    while next.poll_action().is_some() {}
+    let mut with_a_status = persisted.clone();
+    with_a_status.push((Key::Status(NodeId::new("z")), persisted[0].1.clone()));
+    let before = next.desired_version();
+    next.handle_restore(Time::from_millis(11), with_a_status);
+    let refused: Vec<Action> = std::iter::from_fn(|| next.poll_action())
+        .filter(|a| matches!(a, Action::Event(Event::BadMessage { .. })))
+        .collect();
+    assert_eq!(refused.len(), 1, "the status entry is refused: {refused:?}");
+    assert_eq!(next.desired_entries(), persisted, "restored as the writes they were");
+    assert!(next.desired_version() > before);
+    while next.poll_action().is_some() {}
+    assert_eq!(next.apps().iter().find(|s| s.name.as_str() == "web").map(|s| s.replicas), Some(3));
+
+    // Meanwhile the cluster removed `api`: that removal is newer than the restored write.
+    let mut peer = Node::new(Time::from_millis(20), config("b"));
+    while peer.poll_action().is_some() {}
+    peer.handle_restore(Time::from_millis(21), persisted.clone());
+    while peer.poll_action().is_some() {}
+    peer.handle_command(Time::from_millis(22), Command::Remove(AppName::new("api"))).unwrap();
+    while peer.poll_action().is_some() {}
+    let newer = peer.desired_entries();
+    let mut late = Node::new(Time::from_millis(30), config("c"));
+    while late.poll_action().is_some() {}
+    late.handle_restore(Time::from_millis(31), newer);
+    while late.poll_action().is_some() {}
+    late.handle_restore(Time::from_millis(32), persisted);
+    while late.poll_action().is_some() {}
+    let apps: Vec<String> = late.apps().iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(apps, ["web"], "the removal wins over the older write restored after it");
+}
+
 #[test]
 fn anti_entropy_alone_brings_two_registries_together() {
     let mut nodes = two_nodes();

@@ -42,6 +42,17 @@ pub(super) fn live_statuses<'r>(
     })
 }
 
+/// One node as this node sees it ([`super::Node::cluster_view`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView<'a> {
+    /// Its name.
+    pub node: &'a NodeId,
+    /// Whether this node believes it alive (this node always is).
+    pub alive: bool,
+    /// Its status, if one counts: none yet, or only one written by an earlier life.
+    pub status: Option<&'a NodeStatus>,
+}
+
 /// What a node's status says it runs: its spec (none without a status that counts) and the
 /// slots it lists with a container that has not failed.
 #[derive(Debug)]
