@@ -59,7 +59,6 @@ mod wire;
 use anti_entropy::AntiEntropy;
 use balancers::Balancers;
 pub use config::NodeConfig;
-pub use view::NodeView;
 use gossip::Gossip;
 use io::Effects;
 pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
@@ -70,6 +69,7 @@ use scaling::Scaling;
 use slots::Slots;
 use swim::{Liveness, SwimState};
 use timers::{Grid, Timer};
+pub use view::NodeView;
 use view::{NodeSlots, View};
 pub use wire::{ContainerStatus, Message, NodeStatus, Packet, STARTING, Value, WireEntry};
 
@@ -121,7 +121,10 @@ impl Node {
         let mut changed = false;
         for (key, entry) in entries {
             if !key.is_desired_state() {
-                self.out.event(Event::BadMessage { from: None, error: format!("restored entry {key} is not desired state") });
+                self.out.event(Event::BadMessage {
+                    from: None,
+                    error: format!("restored entry {key} is not desired state"),
+                });
                 continue;
             }
             changed |= self.merge(now, key, entry);
@@ -723,6 +726,12 @@ impl Node {
         nodes.into_values().collect()
     }
 }
+
+#[cfg(test)]
+mod testing;
+
+#[cfg(test)]
+mod lifecycle_tests;
 
 #[cfg(test)]
 mod tests;

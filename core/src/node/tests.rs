@@ -368,11 +368,8 @@ fn restored_entries_are_the_old_writes_and_newer_news_wins_over_them() {
     first.handle_membership(Time::from_millis(1), []);
     let web = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(100, 64));
     let api = AppSpec { port: 9090, ..AppSpec::new("api", "canteen-demo:latest", 1, Resources::new(100, 64)) };
-    let commands = [
-        Command::Apply(Box::new(web)),
-        Command::Apply(Box::new(api)),
-        Command::Scale(AppName::new("web"), 3),
-    ];
+    let commands =
+        [Command::Apply(Box::new(web)), Command::Apply(Box::new(api)), Command::Scale(AppName::new("web"), 3)];
     for (at, command) in (2..).zip(commands) {
         first.handle_command(Time::from_millis(at), command).unwrap();
         while first.poll_action().is_some() {}
