@@ -349,42 +349,47 @@ fn app_spec(raw: &RawApp) -> Result<AppSpec, (&'static str, String)> {
         spec.volume = Some(Volume { name: v.name.clone(), mount_path: v.path.clone() });
     }
     if let Some(a) = &raw.autoscale {
-        let rule = match (&a.preset, a.target_rps_per_replica) {
-            (Some(p), None) if p == "per-20-requests-120s" => ScaleRule::PER_20_REQUESTS_120S,
-            (Some(p), None) => {
-                return Err(("autoscale.preset", format!("unknown preset {p:?}; allowed: \"per-20-requests-120s\"")));
-            }
-            (None, Some(t)) => {
-                let ScaleRule::TargetRps { tolerance_percent, window_ms, scale_down_stabilization_ms, .. } =
-                    ScaleRule::target_rps(t)
-                else {
-                    unreachable!("target_rps builds a TargetRps rule")
-                };
-                ScaleRule::TargetRps {
-                    target_rps_per_replica: t,
-                    tolerance_percent: a.tolerance_percent.unwrap_or(tolerance_percent),
-                    window_ms: a.window_ms.unwrap_or(window_ms),
-                    scale_down_stabilization_ms: a.scale_down_stabilization_ms.unwrap_or(scale_down_stabilization_ms),
-                }
-            }
-            _ => {
-                return Err((
-                    "autoscale",
-                    "give exactly one of target_rps_per_replica = N or preset = \"per-20-requests-120s\"".into(),
-                ));
-            }
-        };
-        if matches!(rule, ScaleRule::PerRequests { .. })
-            && (a.tolerance_percent.is_some() || a.window_ms.is_some() || a.scale_down_stabilization_ms.is_some())
-        {
-            return Err((
-                "autoscale.preset",
-                "the preset fixes its own period; tolerance_percent, window_ms and scale_down_stabilization_ms are allowed only with target_rps_per_replica".into(),
-            ));
-        }
-        spec.autoscale = Some(Autoscale { min: a.min, max: a.max, rule });
+        spec.autoscale = Some(autoscale(a)?);
     }
     Ok(spec)
+}
+
+/// The autoscale policy of one raw app, or the field at fault and the problem.
+fn autoscale(a: &RawAutoscale) -> Result<Autoscale, (&'static str, String)> {
+    let rule = match (&a.preset, a.target_rps_per_replica) {
+        (Some(p), None) if p == "per-20-requests-120s" => ScaleRule::PER_20_REQUESTS_120S,
+        (Some(p), None) => {
+            return Err(("autoscale.preset", format!("unknown preset {p:?}; allowed: \"per-20-requests-120s\"")));
+        }
+        (None, Some(t)) => {
+            let ScaleRule::TargetRps { tolerance_percent, window_ms, scale_down_stabilization_ms, .. } =
+                ScaleRule::target_rps(t)
+            else {
+                unreachable!("target_rps builds a TargetRps rule")
+            };
+            ScaleRule::TargetRps {
+                target_rps_per_replica: t,
+                tolerance_percent: a.tolerance_percent.unwrap_or(tolerance_percent),
+                window_ms: a.window_ms.unwrap_or(window_ms),
+                scale_down_stabilization_ms: a.scale_down_stabilization_ms.unwrap_or(scale_down_stabilization_ms),
+            }
+        }
+        _ => {
+            return Err((
+                "autoscale",
+                "give exactly one of target_rps_per_replica = N or preset = \"per-20-requests-120s\"".into(),
+            ));
+        }
+    };
+    if matches!(rule, ScaleRule::PerRequests { .. })
+        && (a.tolerance_percent.is_some() || a.window_ms.is_some() || a.scale_down_stabilization_ms.is_some())
+    {
+        return Err((
+            "autoscale.preset",
+            "the preset fixes its own period; tolerance_percent, window_ms and scale_down_stabilization_ms are allowed only with target_rps_per_replica".into(),
+        ));
+    }
+    Ok(Autoscale { min: a.min, max: a.max, rule })
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +25,11 @@ use std::time::Duration;
 use foca::{AccumulatingRuntime, BroadcastHandler, Foca, Identity, Invalidates, PostcardCodec};
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{mix, stable_hash};
+mod identity;
+
+pub use identity::{PeerAddr, SwimId};
+
+use crate::hash::mix;
 use crate::model::NodeId;
 use crate::rng::SplitMix64;
 
@@ -161,270 +164,6 @@ impl SwimConfig {
             num_members: nonzero(2),
         });
         config
-    }
-}
-
-/// Where a node's packets go: a string its driver understands (the real agent's `host:port`
-/// of its UDP socket, the simulator's node address). Cheap to clone (shared) and to compare (it
-/// carries its hash): foca compares addresses in linear scans of its member list, so at a
-/// thousand members a string comparison there was a third of the simulator's time.
-#[derive(Clone)]
-pub struct PeerAddr {
-    text: Arc<str>,
-    hash: u64,
-}
-
-impl PeerAddr {
-    /// The address `text`.
-    pub fn new(text: &str) -> PeerAddr {
-        let hash = stable_hash(text.as_bytes());
-        let text = crate::intern::peer_addr(hash, text);
-        PeerAddr { text, hash }
-    }
-
-    /// The address as the driver gave it.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// A stable 64-bit hash of the address.
-    pub fn hash64(&self) -> u64 {
-        self.hash
-    }
-}
-
-impl PartialEq for PeerAddr {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
-    }
-}
-
-impl Eq for PeerAddr {}
-
-impl PartialOrd for PeerAddr {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for PeerAddr {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.text.cmp(&other.text)
-    }
-}
-
-impl Hash for PeerAddr {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-impl fmt::Debug for PeerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.text, f)
-    }
-}
-
-impl fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl From<&str> for PeerAddr {
-    fn from(text: &str) -> Self {
-        PeerAddr::new(text)
-    }
-}
-
-impl Serialize for PeerAddr {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for PeerAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Ok(PeerAddr::new(&text))
-    }
-}
-
-/// A member's identity: its node name, its address and the generation of this life of it.
-///
-/// Twenty-four bytes: the address's hash and the generation inline, the rest shared. foca
-/// keeps its members in a vector and scans it on every packet (each packet's sender is applied
-/// as alive), so at a thousand members the size of an identity is what a scan costs: inline
-/// names made it three times as long. The generation is inline so that telling two lives apart
-/// and fingerprinting the members ([`Swim::fingerprint`]) read no shared part.
-#[derive(Clone)]
-pub struct SwimId {
-    addr_hash: u64,
-    generation: u64,
-    life: Arc<SwimLife>,
-}
-
-/// What a [`SwimId`] names, on the wire.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct SwimLife {
-    node: NodeId,
-    addr: PeerAddr,
-    generation: u64,
-}
-
-impl SwimId {
-    /// The life `generation` of `node`, reached at `addr`.
-    pub fn new(node: NodeId, addr: PeerAddr, generation: u64) -> SwimId {
-        SwimId { addr_hash: addr.hash, generation, life: Arc::new(SwimLife { node, addr, generation }) }
-    }
-
-    /// The node.
-    pub fn node(&self) -> &NodeId {
-        &self.life.node
-    }
-
-    /// Where its packets go; foca tells members apart by it.
-    pub fn peer_addr(&self) -> &PeerAddr {
-        &self.life.addr
-    }
-
-    /// Higher in each life of the node: a restart, or a rejoin after being declared down.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-}
-
-impl PartialEq for SwimId {
-    fn eq(&self, other: &Self) -> bool {
-        self.addr_hash == other.addr_hash
-            && self.generation == other.generation
-            && (Arc::ptr_eq(&self.life, &other.life) || self.life == other.life)
-    }
-}
-
-impl Eq for SwimId {}
-
-impl PartialOrd for SwimId {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for SwimId {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.life.cmp(&other.life)
-    }
-}
-
-impl Hash for SwimId {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.life.hash(state);
-    }
-}
-
-impl fmt::Debug for SwimId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}#{}", self.life.node, self.life.addr, self.life.generation)
-    }
-}
-
-impl Serialize for SwimId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.life.serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for SwimId {
-    /// Reads what [`SwimLife`] writes (node, address, generation) and hands out this thread's
-    /// shared copy of that identity ([`SwimId::shared`]).
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::{Error, MapAccess, SeqAccess, Visitor};
-        use std::borrow::Cow;
-
-        struct IdVisitor;
-        impl<'de> Visitor<'de> for IdVisitor {
-            type Value = SwimId;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a SWIM identity: node, address, generation")
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SwimId, A::Error> {
-                let node: Cow<'de, str> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
-                let addr: Cow<'de, str> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(1, &self))?;
-                let generation: u64 = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(2, &self))?;
-                Ok(SwimId::shared(&node, &addr, generation))
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SwimId, A::Error> {
-                let (mut node, mut addr, mut generation) = (None, None, None);
-                while let Some(field) = map.next_key::<Cow<'de, str>>()? {
-                    match &*field {
-                        "node" => node = Some(map.next_value::<Cow<'de, str>>()?),
-                        "addr" => addr = Some(map.next_value::<Cow<'de, str>>()?),
-                        "generation" => generation = Some(map.next_value::<u64>()?),
-                        other => return Err(A::Error::unknown_field(other, FIELDS)),
-                    }
-                }
-                let node = node.ok_or_else(|| A::Error::missing_field("node"))?;
-                let addr = addr.ok_or_else(|| A::Error::missing_field("addr"))?;
-                let generation = generation.ok_or_else(|| A::Error::missing_field("generation"))?;
-                Ok(SwimId::shared(&node, &addr, generation))
-            }
-        }
-
-        const FIELDS: &[&str] = &["node", "addr", "generation"];
-        deserializer.deserialize_struct("SwimLife", FIELDS, IdVisitor)
-    }
-}
-
-thread_local! {
-    /// One shared copy of each SWIM identity this thread decodes, by a hash of the whole
-    /// identity: every SWIM packet's header names two and a push-pull sync a thousand, and a
-    /// thousand simulated nodes held a copy each of every identity.
-    static IDS: std::cell::RefCell<crate::intern::Interner<SwimId>> =
-        std::cell::RefCell::new(crate::intern::Interner::new());
-}
-
-impl crate::intern::Held for SwimId {
-    fn unused(&self) -> bool {
-        Arc::strong_count(&self.life) == 1
-    }
-}
-
-impl SwimId {
-    /// This thread's shared copy of the identity `node` at `addr` in life `generation`, made
-    /// (its names through `intern`) the first time it is asked for. Shared copies compare by
-    /// pointer.
-    fn shared(node: &str, addr: &str, generation: u64) -> SwimId {
-        let addr_hash = stable_hash(addr.as_bytes());
-        let key = mix(addr_hash ^ mix(stable_hash(node.as_bytes()) ^ generation));
-        let is = |held: &SwimId| {
-            held.addr_hash == addr_hash
-                && held.generation == generation
-                && held.life.addr.as_str() == addr
-                && held.life.node.as_str() == node
-        };
-        let make = || SwimId::new(NodeId::new(node), PeerAddr::new(addr), generation);
-        crate::intern::with(&IDS, |ids| ids.get_or_make(key, is, make))
-    }
-}
-
-impl Identity for SwimId {
-    /// The address's hash: foca compares addresses in linear scans, so they must be cheap.
-    type Addr = u64;
-
-    fn renew(&self) -> Option<Self> {
-        Some(SwimId::new(self.node().clone(), self.peer_addr().clone(), self.generation() + 1))
-    }
-
-    fn addr(&self) -> u64 {
-        self.addr_hash
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        // Two lives of one node: the later one is the node as it is now.
-        self.generation() > adversary.generation()
     }
 }
 
@@ -1057,7 +796,7 @@ mod tests {
         let a: SwimId = postcard::from_bytes(&bytes).expect("decodes");
         let b: SwimId = postcard::from_bytes(&bytes).expect("decodes");
         assert_eq!(a, id);
-        assert!(Arc::ptr_eq(&a.life, &b.life), "one copy per identity");
+        assert!(a.is_same_copy(&b), "one copy per identity");
         assert_eq!((a.node().as_str(), a.peer_addr().as_str(), a.generation()), ("node-7", "10.0.0.8:7946", 3));
         // Another life of the node is another identity, and so is another node at the address.
         let later = SwimId::new(NodeId::new("node-7"), PeerAddr::new("10.0.0.8:7946"), 4);
@@ -1071,7 +810,7 @@ mod tests {
         // A format that names the fields decodes it too, to the same copy.
         let text = toml::to_string(&id).expect("encodes");
         let e: SwimId = toml::from_str(&text).expect("decodes");
-        assert!(Arc::ptr_eq(&e.life, &a.life));
+        assert!(e.is_same_copy(&a));
         // A cut identity is an error.
         assert!(postcard::from_bytes::<SwimId>(&bytes[..bytes.len() - 1]).is_err());
     }
