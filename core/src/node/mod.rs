@@ -689,6 +689,26 @@ impl Node {
         let me = &self.config.id;
         self.balancers.check_invariants(|node| node == me || self.members.is_trusted(node));
         self.view.check_invariants(view::live_statuses(&self.registry, &self.members));
+        if cfg!(debug_assertions) {
+            self.check_derived_from_statuses();
+        }
+    }
+
+    /// The cross-check of what the view and the balancers derive from each node's status:
+    /// derived again from the status that counts, nothing would change (this node's own is
+    /// derived from its slots as they are while a change of its status is held back).
+    fn check_derived_from_statuses(&self) {
+        let me = &self.config.id;
+        let current = self.own_status.is_held().then(|| self.current_status());
+        for (node, _) in self.registry.statuses() {
+            let status = match &current {
+                Some(current) if node == me => Some(current),
+                _ => view::counted_status(&self.registry, &self.members, me, node),
+            };
+            assert!(self.view.changed_slots(node, status).is_none(), "{node}'s slots are derived from its status");
+            let list = self.balancers.changed_list(node, status);
+            assert!(list.is_none(), "{node}'s healthy replicas are derived from its status: {list:?}");
+        }
     }
 
     /// The host ports and states of this node's slots, for status output and tests.
