@@ -8,14 +8,21 @@
 //! - [`scenario`]: the scenario file, parsed and checked.
 //! - [`world`]: what is physically true: simulated Docker, the network's partitions, the
 //!   balancers and the request path.
-//! - `harness` (under `--cfg madsim` only): the madsim runtime, the node drivers, faults and
-//!   checkers of one run.
+//! - `harness` (under `--cfg madsim` only): one run, as an outline: the madsim runtime, the
+//!   nodes booted, the traffic, the fault timeline, the checkers sampled, the report.
+//! - `driver` (under `--cfg madsim` only): one node's driver loop, step by step.
+//! - [`docker`]: simulated Docker: container starts, stops and probes, answered when due.
+//! - [`checker`]: one checker per invariant, sampled from the world all along a run.
 //! - [`report`]: a run's report as a table, JSON and an SVG timeline.
 //! - [`traffic`]: Poisson arrivals, replica queues, latency histograms.
 //! - [`plot`]: the SVG timeline writer.
 //! - [`cli`]: the `canteen-sim` command line.
 
+pub mod checker;
 pub mod cli;
+pub mod docker;
+#[cfg(madsim)]
+pub mod driver;
 #[cfg(madsim)]
 pub mod harness;
 pub mod plot;

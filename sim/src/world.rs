@@ -13,7 +13,7 @@ use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
 use canteen_core::membership::PeerAddr;
 use canteen_core::model::{AppName, NodeId, Resources, SlotId};
-use canteen_core::node::{Backend, Command, ContainerEvent, Value};
+use canteen_core::node::{Backend, Command, ContainerEvent, Event, Value};
 use canteen_core::registry::{Entry, Key};
 
 use crate::scenario::{AppSim, Scenario};
@@ -825,6 +825,31 @@ impl World {
                 self.latency_second.record(latency_us);
             }
             Err(e) => *self.failed.entry(e).or_default() += 1,
+        }
+    }
+}
+
+impl World {
+    /// Keeps what the checkers need from a node's event.
+    pub fn record_event(&mut self, now_ms: u64, event: Event) {
+        match event {
+            Event::Scaled { app, decision } => {
+                self.desired.insert(app.clone(), decision.to);
+                self.scale_events.push(ScaleEvent {
+                    at_s: now_ms as f64 / 1000.0,
+                    app,
+                    from: decision.from,
+                    to: decision.to,
+                });
+            }
+            Event::Unschedulable { slots } => self.unschedulable = slots.len(),
+            Event::BadMessage { from, error } => {
+                if std::env::var_os("CANTEEN_SIM_BAD").is_some() {
+                    eprintln!("bad message from {from:?}: {error}");
+                }
+                self.bad_messages += 1
+            }
+            _ => {}
         }
     }
 }
