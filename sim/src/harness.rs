@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use canteen_core::membership::{MembershipMode, PeerAddr};
 use canteen_core::model::AppName;
-use canteen_core::node::{Command, ContainerEvent, NodeConfig};
-use madsim::net::NetSim;
+use canteen_core::node::{Command, NodeConfig};
 use madsim::runtime::{Handle, Runtime};
 use madsim::time::Instant;
 
 use crate::driver::Driver;
+use crate::faults::Faults;
 use crate::report::{Report, Timeline};
-use crate::scenario::{FaultKind, Membership, Scenario};
+use crate::scenario::{Membership, Scenario};
 use crate::traffic::poisson_arrivals;
-use crate::world::{Input, World, container_name, gossip_addr_of, ip_of};
+use crate::world::{Input, World, gossip_addr_of, ip_of};
 /// The tag of canteen's datagrams on madsim's endpoints.
 pub(crate) const TAG: u64 = 0x63616e74;
 /// With SWIM, every node joins through the first few nodes of the cluster.
@@ -79,22 +79,25 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
             config
         })
         .collect();
-    let spawn = |i: usize| {
-        let w = world.clone();
-        let config = configs[i].clone();
-        handle
-            .create_node()
-            .name(scenario.cluster.nodes[i].id.as_str())
-            .ip(ip_of(i))
-            .init(move || {
-                let (w, config) = (w.clone(), config.clone());
-                async move { Driver::boot(w, i, config, start).await.run().await }
-            })
-            .build()
-            .id()
+    let spawn = {
+        let (world, handle, names) = (world.clone(), handle.clone(), scenario.cluster.nodes.clone());
+        move |i: usize| {
+            let w = world.clone();
+            let config = configs[i].clone();
+            handle
+                .create_node()
+                .name(names[i].id.as_str())
+                .ip(ip_of(i))
+                .init(move || {
+                    let (w, config) = (w.clone(), config.clone());
+                    async move { Driver::boot(w, i, config, start).await.run().await }
+                })
+                .build()
+                .id()
+        }
     };
-    let mut madsim_ids: Vec<Option<madsim::task::NodeId>> =
-        (0..configs.len()).map(|i| (!late[i]).then(|| spawn(i))).collect();
+    let ids: Vec<Option<madsim::task::NodeId>> = (0..late.len()).map(|i| (!late[i]).then(|| spawn(i))).collect();
+    let mut faults = Faults::new(world.clone(), handle, ids, Box::new(spawn));
     // Let every node boot, then apply the apps through the first node, as an operator would.
     while lock(&world).nodes.iter().zip(&late).any(|(n, late)| !late && n.inbox.is_none()) {
         madsim::time::sleep(Duration::from_millis(1)).await;
@@ -122,146 +125,24 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
     events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let heal_at = scenario.heal_at_s();
     let mut healed = false;
-    let mut partitioned: Vec<(madsim::task::NodeId, madsim::task::NodeId)> = Vec::new();
     for (at, i, is_end) in events {
         if !healed && at > heal_at {
             sleep_until_s(start, heal_at).await;
-            heal(&world, &mut partitioned, now_ms(start));
+            faults.heal(now_ms(start));
             lock(&checker).healed_at(heal_at);
             healed = true;
         }
         sleep_until_s(start, at).await;
         let fault = &scenario.faults[i];
-        let now = now_ms(start);
-        let mut w = lock(&world);
         if is_end {
-            match &fault.kind {
-                FaultKind::SlowNode { node, .. } => w.nodes[*node].slow_factor = 1.0,
-                FaultKind::Partition { .. } | FaultKind::PacketLoss { .. } => {
-                    drop(w);
-                    heal(&world, &mut partitioned, now);
-                    w = lock(&world);
-                }
-                _ => {}
-            }
-            continue;
-        }
-        let crashed = match &fault.kind {
-            FaultKind::CrashNode { node } if w.nodes[*node].up => Some(*node),
-            _ => None,
-        };
-        lock(&checker).fault_started(fault.describe(), fault.at_s, fault.end_s(), crashed);
-        match &fault.kind {
-            FaultKind::CrashNode { node } => {
-                if w.nodes[*node].up {
-                    w.node_crashed(*node, now);
-                    drop(w);
-                    handle.kill(madsim_ids[*node].expect("an up node was spawned"));
-                }
-            }
-            FaultKind::RestartNode { node } => {
-                if !w.nodes[*node].up
-                    && let Some(id) = madsim_ids[*node]
-                {
-                    drop(w);
-                    handle.restart(id);
-                }
-            }
-            FaultKind::RestartAgent { node } => {
-                if w.nodes[*node].up {
-                    w.agent_stopped(*node, now);
-                    drop(w);
-                    let id = madsim_ids[*node].expect("an up node was spawned");
-                    handle.kill(id);
-                    handle.restart(id);
-                }
-            }
-            FaultKind::StartNode { node } => {
-                drop(w);
-                if madsim_ids[*node].is_none() {
-                    let id = spawn(*node);
-                    madsim_ids[*node] = Some(id);
-                    // Cut off from the nodes of other groups if a partition is on.
-                    let group = lock(&world).group.clone();
-                    let net = NetSim::current();
-                    for (other, other_id) in madsim_ids.iter().enumerate() {
-                        if let Some(other_id) = *other_id
-                            && group[other] != group[*node]
-                        {
-                            net.clog_link(id, other_id);
-                            net.clog_link(other_id, id);
-                            partitioned.push((id, other_id));
-                            partitioned.push((other_id, id));
-                        }
-                    }
-                }
-            }
-            FaultKind::Apply { node, app } => {
-                let spec = scenario.cluster.apps.iter().find(|a| a.name == *app).expect("checked: an app of the file");
-                if w.nodes[*node].inbox.is_some() {
-                    w.desired.insert(app.clone(), spec.replicas);
-                    w.deliver(*node, Input::Command(Command::Apply(Box::new(spec.clone()))));
-                } else {
-                    drop(w);
-                    lock(&checker).lost_apply(fault.describe());
-                }
-            }
-            FaultKind::KillContainer { app, slot } => {
-                if let Some(id) = w.container_of(app, *slot) {
-                    let c = w.containers.get_mut(&id).expect("found");
-                    c.exited = true;
-                    let node = c.node;
-                    w.deliver(node, Input::Container(ContainerEvent::Exited { container: container_name(id) }));
-                }
-            }
-            FaultKind::HangContainer { app, slot } => {
-                if let Some(id) = w.container_of(app, *slot) {
-                    w.containers.get_mut(&id).expect("found").hung = true;
-                }
-            }
-            FaultKind::FlapContainer { app, slot, period_ms } => {
-                let until = fault.end_s().map_or(u64::MAX, |e| (e * 1000.0) as u64);
-                if let Some(id) = w.container_of(app, *slot) {
-                    w.containers.get_mut(&id).expect("found").flap = Some((now, *period_ms, until));
-                }
-            }
-            FaultKind::SlowNode { node, factor } => w.nodes[*node].slow_factor = *factor,
-            FaultKind::Partition { groups } => {
-                let n = w.nodes.len();
-                let mut group = vec![groups.len(); n];
-                for (g, members) in groups.iter().enumerate() {
-                    for &m in members {
-                        group[m] = g;
-                    }
-                }
-                w.set_groups(group.clone(), now);
-                drop(w);
-                let net = NetSim::current();
-                for a in 0..n {
-                    for b in 0..n {
-                        if let (Some(ida), Some(idb)) = (madsim_ids[a], madsim_ids[b])
-                            && group[a] != group[b]
-                        {
-                            net.clog_link(ida, idb);
-                            partitioned.push((ida, idb));
-                        }
-                    }
-                }
-            }
-            FaultKind::Heal => {
-                drop(w);
-                heal(&world, &mut partitioned, now);
-            }
-            FaultKind::PacketLoss { ratio } => {
-                let ratio = *ratio;
-                drop(w);
-                NetSim::current().update_config(|c| c.packet_loss_rate = ratio);
-            }
+            faults.end(fault, now_ms(start));
+        } else {
+            faults.begin(fault, now_ms(start), &scenario, &mut lock(&checker));
         }
     }
     if !healed {
         sleep_until_s(start, heal_at).await;
-        heal(&world, &mut partitioned, now_ms(start));
+        faults.heal(now_ms(start));
         lock(&checker).healed_at(heal_at);
     }
     sleep_until_s(start, scenario.duration_s).await;
@@ -286,20 +167,6 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
 async fn sleep_until_s(start: Instant, at_s: f64) {
     let at = start + Duration::from_secs_f64(at_s);
     madsim::time::sleep_until(at).await;
-}
-
-/// Ends every partition and packet loss; slow nodes stay slow until their fault ends.
-fn heal(world: &Shared, partitioned: &mut Vec<(madsim::task::NodeId, madsim::task::NodeId)>, now: u64) {
-    let net = NetSim::current();
-    for (a, b) in partitioned.drain(..) {
-        net.unclog_link(a, b);
-    }
-    net.update_config(|c| c.packet_loss_rate = 0.0);
-    let mut w = lock(world);
-    if w.group.iter().any(|g| *g != 0) {
-        let whole = vec![0; w.group.len()];
-        w.set_groups(whole, now);
-    }
 }
 
 /// Open-loop Poisson clients: each request enters a random node that is up and goes through

@@ -11,6 +11,7 @@
 //! - `harness` (under `--cfg madsim` only): one run, as an outline: the madsim runtime, the
 //!   nodes booted, the traffic, the fault timeline, the checkers sampled, the report.
 //! - `driver` (under `--cfg madsim` only): one node's driver loop, step by step.
+//! - `faults` (under `--cfg madsim` only): one function per kind of fault.
 //! - [`docker`]: simulated Docker: container starts, stops and probes, answered when due.
 //! - [`checker`]: one checker per invariant, sampled from the world all along a run.
 //! - [`report`]: a run's report as a table, JSON and an SVG timeline.
@@ -23,6 +24,8 @@ pub mod cli;
 pub mod docker;
 #[cfg(madsim)]
 pub mod driver;
+#[cfg(madsim)]
+pub mod faults;
 #[cfg(madsim)]
 pub mod harness;
 pub mod plot;
