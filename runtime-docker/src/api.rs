@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::agent::{Handle, StatusJson};
+use crate::agent::Handle;
 use crate::state::apps_from_file;
 
 /// An API request body larger than this is refused.
@@ -225,4 +225,70 @@ pub async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<Str
 pub async fn status(addr: SocketAddr) -> Result<StatusJson, ClientError> {
     let text = call(addr, Method::GET, "/status", None).await?;
     serde_json::from_str(&text).map_err(|e| ClientError::Failed { status: 200, message: e.to_string() })
+}
+
+/// The agent's state as `GET /status` reports it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StatusJson {
+    /// This node.
+    pub node: String,
+    /// This life of the node (its SWIM generation: the agent's start time in Unix ms).
+    #[serde(default)]
+    pub generation: u64,
+    /// Every app applied.
+    pub apps: Vec<AppStatusJson>,
+    /// Every slot running on a node believed alive (this one included), as this node sees the
+    /// cluster, and the desired slots running nowhere.
+    pub slots: Vec<SlotStatusJson>,
+    /// Every node this one knows of: itself, its live peers, and nodes it believes down.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatusJson>,
+}
+
+/// One node of the cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeStatusJson {
+    /// Its name.
+    pub name: String,
+    /// `alive` (this node, or a peer SWIM holds alive or suspected) or `down`.
+    pub state: String,
+    /// The address its containers are reached at.
+    pub addr: String,
+    /// The slots its status lists.
+    pub slots: usize,
+}
+
+/// One app.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AppStatusJson {
+    /// Its name.
+    pub name: String,
+    /// Its image.
+    pub image: String,
+    /// Its published port.
+    pub port: u16,
+    /// The replica count wanted now (the autoscaler's for autoscaled apps).
+    pub replicas: u32,
+    /// The last start failure, until a start succeeds.
+    pub error: Option<String>,
+}
+
+/// One slot.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SlotStatusJson {
+    /// The app.
+    pub app: String,
+    /// The slot index.
+    pub slot: u32,
+    /// The node running it, `-` when none.
+    pub node: String,
+    /// Its host port, 0 when none.
+    pub host_port: u16,
+    /// starting, healthy, unhealthy, failed or unplaced.
+    pub health: String,
+    /// Requests per second this agent's balancer sent it over the last report period.
+    pub requests_per_s: f64,
+    /// Restarts after failures since its agent started: known for this agent's slots only
+    /// (`None` for a peer's).
+    pub restarts: Option<u64>,
 }

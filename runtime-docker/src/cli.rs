@@ -332,7 +332,7 @@ async fn wait_for_signal() {
 }
 
 /// The `canteen status` table.
-pub fn status_table(status: &agent::StatusJson) -> String {
+pub fn status_table(status: &crate::api::StatusJson) -> String {
     let mut rows = vec![[
         "APP".to_owned(),
         "SLOT".to_owned(),

@@ -1,0 +1,311 @@
+//! The agent's task: the one owner of the [`Node`], the only caller of its `handle_*` and
+//! `poll_*`. It takes one input at a time from the agent's channel, drains every action after
+//! it and hands each effect to a Docker, probe, proxy or gossip job.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canteen_core::limits;
+use canteen_core::membership::PeerAddr;
+use canteen_core::model::{AppName, NodeId, SlotId};
+use canteen_core::node::{Action, ContainerEvent, Event, Node};
+use canteen_core::schedule::ContainerState;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Input, PERSIST_INTERVAL_MS, now, tasks};
+use crate::api::{AppStatusJson, NodeStatusJson, SlotStatusJson, StatusJson};
+use crate::config::AgentConfig;
+use crate::docker::Docker;
+use crate::metrics::{AppLabel, Metrics};
+use crate::proxy::Proxies;
+
+/// What the agent task owns.
+pub(super) struct Driver {
+    pub(super) node: Node,
+    pub(super) config: AgentConfig,
+    pub(super) gossip: Arc<UdpSocket>,
+    /// [`Node::members_version`] when the members were last logged and counted.
+    pub(super) members_version: u64,
+    pub(super) docker: Docker,
+    pub(super) proxies: Arc<Proxies>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) tx: mpsc::Sender<Input>,
+    pub(super) restarts: BTreeMap<SlotId, u64>,
+    pub(super) app_errors: BTreeMap<AppName, String>,
+    /// [`Node::desired_version`] when the desired state was last written to `data_dir`.
+    pub(super) persisted: u64,
+}
+
+impl Driver {
+    /// The loop: carry out the actions, persist the desired state once a second, fire due
+    /// timers first, then take the next input or sleep until the next timer, until stopped.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut stop: oneshot::Receiver<()>) {
+        let mut persist_at = std::time::Instant::now();
+        loop {
+            self.drain();
+            // The desired state may also change by gossip: looked at once a second.
+            if persist_at.elapsed() >= Duration::from_millis(PERSIST_INTERVAL_MS) {
+                self.persist();
+                persist_at = std::time::Instant::now();
+            }
+            // Due timers first, so a steady stream of inputs never starves them.
+            let t = now();
+            if self.node.poll_timeout().is_some_and(|due| due <= t) {
+                self.node.handle_timeout(t);
+                continue;
+            }
+            let wait_ms = self.node.poll_timeout().map_or(1000, |due| due.as_millis().saturating_sub(t.as_millis()));
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                input = rx.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => break,
+                },
+                () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+            }
+        }
+        self.persist();
+        self.proxies.close_all();
+        tracing::info!("agent stopped");
+    }
+
+    /// One input for the node.
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Packet(bytes) => self.node.handle_message(now(), &bytes),
+            Input::Container(event) => self.node.handle_container_event(now(), event),
+            Input::StartDone { slot, generation, result } => {
+                let event = match result {
+                    Ok(container) => {
+                        self.app_errors.remove(&slot.app);
+                        ContainerEvent::Started { slot, generation, container }
+                    }
+                    Err(error) => {
+                        tracing::error!(slot = %slot, "start failed: {error}");
+                        self.app_errors.insert(slot.app.clone(), error.clone());
+                        ContainerEvent::StartFailed { slot, generation, error }
+                    }
+                };
+                self.node.handle_container_event(now(), event);
+            }
+            Input::Probe { container, outcome } => self.node.handle_probe_result(now(), &container, outcome),
+            Input::Traffic(counts) => {
+                for (app, requests) in counts {
+                    if requests > 0 {
+                        self.drain();
+                        self.node.handle_traffic(now(), &app, requests);
+                    }
+                }
+            }
+            Input::Commands { commands, reply } => {
+                let mut result = Ok(());
+                for command in commands {
+                    self.drain();
+                    if let Err(e) = self.node.handle_command(now(), command) {
+                        result = Err(e.to_string());
+                        break;
+                    }
+                }
+                self.drain();
+                self.persist();
+                let _ = reply.send(result);
+            }
+            Input::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    /// Carries out every queued action.
+    pub(super) fn drain(&mut self) {
+        while let Some(action) = self.node.poll_action() {
+            self.dispatch(action);
+        }
+        if self.node.members_version() != self.members_version {
+            self.members_version = self.node.members_version();
+            let members = self.node.members();
+            self.metrics.gossip_members.set(members.len() as i64 + 1);
+            let names: Vec<&str> = members.iter().map(NodeId::as_str).collect();
+            tracing::info!(members = ?names, "cluster members (peers believed alive)");
+        }
+    }
+
+    /// One gossip datagram to `to`; a failure loses it, which gossip and SWIM expect.
+    fn send(&self, to: &PeerAddr, bytes: &[u8]) {
+        let addr = match to.as_str().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                tracing::warn!(peer = %to, "gossip address is not IP:PORT: packet dropped");
+                self.metrics.gossip_dropped.inc();
+                return;
+            }
+        };
+        if bytes.len() > limits::PACKET_BYTES_MAX {
+            tracing::warn!(peer = %to, bytes = bytes.len(), "gossip packet larger than a datagram: dropped");
+            self.metrics.gossip_dropped.inc();
+            return;
+        }
+        match self.gossip.try_send_to(bytes, addr) {
+            Ok(_) => {
+                self.metrics.gossip_sent.inc();
+            }
+            Err(e) => {
+                tracing::debug!(peer = %to, "gossip send: {e}");
+                self.metrics.gossip_dropped.inc();
+            }
+        }
+    }
+
+    /// Carries out one action.
+    fn dispatch(&mut self, action: Action) {
+        match action {
+            Action::Send { to, bytes } => self.send(&to, &bytes),
+            Action::StartContainer { slot, app, host_port, generation } => {
+                let (docker, tx, ip) = (self.docker.clone(), self.tx.clone(), self.config.container_ip);
+                tasks::spawn_start(docker, tx, ip, (slot, app, host_port, generation));
+            }
+            Action::StopContainer { container, slot, drain_ms } => {
+                tasks::spawn_stop(self.docker.clone(), container, slot, drain_ms);
+            }
+            Action::Probe { container, host_port, path, timeout_ms } => {
+                tasks::spawn_probe(self.tx.clone(), self.config.container_ip, container, host_port, path, timeout_ms);
+            }
+            Action::SetBackends { app, port, picker, backends } => {
+                tracing::info!(app = %app, port, backends = backends.len(), "balancer backends");
+                if let Err(e) = self.proxies.set_backends(&app, port, picker, &backends) {
+                    tracing::error!("{e}");
+                    self.app_errors.insert(app, e.to_string());
+                }
+            }
+            Action::RemoveBalancer { app } => self.proxies.remove(&app),
+            Action::Event(event) => self.on_event(event),
+        }
+    }
+
+    /// Logs an event and counts it in the metrics.
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Starting { slot, host_port } => tracing::info!(slot = %slot, host_port, "starting"),
+            Event::Health { slot, state } => tracing::info!(slot = %slot, ?state, "health"),
+            Event::Restarting { slot, at } => {
+                tracing::warn!(slot = %slot, at = %at, "restarting after a failure");
+                self.metrics.restarts.get_or_create(&AppLabel::new(slot.app.as_str())).inc();
+                *self.restarts.entry(slot).or_default() += 1;
+            }
+            Event::GaveUp { slot } => tracing::error!(slot = %slot, "failed past its restart budget"),
+            Event::Scaled { app, decision } => {
+                tracing::info!(app = %app, ?decision, "scaled");
+                self.metrics.scale_events.get_or_create(&AppLabel::new(app.as_str())).inc();
+            }
+            Event::BadMessage { from, error } => tracing::warn!(peer = ?from, "bad message: {error}"),
+            Event::Unschedulable { slots } => {
+                for (slot, reason) in slots {
+                    tracing::warn!(slot = %slot, "unschedulable: {reason}");
+                }
+            }
+        }
+    }
+
+    /// The cluster as this node sees it: its own slots (claims and back-offs included), every
+    /// slot the statuses of its live peers list, and the desired slots running nowhere.
+    fn status(&self) -> StatusJson {
+        let apps = self.node.apps();
+        let me = self.node.id();
+        let local = self.node.local_slots();
+        let mut slots: Vec<SlotStatusJson> = local
+            .iter()
+            .map(|(slot, host_port, state)| SlotStatusJson {
+                app: slot.app.to_string(),
+                slot: slot.index,
+                node: me.to_string(),
+                host_port: *host_port,
+                health: health_name(*state).to_owned(),
+                requests_per_s: self.proxies.rate(slot),
+                restarts: Some(self.restarts.get(slot).copied().unwrap_or(0)),
+            })
+            .collect();
+        let mut nodes = vec![NodeStatusJson {
+            name: me.to_string(),
+            state: "alive".to_owned(),
+            addr: self.node.config().addr.clone(),
+            slots: local.len(),
+        }];
+        for view in self.node.cluster_view() {
+            let node = view.node;
+            if node == me {
+                continue;
+            }
+            let Some(status) = view.status else {
+                // A live peer whose status has not arrived yet (or only one of an earlier
+                // life), or a node down whose last status is of an earlier life.
+                let state = if view.alive { "alive" } else { "down" }.to_owned();
+                nodes.push(NodeStatusJson { name: node.to_string(), state, ..Default::default() });
+                continue;
+            };
+            nodes.push(NodeStatusJson {
+                name: node.to_string(),
+                state: if view.alive { "alive" } else { "down" }.to_owned(),
+                addr: status.addr.clone(),
+                slots: status.containers.len(),
+            });
+            if !view.alive {
+                continue;
+            }
+            for c in &status.containers {
+                slots.push(SlotStatusJson {
+                    app: c.slot.app.to_string(),
+                    slot: c.slot.index,
+                    node: node.to_string(),
+                    host_port: c.host_port,
+                    health: health_name(c.state).to_owned(),
+                    requests_per_s: self.proxies.rate(&c.slot),
+                    restarts: None,
+                });
+            }
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        for app in &apps {
+            for slot in app.slots() {
+                if !slots.iter().any(|s| s.app == slot.app.as_str() && s.slot == slot.index) {
+                    slots.push(SlotStatusJson {
+                        app: slot.app.to_string(),
+                        slot: slot.index,
+                        node: "-".to_owned(),
+                        health: "unplaced".to_owned(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        slots.sort_by(|a, b| (&a.app, a.slot, &a.node).cmp(&(&b.app, b.slot, &b.node)));
+        StatusJson {
+            node: me.to_string(),
+            generation: self.node.config().generation,
+            apps: apps
+                .iter()
+                .map(|a| AppStatusJson {
+                    name: a.name.to_string(),
+                    image: a.image.clone(),
+                    port: a.port,
+                    replicas: a.replicas,
+                    error: self.app_errors.get(&a.name).cloned(),
+                })
+                .collect(),
+            slots,
+            nodes,
+        }
+    }
+}
+
+fn health_name(state: ContainerState) -> &'static str {
+    match state {
+        ContainerState::Starting => "starting",
+        ContainerState::Healthy => "healthy",
+        ContainerState::Unhealthy => "unhealthy",
+        ContainerState::Failed => "failed",
+    }
+}

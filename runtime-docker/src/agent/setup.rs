@@ -1,0 +1,122 @@
+//! The agent's start: Docker, the persisted state, the API and gossip sockets, the node, the
+//! containers adopted, the background jobs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canteen_core::membership::PeerAddr;
+use canteen_core::node::{ContainerEvent, Node};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use super::driver::Driver;
+use super::{AgentError, Handle, INPUT_QUEUE_MAX, now, seed, short, tasks};
+use crate::config::AgentConfig;
+use crate::docker::Docker;
+use crate::metrics::Metrics;
+use crate::proxy::Proxies;
+use crate::state::{self, StateError};
+
+/// Starts the agent: connects to Docker, restores the persisted apps, adopts the containers
+/// this node already runs, opens the API and the gossip socket, joins the cluster through
+/// `seeds` (none: a cluster of one, that others may join), and runs the node's task until
+/// `shutdown` resolves. Returns once the API listens; the returned future ends when the agent
+/// stops.
+pub async fn start(
+    config: AgentConfig,
+    seeds: Vec<SocketAddr>,
+) -> Result<(Handle, impl std::future::Future<Output = ()> + Send + 'static, oneshot::Sender<()>), AgentError> {
+    let docker = Docker::connect(config.node_id()).await?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|error| StateError::Io { path: config.data_dir.clone(), error })?;
+    let persisted = state::load(&config.data_dir)?;
+    let own = docker.list_own().await?;
+    let api = tokio::net::TcpListener::bind(config.api_addr)
+        .await
+        .map_err(|error| AgentError::Api { addr: config.api_addr, error })?;
+    let gossip = Arc::new(
+        UdpSocket::bind(config.gossip_addr)
+            .await
+            .map_err(|error| AgentError::Gossip { addr: config.gossip_addr, error })?,
+    );
+    let advertised = config.gossip_advertised();
+    if advertised.ip().is_loopback() && seeds.iter().any(|s| !s.ip().is_loopback()) {
+        tracing::warn!(
+            gossip = %advertised,
+            "gossip_addr is a loopback address but a seed is not: peers on other machines cannot reach this \
+             node (set gossip_addr, or advertise_ip, to an address they can reach)"
+        );
+    }
+    if config.reachable_container_ip().is_loopback() && seeds.iter().any(|s| !s.ip().is_loopback()) {
+        tracing::warn!(
+            container_ip = %config.reachable_container_ip(),
+            "containers are published on a loopback address but a seed is not: balancers on other machines \
+             cannot reach them (set container_ip, or advertise_ip, to an address they can reach)"
+        );
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let seed = seed();
+    let proxies = Arc::new(Proxies::new(config.proxy_ip, metrics.clone(), seed));
+    let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
+    let t = now();
+    let mut node_config = config.node_config();
+    node_config.seeds = seeds.iter().map(|s| PeerAddr::new(&s.to_string())).collect();
+    // Higher in every life of the agent, so peers that declared the last one down take it back.
+    node_config.generation = t.as_millis();
+    node_config.seed = seed;
+    node_config.check().map_err(AgentError::Config)?;
+    let node = Node::new(t, node_config);
+    let mut driver = Driver {
+        node,
+        config: config.clone(),
+        gossip: gossip.clone(),
+        members_version: u64::MAX,
+        docker: docker.clone(),
+        proxies: proxies.clone(),
+        metrics: metrics.clone(),
+        tx: tx.clone(),
+        restarts: BTreeMap::new(),
+        app_errors: BTreeMap::new(),
+        persisted: u64::MAX,
+    };
+    driver.drain();
+    // The desired state first, so adopted containers meet their app's health check.
+    driver.restore(persisted);
+    driver.persisted = driver.node.desired_version();
+    let mut adopted = Vec::new();
+    for c in own {
+        if c.running {
+            tracing::info!(slot = %c.slot, container = %short(&c.id), host_port = c.host_port, "adopting container");
+            adopted.push((c.slot, c.id, c.host_port));
+        } else {
+            tracing::info!(slot = %c.slot, container = %short(&c.id), "removing exited container");
+            let _ = docker.remove(&c.id).await;
+        }
+    }
+    driver.node.handle_container_event(now(), ContainerEvent::Adopted { containers: adopted });
+    driver.drain();
+    tasks::spawn_gossip_receiver(gossip, tx.clone(), metrics.clone());
+    tasks::spawn_exit_watcher(docker.clone(), tx.clone());
+    tasks::spawn_traffic_reports(proxies.clone(), tx.clone(), Duration::from_millis(config.scaling_interval_ms));
+    let handle = Handle {
+        tx,
+        metrics: metrics.clone(),
+        config: Arc::new(config.clone()),
+        docker: docker.clone(),
+        proxies: proxies.clone(),
+    };
+    tokio::spawn(crate::api::serve(api, handle.clone()));
+    tracing::info!(
+        node = %config.node_name,
+        api = %config.api_addr,
+        gossip = %advertised,
+        seeds = ?seeds,
+        generation = t.as_millis(),
+        "agent started"
+    );
+    let (stop_tx, stop_rx) = oneshot::channel();
+    Ok((handle, driver.run(rx, stop_rx), stop_tx))
+}
