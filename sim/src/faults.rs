@@ -142,7 +142,7 @@ impl Faults {
         if w.nodes[node].inbox.is_none() {
             return false;
         }
-        w.desired.insert(app.clone(), spec.replicas);
+        w.truth.desired.insert(app.clone(), spec.replicas);
         w.deliver(node, Input::Command(Command::Apply(Box::new(spec.clone()))));
         true
     }

@@ -61,17 +61,17 @@ pub struct Requests {
 impl Requests {
     /// The figures the world collected.
     pub fn from_world(w: &World) -> Requests {
-        let failed: u64 = w.failed.values().sum();
-        let total = w.ok + failed;
+        let failed: u64 = w.requests.failed.values().sum();
+        let total = w.requests.ok + failed;
         Requests {
             total,
-            ok: w.ok,
+            ok: w.requests.ok,
             failed,
-            success_ratio: if total == 0 { 1.0 } else { w.ok as f64 / total as f64 },
-            latency_ms_p50: w.latency.quantile(0.5) as f64 / 1000.0,
-            latency_ms_p99: w.latency.quantile(0.99) as f64 / 1000.0,
-            latency_ms_max: w.latency.max() as f64 / 1000.0,
-            failures: w.failed.iter().map(|(k, v)| (format!("{k:?}"), *v)).collect(),
+            success_ratio: if total == 0 { 1.0 } else { w.requests.ok as f64 / total as f64 },
+            latency_ms_p50: w.requests.latency.quantile(0.5) as f64 / 1000.0,
+            latency_ms_p99: w.requests.latency.quantile(0.99) as f64 / 1000.0,
+            latency_ms_max: w.requests.latency.max() as f64 / 1000.0,
+            failures: w.requests.failed.iter().map(|(k, v)| (format!("{k:?}"), *v)).collect(),
         }
     }
 }
@@ -311,7 +311,7 @@ impl Timeline {
     /// Takes the per-second request series from the world at the end of the run.
     pub fn finish(&mut self, w: &World, scenario: &Scenario) {
         self.markers.push(Marker { at_s: scenario.heal_at_s(), label: "heal".into() });
-        for (second, (ok, failed, p99)) in w.seconds.iter().enumerate() {
+        for (second, (ok, failed, p99)) in w.requests.seconds.iter().enumerate() {
             let t = second as f64;
             self.requests.push((t, (*ok + *failed) as f64));
             self.errors.push((t, *failed as f64));

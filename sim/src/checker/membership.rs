@@ -9,9 +9,9 @@ use crate::world::World;
 pub fn false_down_checks(e: &Expect, w: &World, end_ms: u64) -> Vec<Check> {
     let node_s = w.false_down_node_s(end_ms);
     let detail = || {
-        let mut d = format!("{} wrong down declarations, {node_s:.1} node-s", w.false_down_events);
-        if !w.false_down_examples.is_empty() {
-            d.push_str(&format!(": {}", w.false_down_examples.join("; ")));
+        let mut d = format!("{} wrong down declarations, {node_s:.1} node-s", w.truth.false_down_events);
+        if !w.truth.false_down_examples.is_empty() {
+            d.push_str(&format!(": {}", w.truth.false_down_examples.join("; ")));
         }
         d
     };
@@ -19,7 +19,7 @@ pub fn false_down_checks(e: &Expect, w: &World, end_ms: u64) -> Vec<Check> {
     if let Some(max) = e.false_down_max {
         checks.push(Check::new(
             "wrongly declared down",
-            w.false_down_events <= max,
+            w.truth.false_down_events <= max,
             format!("{} (max {max})", detail()),
         ));
     }
@@ -31,7 +31,8 @@ pub fn false_down_checks(e: &Expect, w: &World, end_ms: u64) -> Vec<Check> {
 
 /// Each restarted agent runs a later life and adopted every container that was running.
 pub fn agent_restart_checks(w: &World) -> Vec<Check> {
-    w.agent_restarts
+    w.truth
+        .agent_restarts
         .iter()
         .map(|r| {
             let id = &w.nodes[r.node].id;

@@ -84,7 +84,7 @@ impl Checker {
             self.bytes_at_last_minute = Some((now_s, w.nodes.iter().map(|n| n.bytes_sent).sum()));
         }
         let dt_s = scenario.sim.check_interval_ms as f64 / 1000.0;
-        let desired: Vec<u32> = w.apps.iter().map(|a| w.desired.get(a).copied().unwrap_or(0)).collect();
+        let desired: Vec<u32> = w.apps.iter().map(|a| w.truth.desired.get(a).copied().unwrap_or(0)).collect();
         // One walk over the containers for three checkers (each its own walk was a few
         // percent of a quiet thousand-node run): what each node's containers reserve, the
         // serving replicas by app index and slot index (containers of apps the scenario does
@@ -162,9 +162,9 @@ impl Checker {
             checks,
             requests,
             recoveries,
-            moves: w.moves,
+            moves: w.truth.moves,
             duplicate_replica_s: self.service.duplicate_replica_s,
-            scale_events: w.scale_events.iter().cloned().map(Into::into).collect(),
+            scale_events: w.truth.scale_events.iter().cloned().map(Into::into).collect(),
             sim_s: scenario.duration_s,
             wall_ms: 0,
             gossip_bytes_per_node_s: bytes as f64 / scenario.duration_s / up as f64,
@@ -173,7 +173,7 @@ impl Checker {
             }),
             heal_at_s: scenario.heal_at_s(),
             converge_s: self.convergence.converge_s(),
-            false_down_events: w.false_down_events,
+            false_down_events: w.truth.false_down_events,
             false_down_node_s: w.false_down_node_s(end_ms),
             orphan_s_longest: self.orphans.longest.0,
             orphan_container_s: self.orphans.container_s,

@@ -7,10 +7,10 @@ use crate::world::World;
 
 /// Every gossip message decoded.
 pub fn wire_format_check(w: &World) -> Check {
-    if w.bad_messages == 0 {
+    if w.truth.bad_messages == 0 {
         Check::pass("wire format", "every gossip message decoded".into())
     } else {
-        Check::fail("wire format", format!("{} messages did not decode", w.bad_messages))
+        Check::fail("wire format", format!("{} messages did not decode", w.truth.bad_messages))
     }
 }
 

@@ -20,8 +20,8 @@ impl Scaling {
 
     /// The verdicts the scenario asks for, in the report's order.
     pub fn checks(&self, e: &Expect, w: &World) -> Vec<Check> {
-        let ups = w.scale_events.iter().filter(|s| s.to > s.from).count() as u32;
-        let downs = w.scale_events.iter().filter(|s| s.to < s.from).count() as u32;
+        let ups = w.truth.scale_events.iter().filter(|s| s.to > s.from).count() as u32;
+        let downs = w.truth.scale_events.iter().filter(|s| s.to < s.from).count() as u32;
         let mut checks = Vec::new();
         if let Some(min) = e.replicas_peak_min {
             let detail = format!("peak desired replicas {} (min {min})", self.peak_replicas);
@@ -34,8 +34,8 @@ impl Scaling {
             checks.push(Check::new("no flapping", downs <= max, format!("{downs} scale-downs (max {max})")));
         }
         if let Some(min) = e.unschedulable_min {
-            let detail = format!("{} slots reported unschedulable (min {min})", w.unschedulable);
-            checks.push(Check::new("unschedulable reported", w.unschedulable as u32 >= min, detail));
+            let detail = format!("{} slots reported unschedulable (min {min})", w.truth.unschedulable);
+            checks.push(Check::new("unschedulable reported", w.truth.unschedulable as u32 >= min, detail));
         }
         checks
     }

@@ -38,7 +38,7 @@ impl Service {
         for (counts, &replicas) in serving.iter().zip(desired) {
             missing += (0..replicas as usize).filter(|&i| counts.get(i).is_none_or(|n| *n == 0)).count();
         }
-        let unschedulable = w.unschedulable;
+        let unschedulable = w.truth.unschedulable;
         let good = missing <= unschedulable && duplicates == 0;
         if good != self.good_now && std::env::var_os("CANTEEN_SIM_DEBUG").is_some() {
             eprintln!(
@@ -59,17 +59,20 @@ impl Service {
     /// unschedulable.
     pub fn lost_check(w: &World, scenario: &Scenario, serving_at_end: &BTreeSet<(&AppName, u32)>) -> Check {
         let mut lost = Vec::new();
-        for (app, &replicas) in &w.desired {
+        for (app, &replicas) in &w.truth.desired {
             for i in 0..replicas {
                 if !serving_at_end.contains(&(app, i)) {
                     lost.push(format!("{app}/{i}"));
                 }
             }
         }
-        if lost.len() <= w.unschedulable {
+        if lost.len() <= w.truth.unschedulable {
             Check::pass(
                 "no slot lost",
-                format!("every desired slot runs healthy at the end ({} reported unschedulable)", w.unschedulable),
+                format!(
+                    "every desired slot runs healthy at the end ({} reported unschedulable)",
+                    w.truth.unschedulable
+                ),
             )
         } else {
             Check::fail("no slot lost", format!("at {:.1}s not running: {}", scenario.duration_s, lost.join(", ")))
@@ -89,7 +92,7 @@ impl Service {
             .iter()
             .map(|app| {
                 let name = AppName::new(app);
-                let want = w.desired.get(&name).copied().unwrap_or(0);
+                let want = w.truth.desired.get(&name).copied().unwrap_or(0);
                 let have = (0..want).filter(|i| serving_at_end.contains(&(&name, *i))).count() as u32;
                 let detail = format!("{app}: {have} of {want} slots run healthy at the end");
                 Check::new("fully placed", have == want, detail)
@@ -100,7 +103,7 @@ impl Service {
     /// Slots moved within their bound.
     pub fn moves_check(e: &Expect, w: &World) -> Option<Check> {
         let max = e.moves_max?;
-        let detail = format!("{} slots moved (max {max})", w.moves);
-        Some(Check::new("moves", w.moves <= max, detail))
+        let detail = format!("{} slots moved (max {max})", w.truth.moves);
+        Some(Check::new("moves", w.truth.moves <= max, detail))
     }
 }

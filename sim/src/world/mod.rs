@@ -13,8 +13,14 @@ use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
 use canteen_core::membership::PeerAddr;
 use canteen_core::model::{AppName, NodeId, Resources, SlotId};
-use canteen_core::node::{Backend, Command, ContainerEvent, Event, Value};
+use canteen_core::node::{Backend, Command, ContainerEvent, Value};
 use canteen_core::registry::{Entry, Key};
+
+mod requests;
+mod truth;
+
+pub use requests::RequestPath;
+pub use truth::Truth;
 
 use crate::scenario::{AppSim, Scenario};
 use crate::traffic::{LatencyHistogram, ReplicaQueue, SimRng};
@@ -285,53 +291,14 @@ pub struct World {
     /// The world's randomness (container start jitter, service times, client choices).
     pub rng: SimRng,
     next_container: u64,
-    /// Replica counts the apps should have: the spec's, then each coordinator's decision.
-    pub desired: BTreeMap<AppName, u32>,
-    /// Scale decisions in order.
-    pub scale_events: Vec<ScaleEvent>,
-    /// The node each slot was last started on, to count moves.
-    last_node_of_slot: BTreeMap<SlotId, usize>,
-    /// Slots started on another node than their previous one.
-    pub moves: u64,
-    /// The latest set of unschedulable slots any node reported.
-    pub unschedulable: usize,
-    /// Requests still in service: (finish time, entry node, app index, backend), for in-flight
-    /// counts of the balancers.
-    in_flight: BinaryHeap<Reverse<(u64, u32, u32, SimBackend)>>,
-    /// Latencies of successful requests, whole run.
-    pub latency: LatencyHistogram,
-    /// Latencies of successful requests, current second (for the plot).
-    pub latency_second: LatencyHistogram,
-    /// Requests that succeeded.
-    pub ok: u64,
-    /// Requests that failed, by reason.
-    pub failed: BTreeMap<RequestError, u64>,
-    /// The one-way network time of a request hop.
-    pub hop_us: u64,
-    /// How long a request to a hung replica takes to fail.
-    pub request_timeout_us: u64,
     /// Container start time and its jitter, in ms.
     pub start_latency: (u64, u64),
-    /// How each app's replicas serve, by app index.
-    pub app_sims: Vec<AppSim>,
-    /// Gossip messages that did not decode.
-    pub bad_messages: u64,
-    /// Requests per simulated second: (ok, failed, p99 latency in ms of the ok ones).
-    pub seconds: Vec<(u64, u64, f64)>,
-    /// When the partition map last changed (split or heal).
-    pub partition_changed_ms: u64,
-    /// Wrong down declarations still open: (observer, peer) -> since when.
-    false_down_open: BTreeMap<(usize, usize), u64>,
-    /// Wrong down declarations so far.
-    pub false_down_events: u64,
-    /// Milliseconds of wrong down declarations that ended.
-    false_down_closed_ms: u64,
-    /// The first few wrong down declarations, described, for the report.
-    pub false_down_examples: Vec<String>,
-    /// Every agent restart, in order.
-    pub agent_restarts: Vec<AgentRestart>,
     /// Whether a starting agent adopts the containers running on its node (`[sim] adopt`).
     adopt: bool,
+    /// The request path: requests in service and their outcomes.
+    pub requests: RequestPath,
+    /// Ground truth for the checkers: what the nodes should run and what went wrong.
+    pub truth: Truth,
 }
 
 /// One `restart-agent` fault, as the checks see it.
@@ -358,7 +325,7 @@ pub struct AgentRestart {
 pub const FALSE_DOWN_GRACE_MS: u64 = 5000;
 
 /// How many wrong down declarations the report describes one by one.
-const FALSE_DOWN_EXAMPLES_MAX: usize = 5;
+pub(crate) const FALSE_DOWN_EXAMPLES_MAX: usize = 5;
 
 impl World {
     /// The world at the start of a run.
@@ -396,6 +363,7 @@ impl World {
                 (addr.hash64(), (addr, std::net::SocketAddr::new(ip_of(i), GOSSIP_PORT)))
             })
             .collect();
+        let app_sims = apps.iter().map(|a| scenario.app_sim.get(a).cloned().unwrap_or_default()).collect();
         World {
             socket_addrs,
             index_of: nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect(),
@@ -405,39 +373,43 @@ impl World {
             removals: BinaryHeap::new(),
             by_port: BTreeMap::new(),
             app_index: apps.iter().enumerate().map(|(i, a)| (a.clone(), i)).collect(),
-            app_sims: apps.iter().map(|a| scenario.app_sim.get(a).cloned().unwrap_or_default()).collect(),
             apps,
             membership_version: 1,
             rng: SimRng::new(seed ^ 0x05ee_d0f3_071d),
             next_container: 0,
-            desired: scenario
-                .cluster
-                .apps
-                .iter()
-                .filter(|a| scenario.app_sim.get(&a.name).is_none_or(|s| s.apply_at_start))
-                .map(|a| (a.name.clone(), a.replicas))
-                .collect(),
-            scale_events: Vec::new(),
-            last_node_of_slot: BTreeMap::new(),
-            moves: 0,
-            unschedulable: 0,
-            in_flight: BinaryHeap::new(),
-            latency: LatencyHistogram::new(),
-            latency_second: LatencyHistogram::new(),
-            ok: 0,
-            failed: BTreeMap::new(),
-            hop_us: scenario.sim.net_latency_ms_min * 1000,
-            request_timeout_us: scenario.sim.request_timeout_ms * 1000,
             start_latency: (scenario.sim.start_latency_ms, scenario.sim.start_jitter_ms),
-            seconds: Vec::new(),
-            bad_messages: 0,
-            partition_changed_ms: 0,
-            false_down_open: BTreeMap::new(),
-            false_down_events: 0,
-            false_down_closed_ms: 0,
-            false_down_examples: Vec::new(),
-            agent_restarts: Vec::new(),
             adopt: scenario.sim.adopt,
+            requests: RequestPath {
+                app_sims,
+                in_flight: BinaryHeap::new(),
+                latency: LatencyHistogram::new(),
+                latency_second: LatencyHistogram::new(),
+                ok: 0,
+                failed: BTreeMap::new(),
+                hop_us: scenario.sim.net_latency_ms_min * 1000,
+                request_timeout_us: scenario.sim.request_timeout_ms * 1000,
+                seconds: Vec::new(),
+            },
+            truth: Truth {
+                desired: scenario
+                    .cluster
+                    .apps
+                    .iter()
+                    .filter(|a| scenario.app_sim.get(&a.name).is_none_or(|s| s.apply_at_start))
+                    .map(|a| (a.name.clone(), a.replicas))
+                    .collect(),
+                scale_events: Vec::new(),
+                last_node_of_slot: BTreeMap::new(),
+                moves: 0,
+                unschedulable: 0,
+                bad_messages: 0,
+                partition_changed_ms: 0,
+                false_down_open: BTreeMap::new(),
+                false_down_events: 0,
+                false_down_closed_ms: 0,
+                false_down_examples: Vec::new(),
+                agent_restarts: Vec::new(),
+            },
         }
     }
 
@@ -486,7 +458,7 @@ impl World {
             *node != index || containers.get(id).is_none_or(|c| !(c.exited && c.removed_at_ms == Some(now_ms)))
         });
         self.nodes[index].adopted = running.len();
-        if let Some(r) = self.agent_restarts.iter_mut().rev().find(|r| r.node == index)
+        if let Some(r) = self.truth.agent_restarts.iter_mut().rev().find(|r| r.node == index)
             && r.adopted.is_none()
         {
             r.adopted = Some(running.len());
@@ -497,7 +469,7 @@ impl World {
     /// The driver of node `index` reports the SWIM generation its new agent runs under.
     pub fn agent_generation(&mut self, index: usize, generation: u64) {
         self.nodes[index].generation = generation;
-        if let Some(r) = self.agent_restarts.iter_mut().rev().find(|r| r.node == index)
+        if let Some(r) = self.truth.agent_restarts.iter_mut().rev().find(|r| r.node == index)
             && r.new_generation.is_none()
         {
             r.new_generation = Some(generation);
@@ -512,7 +484,7 @@ impl World {
             .values()
             .filter(|c| c.node == index && c.removed_at_ms.is_none() && c.stopping_at_ms.is_none() && !c.exited)
             .count();
-        self.agent_restarts.push(AgentRestart {
+        self.truth.agent_restarts.push(AgentRestart {
             node: index,
             at_ms: now_ms,
             old_generation: self.nodes[index].generation,
@@ -556,56 +528,10 @@ impl World {
     /// nodes now apart is over: they cannot reach each other any more.
     pub fn set_groups(&mut self, group: Vec<usize>, now_ms: u64) {
         self.group = group;
-        self.partition_changed_ms = now_ms;
+        self.truth.partition_changed_ms = now_ms;
         self.membership_version += 1;
         let group = self.group.clone();
         self.close_false_downs(now_ms, |a, b| group[a] != group[b]);
-    }
-
-    /// Node `index`'s driver publishes its node's members at `now_ms`. A peer dropped while
-    /// it is up and has been reachable from this node for [`FALSE_DOWN_GRACE_MS`] opens a
-    /// wrong down declaration; a peer taken back closes it.
-    pub fn publish_members(&mut self, index: usize, members: &BTreeSet<NodeId>, now_ms: u64) {
-        let old = std::mem::take(&mut self.nodes[index].members);
-        for dropped in old.difference(members) {
-            let Some(&peer) = self.index_of.get(dropped) else { continue };
-            let p = &self.nodes[peer];
-            let since = now_ms.saturating_sub(FALSE_DOWN_GRACE_MS);
-            let wrong = p.up
-                && p.agent_started_ms <= since
-                && self.nodes[index].agent_started_ms <= since
-                && self.group[peer] == self.group[index]
-                && self.partition_changed_ms <= since;
-            if wrong && self.false_down_open.insert((index, peer), now_ms).is_none() {
-                self.false_down_events += 1;
-                if self.false_down_examples.len() < FALSE_DOWN_EXAMPLES_MAX {
-                    let at = now_ms as f64 / 1000.0;
-                    self.false_down_examples.push(format!("{} dropped {} at {at:.1}s", self.nodes[index].id, p.id));
-                }
-            }
-        }
-        for added in members.difference(&old) {
-            if let Some(&peer) = self.index_of.get(added)
-                && let Some(since) = self.false_down_open.remove(&(index, peer))
-            {
-                self.false_down_closed_ms += now_ms - since;
-            }
-        }
-        self.nodes[index].members = members.clone();
-    }
-
-    fn close_false_downs(&mut self, now_ms: u64, over: impl Fn(usize, usize) -> bool) {
-        let closed: Vec<(usize, usize)> = self.false_down_open.keys().copied().filter(|&(a, b)| over(a, b)).collect();
-        for key in closed {
-            let since = self.false_down_open.remove(&key).expect("listed");
-            self.false_down_closed_ms += now_ms - since;
-        }
-    }
-
-    /// Node-seconds of wrong down declarations up to `now_ms`, the open ones included.
-    pub fn false_down_node_s(&self, now_ms: u64) -> f64 {
-        let open: u64 = self.false_down_open.values().map(|since| now_ms.saturating_sub(*since)).sum();
-        (self.false_down_closed_ms + open) as f64 / 1000.0
     }
 
     /// Creates a container that answers after the start latency. Returns its id, or `None`
@@ -624,8 +550,8 @@ impl World {
         }
         self.next_container += 1;
         let id = self.next_container;
-        if self.last_node_of_slot.insert(slot.clone(), node).is_some_and(|previous| previous != node) {
-            self.moves += 1;
+        if self.truth.last_node_of_slot.insert(slot.clone(), node).is_some_and(|previous| previous != node) {
+            self.truth.moves += 1;
         }
         self.by_port.insert((node, host_port), id);
         let queue = ReplicaQueue::new(sim.concurrency, sim.queue_max);
@@ -718,138 +644,6 @@ impl World {
     pub fn deliver(&self, index: usize, input: Input) {
         if let Some(inbox) = &self.nodes[index].inbox {
             Inbox::push(inbox, input);
-        }
-    }
-
-    /// Finishes the requests that completed by `now_us`, for the balancers' in-flight counts.
-    pub fn finish_requests(&mut self, now_us: u64) {
-        while let Some(Reverse((finish, _, _, _))) = self.in_flight.peek() {
-            if *finish > now_us {
-                break;
-            }
-            let Reverse((_, entry, app, backend)) = self.in_flight.pop().expect("peeked");
-            if let Some(b) = &mut self.nodes[entry as usize].balancers[app as usize] {
-                b.request_finished(&backend);
-            }
-        }
-    }
-
-    /// One request for app index `app` entering node `entry` at `at_us`: picked by that node's
-    /// balancer, retried once elsewhere when the connection fails before the request is sent.
-    /// Returns the latency in microseconds.
-    pub fn route(&mut self, at_us: u64, entry: usize, app: usize) -> Result<u64, RequestError> {
-        self.nodes[entry].entered[app] += 1;
-        let now_ms = at_us / 1000;
-        let mut tried: Option<SimBackend> = None;
-        for _ in 0..2 {
-            let Some(balancer) = &mut self.nodes[entry].balancers[app] else { return Err(RequestError::NoBackend) };
-            let pick = match &tried {
-                None => balancer.pick(),
-                Some(t) => balancer.pick_excluding(t),
-            };
-            let Some(backend) = pick else {
-                return Err(if tried.is_some() { RequestError::ConnectFailed } else { RequestError::NoBackend });
-            };
-            let target = backend.node as usize;
-            let reachable = self.nodes[target].up && self.group[target] == self.group[entry];
-            let container = self.by_port.get(&(target, backend.host_port)).copied();
-            let usable = reachable
-                && container.is_some_and(|id| {
-                    let c = &self.containers[&id];
-                    // A replica being drained still answers until it is removed: balancers on
-                    // other nodes learn of the stop a gossip round later.
-                    c.app == app
-                        && c.slot.index == backend.slot
-                        && c.removed_at_ms.is_none_or(|t| t > now_ms)
-                        && !c.exited
-                        && now_ms >= c.ready_at_ms
-                });
-            if !usable {
-                // Refused before anything was sent: out of this balancer, and one more try.
-                if let Some(b) = &mut self.nodes[entry].balancers[app] {
-                    b.eject(&backend);
-                }
-                tried = Some(backend);
-                continue;
-            }
-            let id = container.expect("usable");
-            let slow = self.nodes[target].slow_factor;
-            let c = self.containers.get_mut(&id).expect("usable");
-            if c.hung {
-                return Err(RequestError::Timeout);
-            }
-            let service_us = (self.rng.exp(c.sim.service_time_ms * 1000.0 * slow)).max(1.0) as u64;
-            let arrival = at_us + self.hop_us;
-            return match c.queue.offer(arrival, service_us) {
-                Ok(finish) => {
-                    if let Some(b) = &mut self.nodes[entry].balancers[app] {
-                        b.request_started(&backend);
-                    }
-                    self.in_flight.push(Reverse((finish, entry as u32, app as u32, backend)));
-                    Ok(finish + self.hop_us - at_us)
-                }
-                Err(_) => Err(RequestError::Overloaded),
-            };
-        }
-        Err(RequestError::ConnectFailed)
-    }
-
-    /// How `app`'s replicas serve.
-    pub fn app_sim(&self, app: &AppName) -> AppSim {
-        self.app_index.get(app).map(|&i| self.app_sims[i].clone()).unwrap_or_default()
-    }
-
-    /// Counts a request in the per-second series, closing earlier seconds as time passes.
-    pub fn record_second(&mut self, at_us: u64, outcome: Result<u64, RequestError>) {
-        let second = (at_us / 1_000_000) as usize;
-        while self.seconds.len() <= second {
-            if let Some(last) = self.seconds.last_mut() {
-                last.2 = self.latency_second.quantile(0.99) as f64 / 1000.0;
-            }
-            self.latency_second.clear();
-            self.seconds.push((0, 0, 0.0));
-        }
-        let s = self.seconds.last_mut().expect("pushed");
-        match outcome {
-            Ok(_) => s.0 += 1,
-            Err(_) => s.1 += 1,
-        }
-    }
-
-    /// Records the outcome of one request.
-    pub fn record(&mut self, outcome: Result<u64, RequestError>) {
-        match outcome {
-            Ok(latency_us) => {
-                self.ok += 1;
-                self.latency.record(latency_us);
-                self.latency_second.record(latency_us);
-            }
-            Err(e) => *self.failed.entry(e).or_default() += 1,
-        }
-    }
-}
-
-impl World {
-    /// Keeps what the checkers need from a node's event.
-    pub fn record_event(&mut self, now_ms: u64, event: Event) {
-        match event {
-            Event::Scaled { app, decision } => {
-                self.desired.insert(app.clone(), decision.to);
-                self.scale_events.push(ScaleEvent {
-                    at_s: now_ms as f64 / 1000.0,
-                    app,
-                    from: decision.from,
-                    to: decision.to,
-                });
-            }
-            Event::Unschedulable { slots } => self.unschedulable = slots.len(),
-            Event::BadMessage { from, error } => {
-                if std::env::var_os("CANTEEN_SIM_BAD").is_some() {
-                    eprintln!("bad message from {from:?}: {error}");
-                }
-                self.bad_messages += 1
-            }
-            _ => {}
         }
     }
 }
