@@ -15,13 +15,19 @@
 //! - [`cluster_file`]: the TOML cluster file, parsed and checked, with errors naming the key.
 //! - [`registry`]: the gossiped last-writer-wins registry, with a hybrid logical clock and digests.
 //! - [`membership`]: SWIM through foca: which peers are alive, learnt from the peers.
-//! - [`node`]: the agent state machine every driver runs: `handle_*` in, `poll_*` out.
+//! - [`node`]: the agent state machine every driver runs: `handle_*` in, `poll_*` out; a facade
+//!   over sub-machines, one file each (see its `# Layout`).
+//! - [`hash`]: the hashes every node computes alike (FNV-1a, splitmix64), and maps keyed by them.
 //! - [`rng`]: the seeded generator, core's only randomness.
 //! - [`time`]: the `Time` type that every `now` argument has.
 //! - [`limits`]: every bound in one place.
 //!
-//! The one piece of state shared beyond a `Node`: a per-thread cache that hands out one shared
-//! copy of each decoded name and address (`intern`). It changes no result.
+//! The one piece of state shared beyond a `Node`: per-thread caches that hand out one shared
+//! copy of each decoded name, address and SWIM identity (`intern`, and membership's identity
+//! cache built on it). They change no result.
+//!
+//! Layering, without cycles: `limits`, `time`, `hash` -> `intern` -> `model` -> `registry`,
+//! `schedule`, `health`, `balance`, `autoscale`, `cluster_file` -> `membership` -> `node`.
 
 pub mod autoscale;
 pub mod balance;

@@ -104,7 +104,7 @@ impl<'de> Deserialize<'de> for PeerAddr {
 /// keeps its members in a vector and scans it on every packet (each packet's sender is applied
 /// as alive), so at a thousand members the size of an identity is what a scan costs: inline
 /// names made it three times as long. The generation is inline so that telling two lives apart
-/// and fingerprinting the members ([`Swim::fingerprint`]) read no shared part.
+/// and fingerprinting the members ([`super::Swim::fingerprint`]) read no shared part.
 #[derive(Clone)]
 pub struct SwimId {
     pub(super) addr_hash: u64,
@@ -189,8 +189,8 @@ impl Serialize for SwimId {
 }
 
 impl<'de> Deserialize<'de> for SwimId {
-    /// Reads what [`SwimLife`] writes (node, address, generation) and hands out this thread's
-    /// shared copy of that identity ([`SwimId::shared`]).
+    /// Reads what `SwimLife` writes (node, address, generation) and hands out this thread's
+    /// shared copy of that identity (`SwimId::shared`).
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::{Error, MapAccess, SeqAccess, Visitor};
         use std::borrow::Cow;

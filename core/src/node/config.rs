@@ -72,7 +72,7 @@ pub struct NodeConfig {
     pub swim: SwimConfig,
     /// The addresses to join through at start in [`MembershipMode::Swim`] (this node's own may
     /// be among them; it is left out). Their names need not be known. More can be given later
-    /// through [`Node::handle_join`].
+    /// through [`super::Node::handle_join`].
     pub seeds: Vec<PeerAddr>,
     /// This life of the node, for SWIM: higher after every restart, so peers that declared the
     /// previous life down take the node back. The real agent may use its start time.
@@ -113,7 +113,7 @@ impl NodeConfig {
 
     /// Checks what a driver takes from its operator: the node's name, its addresses and the
     /// size of its spec (a status listing every slot must fit one registry value). The error
-    /// names the field and what is allowed; [`Node::new`] asserts this holds.
+    /// names the field and what is allowed; [`super::Node::new`] asserts this holds.
     pub fn check(&self) -> Result<(), String> {
         crate::model::validate_name(self.id.as_str()).map_err(|e| format!("node name: {e}"))?;
         for (field, addr) in [("addr", self.addr.as_str()), ("gossip_addr", self.gossip_addr.as_str())] {

@@ -33,11 +33,11 @@ pub struct Backend {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send `bytes` to the peer at `to`; losing them is allowed. The driver hands them to that
-    /// peer's [`Node::handle_message`].
+    /// peer's [`super::Node::handle_message`].
     Send {
-        /// The peer's gossip address ([`NodeConfig::gossip_addr`]).
+        /// The peer's gossip address ([`super::NodeConfig::gossip_addr`]).
         to: PeerAddr,
-        /// An encoded [`Packet`].
+        /// An encoded [`super::Packet`].
         bytes: Vec<u8>,
     },
     /// Start a container for `slot` listening on `host_port`; answer with
@@ -61,7 +61,7 @@ pub enum Action {
         /// How long to let in-flight requests finish first.
         drain_ms: u64,
     },
-    /// Probe a container's health; answer with [`Node::handle_probe_result`].
+    /// Probe a container's health; answer with [`super::Node::handle_probe_result`].
     Probe {
         /// The runtime's id.
         container: String,
@@ -69,7 +69,7 @@ pub enum Action {
         host_port: u16,
         /// The HTTP path.
         path: String,
-        /// A probe not answered by then is a [`ProbeOutcome::Timeout`].
+        /// A probe not answered by then is a [`crate::health::ProbeOutcome::Timeout`].
         timeout_ms: u64,
     },
     /// The balancer for `app` must send requests to exactly these backends from now on.

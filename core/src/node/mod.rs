@@ -6,7 +6,7 @@
 //!
 //! 1. one input: `handle_timeout` when `poll_timeout` is due, or `handle_message`,
 //!    `handle_container_event`, `handle_probe_result`, `handle_traffic`, `handle_command`,
-//!    `handle_membership`;
+//!    `handle_membership`, `handle_join`, `handle_restore`;
 //! 2. `poll_action` until it returns `None`, carrying out each action;
 //! 3. `poll_timeout`, to know when to call `handle_timeout` next.
 //!
@@ -24,6 +24,32 @@
 //! SWIM ([`crate::membership`]) instead: its packets are [`Message::Swim`], its timers sit in the
 //! node's timer heap, and the driver only names seeds ([`NodeConfig::seeds`],
 //! [`Node::handle_join`]).
+//!
+//! # Layout
+//!
+//! `Node` is a facade (quinn-proto's `Connection`): its fields are sub-machines, each owning
+//! its data and its invariants, reading what it needs as arguments, pushing its effects into
+//! one sink (`io::Effects`) and returning what changed. They never call each other; the facade
+//! routes. Its own code is here (inputs, outputs, `on_timer`, the one path of registry writes:
+//! `write`, `remove`, `merge`, then `on_key_changed`, and what a status says:
+//! `status_changed`, `write_status_views`) and in `on_members.rs`, `on_news.rs` and
+//! `on_slots.rs` (the routing of membership, news and placement).
+//!
+//! - `config`, `io`, `wire`, `timers`: the settings; actions, events and the sink; packets;
+//!   the timer heap and the grid periodic timers fall on.
+//! - `members`: the peers believed alive, their lives, the suspected.
+//! - `swim`: how the node learns who is alive (`Liveness`: told, or SWIM through foca).
+//! - `gossip`, `anti_entropy`: rumors of recent news; repairs by comparison with a peer.
+//! - `view`: what each status says (which counts, each node's slots, each slot's count).
+//! - `balancers`: the healthy replicas each balancer is sent.
+//! - `placement`: when a pass runs and the orders it gives this node.
+//! - `slots`: this node's slots and their lifecycle.
+//! - `own_status`: when this node's status is written.
+//! - `scaling`: load reports and the coordinator's autoscalers.
+//!
+//! A container's health change reaches the balancers through `write_status_views`: here at
+//! once (`handle_probe_result` -> `hold_status` -> `derive_own_views`), at every peer when the
+//! status arrives (`merge` -> `on_key_changed` -> `status_changed`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -718,7 +744,7 @@ impl Node {
 
     /// The desired state as this node holds it: the `app/` and `scale/` entries, removals
     /// included, each with its version. What a driver persists, and gives back to
-    /// [`Node::restore`] in the node's next life.
+    /// [`Node::handle_restore`] in the node's next life.
     pub fn desired_entries(&self) -> Vec<(Key, Entry<Value>)> {
         self.registry.iter().filter(|(key, _)| key.is_desired_state()).map(|(k, e)| (k.clone(), e.clone())).collect()
     }

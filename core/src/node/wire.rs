@@ -132,7 +132,7 @@ pub enum Message<'a> {
     /// peer several times a second anyway, instead of a datagram of its own every second
     /// (a sixth of a quiet thousand-node cluster's datagrams).
     Swim(u64, #[serde(borrow, serialize_with = "serialize_bytes")] &'a [u8]),
-    /// A push-pull membership sync ([`SwimConfig::sync_interval_ms`]): the sender's member
+    /// A push-pull membership sync ([`crate::membership::SwimConfig::sync_interval_ms`]): the sender's member
     /// list, the sender first. With `reply`, the receiver answers with its own.
     SwimSync {
         /// The sender, then every member it knows.
