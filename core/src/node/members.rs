@@ -174,13 +174,16 @@ impl Members {
                 change.left.push((self.list[old].id.clone(), self.suspected.contains(&self.list[old].id)));
                 old += 1;
             }
-            if old < self.list.len() && self.list[old].id == *node {
+            // A member's known life is its listed one (`check_invariants`): only a peer that
+            // joins is looked up among the lives.
+            let renewed = if old < self.list.len() && self.list[old].id == *node {
                 old += 1;
+                self.list[old - 1].life != *life
             } else {
                 change.joined.push(node.clone());
-            }
-            // A member's known life is its listed one (`check_invariants`).
-            if self.lives.get(node) != Some(life) {
+                self.lives.get(node) != Some(life)
+            };
+            if renewed {
                 change.renewed.push((node.clone(), *life));
             }
         }

@@ -714,8 +714,10 @@ impl Node {
         self.members.check_invariants(&self.config.id);
         let me = &self.config.id;
         self.balancers.check_invariants(|node| node == me || self.members.is_trusted(node));
-        self.view.check_invariants(view::live_statuses(&self.registry, &self.members));
+        // O(n) checks, debug builds only: even building the iterator of statuses looks up the
+        // registry, after every input of every node.
         if cfg!(debug_assertions) {
+            self.view.check_invariants(view::live_statuses(&self.registry, &self.members));
             self.check_derived_from_statuses();
         }
     }
