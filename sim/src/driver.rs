@@ -29,6 +29,10 @@ use crate::docker::SimDocker;
 use crate::harness::{Shared, TAG, lock, now_ms};
 use crate::world::{GOSSIP_PORT, Inbox, InboxHandle, Input, index_of_ip, ip_of};
 
+/// How often a driver compares the desired state with the one persisted, as the real agent's
+/// `PERSIST_INTERVAL_MS`.
+const PERSIST_INTERVAL_MS: u64 = 1000;
+
 /// The madsim timers a driver has armed and that have not fired yet. madsim's `Sleep` adds a
 /// timer every time it is polled while pending and cannot take one back: a driver that awaited
 /// `timeout(wait, inbox.recv())` anew after every input left a timer behind whenever an input
@@ -90,6 +94,11 @@ pub struct Driver {
     published_members: u64,
     /// `Node::desired_version` when the desired state was last persisted.
     persisted_version: u64,
+    /// When the desired state is compared with the one persisted next, as the real agent does
+    /// once a second (and after its own commands).
+    next_persist_ms: u64,
+    /// Whether the last input was an operator's command.
+    commanded: bool,
     alarms: Alarms,
 }
 
@@ -139,6 +148,8 @@ impl Driver {
             published_root: None,
             published_members: u64::MAX,
             persisted_version,
+            next_persist_ms: boot_ms + PERSIST_INTERVAL_MS,
+            commanded: false,
             alarms: Alarms::default(),
         }
     }
@@ -263,11 +274,17 @@ impl Driver {
     /// Step 5: what the checkers read, kept current after every input: the node's members,
     /// its registry's root hash and the containers its agent tracks (in its status, so they
     /// change only with the root). And, as the real agent does, the desired state persisted
-    /// whenever it changed, however it changed (a command, a peer's news).
+    /// when it changed, however it changed (a command, a peer's news): looked at once a
+    /// second, and after a command.
     fn publish(&mut self, now: u64) {
-        if self.persisted_version != self.node.desired_version() {
-            self.persisted_version = self.node.desired_version();
-            lock(&self.world).nodes[self.index].persisted = self.node.desired_entries();
+        if std::mem::take(&mut self.commanded) || now >= self.next_persist_ms {
+            if now >= self.next_persist_ms {
+                self.next_persist_ms = now + PERSIST_INTERVAL_MS;
+            }
+            if self.persisted_version != self.node.desired_version() {
+                self.persisted_version = self.node.desired_version();
+                lock(&self.world).nodes[self.index].persisted = self.node.desired_entries();
+            }
         }
         if self.published_members != self.node.members_version() {
             self.published_members = self.node.members_version();
@@ -326,7 +343,10 @@ impl Driver {
             Input::Container(event) => self.node.handle_container_event(now, event),
             Input::Probe(container, outcome) => self.node.handle_probe_result(now, &container, outcome),
             // The scenario's own commands are valid: the file was checked.
-            Input::Command(command) => self.node.handle_command(now, command).expect("scenario commands are valid"),
+            Input::Command(command) => {
+                self.node.handle_command(now, command).expect("scenario commands are valid");
+                self.commanded = true;
+            }
             Input::Restore(entries) => self.node.handle_restore(now, entries),
         }
     }

@@ -68,15 +68,16 @@ impl Balancers {
         }
     }
 
-    /// `node`'s replicas take requests now (it joined, or a suspicion was cleared), or no
-    /// longer do (it left, or is suspected).
-    pub(super) fn trust(&mut self, node: &NodeId, trusted: bool) {
+    /// `node`'s replicas take requests now: it joined, or a suspicion of it was cleared.
+    pub(super) fn list_node(&mut self, node: &NodeId) {
         let list = self.by_node.get(node).cloned().unwrap_or_default();
-        if trusted {
-            self.list(&list);
-        } else {
-            self.unlist(&list);
-        }
+        self.list(&list);
+    }
+
+    /// `node`'s replicas no longer take requests: it left, or is suspected.
+    pub(super) fn unlist_node(&mut self, node: &NodeId) {
+        let list = self.by_node.get(node).cloned().unwrap_or_default();
+        self.unlist(&list);
     }
 
     /// `app`'s spec changed: its balancer's port or picker may have.

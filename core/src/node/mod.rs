@@ -512,16 +512,17 @@ impl Node {
         }
         // This node's own balancers take the change now, as its API does (from `local`): only
         // peers hear it later. The registry keeps the status last published until then.
-        self.derive_own_views(true);
+        let current = self.current_status();
+        self.derive_own_views(Some(&current));
         self.own_status.hold(now, self.config.status_batch_ms, &mut self.out);
     }
 
-    /// Derives this node's own views (its slots, its replicas in its balancers) from its slots
-    /// as they are now (`current`, while a status is held back) or from its published status.
-    fn derive_own_views(&mut self, current: bool) {
+    /// Derives this node's own views (its slots, its replicas in its balancers) from `current`,
+    /// its status as its slots are now while a change is held back, or from its published
+    /// status (`None`).
+    fn derive_own_views(&mut self, current: Option<&NodeStatus>) {
         let me = self.config.id.clone();
-        let now = current.then(|| self.current_status());
-        let status = if current { now.as_ref() } else { view::counted_status(&self.registry, &self.members, &me, &me) };
+        let status = current.or_else(|| view::counted_status(&self.registry, &self.members, &me, &me));
         let slots = self.view.changed_slots(&me, status);
         let list = self.balancers.changed_list(&me, status);
         self.write_status_views(&me, slots, list);
@@ -549,7 +550,7 @@ impl Node {
         {
             if was_held {
                 // What was held changed back: this node's own views follow the registry again.
-                self.derive_own_views(false);
+                self.derive_own_views(None);
             }
             return;
         }

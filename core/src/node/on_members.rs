@@ -9,6 +9,7 @@ use crate::membership::{PeerAddr, Swim, SwimError, SwimId, SwimTimer};
 use crate::model::NodeId;
 use crate::time::Time;
 
+use super::swim::MembersRead;
 use super::{Event, Message, Node, Timer, WireEntry};
 use super::{anti_entropy, swim};
 
@@ -38,7 +39,7 @@ impl Node {
                     Ok(())
                 });
                 if let Some(sender) = sender.filter(|_| reply) {
-                    self.send_swim_sync(sender.peer_addr().clone(), false);
+                    self.answer_swim_sync(sender.peer_addr().clone());
                 }
             }
             Message::SwimSuspicion { sender, suspect } => {
@@ -71,14 +72,14 @@ impl Node {
             assert!(source.is_some(), "foca refused a timer or an announce: {e}");
             self.out.event(Event::BadMessage { from: source.cloned(), error: e.to_string() });
         }
-        self.read_swim_members(now, false, None);
+        self.read_swim_members(now, MembersRead::Throttled);
         // Declared down and back under a renewed identity: the status says so, or peers that
         // know the new life would count it as none.
         if self.own_status.is_of_another_life(self.own_generation()) {
             self.publish_status(now);
         }
         for (member, incarnation) in drained.suspected {
-            self.set_suspected(member.node(), true);
+            self.suspect(member.node());
             self.tell_suspicion(now, member, incarnation, swim::SUSPICION_SENDS);
         }
         // A packet from a member this node suspects may carry its refutation.
@@ -98,12 +99,11 @@ impl Node {
         }
     }
 
-    /// Takes the members from foca when they may have changed ([`SwimState::members_to_read`]);
-    /// a placement pass reads them first (`now_anyway`).
-    pub(super) fn read_swim_members(&mut self, now: Time, now_anyway: bool, known: Option<u64>) {
+    /// Takes the members from foca when they may have changed ([`SwimState::members_to_read`]).
+    pub(super) fn read_swim_members(&mut self, now: Time, read: MembersRead) {
         let joining = self.placement.is_joining(now);
         let Some(swim) = self.liveness.swim_mut() else { return };
-        if let Some(alive) = swim.members_to_read(now, joining, now_anyway, known) {
+        if let Some(alive) = swim.members_to_read(now, joining, read) {
             self.set_members(now, alive);
         }
     }
@@ -127,7 +127,7 @@ impl Node {
     pub(super) fn take_up_stale_suspicions(&mut self, now: Time, heard: Vec<(SwimId, u16)>) {
         let swim = self.liveness.swim_mut().expect("only SWIM suspects");
         for (member, incarnation) in swim.stale_suspicions(heard) {
-            self.set_suspected(member.node(), true);
+            self.suspect(member.node());
             self.tell_suspicion(now, member.clone(), incarnation, swim::SUSPICION_SENDS);
             let down_ms = self.config.swim.suspect_to_down_ms;
             let swim = self.liveness.swim_mut().expect("only SWIM suspects");
@@ -140,7 +140,7 @@ impl Node {
     pub(super) fn refresh_suspected(&mut self, node: &NodeId) {
         let swim = self.liveness.swim().expect("only SWIM suspects");
         if !swim.suspects(node) {
-            self.set_suspected(node, false);
+            self.clear_suspicion(node);
         }
     }
 
@@ -148,9 +148,17 @@ impl Node {
     /// seen on its next packet, at the next telling of the suspicion, or when the suspicion
     /// timer runs out) or declared down (it leaves the members); placement still counts it, as
     /// nothing has moved yet.
-    pub(super) fn set_suspected(&mut self, node: &NodeId, suspected: bool) {
-        if self.members.set_suspected(node, suspected) {
-            self.balancers.trust(node, !suspected);
+    pub(super) fn suspect(&mut self, node: &NodeId) {
+        if self.members.set_suspected(node, true) {
+            self.balancers.unlist_node(node);
+            self.update_backends();
+        }
+    }
+
+    /// A member's suspicion is over (it refuted): its replicas are in the balancers again.
+    pub(super) fn clear_suspicion(&mut self, node: &NodeId) {
+        if self.members.set_suspected(node, false) {
+            self.balancers.list_node(node);
             self.update_backends();
         }
     }
@@ -194,15 +202,15 @@ impl Node {
             return;
         }
         for (node, suspected) in &change.left {
-            self.view.member_changed(node, false);
+            self.view.member_left(node);
             // A suspected node's replicas left the balancers already.
             if !suspected {
-                self.balancers.trust(node, false);
+                self.balancers.unlist_node(node);
             }
         }
         for node in &change.joined {
-            self.view.member_changed(node, true);
-            self.balancers.trust(node, true);
+            self.view.member_joined(node);
+            self.balancers.list_node(node);
         }
         self.placement.structure_changed();
         self.placement.facts_changed();
@@ -262,7 +270,7 @@ impl Node {
             self.members.random_addrs(&mut self.rng, 1).pop()
         };
         if let Some(to) = to {
-            self.send_swim_sync(to, true);
+            self.send_swim_sync(to);
         }
         let swim = &self.config.swim;
         let next = if first {
@@ -287,7 +295,7 @@ impl Node {
         });
         let members = self.members.len();
         let tick = self.liveness.swim_mut().expect("SWIM sets its timers").tick(members);
-        self.read_swim_members(now, true, tick.fingerprint);
+        self.read_swim_members(now, MembersRead::Now { fingerprint: tick.fingerprint });
         if let Some(suspects) = tick.suspects {
             self.take_up_stale_suspicions(now, suspects);
         }
@@ -304,8 +312,14 @@ impl Node {
     }
 
     /// Sends this node's member list to the peer at `to`, asking for its own when `reply`.
-    pub(super) fn send_swim_sync(&mut self, to: PeerAddr, reply: bool) {
+    pub(super) fn send_swim_sync(&mut self, to: PeerAddr) {
         let swim = self.liveness.swim().expect("SWIM syncs");
-        swim.send_sync(&self.config.id, to, reply, &mut self.out);
+        swim.send_sync(&self.config.id, to, true, &mut self.out);
+    }
+
+    /// Answers a peer's sync with this node's member list (asking for none back).
+    pub(super) fn answer_swim_sync(&mut self, to: PeerAddr) {
+        let swim = self.liveness.swim().expect("SWIM syncs");
+        swim.send_sync(&self.config.id, to, false, &mut self.out);
     }
 }

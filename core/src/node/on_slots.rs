@@ -11,6 +11,7 @@ use crate::time::Time;
 
 use super::placement::{self, Order, Shortcut};
 use super::slots::Phase;
+use super::swim::MembersRead;
 use super::{Action, Node, Timer, Value, scaling, view};
 
 impl Node {
@@ -95,7 +96,7 @@ impl Node {
     /// partial view would put everything on the nodes it happens to know. The pass runs again
     /// when the missing status arrives.
     pub(super) fn placement_pass(&mut self, now: Time) {
-        self.read_swim_members(now, true, None);
+        self.read_swim_members(now, MembersRead::Now { fingerprint: None });
         // The plan depends on the facts only, and what this node does with it on its own
         // containers: when neither changed since the last pass, this pass would do nothing.
         let own = self.slots.observed();

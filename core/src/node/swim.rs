@@ -66,6 +66,20 @@ impl Liveness {
     }
 }
 
+/// How soon foca's members are read when they may have changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MembersRead {
+    /// At most every `JOIN_READ_MS` while the node joins: members arrive by the dozen in every
+    /// packet then, and nothing acts on them yet.
+    Throttled,
+    /// Now, whatever the throttle: a placement pass, or SWIM's tick, which may have just
+    /// computed the members' fingerprint.
+    Now {
+        /// The fingerprint, when the caller has just computed it.
+        fingerprint: Option<u64>,
+    },
+}
+
 /// What one call into foca left for the node to route.
 #[derive(Debug)]
 pub(super) struct Drained {
@@ -173,18 +187,19 @@ impl SwimState {
         Drained { items, suspected, error: result.err() }
     }
 
-    /// foca's members, alive, when they may have changed and their fingerprint says they did
-    /// (`known` is the fingerprint when the caller has just computed it). While the node joins
-    /// (`joining`), members arrive by the dozen in every packet and nothing acts on them yet:
-    /// then they are read at most every `JOIN_READ_MS` unless `now_anyway`, a tenth of the
-    /// reads of a thousand-node cold start.
+    /// foca's members, alive, when they may have changed and their fingerprint says they did.
+    /// While the node joins (`joining`), a `Throttled` read happens at most every
+    /// `JOIN_READ_MS`: a tenth of the reads of a thousand-node cold start.
     pub(super) fn members_to_read(
         &mut self,
         now: Time,
         joining: bool,
-        now_anyway: bool,
-        known: Option<u64>,
+        read: MembersRead,
     ) -> Option<Vec<(NodeId, PeerAddr, u64)>> {
+        let (now_anyway, known) = match read {
+            MembersRead::Throttled => (false, None),
+            MembersRead::Now { fingerprint } => (true, fingerprint),
+        };
         if !self.members_stale {
             return None;
         }

@@ -128,16 +128,20 @@ impl View {
         spec_changed
     }
 
-    /// `node` became a member (`joined`) or stopped being one: its slots count or no longer do.
-    pub(super) fn member_changed(&mut self, node: &NodeId, joined: bool) {
+    /// `node` became a member: its slots count.
+    pub(super) fn member_joined(&mut self, node: &NodeId) {
         let Some((_, slots)) = self.node_slots.get(node) else { return };
         let slots = slots.clone();
-        if joined {
-            self.members_with_status += 1;
-        } else {
-            self.members_with_status -= 1;
-        }
-        self.count_slots(&slots, joined);
+        self.members_with_status += 1;
+        self.count_slots(&slots, true);
+    }
+
+    /// `node` stopped being a member: its slots no longer count.
+    pub(super) fn member_left(&mut self, node: &NodeId) {
+        let Some((_, slots)) = self.node_slots.get(node) else { return };
+        let slots = slots.clone();
+        self.members_with_status -= 1;
+        self.count_slots(&slots, false);
     }
 
     /// Counts one live node's slots in (`add`) or out of `slot_counts`.
