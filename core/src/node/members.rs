@@ -201,7 +201,7 @@ impl Members {
     /// Makes `alive` the members, as `change` (from [`Members::change`] on the same list, its
     /// lives known since) says: only the names that joined are hashed.
     pub(super) fn replace(&mut self, alive: Vec<(NodeId, PeerAddr, u64)>, change: &MembersChange) {
-        let old = std::mem::take(&mut self.list);
+        let old = std::mem::replace(&mut self.list, Vec::with_capacity(alive.len()));
         let mut old = old.into_iter().peekable();
         for (id, addr, life) in alive {
             while old.next_if(|m| m.id < id).is_some() {}
