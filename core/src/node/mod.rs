@@ -510,7 +510,7 @@ impl Node {
             self.publish_status(now);
             return;
         }
-        // This node's own balancers take the change now, as its API does (from `local`): only
+        // This node's own balancers take the change now, as its API does (from its slots): only
         // peers hear it later. The registry keeps the status last published until then.
         let current = self.current_status();
         self.derive_own_views(Some(&current));

@@ -1,7 +1,8 @@
 //! The facade's routing of what is learnt about members: the perfect failure detector's list
 //! or SWIM's (foca drained after every call, its members read when they may have changed),
 //! suspicions, and what rides on SWIM's packets. A member joining or leaving reaches the view
-//! and the balancers through `Node::set_members`; a suspicion through `Node::set_suspected`.
+//! and the balancers through `Node::set_members`; a suspicion through `Node::suspect` and
+//! `Node::clear_suspicion`.
 
 use std::time::Duration;
 
