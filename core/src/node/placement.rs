@@ -38,7 +38,7 @@ pub(super) fn orders(plan: &Plan, me: &NodeId, slots: &Slots) -> Vec<Order> {
         if l.phase == Phase::Failed {
             continue;
         }
-        if slots.reported_container(&stop.slot).as_deref() != Some(&*stop.container) {
+        if !l.reports_container(&stop.container) {
             continue;
         }
         orders.push(Order::Stop(stop.slot.clone()));

@@ -64,6 +64,11 @@ impl Local {
         }
     }
 
+    /// Whether the container peers hear of is `id` ([`STARTING`] while there is none).
+    pub(super) fn reports_container(&self, id: &str) -> bool {
+        self.container.as_deref().unwrap_or(STARTING) == id
+    }
+
     /// The container id peers hear of: [`STARTING`] while there is none.
     fn reported_container(&self) -> Arc<str> {
         self.container.clone().unwrap_or_else(|| Arc::from(STARTING))
@@ -300,11 +305,6 @@ impl Slots {
         if let Some(container) = l.container {
             out.push(Action::StopContainer { container: container.to_string(), slot: slot.clone(), drain_ms });
         }
-    }
-
-    /// The container `slot` reports: its id, or [`STARTING`] while there is none.
-    pub(super) fn reported_container(&self, slot: &SlotId) -> Option<Arc<str>> {
-        self.local.get(slot).map(Local::reported_container)
     }
 
     /// The lowest port of `min..=max` that no slot holds and none of `published` is: every
