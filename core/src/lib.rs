@@ -17,6 +17,7 @@
 //! - [`membership`]: SWIM through foca: which peers are alive, learnt from the peers.
 //! - [`node`]: the agent state machine every driver runs: `handle_*` in, `poll_*` out; a facade
 //!   over sub-machines, one file each (see its `# Layout`).
+//! - [`seal`]: keyed gossip: datagrams sealed under the cluster's keys, replays dropped.
 //! - [`hash`]: the hashes every node computes alike (FNV-1a, splitmix64), and maps keyed by them.
 //! - [`rng`]: the seeded generator, core's only randomness.
 //! - [`time`]: the `Time` type that every `now` argument has.
@@ -27,7 +28,8 @@
 //! cache built on it). They change no result.
 //!
 //! Layering, without cycles: `limits`, `time`, `hash` -> `intern` -> `model` -> `registry`,
-//! `schedule`, `health`, `balance`, `autoscale`, `cluster_file` -> `membership` -> `node`.
+//! `schedule`, `health`, `balance`, `autoscale`, `cluster_file` -> `membership` -> `node`;
+//! `seal` depends on `limits` only.
 
 pub mod autoscale;
 pub mod balance;
@@ -42,4 +44,5 @@ pub mod node;
 pub mod registry;
 pub mod rng;
 pub mod schedule;
+pub mod seal;
 pub mod time;

@@ -13,7 +13,7 @@
 //! Steps 2, 3, 6 and 7 each feed one input, then the loop starts over at step 1.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use canteen_core::balance::Balancer;
 use canteen_core::membership::MembershipMode;
 use canteen_core::model::AppName;
 use canteen_core::node::{Action, ContainerEvent, Node, NodeConfig};
+use canteen_core::seal::{Opener, Sealer};
 use canteen_core::time::Time;
 use madsim::net::Endpoint;
 use madsim::time::Instant;
@@ -73,6 +74,33 @@ impl Alarms {
     }
 }
 
+/// Hands every datagram node `index` receives to its inbox, opened first with keys on; a
+/// datagram no key opens, or a replay, is dropped and counted.
+fn spawn_receiver(
+    world: Shared,
+    index: usize,
+    endpoint: Endpoint,
+    inbox: InboxHandle,
+    mut opener: Option<Opener<IpAddr>>,
+) {
+    madsim::task::spawn(async move {
+        while let Ok((payload, from)) = endpoint.recv_from_raw(TAG).await {
+            let (Some(_), Ok(bytes)) = (index_of_ip(from.ip()), payload.downcast::<Vec<u8>>()) else { continue };
+            let bytes = match &mut opener {
+                Some(opener) => match opener.open(&from.ip(), &bytes) {
+                    Ok(packet) => packet,
+                    Err(_) => {
+                        lock(&world).nodes[index].datagrams_refused += 1;
+                        continue;
+                    }
+                },
+                None => *bytes,
+            };
+            Inbox::push(&inbox, Input::Message(bytes));
+        }
+    });
+}
+
 /// The driver of node `index`.
 pub struct Driver {
     world: Shared,
@@ -100,6 +128,8 @@ pub struct Driver {
     /// Whether the last input was an operator's command.
     commanded: bool,
     alarms: Alarms,
+    /// Seals what the node sends, with keys on (`[sim] gossip_keys`).
+    sealer: Option<Sealer>,
 }
 
 impl Driver {
@@ -112,23 +142,18 @@ impl Driver {
         let inbox = InboxHandle::default();
         let endpoint =
             Endpoint::bind(SocketAddr::new(ip_of(index), GOSSIP_PORT)).await.expect("each node binds its own address");
-        let receiver = endpoint.clone();
-        let socket_inbox = inbox.clone();
-        madsim::task::spawn(async move {
-            while let Ok((payload, from)) = receiver.recv_from_raw(TAG).await {
-                let (Some(_), Ok(bytes)) = (index_of_ip(from.ip()), payload.downcast::<Vec<u8>>()) else { continue };
-                Inbox::push(&socket_inbox, Input::Message(*bytes));
-            }
-        });
         let boot_ms = now_ms(start);
-        let (generation, running, persisted) = {
+        let (generation, running, persisted, keyring) = {
             let mut w = lock(&world);
             let (generation, running) = w.node_started(index, inbox.clone(), boot_ms);
-            (generation, running, w.nodes[index].persisted.clone())
+            (generation, running, w.nodes[index].persisted.clone(), w.keyring.clone())
         };
+        spawn_receiver(world.clone(), index, endpoint.clone(), inbox.clone(), keyring.clone().map(Opener::new));
         // SWIM: each life of the node's agent is a new generation, so its peers take it back.
         config.generation = generation;
         let swim = config.membership == MembershipMode::Swim;
+        // The nonces' prefix is the node's index: unique in the run, and replayable.
+        let sealer = keyring.map(|keys| Sealer::new(keys, generation, (index as u64).to_le_bytes()));
         let node = Node::new(Time::from_millis(boot_ms), config);
         lock(&world).agent_generation(index, node.config().generation);
         Inbox::push(&inbox, Input::Restore(persisted));
@@ -151,6 +176,7 @@ impl Driver {
             next_persist_ms: boot_ms + PERSIST_INTERVAL_MS,
             commanded: false,
             alarms: Alarms::default(),
+            sealer,
         }
     }
 
@@ -181,6 +207,10 @@ impl Driver {
         while let Some(action) = self.node.poll_action() {
             match action {
                 Action::Send { to, bytes } => {
+                    let bytes = match &mut self.sealer {
+                        Some(sealer) => sealer.seal(&bytes),
+                        None => bytes,
+                    };
                     let to = {
                         let mut w = lock(&self.world);
                         w.nodes[self.index].bytes_sent += bytes.len() as u64;

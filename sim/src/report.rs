@@ -130,6 +130,11 @@ pub struct Report {
     /// The same over the run's last minute (its second half if shorter): the steady state,
     /// without the cold start every node's status must reach every node in.
     pub gossip_bytes_per_node_s_last_minute: f64,
+    /// Whether datagrams were sealed under a cluster key (`[sim] gossip_keys`).
+    pub gossip_keys: bool,
+    /// Datagrams nodes dropped unopened: no key opened them, or replays (reordered beyond
+    /// `core::seal::REPLAY_WINDOW`).
+    pub datagrams_refused: u64,
     /// When the fault phase ended and everything healed, in simulated seconds.
     pub heal_at_s: f64,
     /// From the heal until every live registry was identical and no slot ran twice, for good
@@ -202,12 +207,14 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nmoves {}, duplicates {:.1} replica-s, scale events {}, gossip {:.0} B/node/s ({:.0} in the last minute)",
+            "\nmoves {}, duplicates {:.1} replica-s, scale events {}, gossip {:.0} B/node/s ({:.0} in the last minute), {}, {} datagrams refused",
             self.moves,
             self.duplicate_replica_s,
             self.scale_events.len(),
             self.gossip_bytes_per_node_s,
-            self.gossip_bytes_per_node_s_last_minute
+            self.gossip_bytes_per_node_s_last_minute,
+            if self.gossip_keys { "keyed" } else { "unkeyed" },
+            self.datagrams_refused
         );
         let _ = writeln!(
             out,

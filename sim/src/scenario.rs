@@ -116,6 +116,10 @@ pub struct SimOptions {
     /// use it to prove that the checks catch them.
     #[serde(default = "default_adopt")]
     pub adopt: bool,
+    /// Whether nodes seal every datagram under a cluster key, as the real agent does off
+    /// loopback (`core::seal`). `false` measures what sealing costs.
+    #[serde(default = "default_gossip_keys")]
+    pub gossip_keys: bool,
 }
 
 impl Default for SimOptions {
@@ -124,6 +128,9 @@ impl Default for SimOptions {
     }
 }
 
+fn default_gossip_keys() -> bool {
+    true
+}
 fn default_start_latency_ms() -> u64 {
     500
 }

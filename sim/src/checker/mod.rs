@@ -171,6 +171,8 @@ impl Checker {
             gossip_bytes_per_node_s_last_minute: self.bytes_at_last_minute.map_or(0.0, |(at_s, at_bytes)| {
                 (bytes - at_bytes) as f64 / (scenario.duration_s - at_s).max(1e-3) / up as f64
             }),
+            gossip_keys: w.keyring.is_some(),
+            datagrams_refused: w.nodes.iter().map(|n| n.datagrams_refused).sum(),
             heal_at_s: scenario.heal_at_s(),
             converge_s: self.convergence.converge_s(),
             false_down_events: w.truth.false_down_events,

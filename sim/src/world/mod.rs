@@ -182,6 +182,8 @@ pub struct SimNode {
     pub bytes_sent: u64,
     /// Datagrams its agent sent to peers.
     pub messages_sent: u64,
+    /// Datagrams its agent dropped unopened: forged, or replayed (`core::seal::OpenError`).
+    pub datagrams_refused: u64,
 }
 
 /// One simulated container.
@@ -295,6 +297,9 @@ pub struct World {
     pub start_latency: (u64, u64),
     /// Whether a starting agent adopts the containers running on its node (`[sim] adopt`).
     adopt: bool,
+    /// The cluster's keyring when nodes seal their datagrams (`[sim] gossip_keys`): one key,
+    /// drawn from the run's seed.
+    pub keyring: Option<std::sync::Arc<canteen_core::seal::Keyring>>,
     /// The request path: requests in service and their outcomes.
     pub requests: RequestPath,
     /// Ground truth for the checkers: what the nodes should run and what went wrong.
@@ -323,6 +328,16 @@ pub struct AgentRestart {
 /// healed or an agent restarted, and the news of it, end within about this (probe period 0.5 s,
 /// suspicion 1.5 s, a few gossip rounds; crash detection took at most 5.1 s over 100 seeds).
 pub const FALSE_DOWN_GRACE_MS: u64 = 5000;
+
+/// The keyring of a run: one key, from the seed (a simulated cluster has nothing to hide; what
+/// matters is that every datagram is sealed and opened as the real agent's are).
+fn sim_keyring(cluster: &str, seed: u64) -> canteen_core::seal::Keyring {
+    let mut key = [0u8; canteen_core::seal::KEY_BYTES];
+    for (i, chunk) in key.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&canteen_core::hash::mix(seed ^ i as u64).to_le_bytes());
+    }
+    canteen_core::seal::Keyring::new(cluster, &[key]).expect("one key")
+}
 
 /// How many wrong down declarations the report describes one by one.
 pub(crate) const FALSE_DOWN_EXAMPLES_MAX: usize = 5;
@@ -355,6 +370,7 @@ impl World {
                 balancers: (0..apps.len()).map(|_| None).collect(),
                 bytes_sent: 0,
                 messages_sent: 0,
+                datagrams_refused: 0,
             })
             .collect();
         let socket_addrs = (0..nodes.len())
@@ -379,6 +395,7 @@ impl World {
             next_container: 0,
             start_latency: (scenario.sim.start_latency_ms, scenario.sim.start_jitter_ms),
             adopt: scenario.sim.adopt,
+            keyring: scenario.sim.gossip_keys.then(|| std::sync::Arc::new(sim_keyring(&scenario.name, seed))),
             requests: RequestPath {
                 app_sims,
                 in_flight: BinaryHeap::new(),

@@ -1,0 +1,352 @@
+//! Keyed gossip: every datagram between nodes sealed with XChaCha20-Poly1305 under the
+//! cluster's key, the cluster's name bound in as associated data, and replays dropped.
+//!
+//! A [`Keyring`] holds one to [`KEYS_MAX`] keys: the first seals, every one opens, so a key is
+//! rotated without downtime as memberlist and Consul do (add the new key second everywhere,
+//! then move it first everywhere, then remove the old one). A [`Sealer`] seals what one node
+//! sends; an [`Opener`] opens what it receives and keeps, per source, a window of the counters
+//! it has taken.
+//!
+//! A sealed datagram is `[VERSION][nonce: 24][ciphertext][tag: 16]`, and its nonce is
+//! `[prefix: 8][life: 8][counter: 8]`: the sender's life (`NodeConfig::generation`, higher
+//! after every restart), a counter from 0 in each life, and a prefix the driver gives for the
+//! life (the real agent draws it from the OS; the simulator takes the node's index, which keeps
+//! its runs replayable). No nonce repeats under a key: the counter never repeats within a
+//! life, and two lives differ in life or, by 2^-64 odds, in prefix. The nonce travels in the
+//! clear but cannot be altered: it is an input of the tag. Life and counter in the nonce, not
+//! in the ciphertext, keep the overhead at [`OVERHEAD`] bytes.
+//!
+//! Replays: a receiver drops a datagram from an earlier life than the latest it took from that
+//! source, and one whose counter it took already or that is more than [`REPLAY_WINDOW`] behind
+//! the highest (as IPsec and WireGuard do). What is left: a receiver that restarted has no
+//! window yet, and takes once each datagram of the sender's current life replayed to it; a
+//! replayed registry entry or SWIM message is old news, which the registry's versions and
+//! SWIM's incarnations already ignore.
+//!
+//! Nothing here reads a clock or draws randomness: the same inputs give the same outputs.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
+
+use crate::limits;
+
+/// Bytes in a cluster key.
+pub const KEY_BYTES: usize = 32;
+/// Bytes in a nonce.
+pub const NONCE_BYTES: usize = 24;
+/// Bytes in an authentication tag.
+pub const TAG_BYTES: usize = 16;
+/// Most keys a keyring holds.
+pub const KEYS_MAX: usize = 8;
+/// How far behind the highest counter taken from a source a datagram may be and still be
+/// taken (once): UDP reorders.
+pub const REPLAY_WINDOW: u64 = 64;
+/// The format's version, first byte of every sealed datagram.
+const VERSION: u8 = 1;
+/// What sealing adds to a packet.
+pub const OVERHEAD: usize = 1 + NONCE_BYTES + TAG_BYTES;
+
+/// A cluster key: 32 random bytes.
+pub type Key = [u8; KEY_BYTES];
+
+/// The keys of one cluster, and its name.
+pub struct Keyring {
+    ciphers: Vec<XChaCha20Poly1305>,
+    /// Associated data of every datagram: the format and the cluster's name, so a datagram of
+    /// one cluster is never taken by another that shares a key by mistake.
+    aad: Vec<u8>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("Keyring").field("keys", &self.ciphers.len()).finish_non_exhaustive()
+    }
+}
+
+/// Why a keyring cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyringError {
+    /// No key, or more than [`KEYS_MAX`].
+    #[error("give 1 to {KEYS_MAX} keys, got {0}")]
+    Count(usize),
+    /// The same key twice.
+    #[error("key {0} repeats an earlier key")]
+    Repeated(usize),
+}
+
+impl Keyring {
+    /// The keyring of cluster `cluster`: `keys[0]` seals, every key opens.
+    pub fn new(cluster: &str, keys: &[Key]) -> Result<Keyring, KeyringError> {
+        if keys.is_empty() || keys.len() > KEYS_MAX {
+            return Err(KeyringError::Count(keys.len()));
+        }
+        if let Some(i) = (1..keys.len()).find(|&i| keys[..i].contains(&keys[i])) {
+            return Err(KeyringError::Repeated(i));
+        }
+        let ciphers = keys.iter().map(|k| XChaCha20Poly1305::new(&(*k).into())).collect();
+        let mut aad = b"canteen-gossip-v1\0".to_vec();
+        aad.extend_from_slice(cluster.as_bytes());
+        Ok(Keyring { ciphers, aad })
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.ciphers.len()
+    }
+
+    /// Never: a keyring holds at least one key.
+    pub fn is_empty(&self) -> bool {
+        self.ciphers.is_empty()
+    }
+}
+
+/// Seals what one node sends, in one life.
+#[derive(Debug)]
+pub struct Sealer {
+    keyring: Arc<Keyring>,
+    prefix: [u8; 8],
+    life: u64,
+    counter: u64,
+}
+
+impl Sealer {
+    /// The sealer of a node in life `life`, counting from 0, whose nonces start with `prefix`
+    /// (see the module documentation).
+    pub fn new(keyring: Arc<Keyring>, life: u64, prefix: [u8; 8]) -> Sealer {
+        Sealer { keyring, prefix, life, counter: 0 }
+    }
+
+    /// `packet` sealed under the first key.
+    pub fn seal(&mut self, packet: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        nonce[..8].copy_from_slice(&self.prefix);
+        nonce[8..16].copy_from_slice(&self.life.to_le_bytes());
+        nonce[16..].copy_from_slice(&self.counter.to_le_bytes());
+        // A counter at its end would repeat a nonce: never in practice (2^64 datagrams), and a
+        // panic rather than a silent repeat if it ever were.
+        self.counter = self.counter.checked_add(1).expect("2^64 datagrams in one life");
+        let mut out = Vec::with_capacity(packet.len() + OVERHEAD);
+        out.push(VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(packet);
+        let body = &mut out[1 + NONCE_BYTES..];
+        let tag = self.keyring.ciphers[0]
+            .encrypt_inout_detached(&XNonce::from(nonce), &self.keyring.aad, body.into())
+            .expect("a datagram is far below the cipher's length limit");
+        out.extend_from_slice(&tag);
+        out
+    }
+}
+
+/// Why a datagram was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Too short, or of another format version.
+    #[error("not a sealed datagram of this version")]
+    Malformed,
+    /// No key of the ring opens it: another cluster's, an outsider's, or altered.
+    #[error("no cluster key opens it (another cluster, a stale key, or forged)")]
+    Unauthentic,
+    /// Its counter was taken already, or is too far behind.
+    #[error("a replay: its counter was seen already or is too old")]
+    Replayed,
+    /// From a life of the sender earlier than the latest seen from that source.
+    #[error("from an earlier life of its sender")]
+    EarlierLife,
+}
+
+/// What an [`Opener`] remembers of one source.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    life: u64,
+    /// The highest counter taken.
+    top: u64,
+    /// Bit `i` set: counter `top - i` taken.
+    seen: u64,
+    /// When it was last used, in datagrams opened: the least recently used window goes first.
+    used: u64,
+}
+
+const _: () = assert!(REPLAY_WINDOW == u64::BITS as u64, "one bit of `Window::seen` per counter");
+
+impl Window {
+    /// Whether `(life, counter)` may be taken; the window is not changed.
+    fn check(&self, life: u64, counter: u64) -> Result<(), OpenError> {
+        if life < self.life {
+            return Err(OpenError::EarlierLife);
+        }
+        if life > self.life || counter > self.top {
+            return Ok(());
+        }
+        let behind = self.top - counter;
+        if behind >= REPLAY_WINDOW || self.seen & (1 << behind) != 0 {
+            return Err(OpenError::Replayed);
+        }
+        Ok(())
+    }
+
+    /// Takes `(life, counter)`, which [`Window::check`] allowed.
+    fn take(&mut self, life: u64, counter: u64) {
+        if life > self.life {
+            *self = Window { life, top: counter, seen: 1, used: self.used };
+        } else if counter > self.top {
+            let ahead = counter - self.top;
+            self.seen = if ahead >= REPLAY_WINDOW { 1 } else { (self.seen << ahead) | 1 };
+            self.top = counter;
+        } else {
+            self.seen |= 1 << (self.top - counter);
+        }
+    }
+}
+
+/// Opens what one node receives, keeping a replay window per source (at most
+/// [`limits::NODES_MAX`], the least recently used forgotten first).
+#[derive(Debug)]
+pub struct Opener<S> {
+    keyring: Arc<Keyring>,
+    windows: HashMap<S, Window>,
+    opened: u64,
+}
+
+impl<S: Hash + Eq + Clone> Opener<S> {
+    /// An opener with no window yet.
+    pub fn new(keyring: Arc<Keyring>) -> Opener<S> {
+        Opener { keyring, windows: HashMap::new(), opened: 0 }
+    }
+
+    /// The packet inside `datagram` from `source` (the address it came from), or why it was
+    /// dropped. Windows change only for a datagram that a key opened.
+    pub fn open(&mut self, source: &S, datagram: &[u8]) -> Result<Vec<u8>, OpenError> {
+        if datagram.len() < OVERHEAD || datagram[0] != VERSION {
+            return Err(OpenError::Malformed);
+        }
+        let nonce = XNonce::try_from(&datagram[1..1 + NONCE_BYTES]).expect("sliced to a nonce's length");
+        let tag_at = datagram.len() - TAG_BYTES;
+        let tag = Tag::try_from(&datagram[tag_at..]).expect("sliced to a tag's length");
+        let sealed = &datagram[1 + NONCE_BYTES..tag_at];
+        let mut body = sealed.to_vec();
+        let opened = self.keyring.ciphers.iter().any(|cipher| {
+            match cipher.decrypt_inout_detached(&nonce, &self.keyring.aad, body.as_mut_slice().into(), &tag) {
+                Ok(()) => true,
+                Err(_) => {
+                    // The next key starts from the sealed bytes again, whatever a failed
+                    // attempt left in the buffer.
+                    body.copy_from_slice(sealed);
+                    false
+                }
+            }
+        });
+        if !opened {
+            return Err(OpenError::Unauthentic);
+        }
+        let life = u64::from_le_bytes(nonce[8..16].try_into().expect("8 bytes"));
+        let counter = u64::from_le_bytes(nonce[16..].try_into().expect("8 bytes"));
+        self.take(source, life, counter)?;
+        Ok(body)
+    }
+
+    /// Checks `(life, counter)` against `source`'s window and takes it.
+    fn take(&mut self, source: &S, life: u64, counter: u64) -> Result<(), OpenError> {
+        self.opened += 1;
+        let used = self.opened;
+        if let Some(window) = self.windows.get_mut(source) {
+            window.check(life, counter)?;
+            window.take(life, counter);
+            window.used = used;
+            return Ok(());
+        }
+        if self.windows.len() >= limits::NODES_MAX
+            && let Some(oldest) = self.windows.iter().min_by_key(|(_, w)| w.used).map(|(s, _)| s.clone())
+        {
+            self.windows.remove(&oldest);
+        }
+        self.windows.insert(source.clone(), Window { life, top: counter, seen: 1, used });
+        Ok(())
+    }
+
+    /// How many sources it keeps a window for.
+    pub fn sources(&self) -> usize {
+        self.windows.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(cluster: &str, keys: &[u8]) -> Arc<Keyring> {
+        let keys: Vec<Key> = keys.iter().map(|&b| [b; KEY_BYTES]).collect();
+        Arc::new(Keyring::new(cluster, &keys).unwrap())
+    }
+
+    #[test]
+    fn a_sealed_packet_opens_once_under_the_same_key_and_cluster() {
+        let mut sealer = Sealer::new(ring("prod", &[1]), 5, [9; 8]);
+        let mut opener = Opener::new(ring("prod", &[1]));
+        let sealed = sealer.seal(b"hello");
+        assert_eq!(sealed.len(), 5 + OVERHEAD);
+        assert!(!sealed.windows(5).any(|w| w == b"hello"), "the packet is encrypted");
+        assert_eq!(opener.open(&"a", &sealed).unwrap(), b"hello");
+        assert_eq!(opener.open(&"a", &sealed), Err(OpenError::Replayed));
+        assert_eq!(Opener::new(ring("prod", &[2])).open(&"a", &sealed), Err(OpenError::Unauthentic));
+        assert_eq!(Opener::new(ring("staging", &[1])).open(&"a", &sealed), Err(OpenError::Unauthentic));
+    }
+
+    #[test]
+    fn any_altered_byte_is_refused() {
+        let mut sealer = Sealer::new(ring("c", &[1]), 1, [9; 8]);
+        let sealed = sealer.seal(b"0123456789");
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x20;
+            let e = Opener::new(ring("c", &[1])).open(&0u8, &bad).unwrap_err();
+            assert!(matches!(e, OpenError::Unauthentic | OpenError::Malformed), "byte {i}: {e:?}");
+        }
+        for len in 0..sealed.len() {
+            assert!(Opener::new(ring("c", &[1])).open(&0u8, &sealed[..len]).is_err());
+        }
+    }
+
+    #[test]
+    fn every_key_of_the_ring_opens_and_the_first_seals() {
+        // A rotation: the old cluster seals with 1, the new key 2 is added second, then first.
+        let mut old = Sealer::new(ring("c", &[1]), 1, [9; 8]);
+        let mut adding = Sealer::new(ring("c", &[1, 2]), 1, [8; 8]);
+        let mut moved = Sealer::new(ring("c", &[2, 1]), 1, [7; 8]);
+        let mut opener = Opener::new(ring("c", &[2, 1]));
+        assert!(opener.open(&1, &old.seal(b"a")).is_ok());
+        assert!(opener.open(&2, &adding.seal(b"b")).is_ok());
+        assert!(opener.open(&3, &moved.seal(b"c")).is_ok());
+        assert_eq!(Opener::new(ring("c", &[1])).open(&3, &moved.seal(b"d")), Err(OpenError::Unauthentic));
+        assert_eq!(Keyring::new("c", &[]).unwrap_err(), KeyringError::Count(0));
+        assert_eq!(Keyring::new("c", &[[1; 32], [1; 32]]).unwrap_err(), KeyringError::Repeated(1));
+        assert_eq!(Keyring::new("c", &[[1; 32]; KEYS_MAX + 1]).unwrap_err(), KeyringError::Count(KEYS_MAX + 1));
+    }
+
+    #[test]
+    fn the_window_takes_reordered_datagrams_once_and_drops_earlier_lives() {
+        let keys = ring("c", &[1]);
+        let mut first_life = Sealer::new(keys.clone(), 10, [9; 8]);
+        let early: Vec<Vec<u8>> = (0..3).map(|_| first_life.seal(b"x")).collect();
+        let mut sealer = Sealer::new(keys.clone(), 11, [9; 8]);
+        let sealed: Vec<Vec<u8>> = (0..100).map(|_| sealer.seal(b"x")).collect();
+        let mut opener = Opener::new(keys);
+        assert!(opener.open(&1, &early[1]).is_ok());
+        assert!(opener.open(&1, &early[0]).is_ok(), "reordered within the window");
+        assert!(opener.open(&1, &sealed[5]).is_ok(), "a later life starts a new window");
+        assert_eq!(opener.open(&1, &early[2]), Err(OpenError::EarlierLife));
+        assert!(opener.open(&1, &sealed[3]).is_ok());
+        assert_eq!(opener.open(&1, &sealed[3]), Err(OpenError::Replayed));
+        assert!(opener.open(&1, &sealed[99]).is_ok());
+        assert_eq!(opener.open(&1, &sealed[5]), Err(OpenError::Replayed), "taken already");
+        assert_eq!(opener.open(&1, &sealed[10]), Err(OpenError::Replayed), "too far behind 99");
+        assert!(opener.open(&1, &sealed[40]).is_ok(), "within 64 of 99");
+        assert!(opener.open(&2, &sealed[10]).is_ok(), "windows are per source");
+        assert_eq!(opener.sources(), 2);
+    }
+}
