@@ -7,7 +7,9 @@
 //! sends; an [`Opener`] opens what it receives and keeps, per source, a window of the counters
 //! it has taken.
 //!
-//! A sealed datagram is `[VERSION][nonce: 24][ciphertext][tag: 16]`, and its nonce is
+//! A sealed datagram is `[VERSION][sender: 8][nonce: 24][ciphertext][tag: 16]`; the sender
+//! (a hash of the node's name, the same in every life) is in the clear and, with the version,
+//! covered by the tag as associated data. Its nonce is
 //! `[prefix: 8][life: 8][counter: 8]`: the sender's life (`NodeConfig::generation`, higher
 //! after every restart), a counter from 0 in each life, and a prefix the driver gives for the
 //! life (the real agent draws it from the OS; the simulator takes the node's index, which keeps
@@ -16,8 +18,9 @@
 //! clear but cannot be altered: it is an input of the tag. Life and counter in the nonce, not
 //! in the ciphertext, keep the overhead at [`OVERHEAD`] bytes.
 //!
-//! Replays: a receiver drops a datagram from an earlier life than the latest it took from that
-//! source, and one whose counter it took already or that is more than [`REPLAY_WINDOW`] behind
+//! Replays: a receiver keeps a window per sender (not per source address, which whoever
+//! replays a datagram chooses). It drops a datagram from an earlier life than the latest it
+//! took from that sender, and one whose counter it took already or that is more than [`REPLAY_WINDOW`] behind
 //! the highest (as IPsec and WireGuard do). What is left: a receiver that restarted has no
 //! window yet, and takes once each datagram of the sender's current life replayed to it; a
 //! replayed registry entry or SWIM message is old news, which the registry's versions and
@@ -26,7 +29,6 @@
 //! Nothing here reads a clock or draws randomness: the same inputs give the same outputs.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::sync::Arc;
 
 use chacha20poly1305::aead::AeadInOut;
@@ -47,8 +49,12 @@ pub const KEYS_MAX: usize = 8;
 pub const REPLAY_WINDOW: u64 = 64;
 /// The format's version, first byte of every sealed datagram.
 const VERSION: u8 = 1;
+/// Where the nonce starts: after the version and the sender.
+const NONCE_AT: usize = 1 + 8;
 /// What sealing adds to a packet.
-pub const OVERHEAD: usize = 1 + NONCE_BYTES + TAG_BYTES;
+pub const OVERHEAD: usize = NONCE_AT + NONCE_BYTES + TAG_BYTES;
+
+const _: () = assert!(limits::PACKET_BYTES_MAX + OVERHEAD <= 65_507, "a sealed packet is one UDP datagram");
 
 /// A cluster key: 32 random bytes.
 pub type Key = [u8; KEY_BYTES];
@@ -94,6 +100,14 @@ impl Keyring {
         Ok(Keyring { ciphers, aad })
     }
 
+    /// The associated data of a datagram that starts with `front` (version and sender).
+    fn aad_with(&self, front: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(self.aad.len() + front.len());
+        aad.extend_from_slice(&self.aad);
+        aad.extend_from_slice(front);
+        aad
+    }
+
     /// How many keys it holds.
     pub fn len(&self) -> usize {
         self.ciphers.len()
@@ -109,16 +123,20 @@ impl Keyring {
 #[derive(Debug)]
 pub struct Sealer {
     keyring: Arc<Keyring>,
+    /// The version and the sender, as every datagram starts.
+    front: [u8; NONCE_AT],
     prefix: [u8; 8],
     life: u64,
     counter: u64,
 }
 
 impl Sealer {
-    /// The sealer of a node in life `life`, counting from 0, whose nonces start with `prefix`
-    /// (see the module documentation).
-    pub fn new(keyring: Arc<Keyring>, life: u64, prefix: [u8; 8]) -> Sealer {
-        Sealer { keyring, prefix, life, counter: 0 }
+    /// The sealer of node `sender` (a hash of its name, see [`sender_of`]) in life `life`,
+    /// counting from 0, whose nonces start with `prefix` (see the module documentation).
+    pub fn new(keyring: Arc<Keyring>, sender: u64, life: u64, prefix: [u8; 8]) -> Sealer {
+        let mut front = [VERSION; NONCE_AT];
+        front[1..].copy_from_slice(&sender.to_le_bytes());
+        Sealer { keyring, front, prefix, life, counter: 0 }
     }
 
     /// `packet` sealed under the first key.
@@ -131,16 +149,22 @@ impl Sealer {
         // panic rather than a silent repeat if it ever were.
         self.counter = self.counter.checked_add(1).expect("2^64 datagrams in one life");
         let mut out = Vec::with_capacity(packet.len() + OVERHEAD);
-        out.push(VERSION);
+        out.extend_from_slice(&self.front);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(packet);
-        let body = &mut out[1 + NONCE_BYTES..];
+        let aad = self.keyring.aad_with(&self.front);
+        let body = &mut out[NONCE_AT + NONCE_BYTES..];
         let tag = self.keyring.ciphers[0]
-            .encrypt_inout_detached(&XNonce::from(nonce), &self.keyring.aad, body.into())
+            .encrypt_inout_detached(&XNonce::from(nonce), &aad, body.into())
             .expect("a datagram is far below the cipher's length limit");
         out.extend_from_slice(&tag);
         out
     }
+}
+
+/// The sender id of node `name` in sealed datagrams: the same in every life of the node.
+pub fn sender_of(name: &str) -> u64 {
+    crate::hash::stable_hash(name.as_bytes())
 }
 
 /// Why a datagram was dropped.
@@ -152,10 +176,10 @@ pub enum OpenError {
     /// No key of the ring opens it: another cluster's, an outsider's, or altered.
     #[error("no cluster key opens it (another cluster, a stale key, or forged)")]
     Unauthentic,
-    /// Its counter was taken already, or is too far behind.
+    /// Its counter was taken already from its sender, or is too far behind.
     #[error("a replay: its counter was seen already or is too old")]
     Replayed,
-    /// From a life of the sender earlier than the latest seen from that source.
+    /// From a life of its sender earlier than the latest seen.
     #[error("from an earlier life of its sender")]
     EarlierLife,
 }
@@ -204,34 +228,37 @@ impl Window {
     }
 }
 
-/// Opens what one node receives, keeping a replay window per source (at most
+/// Opens what one node receives, keeping a replay window per sender (at most
 /// [`limits::NODES_MAX`], the least recently used forgotten first).
 #[derive(Debug)]
-pub struct Opener<S> {
+pub struct Opener {
     keyring: Arc<Keyring>,
-    windows: HashMap<S, Window>,
+    windows: HashMap<u64, Window>,
     opened: u64,
 }
 
-impl<S: Hash + Eq + Clone> Opener<S> {
+impl Opener {
     /// An opener with no window yet.
-    pub fn new(keyring: Arc<Keyring>) -> Opener<S> {
+    pub fn new(keyring: Arc<Keyring>) -> Opener {
         Opener { keyring, windows: HashMap::new(), opened: 0 }
     }
 
-    /// The packet inside `datagram` from `source` (the address it came from), or why it was
-    /// dropped. Windows change only for a datagram that a key opened.
-    pub fn open(&mut self, source: &S, datagram: &[u8]) -> Result<Vec<u8>, OpenError> {
+    /// The packet inside `datagram`, or why it was dropped. Windows change only for a datagram
+    /// that a key opened.
+    pub fn open(&mut self, datagram: &[u8]) -> Result<Vec<u8>, OpenError> {
         if datagram.len() < OVERHEAD || datagram[0] != VERSION {
             return Err(OpenError::Malformed);
         }
-        let nonce = XNonce::try_from(&datagram[1..1 + NONCE_BYTES]).expect("sliced to a nonce's length");
+        let front = &datagram[..NONCE_AT];
+        let sender = u64::from_le_bytes(front[1..].try_into().expect("8 bytes"));
+        let nonce = XNonce::try_from(&datagram[NONCE_AT..NONCE_AT + NONCE_BYTES]).expect("sliced to a nonce's length");
         let tag_at = datagram.len() - TAG_BYTES;
         let tag = Tag::try_from(&datagram[tag_at..]).expect("sliced to a tag's length");
-        let sealed = &datagram[1 + NONCE_BYTES..tag_at];
+        let sealed = &datagram[NONCE_AT + NONCE_BYTES..tag_at];
+        let aad = self.keyring.aad_with(front);
         let mut body = sealed.to_vec();
         let opened = self.keyring.ciphers.iter().any(|cipher| {
-            match cipher.decrypt_inout_detached(&nonce, &self.keyring.aad, body.as_mut_slice().into(), &tag) {
+            match cipher.decrypt_inout_detached(&nonce, &aad, body.as_mut_slice().into(), &tag) {
                 Ok(()) => true,
                 Err(_) => {
                     // The next key starts from the sealed bytes again, whatever a failed
@@ -246,31 +273,31 @@ impl<S: Hash + Eq + Clone> Opener<S> {
         }
         let life = u64::from_le_bytes(nonce[8..16].try_into().expect("8 bytes"));
         let counter = u64::from_le_bytes(nonce[16..].try_into().expect("8 bytes"));
-        self.take(source, life, counter)?;
+        self.take(sender, life, counter)?;
         Ok(body)
     }
 
-    /// Checks `(life, counter)` against `source`'s window and takes it.
-    fn take(&mut self, source: &S, life: u64, counter: u64) -> Result<(), OpenError> {
+    /// Checks `(life, counter)` against `sender`'s window and takes it.
+    fn take(&mut self, sender: u64, life: u64, counter: u64) -> Result<(), OpenError> {
         self.opened += 1;
         let used = self.opened;
-        if let Some(window) = self.windows.get_mut(source) {
+        if let Some(window) = self.windows.get_mut(&sender) {
             window.check(life, counter)?;
             window.take(life, counter);
             window.used = used;
             return Ok(());
         }
         if self.windows.len() >= limits::NODES_MAX
-            && let Some(oldest) = self.windows.iter().min_by_key(|(_, w)| w.used).map(|(s, _)| s.clone())
+            && let Some(oldest) = self.windows.iter().min_by_key(|(_, w)| w.used).map(|(s, _)| *s)
         {
             self.windows.remove(&oldest);
         }
-        self.windows.insert(source.clone(), Window { life, top: counter, seen: 1, used });
+        self.windows.insert(sender, Window { life, top: counter, seen: 1, used });
         Ok(())
     }
 
-    /// How many sources it keeps a window for.
-    pub fn sources(&self) -> usize {
+    /// How many senders it keeps a window for.
+    pub fn senders(&self) -> usize {
         self.windows.len()
     }
 }
@@ -286,43 +313,57 @@ mod tests {
 
     #[test]
     fn a_sealed_packet_opens_once_under_the_same_key_and_cluster() {
-        let mut sealer = Sealer::new(ring("prod", &[1]), 5, [9; 8]);
+        let mut sealer = Sealer::new(ring("prod", &[1]), 1, 5, [9; 8]);
         let mut opener = Opener::new(ring("prod", &[1]));
         let sealed = sealer.seal(b"hello");
         assert_eq!(sealed.len(), 5 + OVERHEAD);
         assert!(!sealed.windows(5).any(|w| w == b"hello"), "the packet is encrypted");
-        assert_eq!(opener.open(&"a", &sealed).unwrap(), b"hello");
-        assert_eq!(opener.open(&"a", &sealed), Err(OpenError::Replayed));
-        assert_eq!(Opener::new(ring("prod", &[2])).open(&"a", &sealed), Err(OpenError::Unauthentic));
-        assert_eq!(Opener::new(ring("staging", &[1])).open(&"a", &sealed), Err(OpenError::Unauthentic));
+        assert_eq!(opener.open(&sealed).unwrap(), b"hello");
+        assert_eq!(opener.open(&sealed), Err(OpenError::Replayed));
+        assert_eq!(Opener::new(ring("prod", &[2])).open(&sealed), Err(OpenError::Unauthentic));
+        assert_eq!(Opener::new(ring("staging", &[1])).open(&sealed), Err(OpenError::Unauthentic));
+    }
+
+    #[test]
+    fn a_replay_is_refused_whatever_address_it_comes_from() {
+        // The window is the sender's, named inside the datagram under the tag: replaying from
+        // another address or port changes nothing, and a changed sender breaks the tag.
+        let mut sealer = Sealer::new(ring("c", &[1]), sender_of("node-a"), 1, [9; 8]);
+        let sealed = sealer.seal(b"x");
+        let mut opener = Opener::new(ring("c", &[1]));
+        assert!(opener.open(&sealed).is_ok());
+        assert_eq!(opener.open(&sealed), Err(OpenError::Replayed));
+        let mut renamed = sealed.clone();
+        renamed[1..9].copy_from_slice(&sender_of("node-b").to_le_bytes());
+        assert_eq!(opener.open(&renamed), Err(OpenError::Unauthentic));
     }
 
     #[test]
     fn any_altered_byte_is_refused() {
-        let mut sealer = Sealer::new(ring("c", &[1]), 1, [9; 8]);
+        let mut sealer = Sealer::new(ring("c", &[1]), 1, 1, [9; 8]);
         let sealed = sealer.seal(b"0123456789");
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x20;
-            let e = Opener::new(ring("c", &[1])).open(&0u8, &bad).unwrap_err();
+            let e = Opener::new(ring("c", &[1])).open(&bad).unwrap_err();
             assert!(matches!(e, OpenError::Unauthentic | OpenError::Malformed), "byte {i}: {e:?}");
         }
         for len in 0..sealed.len() {
-            assert!(Opener::new(ring("c", &[1])).open(&0u8, &sealed[..len]).is_err());
+            assert!(Opener::new(ring("c", &[1])).open(&sealed[..len]).is_err());
         }
     }
 
     #[test]
     fn every_key_of_the_ring_opens_and_the_first_seals() {
         // A rotation: the old cluster seals with 1, the new key 2 is added second, then first.
-        let mut old = Sealer::new(ring("c", &[1]), 1, [9; 8]);
-        let mut adding = Sealer::new(ring("c", &[1, 2]), 1, [8; 8]);
-        let mut moved = Sealer::new(ring("c", &[2, 1]), 1, [7; 8]);
+        let mut old = Sealer::new(ring("c", &[1]), 1, 1, [9; 8]);
+        let mut adding = Sealer::new(ring("c", &[1, 2]), 2, 1, [8; 8]);
+        let mut moved = Sealer::new(ring("c", &[2, 1]), 3, 1, [7; 8]);
         let mut opener = Opener::new(ring("c", &[2, 1]));
-        assert!(opener.open(&1, &old.seal(b"a")).is_ok());
-        assert!(opener.open(&2, &adding.seal(b"b")).is_ok());
-        assert!(opener.open(&3, &moved.seal(b"c")).is_ok());
-        assert_eq!(Opener::new(ring("c", &[1])).open(&3, &moved.seal(b"d")), Err(OpenError::Unauthentic));
+        assert!(opener.open(&old.seal(b"a")).is_ok());
+        assert!(opener.open(&adding.seal(b"b")).is_ok());
+        assert!(opener.open(&moved.seal(b"c")).is_ok());
+        assert_eq!(Opener::new(ring("c", &[1])).open(&moved.seal(b"d")), Err(OpenError::Unauthentic));
         assert_eq!(Keyring::new("c", &[]).unwrap_err(), KeyringError::Count(0));
         assert_eq!(Keyring::new("c", &[[1; 32], [1; 32]]).unwrap_err(), KeyringError::Repeated(1));
         assert_eq!(Keyring::new("c", &[[1; 32]; KEYS_MAX + 1]).unwrap_err(), KeyringError::Count(KEYS_MAX + 1));
@@ -331,22 +372,23 @@ mod tests {
     #[test]
     fn the_window_takes_reordered_datagrams_once_and_drops_earlier_lives() {
         let keys = ring("c", &[1]);
-        let mut first_life = Sealer::new(keys.clone(), 10, [9; 8]);
+        let mut first_life = Sealer::new(keys.clone(), 1, 10, [9; 8]);
         let early: Vec<Vec<u8>> = (0..3).map(|_| first_life.seal(b"x")).collect();
-        let mut sealer = Sealer::new(keys.clone(), 11, [9; 8]);
+        let mut sealer = Sealer::new(keys.clone(), 1, 11, [9; 8]);
         let sealed: Vec<Vec<u8>> = (0..100).map(|_| sealer.seal(b"x")).collect();
         let mut opener = Opener::new(keys);
-        assert!(opener.open(&1, &early[1]).is_ok());
-        assert!(opener.open(&1, &early[0]).is_ok(), "reordered within the window");
-        assert!(opener.open(&1, &sealed[5]).is_ok(), "a later life starts a new window");
-        assert_eq!(opener.open(&1, &early[2]), Err(OpenError::EarlierLife));
-        assert!(opener.open(&1, &sealed[3]).is_ok());
-        assert_eq!(opener.open(&1, &sealed[3]), Err(OpenError::Replayed));
-        assert!(opener.open(&1, &sealed[99]).is_ok());
-        assert_eq!(opener.open(&1, &sealed[5]), Err(OpenError::Replayed), "taken already");
-        assert_eq!(opener.open(&1, &sealed[10]), Err(OpenError::Replayed), "too far behind 99");
-        assert!(opener.open(&1, &sealed[40]).is_ok(), "within 64 of 99");
-        assert!(opener.open(&2, &sealed[10]).is_ok(), "windows are per source");
-        assert_eq!(opener.sources(), 2);
+        assert!(opener.open(&early[1]).is_ok());
+        assert!(opener.open(&early[0]).is_ok(), "reordered within the window");
+        assert!(opener.open(&sealed[5]).is_ok(), "a later life starts a new window");
+        assert_eq!(opener.open(&early[2]), Err(OpenError::EarlierLife));
+        assert!(opener.open(&sealed[3]).is_ok());
+        assert_eq!(opener.open(&sealed[3]), Err(OpenError::Replayed));
+        assert!(opener.open(&sealed[99]).is_ok());
+        assert_eq!(opener.open(&sealed[5]), Err(OpenError::Replayed), "taken already");
+        assert_eq!(opener.open(&sealed[10]), Err(OpenError::Replayed), "too far behind 99");
+        assert!(opener.open(&sealed[40]).is_ok(), "within 64 of 99");
+        let mut other = Sealer::new(ring("c", &[1]), 2, 11, [9; 8]);
+        assert!(opener.open(&other.seal(b"x")).is_ok(), "windows are per sender");
+        assert_eq!(opener.senders(), 2);
     }
 }

@@ -89,6 +89,8 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_API)]
         api: SocketAddr,
     },
+    /// Print a new random cluster key (base64 of 32 bytes) for `cluster_keys`.
+    Keygen,
     /// Print the agent's config.
     Config {
         /// Print every key with its default (the host's resources resolved).
@@ -154,7 +156,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             run_agent(config, seeds, None)
         }
         Command::Up { file, config: path } => {
-            let config = read_config(path.as_deref())?;
+            let mut config = read_config(path.as_deref())?;
+            ensure_cluster_key(&mut config)?;
             let seeds = resolve_seeds(&config, path.as_deref(), &[])?;
             let name = file.display().to_string();
             let text =
@@ -195,6 +198,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             println!("{}", done_message(&out));
             Ok(())
         }
+        Command::Keygen => {
+            println!("{}", crate::config::generate_key().map_err(Failure::runtime)?);
+            Ok(())
+        }
         Command::Config { defaults, config } => {
             if !defaults && config.is_none() {
                 return Err(Failure::bad_input("canteen config: give --defaults, or --config FILE"));
@@ -204,6 +211,34 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `canteen up` with no cluster keys: the key in `data_dir/cluster.key`, generated there the
+/// first time, so a standalone agent never takes datagrams from a cluster it was not given the
+/// key of, and stays one command.
+fn ensure_cluster_key(config: &mut AgentConfig) -> Result<(), Failure> {
+    if !config.cluster_keys.is_empty() || config.cluster_keys_file.is_some() {
+        return Ok(());
+    }
+    let path = config.data_dir.join("cluster.key");
+    if !path.exists() {
+        let key = crate::config::generate_key().map_err(Failure::runtime)?;
+        let cannot = |e: std::io::Error| Failure::runtime(format!("cannot write {}: {e}", path.display()));
+        std::fs::create_dir_all(&config.data_dir).map_err(cannot)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path).map_err(cannot)?;
+        std::io::Write::write_all(
+            &mut file,
+            format!("# canteen cluster key, made by `canteen up`\n{key}\n").as_bytes(),
+        )
+        .and_then(|()| file.sync_all())
+        .map_err(cannot)?;
+    }
+    config.cluster_keys_file = Some(path);
+    config.cluster_keys("(default config)").map_err(|e| Failure::bad_input(e.to_string()))?;
+    Ok(())
 }
 
 fn read_config(path: Option<&Path>) -> Result<AgentConfig, Failure> {

@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use canteen_core::cluster_file::FileError;
 use canteen_core::limits::MIB;
 use canteen_core::membership::{MembershipMode, PeerAddr};
 use canteen_core::model::{NodeId, PickerKind, Resources, validate_name};
 use canteen_core::node::NodeConfig;
 use canteen_core::schedule::Policy;
+use canteen_core::seal;
 use serde::{Deserialize, Serialize};
 
 /// How one agent runs. Keys missing from the file take their default.
@@ -64,6 +66,20 @@ pub struct AgentConfig {
     pub policy: Policy,
     /// How long a replica keeps serving what it has before it is stopped.
     pub drain_ms: u64,
+    /// The cluster's name, bound into every gossip datagram: a datagram of another cluster is
+    /// refused even under the same key.
+    pub cluster_name: String,
+    /// The cluster keys (base64 of 32 bytes each, from `canteen keygen`): the first seals every
+    /// gossip datagram, every one opens. To rotate: add the new key second on every agent,
+    /// then move it first on every agent, then remove the old one. Required when gossip is
+    /// not on loopback (or `gossip_insecure`).
+    pub cluster_keys: Vec<String>,
+    /// A file of cluster keys, one per line (`#` comments), after `cluster_keys`' own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_keys_file: Option<PathBuf>,
+    /// Gossip with no keys on an address that is not loopback: anyone who can send a datagram
+    /// to it can then command the cluster. Logged as a warning every minute.
+    pub gossip_insecure: bool,
 }
 
 impl Default for AgentConfig {
@@ -87,6 +103,10 @@ impl Default for AgentConfig {
             balance: PickerKind::RoundRobin,
             policy: Policy::Spread,
             drain_ms: 1000,
+            cluster_name: "canteen".to_owned(),
+            cluster_keys: Vec::new(),
+            cluster_keys_file: None,
+            gossip_insecure: false,
         }
     }
 }
@@ -158,6 +178,21 @@ impl AgentConfig {
                 ),
             );
         }
+        if let Err(problem) = validate_name(&self.cluster_name) {
+            return err("cluster_name", &problem);
+        }
+        let keys = self.cluster_keys(file)?;
+        if keys.is_empty() && !self.gossip_insecure && !self.gossip_advertised().ip().is_loopback() {
+            return err(
+                "cluster_keys",
+                &format!(
+                    "gossip on {} is not loopback: give the cluster's keys (`canteen keygen` prints one; every \
+                     agent of the cluster takes the same), or set gossip_insecure = true to let anyone who \
+                     can reach that address command the cluster",
+                    self.gossip_advertised()
+                ),
+            );
+        }
         for addr in &self.join {
             if let Err(problem) = check_peer_addr(addr) {
                 return err("join", &format!("{addr:?}: {problem}"));
@@ -175,6 +210,41 @@ impl AgentConfig {
             return err(key, &problem);
         }
         Ok(())
+    }
+
+    /// The cluster keys: `cluster_keys`, then `cluster_keys_file`'s, decoded and checked (32
+    /// bytes each, at most `seal::KEYS_MAX`, none twice). Errors name the key or the file.
+    pub fn cluster_keys(&self, file: &str) -> Result<Vec<seal::Key>, FileError> {
+        let mut keys = Vec::new();
+        for (i, text) in self.cluster_keys.iter().enumerate() {
+            let key =
+                decode_key(text).map_err(|problem| FileError::new(file, format!("cluster_keys[{i}]"), problem))?;
+            keys.push(key);
+        }
+        if let Some(path) = &self.cluster_keys_file {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| FileError::new(file, "cluster_keys_file", format!("cannot read {name}: {e}")))?;
+            let lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+            for (i, line) in lines.enumerate() {
+                let key =
+                    decode_key(line).map_err(|problem| FileError::new(&name, format!("key {}", i + 1), problem))?;
+                keys.push(key);
+            }
+        }
+        if keys.len() > seal::KEYS_MAX {
+            return Err(FileError::new(
+                file,
+                "cluster_keys",
+                format!("at most {} keys, got {}", seal::KEYS_MAX, keys.len()),
+            ));
+        }
+        if let Err(problem) = seal::Keyring::new(&self.cluster_name, &keys)
+            && !keys.is_empty()
+        {
+            return Err(FileError::new(file, "cluster_keys", problem.to_string()));
+        }
+        Ok(keys)
     }
 
     /// The node's config for core: name, the addresses peers reach it at, resources, labels,
@@ -237,6 +307,27 @@ impl AgentConfig {
             "# canteen agent config: every key with its default (cpu_millis and mem_mb from this host).\n{unset}{body}"
         )
     }
+}
+
+/// A new cluster key from the OS's randomness, as base64 (`canteen keygen`).
+pub fn generate_key() -> Result<String, String> {
+    let mut key = [0u8; seal::KEY_BYTES];
+    getrandom::fill(&mut key).map_err(|e| format!("the OS gave no randomness: {e}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(key))
+}
+
+/// A cluster key from its base64 text: 32 bytes.
+fn decode_key(text: &str) -> Result<seal::Key, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("not base64 ({e}): give a key printed by `canteen keygen`"))?;
+    seal::Key::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "{} bytes once decoded, a key is {}: give a key printed by `canteen keygen`",
+            bytes.len(),
+            seal::KEY_BYTES
+        )
+    })
 }
 
 /// What a peer's gossip address may be (`join`, `--join`): `HOST:PORT` with a host name, an
@@ -365,15 +456,49 @@ mod tests {
         assert_eq!(e.key, "container_ip");
         let c = AgentConfig::parse(
             "c.toml",
-            "gossip_addr = \"0.0.0.0:7000\"\ncontainer_ip = \"0.0.0.0\"\nadvertise_ip = \"10.1.2.3\"\n",
+            "gossip_addr = \"0.0.0.0:7000\"\ncontainer_ip = \"0.0.0.0\"\nadvertise_ip = \"10.1.2.3\"\ngossip_insecure = true\n",
         )
         .unwrap();
         assert_eq!(c.gossip_advertised(), "10.1.2.3:7000".parse().unwrap());
         assert_eq!(c.reachable_container_ip(), "10.1.2.3".parse::<IpAddr>().unwrap());
-        let c = AgentConfig::parse("c.toml", "container_ip = \"127.0.0.2\"\nadvertise_ip = \"10.1.2.3\"\n").unwrap();
+        let c = AgentConfig::parse(
+            "c.toml",
+            "container_ip = \"127.0.0.2\"\nadvertise_ip = \"10.1.2.3\"\ngossip_insecure = true\n",
+        )
+        .unwrap();
         assert_eq!(c.reachable_container_ip(), "127.0.0.2".parse::<IpAddr>().unwrap(), "a specific address stays");
         let e = AgentConfig::parse("c.toml", "advertise_ip = \"0.0.0.0\"\n").unwrap_err();
         assert_eq!(e.key, "advertise_ip");
+    }
+
+    #[test]
+    fn gossip_off_loopback_needs_cluster_keys_and_keys_are_checked() {
+        let e = AgentConfig::parse("c.toml", "advertise_ip = \"10.1.2.3\"\n").unwrap_err();
+        assert_eq!(e.key, "cluster_keys", "{e}");
+        assert!(e.to_string().contains("canteen keygen"), "{e}");
+        let key = generate_key().unwrap();
+        let c = AgentConfig::parse("c.toml", &format!("advertise_ip = \"10.1.2.3\"\ncluster_keys = [\"{key}\"]\n"))
+            .unwrap();
+        assert_eq!(c.cluster_keys("c.toml").unwrap().len(), 1);
+        for (bad, says) in [("not base64!", "not base64"), ("AAAA", "3 bytes once decoded")] {
+            let e = AgentConfig::parse("c.toml", &format!("cluster_keys = [\"{key}\", \"{bad}\"]\n")).unwrap_err();
+            assert_eq!(e.key, "cluster_keys[1]", "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let e = AgentConfig::parse("c.toml", &format!("cluster_keys = [\"{key}\", \"{key}\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("repeats"), "{e}");
+        let dir = std::env::temp_dir().join(format!("canteen-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        std::fs::write(&file, format!("# rotation in progress\n{}\n\n{key}\n", generate_key().unwrap())).unwrap();
+        let c =
+            AgentConfig::parse("c.toml", &format!("cluster_keys_file = {:?}\n", file.display().to_string())).unwrap();
+        assert_eq!(c.cluster_keys("c.toml").unwrap().len(), 2);
+        std::fs::write(&file, "AAAA\n").unwrap();
+        let e = AgentConfig::parse("c.toml", &format!("cluster_keys_file = {:?}\n", file.display().to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("key 1"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -23,6 +23,13 @@ impl AppLabel {
     }
 }
 
+/// The label of refused gossip datagrams: why (`core::seal::OpenError`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `malformed`, `unauthentic`, `replayed` or `earlier_life`.
+    pub reason: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs to about 6.5 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
@@ -52,6 +59,9 @@ pub struct Metrics {
     pub gossip_received: Counter,
     /// Gossip datagrams not sent: the socket's buffer full, no route, too large, a bad address.
     pub gossip_dropped: Counter,
+    /// Gossip datagrams received and refused unopened, by reason: no key opens them (another
+    /// cluster, a stale key, forged), replays, or not sealed at all.
+    pub gossip_refused: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,6 +105,12 @@ impl Metrics {
         registry.register("gossip_sent_packets", "Gossip datagrams sent", gossip_sent.clone());
         registry.register("gossip_received_packets", "Gossip datagrams received", gossip_received.clone());
         registry.register("gossip_dropped_packets", "Gossip datagrams that could not be sent", gossip_dropped.clone());
+        let gossip_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "gossip_refused_packets",
+            "Gossip datagrams refused unopened: unsealed, no key opens them, or replayed",
+            gossip_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -107,6 +123,7 @@ impl Metrics {
             gossip_sent,
             gossip_received,
             gossip_dropped,
+            gossip_refused,
         }
     }
 

@@ -24,6 +24,8 @@ use serde_json::Value;
 const CANTEEN: &str = env!("CARGO_BIN_EXE_canteen");
 
 mod common;
+#[path = "common/forge.rs"]
+mod forge;
 #[path = "common/http.rs"]
 mod http;
 use common::docker_ready;
@@ -31,6 +33,14 @@ use http::http;
 
 /// The app every test runs; its balancer listens on `Cluster::app_port` on every agent.
 const APP: &str = "web";
+
+/// The cluster key of every test's agents (base64 of 32 bytes of 0x11), as in production: a
+/// cluster's gossip is keyed.
+const KEY: &str = "ERERERERERERERERERERERERERERERERERERERERERE=";
+/// A second key (32 bytes of 0x22), for rotations.
+const KEY2: &str = "IiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiI=";
+/// The test clusters' name.
+const CLUSTER: &str = "canteen-it";
 
 /// One agent of a test's cluster.
 struct Agent {
@@ -41,6 +51,8 @@ struct Agent {
     /// Its balancers listen here, and its containers' ports are published here.
     ip: String,
     config: PathBuf,
+    /// Its config file's text, but for the cluster keys.
+    config_text: String,
     child: Option<Child>,
     /// The gossip address it joins through (`--join`), none for the first.
     join: Option<SocketAddr>,
@@ -49,6 +61,13 @@ struct Agent {
 impl Agent {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Writes its config with these cluster keys (the first seals).
+    fn set_keys(&mut self, keys: &[&str]) {
+        let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+        let text = format!("{}cluster_name = \"{CLUSTER}\"\ncluster_keys = [{}]\n", self.config_text, keys.join(", "));
+        std::fs::write(&self.config, text).unwrap();
     }
 
     fn start(&mut self) {
@@ -151,8 +170,10 @@ impl Cluster {
                     dir.join("data").display(),
                     host_port_min + 49,
                 );
-                std::fs::write(&config, text).unwrap();
-                Agent { name, dir, api, gossip, ip, config, child: None, join: None }
+                let mut agent =
+                    Agent { name, dir, api, gossip, ip, config, config_text: text, child: None, join: None };
+                agent.set_keys(&[KEY]);
+                agent
             })
             .collect();
         let cluster = Cluster { agents, app_port: 18000 + 100 * t + 90, started: Instant::now() };
@@ -168,6 +189,11 @@ impl Cluster {
             agent.join = (i > 0).then_some(seed);
             agent.start();
         }
+        self.wait_whole();
+    }
+
+    /// Waits until every agent believes every other alive.
+    fn wait_whole(&self) {
         let all: BTreeSet<String> = self.agents.iter().map(|a| a.name.clone()).collect();
         self.wait("every agent to see every other alive", Duration::from_secs(20), || {
             self.agents.iter().all(|a| a.alive() == all)
@@ -559,4 +585,81 @@ fn an_app_removed_while_an_agent_is_down_stays_removed_when_it_rejoins() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(cluster.containers().is_empty(), "{:?}", cluster.containers());
     assert!(cluster.agents[0].log().contains("desired state restored"), "it read its disk");
+}
+
+fn key_bytes(byte: u8) -> [u8; 32] {
+    [byte; 32]
+}
+
+#[test]
+fn unkeyed_foreign_and_replayed_datagrams_change_nothing_and_are_counted() {
+    if !docker_ready("unkeyed_foreign_and_replayed_datagrams_change_nothing_and_are_counted") {
+        return;
+    }
+    let mut cluster = Cluster::new("forged", 6, 2);
+    cluster.start_all();
+    let target = cluster.agents[0].gossip;
+    // A take-over attempt: an app with an attacker's image, written by a node that is not a
+    // member, a minute ahead so it beats any real write.
+    let wall_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let evil = forge::app_write("mallory", forge::spec("evil", "attacker/miner:latest", 18699), wall_ms + 60_000);
+    for _ in 0..100 {
+        forge::send(target, &evil); // unsealed
+        forge::send(target, &forge::sealed(CLUSTER, &[key_bytes(0x33)], "mallory", 1, &evil)); // another key
+        forge::send(target, &forge::sealed("other-cluster", &[key_bytes(0x11)], "mallory", 1, &evil)); // another cluster
+    }
+    // A datagram sealed under the cluster's key (by a key holder) is taken once; the same
+    // bytes again, from another port, are a replay.
+    let good = forge::sealed(CLUSTER, &[key_bytes(0x11)], "mallory", 7, &forge::root("mallory"));
+    forge::send(target, &good);
+    forge::send(target, &good);
+    let a = &cluster.agents[0];
+    cluster.wait("the refusals to be counted", Duration::from_secs(5), || {
+        a.metric("canteen_gossip_refused_packets_total{reason=\"replayed\"} ") == Some(1.0)
+    });
+    assert_eq!(a.metric("canteen_gossip_refused_packets_total{reason=\"malformed\"} "), Some(100.0));
+    assert_eq!(a.metric("canteen_gossip_refused_packets_total{reason=\"unauthentic\"} "), Some(200.0));
+    std::thread::sleep(Duration::from_secs(1));
+    for agent in &cluster.agents {
+        let status = agent.status().expect("the agent serves");
+        assert!(status["apps"].as_array().unwrap().is_empty(), "{}: {status}", agent.name);
+    }
+    assert!(cluster.containers().is_empty(), "no container started: {:?}", cluster.containers());
+    let refusals = a.log().lines().filter(|l| l.contains("gossip datagram refused")).count();
+    assert_eq!(refusals, 1, "one line a minute for one source address:\n{}", a.log());
+    cluster.wait_whole();
+}
+
+#[test]
+fn agents_rotating_their_cluster_key_stay_one_cluster() {
+    if !docker_ready("agents_rotating_their_cluster_key_stay_one_cluster") {
+        return;
+    }
+    let mut cluster = Cluster::new("rotate", 7, 3);
+    // Mid-rotation: a still seals with the old key, b and c already with the new one; every
+    // agent opens both.
+    cluster.agents[0].set_keys(&[KEY, KEY2]);
+    cluster.agents[1].set_keys(&[KEY2, KEY]);
+    cluster.agents[2].set_keys(&[KEY2, KEY]);
+    cluster.start_all();
+    cluster.apply(1, 3);
+    let all = names(&cluster.agents.iter().collect::<Vec<_>>());
+    cluster.wait("3 healthy replicas", Duration::from_secs(30), || cluster.settled(0, 3, &all));
+    // The rotation ends: a restarts with the new key alone, and the old key is gone from b.
+    cluster.agents[0].kill();
+    cluster.agents[0].set_keys(&[KEY2]);
+    cluster.agents[0].start();
+    cluster.agents[1].kill();
+    cluster.agents[1].set_keys(&[KEY2]);
+    cluster.agents[1].start();
+    cluster.wait_whole();
+    cluster.wait("3 healthy replicas after the rotation", Duration::from_secs(30), || cluster.settled(2, 3, &all));
+    // An agent with only the old key is outside the cluster: it sees no one, and no one it.
+    cluster.agents[2].kill();
+    cluster.agents[2].set_keys(&[KEY]);
+    cluster.agents[2].start();
+    std::thread::sleep(Duration::from_secs(3));
+    let c = &cluster.agents[2];
+    assert_eq!(c.alive(), BTreeSet::from([c.name.clone()]), "the old key joins nothing");
+    assert!(c.metric("canteen_gossip_refused_packets_total{reason=\"unauthentic\"} ").unwrap_or(0.0) > 0.0);
 }

@@ -13,7 +13,7 @@
 //! Steps 2, 3, 6 and 7 each feed one input, then the loop starts over at step 1.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -76,18 +76,12 @@ impl Alarms {
 
 /// Hands every datagram node `index` receives to its inbox, opened first with keys on; a
 /// datagram no key opens, or a replay, is dropped and counted.
-fn spawn_receiver(
-    world: Shared,
-    index: usize,
-    endpoint: Endpoint,
-    inbox: InboxHandle,
-    mut opener: Option<Opener<IpAddr>>,
-) {
+fn spawn_receiver(world: Shared, index: usize, endpoint: Endpoint, inbox: InboxHandle, mut opener: Option<Opener>) {
     madsim::task::spawn(async move {
         while let Ok((payload, from)) = endpoint.recv_from_raw(TAG).await {
             let (Some(_), Ok(bytes)) = (index_of_ip(from.ip()), payload.downcast::<Vec<u8>>()) else { continue };
             let bytes = match &mut opener {
-                Some(opener) => match opener.open(&from.ip(), &bytes) {
+                Some(opener) => match opener.open(&bytes) {
                     Ok(packet) => packet,
                     Err(_) => {
                         lock(&world).nodes[index].datagrams_refused += 1;
@@ -153,7 +147,8 @@ impl Driver {
         config.generation = generation;
         let swim = config.membership == MembershipMode::Swim;
         // The nonces' prefix is the node's index: unique in the run, and replayable.
-        let sealer = keyring.map(|keys| Sealer::new(keys, generation, (index as u64).to_le_bytes()));
+        let sender = canteen_core::seal::sender_of(config.id.as_str());
+        let sealer = keyring.map(|keys| Sealer::new(keys, sender, generation, (index as u64).to_le_bytes()));
         let node = Node::new(Time::from_millis(boot_ms), config);
         lock(&world).agent_generation(index, node.config().generation);
         Inbox::push(&inbox, Input::Restore(persisted));

@@ -12,6 +12,7 @@ use canteen_core::membership::PeerAddr;
 use canteen_core::model::{AppName, NodeId, SlotId};
 use canteen_core::node::{Action, ContainerEvent, Event, Node};
 use canteen_core::schedule::ContainerState;
+use canteen_core::seal::Sealer;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,6 +38,8 @@ pub(super) struct Driver {
     pub(super) app_errors: BTreeMap<AppName, String>,
     /// [`Node::desired_version`] when the desired state was last written to `data_dir`.
     pub(super) persisted: u64,
+    /// Seals every datagram sent, when the cluster is keyed.
+    pub(super) sealer: Option<Sealer>,
 }
 
 impl Driver {
@@ -135,7 +138,7 @@ impl Driver {
     }
 
     /// One gossip datagram to `to`; a failure loses it, which gossip and SWIM expect.
-    fn send(&self, to: &PeerAddr, bytes: &[u8]) {
+    fn send(&mut self, to: &PeerAddr, bytes: &[u8]) {
         let addr = match to.as_str().parse::<SocketAddr>() {
             Ok(addr) => addr,
             Err(_) => {
@@ -149,6 +152,14 @@ impl Driver {
             self.metrics.gossip_dropped.inc();
             return;
         }
+        let sealed;
+        let bytes = match &mut self.sealer {
+            Some(sealer) => {
+                sealed = sealer.seal(bytes);
+                &sealed[..]
+            }
+            None => bytes,
+        };
         match self.gossip.try_send_to(bytes, addr) {
             Ok(_) => {
                 self.metrics.gossip_sent.inc();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use canteen_core::membership::PeerAddr;
 use canteen_core::node::{ContainerEvent, Node};
+use canteen_core::seal::{Keyring, Opener, Sealer, sender_of};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -57,6 +58,15 @@ pub async fn start(
         );
     }
 
+    let keys = config.cluster_keys("(the agent's config)").map_err(|e| AgentError::Config(e.to_string()))?;
+    let keyring = if keys.is_empty() {
+        if !advertised.ip().is_loopback() {
+            tasks::spawn_insecure_warning(advertised);
+        }
+        None
+    } else {
+        Some(Arc::new(Keyring::new(&config.cluster_name, &keys).map_err(|e| AgentError::Config(e.to_string()))?))
+    };
     let metrics = Arc::new(Metrics::new());
     let seed = seed();
     let proxies = Arc::new(Proxies::new(config.proxy_ip, metrics.clone(), seed));
@@ -81,6 +91,9 @@ pub async fn start(
         restarts: BTreeMap::new(),
         app_errors: BTreeMap::new(),
         persisted: u64::MAX,
+        sealer: keyring
+            .clone()
+            .map(|keys| Sealer::new(keys, sender_of(&config.node_name), t.as_millis(), nonce_prefix())),
     };
     driver.drain();
     // The desired state first, so adopted containers meet their app's health check.
@@ -98,7 +111,7 @@ pub async fn start(
     }
     driver.node.handle_container_event(now(), ContainerEvent::Adopted { containers: adopted });
     driver.drain();
-    tasks::spawn_gossip_receiver(gossip, tx.clone(), metrics.clone());
+    tasks::spawn_gossip_receiver(gossip, tx.clone(), metrics.clone(), keyring.map(Opener::new));
     tasks::spawn_exit_watcher(docker.clone(), tx.clone());
     tasks::spawn_traffic_reports(proxies.clone(), tx.clone(), Duration::from_millis(config.scaling_interval_ms));
     let handle = Handle {
@@ -109,14 +122,26 @@ pub async fn start(
         proxies: proxies.clone(),
     };
     tokio::spawn(crate::api::serve(api, handle.clone()));
+    let driver_keyed = driver.sealer.is_some();
     tracing::info!(
         node = %config.node_name,
         api = %config.api_addr,
         gossip = %advertised,
         seeds = ?seeds,
         generation = t.as_millis(),
+        keyed = driver_keyed,
         "agent started"
     );
     let (stop_tx, stop_rx) = oneshot::channel();
     Ok((handle, driver.run(rx, stop_rx), stop_tx))
+}
+
+/// The first 8 bytes of every nonce this life of the agent seals with (`core::seal`), from the
+/// OS's randomness; the time, if the OS gives none, with the process id.
+fn nonce_prefix() -> [u8; 8] {
+    let mut prefix = [0u8; 8];
+    if getrandom::fill(&mut prefix).is_err() {
+        prefix = seed().to_le_bytes();
+    }
+    prefix
 }

@@ -1,29 +1,51 @@
 //! The agent's background jobs, one `spawn_*` each: each runs on its own tokio task and reaches
 //! the node only as an [`Input`] on the agent's channel.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use canteen_core::model::{AppSpec, SlotId};
 use canteen_core::node::ContainerEvent;
+use canteen_core::seal::{OpenError, Opener};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::{DATAGRAM_BYTES_MAX, Input, short};
 use crate::docker::Docker;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::proxy::Proxies;
 
-/// Hands every gossip datagram received to the node, until the agent stops.
-pub fn spawn_gossip_receiver(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>, metrics: Arc<Metrics>) {
+/// Hands every gossip datagram received to the node, opened first when the cluster is keyed,
+/// until the agent stops. A datagram that does not open is counted and dropped, and logged at
+/// most once a minute per source address: a flood of forgeries must not fill the disk.
+pub fn spawn_gossip_receiver(
+    socket: Arc<UdpSocket>,
+    tx: mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
+    mut opener: Option<Opener>,
+) {
     tokio::spawn(async move {
         let mut buffer = vec![0u8; DATAGRAM_BYTES_MAX];
+        let mut logged = LogLimiter::default();
         loop {
             match socket.recv_from(&mut buffer).await {
-                Ok((n, _source)) => {
+                Ok((n, source)) => {
                     metrics.gossip_received.inc();
-                    if tx.send(Input::Packet(buffer[..n].to_vec())).await.is_err() {
+                    let packet = match &mut opener {
+                        None => buffer[..n].to_vec(),
+                        Some(opener) => match opener.open(&buffer[..n]) {
+                            Ok(packet) => packet,
+                            Err(e) => {
+                                metrics.gossip_refused.get_or_create(&ReasonLabel { reason: reason(e) }).inc();
+                                if logged.allow(source.ip()) {
+                                    tracing::warn!(%source, "gossip datagram refused: {e} (logged once a minute per source)");
+                                }
+                                continue;
+                            }
+                        },
+                    };
+                    if tx.send(Input::Packet(packet)).await.is_err() {
                         return;
                     }
                 }
@@ -33,6 +55,59 @@ pub fn spawn_gossip_receiver(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>, me
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
+        }
+    });
+}
+
+fn reason(e: OpenError) -> &'static str {
+    match e {
+        OpenError::Malformed => "malformed",
+        OpenError::Unauthentic => "unauthentic",
+        OpenError::Replayed => "replayed",
+        OpenError::EarlierLife => "earlier_life",
+    }
+}
+
+/// At most one log line a minute per source address, remembering at most
+/// [`LogLimiter::SOURCES_MAX`] sources (past that, the oldest are forgotten all at once).
+#[derive(Default)]
+pub struct LogLimiter {
+    last: std::collections::HashMap<IpAddr, std::time::Instant>,
+}
+
+impl LogLimiter {
+    const SOURCES_MAX: usize = 4096;
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// Whether a line about `source` may be logged now.
+    pub fn allow(&mut self, source: IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        if self.last.get(&source).is_some_and(|at| now.duration_since(*at) < Self::EVERY) {
+            return false;
+        }
+        if self.last.len() >= Self::SOURCES_MAX {
+            self.last.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+        }
+        if self.last.len() < Self::SOURCES_MAX {
+            self.last.insert(source, now);
+            return true;
+        }
+        false
+    }
+}
+
+/// Warns once a minute, while the agent runs, that gossip is not keyed on an address others
+/// can reach (`gossip_insecure`).
+pub fn spawn_insecure_warning(advertised: SocketAddr) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            tracing::warn!(
+                gossip = %advertised,
+                "gossip_insecure: gossip is not keyed, so anyone who can send a datagram to this address can \
+                 command the cluster; give cluster_keys"
+            );
         }
     });
 }
