@@ -86,6 +86,24 @@ pub const SWIM_ITEM_BYTES_MAX: usize = 400;
 /// rumors, which carry a burst in a few large packets.
 pub const SWIM_ITEMS_PENDING_MAX: usize = 32;
 
+/// Most requests one load report may carry for one app: a billion requests a second at the
+/// default report interval is past any balancer; more is a forgery or a bug.
+pub const LOAD_REQUESTS_PER_REPORT_MAX: u64 = 1_000_000_000;
+
+/// Most members one SWIM push-pull sync may add that this node did not know: a real sync
+/// brings a joining node the cluster at once, but a forged one of thousands of members would
+/// have every node probe them for minutes. A cluster larger than this learns the rest by the
+/// next syncs and by SWIM's gossip.
+pub const SYNC_NEW_MEMBERS_MAX: usize = 1024;
+
+/// How long placement waits for the status of a live member that has none before it places
+/// without it (`node::placement`): a real node's status follows its join within a second.
+pub const STATUS_WAIT_MS: u64 = 10_000;
+
+/// Tombstones older than this are collected, as Consul reaps its after 72 hours: a node away
+/// longer than this may bring a removed entry back.
+pub const TOMBSTONE_HORIZON_MS: u64 = 24 * 3600 * 1000;
+
 /// Most slots one node runs: its status, which lists them, must fit one registry value.
 pub const LOCAL_SLOTS_MAX: usize = 200;
 

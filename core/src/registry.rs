@@ -306,7 +306,9 @@ pub struct Digest {
 pub enum RegistryError {
     /// The registry holds `keys_max` keys already and `key` is not one of them. Nothing changed,
     /// not even the clock.
-    #[error("registry full: it holds {keys_max} keys, the most allowed, so {key} was not written")]
+    #[error(
+        "registry full: it holds {keys_max} keys of this kind or in all, the most allowed, so {key} was not written"
+    )]
     Full {
         /// The key that was not written.
         key: Key,
@@ -409,6 +411,29 @@ pub struct Registry<V> {
     tombstone_horizon_ms: u64,
     /// [`limits::REGISTRY_KEYS_MAX`], lowered by tests.
     keys_max: usize,
+    /// Keys held of each kind ([`kind_of`]), tombstones included: bounded by [`kind_max`], so
+    /// that no peer can fill the registry with one kind (junk apps, statuses of nodes that do
+    /// not exist) and crowd out the others.
+    kinds: [usize; 4],
+}
+
+/// The index of `key`'s kind in [`Registry::kinds`].
+fn kind_of(key: &Key) -> usize {
+    match key {
+        Key::App(_) => 0,
+        Key::Status(_) => 1,
+        Key::Load(_) => 2,
+        Key::Scale(_) => 3,
+    }
+}
+
+/// Most keys of `key`'s kind a registry holds, tombstones included: each app and node once
+/// live and once removed (within the tombstone horizon).
+pub fn kind_max(key: &Key) -> usize {
+    match key {
+        Key::App(_) | Key::Scale(_) => 2 * limits::APPS_MAX,
+        Key::Status(_) | Key::Load(_) => 2 * limits::NODES_MAX,
+    }
 }
 
 impl<V: Clone> Registry<V> {
@@ -426,6 +451,7 @@ impl<V: Clone> Registry<V> {
             recent_set: HashSet::default(),
             tombstone_horizon_ms: 0,
             keys_max: limits::REGISTRY_KEYS_MAX,
+            kinds: [0; 4],
         }
     }
 
@@ -483,8 +509,8 @@ impl<V: Clone> Registry<V> {
 
     fn write(&mut self, now: Time, key: Key, value: Option<V>) -> Result<Version, RegistryError> {
         assert!(name_is_bounded(key.name()), "{key:?}: names must be 1 to {} bytes", limits::NAME_LEN_MAX);
-        if !self.entries.contains_key(&key) && self.entries.len() >= self.keys_max {
-            return Err(RegistryError::Full { key, keys_max: self.keys_max });
+        if !self.entries.contains_key(&key) && !self.has_room_for(&key) {
+            return Err(RegistryError::Full { keys_max: self.keys_max.min(kind_max(&key)), key });
         }
         let (wall_ms, logical) = self.clock.now(now);
         let version = Version { wall_ms, logical, writer: self.me.clone() };
@@ -533,8 +559,7 @@ impl<V: Clone> Registry<V> {
             _ => match self.entries.get(&key) {
                 Some(old) => *version > old.version,
                 None => {
-                    self.entries.len() < self.keys_max
-                        && !(entry.is_tombstone() && version.wall_ms < self.tombstone_horizon_ms)
+                    self.has_room_for(&key) && !(entry.is_tombstone() && version.wall_ms < self.tombstone_horizon_ms)
                 }
             },
         };
@@ -543,6 +568,12 @@ impl<V: Clone> Registry<V> {
         }
         self.check_invariants();
         newer
+    }
+
+    /// Whether a new key `key` fits: under [`limits::REGISTRY_KEYS_MAX`] keys in all and
+    /// [`kind_max`] of its kind.
+    fn has_room_for(&self, key: &Key) -> bool {
+        self.entries.len() < self.keys_max && self.kinds[kind_of(key)] < kind_max(key)
     }
 
     /// Stores `entry` under `key`, replacing what was there, and updates the bucket hash and the
@@ -577,6 +608,7 @@ impl<V: Clone> Registry<V> {
         match self.entries.get_mut(&key) {
             Some(held) => *held = entry,
             None => {
+                self.kinds[kind_of(&key)] += 1;
                 self.entries.insert(key.clone(), entry);
             }
         }
@@ -723,9 +755,11 @@ impl<V: Clone> Registry<V> {
         let before = self.entries.len();
         let buckets = &mut self.buckets;
         let heads = &mut self.heads;
+        let kinds = &mut self.kinds;
         self.entries.retain(|key, entry| {
             let keep = !entry.is_tombstone() || entry.version.wall_ms >= cutoff_ms;
             if !keep {
+                kinds[kind_of(key)] -= 1;
                 let key_hash = key_hash(key);
                 buckets[usize::from(bucket_of_hash(key_hash))] ^= entry_hash(key_hash, &entry.version);
                 heads.remove(&key_hash);
@@ -764,7 +798,13 @@ impl<V: Clone> Registry<V> {
         assert!(self.recent.len() <= limits::REGISTRY_RECENT_MAX);
         assert_eq!(self.recent.len(), self.recent_set.len());
         assert_eq!(self.heads.len(), self.entries.len(), "one head per entry");
+        assert_eq!(self.kinds.iter().sum::<usize>(), self.entries.len(), "every key counted in its kind");
         if cfg!(debug_assertions) && self.entries.len() <= FULL_CHECK_KEYS_MAX {
+            let mut kinds = [0usize; 4];
+            for key in self.entries.keys() {
+                kinds[kind_of(key)] += 1;
+            }
+            debug_assert_eq!(kinds, self.kinds, "each kind's count matches the entries");
             debug_assert!(
                 self.entries
                     .iter()

@@ -157,6 +157,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Up { file, config: path } => {
             let mut config = read_config(path.as_deref())?;
+            if !sets_key(path.as_deref(), "node_name") {
+                config.node_name = crate::config::node_name_for(&config.data_dir);
+            }
             ensure_cluster_key(&mut config)?;
             let seeds = resolve_seeds(&config, path.as_deref(), &[])?;
             let name = file.display().to_string();
@@ -211,6 +214,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Whether the config file at `path` sets `key` at its top level.
+fn sets_key(path: Option<&Path>, key: &str) -> bool {
+    let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) else { return false };
+    text.parse::<toml::Table>().is_ok_and(|t| t.contains_key(key))
 }
 
 /// `canteen up` with no cluster keys: the key in `data_dir/cluster.key`, generated there the
@@ -343,16 +352,28 @@ fn run_agent(
                 );
             }
         }
-        wait_for_signal().await;
-        tracing::info!("stopping");
-        let _ = stop.send(());
-        let _ = driver.await;
+        let mut driver = driver;
+        let stopped = tokio::select! {
+            () = wait_for_signal() => {
+                tracing::info!("stopping");
+                let _ = stop.send(());
+                driver.await
+            }
+            stopped = &mut driver => stopped,
+        };
         if up.is_some() {
+            // Only this agent's own (its identity's): another agent of the same name keeps its.
             match agent::remove_all(&handle.docker).await {
                 Ok(n) => tracing::info!("removed {n} containers"),
                 Err(e) => return Err(Failure::runtime(format!("cannot remove the containers started: {e}"))),
             }
             state::clear(&config.data_dir);
+        }
+        if let Ok(agent::Stopped::NameTaken { name, other, mine }) = stopped {
+            return Err(Failure::bad_input(format!(
+                "node_name {name:?} is taken by a live agent at {other}; this agent, at {mine}, stopped: give it \
+                 another node_name"
+            )));
         }
         Ok(())
     })

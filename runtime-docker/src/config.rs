@@ -396,6 +396,18 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     }
 }
 
+/// `canteen up`'s node name when its config gives none: the host's name and a hash of the
+/// data directory, so that two `canteen up`s on one host (each with its own data directory)
+/// are two nodes, and one started again on the same directory is the same node.
+pub fn node_name_for(data_dir: &Path) -> String {
+    let dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_owned());
+    let hash = canteen_core::hash::stable_hash(dir.to_string_lossy().as_bytes());
+    let mut host = host_name();
+    host.truncate(canteen_core::limits::NAME_LEN_MAX - 7);
+    let host = host.trim_end_matches('-');
+    format!("{host}-{:06x}", hash & 0xff_ffff)
+}
+
 /// The host's name, or `node` when it has none usable as a node name.
 fn host_name() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -23,6 +23,8 @@ pub const LABEL_APP: &str = "canteen.app";
 pub const LABEL_SLOT: &str = "canteen.slot";
 /// Label naming the node (agent) that runs the container.
 pub const LABEL_NODE: &str = "canteen.node";
+/// Label holding the identity of the agent that runs the container (`state::identity`).
+pub const LABEL_IDENTITY: &str = "canteen.identity";
 /// Label holding the host port the container publishes.
 pub const LABEL_HOST_PORT: &str = "canteen.host_port";
 
@@ -76,11 +78,14 @@ pub struct Labelled {
 pub struct Docker {
     client: bollard::Docker,
     node: NodeId,
+    /// The identity of the agent (`state::identity`): its containers carry it.
+    identity: String,
 }
 
 impl Docker {
-    /// Connects to the local engine and negotiates the API version.
-    pub async fn connect(node: NodeId) -> Result<Docker, DockerError> {
+    /// Connects to the local engine and negotiates the API version, for the agent of `node`
+    /// whose identity is `identity`.
+    pub async fn connect(node: NodeId, identity: &str) -> Result<Docker, DockerError> {
         let client =
             bollard::Docker::connect_with_local_defaults().map_err(|e| DockerError::Unreachable(e.to_string()))?;
         let client = tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())
@@ -88,7 +93,7 @@ impl Docker {
             .map_err(|_| DockerError::Unreachable("no answer within 10 s".to_owned()))?
             .map_err(|e| DockerError::Unreachable(e.to_string()))?;
         client.ping().await.map_err(|e| DockerError::Unreachable(e.to_string()))?;
-        Ok(Docker { client, node })
+        Ok(Docker { client, node, identity: identity.to_owned() })
     }
 
     /// The node whose containers this handle manages.
@@ -98,7 +103,7 @@ impl Docker {
 
     /// The container name of a slot on this node.
     pub fn container_name(&self, slot: &SlotId) -> String {
-        format!("canteen-{}-{}-{}", self.node, slot.app, slot.index)
+        format!("canteen-{}-{}-{}-{}", self.node, &self.identity[..self.identity.len().min(8)], slot.app, slot.index)
     }
 
     /// Whether `image` is on this machine.
@@ -142,6 +147,7 @@ impl Docker {
             (LABEL_APP.to_owned(), app.name.to_string()),
             (LABEL_SLOT.to_owned(), slot.index.to_string()),
             (LABEL_NODE.to_owned(), self.node.to_string()),
+            (LABEL_IDENTITY.to_owned(), self.identity.clone()),
             (LABEL_HOST_PORT.to_owned(), host_port.to_string()),
         ]);
         // The agent tells each replica who it is and where to listen; the spec's env wins.
@@ -206,7 +212,8 @@ impl Docker {
         }
     }
 
-    /// Every container labelled with this node, running or not.
+    /// Every container labelled with this node and this agent's identity, running or not (and
+    /// those with no identity label: started before agents had one).
     pub async fn list_own(&self) -> Result<Vec<Labelled>, DockerError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_NODE}={}", self.node)])]);
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
@@ -214,6 +221,9 @@ impl Docker {
         let mut own = Vec::new();
         for c in list {
             let labels = c.labels.unwrap_or_default();
+            if labels.get(LABEL_IDENTITY).is_some_and(|id| *id != self.identity) {
+                continue; // another agent under the same name: never this one's to touch
+            }
             let (Some(id), Some(app), Some(index), Some(port)) = (
                 c.id,
                 labels.get(LABEL_APP),

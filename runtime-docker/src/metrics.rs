@@ -30,6 +30,14 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// The label of rejected gossip inputs: what was refused (`Event::Refused`'s `input`, or
+/// `undecodable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InputLabel {
+    /// `undecodable`, `entry`, `member`, `load` or `request`.
+    pub input: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs to about 6.5 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
@@ -62,6 +70,9 @@ pub struct Metrics {
     /// Gossip datagrams received and refused unopened, by reason: no key opens them (another
     /// cluster, a stale key, forged), replays, or not sealed at all.
     pub gossip_refused: Family<ReasonLabel, Counter>,
+    /// Gossip inputs from peers that opened but were refused: undecodable, or an entry, member,
+    /// load report or request that would break this node (`core::node::Event::Refused`).
+    pub gossip_rejected: Family<InputLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,6 +122,12 @@ impl Metrics {
             "Gossip datagrams refused unopened: unsealed, no key opens them, or replayed",
             gossip_refused.clone(),
         );
+        let gossip_rejected = Family::<InputLabel, Counter>::default();
+        registry.register(
+            "gossip_rejected_inputs",
+            "Gossip inputs refused after opening: undecodable, or entries, members, loads that would break the node",
+            gossip_rejected.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -124,6 +141,7 @@ impl Metrics {
             gossip_received,
             gossip_dropped,
             gossip_refused,
+            gossip_rejected,
         }
     }
 

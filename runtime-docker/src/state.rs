@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::AgentConfig;
 
+/// The file of [`identity`], inside the data directory.
+const IDENTITY_FILE: &str = "identity";
 /// The state file's name inside the data directory.
 pub const STATE_FILE: &str = "state.json";
 
@@ -93,6 +95,37 @@ pub fn save(data_dir: &Path, entries: &[PersistedEntry]) -> Result<(), StateErro
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+/// This agent's identity: 16 random hex digits kept in `data_dir/identity`, made the first
+/// time. Its containers carry it beside the node's name, so two agents that share a name on
+/// one Docker engine (a mistake) never adopt, stop or remove each other's containers; an
+/// agent restarted on the same data directory adopts its own.
+pub fn identity(data_dir: &Path) -> Result<String, StateError> {
+    let path = data_dir.join(IDENTITY_FILE);
+    let io = |error| StateError::Io { path: path.clone(), error };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(id.to_owned());
+            }
+            Err(StateError::Io {
+                path: path.clone(),
+                error: std::io::Error::other(format!("{id:?} is no identity (16 hex digits): remove the file")),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+            let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::create_dir_all(data_dir).map_err(io)?;
+            let mut f = std::fs::File::create(&path).map_err(io)?;
+            f.write_all(format!("{id}\n").as_bytes()).and_then(|()| f.sync_all()).map_err(io)?;
+            Ok(id)
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// Removes the state file (after `canteen up` removed everything it started).

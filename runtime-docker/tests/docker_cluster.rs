@@ -663,3 +663,42 @@ fn agents_rotating_their_cluster_key_stay_one_cluster() {
     assert_eq!(c.alive(), BTreeSet::from([c.name.clone()]), "the old key joins nothing");
     assert!(c.metric("canteen_gossip_refused_packets_total{reason=\"unauthentic\"} ").unwrap_or(0.0) > 0.0);
 }
+
+#[test]
+fn a_second_agent_under_a_taken_name_stops_with_exit_2_and_the_first_keeps_running() {
+    if !docker_ready("a_second_agent_under_a_taken_name_stops_with_exit_2_and_the_first_keeps_running") {
+        return;
+    }
+    let mut cluster = Cluster::new("twin", 8, 2);
+    // b takes a's name: the same node_name, its own addresses and data directory.
+    let (a_name, b_name) = (cluster.agents[0].name.clone(), cluster.agents[1].name.clone());
+    let text = cluster.agents[1]
+        .config_text
+        .replace(&format!("node_name = \"{b_name}\""), &format!("node_name = \"{a_name}\""));
+    cluster.agents[1].config_text = text;
+    cluster.agents[1].set_keys(&[KEY]);
+    cluster.agents[0].start();
+    cluster.wait("a to serve", Duration::from_secs(10), || cluster.agents[0].status().is_some());
+    cluster.apply(0, 2);
+    let a_only = BTreeSet::from([a_name.clone()]);
+    cluster.wait("2 healthy replicas on a", Duration::from_secs(30), || cluster.settled(0, 2, &a_only));
+    cluster.agents[1].join = Some(cluster.agents[0].gossip);
+    cluster.agents[1].start();
+    let mut child = cluster.agents[1].child.take().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "the second agent stopped\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.code(), Some(2), "{}", cluster.agents[1].log());
+    let log = cluster.agents[1].log();
+    assert!(
+        log.contains("is taken by a live agent at") && log.contains(&cluster.agents[0].gossip.to_string()),
+        "{log}"
+    );
+    // a never stopped serving, and its replicas are untouched.
+    assert!(cluster.settled(0, 2, &a_only), "{:?}", cluster.containers());
+}

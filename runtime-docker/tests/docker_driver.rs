@@ -46,7 +46,7 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
     }
     let volume = format!("canteen-it-driver-{}", std::process::id());
     let _cleanup = Cleanup { node: "it-driver", volume: volume.clone() };
-    let docker = Docker::connect(NodeId::new("it-driver")).await.expect("docker");
+    let docker = Docker::connect(NodeId::new("it-driver"), "0123456789abcdef").await.expect("docker");
     let mut app = AppSpec::new("web", "canteen-demo:latest", 1, Resources::new(250, 64));
     app.container_port = 8080;
     app.volume = Some(Volume { name: volume.clone(), mount_path: "/data".into() });
@@ -106,7 +106,7 @@ async fn a_missing_image_that_cannot_be_pulled_is_a_pull_error_and_nothing_is_cr
     if !docker_ready("a_missing_image_that_cannot_be_pulled_is_a_pull_error_and_nothing_is_created") {
         return;
     }
-    let docker = Docker::connect(NodeId::new("it-driver-pull")).await.expect("docker");
+    let docker = Docker::connect(NodeId::new("it-driver-pull"), "0123456789abcdef").await.expect("docker");
     let app = AppSpec::new("ghost", "canteen-no-such-image:never", 1, Resources::new(100, 64));
     let e = docker.start(&SlotId::new("ghost", 0), &app, "127.0.0.1".parse().unwrap(), 17952).await.unwrap_err();
     assert!(e.to_string().contains("canteen-no-such-image:never"), "{e}");

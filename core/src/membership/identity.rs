@@ -207,6 +207,7 @@ impl<'de> Deserialize<'de> for SwimId {
                 let node: Cow<'de, str> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
                 let addr: Cow<'de, str> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(1, &self))?;
                 let generation: u64 = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(2, &self))?;
+                checked(&node, &addr, generation).map_err(A::Error::custom)?;
                 Ok(SwimId::shared(&node, &addr, generation))
             }
 
@@ -223,6 +224,7 @@ impl<'de> Deserialize<'de> for SwimId {
                 let node = node.ok_or_else(|| A::Error::missing_field("node"))?;
                 let addr = addr.ok_or_else(|| A::Error::missing_field("addr"))?;
                 let generation = generation.ok_or_else(|| A::Error::missing_field("generation"))?;
+                checked(&node, &addr, generation).map_err(A::Error::custom)?;
                 Ok(SwimId::shared(&node, &addr, generation))
             }
         }
@@ -230,6 +232,48 @@ impl<'de> Deserialize<'de> for SwimId {
         const FIELDS: &[&str] = &["node", "addr", "generation"];
         deserializer.deserialize_struct("SwimLife", FIELDS, IdVisitor)
     }
+}
+
+/// What an identity from the network must be, as a node's config must (`NodeConfig::check`):
+/// a valid node name (or none) and an address of 1 to `NODE_ADDR_LEN_MAX` bytes. A longer one would be
+/// interned and held, and a bad name would reach the view.
+fn checked(node: &str, addr: &str, generation: u64) -> Result<(), String> {
+    // No name: the destination of an announce, whose name the sender does not know yet
+    // (`Swim::announce`); never a member (`Swim::apply_sync` and `Swim::alive` leave it out).
+    if !node.is_empty() {
+        crate::model::validate_name(node).map_err(|e| format!("a member's name: {e}"))?;
+    }
+    if addr.is_empty() || addr.len() > crate::limits::NODE_ADDR_LEN_MAX {
+        return Err(format!("a member's address of {} bytes", addr.len()));
+    }
+    let ceiling = GENERATION_CEILING.with(std::cell::Cell::get);
+    if generation > ceiling {
+        return Err(format!("{node}@{addr}: generation {generation} is in the future (at most {ceiling})"));
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// The highest generation an identity decoded on this thread may have (see
+    /// [`with_generation_ceiling`]); no bound outside it.
+    static GENERATION_CEILING: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+}
+
+/// Runs `decode` with identities above `ceiling` refused as undecodable. A life's generation is
+/// its agent's start time (or a count of lives, in the simulator): one far in the future is a
+/// forgery that would win every address conflict (`Identity::win_addr_conflict`) against the
+/// real node at that address, keeping it down, and itself after each restart, until the
+/// clock caught up. A node decodes each packet inside this, with its clock's tolerance.
+pub fn with_generation_ceiling<R>(ceiling: u64, decode: impl FnOnce() -> R) -> R {
+    /// Puts the ceiling back however `decode` ends.
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GENERATION_CEILING.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(GENERATION_CEILING.with(|c| c.replace(ceiling)));
+    decode()
 }
 
 thread_local! {

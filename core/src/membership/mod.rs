@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 mod identity;
 
-pub use identity::{PeerAddr, SwimId};
+pub use identity::{PeerAddr, SwimId, with_generation_ceiling};
 
 use crate::hash::mix;
 use crate::model::NodeId;
@@ -374,8 +374,24 @@ impl Swim {
                     held[i].id() == id && held[i].incarnation() == m.incarnation() && held[i].state() == m.state()
                 })
         };
-        let members: Vec<SwimMember> =
-            members.into_iter().filter(|m| m.id().addr() != me.addr() || *m.id() == me).filter(|m| !same(m)).collect();
+        let mut members: Vec<SwimMember> = members
+            .into_iter()
+            .filter(|m| m.id().addr() != me.addr() || *m.id() == me)
+            .filter(|m| !m.id().node().as_str().is_empty() && !same(m))
+            .collect();
+        // At most `SYNC_NEW_MEMBERS_MAX` addresses this node does not know, the sender first,
+        // and never past `NODES_MAX` members (see the limits).
+        held.sort_unstable_by_key(|m| m.id().addr_hash);
+        let known = |m: &SwimMember| held.binary_search_by_key(&m.id().addr_hash, |h| h.id().addr_hash).is_ok();
+        let room = crate::limits::SYNC_NEW_MEMBERS_MAX.min(crate::limits::NODES_MAX.saturating_sub(held.len()));
+        let mut new = 0usize;
+        members.retain(|m| {
+            if known(m) {
+                return true;
+            }
+            new += 1;
+            new <= room
+        });
         self.foca.apply_many(members.into_iter(), false, &mut self.runtime)?;
         Ok(sender)
     }
@@ -546,15 +562,32 @@ impl Swim {
     /// The peers foca holds active (alive or suspected), sorted by node name, with their
     /// addresses and generations. A node is there once: foca keeps one identity per address,
     /// and of a node seen at two addresses, the later life counts.
+    ///
+    /// A member that carries this node's own name at another address is left out: a second
+    /// agent started under a taken name, or a forgery. Either way it gets neither slots nor
+    /// requests here ([`Swim::name_conflicts`] lists it).
     pub fn alive(&self) -> Vec<(NodeId, PeerAddr, u64)> {
+        let me = self.foca.identity().node();
         let mut alive: Vec<(NodeId, PeerAddr, u64)> = self
             .foca
             .iter_members()
+            .filter(|m| m.id().node() != me && !m.id().node().as_str().is_empty())
             .map(|m| (m.id().node().clone(), m.id().peer_addr().clone(), m.id().generation()))
             .collect();
         alive.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)));
         alive.dedup_by(|later, first| later.0 == first.0);
         alive
+    }
+
+    /// The active members that carry this node's name at another address (or in another life
+    /// at this one): their addresses and generations.
+    pub fn name_conflicts(&self) -> Vec<(PeerAddr, u64)> {
+        let me = self.foca.identity();
+        self.foca
+            .iter_members()
+            .filter(|m| m.id().node() == me.node() && m.id() != me)
+            .map(|m| (m.id().peer_addr().clone(), m.id().generation()))
+            .collect()
     }
 
     /// A fingerprint of the active members (their addresses and generations), order-free and

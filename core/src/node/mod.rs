@@ -57,13 +57,14 @@ use std::time::Duration;
 use crate::hash::stable_hash;
 use crate::health::{HealthState, ProbeOutcome};
 use crate::limits;
-use crate::membership::{MembershipMode, PeerAddr};
-use crate::model::{AppName, AppSpec, NodeId, SlotId, validate_apps};
+use crate::membership::{self, MembershipMode, PeerAddr};
+use crate::model::{AppName, AppSpec, NodeId, SlotId};
 use crate::registry::{Entry, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
 use crate::schedule::ContainerState;
 use crate::time::Time;
 
+mod admission;
 mod anti_entropy;
 mod balancers;
 mod config;
@@ -127,6 +128,9 @@ pub struct Node {
     scaling: Scaling,
     /// Bumped by every change to the `app/` and `scale/` entries (`desired_version`).
     desired_version: u64,
+    /// The hour of the wall clock (Unix ms / 3,600,000) whose tombstones were last collected
+    /// (`Node::collect_tombstones_if_due`).
+    tombstones_collected_hour: u64,
     /// How this node learns which peers are alive: told, or SWIM.
     liveness: Liveness,
     /// Where this node's periodic timers fall.
@@ -151,6 +155,11 @@ impl Node {
                     from: None,
                     error: format!("restored entry {key} is not desired state"),
                 });
+                continue;
+            }
+            // What an earlier version took from a peer unchecked may be on disk.
+            if let Err(reason) = admission::check_entry(&key, &entry) {
+                self.out.event(Event::Refused { from: None, input: "entry", reason });
                 continue;
             }
             changed |= self.merge(now, key, entry);
@@ -183,6 +192,7 @@ impl Node {
             scaling: Scaling::default(),
             liveness: Liveness::Oracle,
             desired_version: 0,
+            tombstones_collected_hour: 0,
             grid: Grid { started: now, phase_ms: 0 },
             placement: Placement::new(match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
@@ -247,6 +257,14 @@ impl Node {
         self.members.names()
     }
 
+    /// Live members (SWIM only) that carry this node's name at another address or in another
+    /// life: another agent started under the same name, or a forgery. They are no members here
+    /// (neither slots nor requests go to them); a driver that just started and still sees one
+    /// after a probe round is the second agent of that name, and stops.
+    pub fn name_conflicts(&self) -> Vec<(PeerAddr, u64)> {
+        self.liveness.swim().map_or_else(Vec::new, SwimState::name_conflicts)
+    }
+
     /// The members SWIM suspects right now: their replicas are out of every balancer, and
     /// placement still counts them.
     pub fn suspected(&self) -> &BTreeSet<NodeId> {
@@ -289,10 +307,19 @@ impl Node {
     }
 
     /// A [`Packet`] from a peer, as it came off the network. Undecodable bytes are dropped
-    /// with an [`Event::BadMessage`]: a peer of another version must not crash this one.
+    /// with an [`Event::BadMessage`]: a peer of another version must not crash this one. What
+    /// decodes but would break this node is refused with an [`Event::Refused`] (`admission`).
     pub fn handle_message(&mut self, now: Time, bytes: &[u8]) {
         self.begin_input(now);
         let now = self.now;
+        // SWIM identities from further ahead than a clock may be are forgeries (see
+        // `membership::with_generation_ceiling`), whether in this packet or in foca's.
+        let ceiling = now.as_millis().saturating_add(limits::REGISTRY_CLOCK_AHEAD_MS_MAX);
+        membership::with_generation_ceiling(ceiling, || self.route_message(now, bytes));
+        self.check_invariants();
+    }
+
+    fn route_message(&mut self, now: Time, bytes: &[u8]) {
         let Packet { from, message } = match postcard::from_bytes::<Packet>(bytes) {
             Ok(packet) => packet,
             Err(e) => {
@@ -303,7 +330,7 @@ impl Node {
         };
         match message {
             Message::Updates(entries) => self.merge_wire(now, &from, &entries),
-            Message::Load { app, requests } => self.record_load(now, &app, requests),
+            Message::Load { app, requests } => self.take_load_report(now, &from, &app, requests),
             message @ (Message::Root(_) | Message::Digest(_) | Message::Summary { .. } | Message::Repair { .. }) => {
                 self.anti_entropy_message(now, &from, message)
             }
@@ -311,7 +338,6 @@ impl Node {
                 self.swim_message(now, &from, message)
             }
         }
-        self.check_invariants();
     }
 
     /// Joins the cluster through the peers at `addrs` ([`MembershipMode::Swim`] only):
@@ -443,10 +469,23 @@ impl Node {
     }
 
     fn apply(&mut self, now: Time, spec: AppSpec) -> Result<(), CommandError> {
-        let mut apps: Vec<AppSpec> = self.apps().into_iter().filter(|a| a.name != spec.name).collect();
-        apps.push(spec.clone());
-        validate_apps(&apps)
-            .map_err(|(_, e)| CommandError::Invalid { app: spec.name.to_string(), problem: e.to_string() })?;
+        // The spec alone, then against the others: two apps that others applied at once
+        // through two nodes with one port conflict with each other, and must not make every
+        // later command fail.
+        let others: Vec<AppSpec> = self.apps().into_iter().filter(|a| a.name != spec.name).collect();
+        let invalid = |problem: String| CommandError::Invalid { app: spec.name.to_string(), problem };
+        spec.validate().map_err(|e| invalid(e.to_string()))?;
+        if others.len() >= limits::APPS_MAX {
+            return Err(invalid(format!("the cluster runs {} apps, the most allowed", others.len())));
+        }
+        if let Some(other) = others.iter().find(|a| a.port == spec.port) {
+            let e = crate::model::SpecError::DuplicatePort {
+                port: spec.port,
+                first: other.name.to_string(),
+                second: spec.name.to_string(),
+            };
+            return Err(invalid(e.to_string()));
+        }
         let name = spec.name.clone();
         let autoscaled = spec.autoscale.is_some();
         let value = Value::App(Box::new(spec));
@@ -475,7 +514,16 @@ impl Node {
             Timer::Gossip => self.gossip_round(now),
             Timer::AntiEntropy => self.anti_entropy_round(now),
             Timer::PlacementPass => self.placement_pass_due(now),
-            Timer::LoadReport => self.report_load(now),
+            Timer::LoadReport => {
+                self.report_load(now);
+                self.collect_tombstones_if_due(now);
+                // A pass that found a member with no status is due again once it has waited
+                // for it long enough; checked here, once a second, so that no timer of its
+                // own wakes the node.
+                if self.placement.wait_is_over(now) {
+                    self.request_pass(now);
+                }
+            }
             Timer::Autoscale => self.autoscale(now),
             Timer::Probe { slot, start } => self.probe(now, slot, start),
             Timer::Restart { slot, start } => self.restart(slot, start),
@@ -487,6 +535,26 @@ impl Node {
             Timer::SwimSuspectDown { member, incarnation } => self.suspicion_over(now, member, incarnation),
             Timer::SwimSync => self.swim_sync(now),
             Timer::SwimTick => self.swim_tick(now),
+        }
+    }
+
+    /// On the first report timer of each hour of the wall clock, collects the tombstones older
+    /// than the horizon counted from that hour, so that every node collects the same ones and
+    /// their roots agree again at once. It rides on the report timer (once a second) rather
+    /// than a timer of its own, which would wake every node once an hour for nothing.
+    fn collect_tombstones_if_due(&mut self, now: Time) {
+        const HOUR_MS: u64 = 3600 * 1000;
+        let hour = now.as_millis() / HOUR_MS;
+        if hour == self.tombstones_collected_hour {
+            return;
+        }
+        self.tombstones_collected_hour = hour;
+        let desired = |r: &Registry<Value>| r.iter().filter(|(k, e)| k.is_desired_state() && e.is_tombstone()).count();
+        let before = desired(&self.registry);
+        if self.registry.collect_tombstones(Time::from_millis(hour * HOUR_MS), limits::TOMBSTONE_HORIZON_MS) > 0
+            && desired(&self.registry) != before
+        {
+            self.desired_version += 1;
         }
     }
 
@@ -643,9 +711,9 @@ impl Node {
         }
     }
 
-    /// The generation this node's status carries: its SWIM identity's (a rejoin after being
-    /// declared down renews it), or its configured one.
-    fn own_generation(&self) -> u64 {
+    /// This node's life now, as its status carries it: its SWIM identity's (a rejoin after
+    /// being declared down renews it), or its configured one.
+    pub fn own_generation(&self) -> u64 {
         self.liveness.life(self.config.generation)
     }
 
@@ -662,7 +730,7 @@ impl Node {
     /// Sends each autoscaled app's request count to its coordinator (or records it, here), and
     /// sets the next report.
     fn report_load(&mut self, now: Time) {
-        for (app, requests) in self.scaling.take_reports() {
+        for (app, requests) in self.scaling.take_reports(now, 2 * self.config.load_report_interval_ms) {
             let coordinator = self.coordinator_of(&app);
             if coordinator == self.config.id {
                 self.record_load(now, &app, requests);
@@ -674,6 +742,34 @@ impl Node {
     }
 
     /// Requests for `app` reported to this node as its coordinator.
+    /// A peer's report of the requests that entered its balancers for `app`. Only a live
+    /// member's report counts, once per app per half report interval and at most
+    /// `LOAD_REQUESTS_PER_REPORT_MAX` requests: a forged or looping report must not scale an
+    /// app to its maximum.
+    fn take_load_report(&mut self, now: Time, from: &NodeId, app: &AppName, requests: u64) {
+        let refusal = if !self.members.contains(from) {
+            Some(format!("a load report from {from}, not a live member"))
+        } else if let Err(e) = admission::check_app_name(app) {
+            Some(e)
+        } else if requests > limits::LOAD_REQUESTS_PER_REPORT_MAX {
+            Some(format!(
+                "{requests} requests for {app} in one report, more than {}",
+                limits::LOAD_REQUESTS_PER_REPORT_MAX
+            ))
+        } else if !self.scaling.may_take_report(now, from, app, self.config.load_report_interval_ms / 2) {
+            Some(format!("a second load report from {from} for {app} within half an interval"))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.out.event(Event::Refused { from: Some(from.clone()), input: "load", reason });
+            return;
+        }
+        self.record_load(now, app, requests);
+    }
+
+    /// Requests for `app`, counted here or reported by a member, recorded if this node
+    /// coordinates it.
     fn record_load(&mut self, now: Time, app: &AppName, requests: u64) {
         if self.coordinator_of(app) != self.config.id {
             return; // a report that raced a change of coordinator; the next one goes right
@@ -787,3 +883,9 @@ mod tests;
 
 #[cfg(test)]
 mod swim_tests;
+
+#[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
+mod hostile_tests;

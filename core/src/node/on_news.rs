@@ -10,7 +10,7 @@ use crate::time::Time;
 
 use super::gossip::RumorConfig;
 use super::swim::SwimState;
-use super::{Action, Event, Message, Node, Packet, Timer, Value, WireEntry, anti_entropy};
+use super::{Action, Event, Message, Node, Packet, Timer, Value, WireEntry, admission, anti_entropy};
 
 impl Node {
     /// A step of anti-entropy from `from`: answered with the next.
@@ -81,6 +81,10 @@ impl Node {
                     continue;
                 }
             };
+            if let Err(reason) = admission::check_entry(&key, &entry) {
+                self.out.event(Event::Refused { from: Some(from.clone()), input: "entry", reason });
+                continue;
+            }
             if matches!(&key, Key::Status(n) if *n == self.config.id) {
                 // Only this node writes its status. A newer one from elsewhere is an echo of a
                 // previous life of this node: take its version into the clock, write ours over.

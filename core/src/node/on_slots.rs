@@ -94,13 +94,20 @@ impl Node {
     ///
     /// A node that lacks the status of a peer it believes alive does not act: placing with a
     /// partial view would put everything on the nodes it happens to know. The pass runs again
-    /// when the missing status arrives.
+    /// when the missing status arrives, or once it has waited `limits::STATUS_WAIT_MS` for it
+    /// (`Placement::waited_out`); then it places on the nodes whose statuses it has.
     pub(super) fn placement_pass(&mut self, now: Time) {
         self.read_swim_members(now, MembersRead::Now { fingerprint: None });
+        // The view is complete when every live peer's status is known: a count kept in step,
+        // since a walk over the statuses for it was a tenth of a thousand-node cold start.
+        let complete = self.view.is_complete(self.members.len());
+        let waited_out = self.placement.waited_out(now, complete);
         // The plan depends on the facts only, and what this node does with it on its own
         // containers: when neither changed since the last pass, this pass would do nothing.
         let own = self.slots.observed();
-        if let Shortcut::Unchanged { complete } = self.placement.shortcut(&own) {
+        if let Shortcut::Unchanged { complete } = self.placement.shortcut(&own)
+            && (complete || !waited_out)
+        {
             if complete {
                 self.update_backends();
             }
@@ -114,17 +121,21 @@ impl Node {
             self.update_backends();
             return;
         }
-        // The view is complete when every live peer's status is known: a count kept in step,
-        // since a walk over the statuses for it was a tenth of a thousand-node cold start.
-        let complete = self.view.is_complete(self.members.len());
-        self.placement.ran(own, complete);
-        if !complete {
+        self.placement.ran(own, complete || waited_out);
+        if !complete && !waited_out {
+            return;
+        }
+        // An earlier life of this node's name is alive elsewhere: this is a second agent under
+        // a taken name (its driver stops it), and it places nothing meanwhile. The earlier one
+        // places on, without it (`Node::name_conflicts`).
+        let mine = self.own_generation();
+        if self.name_conflicts().iter().any(|(_, generation)| *generation < mine) {
             return;
         }
         self.placement.placing(now);
         let apps = self.apps();
         let (nodes, observed) = self.facts();
-        debug_assert_eq!(nodes.len(), self.members.len() + 1);
+        debug_assert!(waited_out || nodes.len() == self.members.len() + 1);
         let plan = place_owned(apps, nodes, &observed, self.config.policy);
         let orders = placement::orders(&plan, &self.config.id, &self.slots);
         let mut changed = false;

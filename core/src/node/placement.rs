@@ -4,7 +4,7 @@
 //! than `reconcile_interval_min_ms` after the last one, and not before the node has joined. It
 //! is skipped when nothing it reads changed since the last, or when the view is *settled*
 //! (every slot runs once and nothing that moves slots changed); it places nothing while the
-//! view is incomplete. What it decides is a list of [`Order`]s for the node to carry out.
+//! view is incomplete, for `limits::STATUS_WAIT_MS` at most. What it decides is a list of [`Order`]s for the node to carry out.
 
 use std::time::Duration;
 
@@ -94,6 +94,8 @@ pub(super) struct Placement {
     /// No pass runs before this (`SwimConfig::join_settle_ms` after the start in SWIM mode;
     /// the start otherwise).
     places_from: Time,
+    /// Since when passes have found a live member with no status, if the last one did.
+    incomplete_since: Option<Time>,
 }
 
 impl Placement {
@@ -108,7 +110,27 @@ impl Placement {
             pending: false,
             unschedulable: Vec::new(),
             places_from,
+            incomplete_since: None,
         }
+    }
+
+    /// Whether a pass at `now` whose view is not `complete` has waited `limits::STATUS_WAIT_MS`
+    /// for the missing statuses, and places without them. A member that publishes no status
+    /// for that long is broken or forged (a sync of thousands of members that do not exist):
+    /// waiting for it would freeze placement until SWIM declared it down.
+    pub(super) fn waited_out(&mut self, now: Time, complete: bool) -> bool {
+        if complete {
+            self.incomplete_since = None;
+            return false;
+        }
+        let since = *self.incomplete_since.get_or_insert(now);
+        now >= since + Duration::from_millis(crate::limits::STATUS_WAIT_MS)
+    }
+
+    /// Whether the last pass found the view incomplete and has waited long enough since
+    /// (`Placement::waited_out`) that a pass would now place without the missing statuses.
+    pub(super) fn wait_is_over(&self, now: Time) -> bool {
+        self.incomplete_since.is_some_and(|since| now >= since + Duration::from_millis(crate::limits::STATUS_WAIT_MS))
     }
 
     /// Something a pass reads changed.

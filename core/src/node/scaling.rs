@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::autoscale::{Autoscaler, ScaleDecision};
-use crate::model::{AppName, AppSpec};
+use crate::model::{AppName, AppSpec, NodeId};
 use crate::registry::{Key, Registry};
 use crate::time::Time;
 
@@ -41,6 +41,9 @@ pub(super) struct Scaling {
     /// evaluation, every second, look only at these (reading every spec for it was 2% of a
     /// thousand-node run, whose apps do not autoscale).
     autoscaled: BTreeSet<AppName>,
+    /// When each member last reported each autoscaled app's load here, for the last report
+    /// interval: a member reports once an interval.
+    reported: BTreeMap<(NodeId, AppName), Time>,
 }
 
 impl Scaling {
@@ -63,8 +66,25 @@ impl Scaling {
         &self.autoscaled
     }
 
+    /// Whether a load report from `from` for `app` may be taken at `now`: `app` autoscales
+    /// (others' reports are dropped anyway) and `from` reported none in the last `gap_ms`.
+    pub(super) fn may_take_report(&mut self, now: Time, from: &NodeId, app: &AppName, gap_ms: u64) -> bool {
+        if !self.autoscaled.contains(app) {
+            return true;
+        }
+        let last = self.reported.entry((from.clone(), app.clone())).or_insert(Time::ZERO);
+        if *last != Time::ZERO && now.as_millis() < last.as_millis().saturating_add(gap_ms) {
+            return false;
+        }
+        *last = now;
+        true
+    }
+
     /// The counts to report, by app, of the apps that autoscale (the others' are dropped).
-    pub(super) fn take_reports(&mut self) -> Vec<(AppName, u64)> {
+    /// Forgets the reports taken more than `interval_ms` before `now`.
+    pub(super) fn take_reports(&mut self, now: Time, interval_ms: u64) -> Vec<(AppName, u64)> {
+        let since = now.as_millis().saturating_sub(interval_ms);
+        self.reported.retain(|_, at| at.as_millis() >= since);
         let pending = std::mem::take(&mut self.pending);
         pending.into_iter().filter(|(app, _)| self.autoscaled.contains(app)).collect()
     }

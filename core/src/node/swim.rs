@@ -354,6 +354,11 @@ impl SwimState {
         }
     }
 
+    /// The live members that carry this node's name (see `Node::name_conflicts`).
+    pub(super) fn name_conflicts(&self) -> Vec<(PeerAddr, u64)> {
+        self.swim.name_conflicts()
+    }
+
     /// foca itself, for tests to look at.
     #[cfg(test)]
     pub(super) fn foca(&self) -> &Swim {

@@ -19,7 +19,8 @@ pub(super) enum Timer {
     AntiEntropy,
     /// A placement pass, requested by a change of facts (`Node::request_pass`).
     PlacementPass,
-    /// Send the request counts to each autoscaled app's coordinator.
+    /// Send the request counts to each autoscaled app's coordinator; once an hour, collect
+    /// the registry's old tombstones too, and ask for a pass that waited out a missing status.
     LoadReport,
     /// Evaluate the autoscalers of the apps this node coordinates.
     Autoscale,

@@ -20,8 +20,78 @@ use super::{Input, PERSIST_INTERVAL_MS, now, tasks};
 use crate::api::{AppStatusJson, NodeStatusJson, SlotStatusJson, StatusJson};
 use crate::config::AgentConfig;
 use crate::docker::Docker;
-use crate::metrics::{AppLabel, Metrics};
+use crate::metrics::{AppLabel, InputLabel, Metrics};
 use crate::proxy::Proxies;
+
+/// Why the agent's task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to (Ctrl-C, SIGTERM, the handle dropped).
+    Asked,
+    /// Another live agent has this node's name: this one, the newer, stopped.
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The other agent's gossip address.
+        other: String,
+        /// This agent's.
+        mine: String,
+    },
+}
+
+/// How long after its start an agent looks for another live agent with its name, and how
+/// long such an agent must stay alive in its members before it gives up: a previous life of
+/// this node at another address is declared down well within it (SWIM's detection time).
+const NAME_WATCH_MS: u64 = 60_000;
+const NAME_TAKEN_AFTER_MS: u64 = 10_000;
+
+/// Watches, in an agent's first minute, for a live member with its name and an earlier life:
+/// the agent that had the name first. Seen for `NAME_TAKEN_AFTER_MS` on end, this agent is the
+/// second of that name and stops (the first keeps running: it ignores this one, see
+/// `Node::name_conflicts`).
+struct NameWatch {
+    started: std::time::Instant,
+    since: Option<std::time::Instant>,
+    logged: bool,
+}
+
+impl NameWatch {
+    fn new() -> NameWatch {
+        NameWatch { started: std::time::Instant::now(), since: None, logged: false }
+    }
+
+    fn check(&mut self, node: &Node, config: &AgentConfig) -> Option<Stopped> {
+        let conflicts = node.name_conflicts();
+        let mine = node.own_generation();
+        let older = conflicts.iter().find(|(_, generation)| *generation < mine);
+        let young = self.started.elapsed() < Duration::from_millis(NAME_WATCH_MS);
+        match older {
+            Some((addr, _)) if young => {
+                let since = *self.since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= Duration::from_millis(NAME_TAKEN_AFTER_MS) {
+                    return Some(Stopped::NameTaken {
+                        name: config.node_name.clone(),
+                        other: addr.to_string(),
+                        mine: config.gossip_advertised().to_string(),
+                    });
+                }
+            }
+            _ => self.since = None,
+        }
+        if let Some((addr, _)) = conflicts.iter().find(|(_, generation)| *generation > mine)
+            && !self.logged
+        {
+            self.logged = true;
+            tracing::error!(
+                other = %addr,
+                "another agent claims this node's name ({}); it gets no slots and no requests here, and stops \
+                 once it sees this one",
+                config.node_name
+            );
+        }
+        None
+    }
+}
 
 /// What the agent task owns.
 pub(super) struct Driver {
@@ -40,19 +110,25 @@ pub(super) struct Driver {
     pub(super) persisted: u64,
     /// Seals every datagram sent, when the cluster is keyed.
     pub(super) sealer: Option<Sealer>,
+    /// Limits the lines logged about a peer's refused inputs.
+    pub(super) rejections_logged: tasks::LogLimiter<String>,
 }
 
 impl Driver {
     /// The loop: carry out the actions, persist the desired state once a second, fire due
     /// timers first, then take the next input or sleep until the next timer, until stopped.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut stop: oneshot::Receiver<()>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut stop: oneshot::Receiver<()>) -> Stopped {
         let mut persist_at = std::time::Instant::now();
-        loop {
+        let mut names = NameWatch::new();
+        let stopped = loop {
             self.drain();
             // The desired state may also change by gossip: looked at once a second.
             if persist_at.elapsed() >= Duration::from_millis(PERSIST_INTERVAL_MS) {
                 self.persist();
                 persist_at = std::time::Instant::now();
+                if let Some(taken) = names.check(&self.node, &self.config) {
+                    break taken;
+                }
             }
             // Due timers first, so a steady stream of inputs never starves them.
             let t = now();
@@ -63,17 +139,18 @@ impl Driver {
             let wait_ms = self.node.poll_timeout().map_or(1000, |due| due.as_millis().saturating_sub(t.as_millis()));
             tokio::select! {
                 biased;
-                _ = &mut stop => break,
+                _ = &mut stop => break Stopped::Asked,
                 input = rx.recv() => match input {
                     Some(input) => self.handle(input),
-                    None => break,
+                    None => break Stopped::Asked,
                 },
-                () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+                () = tokio::time::sleep(Duration::from_millis(wait_ms.min(PERSIST_INTERVAL_MS))) => {}
             }
-        }
+        };
         self.persist();
         self.proxies.close_all();
         tracing::info!("agent stopped");
+        stopped
     }
 
     /// One input for the node.
@@ -212,7 +289,18 @@ impl Driver {
                 tracing::info!(app = %app, ?decision, "scaled");
                 self.metrics.scale_events.get_or_create(&AppLabel::new(app.as_str())).inc();
             }
-            Event::BadMessage { from, error } => tracing::warn!(peer = ?from, "bad message: {error}"),
+            Event::BadMessage { from, error } => {
+                self.metrics.gossip_rejected.get_or_create(&InputLabel { input: "undecodable" }).inc();
+                if self.rejections_logged.allow(from.as_ref().map_or("", |n| n.as_str())) {
+                    tracing::warn!(peer = ?from, "bad message: {error} (logged once a minute per peer)");
+                }
+            }
+            Event::Refused { from, input, reason } => {
+                self.metrics.gossip_rejected.get_or_create(&InputLabel { input }).inc();
+                if self.rejections_logged.allow(from.as_ref().map_or("", |n| n.as_str())) {
+                    tracing::warn!(peer = ?from, "{input} refused: {reason} (logged once a minute per peer)");
+                }
+            }
             Event::Unschedulable { slots } => {
                 for (slot, reason) in slots {
                     tracing::warn!(slot = %slot, "unschedulable: {reason}");

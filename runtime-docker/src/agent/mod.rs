@@ -30,6 +30,7 @@ mod persist;
 mod setup;
 mod tasks;
 
+pub use driver::Stopped;
 pub use setup::start;
 
 use crate::api::StatusJson;

@@ -12,7 +12,7 @@ use canteen_core::seal::{Keyring, Opener, Sealer, sender_of};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::driver::Driver;
+use super::driver::{Driver, Stopped};
 use super::{AgentError, Handle, INPUT_QUEUE_MAX, now, seed, short, tasks};
 use crate::config::AgentConfig;
 use crate::docker::Docker;
@@ -28,10 +28,11 @@ use crate::state::{self, StateError};
 pub async fn start(
     config: AgentConfig,
     seeds: Vec<SocketAddr>,
-) -> Result<(Handle, impl std::future::Future<Output = ()> + Send + 'static, oneshot::Sender<()>), AgentError> {
-    let docker = Docker::connect(config.node_id()).await?;
+) -> Result<(Handle, impl std::future::Future<Output = Stopped> + Send + 'static, oneshot::Sender<()>), AgentError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| StateError::Io { path: config.data_dir.clone(), error })?;
+    let identity = state::identity(&config.data_dir)?;
+    let docker = Docker::connect(config.node_id(), &identity).await?;
     let persisted = state::load(&config.data_dir)?;
     let own = docker.list_own().await?;
     let api = tokio::net::TcpListener::bind(config.api_addr)
@@ -94,6 +95,7 @@ pub async fn start(
         sealer: keyring
             .clone()
             .map(|keys| Sealer::new(keys, sender_of(&config.node_name), t.as_millis(), nonce_prefix())),
+        rejections_logged: tasks::LogLimiter::default(),
     };
     driver.drain();
     // The desired state first, so adopted containers meet their app's health check.

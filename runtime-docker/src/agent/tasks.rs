@@ -27,7 +27,7 @@ pub fn spawn_gossip_receiver(
 ) {
     tokio::spawn(async move {
         let mut buffer = vec![0u8; DATAGRAM_BYTES_MAX];
-        let mut logged = LogLimiter::default();
+        let mut logged = LogLimiter::<IpAddr>::default();
         loop {
             match socket.recv_from(&mut buffer).await {
                 Ok((n, source)) => {
@@ -38,7 +38,7 @@ pub fn spawn_gossip_receiver(
                             Ok(packet) => packet,
                             Err(e) => {
                                 metrics.gossip_refused.get_or_create(&ReasonLabel { reason: reason(e) }).inc();
-                                if logged.allow(source.ip()) {
+                                if logged.allow(&source.ip()) {
                                     tracing::warn!(%source, "gossip datagram refused: {e} (logged once a minute per source)");
                                 }
                                 continue;
@@ -68,28 +68,38 @@ fn reason(e: OpenError) -> &'static str {
     }
 }
 
-/// At most one log line a minute per source address, remembering at most
-/// [`LogLimiter::SOURCES_MAX`] sources (past that, the oldest are forgotten all at once).
-#[derive(Default)]
-pub struct LogLimiter {
-    last: std::collections::HashMap<IpAddr, std::time::Instant>,
+/// At most one log line a minute per source (an address, a peer's name), remembering at most
+/// [`LogLimiter::SOURCES_MAX`] sources: past that, those not logged in the last minute are
+/// forgotten, and while every one was, nothing more is logged.
+pub struct LogLimiter<S> {
+    last: std::collections::HashMap<S, std::time::Instant>,
 }
 
-impl LogLimiter {
+impl<S> Default for LogLimiter<S> {
+    fn default() -> Self {
+        LogLimiter { last: std::collections::HashMap::new() }
+    }
+}
+
+impl<S: std::hash::Hash + Eq> LogLimiter<S> {
     const SOURCES_MAX: usize = 4096;
     const EVERY: Duration = Duration::from_secs(60);
 
     /// Whether a line about `source` may be logged now.
-    pub fn allow(&mut self, source: IpAddr) -> bool {
+    pub fn allow<Q>(&mut self, source: &Q) -> bool
+    where
+        S: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = S> + ?Sized,
+    {
         let now = std::time::Instant::now();
-        if self.last.get(&source).is_some_and(|at| now.duration_since(*at) < Self::EVERY) {
+        if self.last.get(source).is_some_and(|at| now.duration_since(*at) < Self::EVERY) {
             return false;
         }
         if self.last.len() >= Self::SOURCES_MAX {
             self.last.retain(|_, at| now.duration_since(*at) < Self::EVERY);
         }
         if self.last.len() < Self::SOURCES_MAX {
-            self.last.insert(source, now);
+            self.last.insert(source.to_owned(), now);
             return true;
         }
         false

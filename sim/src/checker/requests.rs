@@ -5,12 +5,12 @@ use crate::report::{Check, Requests};
 use crate::scenario::Expect;
 use crate::world::World;
 
-/// Every gossip message decoded.
+/// Every gossip message decoded, and no node refused one.
 pub fn wire_format_check(w: &World) -> Check {
     if w.truth.bad_messages == 0 {
         Check::pass("wire format", "every gossip message decoded".into())
     } else {
-        Check::fail("wire format", format!("{} messages did not decode", w.truth.bad_messages))
+        Check::fail("wire format", format!("{} messages did not decode or were refused", w.truth.bad_messages))
     }
 }
 

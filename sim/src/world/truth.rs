@@ -22,7 +22,7 @@ pub struct Truth {
     pub moves: u64,
     /// The latest set of unschedulable slots any node reported.
     pub unschedulable: usize,
-    /// Gossip messages that did not decode.
+    /// Gossip messages that did not decode, or that a node refused (`Event::Refused`).
     pub bad_messages: u64,
     /// When the partition map last changed (split or heal).
     pub partition_changed_ms: u64,
@@ -105,6 +105,14 @@ impl World {
             Event::BadMessage { from, error } => {
                 if std::env::var_os("CANTEEN_SIM_BAD").is_some() {
                     eprintln!("bad message from {from:?}: {error}");
+                }
+                self.truth.bad_messages += 1
+            }
+            // No simulated node forges anything: a refusal is a bug of the sender or of the
+            // checks, counted with the messages that did not decode.
+            Event::Refused { from, input, reason } => {
+                if std::env::var_os("CANTEEN_SIM_BAD").is_some() {
+                    eprintln!("{input} refused from {from:?}: {reason}");
                 }
                 self.truth.bad_messages += 1
             }
