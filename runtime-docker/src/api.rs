@@ -7,6 +7,13 @@
 //! - `GET /metrics`: Prometheus text.
 //!
 //! Bad input answers 400 with `{"error": message}`; the CLI exits 2 on it.
+//!
+//! With `api_token` set, every route answers 401 unless the request carries
+//! `Authorization: Bearer <token>`. `POST` routes take only `Content-Type: application/json`,
+//! so that no web page can post a form to an agent. A body over 4 MiB answers 413, a known
+//! route with another method 405 with `Allow`; headers and body must arrive within 10 s each,
+//! and the API holds at most [`API_CONNECTIONS_MAX`] connections: stalled clients cannot
+//! starve the agent.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,8 +32,12 @@ use tokio::net::TcpListener;
 use crate::agent::Handle;
 use crate::state::apps_from_file;
 
-/// An API request body larger than this is refused.
-const API_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// An API request body larger than this is refused (413).
+pub const API_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How long a request's headers, and then its body, may take to arrive.
+const API_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections the API holds at once; one more is closed at once.
+pub const API_CONNECTIONS_MAX: usize = 256;
 
 /// `POST /apply`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,9 +77,15 @@ pub struct Reply {
 
 /// Serves the API on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, handle: Handle) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Full: closed at once, rather than left to wait while holding a descriptor.
+            drop(stream);
             continue;
         };
         let handle = handle.clone();
@@ -79,9 +96,10 @@ pub async fn serve(listener: TcpListener, handle: Handle) {
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(API_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(permit);
         });
     }
 }
@@ -102,12 +120,69 @@ fn reply(result: Result<String, (StatusCode, String)>) -> Response<Full<Bytes>> 
 }
 
 async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, (StatusCode, String)> {
-    let bytes = Limited::new(req.into_body(), API_BODY_BYTES_MAX)
-        .collect()
-        .await
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")))?
-        .to_bytes();
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over the API's limit of {} MiB", API_BODY_BYTES_MAX >> 20),
+        )
+    };
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > API_BODY_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    let read = Limited::new(req.into_body(), API_BODY_BYTES_MAX).collect();
+    let bytes = match tokio::time::timeout(API_READ_TIMEOUT, read).await {
+        Err(_) => return Err((StatusCode::REQUEST_TIMEOUT, "the request body did not arrive within 10 s".to_owned())),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(e)) => return Err((StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
     serde_json::from_slice(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
+/// What every request must carry before its route is looked at: the token, when one is set.
+fn check_token(handle: &Handle, req: &Request<Incoming>) -> Result<(), Box<Response<Full<Bytes>>>> {
+    let Some(token) = handle.token.as_deref() else { return Ok(()) };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return Ok(());
+    }
+    let mut r = reply(Err((
+        StatusCode::UNAUTHORIZED,
+        "this agent needs its API token: give --token or set CANTEEN_TOKEN".to_owned(),
+    )));
+    r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+    Err(Box::new(r))
+}
+
+/// Compares without stopping at the first difference, so the time taken tells nothing of how
+/// much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// A `POST` must say its body is JSON: a browser posts forms (`text/plain`,
+/// `application/x-www-form-urlencoded`) across origins without asking, JSON it does not.
+fn check_json(req: &Request<Incoming>) -> Result<(), (StatusCode, String)> {
+    let content_type = req.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/json, not {content_type:?}"),
+        ))
+    }
 }
 
 async fn run_commands(handle: &Handle, commands: Vec<Command>) -> Result<(), (StatusCode, String)> {
@@ -117,21 +192,48 @@ async fn run_commands(handle: &Handle, commands: Vec<Command>) -> Result<(), (St
     })
 }
 
+/// The routes and the methods each takes.
+const ROUTES: [(&str, Method); 5] = [
+    ("/status", Method::GET),
+    ("/metrics", Method::GET),
+    ("/apply", Method::POST),
+    ("/scale", Method::POST),
+    ("/rm", Method::POST),
+];
+
 async fn route(handle: &Handle, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method().clone(), req.uri().path()) {
-        (Method::GET, "/status") => match handle.status().await {
+    if let Err(refused) = check_token(handle, &req) {
+        return *refused;
+    }
+    let path = req.uri().path().to_owned();
+    let Some((_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
+        return reply(Err((StatusCode::NOT_FOUND, "no such API route".to_owned())));
+    };
+    if req.method() != allowed {
+        let mut r = reply(Err((StatusCode::METHOD_NOT_ALLOWED, format!("{path} takes {allowed} only"))));
+        r.headers_mut()
+            .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_str(allowed.as_str()).expect("a method"));
+        return r;
+    }
+    if req.method() == Method::POST
+        && let Err(e) = check_json(&req)
+    {
+        return reply(Err(e));
+    }
+    match path.as_str() {
+        "/status" => match handle.status().await {
             Some(status) => json(StatusCode::OK, &status),
             None => reply(Err((StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping".to_owned()))),
         },
-        (Method::GET, "/metrics") => {
+        "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(handle.metrics.encode())));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
             );
             r
         }
-        (Method::POST, "/apply") => {
+        "/apply" => {
             let result = async {
                 let request: ApplyRequest = body(req).await?;
                 let apps = apps_from_file(&request.file, &request.text, &handle.config)
@@ -143,7 +245,7 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Response<Full<Bytes>>
             .await;
             reply(result)
         }
-        (Method::POST, "/scale") => {
+        "/scale" => {
             let result = async {
                 let request: ScaleRequest = body(req).await?;
                 run_commands(handle, vec![Command::Scale(AppName::new(&request.app), request.replicas)]).await?;
@@ -152,7 +254,7 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Response<Full<Bytes>>
             .await;
             reply(result)
         }
-        (Method::POST, "/rm") => {
+        _ => {
             let result = async {
                 let request: RemoveRequest = body(req).await?;
                 run_commands(handle, vec![Command::Remove(AppName::new(&request.app))]).await?;
@@ -161,7 +263,6 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Response<Full<Bytes>>
             .await;
             reply(result)
         }
-        _ => reply(Err((StatusCode::NOT_FOUND, "no such API route".to_owned()))),
     }
 }
 
@@ -189,8 +290,26 @@ pub enum ClientError {
     },
 }
 
-/// One call to the agent's API; returns the body of a 2xx answer.
-pub async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<String>) -> Result<String, ClientError> {
+/// Where the CLI reaches an agent's API, and the token it gives.
+#[derive(Clone, Debug)]
+pub struct Api {
+    /// The API's address.
+    pub addr: SocketAddr,
+    /// The agent's `api_token`, when it has one.
+    pub token: Option<String>,
+}
+
+/// One call to the agent's API; returns the body of a 2xx answer. A body over the API's limit
+/// is refused here, before anything is sent.
+pub async fn call(api: &Api, method: Method, path: &str, body: Option<String>) -> Result<String, ClientError> {
+    let addr = api.addr;
+    if body.as_ref().is_some_and(|b| b.len() > API_BODY_BYTES_MAX) {
+        return Err(ClientError::Refused(format!(
+            "the request is too large: {} bytes, and the agent takes at most {} MiB",
+            body.as_ref().map_or(0, String::len),
+            API_BODY_BYTES_MAX >> 20
+        )));
+    }
     let unreachable = |error: String| ClientError::Unreachable { addr, error };
     let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
@@ -199,13 +318,15 @@ pub async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<Str
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(e.to_string()))?;
     tokio::spawn(conn);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .expect("a valid request");
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = &api.token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("a valid request");
     let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
     let status = response.status();
     let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
@@ -222,8 +343,8 @@ pub async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<Str
 }
 
 /// `GET /status`, decoded.
-pub async fn status(addr: SocketAddr) -> Result<StatusJson, ClientError> {
-    let text = call(addr, Method::GET, "/status", None).await?;
+pub async fn status(api: &Api) -> Result<StatusJson, ClientError> {
+    let text = call(api, Method::GET, "/status", None).await?;
     serde_json::from_str(&text).map_err(|e| ClientError::Failed { status: 200, message: e.to_string() })
 }
 

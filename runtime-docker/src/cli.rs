@@ -58,15 +58,15 @@ pub enum Command {
     Apply {
         /// The cluster file (TOML).
         file: PathBuf,
-        /// The agent's API address.
-        #[arg(long, default_value = DEFAULT_API)]
-        api: SocketAddr,
+        /// The agent's API.
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Show every slot: app, slot, node, host port, health, requests/s, restarts.
     Status {
-        /// The agent's API address.
-        #[arg(long, default_value = DEFAULT_API)]
-        api: SocketAddr,
+        /// The agent's API.
+        #[command(flatten)]
+        api: ApiArgs,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -77,17 +77,17 @@ pub enum Command {
         app: String,
         /// The replica count.
         replicas: u32,
-        /// The agent's API address.
-        #[arg(long, default_value = DEFAULT_API)]
-        api: SocketAddr,
+        /// The agent's API.
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Remove an app and all its replicas.
     Rm {
         /// The app.
         app: String,
-        /// The agent's API address.
-        #[arg(long, default_value = DEFAULT_API)]
-        api: SocketAddr,
+        /// The agent's API.
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Print a new random cluster key (base64 of 32 bytes) for `cluster_keys`.
     Keygen,
@@ -104,6 +104,23 @@ pub enum Command {
 
 /// The agent API address the CLI talks to unless told otherwise (the config's default).
 pub const DEFAULT_API: &str = "127.0.0.1:7070";
+
+/// Where the CLI reaches an agent, and how it proves it may.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// The agent's API address.
+    #[arg(long, default_value = DEFAULT_API)]
+    api: SocketAddr,
+    /// The agent's API token (its `api_token`), as NOMAD_TOKEN is Nomad's.
+    #[arg(long, env = "CANTEEN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    fn api(&self) -> api::Api {
+        api::Api { addr: self.api, token: self.token.clone() }
+    }
+}
 
 /// A failure with the exit code it deserves.
 #[derive(Debug)]
@@ -140,9 +157,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             if json {
                 let text = serde_json::to_string_pretty(&plan::to_json(&plan))
                     .map_err(|e| Failure::runtime(format!("cannot encode the plan: {e}")))?;
-                println!("{text}");
+                emit(&format!("{text}\n"));
             } else {
-                print!("{}", plan::to_table(&plan));
+                emit(&plan::to_table(&plan));
             }
             Ok(())
         }
@@ -176,33 +193,36 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             state::apps_from_file(&name, &text, &AgentConfig::default())
                 .map_err(|e| Failure::bad_input(e.to_string()))?;
             let body = serde_json::to_string(&ApplyRequest { file: name, text }).expect("encodes");
-            let out = block_on(api::call(api, hyper::Method::POST, "/apply", Some(body)))?.map_err(client_failure)?;
-            println!("{}", done_message(&out));
+            let out =
+                block_on(api::call(&api.api(), hyper::Method::POST, "/apply", Some(body)))?.map_err(client_failure)?;
+            emit(&format!("{}\n", done_message(&out)));
             Ok(())
         }
         Command::Status { api, json } => {
-            let status = block_on(api::status(api))?.map_err(client_failure)?;
+            let status = block_on(api::status(&api.api()))?.map_err(client_failure)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status).expect("encodes"));
+                emit(&format!("{}\n", serde_json::to_string_pretty(&status).expect("encodes")));
             } else {
-                print!("{}", status_table(&status));
+                emit(&status_table(&status));
             }
             Ok(())
         }
         Command::Scale { app, replicas, api } => {
             let body = serde_json::to_string(&ScaleRequest { app, replicas }).expect("encodes");
-            let out = block_on(api::call(api, hyper::Method::POST, "/scale", Some(body)))?.map_err(client_failure)?;
-            println!("{}", done_message(&out));
+            let out =
+                block_on(api::call(&api.api(), hyper::Method::POST, "/scale", Some(body)))?.map_err(client_failure)?;
+            emit(&format!("{}\n", done_message(&out)));
             Ok(())
         }
         Command::Rm { app, api } => {
             let body = serde_json::to_string(&RemoveRequest { app }).expect("encodes");
-            let out = block_on(api::call(api, hyper::Method::POST, "/rm", Some(body)))?.map_err(client_failure)?;
-            println!("{}", done_message(&out));
+            let out =
+                block_on(api::call(&api.api(), hyper::Method::POST, "/rm", Some(body)))?.map_err(client_failure)?;
+            emit(&format!("{}\n", done_message(&out)));
             Ok(())
         }
         Command::Keygen => {
-            println!("{}", crate::config::generate_key().map_err(Failure::runtime)?);
+            emit(&format!("{}\n", crate::config::generate_key().map_err(Failure::runtime)?));
             Ok(())
         }
         Command::Config { defaults, config } => {
@@ -210,7 +230,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 return Err(Failure::bad_input("canteen config: give --defaults, or --config FILE"));
             }
             let config = read_config(config.as_deref())?;
-            print!("{}", config.to_toml_with_defaults());
+            emit(&config.to_toml_with_defaults());
             Ok(())
         }
     }
@@ -248,6 +268,20 @@ fn ensure_cluster_key(config: &mut AgentConfig) -> Result<(), Failure> {
     config.cluster_keys_file = Some(path);
     config.cluster_keys("(default config)").map_err(|e| Failure::bad_input(e.to_string()))?;
     Ok(())
+}
+
+/// Writes `text` to stdout. A closed stdout (`canteen status | head`) ends the command
+/// quietly, with exit code 0: what was wanted has been read.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("canteen: cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn read_config(path: Option<&Path>) -> Result<AgentConfig, Failure> {

@@ -77,6 +77,14 @@ pub struct AgentConfig {
     /// A file of cluster keys, one per line (`#` comments), after `cluster_keys`' own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_keys_file: Option<PathBuf>,
+    /// The token every API request must carry (`Authorization: Bearer <token>`; the CLI's
+    /// `--token` or `CANTEEN_TOKEN`): 16 to 256 printable characters, no spaces. Required when
+    /// `api_addr` is not loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
+    /// A file holding the API token (its first line), instead of `api_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<PathBuf>,
     /// Gossip with no keys on an address that is not loopback: anyone who can send a datagram
     /// to it can then command the cluster. Logged as a warning every minute.
     pub gossip_insecure: bool,
@@ -106,6 +114,8 @@ impl Default for AgentConfig {
             cluster_name: "canteen".to_owned(),
             cluster_keys: Vec::new(),
             cluster_keys_file: None,
+            api_token: None,
+            api_token_file: None,
             gossip_insecure: false,
         }
     }
@@ -193,6 +203,17 @@ impl AgentConfig {
                 ),
             );
         }
+        let token = self.api_token(file)?;
+        if token.is_none() && !self.api_addr.ip().is_loopback() {
+            return err(
+                "api_token",
+                &format!(
+                    "the API on {} is reachable from other machines: give api_token (or api_token_file), 16 to \
+                     256 printable characters, e.g. a `canteen keygen` key",
+                    self.api_addr
+                ),
+            );
+        }
         for addr in &self.join {
             if let Err(problem) = check_peer_addr(addr) {
                 return err("join", &format!("{addr:?}: {problem}"));
@@ -245,6 +266,33 @@ impl AgentConfig {
             return Err(FileError::new(file, "cluster_keys", problem.to_string()));
         }
         Ok(keys)
+    }
+
+    /// The API token: `api_token`, or the first line of `api_token_file`; checked (16 to 256
+    /// printable ASCII characters, no spaces). Errors name the key.
+    pub fn api_token(&self, file: &str) -> Result<Option<String>, FileError> {
+        let (key, token) = match (&self.api_token, &self.api_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(FileError::new(file, "api_token_file", "give api_token or api_token_file, not both"));
+            }
+            (Some(token), None) => ("api_token", token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    FileError::new(file, "api_token_file", format!("cannot read {}: {e}", path.display()))
+                })?;
+                ("api_token_file", text.lines().next().unwrap_or("").trim().to_owned())
+            }
+            (None, None) => return Ok(None),
+        };
+        let printable = token.bytes().all(|b| b.is_ascii_graphic());
+        if !(16..=256).contains(&token.len()) || !printable {
+            return Err(FileError::new(
+                file,
+                key,
+                format!("a token is 16 to 256 printable characters with no spaces; got {} characters", token.len()),
+            ));
+        }
+        Ok(Some(token))
     }
 
     /// The node's config for core: name, the addresses peers reach it at, resources, labels,
@@ -511,6 +559,22 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("key 1"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_api_off_loopback_needs_a_token_and_tokens_are_checked() {
+        let e = AgentConfig::parse("c.toml", "api_addr = \"0.0.0.0:7070\"\n").unwrap_err();
+        assert_eq!(e.key, "api_token", "{e}");
+        let c =
+            AgentConfig::parse("c.toml", "api_addr = \"0.0.0.0:7070\"\napi_token = \"0123456789abcdef\"\n").unwrap();
+        assert_eq!(c.api_token("c.toml").unwrap().as_deref(), Some("0123456789abcdef"));
+        for bad in ["short", "has a space in it!!", &"x".repeat(300)] {
+            let e = AgentConfig::parse("c.toml", &format!("api_token = {bad:?}\n")).unwrap_err();
+            assert_eq!(e.key, "api_token", "{bad}: {e}");
+        }
+        let e =
+            AgentConfig::parse("c.toml", "api_token = \"0123456789abcdef\"\napi_token_file = \"/x\"\n").unwrap_err();
+        assert_eq!(e.key, "api_token_file", "{e}");
     }
 
     #[test]

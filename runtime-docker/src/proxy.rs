@@ -59,6 +59,11 @@ const CONNECTION_BUFFER_BYTES_MAX: usize = 16 * 1024;
 /// received within it is answered 408. Without it, clients that open connections and go quiet
 /// (or send a body byte by byte) would hold the proxy's tasks and descriptors forever.
 const CLIENT_IDLE_MS: u64 = 30_000;
+/// Most client connections the balancers hold at once, all apps together; one more is closed
+/// at once. Stalled clients (each held `CLIENT_IDLE_MS` at most) then cannot take every
+/// descriptor of the agent: with a backend connection each, and the API's, this stays under
+/// the 20,000 a process gets here by default.
+const CLIENT_CONNECTIONS_MAX: usize = 8192;
 
 /// What a proxy answers with.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -146,6 +151,8 @@ pub struct Proxies {
     last_report: Mutex<Instant>,
     /// Requests per second per slot over the last report period.
     rates: Mutex<BTreeMap<SlotId, f64>>,
+    /// Room for client connections, shared by every balancer ([`CLIENT_CONNECTIONS_MAX`]).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Proxies {
@@ -175,6 +182,7 @@ impl Proxies {
             client_idle: Duration::from_millis(CLIENT_IDLE_MS),
             last_report: Mutex::new(Instant::now()),
             rates: Mutex::new(BTreeMap::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX)),
         }
     }
 
@@ -234,7 +242,13 @@ impl Proxies {
             requests: AtomicU64::new(0),
         });
         tracing::info!(app = %app, %addr, "balancer listening");
-        let task = tokio::spawn(accept_loop(listener, proxy.clone(), self.client.clone(), self.client_idle));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            proxy.clone(),
+            self.client.clone(),
+            self.client_idle,
+            self.slots.clone(),
+        ));
         apps.insert(app.clone(), Running { proxy, listener: task });
         Ok(())
     }
@@ -290,7 +304,13 @@ impl Proxies {
     }
 }
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<AppProxy>, client: HttpClient, client_idle: Duration) {
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<AppProxy>,
+    client: HttpClient,
+    client_idle: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -299,6 +319,11 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<AppProxy>, client: HttpCl
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Full: closed at once, so that stalled clients hold no more descriptors.
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let (proxy, client) = (proxy.clone(), client.clone());
@@ -314,6 +339,7 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<AppProxy>, client: HttpCl
                 .max_buf_size(CONNECTION_BUFFER_BYTES_MAX)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(permit);
         });
     }
 }

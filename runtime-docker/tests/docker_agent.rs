@@ -498,6 +498,15 @@ fn bad_files_exit_2_naming_file_key_and_what_is_allowed() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("gossip_addr") && err.contains("advertise_ip"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+    // An API reachable from other machines needs a token.
+    let dir = std::env::temp_dir().join(format!("canteen-it-open-api-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("open.toml");
+    std::fs::write(&config, "api_addr = \"0.0.0.0:17980\"\n").unwrap();
+    let (code, err) = canteen(&["agent", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("api_token") && err.contains("open.toml"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -516,4 +525,132 @@ fn docker_unreachable_is_a_clear_message_and_exit_1() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot reach the agent"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One raw HTTP/1.1 exchange on a fresh connection: the whole response (head and body).
+fn raw(addr: SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+const TOKEN: &str = "it-token-0123456789abcdef";
+
+#[test]
+fn the_api_needs_its_token_json_posts_and_bounded_requests() {
+    if !docker_ready("the_api_needs_its_token_json_posts_and_bounded_requests") {
+        return;
+    }
+    let mut env = Env::new("api", 10, &format!("api_token = \"{TOKEN}\"\n"));
+    env.start_agent();
+    let api = env.api;
+    let get = |path: &str, auth: &str| {
+        raw(api, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"))
+    };
+    // No token, a wrong one: 401 on every route, /metrics included.
+    for path in ["/status", "/metrics", "/nope"] {
+        let r = get(path, "");
+        assert!(r.starts_with("HTTP/1.1 401") && r.contains("www-authenticate: Bearer"), "{path}: {r}");
+    }
+    assert!(get("/status", "Authorization: Bearer not-the-token-at-all\r\n").starts_with("HTTP/1.1 401"));
+    assert!(get("/status", &format!("Authorization: Bearer {TOKEN}\r\n")).starts_with("HTTP/1.1 200"));
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    // A form post from a web page, and a GET of a POST route.
+    let body = "file=x&text=y";
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = raw(
+            api,
+            &format!(
+                "POST /apply HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(r.starts_with("HTTP/1.1 415") && r.contains("application/json"), "{content_type}: {r}");
+    }
+    let r = get("/apply", &auth);
+    assert!(r.starts_with("HTTP/1.1 405") && r.contains("allow: POST"), "{r}");
+    // Too large, said before the body is read.
+    let r = raw(
+        api,
+        &format!(
+            "POST /apply HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 9000000\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(r.starts_with("HTTP/1.1 413") && r.contains("4 MiB"), "{r}");
+    // The CLI: no token is bad input naming the way to give one; --token and CANTEEN_TOKEN work.
+    let api_arg = api.to_string();
+    let (code, err) = canteen(&["status", "--api", &api_arg], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("CANTEEN_TOKEN"), "{err}");
+    assert_eq!(canteen(&["status", "--api", &api_arg, "--token", TOKEN], &[]).0, 0);
+    assert_eq!(canteen(&["status", "--api", &api_arg], &[("CANTEEN_TOKEN", TOKEN)]).0, 0);
+    let big = env.file("big.toml", &format!("{}# {}\n", demo_app("big", 18091, 1, ""), "x".repeat(5 << 20)));
+    let (code, err) = canteen(&["apply", big.to_str().unwrap(), "--api", &api_arg, "--token", TOKEN], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("too large"), "{err}");
+    // A closed stdout ends the CLI quietly.
+    let mut child = Command::new(CANTEEN)
+        .args(["status", "--api", &api_arg, "--json", "--token", TOKEN])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn stalled_api_clients_time_out_and_are_capped_while_the_balancer_serves() {
+    if !docker_ready("stalled_api_clients_time_out_and_are_capped_while_the_balancer_serves") {
+        return;
+    }
+    let mut env = Env::new("stall", 11, "");
+    env.start_agent();
+    env.apply(&demo_app("stall", 18190, 1, ""));
+    env.wait("a healthy replica", Duration::from_secs(30), || env.healthy("stall") == 1);
+    let balancer = local(18190);
+    env.wait("the balancer to serve", Duration::from_secs(10), || {
+        http(balancer, "GET", "/", "").is_ok_and(|(code, _)| code == 200)
+    });
+    // 400 clients send a head promising a body, then nothing.
+    use std::io::Write;
+    let mut stalled = Vec::new();
+    for _ in 0..400 {
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&env.api, Duration::from_secs(2)) else { continue };
+        let _ = s.write_all(
+            b"POST /scale HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+        );
+        stalled.push(s);
+    }
+    // The balancer serves all the while.
+    let start = Instant::now();
+    let mut served = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        if http(balancer, "GET", "/", "").is_ok_and(|(code, _)| code == 200) {
+            served += 1;
+        }
+    }
+    assert!(served > 50, "the balancer served {served} requests in 3 s");
+    // Past the cap, connections are closed at once; within the cap, each times out.
+    let mut closed_at_once = 0;
+    let mut timed_out = 0;
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut response = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut response);
+        if response.is_empty() {
+            closed_at_once += 1;
+        } else if response.starts_with("HTTP/1.1 408") {
+            timed_out += 1;
+        }
+    }
+    assert!(closed_at_once >= 400 - 256, "closed at once past the cap: {closed_at_once}");
+    assert!(timed_out > 0 && timed_out <= 256, "timed out with 408: {timed_out}");
+    assert_eq!(http(env.api, "GET", "/status", "").unwrap().0, 200, "the API serves again");
 }

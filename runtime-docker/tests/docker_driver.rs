@@ -61,6 +61,7 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
     assert_eq!(labels["canteen.slot"], "3");
     assert_eq!(labels["canteen.node"], "it-driver");
     assert_eq!(labels["canteen.host_port"], "17951");
+    assert_eq!(labels["canteen.identity"], "0123456789abcdef");
     let binding = &c["HostConfig"]["PortBindings"]["8080/tcp"][0];
     assert_eq!(binding["HostIp"], "127.0.0.1");
     assert_eq!(binding["HostPort"], "17951");
@@ -72,8 +73,11 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
     for expected in ["CANTEEN_SLOT=web-3", "PORT=8080", "MODE=test", "CANTEEN_DATA_DIR=/data"] {
         assert!(env.contains(&expected), "{expected} missing from {env:?}");
     }
-    assert_eq!(c["Name"], "/canteen-it-driver-web-3");
+    assert_eq!(c["Name"], "/canteen-it-driver-01234567-web-3");
 
+    // Another agent under the same name (another identity) does not see it as its own.
+    let twin = Docker::connect(NodeId::new("it-driver"), "fedcba9876543210").await.unwrap();
+    assert!(twin.list_own().await.unwrap().is_empty(), "a twin never adopts another's container");
     let own = docker.list_own().await.unwrap();
     assert_eq!(own.len(), 1);
     assert_eq!((own[0].slot.clone(), own[0].host_port, own[0].running), (slot.clone(), 17951, true));

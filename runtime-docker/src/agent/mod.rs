@@ -144,6 +144,8 @@ pub struct Handle {
     pub docker: Docker,
     /// The proxies, to close on shutdown.
     pub proxies: Arc<Proxies>,
+    /// The API token every request must carry (`api_token`), if any.
+    pub token: Option<Arc<str>>,
 }
 
 impl Handle {

@@ -116,7 +116,9 @@ pub async fn start(
     tasks::spawn_gossip_receiver(gossip, tx.clone(), metrics.clone(), keyring.map(Opener::new));
     tasks::spawn_exit_watcher(docker.clone(), tx.clone());
     tasks::spawn_traffic_reports(proxies.clone(), tx.clone(), Duration::from_millis(config.scaling_interval_ms));
+    let token = config.api_token("(the agent's config)").map_err(|e| AgentError::Config(e.to_string()))?;
     let handle = Handle {
+        token: token.map(Arc::from),
         tx,
         metrics: metrics.clone(),
         config: Arc::new(config.clone()),
