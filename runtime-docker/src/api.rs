@@ -29,7 +29,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::agent::Handle;
+use crate::agent::{CommandFailure, Handle};
 use crate::state::apps_from_file;
 
 /// An API request body larger than this is refused (413).
@@ -186,9 +186,12 @@ fn check_json(req: &Request<Incoming>) -> Result<(), (StatusCode, String)> {
 }
 
 async fn run_commands(handle: &Handle, commands: Vec<Command>) -> Result<(), (StatusCode, String)> {
-    handle.commands(commands).await.map_err(|e| {
-        let status = if e.starts_with("no app named") { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
-        (status, e)
+    handle.commands(commands).await.map_err(|e| match e {
+        CommandFailure::Refused(e) if e.starts_with("no app named") => (StatusCode::NOT_FOUND, e),
+        CommandFailure::Refused(e) => (StatusCode::BAD_REQUEST, e),
+        e @ (CommandFailure::NotPersisted(_) | CommandFailure::Stopped) => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
     })
 }
 

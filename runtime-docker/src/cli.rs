@@ -374,7 +374,10 @@ fn run_agent(
             if let Err(e) = handle.commands(commands).await {
                 let _ = stop.send(());
                 let _ = driver.await;
-                return Err(Failure::bad_input(e));
+                return Err(match e {
+                    agent::CommandFailure::Refused(e) => Failure::bad_input(e),
+                    e => Failure::runtime(e.to_string()),
+                });
             }
             for app in apps {
                 tracing::info!(

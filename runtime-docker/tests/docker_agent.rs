@@ -654,3 +654,40 @@ fn stalled_api_clients_time_out_and_are_capped_while_the_balancer_serves() {
     assert!(timed_out > 0 && timed_out <= 256, "timed out with 408: {timed_out}");
     assert_eq!(http(env.api, "GET", "/status", "").unwrap().0, 200, "the API serves again");
 }
+
+#[test]
+fn a_command_answers_only_once_on_disk_and_a_lost_state_keeps_the_containers() {
+    if !docker_ready("a_command_answers_only_once_on_disk_and_a_lost_state_keeps_the_containers") {
+        return;
+    }
+    let mut env = Env::new("durable", 12, "");
+    env.start_agent();
+    // The state file cannot be written (a directory where its temporary file goes; root
+    // ignores permissions): apply answers 503 and nothing changes.
+    let data = env.dir.join("data");
+    let blocker = data.join("state.json.tmp");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let path = env.file("apps.toml", &demo_app("web", 18290, 2, ""));
+    let api = env.api.to_string();
+    let (code, err) = canteen(&["apply", path.to_str().unwrap(), "--api", &api], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("503") && err.contains("cannot persist"), "{err}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(env.status()["apps"].as_array().unwrap().is_empty(), "nothing applied");
+    assert!(env.containers().is_empty(), "nothing started");
+    std::fs::remove_dir(&blocker).unwrap();
+    env.apply(&demo_app("web", 18290, 2, ""));
+    env.wait("2 healthy replicas", Duration::from_secs(30), || env.healthy("web") == 2);
+    let before = env.containers();
+    // The data directory loses its state: the restarted agent keeps its containers, says so,
+    // and adopts them once the operator applies the app again.
+    env.kill_agent();
+    std::fs::remove_file(data.join("state.json")).unwrap();
+    env.start_agent();
+    env.wait("the agent to say it keeps them", Duration::from_secs(10), || env.log_tail().contains("they are kept"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(env.containers(), before, "kept, not removed");
+    env.apply(&demo_app("web", 18290, 2, ""));
+    env.wait("2 healthy replicas", Duration::from_secs(30), || env.healthy("web") == 2);
+    assert_eq!(env.containers(), before, "the same containers, adopted");
+}

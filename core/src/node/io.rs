@@ -147,6 +147,13 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The node started with no desired state but found `containers` of its own for apps it
+    /// does not know: it keeps them, rather than stop what a lost data directory forgot, until
+    /// the operator issues a command or a peer's registry is found equal to this node's.
+    KeptUnconfirmed {
+        /// How many.
+        containers: usize,
+    },
     /// Slots that fit nowhere, reported whenever the set changes (empty when all fit again).
     Unschedulable {
         /// Each slot with the reason.

@@ -232,3 +232,18 @@ fn a_container_that_exits_is_started_again_on_its_node_and_port() {
     assert_ne!(new_id, id);
     assert_eq!((again.node, again.host_port), (node, host_port));
 }
+
+#[test]
+fn containers_found_with_no_desired_state_are_kept_until_the_operator_speaks() {
+    let mut cluster = Cluster::new(1);
+    cluster.adopt(0, vec![(slot("lost", 0), "c-lost".to_owned(), 8000)]);
+    let stopped = |c: &Cluster| {
+        c.log.iter().any(|l| matches!(&l.action, Action::StopContainer { container, .. } if container == "c-lost"))
+    };
+    cluster.run_until(5000);
+    assert!(cluster.events(0, 0).iter().any(|e| matches!(e, Event::KeptUnconfirmed { containers: 1 })));
+    assert!(!stopped(&cluster), "kept while the desired state is unconfirmed");
+    cluster.apply(0, quick_app("web", 1, 8080));
+    cluster.run_until(7000);
+    assert!(stopped(&cluster), "the operator's command confirms it: an app it does not name goes");
+}

@@ -128,6 +128,9 @@ pub struct Node {
     scaling: Scaling,
     /// Bumped by every change to the `app/` and `scale/` entries (`desired_version`).
     desired_version: u64,
+    /// False while this node keeps containers it found at its start for apps its registry does
+    /// not know, having started with no desired state at all (`Event::KeptUnconfirmed`).
+    desired_confirmed: bool,
     /// The hour of the wall clock (Unix ms / 3,600,000) whose tombstones were last collected
     /// (`Node::collect_tombstones_if_due`).
     tombstones_collected_hour: u64,
@@ -193,6 +196,7 @@ impl Node {
             liveness: Liveness::Oracle,
             desired_version: 0,
             tombstones_collected_hour: 0,
+            desired_confirmed: true,
             grid: Grid { started: now, phase_ms: 0 },
             placement: Placement::new(match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
@@ -396,6 +400,14 @@ impl Node {
                 }
             }
             ContainerEvent::Adopted { containers } => {
+                // Containers of its own, and no desired state at all: the state may be lost
+                // (a wiped data directory), not empty. They are kept until a peer or the
+                // operator says what the desired state is (`desired_confirmed`).
+                let unknown = containers.iter().filter(|(slot, _, _)| !self.knows_app(&slot.app)).count();
+                if unknown > 0 && !self.registry.iter().any(|(k, _)| k.is_desired_state()) {
+                    self.desired_confirmed = false;
+                    self.out.event(Event::KeptUnconfirmed { containers: unknown });
+                }
                 for (slot, container, host_port) in containers {
                     let spec = self.app_spec(&slot.app);
                     self.slots.adopt(now, slot, container, host_port, spec.as_ref(), &mut self.out);
@@ -436,6 +448,8 @@ impl Node {
     pub fn handle_command(&mut self, now: Time, command: Command) -> Result<(), CommandError> {
         self.begin_input(now);
         let now = self.now;
+        // The operator speaks for the desired state: containers of apps it does not name may go.
+        self.confirm_desired_state(now);
         let result = match command {
             Command::Apply(spec) => self.apply(now, *spec),
             Command::Remove(app) => {
@@ -708,6 +722,21 @@ impl Node {
             // until it is believed alive.
             let trusted = me || self.members.is_trusted(node);
             self.balancers.set_node_list(node, list, trusted);
+        }
+    }
+
+    /// Whether the registry holds `app`, live or removed.
+    fn knows_app(&self, app: &AppName) -> bool {
+        self.registry.entry(&Key::App(app.clone())).is_some()
+    }
+
+    /// The desired state is confirmed (by the operator, or a peer whose registry is this
+    /// node's): containers of apps the registry does not know may be stopped from now on.
+    fn confirm_desired_state(&mut self, now: Time) {
+        if !self.desired_confirmed {
+            self.desired_confirmed = true;
+            self.placement.facts_changed();
+            self.request_pass(now);
         }
     }
 

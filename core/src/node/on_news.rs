@@ -17,6 +17,10 @@ impl Node {
     pub(super) fn anti_entropy_message(&mut self, now: Time, from: &NodeId, message: Message<'_>) {
         match message {
             Message::Root(root) => {
+                if !self.desired_confirmed && root == self.registry.root_hash() && self.members.contains(from) {
+                    // A member holds this very registry: the desired state is the cluster's.
+                    self.confirm_desired_state(now);
+                }
                 if let Some(digest) = anti_entropy::answer_root(&self.registry, root) {
                     self.send(from, &digest);
                 }

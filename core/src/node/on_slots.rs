@@ -52,7 +52,15 @@ impl Node {
     pub(super) fn probe(&mut self, now: Time, slot: SlotId, start: u64) {
         let Some(target) = self.slots.probe_target(&slot, start) else { return };
         // Read in place: a probe needs three fields of the spec, not a copy of it.
-        let Some(Value::App(spec)) = self.registry.get(&Key::App(slot.app.clone())) else { return };
+        let Some(Value::App(spec)) = self.registry.get(&Key::App(slot.app.clone())) else {
+            if !self.desired_confirmed {
+                // Kept unconfirmed (`Event::KeptUnconfirmed`): probed once its app is known.
+                let next =
+                    self.grid.at(now + Duration::from_millis(1), crate::model::HealthCheck::default().interval_ms);
+                self.out.schedule(next, Timer::Probe { slot, start });
+            }
+            return;
+        };
         let (path, timeout_ms, interval_ms) =
             (spec.health.path.clone(), spec.health.timeout_ms, spec.health.interval_ms);
         self.out.push(Action::Probe { container: target.container, host_port: target.host_port, path, timeout_ms });
@@ -137,7 +145,11 @@ impl Node {
         let (nodes, observed) = self.facts();
         debug_assert!(waited_out || nodes.len() == self.members.len() + 1);
         let plan = place_owned(apps, nodes, &observed, self.config.policy);
-        let orders = placement::orders(&plan, &self.config.id, &self.slots);
+        let mut orders = placement::orders(&plan, &self.config.id, &self.slots);
+        if !self.desired_confirmed {
+            // Kept until the desired state is confirmed (see `Event::KeptUnconfirmed`).
+            orders.retain(|o| !matches!(o, Order::Stop(slot) if !self.knows_app(&slot.app)));
+        }
         let mut changed = false;
         for order in orders {
             changed |= self.carry_out(now, order);

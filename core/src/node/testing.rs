@@ -149,6 +149,12 @@ impl Cluster {
         self.drain(at);
     }
 
+    /// Node `at` reports the containers it found running at its start.
+    pub(super) fn adopt(&mut self, at: usize, containers: Vec<(SlotId, String, u16)>) {
+        self.nodes[at].handle_container_event(Time::from_millis(self.now), ContainerEvent::Adopted { containers });
+        self.drain(at);
+    }
+
     /// The container `id` exits on its own.
     pub(super) fn exit(&mut self, id: &str) {
         let c = self.containers.get_mut(id).expect("a container of the test");

@@ -16,7 +16,7 @@ use canteen_core::seal::Sealer;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Input, PERSIST_INTERVAL_MS, now, tasks};
+use super::{CommandFailure, Input, PERSIST_INTERVAL_MS, now, tasks};
 use crate::api::{AppStatusJson, NodeStatusJson, SlotStatusJson, StatusJson};
 use crate::config::AgentConfig;
 use crate::docker::Docker;
@@ -182,16 +182,28 @@ impl Driver {
                 }
             }
             Input::Commands { commands, reply } => {
+                // Durable before it is answered: the data directory is written first as it
+                // is (a read-only or full disk refuses the command before anything changed),
+                // then with the commands' effect, fsynced (`state::save`).
+                if let Err(e) = self.persist_now() {
+                    let _ = reply.send(Err(CommandFailure::NotPersisted(e)));
+                    return;
+                }
                 let mut result = Ok(());
                 for command in commands {
                     self.drain();
                     if let Err(e) = self.node.handle_command(now(), command) {
-                        result = Err(e.to_string());
+                        result = Err(CommandFailure::Refused(e.to_string()));
                         break;
                     }
                 }
                 self.drain();
-                self.persist();
+                if let Err(e) = self.persist_now() {
+                    result = Err(CommandFailure::NotPersisted(format!(
+                        "{e}; the change is in this agent's memory and may spread to its peers, but would be lost \
+                         if it restarted before the disk takes it"
+                    )));
+                }
                 let _ = reply.send(result);
             }
             Input::Status { reply } => {
@@ -301,6 +313,12 @@ impl Driver {
                     tracing::warn!(peer = ?from, "{input} refused: {reason} (logged once a minute per peer)");
                 }
             }
+            Event::KeptUnconfirmed { containers } => tracing::warn!(
+                containers,
+                "found containers of this node for apps it does not know, and no desired state in {}: they are \
+                 kept until an operator's command (apply, scale, rm) or a peer's registry says what should run",
+                self.config.data_dir.display()
+            ),
             Event::Unschedulable { slots } => {
                 for (slot, reason) in slots {
                     tracing::warn!(slot = %slot, "unschedulable: {reason}");

@@ -111,13 +111,33 @@ pub enum Input {
         /// The commands.
         commands: Vec<Command>,
         /// What became of them.
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), CommandFailure>>,
     },
     /// What `canteen status` shows.
     Status {
         /// Where to send it.
         reply: oneshot::Sender<StatusJson>,
     },
+}
+
+/// Why an operator's commands failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandFailure {
+    /// The node refused one (bad input); the ones before it took effect.
+    Refused(String),
+    /// The desired state could not be written to the data directory.
+    NotPersisted(String),
+    /// The agent is stopping.
+    Stopped,
+}
+
+impl std::fmt::Display for CommandFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandFailure::Refused(e) | CommandFailure::NotPersisted(e) => f.write_str(e),
+            CommandFailure::Stopped => f.write_str("the agent stopped"),
+        }
+    }
 }
 
 /// The current time as the node sees it: Unix milliseconds.
@@ -150,10 +170,10 @@ pub struct Handle {
 
 impl Handle {
     /// Applies `commands` in order through the node.
-    pub async fn commands(&self, commands: Vec<Command>) -> Result<(), String> {
+    pub async fn commands(&self, commands: Vec<Command>) -> Result<(), CommandFailure> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Input::Commands { commands, reply }).await.map_err(|_| "the agent stopped".to_owned())?;
-        rx.await.map_err(|_| "the agent stopped".to_owned())?
+        self.tx.send(Input::Commands { commands, reply }).await.map_err(|_| CommandFailure::Stopped)?;
+        rx.await.map_err(|_| CommandFailure::Stopped)?
     }
 
     /// The agent's status.

@@ -40,4 +40,20 @@ impl Driver {
             Err(e) => tracing::error!("cannot persist the desired state: {e}"),
         }
     }
+
+    /// Writes the desired state to `data_dir` now, changed or not, and syncs it: what a
+    /// command's answer waits for. Says why it could not.
+    pub(super) fn persist_now(&mut self) -> Result<(), String> {
+        let version = self.node.desired_version();
+        match state::save(&self.config.data_dir, &self.node.desired_entries()) {
+            Ok(()) => {
+                self.persisted = version;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("cannot persist the desired state: {e}");
+                Err(format!("cannot persist the desired state: {e}"))
+            }
+        }
+    }
 }
