@@ -609,8 +609,32 @@ pub fn validate_apps(apps: &[AppSpec]) -> Result<(), (usize, SpecError)> {
                 SpecError::DuplicatePort { port: app.port, first: first.to_owned(), second: app.name.to_string() },
             ));
         }
+        // Others named for the volume anywhere in the list, or declaring it earlier.
+        let others = apps
+            .iter()
+            .enumerate()
+            .filter(|(j, a)| *j != i && (*j < i || app.volume.as_ref().is_some_and(|v| a.name.as_str() == v.name)));
+        if let Some(owner) = volume_owner(app, others.map(|(_, a)| a)) {
+            return Err((i, volume_taken(app, owner)));
+        }
     }
     Ok(())
+}
+
+/// The app among `others` that owns `app`'s volume: the one named as the volume, or one that
+/// declares it too (an app mounts only its own volumes; the first to declare one owns it).
+pub fn volume_owner<'a>(app: &AppSpec, others: impl IntoIterator<Item = &'a AppSpec>) -> Option<&'a AppSpec> {
+    let volume = app.volume.as_ref()?;
+    others.into_iter().find(|a| {
+        a.name != app.name
+            && (a.name.as_str() == volume.name || a.volume.as_ref().is_some_and(|v| v.name == volume.name))
+    })
+}
+
+/// The error of an app whose volume is `owner`'s.
+pub fn volume_taken(app: &AppSpec, owner: &AppSpec) -> SpecError {
+    let name = app.volume.as_ref().map_or("", |v| v.name.as_str());
+    invalid("volume.name", format!("volume {name:?} belongs to app {}; an app mounts only its own volumes", owner.name))
 }
 
 #[cfg(test)]

@@ -140,6 +140,9 @@ impl Docker {
     /// first. Returns Docker's id.
     pub async fn start(&self, slot: &SlotId, app: &AppSpec, ip: IpAddr, host_port: u16) -> Result<String, DockerError> {
         self.ensure_image(&app.image).await?;
+        if let Some(volume) = &app.volume {
+            self.ensure_volume(&volume.name, app.name.as_str()).await?;
+        }
         let name = self.container_name(slot);
         self.remove(&name).await?;
         let port_key = format!("{}/tcp", app.container_port);
@@ -200,6 +203,36 @@ impl Docker {
             return Err(engine(format!("start {name}"))(e));
         }
         Ok(created.id)
+    }
+
+    /// Makes sure volume `name` exists and is `app`'s: made here labelled with the app the
+    /// first time; one labelled with another app (which may be gone: its data stays its own)
+    /// is refused, and so is one that canteen did not make, which may be anyone's.
+    pub async fn ensure_volume(&self, name: &str, app: &str) -> Result<(), DockerError> {
+        let refused = |why: String| DockerError::Engine { what: format!("volume {name}"), error: why };
+        match self.client.inspect_volume(name).await {
+            Ok(volume) => match volume.labels.get(LABEL_APP) {
+                Some(owner) if owner == app => Ok(()),
+                Some(owner) => Err(refused(format!(
+                    "it belongs to app {owner}; an app mounts only its own volumes (name another volume, or remove \
+                     this one with `docker volume rm {name}` if its data may go)"
+                ))),
+                None => Err(refused(
+                    "it exists and was not made by canteen, so it may hold anyone's data; name another volume"
+                        .to_owned(),
+                )),
+            },
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                let request = bollard::models::VolumeCreateRequest {
+                    name: Some(name.to_owned()),
+                    labels: Some(HashMap::from([(LABEL_APP.to_owned(), app.to_owned())])),
+                    ..Default::default()
+                };
+                self.client.create_volume(request).await.map_err(engine(format!("create volume {name}")))?;
+                Ok(())
+            }
+            Err(e) => Err(engine(format!("inspect volume {name}"))(e)),
+        }
     }
 
     /// Stops and removes a container at once (SIGKILL); one already gone counts as removed.

@@ -82,6 +82,24 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
     assert_eq!(own.len(), 1);
     assert_eq!((own[0].slot.clone(), own[0].host_port, own[0].running), (slot.clone(), 17951, true));
 
+    // The volume is the app's, and no other app's.
+    let labels = serde_json::from_slice::<serde_json::Value>(
+        &Command::new("docker").args(["volume", "inspect", &volume]).output().unwrap().stdout,
+    )
+    .unwrap()[0]["Labels"]
+        .clone();
+    assert_eq!(labels["canteen.app"], "web");
+    let mut other = app.clone();
+    other.name = "api".into();
+    let e = docker.start(&SlotId::new("api", 0), &other, ip, 17952).await.unwrap_err().to_string();
+    assert!(e.contains("belongs to app web"), "{e}");
+    let foreign = format!("canteen-it-foreign-{}", std::process::id());
+    assert!(Command::new("docker").args(["volume", "create", &foreign]).output().unwrap().status.success());
+    other.volume = Some(Volume { name: foreign.clone(), mount_path: "/data".into() });
+    let e = docker.start(&SlotId::new("api", 0), &other, ip, 17952).await.unwrap_err().to_string();
+    let _ = Command::new("docker").args(["volume", "rm", "-f", &foreign]).output();
+    assert!(e.contains("not made by canteen"), "{e}");
+
     // Starting the slot again replaces the leftover of the same name.
     let again = docker.start(&slot, &app, ip, 17951).await.expect("second start");
     assert_ne!(again, id);

@@ -492,6 +492,9 @@ impl Node {
         if others.len() >= limits::APPS_MAX {
             return Err(invalid(format!("the cluster runs {} apps, the most allowed", others.len())));
         }
+        if let Some(owner) = crate::model::volume_owner(&spec, &others) {
+            return Err(invalid(crate::model::volume_taken(&spec, owner).to_string()));
+        }
         if let Some(other) = others.iter().find(|a| a.port == spec.port) {
             let e = crate::model::SpecError::DuplicatePort {
                 port: spec.port,

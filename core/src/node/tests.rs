@@ -500,3 +500,33 @@ fn garbage_from_a_peer_is_reported_and_changes_nothing() {
     assert!(matches!(node.poll_action(), Some(Action::Event(Event::BadMessage { from: None, .. }))));
     assert_eq!(node.poll_action(), None);
 }
+
+#[test]
+fn an_app_mounts_only_its_own_volumes() {
+    let mut node = Node::new(Time::ZERO, NodeConfig::new(NodeId::new("a"), "10.0.0.1", Resources::new(4000, 4096)));
+    let mut web = AppSpec::new("web", "img", 1, Resources::new(100, 64));
+    web.volume = Some(Volume { name: "web-data".into(), mount_path: "/data".into() });
+    node.handle_command(Time::from_millis(1), Command::Apply(Box::new(web.clone()))).unwrap();
+    let mut api = AppSpec::new("api", "img", 1, Resources::new(100, 64));
+    api.port = 81;
+    for taken in ["web-data", "web"] {
+        api.volume = Some(Volume { name: taken.into(), mount_path: "/data".into() });
+        let e = node.handle_command(Time::from_millis(2), Command::Apply(Box::new(api.clone()))).unwrap_err();
+        assert!(e.to_string().contains("belongs to app web"), "{e}");
+    }
+    api.volume = Some(Volume { name: "api-data".into(), mount_path: "/data".into() });
+    node.handle_command(Time::from_millis(3), Command::Apply(Box::new(api))).unwrap();
+    // In one file, the later of two apps sharing a volume is refused.
+    let mut second = AppSpec::new("second", "img", 1, Resources::new(100, 64));
+    second.port = 82;
+    second.volume = Some(Volume { name: "shared".into(), mount_path: "/data".into() });
+    let mut first = second.clone();
+    first.name = AppName::new("first");
+    first.port = 83;
+    let (i, e) = crate::model::validate_apps(&[first, second]).unwrap_err();
+    assert_eq!(i, 1);
+    assert!(e.to_string().contains("volume.name") && e.to_string().contains("belongs to app first"), "{e}");
+    // The owner may apply itself again with its volume.
+    node.handle_command(Time::from_millis(4), Command::Apply(Box::new(web))).unwrap();
+    while node.poll_action().is_some() {}
+}
