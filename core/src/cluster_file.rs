@@ -54,14 +54,36 @@ impl FileError {
         FileError { file: file.to_owned(), key: key.into(), message: message.into() }
     }
 
-    /// A TOML syntax or type error, with its line and column.
+    /// A TOML syntax or type error, with the key path it is at (`cluster.policy`), its line and
+    /// column.
     pub fn from_toml(file: &str, text: &str, err: &toml::de::Error) -> FileError {
         let at = err.span().map(|s| line_col(text, s.start)).map(|(l, c)| format!("line {l}, column {c}: "));
         FileError {
             file: file.to_owned(),
-            key: String::new(),
+            key: err.span().and_then(|s| key_at(text, s.start)).unwrap_or_default(),
             message: format!("{}{}", at.unwrap_or_default(), err.message().trim_end()),
         }
+    }
+}
+
+/// The dotted key whose line holds `offset`: the last table header above it, then the key
+/// before `=` on its line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_owned());
+    let header = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    match (header, key) {
+        (Some(h), Some(k)) => Some(format!("{h}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(h), None) => Some(h),
+        (None, None) => None,
     }
 }
 
@@ -452,14 +474,16 @@ target_rps_per_replica = 100
     fn an_unknown_key_is_named_with_its_line_and_what_is_allowed() {
         let e = error_of("[cluster]\nnodes = 2\n[[app]]\nname = \"web\"\nimage = \"x\"\nport = 80\nreplica = 3\n");
         let text = e.to_string();
-        assert!(text.starts_with("bad.toml: line 7"), "{text}");
+        assert!(text.starts_with("bad.toml: key `app.replica`: line 7"), "{text}");
         assert!(text.contains("replica"), "{text}");
         assert!(text.contains("replicas"), "lists the allowed keys: {text}");
     }
 
     #[test]
     fn an_unknown_policy_lists_the_allowed_ones() {
-        let text = error_of("[cluster]\nnodes = 2\npolicy = \"random\"\n").to_string();
+        let e = error_of("[cluster]\nnodes = 2\npolicy = \"random\"\n");
+        assert_eq!(e.key, "cluster.policy", "a bad value names its key path");
+        let text = e.to_string();
         assert!(text.contains("random") && text.contains("binpack") && text.contains("rendezvous"), "{text}");
     }
 

@@ -28,6 +28,28 @@ pub const AUTOSCALE_SAMPLES_MAX: usize = 4096;
 /// Longest restart back-off, whatever the spec says.
 pub const RESTART_BACKOFF_MS_MAX: u64 = 10 * 60 * 1000;
 
+/// Longest duration any key of a spec or an agent's config takes (a day): past it, a typo (or
+/// `u64::MAX`) that would stop a timer for ever.
+pub const DURATION_MS_MAX: u64 = 24 * 3600 * 1000;
+
+/// Longest health-check interval, and the longest of the agent's own periodic intervals.
+pub const PROBE_INTERVAL_MS_MAX: u64 = 3600 * 1000;
+
+/// Longest drain of a stopped replica.
+pub const DRAIN_MS_MAX: u64 = 3600 * 1000;
+
+/// Most of any count in a spec (probe thresholds, a restart budget).
+pub const COUNT_MAX: u64 = 1000;
+
+/// Most CPU one replica may reserve (a thousand cores), and one node offer.
+pub const CPU_MILLIS_MAX: u64 = 1_000_000;
+
+/// Most memory one replica may reserve (a PiB), and one node offer, in MiB.
+pub const MEM_MB_MAX: u64 = 1 << 30;
+
+/// Longest HTTP path of a health check.
+pub const PATH_LEN_MAX: usize = 1024;
+
 const _: () = assert!(NAME_LEN_MAX <= 63, "names end up in DNS labels");
 const _: () = assert!(RENDEZVOUS_GROUPS.is_power_of_two());
 const _: () = assert!((REPLICAS_PER_APP_MAX as usize) <= BACKENDS_MAX, "every replica can be a backend");

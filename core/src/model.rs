@@ -454,6 +454,14 @@ fn invalid(field: &'static str, problem: String) -> SpecError {
     SpecError::Invalid { field, problem }
 }
 
+/// `value` of `field` at most `max`, or an error naming both.
+fn at_most(field: &'static str, value: u64, max: u64, unit: &str) -> Result<(), SpecError> {
+    if value > max {
+        return Err(invalid(field, format!("{value} {unit} is more than the limit of {max}")));
+    }
+    Ok(())
+}
+
 /// Checks a node, app or volume name: 1 to 63 characters of `a-z`, `0-9`, `-`, `_` and `.`,
 /// starting with a letter or digit. These end up in Docker names and labels, so they stay simple.
 pub fn validate_name(name: &str) -> Result<(), String> {
@@ -498,6 +506,8 @@ impl AppSpec {
         if self.resources.mem_bytes == 0 {
             return Err(invalid("mem_mb", "must be greater than 0".into()));
         }
+        at_most("cpu_millis", self.resources.cpu_millis, limits::CPU_MILLIS_MAX, "millicores")?;
+        at_most("mem_mb", self.resources.mem_bytes / limits::MIB, limits::MEM_MB_MAX, "MiB")?;
         if self.port == 0 {
             return Err(invalid("port", "must be between 1 and 65535".into()));
         }
@@ -515,6 +525,9 @@ impl AppSpec {
         if r.budget == 0 {
             return Err(invalid("restart.budget", "must be at least 1".into()));
         }
+        at_most("restart.max_ms", r.max_ms, limits::RESTART_BACKOFF_MS_MAX, "ms")?;
+        at_most("restart.reset_after_ms", r.reset_after_ms, limits::DURATION_MS_MAX, "ms")?;
+        at_most("restart.budget", u64::from(r.budget), limits::COUNT_MAX, "restarts")?;
         if let Some(v) = &self.volume {
             validate_name(&v.name).map_err(|p| invalid("volume.name", p))?;
             if !v.mount_path.starts_with('/') {
@@ -545,13 +558,20 @@ fn validate_autoscale(a: &Autoscale, replicas: u32) -> Result<(), SpecError> {
         ));
     }
     match &a.rule {
-        ScaleRule::TargetRps { target_rps_per_replica, window_ms, .. } => {
+        ScaleRule::TargetRps { target_rps_per_replica, window_ms, scale_down_stabilization_ms, .. } => {
+            at_most(
+                "autoscale.scale_down_stabilization_ms",
+                *scale_down_stabilization_ms,
+                limits::DURATION_MS_MAX,
+                "ms",
+            )?;
             if *target_rps_per_replica == 0 {
                 return Err(invalid("autoscale.target_rps_per_replica", "must be greater than 0".into()));
             }
             if *window_ms == 0 {
                 return Err(invalid("autoscale.window_ms", "must be greater than 0".into()));
             }
+            at_most("autoscale.window_ms", *window_ms, limits::DURATION_MS_MAX, "ms")?;
         }
         ScaleRule::PerRequests { requests_per_replica, period_ms } => {
             if *requests_per_replica == 0 || *period_ms == 0 {
@@ -560,6 +580,7 @@ fn validate_autoscale(a: &Autoscale, replicas: u32) -> Result<(), SpecError> {
                     "requests_per_replica and period_ms must be greater than 0".into(),
                 ));
             }
+            at_most("autoscale.period_ms", *period_ms, limits::DURATION_MS_MAX, "ms")?;
         }
     }
     Ok(())
@@ -583,6 +604,16 @@ fn validate_health(h: &HealthCheck) -> Result<(), SpecError> {
     }
     if h.successes == 0 {
         return Err(invalid("health.successes", "must be at least 1".into()));
+    }
+    at_most("health.interval_ms", h.interval_ms, limits::PROBE_INTERVAL_MS_MAX, "ms")?;
+    at_most("health.start_grace_ms", h.start_grace_ms, limits::DURATION_MS_MAX, "ms")?;
+    at_most("health.failures", u64::from(h.failures), limits::COUNT_MAX, "probes")?;
+    at_most("health.successes", u64::from(h.successes), limits::COUNT_MAX, "probes")?;
+    if h.path.len() > limits::PATH_LEN_MAX {
+        return Err(invalid(
+            "health.path",
+            format!("{} bytes, more than the limit of {}", h.path.len(), limits::PATH_LEN_MAX),
+        ));
     }
     Ok(())
 }
@@ -641,6 +672,24 @@ pub fn volume_taken(app: &AppSpec, owner: &AppSpec) -> SpecError {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn durations_counts_and_sizes_have_upper_bounds_named_by_their_key() {
+        let base = || AppSpec::new("web", "img", 1, Resources::new(100, 64));
+        let mut a = base();
+        a.health.interval_ms = u64::MAX;
+        a.health.timeout_ms = 1;
+        assert!(a.validate().unwrap_err().to_string().contains("health.interval_ms"));
+        let mut a = base();
+        a.restart.max_ms = u64::MAX;
+        assert!(a.validate().unwrap_err().to_string().contains("restart.max_ms"));
+        let mut a = base();
+        a.resources.cpu_millis = u64::MAX;
+        assert!(a.validate().unwrap_err().to_string().contains("cpu_millis"));
+        let mut a = base();
+        a.health.failures = u32::MAX;
+        assert!(a.validate().unwrap_err().to_string().contains("health.failures"));
+    }
 
     proptest! {
         /// Names order, compare, hash and travel exactly as their strings do (the inline head

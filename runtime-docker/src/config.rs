@@ -145,17 +145,23 @@ impl AgentConfig {
         if self.host_port_min == 0 || self.host_port_min > self.host_port_max {
             return err("host_port_min", "must be between 1 and host_port_max");
         }
-        if self.health_interval_ms == 0 {
-            return err("health_interval_ms", "must be at least 1");
-        }
-        if self.scaling_interval_ms == 0 {
-            return err("scaling_interval_ms", "must be at least 1");
-        }
-        if self.cpu_millis == Some(0) {
-            return err("cpu_millis", "must be at least 1 (or leave it out to use the host's cores)");
-        }
-        if self.mem_mb == Some(0) {
-            return err("mem_mb", "must be at least 1 (or leave it out to use the host's memory)");
+        use canteen_core::limits::{CPU_MILLIS_MAX, DRAIN_MS_MAX, MEM_MB_MAX, PROBE_INTERVAL_MS_MAX};
+        let bounds = [
+            ("health_interval_ms", self.health_interval_ms, 1, PROBE_INTERVAL_MS_MAX),
+            ("scaling_interval_ms", self.scaling_interval_ms, 1, PROBE_INTERVAL_MS_MAX),
+            ("drain_ms", self.drain_ms, 0, DRAIN_MS_MAX),
+            ("cpu_millis", self.cpu_millis.unwrap_or(1), 1, CPU_MILLIS_MAX),
+            ("mem_mb", self.mem_mb.unwrap_or(1), 1, MEM_MB_MAX),
+        ];
+        for (key, value, min, max) in bounds {
+            if value < min || value > max {
+                let hint = if key.starts_with("cpu") || key.starts_with("mem") {
+                    " (or leave it out to use the host's)"
+                } else {
+                    ""
+                };
+                return err(key, &format!("must be between {min} and {max}, got {value}{hint}"));
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return err("data_dir", "must name a directory");
@@ -414,34 +420,9 @@ pub fn resolve_peer_addr(addr: &str) -> Result<SocketAddr, String> {
 }
 
 /// A TOML syntax or type error with the key it is at (`app.port`), its line and column, and
-/// what the decoder expected.
+/// what the decoder expected ([`FileError::from_toml`]).
 pub fn toml_error(file: &str, text: &str, err: &toml::de::Error) -> FileError {
-    let mut e = FileError::from_toml(file, text, err);
-    if let Some(span) = err.span() {
-        e.key = key_at(text, span.start).unwrap_or_default();
-    }
-    e
-}
-
-/// The dotted key whose line holds `offset`: the last table header above it, then the key
-/// before `=` on its line.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let before = &text[..offset.min(text.len())];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_owned());
-    let header = before[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-    match (header, key) {
-        (Some(h), Some(k)) => Some(format!("{h}.{k}")),
-        (None, Some(k)) => Some(k),
-        (Some(h), None) => Some(h),
-        (None, None) => None,
-    }
+    FileError::from_toml(file, text, err)
 }
 
 /// `canteen up`'s node name when its config gives none: the host's name and a hash of the
@@ -559,6 +540,15 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("key 1"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn durations_and_sizes_have_upper_bounds_named_by_their_key() {
+        for (key, value) in [("drain_ms", "18446744073709551615"), ("health_interval_ms", "0"), ("cpu_millis", "0")] {
+            let e = AgentConfig::parse("c.toml", &format!("{key} = {value}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains("between"), "{e}");
+        }
     }
 
     #[test]

@@ -152,6 +152,18 @@ impl Metrics {
         }
     }
 
+    /// Forgets every series of `app`, once it is removed: a removed app's counters must not be
+    /// served for ever.
+    pub fn forget_app(&self, app: &str) {
+        let label = AppLabel::new(app);
+        self.requests.remove(&label);
+        self.errors.remove(&label);
+        self.latency.remove(&label);
+        self.replicas.remove(&label);
+        self.restarts.remove(&label);
+        self.scale_events.remove(&label);
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn encode(&self) -> String {
         let mut open = String::new();
@@ -197,6 +209,18 @@ mod tests {
         assert!(text.contains("# HELP canteen_requests_total "), "{text}");
         assert!(text.contains("# TYPE canteen_requests_total counter"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn a_removed_apps_series_go_away() {
+        let m = Metrics::new();
+        m.requests.get_or_create(&AppLabel::new("web")).inc();
+        m.replicas.get_or_create(&AppLabel::new("web")).set(2);
+        m.requests.get_or_create(&AppLabel::new("api")).inc();
+        m.forget_app("web");
+        let text = m.encode();
+        assert!(!text.contains("app=\"web\""), "{text}");
+        assert!(text.contains("app=\"api\""), "{text}");
     }
 
     /// `promtool check metrics` (Debian's `prometheus` package, which `scripts/test` installs

@@ -281,7 +281,12 @@ impl Driver {
                     self.app_errors.insert(app, e.to_string());
                 }
             }
-            Action::RemoveBalancer { app } => self.proxies.remove(&app),
+            Action::RemoveBalancer { app } => {
+                self.proxies.remove(&app);
+                self.metrics.forget_app(app.as_str());
+                self.restarts.retain(|slot, _| slot.app != app);
+                self.app_errors.remove(&app);
+            }
             Action::Event(event) => self.on_event(event),
         }
     }
