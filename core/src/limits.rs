@@ -122,6 +122,10 @@ pub const SYNC_NEW_MEMBERS_MAX: usize = 1024;
 /// without it (`node::placement`): a real node's status follows its join within a second.
 pub const STATUS_WAIT_MS: u64 = 10_000;
 
+/// How long a packet sent under a node's own name counts as evidence that another agent runs
+/// under it (`Node::name_conflicts`): a few SWIM probe periods.
+pub const TWIN_HEARD_MS: u64 = 5_000;
+
 /// Tombstones older than this are collected, as Consul reaps its after 72 hours: a node away
 /// longer than this may bring a removed entry back.
 pub const TOMBSTONE_HORIZON_MS: u64 = 24 * 3600 * 1000;

@@ -702,3 +702,125 @@ fn a_second_agent_under_a_taken_name_stops_with_exit_2_and_the_first_keeps_runni
     // a never stopped serving, and its replicas are untouched.
     assert!(cluster.settled(0, 2, &a_only), "{:?}", cluster.containers());
 }
+
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+#[test]
+fn keyed_but_malicious_inputs_leave_every_agent_serving_within_its_bounds() {
+    if !docker_ready("keyed_but_malicious_inputs_leave_every_agent_serving_within_its_bounds") {
+        return;
+    }
+    use canteen_core::node::{ContainerStatus, NodeStatus, Value};
+    use canteen_core::registry::Key;
+    let mut cluster = Cluster::new("malice", 9, 3);
+    cluster.start_all();
+    cluster.apply(0, 2);
+    let all = names(&cluster.agents.iter().collect::<Vec<_>>());
+    cluster.wait("2 healthy replicas", Duration::from_secs(30), || cluster.settled(0, 2, &all));
+    let (a, b) = (&cluster.agents[0], &cluster.agents[1]);
+    let target = a.gossip;
+    let key = key_bytes(0x11);
+    let mut life = 1_000u64;
+    let mut send = |packet: &[u8]| {
+        life += 1;
+        forge::send(target, &forge::sealed(CLUSTER, &[key], "mallory", life, packet));
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let rss_before: Vec<u64> = cluster.agents.iter().map(|a| rss_mib(a.child.as_ref().unwrap().id())).collect();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mallory = forge::member("mallory", "127.0.0.1:7999", 1, foca::State::Alive);
+    // b declared down under a generation far ahead; a's own name at another address; a name of
+    // 3,000 bytes; 2,000 members that do not exist.
+    send(&forge::sync(
+        mallory.clone(),
+        vec![forge::member(&b.name, &b.gossip.to_string(), 1 << 60, foca::State::Down)],
+    ));
+    send(&forge::sync(mallory.clone(), vec![forge::member(&a.name, "127.0.0.1:7998", 5, foca::State::Alive)]));
+    send(&forge::sync(
+        mallory.clone(),
+        vec![forge::member(&"x".repeat(3000), "127.0.0.1:7997", 1, foca::State::Alive)],
+    ));
+    for chunk in 0..4 {
+        let fakes = (0..500)
+            .map(|i| {
+                let n = chunk * 500 + i;
+                forge::member(
+                    &format!("fake-{n}"),
+                    &format!("10.77.{}.{}:7946", n / 250, n % 250),
+                    1,
+                    foca::State::Alive,
+                )
+            })
+            .collect();
+        send(&forge::sync(mallory.clone(), fakes));
+    }
+    // 200,000 junk entries: invalid specs and load keys (refused), and 20,000 versions of the
+    // status of a node that is no member (each stored over the last, within the bounds).
+    let bad = {
+        let mut spec = forge::spec("junk", "img", 1);
+        spec.replicas = 0;
+        spec
+    };
+    for batch in 0..500u64 {
+        let entries: Vec<(Key, u64, Option<Value>)> = (0..400u64)
+            .map(|i| {
+                let n = batch * 400 + i;
+                let name = format!("junk-{n}");
+                match n % 10 {
+                    0 => {
+                        let status = NodeStatus {
+                            spec: canteen_core::model::NodeSpec {
+                                id: canteen_core::model::NodeId::new("mallory"),
+                                capacity: canteen_core::model::Resources::new(1, 1),
+                                labels: Default::default(),
+                            },
+                            addr: "10.66.6.6".into(),
+                            containers: Vec::<ContainerStatus>::new(),
+                            generation: 1,
+                        };
+                        (Key::Status("mallory".into()), now_ms + n, Some(Value::Status(status)))
+                    }
+                    1..=5 => {
+                        let mut spec = bad.clone();
+                        spec.name = name.as_str().into();
+                        (Key::App(name.as_str().into()), now_ms, Some(Value::App(Box::new(spec))))
+                    }
+                    _ => (Key::Load(name.as_str().into()), now_ms, Some(Value::Scale(1))),
+                }
+            })
+            .collect();
+        send(&forge::updates("mallory", &entries));
+    }
+    // A forged load for the app, far past any balancer.
+    send(&forge::load(&b.name, APP, u64::MAX));
+    std::thread::sleep(Duration::from_secs(3));
+    for (i, agent) in cluster.agents.iter().enumerate() {
+        let started = Instant::now();
+        let status = agent.status().unwrap_or_else(|| panic!("{} serves its API\n{}", agent.name, cluster.logs()));
+        let status_ms = started.elapsed().as_millis();
+        let apps: Vec<&str> = status["apps"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+        assert_eq!(apps, [APP], "{}: no junk app taken", agent.name);
+        let rss = rss_mib(agent.child.as_ref().unwrap().id());
+        eprintln!("{}: RSS {} -> {rss} MiB, /status {status_ms} ms", agent.name, rss_before[i]);
+        assert!(rss < rss_before[i] + 100, "{}: RSS grew from {} to {rss} MiB", agent.name, rss_before[i]);
+        let counts = round_robin(agent.proxy(cluster.app_port), 20);
+        assert_eq!(counts.values().sum::<usize>(), 20, "{} balances: {counts:?}", agent.name);
+    }
+    assert!(a.metric("canteen_gossip_rejected_inputs_total{input=\"entry\"} ").unwrap_or(0.0) >= 100_000.0);
+    assert!(a.metric("canteen_gossip_rejected_inputs_total{input=\"undecodable\"} ").unwrap_or(0.0) >= 2.0);
+    // b was never taken down, and the cluster stays whole with its replicas.
+    for agent in &cluster.agents {
+        let alive = agent.alive();
+        assert!(all.iter().all(|n| alive.contains(n)), "{} sees every real agent alive: {alive:?}", agent.name);
+    }
+    cluster.wait("2 healthy replicas still", Duration::from_secs(10), || cluster.settled(0, 2, &all));
+}

@@ -101,6 +101,9 @@ fn a_member_with_the_receivers_name_elsewhere_gets_nothing_and_is_listed_as_a_co
     let twin = SwimId::new(NodeId::new("a"), PeerAddr::new("10.0.0.9:7946"), 5);
     let bytes = sync_from_b(&nodes[0], vec![SwimMember::new(twin, 0, foca::State::Alive)]);
     feed(&mut nodes[0], 3001, &bytes);
+    assert!(nodes[0].name_conflicts().is_empty(), "a peer's listing alone is no evidence of a twin");
+    // A packet under a's own name is.
+    feed(&mut nodes[0], 3001, &Packet::encode(&NodeId::new("a"), &Message::Root(0)));
     assert_eq!(nodes[0].name_conflicts(), vec![(PeerAddr::new("10.0.0.9:7946"), 5)]);
     assert_eq!(nodes[0].members(), &BTreeSet::from([NodeId::new("b")]));
     // Placement still works, on a and b only.

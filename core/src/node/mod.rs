@@ -128,6 +128,8 @@ pub struct Node {
     scaling: Scaling,
     /// Bumped by every change to the `app/` and `scale/` entries (`desired_version`).
     desired_version: u64,
+    /// When a packet under this node's own name last came in (`Node::name_conflicts`).
+    twin_heard_at: Option<Time>,
     /// False while this node keeps containers it found at its start for apps its registry does
     /// not know, having started with no desired state at all (`Event::KeptUnconfirmed`).
     desired_confirmed: bool,
@@ -197,6 +199,7 @@ impl Node {
             desired_version: 0,
             tombstones_collected_hour: 0,
             desired_confirmed: true,
+            twin_heard_at: None,
             grid: Grid { started: now, phase_ms: 0 },
             placement: Placement::new(match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
@@ -265,7 +268,15 @@ impl Node {
     /// life: another agent started under the same name, or a forgery. They are no members here
     /// (neither slots nor requests go to them); a driver that just started and still sees one
     /// after a probe round is the second agent of that name, and stops.
+    ///
+    /// Only while packets under this node's name have come in within `limits::TWIN_HEARD_MS`:
+    /// a member merely listed by a peer (a forged sync) is no evidence, and must not stop a
+    /// young agent nor hold its placement back.
     pub fn name_conflicts(&self) -> Vec<(PeerAddr, u64)> {
+        let heard = self.twin_heard_at.is_some_and(|at| self.now < at + Duration::from_millis(limits::TWIN_HEARD_MS));
+        if !heard {
+            return Vec::new();
+        }
         self.liveness.swim().map_or_else(Vec::new, SwimState::name_conflicts)
     }
 
@@ -332,6 +343,10 @@ impl Node {
                 return;
             }
         };
+        if from == self.config.id {
+            // A node never sends to itself: another agent runs under this name.
+            self.twin_heard_at = Some(now);
+        }
         match message {
             Message::Updates(entries) => self.merge_wire(now, &from, &entries),
             Message::Load { app, requests } => self.take_load_report(now, &from, &app, requests),

@@ -221,8 +221,12 @@ impl Driver {
             self.members_version = self.node.members_version();
             let members = self.node.members();
             self.metrics.gossip_members.set(members.len() as i64 + 1);
-            let names: Vec<&str> = members.iter().map(NodeId::as_str).collect();
-            tracing::info!(members = ?names, "cluster members (peers believed alive)");
+            // The first few names: a cluster of hundreds would write a line of kilobytes at
+            // each change.
+            const NAMES_LOGGED: usize = 16;
+            let names: Vec<&str> = members.iter().take(NAMES_LOGGED).map(NodeId::as_str).collect();
+            let more = members.len().saturating_sub(NAMES_LOGGED);
+            tracing::info!(count = members.len(), members = ?names, more, "cluster members (peers believed alive)");
         }
     }
 

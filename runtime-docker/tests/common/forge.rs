@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 
+use canteen_core::membership::{PeerAddr, SwimId, SwimMember};
 use canteen_core::model::{AppSpec, NodeId};
 use canteen_core::node::{Message, Packet, Value, WireEntry};
 use canteen_core::registry::{Entry, Head, Key, Version};
@@ -43,4 +44,36 @@ pub fn sealed(cluster: &str, keys: &[[u8; 32]], from: &str, life: u64, packet: &
 pub fn send(to: SocketAddr, datagram: &[u8]) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.send_to(datagram, to).unwrap();
+}
+
+/// A packet from `from` with these registry entries (key, version's wall time, value).
+pub fn updates(from: &str, entries: &[(Key, u64, Option<Value>)]) -> Vec<u8> {
+    let encoded: Vec<(Head, Vec<u8>)> = entries
+        .iter()
+        .map(|(key, wall_ms, value)| {
+            let version = Version { wall_ms: *wall_ms, logical: 0, writer: NodeId::new(from) };
+            let head = Head::of(key, &version);
+            (head, postcard::to_allocvec(&(key, Entry { version, value: value.clone() })).unwrap())
+        })
+        .collect();
+    let wire: Vec<WireEntry<'_>> = encoded.iter().map(|(head, body)| WireEntry { head: *head, body }).collect();
+    Packet::encode(&NodeId::new(from), &Message::Updates(wire))
+}
+
+/// A SWIM push-pull sync from `sender` (its identity first) listing `members`.
+pub fn sync(sender: SwimMember, members: Vec<SwimMember>) -> Vec<u8> {
+    let from = sender.id().node().clone();
+    let mut all = vec![sender];
+    all.extend(members);
+    Packet::encode(&from, &Message::SwimSync { members: all, reply: false })
+}
+
+/// A member `node` at `addr` in life `generation`, in `state`.
+pub fn member(node: &str, addr: &str, generation: u64, state: foca::State) -> SwimMember {
+    SwimMember::new(SwimId::new(NodeId::new(node), PeerAddr::new(addr), generation), 0, state)
+}
+
+/// A load report from `from`.
+pub fn load(from: &str, app: &str, requests: u64) -> Vec<u8> {
+    Packet::encode(&NodeId::new(from), &Message::Load { app: app.into(), requests })
 }
