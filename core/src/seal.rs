@@ -125,6 +125,8 @@ pub struct Sealer {
     keyring: Arc<Keyring>,
     /// The version and the sender, as every datagram starts.
     front: [u8; NONCE_AT],
+    /// The associated data of every datagram it seals: the keyring's, then `front`.
+    aad: Vec<u8>,
     prefix: [u8; 8],
     life: u64,
     counter: u64,
@@ -136,7 +138,8 @@ impl Sealer {
     pub fn new(keyring: Arc<Keyring>, sender: u64, life: u64, prefix: [u8; 8]) -> Sealer {
         let mut front = [VERSION; NONCE_AT];
         front[1..].copy_from_slice(&sender.to_le_bytes());
-        Sealer { keyring, front, prefix, life, counter: 0 }
+        let aad = keyring.aad_with(&front);
+        Sealer { keyring, front, aad, prefix, life, counter: 0 }
     }
 
     /// `packet` sealed under the first key.
@@ -152,10 +155,9 @@ impl Sealer {
         out.extend_from_slice(&self.front);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(packet);
-        let aad = self.keyring.aad_with(&self.front);
         let body = &mut out[NONCE_AT + NONCE_BYTES..];
         let tag = self.keyring.ciphers[0]
-            .encrypt_inout_detached(&XNonce::from(nonce), &aad, body.into())
+            .encrypt_inout_detached(&XNonce::from(nonce), &self.aad, body.into())
             .expect("a datagram is far below the cipher's length limit");
         out.extend_from_slice(&tag);
         out
@@ -235,46 +237,48 @@ pub struct Opener {
     keyring: Arc<Keyring>,
     windows: HashMap<u64, Window>,
     opened: u64,
+    /// The associated data of the datagram being opened, its buffer kept between datagrams.
+    aad: Vec<u8>,
 }
 
 impl Opener {
     /// An opener with no window yet.
     pub fn new(keyring: Arc<Keyring>) -> Opener {
-        Opener { keyring, windows: HashMap::new(), opened: 0 }
+        let aad = keyring.aad_with(&[0; NONCE_AT]);
+        Opener { keyring, windows: HashMap::new(), opened: 0, aad }
     }
 
-    /// The packet inside `datagram`, or why it was dropped. Windows change only for a datagram
-    /// that a key opened.
-    pub fn open(&mut self, datagram: &[u8]) -> Result<Vec<u8>, OpenError> {
+    /// The packet inside `datagram`, opened in place, or why it was dropped. Windows change
+    /// only for a datagram that a key opened.
+    pub fn open(&mut self, mut datagram: Vec<u8>) -> Result<Vec<u8>, OpenError> {
         if datagram.len() < OVERHEAD || datagram[0] != VERSION {
             return Err(OpenError::Malformed);
         }
-        let front = &datagram[..NONCE_AT];
+        let (front, rest) = datagram.split_at_mut(NONCE_AT);
+        let (nonce, rest) = rest.split_at_mut(NONCE_BYTES);
+        let (body, tag) = rest.split_at_mut(rest.len() - TAG_BYTES);
         let sender = u64::from_le_bytes(front[1..].try_into().expect("8 bytes"));
-        let nonce = XNonce::try_from(&datagram[NONCE_AT..NONCE_AT + NONCE_BYTES]).expect("sliced to a nonce's length");
-        let tag_at = datagram.len() - TAG_BYTES;
-        let tag = Tag::try_from(&datagram[tag_at..]).expect("sliced to a tag's length");
-        let sealed = &datagram[NONCE_AT + NONCE_BYTES..tag_at];
-        let aad = self.keyring.aad_with(front);
-        let mut body = sealed.to_vec();
-        let opened = self.keyring.ciphers.iter().any(|cipher| {
-            match cipher.decrypt_inout_detached(&nonce, &aad, body.as_mut_slice().into(), &tag) {
-                Ok(()) => true,
-                Err(_) => {
-                    // The next key starts from the sealed bytes again, whatever a failed
-                    // attempt left in the buffer.
-                    body.copy_from_slice(sealed);
-                    false
-                }
-            }
-        });
+        let nonce = XNonce::try_from(&*nonce).expect("sliced to a nonce's length");
+        let tag = Tag::try_from(&*tag).expect("sliced to a tag's length");
+        self.aad.truncate(self.keyring.aad.len());
+        self.aad.extend_from_slice(front);
+        // RustCrypto's ChaCha20-Poly1305 checks the tag before it decrypts: a key that fails
+        // leaves the body as it was for the next.
+        let opened = self
+            .keyring
+            .ciphers
+            .iter()
+            .any(|cipher| cipher.decrypt_inout_detached(&nonce, &self.aad, (&mut *body).into(), &tag).is_ok());
         if !opened {
             return Err(OpenError::Unauthentic);
         }
         let life = u64::from_le_bytes(nonce[8..16].try_into().expect("8 bytes"));
         let counter = u64::from_le_bytes(nonce[16..].try_into().expect("8 bytes"));
         self.take(sender, life, counter)?;
-        Ok(body)
+        let end = datagram.len() - TAG_BYTES;
+        datagram.truncate(end);
+        datagram.drain(..NONCE_AT + NONCE_BYTES);
+        Ok(datagram)
     }
 
     /// Checks `(life, counter)` against `sender`'s window and takes it.
@@ -318,10 +322,10 @@ mod tests {
         let sealed = sealer.seal(b"hello");
         assert_eq!(sealed.len(), 5 + OVERHEAD);
         assert!(!sealed.windows(5).any(|w| w == b"hello"), "the packet is encrypted");
-        assert_eq!(opener.open(&sealed).unwrap(), b"hello");
-        assert_eq!(opener.open(&sealed), Err(OpenError::Replayed));
-        assert_eq!(Opener::new(ring("prod", &[2])).open(&sealed), Err(OpenError::Unauthentic));
-        assert_eq!(Opener::new(ring("staging", &[1])).open(&sealed), Err(OpenError::Unauthentic));
+        assert_eq!(opener.open(sealed.clone()).unwrap(), b"hello");
+        assert_eq!(opener.open(sealed.clone()), Err(OpenError::Replayed));
+        assert_eq!(Opener::new(ring("prod", &[2])).open(sealed.clone()), Err(OpenError::Unauthentic));
+        assert_eq!(Opener::new(ring("staging", &[1])).open(sealed.clone()), Err(OpenError::Unauthentic));
     }
 
     #[test]
@@ -331,11 +335,11 @@ mod tests {
         let mut sealer = Sealer::new(ring("c", &[1]), sender_of("node-a"), 1, [9; 8]);
         let sealed = sealer.seal(b"x");
         let mut opener = Opener::new(ring("c", &[1]));
-        assert!(opener.open(&sealed).is_ok());
-        assert_eq!(opener.open(&sealed), Err(OpenError::Replayed));
+        assert!(opener.open(sealed.clone()).is_ok());
+        assert_eq!(opener.open(sealed.clone()), Err(OpenError::Replayed));
         let mut renamed = sealed.clone();
         renamed[1..9].copy_from_slice(&sender_of("node-b").to_le_bytes());
-        assert_eq!(opener.open(&renamed), Err(OpenError::Unauthentic));
+        assert_eq!(opener.open(renamed.clone()), Err(OpenError::Unauthentic));
     }
 
     #[test]
@@ -345,11 +349,11 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x20;
-            let e = Opener::new(ring("c", &[1])).open(&bad).unwrap_err();
+            let e = Opener::new(ring("c", &[1])).open(bad.clone()).unwrap_err();
             assert!(matches!(e, OpenError::Unauthentic | OpenError::Malformed), "byte {i}: {e:?}");
         }
         for len in 0..sealed.len() {
-            assert!(Opener::new(ring("c", &[1])).open(&sealed[..len]).is_err());
+            assert!(Opener::new(ring("c", &[1])).open(sealed[..len].to_vec()).is_err());
         }
     }
 
@@ -360,10 +364,10 @@ mod tests {
         let mut adding = Sealer::new(ring("c", &[1, 2]), 2, 1, [8; 8]);
         let mut moved = Sealer::new(ring("c", &[2, 1]), 3, 1, [7; 8]);
         let mut opener = Opener::new(ring("c", &[2, 1]));
-        assert!(opener.open(&old.seal(b"a")).is_ok());
-        assert!(opener.open(&adding.seal(b"b")).is_ok());
-        assert!(opener.open(&moved.seal(b"c")).is_ok());
-        assert_eq!(Opener::new(ring("c", &[1])).open(&moved.seal(b"d")), Err(OpenError::Unauthentic));
+        assert!(opener.open(old.seal(b"a")).is_ok());
+        assert!(opener.open(adding.seal(b"b")).is_ok());
+        assert!(opener.open(moved.seal(b"c")).is_ok());
+        assert_eq!(Opener::new(ring("c", &[1])).open(moved.seal(b"d")), Err(OpenError::Unauthentic));
         assert_eq!(Keyring::new("c", &[]).unwrap_err(), KeyringError::Count(0));
         assert_eq!(Keyring::new("c", &[[1; 32], [1; 32]]).unwrap_err(), KeyringError::Repeated(1));
         assert_eq!(Keyring::new("c", &[[1; 32]; KEYS_MAX + 1]).unwrap_err(), KeyringError::Count(KEYS_MAX + 1));
@@ -377,18 +381,18 @@ mod tests {
         let mut sealer = Sealer::new(keys.clone(), 1, 11, [9; 8]);
         let sealed: Vec<Vec<u8>> = (0..100).map(|_| sealer.seal(b"x")).collect();
         let mut opener = Opener::new(keys);
-        assert!(opener.open(&early[1]).is_ok());
-        assert!(opener.open(&early[0]).is_ok(), "reordered within the window");
-        assert!(opener.open(&sealed[5]).is_ok(), "a later life starts a new window");
-        assert_eq!(opener.open(&early[2]), Err(OpenError::EarlierLife));
-        assert!(opener.open(&sealed[3]).is_ok());
-        assert_eq!(opener.open(&sealed[3]), Err(OpenError::Replayed));
-        assert!(opener.open(&sealed[99]).is_ok());
-        assert_eq!(opener.open(&sealed[5]), Err(OpenError::Replayed), "taken already");
-        assert_eq!(opener.open(&sealed[10]), Err(OpenError::Replayed), "too far behind 99");
-        assert!(opener.open(&sealed[40]).is_ok(), "within 64 of 99");
+        assert!(opener.open(early[1].clone()).is_ok());
+        assert!(opener.open(early[0].clone()).is_ok(), "reordered within the window");
+        assert!(opener.open(sealed[5].clone()).is_ok(), "a later life starts a new window");
+        assert_eq!(opener.open(early[2].clone()), Err(OpenError::EarlierLife));
+        assert!(opener.open(sealed[3].clone()).is_ok());
+        assert_eq!(opener.open(sealed[3].clone()), Err(OpenError::Replayed));
+        assert!(opener.open(sealed[99].clone()).is_ok());
+        assert_eq!(opener.open(sealed[5].clone()), Err(OpenError::Replayed), "taken already");
+        assert_eq!(opener.open(sealed[10].clone()), Err(OpenError::Replayed), "too far behind 99");
+        assert!(opener.open(sealed[40].clone()).is_ok(), "within 64 of 99");
         let mut other = Sealer::new(ring("c", &[1]), 2, 11, [9; 8]);
-        assert!(opener.open(&other.seal(b"x")).is_ok(), "windows are per sender");
+        assert!(opener.open(other.seal(b"x")).is_ok(), "windows are per sender");
         assert_eq!(opener.senders(), 2);
     }
 }

@@ -81,7 +81,7 @@ fn spawn_receiver(world: Shared, index: usize, endpoint: Endpoint, inbox: InboxH
         while let Ok((payload, from)) = endpoint.recv_from_raw(TAG).await {
             let (Some(_), Ok(bytes)) = (index_of_ip(from.ip()), payload.downcast::<Vec<u8>>()) else { continue };
             let bytes = match &mut opener {
-                Some(opener) => match opener.open(&bytes) {
+                Some(opener) => match opener.open(*bytes) {
                     Ok(packet) => packet,
                     Err(_) => {
                         lock(&world).nodes[index].datagrams_refused += 1;

@@ -65,14 +65,15 @@ pub(super) fn answer_summary(registry: &Registry<Value>, buckets: &[u16], heads:
     (send, want)
 }
 
-/// The packets of a repair from `me`: the entries with these key hashes, then the hashes of
-/// the entries wanted back (at most `ENTRIES_PER_MESSAGE_MAX` of each), in a packet of their
-/// own. None when there is nothing to send or ask.
+/// The packets of a repair from `me`: the entries with these key hashes (about `bytes_max` of
+/// them at most), then the hashes of the entries wanted back (at most `ENTRIES_PER_MESSAGE_MAX`
+/// of each), in a packet of their own. None when there is nothing to send or ask.
 pub(super) fn repair_packets(
     registry: &Registry<Value>,
     me: &NodeId,
     key_hashes: &[u64],
     want: Vec<u64>,
+    bytes_max: usize,
 ) -> Vec<Vec<u8>> {
     let key_hashes = &key_hashes[..key_hashes.len().min(limits::ENTRIES_PER_MESSAGE_MAX)];
     let entries = registry.entries_by_key_hash(key_hashes);
@@ -81,6 +82,17 @@ pub(super) fn repair_packets(
     }
     let mut packets =
         encode_with_entries(&entries, |entries| Packet::encode(me, &Message::Repair { entries, want: Vec::new() }));
+    // At most `bytes_max` of entries, in whole packets (always the first): the rest are asked
+    // for again at the next exchange, whose digests still differ.
+    let mut bytes = 0usize;
+    let keep = packets
+        .iter()
+        .position(|p| {
+            bytes += p.len();
+            bytes > bytes_max
+        })
+        .map_or(packets.len(), |i| i.max(1));
+    packets.truncate(keep);
     if !want.is_empty() {
         packets.push(Packet::encode(me, &Message::Repair { entries: Vec::new(), want }));
     }

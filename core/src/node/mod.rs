@@ -351,7 +351,7 @@ impl Node {
             Message::Updates(entries) => self.merge_wire(now, &from, &entries),
             Message::Load { app, requests } => self.take_load_report(now, &from, &app, requests),
             message @ (Message::Root(_) | Message::Digest(_) | Message::Summary { .. } | Message::Repair { .. }) => {
-                self.anti_entropy_message(now, &from, message)
+                self.anti_entropy_message(now, &from, message, bytes.len())
             }
             message @ (Message::Swim(..) | Message::SwimSync { .. } | Message::SwimSuspicion { .. }) => {
                 self.swim_message(now, &from, message)

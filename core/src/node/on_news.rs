@@ -13,8 +13,12 @@ use super::swim::SwimState;
 use super::{Action, Event, Message, Node, Packet, Timer, Value, WireEntry, admission, anti_entropy};
 
 impl Node {
-    /// A step of anti-entropy from `from`: answered with the next.
-    pub(super) fn anti_entropy_message(&mut self, now: Time, from: &NodeId, message: Message<'_>) {
+    /// A step of anti-entropy from `from`, `request_bytes` long: answered with the next, whose
+    /// entries take at most the request's size or one packet, whichever is more. A peer that
+    /// asks for much with little (a forged want list: reflection) gets one packet per request;
+    /// what it lacks beyond comes at the next exchanges.
+    pub(super) fn anti_entropy_message(&mut self, now: Time, from: &NodeId, message: Message<'_>, request_bytes: usize) {
+        let bytes_max = request_bytes.max(limits::PACKET_BYTES_MAX);
         match message {
             Message::Root(root) => {
                 if !self.desired_confirmed && root == self.registry.root_hash() && self.members.contains(from) {
@@ -27,19 +31,24 @@ impl Node {
             }
             Message::Digest(digest) => {
                 let buckets = self.registry.mismatched_buckets(&digest);
-                for (buckets, heads) in anti_entropy::summaries(&self.registry, &buckets) {
+                let mut bytes = 0usize;
+                for (i, (buckets, heads)) in anti_entropy::summaries(&self.registry, &buckets).into_iter().enumerate() {
+                    bytes += heads.len() * crate::registry::HEAD_BYTES + buckets.len() * 3;
+                    if i > 0 && bytes > bytes_max {
+                        break; // the other buckets at the next exchange
+                    }
                     self.send(from, &Message::Summary { buckets, heads });
                 }
             }
             Message::Summary { buckets, heads } => {
                 // Send what the peer lacks or holds older; ask for what it has newer.
                 let (send, want) = anti_entropy::answer_summary(&self.registry, &buckets, &heads);
-                self.send_repair(from, &send, want);
+                self.send_repair(from, &send, want, bytes_max);
             }
             Message::Repair { entries, want } => {
                 self.merge_wire(now, from, &entries);
                 if !want.is_empty() {
-                    self.send_repair(from, &want, Vec::new());
+                    self.send_repair(from, &want, Vec::new(), bytes_max);
                 }
             }
             _ => unreachable!("routed by handle_message"),
@@ -138,8 +147,8 @@ impl Node {
     }
 
     /// Anti-entropy: sends the entries with these key hashes and asks for those in `want`.
-    pub(super) fn send_repair(&mut self, to: &NodeId, key_hashes: &[u64], want: Vec<u64>) {
-        for bytes in anti_entropy::repair_packets(&self.registry, &self.config.id, key_hashes, want) {
+    pub(super) fn send_repair(&mut self, to: &NodeId, key_hashes: &[u64], want: Vec<u64>, bytes_max: usize) {
+        for bytes in anti_entropy::repair_packets(&self.registry, &self.config.id, key_hashes, want, bytes_max) {
             self.send_bytes(to, bytes);
         }
     }

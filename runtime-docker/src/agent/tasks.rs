@@ -34,7 +34,7 @@ pub fn spawn_gossip_receiver(
                     metrics.gossip_received.inc();
                     let packet = match &mut opener {
                         None => buffer[..n].to_vec(),
-                        Some(opener) => match opener.open(&buffer[..n]) {
+                        Some(opener) => match opener.open(buffer[..n].to_vec()) {
                             Ok(packet) => packet,
                             Err(e) => {
                                 metrics.gossip_refused.get_or_create(&ReasonLabel { reason: reason(e) }).inc();
