@@ -75,8 +75,8 @@ pub struct Reply {
     pub error: Option<String>,
 }
 
-/// Serves the API on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, handle: Handle) {
+/// Serves the API on `listener` until the process ends; over TLS with `tls`.
+pub async fn serve(listener: TcpListener, handle: Handle, tls: Option<tokio_rustls::TlsAcceptor>) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -88,20 +88,36 @@ pub async fn serve(listener: TcpListener, handle: Handle) {
             drop(stream);
             continue;
         };
-        let handle = handle.clone();
+        let (handle, tls) = (handle.clone(), tls.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let handle = handle.clone();
-                async move { Ok::<_, Infallible>(route(&handle, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(API_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => serve_connection(stream, handle).await,
+                Some(acceptor) => {
+                    // The handshake has the headers' time limit too.
+                    if let Ok(Ok(stream)) = tokio::time::timeout(API_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        serve_connection(stream, handle).await;
+                    }
+                }
+            }
             drop(permit);
         });
     }
+}
+
+/// One API connection, plain or TLS, until it closes or stalls.
+async fn serve_connection<IO>(stream: IO, handle: Handle)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let handle = handle.clone();
+        async move { Ok::<_, Infallible>(route(&handle, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(API_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
@@ -300,6 +316,36 @@ pub struct Api {
     pub addr: SocketAddr,
     /// The agent's `api_token`, when it has one.
     pub token: Option<String>,
+    /// The CA certificate (PEM) to trust when the agent's API speaks TLS; plain HTTP without.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+/// The TLS crypto of the API, server and client: *ring*'s. rustls deprecates it in favour of
+/// aws-lc-rs for want of post-quantum key exchange; *ring* builds from plain C with the
+/// machine's compiler where aws-lc's large C library would more than double the agent's build,
+/// for an API that serves operators on their own network. Moving to aws-lc-rs is a feature
+/// switch here and in Cargo.toml.
+#[allow(deprecated)]
+pub fn tls_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS connector trusting the CA certificates in `ca` (PEM).
+fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{}: not a PEM certificate: {e}", ca.display()))?;
+        roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(tls_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 /// One call to the agent's API; returns the body of a 2xx answer. A body over the API's limit
@@ -318,9 +364,15 @@ pub async fn call(api: &Api, method: Method, path: &str, body: Option<String>) -
         .await
         .map_err(|_| unreachable("no answer within 5 s".to_owned()))?
         .map_err(|e| unreachable(e.to_string()))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(conn);
+    let mut sender = match &api.tls_ca {
+        None => handshake(stream).await.map_err(unreachable)?,
+        Some(ca) => {
+            let connector = tls_connector(ca).map_err(ClientError::Refused)?;
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let stream = connector.connect(name, stream).await.map_err(|e| unreachable(format!("TLS: {e}")))?;
+            handshake(stream).await.map_err(unreachable)?
+        }
+    };
     let mut request = Request::builder()
         .method(method)
         .uri(path)
@@ -343,6 +395,17 @@ pub async fn call(api: &Api, method: Method, path: &str, body: Option<String>) -
     } else {
         Err(ClientError::Failed { status: status.as_u16(), message })
     }
+}
+
+/// An HTTP/1 client connection over `stream`, driven on its own task.
+async fn handshake<IO>(stream: IO) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// `GET /status`, decoded.

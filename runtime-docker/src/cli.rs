@@ -114,11 +114,15 @@ pub struct ApiArgs {
     /// The agent's API token (its `api_token`), as NOMAD_TOKEN is Nomad's.
     #[arg(long, env = "CANTEEN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The CA certificate (PEM) that signed the agent's `api_tls_cert`: the API is then
+    /// reached over TLS.
+    #[arg(long, env = "CANTEEN_TLS_CA", value_name = "CA.pem")]
+    tls_ca: Option<PathBuf>,
 }
 
 impl ApiArgs {
     fn api(&self) -> api::Api {
-        api::Api { addr: self.api, token: self.token.clone() }
+        api::Api { addr: self.api, token: self.token.clone(), tls_ca: self.tls_ca.clone() }
     }
 }
 

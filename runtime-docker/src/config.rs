@@ -85,6 +85,13 @@ pub struct AgentConfig {
     /// A file holding the API token (its first line), instead of `api_token`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token_file: Option<PathBuf>,
+    /// The API's TLS certificate chain (PEM), with `api_tls_key`: the API then speaks HTTPS
+    /// only (the CLI's `--tls-ca` or `CANTEEN_TLS_CA` names the CA to trust).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `api_tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_tls_key: Option<PathBuf>,
     /// Gossip with no keys on an address that is not loopback: anyone who can send a datagram
     /// to it can then command the cluster. Logged as a warning every minute.
     pub gossip_insecure: bool,
@@ -116,6 +123,8 @@ impl Default for AgentConfig {
             cluster_keys_file: None,
             api_token: None,
             api_token_file: None,
+            api_tls_cert: None,
+            api_tls_key: None,
             gossip_insecure: false,
         }
     }
@@ -209,6 +218,13 @@ impl AgentConfig {
                 ),
             );
         }
+        if self.api_tls_cert.is_some() != self.api_tls_key.is_some() {
+            let key = if self.api_tls_cert.is_some() { "api_tls_key" } else { "api_tls_cert" };
+            return err(key, "give both api_tls_cert and api_tls_key (PEM files), or neither");
+        }
+        if let Err((key, problem)) = self.api_tls() {
+            return err(key, &problem);
+        }
         let token = self.api_token(file)?;
         if token.is_none() && !self.api_addr.ip().is_loopback() {
             return err(
@@ -272,6 +288,29 @@ impl AgentConfig {
             return Err(FileError::new(file, "cluster_keys", problem.to_string()));
         }
         Ok(keys)
+    }
+
+    /// The API's TLS server config, when `api_tls_cert` and `api_tls_key` are given: the
+    /// certificate chain and key read and checked. Errors name the key.
+    pub fn api_tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, (&'static str, String)> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (Some(cert), Some(key)) = (&self.api_tls_cert, &self.api_tls_key) else { return Ok(None) };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ("api_tls_cert", format!("{}: not a PEM certificate chain: {e}", cert.display())))?;
+        if certs.is_empty() {
+            return Err(("api_tls_cert", format!("{}: holds no certificate", cert.display())));
+        }
+        let private = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| ("api_tls_key", format!("{}: not a PEM private key: {e}", key.display())))?;
+        let config = rustls::ServerConfig::builder_with_provider(crate::api::tls_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ("api_tls_cert", e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, private)
+            .map_err(|e| ("api_tls_key", format!("does not go with api_tls_cert: {e}")))?;
+        Ok(Some(std::sync::Arc::new(config)))
     }
 
     /// The API token: `api_token`, or the first line of `api_token_file`; checked (16 to 256

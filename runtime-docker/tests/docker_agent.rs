@@ -691,3 +691,93 @@ fn a_command_answers_only_once_on_disk_and_a_lost_state_keeps_the_containers() {
     env.wait("2 healthy replicas", Duration::from_secs(30), || env.healthy("web") == 2);
     assert_eq!(env.containers(), before, "the same containers, adopted");
 }
+
+/// A CA and a server certificate it signed for 127.0.0.1, made by openssl in `dir`: (ca.pem,
+/// server.pem, server.key).
+fn test_certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=canteen-test-ca"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=canteen-test"]].concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[test]
+fn the_api_over_tls_answers_the_cli_that_trusts_its_ca_only() {
+    if !docker_ready("the_api_over_tls_answers_the_cli_that_trusts_its_ca_only") {
+        return;
+    }
+    let certs_dir = std::env::temp_dir().join(format!("canteen-it-tls-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&certs_dir).unwrap();
+    let (ca, cert, key) = test_certificates(&certs_dir);
+    let extra = format!(
+        "api_token = \"{TOKEN}\"\napi_tls_cert = {:?}\napi_tls_key = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let mut env = Env::new("tls", 13, &extra);
+    // A key that does not go with the certificate is bad input naming the key.
+    let bad = env.file(
+        "bad.toml",
+        &std::fs::read_to_string(&env.config)
+            .unwrap()
+            .replace(&key.display().to_string(), &ca.display().to_string().replace("ca.pem", "ca.key")),
+    );
+    let (code, err) = canteen(&["agent", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("api_tls_key"), "{err}");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(env.dir.join("agent.log")).unwrap();
+    env.child = Some(
+        Command::new(CANTEEN)
+            .args(["agent", "--config"])
+            .arg(&env.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let api = env.api.to_string();
+    let ca_arg = ca.to_str().unwrap();
+    env.wait("the API to answer over TLS", Duration::from_secs(20), || {
+        canteen(&["status", "--api", &api, "--token", TOKEN, "--tls-ca", ca_arg], &[]).0 == 0
+    });
+    assert_eq!(canteen(&["status", "--api", &api], &[("CANTEEN_TOKEN", TOKEN), ("CANTEEN_TLS_CA", ca_arg)]).0, 0);
+    // Plain HTTP gets no answer, and a CA that did not sign the certificate is refused.
+    assert_ne!(canteen(&["status", "--api", &api, "--token", TOKEN], &[]).0, 0);
+    assert!(http(env.api, "GET", "/status", "").is_err(), "no plain HTTP");
+    let (code, err) = canteen(&["status", "--api", &api, "--token", TOKEN, "--tls-ca", cert.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("TLS"), "{err}");
+    let _ = std::fs::remove_dir_all(&certs_dir);
+}

@@ -17,7 +17,13 @@ impl Node {
     /// entries take at most the request's size or one packet, whichever is more. A peer that
     /// asks for much with little (a forged want list: reflection) gets one packet per request;
     /// what it lacks beyond comes at the next exchanges.
-    pub(super) fn anti_entropy_message(&mut self, now: Time, from: &NodeId, message: Message<'_>, request_bytes: usize) {
+    pub(super) fn anti_entropy_message(
+        &mut self,
+        now: Time,
+        from: &NodeId,
+        message: Message<'_>,
+        request_bytes: usize,
+    ) {
         let bytes_max = request_bytes.max(limits::PACKET_BYTES_MAX);
         match message {
             Message::Root(root) => {

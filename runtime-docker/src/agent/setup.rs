@@ -125,7 +125,8 @@ pub async fn start(
         docker: docker.clone(),
         proxies: proxies.clone(),
     };
-    tokio::spawn(crate::api::serve(api, handle.clone()));
+    let tls = config.api_tls().map_err(|(key, problem)| AgentError::Config(format!("{key}: {problem}")))?;
+    tokio::spawn(crate::api::serve(api, handle.clone(), tls.map(tokio_rustls::TlsAcceptor::from)));
     let driver_keyed = driver.sealer.is_some();
     tracing::info!(
         node = %config.node_name,
