@@ -110,7 +110,7 @@ pub(super) struct Driver {
     pub(super) persisted: u64,
     /// Seals every datagram sent, when the cluster is keyed.
     pub(super) sealer: Option<Sealer>,
-    /// Limits the lines logged about a peer's refused inputs.
+    /// Limits the lines logged about a peer's refused inputs and unusable addresses.
     pub(super) rejections_logged: tasks::LogLimiter<String>,
 }
 
@@ -235,7 +235,10 @@ impl Driver {
         let addr = match to.as_str().parse::<SocketAddr>() {
             Ok(addr) => addr,
             Err(_) => {
-                tracing::warn!(peer = %to, "gossip address is not IP:PORT: packet dropped");
+                // A member's address comes from the network: logged once a minute per address.
+                if self.rejections_logged.allow(to.as_str()) {
+                    tracing::warn!(peer = %to, "gossip address is not IP:PORT: packets to it dropped");
+                }
                 self.metrics.gossip_dropped.inc();
                 return;
             }
