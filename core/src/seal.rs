@@ -231,7 +231,7 @@ impl Window {
 }
 
 /// Opens what one node receives, keeping a replay window per sender (at most
-/// [`limits::NODES_MAX`], the least recently used forgotten first).
+/// [`limits::NODES_MAX`]; past that, one of the least recently used is forgotten).
 #[derive(Debug)]
 pub struct Opener {
     keyring: Arc<Keyring>,
@@ -239,13 +239,18 @@ pub struct Opener {
     opened: u64,
     /// The associated data of the datagram being opened, its buffer kept between datagrams.
     aad: Vec<u8>,
+    /// Most windows kept: [`limits::NODES_MAX`] (tests lower it).
+    senders_max: usize,
 }
+
+/// How many windows a full opener looks at to choose the one it forgets.
+const EVICTION_SAMPLE: usize = 64;
 
 impl Opener {
     /// An opener with no window yet.
     pub fn new(keyring: Arc<Keyring>) -> Opener {
         let aad = keyring.aad_with(&[0; NONCE_AT]);
-        Opener { keyring, windows: HashMap::new(), opened: 0, aad }
+        Opener { keyring, windows: HashMap::new(), opened: 0, aad, senders_max: limits::NODES_MAX }
     }
 
     /// The packet inside `datagram`, opened in place, or why it was dropped. Windows change
@@ -291,8 +296,11 @@ impl Opener {
             window.used = used;
             return Ok(());
         }
-        if self.windows.len() >= limits::NODES_MAX
-            && let Some(oldest) = self.windows.iter().min_by_key(|(_, w)| w.used).map(|(s, _)| *s)
+        // Full: the least recently used of a few windows goes. A scan of all of them for
+        // every new sender would let whoever holds the key make each datagram cost 100,000
+        // steps by naming a new sender in each.
+        if self.windows.len() >= self.senders_max
+            && let Some(oldest) = self.windows.iter().take(EVICTION_SAMPLE).min_by_key(|(_, w)| w.used).map(|(s, _)| *s)
         {
             self.windows.remove(&oldest);
         }
@@ -340,6 +348,18 @@ mod tests {
         let mut renamed = sealed.clone();
         renamed[1..9].copy_from_slice(&sender_of("node-b").to_le_bytes());
         assert_eq!(opener.open(renamed.clone()), Err(OpenError::Unauthentic));
+    }
+
+    #[test]
+    fn a_full_opener_forgets_a_window_to_take_a_new_sender() {
+        let keys = ring("c", &[1]);
+        let mut opener = Opener::new(keys.clone());
+        opener.senders_max = 100;
+        for sender in 0..1000 {
+            assert!(opener.open(Sealer::new(keys.clone(), sender, 1, [9; 8]).seal(b"x")).is_ok());
+            assert!(opener.senders() <= 100);
+        }
+        assert_eq!(opener.senders(), 100);
     }
 
     #[test]
