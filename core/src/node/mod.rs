@@ -71,6 +71,8 @@ mod config;
 mod gossip;
 mod io;
 mod members;
+mod on_commands;
+mod on_load;
 mod on_members;
 mod on_news;
 mod on_slots;
@@ -497,43 +499,6 @@ impl Node {
         result
     }
 
-    fn apply(&mut self, now: Time, spec: AppSpec) -> Result<(), CommandError> {
-        // The spec alone, then against the others: two apps that others applied at once
-        // through two nodes with one port conflict with each other, and must not make every
-        // later command fail.
-        let others: Vec<AppSpec> = self.apps().into_iter().filter(|a| a.name != spec.name).collect();
-        let invalid = |problem: String| CommandError::Invalid { app: spec.name.to_string(), problem };
-        spec.validate().map_err(|e| invalid(e.to_string()))?;
-        if others.len() >= limits::APPS_MAX {
-            return Err(invalid(format!("the cluster runs {} apps, the most allowed", others.len())));
-        }
-        if let Some(owner) = crate::model::volume_owner(&spec, &others) {
-            return Err(invalid(crate::model::volume_taken(&spec, owner).to_string()));
-        }
-        if let Some(other) = others.iter().find(|a| a.port == spec.port) {
-            let e = crate::model::SpecError::DuplicatePort {
-                port: spec.port,
-                first: other.name.to_string(),
-                second: spec.name.to_string(),
-            };
-            return Err(invalid(e.to_string()));
-        }
-        let name = spec.name.clone();
-        let autoscaled = spec.autoscale.is_some();
-        let value = Value::App(Box::new(spec));
-        let bytes = postcard::to_allocvec(&value).expect("specs encode");
-        self.registry.check_size(&Key::App(name.clone()), bytes.len())?;
-        self.write(now, Key::App(name.clone()), value)?;
-        if autoscaled {
-            // A new spec resets the count the coordinator chose; it starts again from here.
-            if self.registry.get(&Key::Scale(name.clone())).is_some() {
-                self.remove(now, Key::Scale(name));
-            }
-        }
-        self.request_pass(now);
-        Ok(())
-    }
-
     /// Every app in the registry, with the replica count the coordinator chose for autoscaled
     /// ones.
     pub fn apps(&self) -> Vec<AppSpec> {
@@ -567,26 +532,6 @@ impl Node {
             Timer::SwimSuspectDown { member, incarnation } => self.suspicion_over(now, member, incarnation),
             Timer::SwimSync => self.swim_sync(now),
             Timer::SwimTick => self.swim_tick(now),
-        }
-    }
-
-    /// On the first report timer of each hour of the wall clock, collects the tombstones older
-    /// than the horizon counted from that hour, so that every node collects the same ones and
-    /// their roots agree again at once. It rides on the report timer (once a second) rather
-    /// than a timer of its own, which would wake every node once an hour for nothing.
-    fn collect_tombstones_if_due(&mut self, now: Time) {
-        const HOUR_MS: u64 = 3600 * 1000;
-        let hour = now.as_millis() / HOUR_MS;
-        if hour == self.tombstones_collected_hour {
-            return;
-        }
-        self.tombstones_collected_hour = hour;
-        let desired = |r: &Registry<Value>| r.iter().filter(|(k, e)| k.is_desired_state() && e.is_tombstone()).count();
-        let before = desired(&self.registry);
-        if self.registry.collect_tombstones(Time::from_millis(hour * HOUR_MS), limits::TOMBSTONE_HORIZON_MS) > 0
-            && desired(&self.registry) != before
-        {
-            self.desired_version += 1;
         }
     }
 
@@ -743,21 +688,6 @@ impl Node {
         }
     }
 
-    /// Whether the registry holds `app`, live or removed.
-    fn knows_app(&self, app: &AppName) -> bool {
-        self.registry.entry(&Key::App(app.clone())).is_some()
-    }
-
-    /// The desired state is confirmed (by the operator, or a peer whose registry is this
-    /// node's): containers of apps the registry does not know may be stopped from now on.
-    fn confirm_desired_state(&mut self, now: Time) {
-        if !self.desired_confirmed {
-            self.desired_confirmed = true;
-            self.placement.facts_changed();
-            self.request_pass(now);
-        }
-    }
-
     /// This node's life now, as its status carries it: its SWIM identity's (a rejoin after
     /// being declared down renews it), or its configured one.
     pub fn own_generation(&self) -> u64 {
@@ -767,82 +697,6 @@ impl Node {
     /// Sends each balancer its healthy backends, when they changed.
     fn update_backends(&mut self) {
         self.balancers.update(&self.registry, &mut self.out);
-    }
-
-    /// The live node that coordinates `app`: ranked first by rendezvous hash on its name.
-    pub fn coordinator_of(&self, app: &AppName) -> NodeId {
-        self.members.rendezvous_owner(app.as_str(), &self.config.id)
-    }
-
-    /// Sends each autoscaled app's request count to its coordinator (or records it, here), and
-    /// sets the next report.
-    fn report_load(&mut self, now: Time) {
-        for (app, requests) in self.scaling.take_reports(now, 2 * self.config.load_report_interval_ms) {
-            let coordinator = self.coordinator_of(&app);
-            if coordinator == self.config.id {
-                self.record_load(now, &app, requests);
-            } else {
-                self.send(&coordinator, &Message::Load { app, requests });
-            }
-        }
-        self.out.schedule(now + Duration::from_millis(self.config.load_report_interval_ms), Timer::LoadReport);
-    }
-
-    /// Requests for `app` reported to this node as its coordinator.
-    /// A peer's report of the requests that entered its balancers for `app`. Only a live
-    /// member's report counts, once per app per half report interval and at most
-    /// `LOAD_REQUESTS_PER_REPORT_MAX` requests: a forged or looping report must not scale an
-    /// app to its maximum.
-    fn take_load_report(&mut self, now: Time, from: &NodeId, app: &AppName, requests: u64) {
-        let refusal = if !self.members.contains(from) {
-            Some(format!("a load report from {from}, not a live member"))
-        } else if let Err(e) = admission::check_app_name(app) {
-            Some(e)
-        } else if requests > limits::LOAD_REQUESTS_PER_REPORT_MAX {
-            Some(format!(
-                "{requests} requests for {app} in one report, more than {}",
-                limits::LOAD_REQUESTS_PER_REPORT_MAX
-            ))
-        } else if !self.scaling.may_take_report(now, from, app, self.config.load_report_interval_ms / 2) {
-            Some(format!("a second load report from {from} for {app} within half an interval"))
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
-            self.out.event(Event::Refused { from: Some(from.clone()), input: "load", reason });
-            return;
-        }
-        self.record_load(now, app, requests);
-    }
-
-    /// Requests for `app`, counted here or reported by a member, recorded if this node
-    /// coordinates it.
-    fn record_load(&mut self, now: Time, app: &AppName, requests: u64) {
-        if self.coordinator_of(app) != self.config.id {
-            return; // a report that raced a change of coordinator; the next one goes right
-        }
-        let registry = &self.registry;
-        self.scaling.record(now, app, requests, || scaling::spec_with_scale(registry, app));
-    }
-
-    /// The coordinator of each autoscaled app evaluates its autoscaler and writes `scale/<app>`;
-    /// then the next evaluation.
-    fn autoscale(&mut self, now: Time) {
-        // Only the autoscaled apps this node coordinates are copied out of the registry.
-        let mine: BTreeMap<AppName, AppSpec> = self
-            .scaling
-            .autoscaled()
-            .iter()
-            .filter(|name| self.coordinator_of(name) == self.config.id)
-            .filter_map(|name| scaling::spec_with_scale(&self.registry, name).map(|spec| (name.clone(), spec)))
-            .collect();
-        for (name, decision) in self.scaling.evaluate(now, &mine) {
-            let to = decision.to;
-            self.out.event(Event::Scaled { app: name.clone(), decision });
-            self.write(now, Key::Scale(name), Value::Scale(to)).expect("a count fits the registry");
-            self.request_pass(now);
-        }
-        self.out.schedule(now + Duration::from_millis(self.config.autoscale_interval_ms), Timer::Autoscale);
     }
 
     /// What must hold after every input (STYLE.md, rule 6).

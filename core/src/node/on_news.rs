@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::limits;
 use crate::model::NodeId;
-use crate::registry::{Entry, Head, Key};
+use crate::registry::{Entry, Head, Key, Registry};
 use crate::time::Time;
 
 use super::gossip::RumorConfig;
@@ -186,6 +186,26 @@ impl Node {
         if let Some(to) = self.members.addr_of(to) {
             let to = to.clone();
             self.out.push(Action::Send { to, bytes });
+        }
+    }
+
+    /// On the first report timer of each hour of the wall clock, collects the tombstones older
+    /// than the horizon counted from that hour, so that every node collects the same ones and
+    /// their roots agree again at once. It rides on the report timer (once a second) rather
+    /// than a timer of its own, which would wake every node once an hour for nothing.
+    pub(super) fn collect_tombstones_if_due(&mut self, now: Time) {
+        const HOUR_MS: u64 = 3600 * 1000;
+        let hour = now.as_millis() / HOUR_MS;
+        if hour == self.tombstones_collected_hour {
+            return;
+        }
+        self.tombstones_collected_hour = hour;
+        let desired = |r: &Registry<Value>| r.iter().filter(|(k, e)| k.is_desired_state() && e.is_tombstone()).count();
+        let before = desired(&self.registry);
+        if self.registry.collect_tombstones(Time::from_millis(hour * HOUR_MS), limits::TOMBSTONE_HORIZON_MS) > 0
+            && desired(&self.registry) != before
+        {
+            self.desired_version += 1;
         }
     }
 }
