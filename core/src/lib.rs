@@ -29,7 +29,7 @@
 //!
 //! Layering, without cycles: `limits`, `time`, `hash` -> `intern` -> `model` -> `registry`,
 //! `schedule`, `health`, `balance`, `autoscale`, `cluster_file` -> `membership` -> `node`;
-//! `seal` depends on `limits` only.
+//! `seal` depends on `limits` and `hash` only.
 
 pub mod autoscale;
 pub mod balance;

@@ -18,22 +18,24 @@
 //! clear but cannot be altered: it is an input of the tag. Life and counter in the nonce, not
 //! in the ciphertext, keep the overhead at [`OVERHEAD`] bytes.
 //!
-//! Replays: a receiver keeps a window per sender (not per source address, which whoever
-//! replays a datagram chooses). It drops a datagram from an earlier life than the latest it
-//! took from that sender, and one whose counter it took already or that is more than [`REPLAY_WINDOW`] behind
-//! the highest (as IPsec and WireGuard do). What is left: a receiver that restarted has no
-//! window yet, and takes once each datagram of the sender's current life replayed to it; a
-//! replayed registry entry or SWIM message is old news, which the registry's versions and
-//! SWIM's incarnations already ignore.
+//! Replays: a receiver keeps a window per sender and life (not per source address, which
+//! whoever replays a datagram chooses), and refuses a life further ahead than a clock may be.
+//! It drops a datagram whose counter it took already or that is more than [`REPLAY_WINDOW`]
+//! behind the highest (as IPsec and WireGuard do). What is left: a receiver that restarted, or
+//! forgot a window, takes once each datagram of that life replayed to it; a replayed registry
+//! entry or SWIM message is old news, which the registry's versions and SWIM's incarnations
+//! already ignore.
 //!
 //! Nothing here reads a clock or draws randomness: the same inputs give the same outputs.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
+use crate::hash::StableHasher;
 use crate::limits;
 
 /// Bytes in a cluster key.
@@ -181,15 +183,15 @@ pub enum OpenError {
     /// Its counter was taken already from its sender, or is too far behind.
     #[error("a replay: its counter was seen already or is too old")]
     Replayed,
-    /// From a life of its sender earlier than the latest seen.
-    #[error("from an earlier life of its sender")]
-    EarlierLife,
+    /// From a life of its sender further ahead than a clock may be
+    /// (`limits::REGISTRY_CLOCK_AHEAD_MS_MAX`): a forgery that would own the sender's windows.
+    #[error("from a life of its sender further ahead than a clock may be")]
+    FutureLife,
 }
 
-/// What an [`Opener`] remembers of one source.
+/// What an [`Opener`] remembers of one life of one sender.
 #[derive(Clone, Copy, Debug)]
 struct Window {
-    life: u64,
     /// The highest counter taken.
     top: u64,
     /// Bit `i` set: counter `top - i` taken.
@@ -201,12 +203,9 @@ struct Window {
 const _: () = assert!(REPLAY_WINDOW == u64::BITS as u64, "one bit of `Window::seen` per counter");
 
 impl Window {
-    /// Whether `(life, counter)` may be taken; the window is not changed.
-    fn check(&self, life: u64, counter: u64) -> Result<(), OpenError> {
-        if life < self.life {
-            return Err(OpenError::EarlierLife);
-        }
-        if life > self.life || counter > self.top {
+    /// Whether `counter` may be taken; the window is not changed.
+    fn check(&self, counter: u64) -> Result<(), OpenError> {
+        if counter > self.top {
             return Ok(());
         }
         let behind = self.top - counter;
@@ -216,11 +215,9 @@ impl Window {
         Ok(())
     }
 
-    /// Takes `(life, counter)`, which [`Window::check`] allowed.
-    fn take(&mut self, life: u64, counter: u64) {
-        if life > self.life {
-            *self = Window { life, top: counter, seen: 1, used: self.used };
-        } else if counter > self.top {
+    /// Takes `counter`, which [`Window::check`] allowed.
+    fn take(&mut self, counter: u64) {
+        if counter > self.top {
             let ahead = counter - self.top;
             self.seen = if ahead >= REPLAY_WINDOW { 1 } else { (self.seen << ahead) | 1 };
             self.top = counter;
@@ -235,7 +232,9 @@ impl Window {
 #[derive(Debug)]
 pub struct Opener {
     keyring: Arc<Keyring>,
-    windows: HashMap<u64, Window>,
+    /// By sender and life: a window per life, so that no life (a restart with the clock set
+    /// back, a second agent under a taken name) shuts another out.
+    windows: HashMap<(u64, u64), Window, BuildHasherDefault<StableHasher>>,
     opened: u64,
     /// The associated data of the datagram being opened, its buffer kept between datagrams.
     aad: Vec<u8>,
@@ -250,12 +249,13 @@ impl Opener {
     /// An opener with no window yet.
     pub fn new(keyring: Arc<Keyring>) -> Opener {
         let aad = keyring.aad_with(&[0; NONCE_AT]);
-        Opener { keyring, windows: HashMap::new(), opened: 0, aad, senders_max: limits::NODES_MAX }
+        Opener { keyring, windows: HashMap::default(), opened: 0, aad, senders_max: limits::NODES_MAX }
     }
 
-    /// The packet inside `datagram`, opened in place, or why it was dropped. Windows change
-    /// only for a datagram that a key opened.
-    pub fn open(&mut self, mut datagram: Vec<u8>) -> Result<Vec<u8>, OpenError> {
+    /// The packet inside `datagram`, opened in place at `now_ms` (on the clock lives are
+    /// counted on: Unix milliseconds in the agent), or why it was dropped. Windows change only
+    /// for a datagram that a key opened.
+    pub fn open(&mut self, mut datagram: Vec<u8>, now_ms: u64) -> Result<Vec<u8>, OpenError> {
         if datagram.len() < OVERHEAD || datagram[0] != VERSION {
             return Err(OpenError::Malformed);
         }
@@ -279,6 +279,9 @@ impl Opener {
         }
         let life = u64::from_le_bytes(nonce[8..16].try_into().expect("8 bytes"));
         let counter = u64::from_le_bytes(nonce[16..].try_into().expect("8 bytes"));
+        if life > now_ms.saturating_add(limits::REGISTRY_CLOCK_AHEAD_MS_MAX) {
+            return Err(OpenError::FutureLife);
+        }
         self.take(sender, life, counter)?;
         let end = datagram.len() - TAG_BYTES;
         datagram.truncate(end);
@@ -286,13 +289,13 @@ impl Opener {
         Ok(datagram)
     }
 
-    /// Checks `(life, counter)` against `sender`'s window and takes it.
+    /// Checks `counter` against the window of `sender`'s `life` and takes it.
     fn take(&mut self, sender: u64, life: u64, counter: u64) -> Result<(), OpenError> {
         self.opened += 1;
         let used = self.opened;
-        if let Some(window) = self.windows.get_mut(&sender) {
-            window.check(life, counter)?;
-            window.take(life, counter);
+        if let Some(window) = self.windows.get_mut(&(sender, life)) {
+            window.check(counter)?;
+            window.take(counter);
             window.used = used;
             return Ok(());
         }
@@ -300,15 +303,15 @@ impl Opener {
         // every new sender would let whoever holds the key make each datagram cost 100,000
         // steps by naming a new sender in each.
         if self.windows.len() >= self.senders_max
-            && let Some(oldest) = self.windows.iter().take(EVICTION_SAMPLE).min_by_key(|(_, w)| w.used).map(|(s, _)| *s)
+            && let Some(oldest) = self.windows.iter().take(EVICTION_SAMPLE).min_by_key(|(_, w)| w.used).map(|(k, _)| *k)
         {
             self.windows.remove(&oldest);
         }
-        self.windows.insert(sender, Window { life, top: counter, seen: 1, used });
+        self.windows.insert((sender, life), Window { top: counter, seen: 1, used });
         Ok(())
     }
 
-    /// How many senders it keeps a window for.
+    /// How many lives of senders it keeps a window for.
     pub fn senders(&self) -> usize {
         self.windows.len()
     }
@@ -317,6 +320,9 @@ impl Opener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The receivers' clock in the tests: lives up to a few minutes past it are allowed.
+    const NOW: u64 = 1000;
 
     fn ring(cluster: &str, keys: &[u8]) -> Arc<Keyring> {
         let keys: Vec<Key> = keys.iter().map(|&b| [b; KEY_BYTES]).collect();
@@ -330,10 +336,10 @@ mod tests {
         let sealed = sealer.seal(b"hello");
         assert_eq!(sealed.len(), 5 + OVERHEAD);
         assert!(!sealed.windows(5).any(|w| w == b"hello"), "the packet is encrypted");
-        assert_eq!(opener.open(sealed.clone()).unwrap(), b"hello");
-        assert_eq!(opener.open(sealed.clone()), Err(OpenError::Replayed));
-        assert_eq!(Opener::new(ring("prod", &[2])).open(sealed.clone()), Err(OpenError::Unauthentic));
-        assert_eq!(Opener::new(ring("staging", &[1])).open(sealed.clone()), Err(OpenError::Unauthentic));
+        assert_eq!(opener.open(sealed.clone(), NOW).unwrap(), b"hello");
+        assert_eq!(opener.open(sealed.clone(), NOW), Err(OpenError::Replayed));
+        assert_eq!(Opener::new(ring("prod", &[2])).open(sealed.clone(), NOW), Err(OpenError::Unauthentic));
+        assert_eq!(Opener::new(ring("staging", &[1])).open(sealed.clone(), NOW), Err(OpenError::Unauthentic));
     }
 
     #[test]
@@ -343,11 +349,11 @@ mod tests {
         let mut sealer = Sealer::new(ring("c", &[1]), sender_of("node-a"), 1, [9; 8]);
         let sealed = sealer.seal(b"x");
         let mut opener = Opener::new(ring("c", &[1]));
-        assert!(opener.open(sealed.clone()).is_ok());
-        assert_eq!(opener.open(sealed.clone()), Err(OpenError::Replayed));
+        assert!(opener.open(sealed.clone(), NOW).is_ok());
+        assert_eq!(opener.open(sealed.clone(), NOW), Err(OpenError::Replayed));
         let mut renamed = sealed.clone();
         renamed[1..9].copy_from_slice(&sender_of("node-b").to_le_bytes());
-        assert_eq!(opener.open(renamed.clone()), Err(OpenError::Unauthentic));
+        assert_eq!(opener.open(renamed.clone(), NOW), Err(OpenError::Unauthentic));
     }
 
     #[test]
@@ -356,7 +362,7 @@ mod tests {
         let mut opener = Opener::new(keys.clone());
         opener.senders_max = 100;
         for sender in 0..1000 {
-            assert!(opener.open(Sealer::new(keys.clone(), sender, 1, [9; 8]).seal(b"x")).is_ok());
+            assert!(opener.open(Sealer::new(keys.clone(), sender, 1, [9; 8]).seal(b"x"), NOW).is_ok());
             assert!(opener.senders() <= 100);
         }
         assert_eq!(opener.senders(), 100);
@@ -369,11 +375,11 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x20;
-            let e = Opener::new(ring("c", &[1])).open(bad.clone()).unwrap_err();
+            let e = Opener::new(ring("c", &[1])).open(bad.clone(), NOW).unwrap_err();
             assert!(matches!(e, OpenError::Unauthentic | OpenError::Malformed), "byte {i}: {e:?}");
         }
         for len in 0..sealed.len() {
-            assert!(Opener::new(ring("c", &[1])).open(sealed[..len].to_vec()).is_err());
+            assert!(Opener::new(ring("c", &[1])).open(sealed[..len].to_vec(), NOW).is_err());
         }
     }
 
@@ -384,35 +390,41 @@ mod tests {
         let mut adding = Sealer::new(ring("c", &[1, 2]), 2, 1, [8; 8]);
         let mut moved = Sealer::new(ring("c", &[2, 1]), 3, 1, [7; 8]);
         let mut opener = Opener::new(ring("c", &[2, 1]));
-        assert!(opener.open(old.seal(b"a")).is_ok());
-        assert!(opener.open(adding.seal(b"b")).is_ok());
-        assert!(opener.open(moved.seal(b"c")).is_ok());
-        assert_eq!(Opener::new(ring("c", &[1])).open(moved.seal(b"d")), Err(OpenError::Unauthentic));
+        assert!(opener.open(old.seal(b"a"), NOW).is_ok());
+        assert!(opener.open(adding.seal(b"b"), NOW).is_ok());
+        assert!(opener.open(moved.seal(b"c"), NOW).is_ok());
+        assert_eq!(Opener::new(ring("c", &[1])).open(moved.seal(b"d"), NOW), Err(OpenError::Unauthentic));
         assert_eq!(Keyring::new("c", &[]).unwrap_err(), KeyringError::Count(0));
         assert_eq!(Keyring::new("c", &[[1; 32], [1; 32]]).unwrap_err(), KeyringError::Repeated(1));
         assert_eq!(Keyring::new("c", &[[1; 32]; KEYS_MAX + 1]).unwrap_err(), KeyringError::Count(KEYS_MAX + 1));
     }
 
     #[test]
-    fn the_window_takes_reordered_datagrams_once_and_drops_earlier_lives() {
+    fn the_window_takes_reordered_datagrams_once_and_every_life_has_its_own() {
         let keys = ring("c", &[1]);
         let mut first_life = Sealer::new(keys.clone(), 1, 10, [9; 8]);
         let early: Vec<Vec<u8>> = (0..3).map(|_| first_life.seal(b"x")).collect();
         let mut sealer = Sealer::new(keys.clone(), 1, 11, [9; 8]);
         let sealed: Vec<Vec<u8>> = (0..100).map(|_| sealer.seal(b"x")).collect();
-        let mut opener = Opener::new(keys);
-        assert!(opener.open(early[1].clone()).is_ok());
-        assert!(opener.open(early[0].clone()).is_ok(), "reordered within the window");
-        assert!(opener.open(sealed[5].clone()).is_ok(), "a later life starts a new window");
-        assert_eq!(opener.open(early[2].clone()), Err(OpenError::EarlierLife));
-        assert!(opener.open(sealed[3].clone()).is_ok());
-        assert_eq!(opener.open(sealed[3].clone()), Err(OpenError::Replayed));
-        assert!(opener.open(sealed[99].clone()).is_ok());
-        assert_eq!(opener.open(sealed[5].clone()), Err(OpenError::Replayed), "taken already");
-        assert_eq!(opener.open(sealed[10].clone()), Err(OpenError::Replayed), "too far behind 99");
-        assert!(opener.open(sealed[40].clone()).is_ok(), "within 64 of 99");
+        let mut opener = Opener::new(keys.clone());
+        assert!(opener.open(early[1].clone(), NOW).is_ok());
+        assert!(opener.open(early[0].clone(), NOW).is_ok(), "reordered within the window");
+        assert!(opener.open(sealed[5].clone(), NOW).is_ok(), "a later life has a window of its own");
+        // An earlier life is not shut out by a later one (a clock set back, a twin): its own
+        // window still refuses its replays.
+        assert!(opener.open(early[2].clone(), NOW).is_ok());
+        assert_eq!(opener.open(early[2].clone(), NOW), Err(OpenError::Replayed));
+        assert!(opener.open(sealed[3].clone(), NOW).is_ok());
+        assert_eq!(opener.open(sealed[3].clone(), NOW), Err(OpenError::Replayed));
+        assert!(opener.open(sealed[99].clone(), NOW).is_ok());
+        assert_eq!(opener.open(sealed[5].clone(), NOW), Err(OpenError::Replayed), "taken already");
+        assert_eq!(opener.open(sealed[10].clone(), NOW), Err(OpenError::Replayed), "too far behind 99");
+        assert!(opener.open(sealed[40].clone(), NOW).is_ok(), "within 64 of 99");
         let mut other = Sealer::new(ring("c", &[1]), 2, 11, [9; 8]);
-        assert!(opener.open(other.seal(b"x")).is_ok(), "windows are per sender");
-        assert_eq!(opener.senders(), 2);
+        assert!(opener.open(other.seal(b"x"), NOW).is_ok(), "windows are per sender");
+        assert_eq!(opener.senders(), 3);
+        // A life far ahead of the clock is a forgery that would own the sender's windows.
+        let mut future = Sealer::new(keys, 1, NOW + limits::REGISTRY_CLOCK_AHEAD_MS_MAX + 1, [9; 8]);
+        assert_eq!(opener.open(future.seal(b"x"), NOW), Err(OpenError::FutureLife));
     }
 }

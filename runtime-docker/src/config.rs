@@ -207,7 +207,10 @@ impl AgentConfig {
             return err("cluster_name", &problem);
         }
         let keys = self.cluster_keys(file)?;
-        if keys.is_empty() && !self.gossip_insecure && !self.gossip_advertised().ip().is_loopback() {
+        // The socket's own address counts as well as the advertised one: `0.0.0.0` listens
+        // on every interface whatever it advertises.
+        let exposed = !self.gossip_advertised().ip().is_loopback() || !self.gossip_addr.ip().is_loopback();
+        if keys.is_empty() && !self.gossip_insecure && exposed {
             return err(
                 "cluster_keys",
                 &format!(
@@ -554,6 +557,10 @@ mod tests {
     #[test]
     fn gossip_off_loopback_needs_cluster_keys_and_keys_are_checked() {
         let e = AgentConfig::parse("c.toml", "advertise_ip = \"10.1.2.3\"\n").unwrap_err();
+        assert_eq!(e.key, "cluster_keys", "{e}");
+        // Listening on every address needs keys whatever is advertised.
+        let e =
+            AgentConfig::parse("c.toml", "gossip_addr = \"0.0.0.0:7000\"\nadvertise_ip = \"127.0.0.1\"\n").unwrap_err();
         assert_eq!(e.key, "cluster_keys", "{e}");
         assert!(e.to_string().contains("canteen keygen"), "{e}");
         let key = generate_key().unwrap();

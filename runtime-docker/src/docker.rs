@@ -217,10 +217,19 @@ impl Docker {
                     "it belongs to app {owner}; an app mounts only its own volumes (name another volume, or remove \
                      this one with `docker volume rm {name}` if its data may go)"
                 ))),
-                None => Err(refused(
-                    "it exists and was not made by canteen, so it may hold anyone's data; name another volume"
-                        .to_owned(),
-                )),
+                // Made before canteen labelled its volumes: the app's own if its containers
+                // already mount it, and none of another app's.
+                None => match self.apps_mounting(name).await?.as_slice() {
+                    [only] if only == app => Ok(()),
+                    [] => Err(refused(
+                        "it exists and was not made by canteen, so it may hold anyone's data; name another volume"
+                            .to_owned(),
+                    )),
+                    others => Err(refused(format!(
+                        "it is mounted by containers of {}; an app mounts only its own volumes",
+                        others.join(", ")
+                    ))),
+                },
             },
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
                 let request = bollard::models::VolumeCreateRequest {
@@ -233,6 +242,21 @@ impl Docker {
             }
             Err(e) => Err(engine(format!("inspect volume {name}"))(e)),
         }
+    }
+
+    /// The apps (by their `canteen.app` label, sorted, each once) whose containers, running or
+    /// not, mount volume `name`; `-` for a container canteen did not make.
+    async fn apps_mounting(&self, name: &str) -> Result<Vec<String>, DockerError> {
+        let filters = HashMap::from([("volume", vec![name.to_owned()])]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let list = self.client.list_containers(Some(options)).await.map_err(engine("list containers"))?;
+        let mut apps: Vec<String> = list
+            .into_iter()
+            .map(|c| c.labels.unwrap_or_default().get(LABEL_APP).cloned().unwrap_or_else(|| "-".to_owned()))
+            .collect();
+        apps.sort();
+        apps.dedup();
+        Ok(apps)
     }
 
     /// Stops and removes a container at once (SIGKILL); one already gone counts as removed.

@@ -33,7 +33,7 @@ impl AppLabel {
 /// The label of refused gossip datagrams: why (`core::seal::OpenError`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// `malformed`, `unauthentic`, `replayed` or `earlier_life`.
+    /// `malformed`, `unauthentic`, `replayed` or `future_life`.
     pub reason: &'static str,
 }
 
@@ -41,7 +41,7 @@ pub struct ReasonLabel {
 /// `undecodable`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InputLabel {
-    /// `undecodable`, `entry`, `member`, `load` or `request`.
+    /// `undecodable`, `entry` or `load`.
     pub input: &'static str,
 }
 
@@ -77,8 +77,8 @@ pub struct Metrics {
     /// Gossip datagrams received and refused unopened, by reason: no key opens them (another
     /// cluster, a stale key, forged), replays, or not sealed at all.
     pub gossip_refused: Family<ReasonLabel, Counter>,
-    /// Gossip inputs from peers that opened but were refused: undecodable, or an entry, member,
-    /// load report or request that would break this node (`core::node::Event::Refused`).
+    /// Gossip inputs from peers that opened but were refused: undecodable, or an entry or load
+    /// report that would break this node (`core::node::Event::Refused`).
     pub gossip_rejected: Family<InputLabel, Counter>,
 }
 
@@ -132,7 +132,7 @@ impl Metrics {
         let gossip_rejected = Family::<InputLabel, Counter>::default();
         registry.register(
             "gossip_rejected_inputs",
-            "Gossip inputs refused after opening: undecodable, or entries, members, loads that would break the node",
+            "Gossip inputs refused after opening: undecodable, or entries or loads that would break the node",
             gossip_rejected.clone(),
         );
         Metrics {

@@ -97,8 +97,19 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
     assert!(Command::new("docker").args(["volume", "create", &foreign]).output().unwrap().status.success());
     other.volume = Some(Volume { name: foreign.clone(), mount_path: "/data".into() });
     let e = docker.start(&SlotId::new("api", 0), &other, ip, 17952).await.unwrap_err().to_string();
-    let _ = Command::new("docker").args(["volume", "rm", "-f", &foreign]).output();
     assert!(e.contains("not made by canteen"), "{e}");
+    // A volume made before canteen labelled them is the app's whose containers mount it.
+    let legacy = Command::new("docker")
+        .args(["create", "--label", "canteen.app=api", "-v", &format!("{foreign}:/data"), "canteen-demo:latest"])
+        .output()
+        .unwrap();
+    assert!(legacy.status.success(), "{}", String::from_utf8_lossy(&legacy.stderr));
+    let legacy = String::from_utf8_lossy(&legacy.stdout).trim().to_owned();
+    let started = docker.start(&SlotId::new("api", 0), &other, ip, 17952).await;
+    let _ = Command::new("docker").args(["rm", "-f", &legacy]).output();
+    let api_id = started.expect("the legacy volume is api's");
+    docker.remove(&api_id).await.unwrap();
+    let _ = Command::new("docker").args(["volume", "rm", "-f", &foreign]).output();
 
     // Starting the slot again replaces the leftover of the same name.
     let again = docker.start(&slot, &app, ip, 17951).await.expect("second start");

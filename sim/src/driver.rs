@@ -76,12 +76,18 @@ impl Alarms {
 
 /// Hands every datagram node `index` receives to its inbox, opened first with keys on; a
 /// datagram no key opens, or a replay, is dropped and counted.
-fn spawn_receiver(world: Shared, index: usize, endpoint: Endpoint, inbox: InboxHandle, mut opener: Option<Opener>) {
+fn spawn_receiver(
+    (world, start): (Shared, Instant),
+    index: usize,
+    endpoint: Endpoint,
+    inbox: InboxHandle,
+    mut opener: Option<Opener>,
+) {
     madsim::task::spawn(async move {
         while let Ok((payload, from)) = endpoint.recv_from_raw(TAG).await {
             let (Some(_), Ok(bytes)) = (index_of_ip(from.ip()), payload.downcast::<Vec<u8>>()) else { continue };
             let bytes = match &mut opener {
-                Some(opener) => match opener.open(*bytes) {
+                Some(opener) => match opener.open(*bytes, now_ms(start)) {
                     Ok(packet) => packet,
                     Err(_) => {
                         lock(&world).nodes[index].datagrams_refused += 1;
@@ -142,7 +148,13 @@ impl Driver {
             let (generation, running) = w.node_started(index, inbox.clone(), boot_ms);
             (generation, running, w.nodes[index].persisted.clone(), w.keyring.clone())
         };
-        spawn_receiver(world.clone(), index, endpoint.clone(), inbox.clone(), keyring.clone().map(Opener::new));
+        spawn_receiver(
+            (world.clone(), start),
+            index,
+            endpoint.clone(),
+            inbox.clone(),
+            keyring.clone().map(Opener::new),
+        );
         // SWIM: each life of the node's agent is a new generation, so its peers take it back.
         config.generation = generation;
         let swim = config.membership == MembershipMode::Swim;

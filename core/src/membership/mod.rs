@@ -381,7 +381,7 @@ impl Swim {
             .collect();
         // At most `SYNC_NEW_MEMBERS_MAX` addresses this node does not know, the sender first,
         // and never past `NODES_MAX` members (see the limits).
-        held.sort_unstable_by_key(|m| m.id().addr_hash);
+        // `held` is sorted by address hash (then generation) already.
         let known = |m: &SwimMember| held.binary_search_by_key(&m.id().addr_hash, |h| h.id().addr_hash).is_ok();
         let room = crate::limits::SYNC_NEW_MEMBERS_MAX.min(crate::limits::NODES_MAX.saturating_sub(held.len()));
         let mut new = 0usize;

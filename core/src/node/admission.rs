@@ -11,7 +11,7 @@ use crate::registry::{Entry, Key};
 
 use super::wire::{NodeStatus, Value};
 
-/// Why an entry from a peer is refused; `None` when it may be merged.
+/// Whether an entry from a peer may be merged: `Err` says why not.
 pub(super) fn check_entry(key: &Key, entry: &Entry<Value>) -> Result<(), String> {
     validate_name(key.name()).map_err(|e| format!("{key}: key name: {e}"))?;
     validate_name(entry.version.writer.as_str()).map_err(|e| format!("{key}: writer: {e}"))?;
@@ -49,7 +49,7 @@ fn check_status(node: &crate::model::NodeId, status: &NodeStatus) -> Result<(), 
     if status.addr.is_empty() || status.addr.len() > limits::NODE_ADDR_LEN_MAX {
         return Err(format!("an address of {} bytes", status.addr.len()));
     }
-    let spec_bytes = postcard::to_allocvec(&status.spec).expect("specs encode").len();
+    let spec_bytes = postcard::experimental::serialized_size(&status.spec).expect("specs encode");
     if spec_bytes > limits::NODE_SPEC_BYTES_MAX {
         return Err(format!("a node spec of {spec_bytes} bytes"));
     }

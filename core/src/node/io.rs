@@ -135,14 +135,14 @@ pub enum Event {
         /// What the decoder said.
         error: String,
     },
-    /// A peer's input that decodes but is refused: an entry, a member, a load report or a
-    /// request that would break what this node derives, or grow it past its bounds
-    /// (`node::admission`). Nothing changed. A driver counts these by `input` and logs them
+    /// A peer's input that decodes but is refused: an entry or a load report that would break
+    /// what this node derives, or grow it past its bounds (`node::admission`). (Members are
+    /// refused as they decode: a `BadMessage`.) Nothing changed. A driver counts these by `input` and logs them
     /// with a rate limit: a peer may send many.
     Refused {
         /// The peer the packet names.
         from: Option<NodeId>,
-        /// What was refused: `entry`, `member`, `load` or `request`.
+        /// What was refused: `entry` or `load`.
         input: &'static str,
         /// Why.
         reason: String,

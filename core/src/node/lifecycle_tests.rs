@@ -243,7 +243,12 @@ fn containers_found_with_no_desired_state_are_kept_until_the_operator_speaks() {
     cluster.run_until(5000);
     assert!(cluster.events(0, 0).iter().any(|e| matches!(e, Event::KeptUnconfirmed { containers: 1 })));
     assert!(!stopped(&cluster), "kept while the desired state is unconfirmed");
+    // A command that fails confirms nothing.
+    let unknown = cluster.nodes[0].handle_command(Time::from_millis(5000), Command::Remove(AppName::new("nosuch")));
+    assert!(unknown.is_err());
+    cluster.run_until(6000);
+    assert!(!stopped(&cluster), "a failed command confirms nothing");
     cluster.apply(0, quick_app("web", 1, 8080));
-    cluster.run_until(7000);
+    cluster.run_until(8000);
     assert!(stopped(&cluster), "the operator's command confirms it: an app it does not name goes");
 }

@@ -132,6 +132,8 @@ pub struct Node {
     desired_version: u64,
     /// When a packet under this node's own name last came in (`Node::name_conflicts`).
     twin_heard_at: Option<Time>,
+    /// Whether the last placement pass held back for an earlier life of this node's name.
+    held_by_twin: bool,
     /// False while this node keeps containers it found at its start for apps its registry does
     /// not know, having started with no desired state at all (`Event::KeptUnconfirmed`).
     desired_confirmed: bool,
@@ -202,6 +204,7 @@ impl Node {
             tombstones_collected_hour: 0,
             desired_confirmed: true,
             twin_heard_at: None,
+            held_by_twin: false,
             grid: Grid { started: now, phase_ms: 0 },
             placement: Placement::new(match config.membership {
                 MembershipMode::PerfectFailureDetector => now,
@@ -465,8 +468,6 @@ impl Node {
     pub fn handle_command(&mut self, now: Time, command: Command) -> Result<(), CommandError> {
         self.begin_input(now);
         let now = self.now;
-        // The operator speaks for the desired state: containers of apps it does not name may go.
-        self.confirm_desired_state(now);
         let result = match command {
             Command::Apply(spec) => self.apply(now, *spec),
             Command::Remove(app) => {
@@ -495,6 +496,11 @@ impl Node {
                 _ => Err(CommandError::UnknownApp(app.to_string())),
             },
         };
+        if result.is_ok() {
+            // The operator speaks for the desired state: containers of apps it does not name
+            // may go.
+            self.confirm_desired_state(now);
+        }
         self.check_invariants();
         result
     }
@@ -517,7 +523,7 @@ impl Node {
                 // A pass that found a member with no status is due again once it has waited
                 // for it long enough; checked here, once a second, so that no timer of its
                 // own wakes the node.
-                if self.placement.wait_is_over(now) {
+                if self.placement.wait_is_over(now) || self.held_by_twin {
                     self.request_pass(now);
                 }
             }

@@ -24,6 +24,14 @@ impl Node {
         if let Some(owner) = crate::model::volume_owner(&spec, &others) {
             return Err(invalid(crate::model::volume_taken(&spec, owner).to_string()));
         }
+        // The other way: a volume named for this app that another declared first is that one's.
+        if let Some(declarer) = others.iter().find(|a| a.volume.as_ref().is_some_and(|v| v.name == spec.name.as_str()))
+        {
+            return Err(invalid(format!(
+                "name: app {} mounts a volume named {:?}, which is its own; name this app otherwise",
+                declarer.name, spec.name
+            )));
+        }
         if let Some(other) = others.iter().find(|a| a.port == spec.port) {
             let e = crate::model::SpecError::DuplicatePort {
                 port: spec.port,

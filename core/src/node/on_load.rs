@@ -32,7 +32,6 @@ impl Node {
         self.out.schedule(now + Duration::from_millis(self.config.load_report_interval_ms), Timer::LoadReport);
     }
 
-    /// Requests for `app` reported to this node as its coordinator.
     /// A peer's report of the requests that entered its balancers for `app`. Only a live
     /// member's report counts, once per app per half report interval and at most
     /// `LOAD_REQUESTS_PER_REPORT_MAX` requests: a forged or looping report must not scale an

@@ -129,15 +129,17 @@ impl Node {
             self.update_backends();
             return;
         }
-        self.placement.ran(own, complete || waited_out);
-        if !complete && !waited_out {
-            return;
-        }
         // An earlier life of this node's name is alive elsewhere: this is a second agent under
         // a taken name (its driver stops it), and it places nothing meanwhile. The earlier one
-        // places on, without it (`Node::name_conflicts`).
+        // places on, without it (`Node::name_conflicts`). Checked before the pass is recorded:
+        // the conflict ending changes no fact, and the report timer asks for a pass again.
         let mine = self.own_generation();
-        if self.name_conflicts().iter().any(|(_, generation)| *generation < mine) {
+        self.held_by_twin = self.name_conflicts().iter().any(|(_, generation)| *generation < mine);
+        if self.held_by_twin {
+            return;
+        }
+        self.placement.ran(own, complete || waited_out);
+        if !complete && !waited_out {
             return;
         }
         self.placement.placing(now);

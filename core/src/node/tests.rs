@@ -526,6 +526,10 @@ fn an_app_mounts_only_its_own_volumes() {
     let (i, e) = crate::model::validate_apps(&[first, second]).unwrap_err();
     assert_eq!(i, 1);
     assert!(e.to_string().contains("volume.name") && e.to_string().contains("belongs to app first"), "{e}");
+    // An app named as another's volume is refused too: that volume is the other's.
+    let named_for = AppSpec { port: 84, volume: None, ..AppSpec::new("web-data", "img", 1, Resources::new(100, 64)) };
+    let e = node.handle_command(Time::from_millis(3), Command::Apply(Box::new(named_for))).unwrap_err();
+    assert!(e.to_string().contains("app web mounts a volume named"), "{e}");
     // The owner may apply itself again with its volume.
     node.handle_command(Time::from_millis(4), Command::Apply(Box::new(web))).unwrap();
     while node.poll_action().is_some() {}

@@ -465,8 +465,8 @@ impl<V: Clone> Registry<V> {
     /// - whose key or writer name is empty or longer than [`limits::NAME_LEN_MAX`];
     /// - holding a value under a key whose [owner](Key::owner) is not its writer;
     /// - with a wall time more than [`limits::REGISTRY_CLOCK_AHEAD_MS_MAX`] after `now`;
-    /// - for a new key when the registry holds [`limits::REGISTRY_KEYS_MAX`] keys (anti-entropy
-    ///   offers it again once there is room);
+    /// - for a new key when the registry holds [`limits::REGISTRY_KEYS_MAX`] keys, or
+    ///   [`kind_max`] of its kind (anti-entropy offers it again once there is room);
     /// - that is a tombstone for an absent key, older than the tombstones already collected.
     pub fn merge(&mut self, now: Time, key: Key, entry: Entry<V>) -> bool {
         let version = &entry.version;

@@ -61,7 +61,7 @@ pub async fn start(
 
     let keys = config.cluster_keys("(the agent's config)").map_err(|e| AgentError::Config(e.to_string()))?;
     let keyring = if keys.is_empty() {
-        if !advertised.ip().is_loopback() {
+        if !advertised.ip().is_loopback() || !config.gossip_addr.ip().is_loopback() {
             tasks::spawn_insecure_warning(advertised);
         }
         None

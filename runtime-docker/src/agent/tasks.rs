@@ -34,7 +34,7 @@ pub fn spawn_gossip_receiver(
                     metrics.gossip_received.inc();
                     let packet = match &mut opener {
                         None => buffer[..n].to_vec(),
-                        Some(opener) => match opener.open(buffer[..n].to_vec()) {
+                        Some(opener) => match opener.open(buffer[..n].to_vec(), super::now().as_millis()) {
                             Ok(packet) => packet,
                             Err(e) => {
                                 metrics.gossip_refused.get_or_create(&ReasonLabel { reason: reason(e) }).inc();
@@ -64,7 +64,7 @@ fn reason(e: OpenError) -> &'static str {
         OpenError::Malformed => "malformed",
         OpenError::Unauthentic => "unauthentic",
         OpenError::Replayed => "replayed",
-        OpenError::EarlierLife => "earlier_life",
+        OpenError::FutureLife => "future_life",
     }
 }
 
@@ -73,11 +73,14 @@ fn reason(e: OpenError) -> &'static str {
 /// forgotten, and while every one was, nothing more is logged.
 pub struct LogLimiter<S> {
     last: std::collections::HashMap<S, std::time::Instant>,
+    /// When the sources not logged in the last minute may next be swept out: a full table
+    /// is swept once a second at most, not at every datagram from a new (spoofed) address.
+    next_sweep: std::time::Instant,
 }
 
 impl<S> Default for LogLimiter<S> {
     fn default() -> Self {
-        LogLimiter { last: std::collections::HashMap::new() }
+        LogLimiter { last: std::collections::HashMap::new(), next_sweep: std::time::Instant::now() }
     }
 }
 
@@ -95,8 +98,9 @@ impl<S: std::hash::Hash + Eq> LogLimiter<S> {
         if self.last.get(source).is_some_and(|at| now.duration_since(*at) < Self::EVERY) {
             return false;
         }
-        if self.last.len() >= Self::SOURCES_MAX {
+        if self.last.len() >= Self::SOURCES_MAX && now >= self.next_sweep {
             self.last.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+            self.next_sweep = now + Duration::from_secs(1);
         }
         if self.last.len() < Self::SOURCES_MAX {
             self.last.insert(source.to_owned(), now);
