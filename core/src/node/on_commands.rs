@@ -4,7 +4,7 @@
 //! (`Event::KeptUnconfirmed`).
 
 use crate::limits;
-use crate::model::{AppName, AppSpec};
+use crate::model::{AppName, AppSpec, NodeId};
 use crate::registry::Key;
 use crate::time::Time;
 
@@ -59,6 +59,14 @@ impl Node {
     /// Whether the registry holds `app`, live or removed.
     pub(super) fn knows_app(&self, app: &AppName) -> bool {
         self.registry.entry(&Key::App(app.clone())).is_some()
+    }
+
+    /// A member `from` holds a registry whose root is `root`: when it is this node's very
+    /// registry, the desired state is the cluster's, and confirmed.
+    pub(super) fn confirm_by_peer_root(&mut self, now: Time, from: &NodeId, root: u64) {
+        if !self.desired_confirmed && root == self.registry.root_hash() && self.members.contains(from) {
+            self.confirm_desired_state(now);
+        }
     }
 
     /// The desired state is confirmed (by the operator, or a peer whose registry is this

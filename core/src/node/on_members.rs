@@ -27,10 +27,7 @@ impl Node {
                 // anti-entropy interval: a busy node's packets would start one each.
                 // Cheapest test first: the roots are equal in a quiet cluster, and this runs for
                 // every SWIM packet.
-                if !self.desired_confirmed && root == self.registry.root_hash() && self.members.contains(from) {
-                    // A member holds this very registry: the desired state is the cluster's.
-                    self.confirm_desired_state(now);
-                }
+                self.confirm_by_peer_root(now, from, root);
                 if self.anti_entropy.may_answer(now, self.config.anti_entropy_interval_ms)
                     && root != self.registry.root_hash()
                     && self.members.contains(from)

@@ -27,10 +27,7 @@ impl Node {
         let bytes_max = request_bytes.max(limits::PACKET_BYTES_MAX);
         match message {
             Message::Root(root) => {
-                if !self.desired_confirmed && root == self.registry.root_hash() && self.members.contains(from) {
-                    // A member holds this very registry: the desired state is the cluster's.
-                    self.confirm_desired_state(now);
-                }
+                self.confirm_by_peer_root(now, from, root);
                 if let Some(digest) = anti_entropy::answer_root(&self.registry, root) {
                     self.send(from, &digest);
                 }
