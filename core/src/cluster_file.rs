@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use crate::limits;
 use crate::model::{
-    AppName, AppSpec, Autoscale, HealthCheck, Labels, NodeId, NodeSpec, PickerKind, Resources, RestartBackoff,
-    ScaleRule, SpecError, Volume, validate_apps, validate_name,
+    AppName, AppSpec, Autoscale, HealthCheck, HealthKind, Labels, NodeId, NodeSpec, PickerKind, Resources,
+    RestartBackoff, ScaleRule, SpecError, UpdatePolicy, Volume, validate_apps, validate_name,
 };
 use crate::schedule::Policy;
 
@@ -153,12 +153,25 @@ pub struct RawNode {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
+    kind: Option<String>,
     path: Option<String>,
     interval_ms: Option<u64>,
     timeout_ms: Option<u64>,
     failures: Option<u32>,
     successes: Option<u32>,
     start_grace_ms: Option<u64>,
+}
+
+/// `[app.update]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpdate {
+    max_surge: Option<u32>,
+    max_unavailable: Option<u32>,
+    min_healthy_ms: Option<u64>,
+    healthy_deadline_ms: Option<u64>,
+    auto_revert: Option<bool>,
+    canary: Option<u32>,
 }
 
 /// `[app.autoscale]`.
@@ -223,6 +236,7 @@ pub struct RawApp {
     #[serde(default)]
     balance: PickerKind,
     health: Option<RawHealth>,
+    update: Option<RawUpdate>,
     autoscale: Option<RawAutoscale>,
     volume: Option<RawVolume>,
     restart: Option<RawRestart>,
@@ -349,13 +363,37 @@ fn app_spec(raw: &RawApp) -> Result<AppSpec, (&'static str, String)> {
     spec.balance = raw.balance;
     if let Some(h) = &raw.health {
         let d = HealthCheck::default();
+        // A path says HTTP; without one, a TCP connect, which every server answers.
+        let kind =
+            match &h.kind {
+                None if h.path.is_some() => HealthKind::Http,
+                None => HealthKind::Tcp,
+                Some(k) => HealthKind::ALL.iter().find(|(n, _)| n == k).map(|(_, k)| *k).ok_or_else(|| {
+                    ("health.kind", format!("unknown kind {k:?}; allowed: \"http\", \"tcp\", \"none\""))
+                })?,
+            };
+        if h.path.is_some() && kind != HealthKind::Http {
+            return Err(("health.path", format!("a path is probed only by kind = \"http\", not {:?}", kind.name())));
+        }
         spec.health = HealthCheck {
+            kind,
             path: h.path.clone().unwrap_or(d.path),
             interval_ms: h.interval_ms.unwrap_or(d.interval_ms),
             timeout_ms: h.timeout_ms.unwrap_or(d.timeout_ms),
             failures: h.failures.unwrap_or(d.failures),
             successes: h.successes.unwrap_or(d.successes),
             start_grace_ms: h.start_grace_ms.unwrap_or(d.start_grace_ms),
+        };
+    }
+    if let Some(u) = &raw.update {
+        let d = UpdatePolicy::default();
+        spec.update = UpdatePolicy {
+            max_surge: u.max_surge.unwrap_or(d.max_surge),
+            max_unavailable: u.max_unavailable.unwrap_or(d.max_unavailable),
+            min_healthy_ms: u.min_healthy_ms.unwrap_or(d.min_healthy_ms),
+            healthy_deadline_ms: u.healthy_deadline_ms.unwrap_or(d.healthy_deadline_ms),
+            auto_revert: u.auto_revert.unwrap_or(d.auto_revert),
+            canary: u.canary.unwrap_or(d.canary),
         };
     }
     if let Some(r) = &raw.restart {
@@ -490,7 +528,7 @@ target_rps_per_replica = 100
     #[test]
     fn semantic_errors_name_the_key_and_the_app() {
         let base = "[cluster]\nnodes = 2\n[[app]]\nname = \"web\"\nimage = \"x\"\nport = 80\n";
-        let e = error_of(&format!("{base}replicas = 0\n"));
+        let e = error_of(&format!("{base}replicas = 1000000\n"));
         assert_eq!(e.key, "app[0].replicas (app \"web\")");
         let e = error_of(&format!("{base}[app.autoscale]\nmin = 3\nmax = 2\n"));
         assert_eq!(e.key, "app[0].autoscale");

@@ -43,6 +43,7 @@ pub mod model;
 pub mod node;
 pub mod registry;
 pub mod rng;
+pub mod rollout;
 pub mod schedule;
 pub mod seal;
 pub mod time;

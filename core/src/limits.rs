@@ -47,6 +47,16 @@ pub const CPU_MILLIS_MAX: u64 = 1_000_000;
 /// Most memory one replica may reserve (a PiB), and one node offer, in MiB.
 pub const MEM_MB_MAX: u64 = 1 << 30;
 
+/// Earlier versions of an app kept for going back to (Kubernetes keeps 10 by default, Nomad 6).
+pub const REVISIONS_MAX: usize = 10;
+
+/// How often a replica that has not yet passed a health check is probed: it serves from its
+/// first success, not an interval later.
+pub const READINESS_PROBE_MS: u64 = 250;
+
+/// Longest reason a rollout's verdict gives.
+pub const REASON_LEN_MAX: usize = 512;
+
 /// Longest HTTP path of a health check.
 pub const PATH_LEN_MAX: usize = 1024;
 
@@ -73,8 +83,8 @@ pub const REGISTRY_RECENT_MAX: usize = 4096;
 pub const REGISTRY_CLOCK_AHEAD_MS_MAX: u64 = 5 * 60 * 1000;
 
 const _: () = assert!(
-    REGISTRY_KEYS_MAX >= 2 * NODES_MAX + 2 * APPS_MAX,
-    "room for a status and a load per node and a spec and a scale per app, plus tombstones"
+    REGISTRY_KEYS_MAX >= 2 * (2 * NODES_MAX + 3 * APPS_MAX),
+    "room for a status and a load per node and a spec, a scale and a rollout per app, plus tombstones"
 );
 const _: () = assert!(REGISTRY_BUCKETS.is_power_of_two() && REGISTRY_BUCKETS <= u16::MAX as usize + 1);
 const _: () = assert!(REGISTRY_RECENT_MAX >= 1 && REGISTRY_RECENT_MAX <= REGISTRY_KEYS_MAX);

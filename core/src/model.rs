@@ -246,10 +246,43 @@ impl PickerKind {
     ];
 }
 
-/// An active HTTP health check of each replica.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a replica's health is probed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// An HTTP GET of `path` on the container port; a 2xx answer is a success.
+    Http,
+    /// A TCP connect to the container port: what every server answers, so the default for an
+    /// app that says nothing of its health (an image without `/health` still serves).
+    #[default]
+    Tcp,
+    /// No probe: a running container is healthy.
+    None,
+}
+
+impl HealthKind {
+    /// Every kind, by the name used in files.
+    pub const ALL: [(&'static str, HealthKind); 3] =
+        [("http", HealthKind::Http), ("tcp", HealthKind::Tcp), ("none", HealthKind::None)];
+
+    /// What a spec saved before kinds existed meant: an HTTP probe of its path.
+    fn saved_before_kinds() -> HealthKind {
+        HealthKind::Http
+    }
+
+    /// The name used in files.
+    pub fn name(self) -> &'static str {
+        HealthKind::ALL.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+/// An active health check of each replica.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HealthCheck {
-    /// HTTP path probed on the container port; a 2xx answer is a success.
+    /// How the probe is made.
+    #[serde(default = "HealthKind::saved_before_kinds")]
+    pub kind: HealthKind,
+    /// HTTP path probed on the container port (kind `http`); a 2xx answer is a success.
     pub path: String,
     /// Time between two probes of one container.
     pub interval_ms: u64,
@@ -267,6 +300,7 @@ pub struct HealthCheck {
 impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
+            kind: HealthKind::Tcp,
             path: "/health".to_owned(),
             interval_ms: 1000,
             timeout_ms: 500,
@@ -356,6 +390,88 @@ impl Default for RestartBackoff {
     }
 }
 
+/// How a new version replaces the running one (`[app.update]`): a rolling update, start-first
+/// by default, gated on health (`crate::rollout`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatePolicy {
+    /// New replicas that may run beside the old ones at once, each a slot being replaced.
+    pub max_surge: u32,
+    /// Slots that may be without a healthy replica at once while they are replaced
+    /// (stop-first); with `max_surge = 0` this is the pace of the update.
+    pub max_unavailable: u32,
+    /// How long a new replica stays healthy before it counts, and its slot's old one stops.
+    pub min_healthy_ms: u64,
+    /// A new replica not counted within this of its start fails the rollout.
+    pub healthy_deadline_ms: u64,
+    /// Whether a failed rollout goes back to the last version that completed one.
+    pub auto_revert: bool,
+    /// With N > 0, only N slots get the new version, beside their old replicas, until the
+    /// operator promotes it (`canteen promote`).
+    pub canary: u32,
+}
+
+impl Default for UpdatePolicy {
+    fn default() -> Self {
+        UpdatePolicy {
+            max_surge: 1,
+            max_unavailable: 0,
+            min_healthy_ms: 5000,
+            healthy_deadline_ms: 60_000,
+            auto_revert: true,
+            canary: 0,
+        }
+    }
+}
+
+/// What a replica's container is made from: the fields of a spec whose change needs new
+/// containers. Two versions with equal templates run the same containers, so a container of
+/// either serves both (an undo back to a version whose replicas still run restarts nothing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    /// Docker image reference.
+    pub image: String,
+    /// Command and arguments.
+    pub command: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Reserved for each replica.
+    pub resources: Resources,
+    /// The port the app listens on inside its container.
+    pub container_port: u16,
+    /// A volume mounted into every replica.
+    pub volume: Option<Volume>,
+    /// How each replica's health is probed.
+    pub health: HealthCheck,
+    /// Times `canteen restart` asked for fresh containers.
+    pub redeploys: u32,
+}
+
+/// Why a version was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// `canteen apply` changed what the containers are made from.
+    Apply,
+    /// `canteen restart`: the same spec, fresh containers.
+    Restart,
+    /// `canteen rollout undo`: the spec of an earlier version.
+    Undo {
+        /// That version.
+        to: u64,
+    },
+}
+
+/// An earlier version of an app, kept so that a rollout can go back to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    /// Its version.
+    pub version: u64,
+    /// What its containers were made from.
+    pub template: Template,
+    /// Why it was made.
+    pub cause: Cause,
+}
+
 /// Everything the operator says about one app.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppSpec {
@@ -389,6 +505,31 @@ pub struct AppSpec {
     pub restart: RestartBackoff,
     /// How the balancer picks a replica for each request.
     pub balance: PickerKind,
+    /// How a new version replaces the running one.
+    #[serde(default)]
+    pub update: UpdatePolicy,
+    /// The version: 1 when the app is first applied, one more on every change of its
+    /// [`Template`] (and every restart or undo). Set by the node that applies the spec; what
+    /// the operator sends is ignored.
+    #[serde(default)]
+    pub version: u64,
+    /// Times `canteen restart` asked for fresh containers (part of the template).
+    #[serde(default)]
+    pub redeploys: u32,
+    /// Whether the operator promoted this version's canaries.
+    #[serde(default)]
+    pub promoted: bool,
+    /// Earlier versions, oldest first, at most `limits::REVISIONS_MAX`; set by the node that
+    /// applies the spec.
+    #[serde(default)]
+    pub history: Vec<Revision>,
+    /// Why this version was made.
+    #[serde(default = "apply_cause")]
+    pub cause: Cause,
+}
+
+fn apply_cause() -> Cause {
+    Cause::Apply
 }
 
 impl AppSpec {
@@ -410,7 +551,74 @@ impl AppSpec {
             volume: None,
             restart: RestartBackoff::default(),
             balance: PickerKind::RoundRobin,
+            update: UpdatePolicy::default(),
+            version: 0,
+            redeploys: 0,
+            promoted: false,
+            history: Vec::new(),
+            cause: Cause::Apply,
         }
+    }
+
+    /// What this version's containers are made from.
+    pub fn template(&self) -> Template {
+        Template {
+            image: self.image.clone(),
+            command: self.command.clone(),
+            env: self.env.clone(),
+            resources: self.resources,
+            container_port: self.container_port,
+            volume: self.volume.clone(),
+            health: self.health.clone(),
+            redeploys: self.redeploys,
+        }
+    }
+
+    /// Whether `template` is what this version's containers are made from, without building
+    /// this version's template.
+    pub fn has_template(&self, t: &Template) -> bool {
+        self.image == t.image
+            && self.command == t.command
+            && self.env == t.env
+            && self.resources == t.resources
+            && self.container_port == t.container_port
+            && self.volume == t.volume
+            && self.health == t.health
+            && self.redeploys == t.redeploys
+    }
+
+    /// This spec with its containers made from `template`, as version `version`.
+    pub fn with_template(&self, template: &Template, version: u64) -> AppSpec {
+        let t = template.clone();
+        AppSpec {
+            image: t.image,
+            command: t.command,
+            env: t.env,
+            resources: t.resources,
+            container_port: t.container_port,
+            volume: t.volume,
+            health: t.health,
+            redeploys: t.redeploys,
+            version,
+            ..self.clone()
+        }
+    }
+
+    /// The template of `version`: this one's, or an earlier one kept in the history.
+    pub fn template_of(&self, version: u64) -> Option<Template> {
+        if version == self.version {
+            return Some(self.template());
+        }
+        self.history.iter().find(|r| r.version == version).map(|r| r.template.clone())
+    }
+
+    /// Whether a container of `version` is made as this version's are: the same version, one
+    /// whose template is equal, or one from before versions were recorded (0), which an
+    /// upgraded agent adopts without replacing.
+    pub fn runs_as(&self, version: u64) -> bool {
+        version == self.version
+            || version == 0
+            || self.history.iter().any(|r| r.version == version && self.has_template(&r.template))
     }
 
     /// The slots the app should run now.
@@ -493,12 +701,9 @@ impl AppSpec {
                 format!("{} is more than the limit of {}", self.replicas, limits::REPLICAS_PER_APP_MAX),
             ));
         }
-        match &self.autoscale {
-            None if self.replicas == 0 => {
-                return Err(invalid("replicas", "must be at least 1 (or give [app.autoscale] with min = 0)".into()));
-            }
-            None => {}
-            Some(a) => validate_autoscale(a, self.replicas)?,
+        // `replicas = 0` keeps an app stopped but applied.
+        if let Some(a) = &self.autoscale {
+            validate_autoscale(a, self.replicas)?;
         }
         if self.resources.cpu_millis == 0 {
             return Err(invalid("cpu_millis", "must be greater than 0".into()));
@@ -534,8 +739,60 @@ impl AppSpec {
                 return Err(invalid("volume.mount_path", format!("{:?} must be an absolute path", v.mount_path)));
             }
         }
+        validate_update(&self.update)?;
+        self.validate_history()
+    }
+
+    /// The versions a node sets: earlier versions below this one, in order, each template as
+    /// valid as a spec's, at most `limits::REVISIONS_MAX` of them.
+    fn validate_history(&self) -> Result<(), SpecError> {
+        if self.history.len() > limits::REVISIONS_MAX {
+            return Err(invalid(
+                "history",
+                format!("{} earlier versions; at most {} are kept", self.history.len(), limits::REVISIONS_MAX),
+            ));
+        }
+        let ordered = self.history.windows(2).all(|w| w[0].version < w[1].version)
+            && self.history.last().is_none_or(|r| r.version < self.version);
+        if !ordered {
+            return Err(invalid("history", "earlier versions must be below the version, in order".into()));
+        }
+        for r in &self.history {
+            let mut spec = self.with_template(&r.template, r.version);
+            spec.history.clear();
+            spec.validate().map_err(|e| invalid("history", format!("version {}: {e}", r.version)))?;
+        }
         Ok(())
     }
+}
+
+fn validate_update(u: &UpdatePolicy) -> Result<(), SpecError> {
+    if u.max_surge == 0 && u.max_unavailable == 0 {
+        return Err(invalid(
+            "update.max_surge",
+            "max_surge and max_unavailable are both 0, so no slot could ever be replaced; give one of them at least 1"
+                .into(),
+        ));
+    }
+    at_most("update.max_surge", u64::from(u.max_surge), u64::from(limits::REPLICAS_PER_APP_MAX), "replicas")?;
+    at_most(
+        "update.max_unavailable",
+        u64::from(u.max_unavailable),
+        u64::from(limits::REPLICAS_PER_APP_MAX),
+        "replicas",
+    )?;
+    at_most("update.canary", u64::from(u.canary), u64::from(limits::REPLICAS_PER_APP_MAX), "replicas")?;
+    at_most("update.healthy_deadline_ms", u.healthy_deadline_ms, limits::DURATION_MS_MAX, "ms")?;
+    if u.min_healthy_ms >= u.healthy_deadline_ms {
+        return Err(invalid(
+            "update.min_healthy_ms",
+            format!(
+                "{} ms must be less than healthy_deadline_ms ({} ms): a new replica must be able to count before its deadline",
+                u.min_healthy_ms, u.healthy_deadline_ms
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_autoscale(a: &Autoscale, replicas: u32) -> Result<(), SpecError> {
@@ -732,7 +989,6 @@ mod tests {
             (|a| a.name = AppName::new(""), "name"),
             (|a| a.name = AppName::new("Web App"), "name"),
             (|a| a.image = " ".into(), "image"),
-            (|a| a.replicas = 0, "replicas"),
             (|a| a.resources.cpu_millis = 0, "cpu_millis"),
             (|a| a.resources.mem_bytes = 0, "mem_mb"),
             (|a| a.port = 0, "port"),

@@ -78,6 +78,8 @@ fn observe(plan: &Plan) -> Observed {
             container: format!("c-{}-{}", slot, node).into(),
             slot,
             state: ContainerState::Healthy,
+            version: 0,
+            ready: true,
         });
     }
     observed

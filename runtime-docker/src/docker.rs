@@ -27,6 +27,8 @@ pub const LABEL_NODE: &str = "canteen.node";
 pub const LABEL_IDENTITY: &str = "canteen.identity";
 /// Label holding the host port the container publishes.
 pub const LABEL_HOST_PORT: &str = "canteen.host_port";
+/// The label of the version of its app a container runs (none before versions: 0).
+pub const LABEL_VERSION: &str = "canteen.version";
 
 /// What went wrong talking to Docker. No variant leaves a container half made: a failed start
 /// removes what it created.
@@ -69,6 +71,8 @@ pub struct Labelled {
     pub slot: SlotId,
     /// The host port, from the labels.
     pub host_port: u16,
+    /// The version of its app, from the labels (0 when it has none).
+    pub version: u64,
     /// Whether it is running (an exited one is not adopted, it is removed).
     pub running: bool,
 }
@@ -102,8 +106,9 @@ impl Docker {
     }
 
     /// The container name of a slot on this node.
-    pub fn container_name(&self, slot: &SlotId) -> String {
-        format!("canteen-{}-{}-{}-{}", self.node, &self.identity[..self.identity.len().min(8)], slot.app, slot.index)
+    pub fn container_name(&self, slot: &SlotId, version: u64) -> String {
+        let identity = &self.identity[..self.identity.len().min(8)];
+        format!("canteen-{}-{identity}-{}-{}-v{version}", self.node, slot.app, slot.index)
     }
 
     /// Whether `image` is on this machine.
@@ -143,7 +148,8 @@ impl Docker {
         if let Some(volume) = &app.volume {
             self.ensure_volume(&volume.name, app.name.as_str()).await?;
         }
-        let name = self.container_name(slot);
+        // Named by version too: a rolling update runs a slot's new version beside its old one.
+        let name = self.container_name(slot, app.version);
         self.remove(&name).await?;
         let port_key = format!("{}/tcp", app.container_port);
         let labels = HashMap::from([
@@ -152,6 +158,7 @@ impl Docker {
             (LABEL_NODE.to_owned(), self.node.to_string()),
             (LABEL_IDENTITY.to_owned(), self.identity.clone()),
             (LABEL_HOST_PORT.to_owned(), host_port.to_string()),
+            (LABEL_VERSION.to_owned(), app.version.to_string()),
         ]);
         // The agent tells each replica who it is and where to listen; the spec's env wins.
         let mut env = vec![
@@ -290,7 +297,8 @@ impl Docker {
                 continue;
             };
             let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
-            own.push(Labelled { id, slot: SlotId::new(app.as_str(), index), host_port: port, running });
+            let version = labels.get(LABEL_VERSION).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+            own.push(Labelled { id, slot: SlotId::new(app.as_str(), index), host_port: port, version, running });
         }
         own.sort_by(|a, b| (&a.slot, &a.id).cmp(&(&b.slot, &b.id)));
         Ok(own)

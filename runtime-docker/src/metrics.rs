@@ -30,6 +30,23 @@ impl AppLabel {
     }
 }
 
+/// The label of rollout counts: the app and what happened (`started`, `completed`,
+/// `reverted`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabel {
+    /// The app's name.
+    pub app: String,
+    /// What happened to the rollout.
+    pub result: &'static str,
+}
+
+impl RolloutLabel {
+    /// The label for `app`'s rollouts that `result`.
+    pub fn new(app: &str, result: &'static str) -> RolloutLabel {
+        RolloutLabel { app: app.to_owned(), result }
+    }
+}
+
 /// The label of refused gossip datagrams: why (`core::seal::OpenError`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -66,6 +83,9 @@ pub struct Metrics {
     pub restarts: Family<AppLabel, Counter>,
     /// Autoscaler changes of an app's replica count.
     pub scale_events: Family<AppLabel, Counter>,
+    /// Rollouts this node started (an operator's command through it) or ended (as the app's
+    /// coordinator), by app and result; the cluster's total is the sum over its agents.
+    pub rollouts: Family<RolloutLabel, Counter>,
     /// Cluster members this node believes alive (SWIM: alive or suspected), itself included.
     pub gossip_members: Gauge,
     /// Gossip datagrams sent.
@@ -115,6 +135,12 @@ impl Metrics {
         registry.register("replicas", "Healthy replicas in an app's balancer", replicas.clone());
         registry.register("restarts", "Containers restarted after a failure", restarts.clone());
         registry.register("scale_events", "Autoscaler changes of the replica count", scale_events.clone());
+        let rollouts = Family::<RolloutLabel, Counter>::default();
+        registry.register(
+            "rollouts",
+            "Rollouts started through this node, or ended (completed, reverted, failed) as the app's coordinator",
+            rollouts.clone(),
+        );
         registry.register(
             "gossip_members",
             "Cluster members believed alive, this node included",
@@ -143,6 +169,7 @@ impl Metrics {
             replicas,
             restarts,
             scale_events,
+            rollouts,
             gossip_members,
             gossip_sent,
             gossip_received,
@@ -162,6 +189,9 @@ impl Metrics {
         self.replicas.remove(&label);
         self.restarts.remove(&label);
         self.scale_events.remove(&label);
+        for result in ["started", "completed", "reverted", "failed"] {
+            self.rollouts.remove(&RolloutLabel::new(app, result));
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).

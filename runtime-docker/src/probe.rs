@@ -1,19 +1,30 @@
-//! HTTP health probes: one `GET` on a fresh connection, a 2xx status in time is a success.
+//! Health probes: an HTTP `GET` on a fresh connection, a 2xx status in time is a success; or a
+//! TCP connect in time.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use canteen_core::health::ProbeOutcome;
+use canteen_core::model::HealthKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The status line is all a probe reads; a longer head is cut here.
 const PROBE_READ_BYTES_MAX: usize = 1024;
 
-/// Probes `http://ip:port{path}` once, within `timeout_ms`.
-pub async fn probe(ip: IpAddr, port: u16, path: &str, timeout_ms: u64) -> ProbeOutcome {
+/// Probes `http://ip:port{path}` once (`kind` HTTP), or connects to `ip:port` (TCP), within
+/// `timeout_ms`.
+pub async fn probe(kind: HealthKind, ip: IpAddr, port: u16, path: &str, timeout_ms: u64) -> ProbeOutcome {
     let addr = SocketAddr::new(ip, port);
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), probe_once(addr, path)).await {
+    let timeout = Duration::from_millis(timeout_ms);
+    if kind != HealthKind::Http {
+        return match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => ProbeOutcome::Timeout,
+            Ok(Ok(_)) => ProbeOutcome::Success,
+            Ok(Err(_)) => ProbeOutcome::Failure,
+        };
+    }
+    match tokio::time::timeout(timeout, probe_once(addr, path)).await {
         Err(_) => ProbeOutcome::Timeout,
         Ok(Ok(status)) if (200..300).contains(&status) => ProbeOutcome::Success,
         Ok(_) => ProbeOutcome::Failure,

@@ -36,6 +36,7 @@ pub(super) fn check_entry(key: &Key, entry: &Entry<Value>) -> Result<(), String>
             Err(format!("{key}: {replicas} replicas, more than the limit of {}", limits::REPLICAS_PER_APP_MAX))
         }
         (Key::Scale(_), Some(Value::Scale(_))) => Ok(()),
+        (Key::Rollout(_), Some(Value::Rollout(record))) => record.check().map_err(|e| format!("{key}: {e}")),
         (_, Some(_)) => Err(format!("{key}: holds a value of another kind")),
     }
 }
@@ -69,8 +70,12 @@ fn check_status(node: &crate::model::NodeId, status: &NodeStatus) -> Result<(), 
         if c.host_port == 0 {
             return Err(format!("slot {}: host port 0", c.slot));
         }
-        if !slots.insert((&c.slot.app, c.slot.index)) {
-            return Err(format!("slot {} listed twice", c.slot));
+        // Two versions of a slot run side by side in a rolling update; one version runs once.
+        if !slots.insert((&c.slot.app, c.slot.index, c.version)) {
+            return Err(format!("slot {} listed twice at version {}", c.slot, c.version));
+        }
+        if c.ready && c.state != crate::schedule::ContainerState::Healthy {
+            return Err(format!("slot {}: ready but {:?}", c.slot, c.state));
         }
         if !ports.insert(c.host_port) {
             return Err(format!("host port {} given to two slots", c.host_port));

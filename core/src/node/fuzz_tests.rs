@@ -159,6 +159,8 @@ fn status(rng: &mut SplitMix64, writer: &str) -> NodeStatus {
                 ContainerState::Unhealthy,
                 ContainerState::Failed,
             ][rng.below(4)],
+            version: edge(rng),
+            ready: rng.below(2) == 0,
         })
         .collect();
     NodeStatus {

@@ -151,7 +151,7 @@ fn a_sync_of_thousands_adds_a_bounded_number_and_placement_goes_on() {
 #[test]
 fn an_invalid_spec_by_gossip_is_refused_and_never_blocks_a_later_apply() {
     let mut nodes = swim_pair();
-    let mut bad = AppSpec::new("evil", "img", 0, Resources::new(100, 64));
+    let mut bad = AppSpec::new("evil", "img", 1, Resources::new(0, 64));
     bad.port = 9999;
     let version = Version { wall_ms: 3000, logical: 0, writer: NodeId::new("b") };
     let bytes = updates("b", Key::App(AppName::new("evil")), version.clone(), Some(Value::App(Box::new(bad))));
@@ -184,6 +184,8 @@ fn a_status_written_by_another_node_or_listing_a_slot_twice_is_refused() {
         container: "c1".into(),
         host_port: 8000,
         state: ContainerState::Healthy,
+        version: 0,
+        ready: false,
     };
     let version = Version { wall_ms: 3000, logical: 9, writer: NodeId::new("b") };
     let bytes =

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::autoscale::ScaleDecision;
 use crate::health::HealthState;
 use crate::membership::PeerAddr;
-use crate::model::{AppName, AppSpec, NodeId, PickerKind, SlotId};
+use crate::model::{AppName, AppSpec, HealthKind, NodeId, PickerKind, SlotId};
 use crate::registry::RegistryError;
+use crate::rollout::Outcome;
 use crate::schedule::Unplaceable;
 use crate::time::Time;
 
@@ -67,6 +68,8 @@ pub enum Action {
         container: String,
         /// The host port it listens on.
         host_port: u16,
+        /// An HTTP GET of `path`, or a TCP connect (never `None`: the node answers those).
+        kind: HealthKind,
         /// The HTTP path.
         path: String,
         /// A probe not answered by then is a [`crate::health::ProbeOutcome::Timeout`].
@@ -120,6 +123,35 @@ pub enum Event {
     GaveUp {
         /// The slot.
         slot: SlotId,
+    },
+    /// A new version's replica on trial failed here: its rollout fails.
+    TrialFailed {
+        /// The slot.
+        slot: SlotId,
+        /// The version it ran.
+        version: u64,
+        /// What happened.
+        reason: String,
+    },
+    /// An operator's command made a new version of an app: a rollout starts.
+    RolloutStarted {
+        /// The app.
+        app: AppName,
+        /// The version its containers ran.
+        from: u64,
+        /// The new one.
+        to: u64,
+    },
+    /// The app's coordinator gave its verdict on a version's rollout.
+    RolloutEnded {
+        /// The app.
+        app: AppName,
+        /// The version.
+        version: u64,
+        /// How it ended.
+        outcome: Outcome,
+        /// The version the app goes back to, when it failed and auto-reverts.
+        reverted_to: Option<u64>,
     },
     /// The coordinator changed an app's replica count.
     Scaled {
@@ -189,8 +221,8 @@ pub enum ContainerEvent {
     },
     /// At start-up: the containers this node already runs (found by their labels).
     Adopted {
-        /// Each slot with its container and host port.
-        containers: Vec<(SlotId, String, u16)>,
+        /// Each slot with its container, host port and version (0 when unknown).
+        containers: Vec<(SlotId, String, u16, u64)>,
     },
 }
 
@@ -203,6 +235,13 @@ pub enum Command {
     Remove(AppName),
     /// Set an app's replica count.
     Scale(AppName, u32),
+    /// A rolling restart: a new version with the same spec, fresh containers.
+    Restart(AppName),
+    /// A new version with the spec of an earlier one (the one before the current, when
+    /// `None`).
+    Undo(AppName, Option<u64>),
+    /// The version's canaries are good: the rollout goes on to every slot.
+    Promote(AppName),
 }
 
 /// Why a command was refused. The registry is unchanged.
@@ -219,6 +258,14 @@ pub enum CommandError {
     /// No such app.
     #[error("no app named {0:?}")]
     UnknownApp(String),
+    /// The command does not apply to the app as it is.
+    #[error("app {app}: {problem}")]
+    NotApplicable {
+        /// The app.
+        app: String,
+        /// Why.
+        problem: String,
+    },
     /// The registry refused the write.
     #[error(transparent)]
     Registry(#[from] RegistryError),

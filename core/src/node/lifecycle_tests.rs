@@ -130,7 +130,7 @@ fn adopting_two_containers_of_one_slot_keeps_the_first_and_stops_the_other() {
     let mut cluster = Cluster::new(1);
     let web0 = slot("web", 0);
     let event = ContainerEvent::Adopted {
-        containers: vec![(web0.clone(), "first".into(), 8000), (web0.clone(), "second".into(), 8001)],
+        containers: vec![(web0.clone(), "first".into(), 8000, 0), (web0.clone(), "second".into(), 8001, 0)],
     };
     cluster.nodes[0].handle_container_event(Time::from_millis(1), event);
     let actions: Vec<Action> = std::iter::from_fn(|| cluster.nodes[0].poll_action()).collect();

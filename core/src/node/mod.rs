@@ -63,6 +63,7 @@ use crate::registry::{Entry, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
 use crate::schedule::ContainerState;
 use crate::time::Time;
+use slots::Phase;
 
 mod admission;
 mod anti_entropy;
@@ -75,6 +76,7 @@ mod on_commands;
 mod on_load;
 mod on_members;
 mod on_news;
+mod on_rollout;
 mod on_slots;
 mod own_status;
 mod placement;
@@ -92,6 +94,7 @@ use gossip::Gossip;
 use io::Effects;
 pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
 use members::Members;
+use on_commands::Roll;
 use own_status::OwnStatus;
 use placement::Placement;
 use scaling::Scaling;
@@ -399,38 +402,36 @@ impl Node {
         let now = self.now;
         match event {
             ContainerEvent::Started { slot, generation, container } => {
-                let check = match self.registry.get(&Key::App(slot.app.clone())) {
-                    Some(Value::App(spec)) => spec.health.clone(),
-                    _ => Default::default(),
-                };
+                let version = self.slots.at(&slot, generation).map_or(0, |(_, l)| l.version);
+                let check = self.instance_health(&slot.app, version).unwrap_or_default();
                 if self.slots.started(now, slot, generation, container, &check, &mut self.out) {
                     // Only the container id changed, which no peer acts on: it goes out with
                     // the next change, and does not send out one held back.
                     self.hold_status(now);
                 }
             }
-            ContainerEvent::StartFailed { slot, generation, .. } => {
-                if self.slots.get(&slot).is_some_and(|l| l.start == generation) {
-                    self.fail(now, &slot);
+            ContainerEvent::StartFailed { slot, generation, error } => {
+                if self.slots.is_at(&slot, generation, Phase::Starting) {
+                    self.fail(now, &slot, generation, &format!("its start failed: {error}"));
                 }
             }
             ContainerEvent::Exited { container } => {
-                if let Some(slot) = self.slots.running(&container) {
-                    self.fail(now, &slot);
+                if let Some((slot, start)) = self.slots.running(&container) {
+                    self.fail(now, &slot, start, "its container exited");
                 }
             }
             ContainerEvent::Adopted { containers } => {
                 // Containers of its own, and no desired state at all: the state may be lost
                 // (a wiped data directory), not empty. They are kept until a peer or the
                 // operator says what the desired state is (`desired_confirmed`).
-                let unknown = containers.iter().filter(|(slot, _, _)| !self.knows_app(&slot.app)).count();
+                let unknown = containers.iter().filter(|(slot, ..)| !self.knows_app(&slot.app)).count();
                 if unknown > 0 && !self.registry.iter().any(|(k, _)| k.is_desired_state()) {
                     self.desired_confirmed = false;
                     self.out.event(Event::KeptUnconfirmed { containers: unknown });
                 }
-                for (slot, container, host_port) in containers {
-                    let spec = self.app_spec(&slot.app);
-                    self.slots.adopt(now, slot, container, host_port, spec.as_ref(), &mut self.out);
+                for (slot, container, host_port, version) in containers {
+                    let spec = self.instance_spec(&slot.app, version);
+                    self.slots.adopt(now, slot, version, container, host_port, spec.as_ref(), &mut self.out);
                 }
                 self.publish_status(now);
             }
@@ -442,19 +443,27 @@ impl Node {
     pub fn handle_probe_result(&mut self, now: Time, container: &str, outcome: ProbeOutcome) {
         self.begin_input(now);
         let now = self.now;
-        let Some((slot, state)) = self.slots.probed(now, container, outcome) else { return };
+        self.probe_outcome(now, container, outcome);
+        self.check_invariants();
+    }
+
+    /// What a probe's outcome changes: a replica turning healthy is published (and on trial,
+    /// counted once it stays healthy for its update's `min_healthy_ms`); one turning
+    /// unhealthy fails.
+    fn probe_outcome(&mut self, now: Time, container: &str, outcome: ProbeOutcome) {
+        let Some((slot, start, state)) = self.slots.probed(now, container, outcome) else { return };
         match state {
             HealthState::Healthy => {
-                self.out.event(Event::Health { slot, state });
+                self.out.event(Event::Health { slot: slot.clone(), state });
+                self.arm_ready(now, slot, start);
                 self.hold_status(now);
             }
             HealthState::Unhealthy => {
                 self.out.event(Event::Health { slot: slot.clone(), state });
-                self.fail(now, &slot);
+                self.fail(now, &slot, start, "it turned unhealthy");
             }
             HealthState::Starting => {}
         }
-        self.check_invariants();
     }
 
     /// Requests that entered this node's balancer for `app` since the last call.
@@ -495,6 +504,9 @@ impl Node {
                 }
                 _ => Err(CommandError::UnknownApp(app.to_string())),
             },
+            Command::Restart(app) => self.roll_command(now, &app, Roll::Restart),
+            Command::Undo(app, to) => self.roll_command(now, &app, Roll::Undo(to)),
+            Command::Promote(app) => self.roll_command(now, &app, Roll::Promote),
         };
         if result.is_ok() {
             // The operator speaks for the desired state: containers of apps it does not name
@@ -508,7 +520,7 @@ impl Node {
     /// Every app in the registry, with the replica count the coordinator chose for autoscaled
     /// ones.
     pub fn apps(&self) -> Vec<AppSpec> {
-        self.registry.apps().filter_map(|(name, _)| scaling::spec_with_scale(&self.registry, name)).collect()
+        self.registry.apps().filter_map(|(name, _)| self.effective_spec(name)).collect()
     }
 
     /// A timer came due: one line per kind, each a step of the part it belongs to.
@@ -519,6 +531,7 @@ impl Node {
             Timer::PlacementPass => self.placement_pass_due(now),
             Timer::LoadReport => {
                 self.report_load(now);
+                self.check_rollouts(now);
                 self.collect_tombstones_if_due(now);
                 // A pass that found a member with no status is due again once it has waited
                 // for it long enough; checked here, once a second, so that no timer of its
@@ -529,7 +542,9 @@ impl Node {
             }
             Timer::Autoscale => self.autoscale(now),
             Timer::Probe { slot, start } => self.probe(now, slot, start),
-            Timer::Restart { slot, start } => self.restart(slot, start),
+            Timer::Restart { slot, start } => self.restart(now, slot, start),
+            Timer::Ready { slot, start } => self.ready_due(now, slot, start),
+            Timer::Deadline { slot, start } => self.deadline_due(now, slot, start),
             Timer::Claim { slot, start } => self.claim_settled(now, slot, start),
             Timer::PublishStatus => self.publish_held_status(now),
             Timer::ForgetFailure { slot, start } => self.forget_failure(now, slot, start),
@@ -653,10 +668,18 @@ impl Node {
                     _ => None,
                 };
                 self.scaling.app_changed(app, spec);
+                self.end_trials(app);
             }
             Key::Scale(_) => {
                 self.placement.facts_changed();
                 self.placement.structure_changed();
+            }
+            Key::Rollout(app) => {
+                self.placement.facts_changed();
+                self.placement.structure_changed();
+                // A verdict, or a revert, changes what the balancer's app runs, not its list.
+                self.balancers.app_changed(app);
+                self.end_trials(app);
             }
             Key::Load(_) => {}
             Key::Status(node) => self.status_changed(node),
@@ -796,3 +819,6 @@ mod fuzz_tests;
 
 #[cfg(test)]
 mod hostile_tests;
+
+#[cfg(test)]
+mod rollout_tests;

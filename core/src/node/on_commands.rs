@@ -10,6 +10,17 @@ use crate::time::Time;
 
 use super::{CommandError, Node, Value};
 
+/// A command on an app's versions (`Node::roll_command`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Roll {
+    /// A new version with the same spec.
+    Restart,
+    /// A new version with the spec of an earlier one (the previous, when `None`).
+    Undo(Option<u64>),
+    /// The canaries are promoted.
+    Promote,
+}
+
 impl Node {
     pub(super) fn apply(&mut self, now: Time, spec: AppSpec) -> Result<(), CommandError> {
         // The spec alone, then against the others: two apps that others applied at once
@@ -40,20 +51,120 @@ impl Node {
             };
             return Err(invalid(e.to_string()));
         }
-        let name = spec.name.clone();
-        let autoscaled = spec.autoscale.is_some();
-        let value = Value::App(Box::new(spec));
-        let bytes = postcard::to_allocvec(&value).expect("specs encode");
-        self.registry.check_size(&Key::App(name.clone()), bytes.len())?;
-        self.write(now, Key::App(name.clone()), value)?;
-        if autoscaled {
-            // A new spec resets the count the coordinator chose; it starts again from here.
-            if self.registry.get(&Key::Scale(name.clone())).is_some() {
-                self.remove(now, Key::Scale(name));
+        let old = match self.registry.get(&Key::App(spec.name.clone())) {
+            Some(Value::App(old)) => Some((**old).clone()),
+            _ => None,
+        };
+        let mut spec = spec;
+        // The version, the history and the restarts are the cluster's, not the operator's.
+        spec.redeploys = old.as_ref().map_or(0, |o| o.redeploys);
+        let rescaled = old.as_ref().is_none_or(|o| o.replicas != spec.replicas || o.autoscale != spec.autoscale);
+        match &old {
+            Some(o) if o.has_template(&spec.template()) => {
+                spec.version = o.version;
+                spec.history = o.history.clone();
+                spec.promoted = o.promoted;
+                spec.cause = o.cause;
             }
+            _ => self.next_version(&mut spec, old.as_ref(), crate::model::Cause::Apply),
+        }
+        self.write_spec(now, spec, rescaled)
+    }
+
+    /// Makes `spec` the version after `old`'s (the first when there is none), made for
+    /// `cause`: `old` joins the history, whose oldest versions go past `REVISIONS_MAX`.
+    pub(super) fn next_version(&mut self, spec: &mut AppSpec, old: Option<&AppSpec>, cause: crate::model::Cause) {
+        spec.cause = cause;
+        spec.promoted = false;
+        let Some(old) = old else {
+            spec.version = 1;
+            spec.history.clear();
+            return;
+        };
+        spec.version = old.version + 1;
+        spec.history = old.history.clone();
+        spec.history.push(crate::model::Revision { version: old.version, template: old.template(), cause: old.cause });
+        let extra = spec.history.len().saturating_sub(limits::REVISIONS_MAX);
+        spec.history.drain(..extra);
+        // Versions whose containers no longer run are not worth keeping: an undo names one.
+        self.out.event(super::Event::RolloutStarted { app: spec.name.clone(), from: old.version, to: spec.version });
+    }
+
+    /// Writes an app's spec, its oldest versions dropped while it is too large for one entry;
+    /// `rescaled` resets the count its coordinator chose, which starts again from the spec.
+    pub(super) fn write_spec(&mut self, now: Time, mut spec: AppSpec, rescaled: bool) -> Result<(), CommandError> {
+        let name = spec.name.clone();
+        let key = Key::App(name.clone());
+        let value = loop {
+            let value = Value::App(Box::new(spec));
+            let bytes = postcard::to_allocvec(&value).expect("specs encode");
+            match self.registry.check_size(&key, bytes.len()) {
+                Ok(()) => break value,
+                Err(e) => {
+                    let Value::App(back) = value else { unreachable!("built above") };
+                    spec = *back;
+                    if spec.history.is_empty() {
+                        return Err(e.into());
+                    }
+                    spec.history.remove(0);
+                }
+            }
+        };
+        let autoscaled = matches!(&value, Value::App(s) if s.autoscale.is_some());
+        self.write(now, key, value)?;
+        if autoscaled && rescaled && self.registry.get(&Key::Scale(name.clone())).is_some() {
+            self.remove(now, Key::Scale(name));
         }
         self.request_pass(now);
         Ok(())
+    }
+
+    /// `canteen restart`, `canteen rollout undo` and `canteen promote`: a new version of
+    /// `app` made from its current spec, or from an earlier version's, or its canaries
+    /// promoted.
+    pub(super) fn roll_command(&mut self, now: Time, app: &AppName, command: Roll) -> Result<(), CommandError> {
+        let Some(Value::App(old)) = self.registry.get(&Key::App(app.clone())) else {
+            return Err(CommandError::UnknownApp(app.to_string()));
+        };
+        let old = (**old).clone();
+        let not = |problem: String| CommandError::NotApplicable { app: app.to_string(), problem };
+        let mut spec = old.clone();
+        match command {
+            Roll::Restart => {
+                spec.redeploys = spec.redeploys.wrapping_add(1);
+                self.next_version(&mut spec, Some(&old), crate::model::Cause::Restart);
+            }
+            Roll::Undo(to) => {
+                let to = match to.or_else(|| old.history.last().map(|r| r.version)) {
+                    Some(to) => to,
+                    None => {
+                        return Err(not(format!(
+                            "version {} is the only one; there is none to go back to",
+                            old.version
+                        )));
+                    }
+                };
+                let Some(template) = old.template_of(to) else {
+                    let kept: Vec<String> = old.history.iter().map(|r| r.version.to_string()).collect();
+                    return Err(not(format!("version {to} is not kept; kept: {}", kept.join(", "))));
+                };
+                if old.has_template(&template) {
+                    return Err(not(format!("version {} already runs the spec of version {to}", old.version)));
+                }
+                spec = old.with_template(&template, old.version);
+                self.next_version(&mut spec, Some(&old), crate::model::Cause::Undo { to });
+            }
+            Roll::Promote => {
+                if old.update.canary == 0 {
+                    return Err(not("it has no canaries (update.canary = 0)".into()));
+                }
+                if old.promoted {
+                    return Err(not(format!("version {} is promoted already", old.version)));
+                }
+                spec.promoted = true;
+            }
+        }
+        self.write_spec(now, spec, false)
     }
 
     /// Whether the registry holds `app`, live or removed.

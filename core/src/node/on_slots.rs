@@ -2,10 +2,12 @@
 //! how its orders are carried out, and the timers of a slot's lifecycle (probe, restart,
 //! claim, forget).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::model::{AppName, AppSpec, NodeSpec, SlotId};
-use crate::registry::Key;
+use crate::health::ProbeOutcome;
+use crate::limits;
+use crate::model::{AppName, AppSpec, HealthKind, NodeSpec, SlotId};
 use crate::schedule::{Observed, ObservedContainer, place_owned};
 use crate::time::Time;
 
@@ -22,9 +24,9 @@ impl Node {
     }
 
     /// A slot's back-off is over: started again, if it still backs off at that attempt.
-    pub(super) fn restart(&mut self, slot: SlotId, start: u64) {
+    pub(super) fn restart(&mut self, now: Time, slot: SlotId, start: u64) {
         if self.slots.is_at(&slot, start, Phase::BackingOff) {
-            self.start(&slot);
+            self.start(now, &slot, start);
         }
     }
 
@@ -37,7 +39,7 @@ impl Node {
         }
         // Still ours after the settle: no other claim won it.
         if self.slots.is_at(&slot, start, Phase::Claimed) {
-            self.start(&slot);
+            self.start(now, &slot, start);
         }
     }
 
@@ -51,8 +53,8 @@ impl Node {
     /// Probes `slot`'s container if it still runs attempt `start`, and sets the next probe.
     pub(super) fn probe(&mut self, now: Time, slot: SlotId, start: u64) {
         let Some(target) = self.slots.probe_target(&slot, start) else { return };
-        // Read in place: a probe needs three fields of the spec, not a copy of it.
-        let Some(Value::App(spec)) = self.registry.get(&Key::App(slot.app.clone())) else {
+        let version = self.slots.at(&slot, start).map_or(0, |(_, l)| l.version);
+        let Some(health) = self.instance_health(&slot.app, version) else {
             if !self.desired_confirmed {
                 // Kept unconfirmed (`Event::KeptUnconfirmed`): probed once its app is known.
                 let next =
@@ -61,21 +63,28 @@ impl Node {
             }
             return;
         };
-        let (path, timeout_ms, interval_ms) =
-            (spec.health.path.clone(), spec.health.timeout_ms, spec.health.interval_ms);
-        self.out.push(Action::Probe { container: target.container, host_port: target.host_port, path, timeout_ms });
-        // The next point of the node's own grid (at most an interval away), with its other
-        // periodic timers: a node's probes of equal intervals go out in one wake-up, not one
-        // each.
-        let next = self.grid.at(now + Duration::from_millis(1), interval_ms);
+        // A replica that has not passed a probe yet is probed every `READINESS_PROBE_MS`, so
+        // that it serves from its first success, not an interval later; then on the node's own
+        // grid (at most an interval away), with its other periodic timers: a node's probes of
+        // equal intervals go out in one wake-up, not one each.
+        let next = if target.starting {
+            now + Duration::from_millis(limits::READINESS_PROBE_MS.min(health.interval_ms))
+        } else {
+            self.grid.at(now + Duration::from_millis(1), health.interval_ms)
+        };
         self.out.schedule(next, Timer::Probe { slot, start });
-    }
-
-    pub(super) fn app_spec(&self, app: &AppName) -> Option<AppSpec> {
-        match self.registry.get(&Key::App(app.clone())) {
-            Some(Value::App(spec)) => Some((**spec).clone()),
-            _ => None,
+        if health.kind == HealthKind::None {
+            // Nothing to ask: a running container passes.
+            self.probe_outcome(now, &target.container, ProbeOutcome::Success);
+            return;
         }
+        self.out.push(Action::Probe {
+            container: target.container,
+            host_port: target.host_port,
+            kind: health.kind,
+            path: health.path,
+            timeout_ms: health.timeout_ms,
+        });
     }
 
     /// Live node specs and what they run, as this node sees them.
@@ -89,7 +98,13 @@ impl Node {
             let containers = status
                 .containers
                 .iter()
-                .map(|c| ObservedContainer { slot: c.slot.clone(), container: c.container.clone(), state: c.state })
+                .map(|c| ObservedContainer {
+                    slot: c.slot.clone(),
+                    container: c.container.clone(),
+                    state: c.state,
+                    version: c.version,
+                    ready: c.ready,
+                })
                 .collect();
             observed.push((node.clone(), containers));
         }
@@ -146,11 +161,13 @@ impl Node {
         let apps = self.apps();
         let (nodes, observed) = self.facts();
         debug_assert!(waited_out || nodes.len() == self.members.len() + 1);
-        let plan = place_owned(apps, nodes, &observed, self.config.policy);
-        let mut orders = placement::orders(&plan, &self.config.id, &self.slots);
+        let current: BTreeMap<AppName, AppSpec> = apps.iter().map(|a| (a.name.clone(), a.clone())).collect();
+        let plan = place_owned(apps, nodes, &observed, self.config.policy, self.paused_apps());
+        let runs_current = |slot: &SlotId, version: u64| current.get(&slot.app).is_some_and(|a| a.runs_as(version));
+        let mut orders = placement::orders(&plan, &self.config.id, &self.slots, runs_current);
         if !self.desired_confirmed {
             // Kept until the desired state is confirmed (see `Event::KeptUnconfirmed`).
-            orders.retain(|o| !matches!(o, Order::Stop(slot) if !self.knows_app(&slot.app)));
+            orders.retain(|o| !matches!(o, Order::Stop(slot, _) if !self.knows_app(&slot.app)));
         }
         let mut changed = false;
         for order in orders {
@@ -168,17 +185,18 @@ impl Node {
     /// (a claim finds no free host port when every one is taken).
     pub(super) fn carry_out(&mut self, now: Time, order: Order) -> bool {
         match order {
-            Order::Stop(slot) => self.slots.stop(&slot, self.config.drain_ms, &mut self.out),
+            Order::Stop(slot, start) => self.slots.stop(&slot, start, self.config.drain_ms, &mut self.out),
             Order::Claim(slot) => {
                 let Some(port) = self.free_host_port() else { return false };
-                let spec = self.app_spec(&slot.app);
+                let spec = self.effective_spec(&slot.app);
+                let version = spec.as_ref().map_or(0, |s| s.version);
                 let settle_ms = self.config.claim_settle_ms;
-                self.slots.claim(now, slot, port, spec.as_ref(), settle_ms, &mut self.out);
+                self.slots.claim(now, slot, version, port, spec.as_ref(), settle_ms, &mut self.out);
             }
-            Order::Retry(slot) => {
-                let spec = self.app_spec(&slot.app);
-                self.slots.retry_failed(&slot, spec.as_ref());
-                self.start(&slot);
+            Order::Retry(slot, start) => {
+                let spec = self.effective_spec(&slot.app);
+                self.slots.retry_failed(&slot, start, spec.as_ref());
+                self.start(now, &slot, start);
             }
         }
         true
@@ -191,27 +209,31 @@ impl Node {
             return;
         }
         let (nodes, observed) = self.facts();
-        let plan = place_owned(self.apps(), nodes, &observed, self.config.policy);
+        let plan = place_owned(self.apps(), nodes, &observed, self.config.policy, self.paused_apps());
         let me = &self.config.id;
         assert!(plan.starts_on(me).is_empty(), "a settled view starts nothing");
         assert!(plan.unschedulable().is_empty(), "a settled view has nothing unschedulable");
         for stop in plan.stops_on(me) {
-            let failed = self.slots.get(&stop.slot).is_some_and(|l| l.phase == Phase::Failed);
+            let failed =
+                self.slots.reporting(&stop.slot, &stop.container).is_some_and(|(_, l)| l.phase == Phase::Failed);
             assert!(failed, "a settled view stops nothing but records of failed slots: {stop:?}");
         }
     }
 
-    /// Starts `slot` (claimed, or backing off) as its app's spec says; a slot whose app is gone
-    /// stays as it is, for the next pass to stop.
-    pub(super) fn start(&mut self, slot: &SlotId) {
-        let Some(spec) = self.app_spec(&slot.app) else { return };
-        self.slots.start(slot, spec, &mut self.out);
+    /// Starts `slot`'s instance at attempt `start` (claimed, or backing off) as its version's
+    /// spec says; a slot whose app is gone stays as it is, for the next pass to stop.
+    pub(super) fn start(&mut self, now: Time, slot: &SlotId, start: u64) {
+        let version = self.slots.at(slot, start).map_or(0, |(_, l)| l.version);
+        let Some(spec) = self.instance_spec(&slot.app, version) else { return };
+        let on_trial = self.is_on_trial(&slot.app, spec.version);
+        self.slots.start(now, slot, start, spec, on_trial, &mut self.out);
     }
 
     /// A container failed: out of every balancer at once, stopped, and started again after its
-    /// back-off on the same host port, or given up past its budget.
-    pub(super) fn fail(&mut self, now: Time, slot: &SlotId) {
-        if self.slots.fail(now, slot, self.config.failed_cooldown_ms, &mut self.out) {
+    /// back-off on the same host port, or given up past its budget (or failed for good, on
+    /// trial in a rollout, for `reason`).
+    pub(super) fn fail(&mut self, now: Time, slot: &SlotId, start: u64, reason: &str) {
+        if self.slots.fail(now, slot, start, self.config.failed_cooldown_ms, reason, &mut self.out) {
             self.publish_status(now);
             self.request_pass(now);
         }
@@ -243,6 +265,6 @@ impl Node {
             }
         });
         let once = self.view.runs_each_slot_once(apps);
-        once && all_specs
+        once && all_specs && self.runs_current_versions()
     }
 }

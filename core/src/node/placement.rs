@@ -20,34 +20,38 @@ use super::timers::Timer;
 /// What a pass orders this node to do with one of its slots, in the order to do it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Order {
-    /// Stop the slot's container and forget the slot: it runs elsewhere, twice, or no more.
-    Stop(SlotId),
-    /// Claim the slot, placed here, on a free host port.
+    /// Stop the container of the slot's instance at this attempt and forget the instance: the
+    /// slot runs elsewhere, twice, on a newer version, or no more.
+    Stop(SlotId, u64),
+    /// Claim the slot, placed here, on a free host port: a new instance, beside an old
+    /// version's if the slot is being replaced.
     Claim(SlotId),
-    /// Start the slot, which failed here past its budget, again with a fresh budget: nowhere
-    /// else fits.
-    Retry(SlotId),
+    /// Start the slot's instance at this attempt, which failed here past its budget, again
+    /// with a fresh budget: nowhere else fits.
+    Retry(SlotId, u64),
 }
 
 /// What this node orders itself from `plan`: its stops (of containers that are still the ones
 /// the plan saw, failed records aside: they keep the slot away from here), then its starts.
-pub(super) fn orders(plan: &Plan, me: &NodeId, slots: &Slots) -> Vec<Order> {
+/// `current` says whether an instance's version is the one its app's containers run now.
+pub(super) fn orders(plan: &Plan, me: &NodeId, slots: &Slots, current: impl Fn(&SlotId, u64) -> bool) -> Vec<Order> {
     let mut orders = Vec::new();
     for stop in plan.stops_on(me) {
-        let Some(l) = slots.get(&stop.slot) else { continue };
+        let Some((_, l)) = slots.reporting(&stop.slot, &stop.container) else { continue };
         if l.phase == Phase::Failed {
             continue;
         }
-        if !l.reports_container(&stop.container) {
-            continue;
-        }
-        orders.push(Order::Stop(stop.slot.clone()));
+        orders.push(Order::Stop(stop.slot.clone(), l.start));
     }
     for slot in plan.starts_on(me) {
-        match slots.get(&slot).map(|l| l.phase) {
+        // An instance of the version the app runs now is the one the plan placed here.
+        let instances: Vec<_> = slots.instances(&slot).filter(|(_, l)| current(&slot, l.version)).collect();
+        if instances.iter().any(|(_, l)| l.phase != Phase::Failed) {
+            continue;
+        }
+        match instances.first() {
+            Some((_, l)) => orders.push(Order::Retry(slot, l.start)),
             None => orders.push(Order::Claim(slot)),
-            Some(Phase::Failed) => orders.push(Order::Retry(slot)),
-            Some(_) => {}
         }
     }
     orders

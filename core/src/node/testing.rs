@@ -27,6 +27,8 @@ pub(super) struct FakeContainer {
     pub(super) slot: SlotId,
     /// Its host port.
     pub(super) host_port: u16,
+    /// Its image.
+    pub(super) image: String,
     /// Whether its probes succeed.
     pub(super) healthy: bool,
     /// Stopped and removed.
@@ -60,6 +62,10 @@ pub(super) struct Cluster {
     pub(super) start_ms: u64,
     /// Whether a new container's probes succeed.
     pub(super) born_healthy: bool,
+    /// Images whose containers never pass a probe.
+    pub(super) bad_images: Vec<String>,
+    /// Images the runtime does not have: their starts fail.
+    pub(super) missing_images: Vec<String>,
     /// Every container ever started, by id.
     pub(super) containers: BTreeMap<String, FakeContainer>,
     /// Every action every node asked for, in order.
@@ -91,6 +97,8 @@ impl Cluster {
             now: 0,
             start_ms: 100,
             born_healthy: true,
+            bad_images: Vec::new(),
+            missing_images: Vec::new(),
             containers: BTreeMap::new(),
             log: Vec::new(),
             in_flight: VecDeque::new(),
@@ -151,6 +159,8 @@ impl Cluster {
 
     /// Node `at` reports the containers it found running at its start.
     pub(super) fn adopt(&mut self, at: usize, containers: Vec<(SlotId, String, u16)>) {
+        // Labels from before versions: version 0, which every spec runs as.
+        let containers = containers.into_iter().map(|(s, c, p)| (s, c, p, 0)).collect();
         self.nodes[at].handle_container_event(Time::from_millis(self.now), ContainerEvent::Adopted { containers });
         self.drain(at);
     }
@@ -176,14 +186,21 @@ impl Cluster {
                         self.in_flight.push_back((self.now + 1, j, bytes));
                     }
                 }
-                Action::StartContainer { slot, host_port, generation, .. } => {
+                Action::StartContainer { slot, host_port, generation, app } => {
+                    if self.missing_images.contains(&app.image) {
+                        let error = format!("no such image: {}", app.image);
+                        let event = ContainerEvent::StartFailed { slot, generation, error };
+                        self.answers.push((self.now + self.start_ms, i, Answer::Container(event)));
+                        continue;
+                    }
                     self.next_container += 1;
                     let id = format!("c{}", self.next_container);
                     let c = FakeContainer {
                         node: i,
                         slot: slot.clone(),
                         host_port,
-                        healthy: self.born_healthy,
+                        image: app.image.clone(),
+                        healthy: self.born_healthy && !self.bad_images.contains(&app.image),
                         removed: false,
                     };
                     self.containers.insert(id.clone(), c);

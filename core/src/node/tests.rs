@@ -39,6 +39,8 @@ fn every_message_survives_the_wire_format() {
             container: "c1".into(),
             host_port: 8000,
             state: ContainerState::Healthy,
+            version: 0,
+            ready: false,
         }],
     };
     registry.put(t, Key::Status(NodeId::new("a")), Value::Status(status)).unwrap();
@@ -155,6 +157,8 @@ fn status_packet(generation: u64, wall_ms: u64) -> Vec<u8> {
             container: "c1".into(),
             host_port: 8000,
             state: ContainerState::Healthy,
+            version: 0,
+            ready: false,
         }],
     };
     registry.put(Time::from_millis(wall_ms), Key::Status(b.clone()), Value::Status(status)).unwrap();

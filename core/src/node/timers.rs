@@ -32,6 +32,11 @@ pub(super) enum Timer {
     Claim { slot: SlotId, start: u64 },
     /// Forget a slot that failed here past its budget, so placement may use this node again.
     ForgetFailure { slot: SlotId, start: u64 },
+    /// A new version's replica on trial has been healthy for its `min_healthy_ms`, if it
+    /// still is: it counts, and its slot's old replica may stop.
+    Ready { slot: SlotId, start: u64 },
+    /// A new version's replica on trial must be ready by now, or its rollout fails.
+    Deadline { slot: SlotId, start: u64 },
     /// Publish the status held back by `NodeConfig::status_batch_ms`, if still held.
     PublishStatus,
     /// One of foca's timers; foca ignores a stale one itself.

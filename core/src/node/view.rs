@@ -54,24 +54,27 @@ pub struct NodeView<'a> {
 }
 
 /// What a node's status says it runs: its spec (none without a status that counts) and the
-/// slots it lists with a container that has not failed.
+/// slots it lists with a container that has not failed, each with its version.
 #[derive(Debug)]
 pub(super) struct NodeSlots {
     /// The node's capacity and labels.
     pub(super) spec: Option<NodeSpec>,
-    /// Its slots, sorted.
-    pub(super) slots: Vec<SlotId>,
+    /// Its slots with their versions, sorted.
+    pub(super) slots: Vec<(SlotId, u64)>,
 }
 
 /// The slots of every node, and the count of live containers per slot.
 #[derive(Debug, Default)]
 pub(super) struct View {
-    /// Each node's spec and the slots its status lists with a container that has not failed,
-    /// live or not.
-    node_slots: StableMap<NodeId, (NodeSpec, Vec<SlotId>)>,
+    /// Each node's spec and the slots its status lists with a container that has not failed
+    /// (with its version), live or not.
+    node_slots: StableMap<NodeId, (NodeSpec, Vec<(SlotId, u64)>)>,
     /// Live containers that have not failed, per slot, over this node and the peers believed
     /// alive. Slots with none are absent.
     slot_counts: BTreeMap<SlotId, u32>,
+    /// The same containers per app and version: a rollout has slots to replace while an app
+    /// has a version its spec does not run as.
+    version_counts: BTreeMap<(AppName, u64), u32>,
     /// How many members have a status that counts (are in `node_slots`): the view is complete
     /// when all of them do.
     members_with_status: usize,
@@ -85,18 +88,18 @@ impl View {
             s.containers
                 .iter()
                 .filter(|c| c.state != ContainerState::Failed)
-                .map(|c| c.slot.clone())
+                .map(|c| (c.slot.clone(), c.version))
                 .collect::<Vec<_>>()
         };
         let same = match (status, self.node_slots.get(node)) {
             (None, None) => true,
             (Some(status), Some((spec, slots))) => {
                 *spec == status.spec
-                    && slots.iter().eq(status
+                    && slots.iter().map(|(s, v)| (s, *v)).eq(status
                         .containers
                         .iter()
                         .filter(|c| c.state != ContainerState::Failed)
-                        .map(|c| &c.slot))
+                        .map(|c| (&c.slot, c.version)))
             }
             _ => false,
         };
@@ -144,18 +147,27 @@ impl View {
         self.count_slots(&slots, false);
     }
 
-    /// Counts one live node's slots in (`add`) or out of `slot_counts`.
-    fn count_slots(&mut self, slots: &[SlotId], add: bool) {
-        for slot in slots {
+    /// Counts one live node's slots in (`add`) or out of `slot_counts` and `version_counts`.
+    fn count_slots(&mut self, slots: &[(SlotId, u64)], add: bool) {
+        fn step<K: Ord + Clone>(counts: &mut BTreeMap<K, u32>, key: &K, add: bool) {
             if add {
-                *self.slot_counts.entry(slot.clone()).or_default() += 1;
-            } else if let Some(count) = self.slot_counts.get_mut(slot) {
+                *counts.entry(key.clone()).or_default() += 1;
+            } else if let Some(count) = counts.get_mut(key) {
                 *count -= 1;
                 if *count == 0 {
-                    self.slot_counts.remove(slot);
+                    counts.remove(key);
                 }
             }
         }
+        for (slot, version) in slots {
+            step(&mut self.slot_counts, slot, add);
+            step(&mut self.version_counts, &(slot.app.clone(), *version), add);
+        }
+    }
+
+    /// Each app with each version of it that live containers run.
+    pub(super) fn versions(&self) -> impl Iterator<Item = (&AppName, u64)> + '_ {
+        self.version_counts.keys().map(|(app, version)| (app, *version))
     }
 
     /// Whether every one of `members` peers has a status that counts.

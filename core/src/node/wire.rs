@@ -9,6 +9,7 @@ use crate::limits;
 use crate::membership::{SwimId, SwimMember};
 use crate::model::{AppName, AppSpec, NodeId, NodeSpec, SlotId};
 use crate::registry::{Digest, Entry, Head, Key};
+use crate::rollout::RolloutRecord;
 use crate::schedule::ContainerState;
 
 /// What the registry holds under each kind of key.
@@ -21,6 +22,8 @@ pub enum Value {
     Status(NodeStatus),
     /// `scale/<app>`: the replica count the app's coordinator chose.
     Scale(u32),
+    /// `rollout/<app>`: the verdicts of the app's coordinator on its versions.
+    Rollout(Box<RolloutRecord>),
 }
 
 /// What a node publishes about itself.
@@ -50,6 +53,11 @@ pub struct ContainerStatus {
     pub host_port: u16,
     /// Its state.
     pub state: ContainerState,
+    /// The version of its app it runs (`AppSpec::version`).
+    pub version: u64,
+    /// Whether it counts in its app's rollout: healthy for the update's `min_healthy_ms`
+    /// (at once, outside a rollout), so that its slot's old replica may stop.
+    pub ready: bool,
 }
 
 /// The container id reported for a slot whose start was asked for but not yet confirmed.

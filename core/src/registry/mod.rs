@@ -77,21 +77,23 @@ pub enum Key {
     Load(NodeId),
     /// An app's replica count; only the app's coordinator writes it (the caller checks).
     Scale(AppName),
+    /// The verdicts on an app's rollouts; only the app's coordinator writes it.
+    Rollout(AppName),
 }
 
 impl Key {
     /// The app or node name in the key.
     pub fn name(&self) -> &str {
         match self {
-            Key::App(a) | Key::Scale(a) => a.as_str(),
+            Key::App(a) | Key::Scale(a) | Key::Rollout(a) => a.as_str(),
             Key::Status(n) | Key::Load(n) => n.as_str(),
         }
     }
 
-    /// Whether the key is part of the desired state (`app/`, `scale/`): what an agent
-    /// persists and restores; statuses and loads are facts of a node's life.
+    /// Whether the key is part of the desired state (`app/`, `scale/`, `rollout/`): what an
+    /// agent persists and restores; statuses and loads are facts of a node's life.
     pub fn is_desired_state(&self) -> bool {
-        matches!(self, Key::App(_) | Key::Scale(_))
+        matches!(self, Key::App(_) | Key::Scale(_) | Key::Rollout(_))
     }
 
     /// The only node allowed to write a value under this key, for keys that have one. Anyone
@@ -99,7 +101,7 @@ impl Key {
     pub fn owner(&self) -> Option<&NodeId> {
         match self {
             Key::Status(n) | Key::Load(n) => Some(n),
-            Key::App(_) | Key::Scale(_) => None,
+            Key::App(_) | Key::Scale(_) | Key::Rollout(_) => None,
         }
     }
 }
@@ -111,6 +113,7 @@ impl fmt::Display for Key {
             Key::Status(n) => write!(f, "status/{n}"),
             Key::Load(n) => write!(f, "load/{n}"),
             Key::Scale(a) => write!(f, "scale/{a}"),
+            Key::Rollout(a) => write!(f, "rollout/{a}"),
         }
     }
 }
@@ -285,6 +288,7 @@ pub fn key_hash(key: &Key) -> u64 {
         Key::Status(_) => 2,
         Key::Load(_) => 3,
         Key::Scale(_) => 4,
+        Key::Rollout(_) => 5,
     };
     mix(stable_hash(key.name().as_bytes()) ^ kind)
 }
@@ -347,7 +351,7 @@ pub struct Registry<V> {
     /// Keys held of each kind ([`kind_of`]), tombstones included: bounded by [`kind_max`], so
     /// that no peer can fill the registry with one kind (junk apps, statuses of nodes that do
     /// not exist) and crowd out the others.
-    kinds: [usize; 4],
+    kinds: [usize; 5],
 }
 
 /// The index of `key`'s kind in [`Registry::kinds`].
@@ -357,6 +361,7 @@ fn kind_of(key: &Key) -> usize {
         Key::Status(_) => 1,
         Key::Load(_) => 2,
         Key::Scale(_) => 3,
+        Key::Rollout(_) => 4,
     }
 }
 
@@ -364,7 +369,7 @@ fn kind_of(key: &Key) -> usize {
 /// live and once removed (within the tombstone horizon).
 pub fn kind_max(key: &Key) -> usize {
     match key {
-        Key::App(_) | Key::Scale(_) => 2 * limits::APPS_MAX,
+        Key::App(_) | Key::Scale(_) | Key::Rollout(_) => 2 * limits::APPS_MAX,
         Key::Status(_) | Key::Load(_) => 2 * limits::NODES_MAX,
     }
 }
@@ -384,7 +389,7 @@ impl<V: Clone> Registry<V> {
             recent_set: HashSet::default(),
             tombstone_horizon_ms: 0,
             keys_max: limits::REGISTRY_KEYS_MAX,
-            kinds: [0; 4],
+            kinds: [0; 5],
         }
     }
 
@@ -606,8 +611,14 @@ impl<V: Clone> Registry<V> {
 
     /// Every live app scale, by app name.
     pub fn scales(&self) -> impl Iterator<Item = (&AppName, &V)> + '_ {
-        self.live_between(Key::Scale(AppName::new("")), None)
+        self.live_between(Key::Scale(AppName::new("")), Some(Key::Rollout(AppName::new(""))))
             .filter_map(|(k, v)| if let Key::Scale(a) = k { Some((a, v)) } else { None })
+    }
+
+    /// Every live rollout record, by app name.
+    pub fn rollouts(&self) -> impl Iterator<Item = (&AppName, &V)> + '_ {
+        self.live_between(Key::Rollout(AppName::new("")), None)
+            .filter_map(|(k, v)| if let Key::Rollout(a) = k { Some((a, v)) } else { None })
     }
 
     /// The hash of each bucket. Registries holding the same entries have equal digests.
@@ -733,7 +744,7 @@ impl<V: Clone> Registry<V> {
         assert_eq!(self.heads.len(), self.entries.len(), "one head per entry");
         assert_eq!(self.kinds.iter().sum::<usize>(), self.entries.len(), "every key counted in its kind");
         if cfg!(debug_assertions) && self.entries.len() <= FULL_CHECK_KEYS_MAX {
-            let mut kinds = [0usize; 4];
+            let mut kinds = [0usize; 5];
             for key in self.entries.keys() {
                 kinds[kind_of(key)] += 1;
             }

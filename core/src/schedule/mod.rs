@@ -14,7 +14,7 @@
 //! a node that died, which is what makes a reschedule cheap on a large cluster.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -118,6 +118,10 @@ pub struct ObservedContainer {
     pub container: Arc<str>,
     /// Its health as the node last saw it.
     pub state: ContainerState,
+    /// The version of its app it runs (`AppSpec::version`; 0 when unknown, taken as current).
+    pub version: u64,
+    /// Whether it counts in a rollout (see `ContainerStatus::ready`).
+    pub ready: bool,
 }
 
 /// What each node reports it runs. Nodes missing from the `nodes` argument of [`place`] are dead:
@@ -139,6 +143,9 @@ pub enum StopReason {
     Evicted,
     /// A slot of a higher-priority app that fit nowhere else takes its place.
     Preempted,
+    /// Its slot runs the app's new version, ready (a rolling update), or is replaced
+    /// stop-first.
+    Replaced,
 }
 
 /// A container its node must stop.
@@ -269,11 +276,33 @@ pub struct Plan {
     avoid: BTreeMap<(u32, u32), Vec<u32>>,
     /// The container kept for each slot that runs, for stopping it if it is preempted.
     kept_containers: BTreeMap<(u32, u32), Arc<str>>,
+    /// Per slot being replaced start-first: its old container, kept beside the new one until
+    /// that one is ready, with its node and what it reserves there.
+    old_kept: BTreeMap<(u32, u32), OldKept>,
+    /// Apps whose rollout is paused (failed, with no revert): no slot of theirs is replaced.
+    paused: BTreeSet<AppName>,
+}
+
+/// An old container kept beside its slot's new one during a rolling update.
+#[derive(Clone, Debug)]
+struct OldKept {
+    node: u32,
+    container: Arc<str>,
+    resources: Resources,
 }
 
 /// How a slot's containers are ranked when one is kept: state (running, healthy or starting,
 /// before unhealthy), node index, container id; the least wins.
 type KeepKey<'a> = (Reverse<u8>, usize, &'a Arc<str>);
+
+/// What a rollout reads of the container kept for a slot.
+#[derive(Clone, Copy, Debug)]
+struct KeptState {
+    /// Whether it runs the app's version.
+    current: bool,
+    /// Its health.
+    state: ContainerState,
+}
 
 /// Places every app's slots on `nodes`, keeping what `observed` shows running.
 ///
@@ -281,12 +310,19 @@ type KeepKey<'a> = (Reverse<u8>, usize, &'a Arc<str>);
 /// in `observed`. `apps` must have passed [`crate::model::validate_apps`] and node names must be
 /// unique (both are asserted).
 pub fn place(apps: &[AppSpec], nodes: &[NodeSpec], observed: &Observed, policy: Policy) -> Plan {
-    place_owned(apps.to_vec(), nodes.to_vec(), observed, policy)
+    place_owned(apps.to_vec(), nodes.to_vec(), observed, policy, BTreeSet::new())
 }
 
 /// [`place`] for a caller that built `apps` and `nodes` for this pass: they are taken, not
-/// copied again (an agent computes a plan after every change of facts).
-pub fn place_owned(mut apps: Vec<AppSpec>, mut nodes: Vec<NodeSpec>, observed: &Observed, policy: Policy) -> Plan {
+/// copied again (an agent computes a plan after every change of facts). The rollouts of the
+/// apps in `paused` replace no slot (`crate::rollout::Phase::Paused`).
+pub fn place_owned(
+    mut apps: Vec<AppSpec>,
+    mut nodes: Vec<NodeSpec>,
+    observed: &Observed,
+    policy: Policy,
+    paused: BTreeSet<AppName>,
+) -> Plan {
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     assert!(nodes.windows(2).all(|w| w[0].id != w[1].id), "node names must be unique");
     assert!(nodes.len() <= limits::NODES_MAX, "too many nodes");
@@ -308,9 +344,12 @@ pub fn place_owned(mut apps: Vec<AppSpec>, mut nodes: Vec<NodeSpec>, observed: &
         unschedulable: Vec::new(),
         avoid: BTreeMap::new(),
         kept_containers: BTreeMap::new(),
+        old_kept: BTreeMap::new(),
+        paused,
     };
-    plan.reconcile(observed);
-    let missing: Vec<(u32, u32)> = plan
+    let states = plan.reconcile(observed);
+    let successors = plan.roll(&states);
+    let mut missing: Vec<(u32, u32)> = plan
         .slots
         .iter()
         .enumerate()
@@ -318,25 +357,34 @@ pub fn place_owned(mut apps: Vec<AppSpec>, mut nodes: Vec<NodeSpec>, observed: &
             s.iter().enumerate().filter(|(_, n)| **n == UNPLACED).map(move |(i, _)| (a as u32, i as u32))
         })
         .collect();
+    missing.sort_unstable();
     plan.place_missing(&missing);
+    plan.keep_unplaced_successors_old(&successors);
     plan.preempt();
     plan.check_invariants();
     plan
 }
 
 impl Plan {
-    /// Keeps one container per desired slot on a live node that admits it; everything else that
-    /// live nodes run is stopped.
-    fn reconcile(&mut self, observed: &Observed) {
+    /// Keeps one container per desired slot on a live node that admits it, and beside it, in
+    /// a rolling update, the slot's old container until the new one is ready; everything else
+    /// that live nodes run is stopped. Returns the state of the container kept for each slot
+    /// of an app with an old container anywhere (the slots a rollout may replace), by slot.
+    fn reconcile(&mut self, observed: &Observed) -> BTreeMap<(u32, u32), KeptState> {
         // `self.nodes` is sorted by name and its names are unique: a binary search finds one.
         let nodes = &self.nodes;
         let node_index = |id: &NodeId| nodes.binary_search_by(|n| n.id.cmp(id)).ok();
         let app_index: BTreeMap<AppName, usize> =
             self.apps.iter().enumerate().map(|(i, a)| (a.name.clone(), i)).collect();
-        // The best container seen so far for each slot: (rank, node, container), compared so
-        // that the choice does not depend on the order of the report.
-        let mut best: BTreeMap<(usize, u32), KeepKey<'_>> = BTreeMap::new();
+        // The best container seen so far for each slot, of the app's version (`cur`) and of
+        // an older one (`old`): (rank, node, container), compared so that the choice does not
+        // depend on the order of the report.
+        let mut cur: BTreeMap<(usize, u32), (KeepKey<'_>, &ObservedContainer)> = BTreeMap::new();
+        let mut old: BTreeMap<(usize, u32), (KeepKey<'_>, &ObservedContainer)> = BTreeMap::new();
         let mut candidates: Vec<(usize, Option<usize>, &ObservedContainer)> = Vec::new();
+        // Apps with a container of their version that failed: a rollout halts there until the
+        // coordinator's verdict (a new replica that failed makes more of them no better).
+        let mut failing: BTreeSet<usize> = BTreeSet::new();
         // A node lists its containers by slot, so neighbours mostly share an app: remember the
         // last name looked up.
         let mut last_app: Option<(&AppName, Option<usize>)> = None;
@@ -356,22 +404,44 @@ impl Plan {
                 let Some(a) = desired else { continue };
                 if c.state == ContainerState::Failed {
                     self.avoid.entry((a as u32, c.slot.index)).or_default().push(n as u32);
+                    if self.apps[a].runs_as(c.version) {
+                        failing.insert(a);
+                    }
                     continue;
                 }
                 if !self.apps[a].admits(&self.nodes[n].labels) {
                     continue;
                 }
                 let key = (Reverse(c.state.keep_rank()), n, &c.container);
-                let entry = best.entry((a, c.slot.index)).or_insert(key);
-                if key < *entry {
-                    *entry = key;
+                let best = if self.apps[a].runs_as(c.version) { &mut cur } else { &mut old };
+                let entry = best.entry((a, c.slot.index)).or_insert((key, c));
+                if key < entry.0 {
+                    *entry = (key, c);
                 }
             }
         }
-        for (&(a, i), &(_, n, container)) in &best {
+        // A slot's new container is kept; its old one too while the new one is not ready, or
+        // is a canary waiting for promotion; an old one alone is kept, for `roll` to replace.
+        let mut states = BTreeMap::new();
+        let mut rolling: BTreeSet<usize> = old.keys().map(|&(a, _)| a).collect();
+        rolling.retain(|a| !self.paused.contains(&self.apps[*a].name) && !failing.contains(a));
+        for (&(a, i), &((_, n, container), c)) in cur.iter().chain(old.iter().filter(|(k, _)| !cur.contains_key(k))) {
             self.kept_containers.insert((a as u32, i), container.clone());
             self.slots[a][i as usize] = n as u32;
             self.set_used(n, self.used[n].saturating_add(self.apps[a].resources));
+            if rolling.contains(&a) {
+                states.insert((a as u32, i), KeptState { current: self.apps[a].runs_as(c.version), state: c.state });
+            }
+        }
+        for (&(a, i), &((_, n, container), c)) in &old {
+            let Some(&(_, new)) = cur.get(&(a, i)) else { continue };
+            if new.ready && !self.holds_canary(a, i) {
+                continue;
+            }
+            let spec = &self.apps[a];
+            let resources = spec.template_of(c.version).map_or(spec.resources, |t| t.resources);
+            self.old_kept.insert((a as u32, i), OldKept { node: n as u32, container: container.clone(), resources });
+            self.set_used(n, self.used[n].saturating_add(resources));
         }
         for (n, app, c) in candidates {
             let reason = match app {
@@ -379,10 +449,22 @@ impl Plan {
                 Some(a) if c.slot.index >= self.apps[a].replicas => StopReason::Surplus,
                 Some(_) if c.state == ContainerState::Failed => StopReason::Failed,
                 Some(a) if !self.apps[a].admits(&self.nodes[n].labels) => StopReason::Evicted,
-                Some(a) => match best.get(&(a, c.slot.index)) {
-                    Some(&(_, kn, kc)) if kn == n && *kc == c.container => continue,
-                    _ => StopReason::Duplicate,
-                },
+                Some(a) => {
+                    let key = (a, c.slot.index);
+                    let kept = |m: &BTreeMap<(usize, u32), (KeepKey<'_>, &ObservedContainer)>| {
+                        m.get(&key).is_some_and(|&((_, kn, kc), _)| kn == n && *kc == c.container)
+                    };
+                    let is_old = !self.apps[a].runs_as(c.version);
+                    if is_old
+                        && self.old_kept.get(&(a as u32, c.slot.index)).is_some_and(|o| o.container == c.container)
+                    {
+                        continue;
+                    }
+                    if (is_old && !cur.contains_key(&key) && kept(&old)) || (!is_old && kept(&cur)) {
+                        continue;
+                    }
+                    if is_old && cur.contains_key(&key) { StopReason::Replaced } else { StopReason::Duplicate }
+                }
             };
             self.stops.push(Stop {
                 node: self.nodes[n].id.clone(),
@@ -391,13 +473,106 @@ impl Plan {
                 reason,
             });
         }
-        self.evict_over_capacity(observed);
+        self.evict_over_capacity();
         self.stops.sort_by(|x, y| (&x.node, &x.container).cmp(&(&y.node, &y.container)));
+        states
+    }
+
+    /// Whether slot `i` of app `a` is a canary whose old container stays until the operator
+    /// promotes the version.
+    fn holds_canary(&self, a: usize, i: u32) -> bool {
+        let u = &self.apps[a].update;
+        u.canary > 0 && !self.apps[a].promoted && i < u.canary
+    }
+
+    /// The rollout step of every app with slots still on an older version: the next slots in
+    /// index order get a new container beside the old (start-first, `max_surge` at once), or
+    /// have the old one stopped first (`max_unavailable` at once); canaries all at once. A new
+    /// container goes to its old one's node when it fits there. Every node derives the same
+    /// step from the same facts, so none leads it. Returns the slots given a new container
+    /// beside the old.
+    fn roll(&mut self, states: &BTreeMap<(u32, u32), KeptState>) -> Vec<(u32, u32)> {
+        let mut successors = Vec::new();
+        let mut apps: Vec<u32> = states.keys().map(|&(a, _)| a).collect();
+        apps.dedup();
+        for a in apps {
+            let spec = &self.apps[a as usize];
+            let u = spec.update.clone();
+            let canaries = if u.canary > 0 && !spec.promoted { Some(u.canary) } else { None };
+            let slots = states.range((a, 0)..=(a, u32::MAX));
+            let surging = self.old_kept.range((a, 0)..=(a, u32::MAX)).count() as u32;
+            let placed = slots.clone().count() as u32;
+            let unavailable = spec.replicas - placed
+                + slots.clone().filter(|(_, k)| k.state != ContainerState::Healthy).count() as u32;
+            let mut surge = u.max_surge.saturating_sub(surging);
+            let mut unavailable_left = u.max_unavailable.saturating_sub(unavailable);
+            let waiting: Vec<u32> = slots.filter(|(_, k)| !k.current).map(|(&(_, i), _)| i).collect();
+            for i in waiting {
+                let n = self.slots[a as usize][i as usize] as usize;
+                let key = (a, i);
+                if let Some(c) = canaries {
+                    if i >= c {
+                        break;
+                    }
+                } else if surge > 0 {
+                    surge -= 1;
+                } else if unavailable_left > 0 {
+                    unavailable_left -= 1;
+                    let container = self.kept_containers.remove(&key).expect("a kept slot has its container");
+                    let slot = SlotId { app: self.apps[a as usize].name.clone(), index: i };
+                    self.stops.push(Stop {
+                        node: self.nodes[n].id.clone(),
+                        container,
+                        slot,
+                        reason: StopReason::Replaced,
+                    });
+                    self.slots[a as usize][i as usize] = UNPLACED;
+                    self.set_used(n, self.used[n].saturating_sub(self.apps[a as usize].resources));
+                    continue;
+                } else {
+                    break;
+                }
+                // Start-first: the old container steps aside, still reserved, and the slot is
+                // placed again, on the old one's node when it fits.
+                let container = self.kept_containers.remove(&key).expect("a kept slot has its container");
+                let resources = self.apps[a as usize].resources;
+                self.set_used(n, self.used[n].saturating_sub(resources));
+                self.old_kept.insert(key, OldKept { node: n as u32, container, resources });
+                self.set_used(n, self.used[n].saturating_add(resources));
+                self.slots[a as usize][i as usize] = UNPLACED;
+                if self.fits(a as usize, n) {
+                    self.assign(a as usize, i, n);
+                }
+                successors.push(key);
+            }
+        }
+        self.stops.sort_by(|x, y| (&x.node, &x.container).cmp(&(&y.node, &y.container)));
+        successors
+    }
+
+    /// A slot given a new container that fits nowhere keeps its old one as its only one, and is
+    /// not reported unschedulable: it runs, and is replaced once room frees up.
+    fn keep_unplaced_successors_old(&mut self, successors: &[(u32, u32)]) {
+        for &(a, i) in successors {
+            if self.slots[a as usize][i as usize] != UNPLACED {
+                continue;
+            }
+            let old = self.old_kept.remove(&(a, i)).expect("a successor's old container is kept");
+            let n = old.node as usize;
+            self.set_used(
+                n,
+                self.used[n].saturating_sub(old.resources).saturating_add(self.apps[a as usize].resources),
+            );
+            self.slots[a as usize][i as usize] = old.node;
+            self.kept_containers.insert((a, i), old.container);
+            let slot = SlotId { app: self.apps[a as usize].name.clone(), index: i };
+            self.unschedulable.retain(|u| u.slot != slot);
+        }
     }
 
     /// A node whose kept slots exceed its capacity (its capacity shrank, or two views each
     /// filled it) sheds its lowest-priority slots until it fits; they are placed again.
-    fn evict_over_capacity(&mut self, observed: &Observed) {
+    fn evict_over_capacity(&mut self) {
         for n in 0..self.nodes.len() {
             if self.used[n].fits_in(self.nodes[n].capacity) {
                 continue;
@@ -407,17 +582,22 @@ impl Plan {
             for (a, slots) in self.slots.iter().enumerate() {
                 kept.extend(slots.iter().enumerate().filter(|(_, s)| **s == n as u32).map(|(i, _)| (a, i)));
             }
+            // Old containers kept beside new ones go first: their slots keep running.
+            let mut olds: Vec<(u32, u32)> =
+                self.old_kept.iter().filter(|(_, o)| o.node as usize == n).map(|(k, _)| *k).collect();
             while !self.used[n].fits_in(self.nodes[n].capacity) {
-                let (a, i) = kept.pop().expect("an over-full node keeps at least one slot");
-                self.slots[a][i] = UNPLACED;
-                self.set_used(n, self.used[n].saturating_sub(self.apps[a].resources));
-                let slot = SlotId { app: self.apps[a].name.clone(), index: i as u32 };
-                let container = observed[&self.nodes[n].id]
-                    .iter()
-                    .filter(|c| c.slot == slot && c.state != ContainerState::Failed)
-                    .map(|c| c.container.clone())
-                    .min()
-                    .expect("a kept slot has a container");
+                let (slot, container) = if let Some((a, i)) = olds.pop() {
+                    let old = self.old_kept.remove(&(a, i)).expect("listed");
+                    self.set_used(n, self.used[n].saturating_sub(old.resources));
+                    (SlotId { app: self.apps[a as usize].name.clone(), index: i }, old.container)
+                } else {
+                    let (a, i) = kept.pop().expect("an over-full node keeps at least one slot");
+                    self.slots[a][i] = UNPLACED;
+                    self.set_used(n, self.used[n].saturating_sub(self.apps[a].resources));
+                    let container =
+                        self.kept_containers.remove(&(a as u32, i as u32)).expect("a kept slot has a container");
+                    (SlotId { app: self.apps[a].name.clone(), index: i as u32 }, container)
+                };
                 self.stops.push(Stop { node: self.nodes[n].id.clone(), container, slot, reason: StopReason::Evicted });
             }
         }
@@ -510,12 +690,23 @@ impl Plan {
         self.alive[n] = false;
         self.set_used(n, Resources::ZERO);
         self.stops.retain(|s| s.node != *node);
+        self.old_kept.retain(|_, o| o.node as usize != n);
         let mut missing = Vec::new();
-        for (a, slots) in self.slots.iter().enumerate() {
-            for (i, s) in slots.iter().enumerate() {
-                if *s != UNPLACED && (*s & !FRESH) as usize == n {
-                    missing.push((a as u32, i as u32));
+        for a in 0..self.slots.len() {
+            for i in 0..self.slots[a].len() {
+                let s = self.slots[a][i];
+                if s == UNPLACED || (s & !FRESH) as usize != n {
+                    continue;
                 }
+                // A slot whose new container was on the dead node keeps its old one.
+                if let Some(old) = self.old_kept.remove(&(a as u32, i as u32)) {
+                    let m = old.node as usize;
+                    self.set_used(m, self.used[m].saturating_sub(old.resources).saturating_add(self.apps[a].resources));
+                    self.slots[a][i] = old.node;
+                    self.kept_containers.insert((a as u32, i as u32), old.container);
+                    continue;
+                }
+                missing.push((a as u32, i as u32));
             }
         }
         self.place_missing(&missing);
@@ -551,6 +742,10 @@ impl Plan {
         }
         if cfg!(debug_assertions) {
             let mut used = vec![Resources::ZERO; self.nodes.len()];
+            for old in self.old_kept.values() {
+                assert!(self.alive[old.node as usize], "an old container kept is on a live node");
+                used[old.node as usize] = used[old.node as usize].saturating_add(old.resources);
+            }
             for (a, slots) in self.slots.iter().enumerate() {
                 for i in 0..slots.len() {
                     if let Some(n) = self.node_index_of(a, i as u32) {
@@ -665,7 +860,7 @@ mod tests {
     }
 
     fn running(node: &str, slot: SlotId, container: &str, state: ContainerState) -> (NodeId, ObservedContainer) {
-        (NodeId::new(node), ObservedContainer { slot, container: container.into(), state })
+        (NodeId::new(node), ObservedContainer { slot, container: container.into(), state, version: 0, ready: true })
     }
 
     fn observed(rows: Vec<(NodeId, ObservedContainer)>) -> Observed {

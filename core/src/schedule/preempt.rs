@@ -40,7 +40,10 @@ impl Plan {
         let mut on_node: Vec<Vec<(u32, u32)>> = vec![Vec::new(); self.nodes.len()];
         for (a, slots) in self.slots.iter().enumerate() {
             for (i, _) in slots.iter().enumerate() {
-                if let Some(n) = self.node_index_of(a, i as u32) {
+                // A slot being replaced start-first is no victim: it has two containers.
+                if let Some(n) = self.node_index_of(a, i as u32)
+                    && !self.old_kept.contains_key(&(a as u32, i as u32))
+                {
                     on_node[n].push((a as u32, i as u32));
                 }
             }

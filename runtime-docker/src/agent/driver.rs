@@ -11,6 +11,7 @@ use canteen_core::limits;
 use canteen_core::membership::PeerAddr;
 use canteen_core::model::{AppName, NodeId, SlotId};
 use canteen_core::node::{Action, ContainerEvent, Event, Node};
+use canteen_core::rollout::Outcome;
 use canteen_core::schedule::ContainerState;
 use canteen_core::seal::Sealer;
 use tokio::net::UdpSocket;
@@ -20,7 +21,7 @@ use super::{CommandFailure, Input, PERSIST_INTERVAL_MS, now, tasks};
 use crate::api::{AppStatusJson, NodeStatusJson, SlotStatusJson, StatusJson};
 use crate::config::AgentConfig;
 use crate::docker::Docker;
-use crate::metrics::{AppLabel, InputLabel, Metrics};
+use crate::metrics::{AppLabel, InputLabel, Metrics, RolloutLabel};
 use crate::proxy::Proxies;
 
 /// Why the agent's task ended.
@@ -278,8 +279,9 @@ impl Driver {
             Action::StopContainer { container, slot, drain_ms } => {
                 tasks::spawn_stop(self.docker.clone(), container, slot, drain_ms);
             }
-            Action::Probe { container, host_port, path, timeout_ms } => {
-                tasks::spawn_probe(self.tx.clone(), self.config.container_ip, container, host_port, path, timeout_ms);
+            Action::Probe { container, host_port, kind, path, timeout_ms } => {
+                let check = (kind, path, timeout_ms);
+                tasks::spawn_probe(self.tx.clone(), self.config.container_ip, container, host_port, check);
             }
             Action::SetBackends { app, port, picker, backends } => {
                 tracing::info!(app = %app, port, backends = backends.len(), "balancer backends");
@@ -309,6 +311,27 @@ impl Driver {
                 *self.restarts.entry(slot).or_default() += 1;
             }
             Event::GaveUp { slot } => tracing::error!(slot = %slot, "failed past its restart budget"),
+            Event::TrialFailed { slot, version, reason } => {
+                tracing::error!(slot = %slot, version, "the new version failed here: {reason}; its rollout fails");
+            }
+            Event::RolloutStarted { app, from, to } => {
+                tracing::info!(app = %app, from, to, "rollout started");
+                self.metrics.rollouts.get_or_create(&RolloutLabel::new(app.as_str(), "started")).inc();
+            }
+            Event::RolloutEnded { app, version, outcome, reverted_to } => {
+                let result = match (&outcome, reverted_to) {
+                    (Outcome::Completed, _) => "completed",
+                    (Outcome::Failed { .. }, Some(_)) => "reverted",
+                    (Outcome::Failed { .. }, None) => "failed",
+                };
+                match &outcome {
+                    Outcome::Completed => tracing::info!(app = %app, version, "rollout completed"),
+                    Outcome::Failed { reason } => {
+                        tracing::error!(app = %app, version, ?reverted_to, "rollout failed: {reason}")
+                    }
+                }
+                self.metrics.rollouts.get_or_create(&RolloutLabel::new(app.as_str(), result)).inc();
+            }
             Event::Scaled { app, decision } => {
                 tracing::info!(app = %app, ?decision, "scaled");
                 self.metrics.scale_events.get_or_create(&AppLabel::new(app.as_str())).inc();

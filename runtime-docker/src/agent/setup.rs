@@ -104,8 +104,8 @@ pub async fn start(
     let mut adopted = Vec::new();
     for c in own {
         if c.running {
-            tracing::info!(slot = %c.slot, container = %short(&c.id), host_port = c.host_port, "adopting container");
-            adopted.push((c.slot, c.id, c.host_port));
+            tracing::info!(slot = %c.slot, container = %short(&c.id), host_port = c.host_port, version = c.version, "adopting container");
+            adopted.push((c.slot, c.id, c.host_port, c.version));
         } else {
             tracing::info!(slot = %c.slot, container = %short(&c.id), "removing exited container");
             let _ = docker.remove(&c.id).await;

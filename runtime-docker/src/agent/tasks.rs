@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use canteen_core::model::HealthKind;
 use canteen_core::model::{AppSpec, SlotId};
 use canteen_core::node::ContainerEvent;
 use canteen_core::seal::{OpenError, Opener};
@@ -191,11 +192,10 @@ pub fn spawn_probe(
     ip: IpAddr,
     container: String,
     host_port: u16,
-    path: String,
-    timeout_ms: u64,
+    (kind, path, timeout_ms): (HealthKind, String, u64),
 ) {
     tokio::spawn(async move {
-        let outcome = crate::probe::probe(ip, host_port, &path, timeout_ms).await;
+        let outcome = crate::probe::probe(kind, ip, host_port, &path, timeout_ms).await;
         let _ = tx.send(Input::Probe { container, outcome }).await;
     });
 }
