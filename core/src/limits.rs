@@ -54,6 +54,10 @@ pub const REVISIONS_MAX: usize = 10;
 /// first success, not an interval later.
 pub const READINESS_PROBE_MS: u64 = 250;
 
+/// How long after its drain a stopped container's host port is given to another: removing a
+/// container takes a moment, and a new one bound to the port before it is gone fails to start.
+pub const PORT_REUSE_AFTER_DRAIN_MS: u64 = 2000;
+
 /// Longest reason a rollout's verdict gives.
 pub const REASON_LEN_MAX: usize = 512;
 

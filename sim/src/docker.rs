@@ -45,7 +45,7 @@ impl SimDocker {
         let (latency, jitter) = w.start_latency;
         let offset = if jitter == 0 { 0 } else { w.rng.below(2 * jitter + 1) };
         let ready = now + latency - jitter + offset;
-        let input = match w.create_container(index, slot.clone(), host_port, app.resources, ready, sim) {
+        let input = match w.create_container(index, slot.clone(), host_port, app, ready, sim) {
             Some(id) => Input::Container(ContainerEvent::Started { slot, generation, container: container_name(id) }),
             None => Input::Container(ContainerEvent::StartFailed {
                 slot,

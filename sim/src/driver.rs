@@ -232,7 +232,10 @@ impl Driver {
                     let mut w = lock(&self.world);
                     self.docker.start(&mut w, self.index, now, slot, &app, host_port, generation);
                 }
-                Action::StopContainer { container, drain_ms, .. } => {
+                Action::StopContainer { container, drain_ms, slot } => {
+                    if std::env::var_os("CANTEEN_SIM_DEBUG").is_some() {
+                        eprintln!("{:.1}s node {} stops {slot} ({container})", now as f64 / 1000.0, self.index);
+                    }
                     SimDocker::stop(&mut lock(&self.world), &container, now, drain_ms);
                 }
                 Action::Probe { container, timeout_ms, .. } => {
@@ -256,7 +259,12 @@ impl Driver {
                         w.nodes[self.index].balancers[app] = None;
                     }
                 }
-                Action::Event(event) => lock(&self.world).record_event(now, event),
+                Action::Event(event) => {
+                    if std::env::var_os("CANTEEN_SIM_EVENTS").is_some() {
+                        eprintln!("{:.1}s node {}: {event:?}", now as f64 / 1000.0, self.index);
+                    }
+                    lock(&self.world).record_event(now, event)
+                }
             }
         }
         if sent { now_ms(self.start) } else { now }
@@ -379,10 +387,14 @@ impl Driver {
             Input::Message(bytes) => self.node.handle_message(now, &bytes),
             Input::Container(event) => self.node.handle_container_event(now, event),
             Input::Probe(container, outcome) => self.node.handle_probe_result(now, &container, outcome),
-            // The scenario's own commands are valid: the file was checked.
+            // The scenario's applies and updates are valid (the file was checked); a promote
+            // may not be (no canary waits): a refused command fails the run's `commands` check.
             Input::Command(command) => {
-                self.node.handle_command(now, command).expect("scenario commands are valid");
-                self.commanded = true;
+                let describe = format!("{command:?}");
+                match self.node.handle_command(now, command) {
+                    Ok(()) => self.commanded = true,
+                    Err(e) => lock(&self.world).truth.refused_commands.push(format!("{describe}: {e}")),
+                }
             }
             Input::Restore(entries) => self.node.handle_restore(now, entries),
         }

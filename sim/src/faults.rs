@@ -67,6 +67,37 @@ impl Faults {
                 let ratio = *ratio;
                 NetSim::current().update_config(|c| c.packet_loss_rate = ratio);
             }
+            FaultKind::Update { node, app, image, command, env } => {
+                let mut w = lock(&self.world);
+                let spec = w.truth.specs.get_mut(app).expect("checked: an app of the file");
+                if let Some(image) = image {
+                    spec.image = image.clone();
+                }
+                if let Some(command) = command {
+                    spec.command = command.clone();
+                }
+                if let Some(env) = env {
+                    spec.env = env.clone();
+                }
+                let spec = spec.clone();
+                w.truth.changes_s.push(now as f64 / 1000.0);
+                if w.nodes[*node].inbox.is_none() {
+                    drop(w);
+                    checker.lost_apply(fault.describe());
+                } else {
+                    w.deliver(*node, Input::Command(Command::Apply(Box::new(spec))));
+                }
+            }
+            FaultKind::Promote { node, app } => {
+                let mut w = lock(&self.world);
+                w.truth.changes_s.push(now as f64 / 1000.0);
+                if w.nodes[*node].inbox.is_none() {
+                    drop(w);
+                    checker.lost_apply(fault.describe());
+                } else {
+                    w.deliver(*node, Input::Command(Command::Promote(app.clone())));
+                }
+            }
         }
     }
 

@@ -155,8 +155,8 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
         }
         for (id, c) in &w.containers {
             eprintln!(
-                "{id} {} on {} port {} ready {} exited {} stopping {:?}",
-                c.slot, w.nodes[c.node].id, c.host_port, c.ready_at_ms, c.exited, c.stopping_at_ms
+                "{id} {} v{} on {} port {} ready {} exited {} stopping {:?}",
+                c.slot, c.version, w.nodes[c.node].id, c.host_port, c.ready_at_ms, c.exited, c.stopping_at_ms
             );
         }
     }
@@ -233,6 +233,7 @@ async fn check_loop(world: Shared, checker: Arc<Mutex<crate::checker::Checker>>,
         madsim::time::sleep_until(start + Duration::from_millis(t)).await;
         let mut w = lock(&world);
         w.purge(t);
+        w.crash_due(t);
         lock(&checker).sample(t, &w, &scenario);
     }
 }

@@ -150,8 +150,29 @@ pub struct Report {
     pub orphan_s_longest: f64,
     /// Container-seconds of orphans.
     pub orphan_container_s: f64,
+    /// Every rollout an operator's command started, in order.
+    pub rollouts: Vec<RolloutJson>,
     /// The command that replays this run.
     pub replay: String,
+}
+
+/// A rollout in the report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RolloutJson {
+    /// The app.
+    pub app: String,
+    /// The version its containers ran.
+    pub from: u64,
+    /// The new version.
+    pub to: u64,
+    /// `completed`, `reverted` (failed, back on `from`), `failed` (no auto-revert),
+    /// `superseded` (a newer version came first) or `in-progress`.
+    pub outcome: &'static str,
+    /// When the command made the new version.
+    pub started_s: f64,
+    /// When it ended: the coordinator's verdict, or for a reverted one, when every slot ran
+    /// the old version again; `None` while in progress.
+    pub ended_s: Option<f64>,
 }
 
 /// A scale decision in the report.
@@ -227,6 +248,14 @@ impl Report {
         );
         for e in &self.scale_events {
             let _ = writeln!(out, "  {:>7.1}s  {} {} -> {}", e.at_s, e.app, e.from, e.to);
+        }
+        for r in &self.rollouts {
+            let ended = r.ended_s.map_or("-".to_owned(), |s| format!("{s:.1}s, took {:.1} s", s - r.started_s));
+            let _ = writeln!(
+                out,
+                "  rollout {} v{} -> v{} at {:.1}s: {} ({ended})",
+                r.app, r.from, r.to, r.started_s, r.outcome
+            );
         }
         let _ = writeln!(
             out,

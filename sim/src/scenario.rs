@@ -77,6 +77,22 @@ impl Membership {
     }
 }
 
+/// How the containers of one image behave when simulated (`[sim.images."NAME"]`); an image
+/// the scenario does not name behaves as every image did before.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSim {
+    /// `false`: it runs, but never passes a health check.
+    #[serde(default = "default_true")]
+    pub healthy: bool,
+    /// Its process exits this long after it is up, every time it is started.
+    pub crash_after_s: Option<f64>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// Simulator options (`[sim]`); every key has a default.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +136,9 @@ pub struct SimOptions {
     /// loopback (`core::seal`). `false` measures what sealing costs.
     #[serde(default = "default_gossip_keys")]
     pub gossip_keys: bool,
+    /// Images that behave otherwise, by image name.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageSim>,
 }
 
 impl Default for SimOptions {
@@ -244,6 +263,27 @@ pub enum FaultKind {
         /// In [0, 1).
         ratio: f64,
     },
+    /// An operator applies a new version of an app through one node: its spec as last
+    /// applied, with what the fault gives changed.
+    Update {
+        /// The node the command goes to.
+        node: usize,
+        /// The app.
+        app: AppName,
+        /// A new image.
+        image: Option<String>,
+        /// A new command.
+        command: Option<Vec<String>>,
+        /// A new environment.
+        env: Option<BTreeMap<String, String>>,
+    },
+    /// An operator promotes an app's canaries through one node (`canteen promote`).
+    Promote {
+        /// The node the command goes to.
+        node: usize,
+        /// The app.
+        app: AppName,
+    },
 }
 
 /// One fault of the timeline.
@@ -273,6 +313,11 @@ impl Fault {
             FaultKind::Partition { groups } => format!("partition {groups:?}"),
             FaultKind::Heal => "heal".to_owned(),
             FaultKind::PacketLoss { ratio } => format!("packet-loss {ratio}"),
+            FaultKind::Update { node, app, image, .. } => match image {
+                Some(image) => format!("update {app} to {image} through {node}"),
+                None => format!("update {app} through {node}"),
+            },
+            FaultKind::Promote { node, app } => format!("promote {app} through {node}"),
         }
     }
 
@@ -295,6 +340,9 @@ struct RawFault {
     factor: Option<f64>,
     duration_s: Option<f64>,
     period_ms: Option<u64>,
+    image: Option<String>,
+    command: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
 }
 
 /// What must hold for the scenario to pass (`[expect]`); an absent key is not checked.
@@ -340,6 +388,17 @@ pub struct Expect {
     /// After the heal, within this many seconds every live node's registry is identical and no
     /// slot runs twice, and it stays so to the end.
     pub converge_s_max: Option<f64>,
+    /// Rollouts that completed (every slot on the new version), at least.
+    pub rollouts_completed_min: Option<u32>,
+    /// Rollouts that failed and went back to the previous version, at least.
+    pub rollbacks_min: Option<u32>,
+    /// The same, at most.
+    pub rollbacks_max: Option<u32>,
+    /// Each completed rollout took at most this, from the update to its last slot replaced.
+    pub rollout_s_max: Option<f64>,
+    /// At the end, every replica of each app runs the given image.
+    #[serde(default)]
+    pub images_at_end: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -520,6 +579,24 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
             return Err(err(format!("expect.fully_placed[{i}]"), format!("{name:?} is not an app of this scenario")));
         }
     }
+    for name in raw.expect.images_at_end.keys() {
+        if !app_names.contains(&name.as_str()) {
+            return Err(err(
+                format!("expect.images_at_end.{name}"),
+                format!("{name:?} is not an app of this scenario; apps: {}", app_names.join(", ")),
+            ));
+        }
+    }
+    for (name, image) in &sim.images {
+        if let Some(s) = image.crash_after_s
+            && !(s > 0.0 && s.is_finite())
+        {
+            return Err(err(
+                format!("sim.images.{name}.crash_after_s"),
+                format!("must be a number of seconds > 0, got {s}"),
+            ));
+        }
+    }
     if let Some(r) = raw.expect.success_ratio_min
         && !(0.0..=1.0).contains(&r)
     {
@@ -530,6 +607,7 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
         ("expect.false_down_node_s_max", raw.expect.false_down_node_s_max),
         ("expect.converge_s_max", raw.expect.converge_s_max),
         ("expect.recovery_s_max", raw.expect.recovery_s_max),
+        ("expect.rollout_s_max", raw.expect.rollout_s_max),
     ];
     for (key, value) in seconds {
         if let Some(v) = value
@@ -557,7 +635,7 @@ pub const MAX_DURATION_S: f64 = 86_400.0;
 /// Highest request rate of one app.
 pub const MAX_RPS: f64 = 1_000_000.0;
 
-const FAULT_KINDS: &str = "crash-node, restart-node, restart-agent, start-node, apply, kill-container, hang-container, flap-container, slow-node, partition, heal, packet-loss";
+const FAULT_KINDS: &str = "crash-node, restart-node, restart-agent, start-node, apply, update, promote, kill-container, hang-container, flap-container, slow-node, partition, heal, packet-loss";
 
 /// What a fault is checked against.
 struct FaultContext<'a> {
@@ -621,6 +699,22 @@ fn fault(f: &RawFault, cx: &FaultContext) -> Result<Fault, (&'static str, String
                 ));
             }
             FaultKind::Apply { node, app: AppName::new(app) }
+        }
+        "update" => {
+            let node = node()?;
+            let (app, _) = app_slot()?;
+            if f.image.is_none() && f.command.is_none() && f.env.is_none() {
+                return Err(("image", "kind \"update\" needs at least one of `image`, `command`, `env`".into()));
+            }
+            if f.image.as_ref().is_some_and(|i| i.trim().is_empty()) {
+                return Err(("image", "must not be empty".into()));
+            }
+            FaultKind::Update { node, app, image: f.image.clone(), command: f.command.clone(), env: f.env.clone() }
+        }
+        "promote" => {
+            let node = node()?;
+            let (app, _) = app_slot()?;
+            FaultKind::Promote { node, app }
         }
         "kill-container" => {
             let (app, slot) = app_slot()?;

@@ -59,6 +59,10 @@ fn check_status(node: &crate::model::NodeId, status: &NodeStatus) -> Result<(), 
     }
     let mut slots = std::collections::BTreeSet::new();
     let mut ports = std::collections::BTreeSet::new();
+    // In slot and version order, as a node lists them and the view keeps them.
+    if !status.containers.windows(2).all(|w| (&w[0].slot, w[0].version) <= (&w[1].slot, w[1].version)) {
+        return Err("containers not in slot and version order".into());
+    }
     for c in &status.containers {
         validate_name(c.slot.app.as_str()).map_err(|e| format!("slot {}: app name: {e}", c.slot))?;
         if c.slot.index >= limits::REPLICAS_PER_APP_MAX {

@@ -185,9 +185,9 @@ impl Node {
     /// (a claim finds no free host port when every one is taken).
     pub(super) fn carry_out(&mut self, now: Time, order: Order) -> bool {
         match order {
-            Order::Stop(slot, start) => self.slots.stop(&slot, start, self.config.drain_ms, &mut self.out),
+            Order::Stop(slot, start) => self.slots.stop(now, &slot, start, self.config.drain_ms, &mut self.out),
             Order::Claim(slot) => {
-                let Some(port) = self.free_host_port() else { return false };
+                let Some(port) = self.free_host_port(now) else { return false };
                 let spec = self.effective_spec(&slot.app);
                 let version = spec.as_ref().map_or(0, |s| s.version);
                 let settle_ms = self.config.claim_settle_ms;
@@ -240,12 +240,14 @@ impl Node {
     }
 
     /// The lowest port of the node's range that no local slot holds and no app publishes.
-    pub(super) fn free_host_port(&self) -> Option<u16> {
+    pub(super) fn free_host_port(&mut self, now: Time) -> Option<u16> {
         let published = self.registry.apps().filter_map(|(_, v)| match v {
             Value::App(spec) => Some(spec.port),
             _ => None,
         });
-        self.slots.free_host_port(self.config.host_port_min, self.config.host_port_max, published)
+        let (min, max) = (self.config.host_port_min, self.config.host_port_max);
+        let published: Vec<u16> = published.collect();
+        self.slots.free_host_port(now, min, max, published.into_iter())
     }
 
     /// Whether every desired slot runs exactly once in this node's view, nothing runs that is

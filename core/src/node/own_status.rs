@@ -51,7 +51,7 @@ impl OwnStatus {
     }
 
     /// Whether `new` says nothing peers act on that `old` does not: which slots run here, on
-    /// which ports, in which state. A change of container id alone (a start confirmed, the state
+    /// which ports, in which state, at which version, ready or not. A change of container id alone (a start confirmed, the state
     /// still `Starting`) waits for the next change that matters, and goes out with it: a cold
     /// start of a large cluster spreads a third fewer versions.
     pub(super) fn same_for_peers(old: &NodeStatus, new: &NodeStatus) -> bool {
@@ -59,10 +59,12 @@ impl OwnStatus {
             && old.addr == new.addr
             && old.generation == new.generation
             && old.containers.len() == new.containers.len()
-            && old
-                .containers
-                .iter()
-                .zip(&new.containers)
-                .all(|(a, b)| a.slot == b.slot && a.host_port == b.host_port && a.state == b.state)
+            && old.containers.iter().zip(&new.containers).all(|(a, b)| {
+                a.slot == b.slot
+                    && a.host_port == b.host_port
+                    && a.state == b.state
+                    && a.version == b.version
+                    && a.ready == b.ready
+            })
     }
 }

@@ -208,3 +208,57 @@ fn a_node_cut_off_in_the_middle_of_a_rollout_ends_with_every_slot_once_on_the_ne
     assert_eq!(images(&cluster), (0..6).map(|i| (i, "web:v2".to_owned())).collect::<Vec<_>>());
     assert_eq!(outcome(&cluster, 2), Some(Outcome::Completed));
 }
+
+#[test]
+fn an_update_applied_in_a_minority_partition_rolls_out_everywhere_after_the_heal() {
+    let mut cluster = settled(5, 8);
+    for a in 0..3 {
+        for b in 3..5 {
+            cluster.set_cut(a, b, true);
+        }
+    }
+    cluster.run_until(cluster.now + 3000);
+    update(&mut cluster, 4, "web:v2");
+    cluster.run_until(cluster.now + 27_000);
+    for a in 0..3 {
+        for b in 3..5 {
+            cluster.set_cut(a, b, false);
+        }
+    }
+    cluster.run_until(cluster.now + 60_000);
+    assert_eq!(images(&cluster), (0..8).map(|i| (i, "web:v2".to_owned())).collect::<Vec<_>>());
+    assert_eq!(outcome(&cluster, 2), Some(Outcome::Completed));
+}
+
+#[test]
+fn a_new_replica_goes_to_another_node_when_its_old_ones_is_full() {
+    for (nodes, replicas, cpu) in [(2, 1, 3000), (3, 5, 2000)] {
+        a_new_replica_goes_elsewhere(nodes, replicas, cpu);
+    }
+}
+
+/// `replicas` of `cpu` millicores each on `nodes` nodes of 4000, updated: some slot's new
+/// replica fits only on another node than its old one's, which hears it is ready from its
+/// status alone.
+fn a_new_replica_goes_elsewhere(nodes: usize, replicas: u32, cpu: u64) {
+    let mut cluster = Cluster::new(nodes);
+    let mut spec = quick_app(APP, replicas, 9000);
+    spec.image = "web:v1".into();
+    spec.resources = crate::model::Resources::new(cpu, 64);
+    // Longer than a status change is held back: the ready flag goes out on its own.
+    spec.update.min_healthy_ms = 2000;
+    spec.update.healthy_deadline_ms = 3000;
+    cluster.apply(0, spec);
+    assert!(cluster.run_until_true(20_000, |c| outcome(c, 1) == Some(Outcome::Completed)));
+    let from = cluster.now;
+    update(&mut cluster, nodes - 1, "web:v2");
+    run_checked(&mut cluster, from + 30_000, replicas, 1);
+    assert_eq!(outcome(&cluster, 2), Some(Outcome::Completed));
+    assert_eq!(images(&cluster), (0..replicas).map(|i| (i, "web:v2".to_owned())).collect::<Vec<_>>());
+    let moved = (0..replicas).filter(|&i| {
+        let nodes: Vec<usize> =
+            cluster.containers.values().filter(|c| c.slot == SlotId::new(APP, i)).map(|c| c.node).collect();
+        nodes.windows(2).any(|w| w[0] != w[1])
+    });
+    assert!(moved.count() > 0, "a full node's slot was replaced on another node");
+}

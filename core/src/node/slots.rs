@@ -108,6 +108,10 @@ pub(super) struct Slots {
     local: BTreeMap<InstanceKey, Local>,
     /// The last start attempt numbered, on any slot.
     starts: u64,
+    /// Host ports of containers stopped after a drain, with when each is free again: a
+    /// draining container still holds its port, and a new one bound there would fail to start
+    /// (on trial in a rollout, failing the rollout).
+    draining: Vec<(u16, Time)>,
 }
 
 impl Slots {
@@ -401,10 +405,14 @@ impl Slots {
 
     /// Takes the instance of `slot` at `start` away from this node (placement moved, replaced
     /// or stopped it): the container, if it has one, is stopped after `drain_ms`.
-    pub(super) fn stop(&mut self, slot: &SlotId, start: u64, drain_ms: u64, out: &mut Effects) {
+    pub(super) fn stop(&mut self, now: Time, slot: &SlotId, start: u64, drain_ms: u64, out: &mut Effects) {
         let key = self.key_at(slot, start).expect("a slot is stopped while it is here");
         let l = self.local.remove(&key).expect("found");
         assert_ne!(l.phase, Phase::Failed, "a failed slot has no container to stop");
+        if l.container.is_some() && drain_ms > 0 {
+            let free_at = now + Duration::from_millis(drain_ms + limits::PORT_REUSE_AFTER_DRAIN_MS);
+            self.draining.push((l.host_port, free_at));
+        }
         if let Some(container) = l.container {
             out.push(Action::StopContainer { container: container.to_string(), slot: slot.clone(), drain_ms });
         }
@@ -413,11 +421,19 @@ impl Slots {
     /// The lowest port of `min..=max` that no slot holds and none of `published` is: every
     /// node's balancer listens on every app's published port, so a container bound there
     /// would fail to start.
-    pub(super) fn free_host_port(&self, min: u16, max: u16, published: impl Iterator<Item = u16>) -> Option<u16> {
+    pub(super) fn free_host_port(
+        &mut self,
+        now: Time,
+        min: u16,
+        max: u16,
+        published: impl Iterator<Item = u16>,
+    ) -> Option<u16> {
         if self.local.len() >= limits::LOCAL_SLOTS_MAX {
             return None;
         }
+        self.draining.retain(|(_, free_at)| *free_at > now);
         let mut used: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();
+        used.extend(self.draining.iter().map(|(port, _)| *port));
         used.extend(published);
         (min..=max).find(|p| !used.contains(p))
     }
@@ -436,9 +452,11 @@ impl Slots {
             .collect()
     }
 
-    /// What this node's status says of its slots.
+    /// What this node's status says of its slots, by slot and version (the order the view
+    /// keeps; a slot's two instances may have been made in either order).
     pub(super) fn statuses(&self) -> Vec<ContainerStatus> {
-        self.local
+        let mut list: Vec<ContainerStatus> = self
+            .local
             .iter()
             .map(|((slot, _), l)| ContainerStatus {
                 slot: slot.clone(),
@@ -448,7 +466,10 @@ impl Slots {
                 version: l.version,
                 ready: l.ready,
             })
-            .collect()
+            .collect();
+        // Sorted by slot already; only a slot's instances may be out of version order.
+        list.sort_by(|a, b| (&a.slot, a.version).cmp(&(&b.slot, b.version)));
+        list
     }
 
     /// Each instance with its host port and reported state.
@@ -471,6 +492,7 @@ impl Slots {
     pub(super) fn check_invariants(&self, ports: usize) {
         assert!(self.local.len() <= ports, "a node runs at most a slot per host port");
         assert!(self.local.len() <= limits::LOCAL_SLOTS_MAX, "a node runs a bounded number of slots");
+        assert!(self.draining.len() <= 2 * limits::LOCAL_SLOTS_MAX, "draining ports are pruned");
         debug_assert!(
             {
                 let ports: BTreeSet<u16> = self.local.values().map(|l| l.host_port).collect();

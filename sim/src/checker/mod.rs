@@ -10,6 +10,8 @@
 //! - [`scaling`]: the peak of desired replicas, scale-ups and -downs, unschedulable slots.
 //! - [`membership`]: wrong down declarations, agent restarts.
 //! - [`requests`]: messages that did not decode, success ratio, latency.
+//! - [`rollouts`]: rolling updates completed, rolled back, how long they took; the images
+//!   running at the end.
 
 pub mod capacity;
 pub mod convergence;
@@ -17,6 +19,7 @@ pub mod membership;
 pub mod orphans;
 pub mod recovery;
 pub mod requests;
+pub mod rollouts;
 pub mod scaling;
 pub mod service;
 
@@ -37,6 +40,10 @@ pub struct Checker {
     scaling: scaling::Scaling,
     /// `apply` faults whose node was not running.
     lost_applies: Vec<String>,
+    /// Rollouts: when a reverted one had its old version back everywhere.
+    rollouts: rollouts::Rollouts,
+    /// How many changes of the desired state (updates, scale decisions) the last sample saw.
+    changes_seen: usize,
     /// When the last minute of the run began (the second half, for shorter runs), and the
     /// bytes every node had sent by then: the steady state's gossip, after start-up and faults.
     bytes_at_last_minute: Option<(f64, u64)>,
@@ -54,6 +61,8 @@ impl Checker {
             orphans: Default::default(),
             convergence: Default::default(),
             scaling: Default::default(),
+            rollouts: Default::default(),
+            changes_seen: 0,
             lost_applies: Vec::new(),
             bytes_at_last_minute: None,
             timeline: Timeline::new(scenario),
@@ -91,23 +100,48 @@ impl Checker {
         // not name are not counted), the orphans.
         let mut used = vec![Resources::ZERO; w.nodes.len()];
         let mut serving: Vec<Vec<u32>> = vec![Vec::new(); w.apps.len()];
+        // Per slot, the version of the first serving replica seen, and how many serving
+        // replicas of another version: a rolling update's new replica beside its old one is
+        // no duplicate.
+        let mut first_version: Vec<Vec<u64>> = vec![Vec::new(); w.apps.len()];
+        let mut surge = 0u32;
         for (&id, c) in &w.containers {
             if c.removed_at_ms.is_none() {
                 used[c.node] = used[c.node].saturating_add(c.resources);
             }
             if c.app < w.apps.len() && c.serving_at(now_ms, &w.nodes) {
                 let counts = &mut serving[c.app];
+                let versions = &mut first_version[c.app];
                 let i = c.slot.index as usize;
                 if counts.len() <= i {
                     counts.resize(i + 1, 0);
+                    versions.resize(i + 1, u64::MAX);
                 }
                 counts[i] += 1;
+                if versions[i] == u64::MAX {
+                    versions[i] = c.version;
+                } else if versions[i] != c.version {
+                    surge += 1;
+                }
             }
             self.orphans.sample(now_ms, dt_s, w, &desired, id, c);
         }
         self.orphans.end_sample();
         self.capacity.sample(now_s, &used, w);
-        let served = self.service.sample(now_s, dt_s, &serving, &desired, w);
+        // Changes of the desired state besides the heal: convergence is measured from the last.
+        let changes = w.truth.changes_s.len() + w.truth.scale_events.len();
+        if changes != self.changes_seen {
+            self.changes_seen = changes;
+            let last = w
+                .truth
+                .changes_s
+                .iter()
+                .chain(w.truth.scale_events.iter().map(|e| &e.at_s))
+                .fold(0.0, |a: f64, b| a.max(*b));
+            self.convergence.changed_at(last);
+        }
+        self.rollouts.sample(now_ms, w, &serving, &desired);
+        let served = self.service.sample(now_s, dt_s, &serving, surge, &desired, w);
         self.recoveries.sample(now_ms, served.good, w);
         self.convergence.sample(now_s, served.good, served.duplicates, w);
         // Once a second: the plot's series.
@@ -146,6 +180,10 @@ impl Checker {
         checks.extend(membership::false_down_checks(e, w, end_ms));
         checks.extend(self.orphans.check(e));
         checks.extend(membership::agent_restart_checks(w));
+        checks.extend(self.rollouts.checks(e, w, end_ms));
+        for refused in &w.truth.refused_commands {
+            checks.push(Check::fail("commands", format!("refused: {refused}")));
+        }
         for lost in &self.lost_applies {
             checks.push(Check::fail("apply", format!("{lost}: the node was not running, the command was lost")));
         }
@@ -179,6 +217,7 @@ impl Checker {
             false_down_node_s: w.false_down_node_s(end_ms),
             orphan_s_longest: self.orphans.longest.0,
             orphan_container_s: self.orphans.container_s,
+            rollouts: self.rollouts.report(w),
             replay: format!("canteen-sim run {} --seed {seed}", scenario.file),
         };
         let mut timeline = self.timeline.clone();

@@ -29,10 +29,19 @@ pub struct Served {
 }
 
 impl Service {
-    /// A sample: `serving` counts the serving replicas by app index and slot index, `desired`
-    /// the replicas each app should have.
-    pub fn sample(&mut self, now_s: f64, dt_s: f64, serving: &[Vec<u32>], desired: &[u32], w: &World) -> Served {
-        let duplicates: u32 = serving.iter().flatten().map(|n| n.saturating_sub(1)).sum();
+    /// A sample: `serving` counts the serving replicas by app index and slot index, `surge`
+    /// how many of them run another version of their slot than its first (a rolling update's
+    /// new replica beside the old: no duplicate), `desired` the replicas each app should have.
+    pub fn sample(
+        &mut self,
+        now_s: f64,
+        dt_s: f64,
+        serving: &[Vec<u32>],
+        surge: u32,
+        desired: &[u32],
+        w: &World,
+    ) -> Served {
+        let duplicates: u32 = serving.iter().flatten().map(|n| n.saturating_sub(1)).sum::<u32>() - surge;
         self.duplicate_replica_s += f64::from(duplicates) * dt_s;
         let mut missing = 0usize;
         for (counts, &replicas) in serving.iter().zip(desired) {

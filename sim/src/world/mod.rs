@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
 use canteen_core::membership::PeerAddr;
-use canteen_core::model::{AppName, NodeId, Resources, SlotId};
+use canteen_core::model::{AppName, AppSpec, NodeId, Resources, SlotId};
 use canteen_core::node::{Backend, Command, ContainerEvent, Value};
 use canteen_core::registry::{Entry, Key};
 
@@ -22,7 +22,7 @@ mod truth;
 pub use requests::RequestPath;
 pub use truth::Truth;
 
-use crate::scenario::{AppSim, Scenario};
+use crate::scenario::{AppSim, ImageSim, Scenario};
 use crate::traffic::{LatencyHistogram, ReplicaQueue, SimRng};
 
 /// The UDP port every simulated node gossips on.
@@ -200,6 +200,12 @@ pub struct SimContainer {
     pub host_port: u16,
     /// Reserved resources.
     pub resources: Resources,
+    /// Its image.
+    pub image: String,
+    /// The version of its app it runs.
+    pub version: u64,
+    /// Its image never passes a health check (`[sim.images."NAME"] healthy = false`).
+    pub never_healthy: bool,
     /// When its process is up and answering.
     pub ready_at_ms: u64,
     /// Its process exited (crash or kill).
@@ -222,7 +228,7 @@ pub struct SimContainer {
 impl SimContainer {
     /// Whether its health check would pass at `now_ms`: the ground truth the checkers use.
     pub fn healthy_at(&self, now_ms: u64) -> bool {
-        if self.exited || self.hung || now_ms < self.ready_at_ms {
+        if self.exited || self.hung || self.never_healthy || now_ms < self.ready_at_ms {
             return false;
         }
         match self.flap {
@@ -279,6 +285,11 @@ pub struct World {
     pub containers: BTreeMap<ContainerId, SimContainer>,
     /// When each container given a removal time is due to go, soonest first (`purge`).
     removals: BinaryHeap<Reverse<(u64, ContainerId)>>,
+    /// When containers of images that crash (`[sim.images."NAME"] crash_after_s`) exit,
+    /// soonest first (`crash_due`).
+    crashes: BinaryHeap<Reverse<(u64, ContainerId)>>,
+    /// The images that behave otherwise, by name.
+    images: BTreeMap<String, ImageSim>,
     /// Container id by (node, host port), for the request path.
     pub by_port: BTreeMap<(usize, u16), ContainerId>,
     /// The scenario's apps; the request path names an app by its index here.
@@ -387,6 +398,8 @@ impl World {
             nodes,
             containers: BTreeMap::new(),
             removals: BinaryHeap::new(),
+            crashes: BinaryHeap::new(),
+            images: scenario.sim.images.clone(),
             by_port: BTreeMap::new(),
             app_index: apps.iter().enumerate().map(|(i, a)| (a.clone(), i)).collect(),
             apps,
@@ -426,6 +439,10 @@ impl World {
                 false_down_closed_ms: 0,
                 false_down_examples: Vec::new(),
                 agent_restarts: Vec::new(),
+                specs: scenario.cluster.apps.iter().map(|a| (a.name.clone(), a.clone())).collect(),
+                rollouts: Vec::new(),
+                changes_s: Vec::new(),
+                refused_commands: Vec::new(),
             },
         }
     }
@@ -442,9 +459,14 @@ impl World {
 
     /// Node `index`'s agent booted: its driver takes inputs from `inbox`. Returns the number
     /// of this life (the first boot is 1), and the containers it finds running on the node,
-    /// to adopt: (slot, container id, host port). Exited containers it finds are removed, as
+    /// to adopt: (slot, container id, host port, version). Exited containers it finds are removed, as
     /// the real agent does at start-up.
-    pub fn node_started(&mut self, index: usize, inbox: InboxHandle, now_ms: u64) -> (u64, Vec<(SlotId, String, u16)>) {
+    pub fn node_started(
+        &mut self,
+        index: usize,
+        inbox: InboxHandle,
+        now_ms: u64,
+    ) -> (u64, Vec<(SlotId, String, u16, u64)>) {
         let was_up = self.nodes[index].up;
         let n = &mut self.nodes[index];
         n.up = true;
@@ -467,7 +489,7 @@ impl World {
                 continue;
             }
             if self.adopt {
-                running.push((c.slot.clone(), container_name(*id), c.host_port));
+                running.push((c.slot.clone(), container_name(*id), c.host_port, c.version));
             }
         }
         let containers = &self.containers;
@@ -551,14 +573,14 @@ impl World {
         self.close_false_downs(now_ms, |a, b| group[a] != group[b]);
     }
 
-    /// Creates a container that answers after the start latency. Returns its id, or `None`
-    /// when the host port is taken.
+    /// Creates a container of `app` that answers after the start latency, and behaves as its
+    /// image does. Returns its id, or `None` when the host port is taken.
     pub fn create_container(
         &mut self,
         node: usize,
         slot: SlotId,
         host_port: u16,
-        resources: Resources,
+        app: &AppSpec,
         ready_at_ms: u64,
         sim: AppSim,
     ) -> Option<ContainerId> {
@@ -567,6 +589,11 @@ impl World {
         }
         self.next_container += 1;
         let id = self.next_container;
+        let image = self.images.get(&app.image);
+        let never_healthy = image.is_some_and(|i| !i.healthy);
+        if let Some(after_s) = image.and_then(|i| i.crash_after_s) {
+            self.crashes.push(Reverse((ready_at_ms + (after_s * 1000.0) as u64, id)));
+        }
         if self.truth.last_node_of_slot.insert(slot.clone(), node).is_some_and(|previous| previous != node) {
             self.truth.moves += 1;
         }
@@ -579,7 +606,10 @@ impl World {
                 app: self.app_index.get(&slot.app).copied().unwrap_or(usize::MAX),
                 slot,
                 host_port,
-                resources,
+                resources: app.resources,
+                image: app.image.clone(),
+                version: app.version,
+                never_healthy,
                 ready_at_ms,
                 exited: false,
                 hung: false,
@@ -605,6 +635,24 @@ impl World {
             if drain_ms == 0 {
                 self.by_port.remove(&(c.node, c.host_port));
             }
+        }
+    }
+
+    /// The containers of crashing images whose time came by `now_ms` exit; their agents hear
+    /// of it.
+    pub fn crash_due(&mut self, now_ms: u64) {
+        while let Some(&Reverse((at, id))) = self.crashes.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.crashes.pop();
+            let Some(c) = self.containers.get_mut(&id) else { continue };
+            if c.exited || c.removed_at_ms.is_some() || c.stopping_at_ms.is_some() {
+                continue;
+            }
+            c.exited = true;
+            let node = c.node;
+            self.deliver(node, Input::Container(ContainerEvent::Exited { container: container_name(id) }));
         }
     }
 

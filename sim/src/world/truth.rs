@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use canteen_core::model::{AppName, NodeId, SlotId};
+use canteen_core::model::{AppName, AppSpec, NodeId, SlotId};
 use canteen_core::node::Event;
+use canteen_core::rollout::Outcome;
 
 use super::{AgentRestart, FALSE_DOWN_EXAMPLES_MAX, FALSE_DOWN_GRACE_MS, ScaleEvent, World};
 
@@ -36,6 +37,33 @@ pub struct Truth {
     pub false_down_examples: Vec<String>,
     /// Every agent restart, in order.
     pub agent_restarts: Vec<AgentRestart>,
+    /// Each app's spec as the operator last applied it (`update` faults change it).
+    pub specs: BTreeMap<AppName, AppSpec>,
+    /// Every rollout an operator's command started, in order.
+    pub rollouts: Vec<Rollout>,
+    /// When the desired state last changed, besides the heal: updates, in simulated s (scale
+    /// decisions are in `scale_events`).
+    pub changes_s: Vec<f64>,
+    /// Commands of the scenario a node refused, described.
+    pub refused_commands: Vec<String>,
+}
+
+/// One rollout, as the nodes' events tell it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    /// The app.
+    pub app: AppName,
+    /// The version its containers ran.
+    pub from: u64,
+    /// The new one.
+    pub to: u64,
+    /// When the command made the new version, in simulated ms.
+    pub started_ms: u64,
+    /// The coordinator's verdict, when it came: when, completed or not, and the version the
+    /// app went back to.
+    pub verdict: Option<(u64, bool, Option<u64>)>,
+    /// A newer version was applied before any verdict.
+    pub superseded: bool,
 }
 
 impl World {
@@ -102,6 +130,30 @@ impl World {
                 });
             }
             Event::Unschedulable { slots } => self.truth.unschedulable = slots.len(),
+            Event::RolloutStarted { app, from, to } => {
+                for r in self.truth.rollouts.iter_mut().filter(|r| r.app == app && r.verdict.is_none()) {
+                    r.superseded = true;
+                }
+                self.truth.rollouts.push(Rollout {
+                    app,
+                    from,
+                    to,
+                    started_ms: now_ms,
+                    verdict: None,
+                    superseded: false,
+                });
+            }
+            Event::TrialFailed { slot, version, reason } if std::env::var_os("CANTEEN_SIM_DEBUG").is_some() => {
+                eprintln!("{:.1}s trial of {slot} at version {version} failed: {reason}", now_ms as f64 / 1000.0);
+            }
+            Event::RolloutEnded { app, version, outcome, reverted_to } => {
+                // Two coordinators (either side of a partition) may both judge: the first counts.
+                if let Some(r) = self.truth.rollouts.iter_mut().rfind(|r| r.app == app && r.to == version)
+                    && r.verdict.is_none()
+                {
+                    r.verdict = Some((now_ms, outcome == Outcome::Completed, reverted_to));
+                }
+            }
             Event::BadMessage { from, error } => {
                 if std::env::var_os("CANTEEN_SIM_BAD").is_some() {
                     eprintln!("bad message from {from:?}: {error}");
