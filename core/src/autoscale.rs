@@ -110,6 +110,8 @@ pub struct Autoscaler {
     /// after it, so the count steps down once, not once per second as the window slides.
     last_held_at: Time,
     next_evaluation_at: Time,
+    /// `TargetRps` only: the requests and the span of the rate the last evaluation followed.
+    decided_by: (u128, u64),
 }
 
 impl Autoscaler {
@@ -153,6 +155,7 @@ impl Autoscaler {
             requests_retained: 0,
             recommendations,
             next_evaluation_at: now + Duration::from_millis(first_evaluation_ms),
+            decided_by: (0, retain_ms),
         };
         autoscaler.check_invariants();
         autoscaler
@@ -208,7 +211,9 @@ impl Autoscaler {
                     window_ms,
                     scale_down_stabilization_ms,
                 );
-                let rate = self.requests_retained * 1_000_000 / u128::from(window_ms);
+                // The rate that decided: the window's, or the recent one a scale-up follows.
+                let (requests, window_ms) = self.decided_by;
+                let rate = requests * 1_000_000 / u128::from(window_ms);
                 let milli_requests_per_s = u64::try_from(rate).unwrap_or(u64::MAX);
                 (target, ScaleReason::RequestRate { milli_requests_per_s, window_ms })
             }
@@ -262,6 +267,31 @@ impl Autoscaler {
         let desired = (self.requests_retained.saturating_mul(1000))
             .div_ceil(u128::from(target_rps_per_replica).saturating_mul(u128::from(window_ms)));
         let desired = u32::try_from(desired).unwrap_or(u32::MAX).clamp(self.min, self.max);
+        // Scale-up follows the recent rate, not the window's average: a tenfold spike averaged
+        // over a 30 s window took 27 s, in thirteen small steps. The window still decides every
+        // scale-down, so a short lull removes nothing.
+        let recent_ms = window_ms.min(limits::AUTOSCALE_RECENT_MS);
+        let recent_requests: u128 = self
+            .samples
+            .iter()
+            .rev()
+            .take_while(|s| now.saturating_since(s.at) < Duration::from_millis(recent_ms))
+            .map(|s| u128::from(s.requests))
+            .sum();
+        let recent_load = recent_requests.saturating_mul(100_000);
+        let recent_capacity = u128::from(target_rps_per_replica)
+            .saturating_mul(u128::from(recent_ms))
+            .saturating_mul(u128::from(current));
+        let recent_above =
+            current == 0 || recent_load > recent_capacity.saturating_mul(100 + u128::from(tolerance_percent));
+        let recent_desired = recent_requests
+            .saturating_mul(1000)
+            .div_ceil(u128::from(target_rps_per_replica).saturating_mul(u128::from(recent_ms)));
+        let recent_desired = u32::try_from(recent_desired).unwrap_or(u32::MAX).clamp(self.min, self.max);
+        let up_now = recent_above && recent_desired > desired.max(current);
+        let desired = if up_now { recent_desired } else { desired };
+        let within_tolerance = within_tolerance && !up_now;
+        self.decided_by = if up_now { (recent_requests, recent_ms) } else { (self.requests_retained, window_ms) };
         // Until a full window has passed since creation the rate is a lower bound: enough to
         // scale up on, never to scale down on.
         let warmed_up = now.saturating_since(self.created_at) >= Duration::from_millis(window_ms);
@@ -416,8 +446,40 @@ mod tests {
         assert_eq!(a.evaluate(secs(30), 2), None, "20 requests/s is 10 per replica");
         steady(&mut a, 30, 31, 1000);
         let decision = a.evaluate(secs(31), 2).expect("scale up");
-        assert_eq!(decision.to, 12, "(9 * 20 + 1000) / 10 s = 118 requests/s");
-        assert_eq!(decision.reason.to_string(), "118.000 requests/s over 10.000s");
+        assert_eq!(decision.to, 20, "(4 * 20 + 1000) / 5 s = 216 requests/s, at most 20 replicas");
+        assert_eq!(decision.reason.to_string(), "216.000 requests/s over 5.000s");
+    }
+
+    #[test]
+    fn a_tenfold_spike_reaches_its_target_within_seconds_whatever_the_window() {
+        for window_s in [10, 30, 120] {
+            let mut a = Autoscaler::new(&target_rps(2, 20, 100, window_s * 1000, 300_000), 2, secs(0));
+            steady(&mut a, 0, window_s, 150);
+            let mut replicas = 2;
+            assert_eq!(a.evaluate(secs(window_s), replicas), None, "150 requests/s on 2 replicas");
+            let mut reached = None;
+            for t in window_s..window_s + 30 {
+                steady(&mut a, t, t + 1, 1500);
+                if let Some(d) = a.evaluate(secs(t + 1), replicas) {
+                    replicas = d.to;
+                }
+                if replicas >= 15 && reached.is_none() {
+                    reached = Some(t + 1 - window_s);
+                }
+            }
+            let reached = reached.expect("the target is reached");
+            assert!(reached <= 5, "window {window_s} s: 15 replicas after {reached} s");
+            assert_eq!(replicas, 15, "and no further");
+        }
+    }
+
+    #[test]
+    fn a_short_lull_removes_nothing() {
+        let mut a = Autoscaler::new(&target_rps(2, 20, 100, 30_000, 60_000), 10, secs(0));
+        steady(&mut a, 0, 120, 1000);
+        assert_eq!(a.evaluate(secs(120), 10), None);
+        steady(&mut a, 120, 126, 100);
+        assert_eq!(a.evaluate(secs(126), 10), None, "the window decides a scale-down, after stabilization");
     }
 
     #[test]

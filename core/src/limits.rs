@@ -25,6 +25,10 @@ pub const RENDEZVOUS_GROUPS: u64 = 128;
 /// Most windows of request counts the autoscaler keeps per app.
 pub const AUTOSCALE_SAMPLES_MAX: usize = 4096;
 
+/// The recent rate a target-tracking autoscaler scales up on: the last few seconds, however
+/// long its window (which still decides every scale-down).
+pub const AUTOSCALE_RECENT_MS: u64 = 5000;
+
 /// Longest restart back-off, whatever the spec says.
 pub const RESTART_BACKOFF_MS_MAX: u64 = 10 * 60 * 1000;
 

@@ -126,6 +126,38 @@ pub fn on_trial(spec: &AppSpec, record: Option<&RolloutRecord>, version: u64) ->
     version > stable && version == spec.version && record.outcome(version).is_none()
 }
 
+/// The fields of an app's spec that differ between `old` and `new`, as the cluster file names
+/// them, and whether the change starts a rollout (new containers): what
+/// `canteen apply --dry-run` prints.
+pub fn changes(old: &AppSpec, new: &AppSpec) -> (Vec<&'static str>, bool) {
+    let mut fields = Vec::new();
+    let mut differs = |name: &'static str, differ: bool| {
+        if differ {
+            fields.push(name);
+        }
+    };
+    differs("image", old.image != new.image);
+    differs("command", old.command != new.command);
+    differs("env", old.env != new.env);
+    differs("cpu_millis", old.resources.cpu_millis != new.resources.cpu_millis);
+    differs("mem_mb", old.resources.mem_bytes != new.resources.mem_bytes);
+    differs("container_port", old.container_port != new.container_port);
+    differs("volume", old.volume != new.volume);
+    differs("health", old.health != new.health);
+    differs("replicas", old.replicas != new.replicas);
+    differs("autoscale", old.autoscale != new.autoscale);
+    differs("balance", old.balance != new.balance);
+    differs("priority", old.priority != new.priority);
+    differs("port", old.port != new.port);
+    differs("constraints", old.constraints != new.constraints);
+    differs("restart", old.restart != new.restart);
+    differs("update", old.update != new.update);
+    // The restarts are the cluster's: an applied spec keeps them.
+    let mut template = new.template();
+    template.redeploys = old.redeploys;
+    (fields, !old.has_template(&template))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +200,17 @@ mod tests {
         assert_eq!(r.outcomes.len(), limits::REVISIONS_MAX + 1);
         assert_eq!(r.stable(), Some(30));
         r.check().unwrap();
+    }
+
+    #[test]
+    fn a_dry_run_names_the_changed_fields_and_says_which_restart_containers() {
+        let old = v2();
+        let mut new = old.clone();
+        new.replicas = 5;
+        new.priority = 3;
+        assert_eq!(changes(&old, &new), (vec!["replicas", "priority"], false));
+        new.env.insert("A".into(), "1".into());
+        assert_eq!(changes(&old, &new), (vec!["env", "replicas", "priority"], true));
     }
 
     #[test]

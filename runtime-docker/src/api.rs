@@ -4,6 +4,8 @@
 //! - `POST /apply` with `{"file": name, "text": toml}`: applies the cluster file's apps;
 //! - `POST /scale` with `{"app": name, "replicas": n}`;
 //! - `POST /rm` with `{"app": name}`;
+//! - `POST /apply` with `"dry_run": true`: what would change, and whether it starts a rollout;
+//! - `POST /rollout` with `{"app": name, "action": "restart" | "undo" | "promote", "to": v}`;
 //! - `GET /metrics`: Prometheus text.
 //!
 //! Bad input answers 400 with `{"error": message}`; the CLI exits 2 on it.
@@ -20,7 +22,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use canteen_core::model::AppName;
+use canteen_core::model::{AppName, AppSpec};
 use canteen_core::node::Command;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -46,6 +48,22 @@ pub struct ApplyRequest {
     pub file: String,
     /// Its text.
     pub text: String,
+    /// Only say what would change, and whether it starts a rollout; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /rollout`: a command on an app's versions.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RolloutRequest {
+    /// The app.
+    pub app: String,
+    /// `restart` (a new version, fresh containers), `undo` (back to `to`, or the version
+    /// before) or `promote` (the canaries are good).
+    pub action: String,
+    /// For `undo`: the version to go back to.
+    #[serde(default)]
+    pub to: Option<u64>,
 }
 
 /// `POST /scale`.
@@ -212,12 +230,13 @@ async fn run_commands(handle: &Handle, commands: Vec<Command>) -> Result<(), (St
 }
 
 /// The routes and the methods each takes.
-const ROUTES: [(&str, Method); 5] = [
+const ROUTES: [(&str, Method); 6] = [
     ("/status", Method::GET),
     ("/metrics", Method::GET),
     ("/apply", Method::POST),
     ("/scale", Method::POST),
     ("/rm", Method::POST),
+    ("/rollout", Method::POST),
 ];
 
 async fn route(handle: &Handle, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -257,6 +276,10 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Response<Full<Bytes>>
                 let request: ApplyRequest = body(req).await?;
                 let apps = apps_from_file(&request.file, &request.text, &handle.config)
                     .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+                if request.dry_run {
+                    let applied = handle.specs().await.ok_or_else(stopping)?;
+                    return Ok(dry_run(&applied, &apps));
+                }
                 let names: Vec<String> = apps.iter().map(|a| a.name.to_string()).collect();
                 run_commands(handle, apps.into_iter().map(|a| Command::Apply(Box::new(a))).collect()).await?;
                 Ok(format!("applied {}", names.join(", ")))
@@ -273,6 +296,35 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Response<Full<Bytes>>
             .await;
             reply(result)
         }
+        "/rollout" => {
+            let result = async {
+                let request: RolloutRequest = body(req).await?;
+                let app = AppName::new(&request.app);
+                let command = match request.action.as_str() {
+                    "restart" => Command::Restart(app),
+                    "undo" => Command::Undo(app, request.to),
+                    "promote" => Command::Promote(app),
+                    other => {
+                        return Err((
+                            StatusCode::BAD_REQUEST,
+                            format!("action {other:?} is unknown; allowed: \"restart\", \"undo\", \"promote\""),
+                        ));
+                    }
+                };
+                run_commands(handle, vec![command]).await?;
+                Ok(match request.action.as_str() {
+                    "restart" => format!("restarting {}: a new version rolls out", request.app),
+                    "undo" => format!(
+                        "rolling {} back{}",
+                        request.app,
+                        request.to.map_or(String::new(), |v| format!(" to version {v}"))
+                    ),
+                    _ => format!("promoted the canaries of {}", request.app),
+                })
+            }
+            .await;
+            reply(result)
+        }
         _ => {
             let result = async {
                 let request: RemoveRequest = body(req).await?;
@@ -283,6 +335,38 @@ async fn route(handle: &Handle, req: Request<Incoming>) -> Response<Full<Bytes>>
             reply(result)
         }
     }
+}
+
+fn stopping() -> (StatusCode, String) {
+    (StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping".to_owned())
+}
+
+/// What applying `apps` over the `applied` specs would change, one line per app.
+fn dry_run(applied: &[AppSpec], apps: &[AppSpec]) -> String {
+    let mut lines = Vec::new();
+    for app in apps {
+        let line = match applied.iter().find(|a| a.name == app.name) {
+            None => format!("{}: new app, version 1 with {} replicas of {}", app.name, app.replicas, app.image),
+            Some(old) => match canteen_core::rollout::changes(old, app) {
+                (fields, _) if fields.is_empty() => format!("{}: unchanged (version {})", app.name, old.version),
+                (fields, true) => format!(
+                    "{}: changes {}; starts a rollout, version {} -> {}",
+                    app.name,
+                    fields.join(", "),
+                    old.version,
+                    old.version + 1
+                ),
+                (fields, false) => format!(
+                    "{}: changes {}; restarts nothing (still version {})",
+                    app.name,
+                    fields.join(", "),
+                    old.version
+                ),
+            },
+        };
+        lines.push(line);
+    }
+    format!("dry run, nothing changed:\n{}", lines.join("\n"))
 }
 
 /// Why a CLI call to the agent failed.
@@ -458,6 +542,52 @@ pub struct AppStatusJson {
     pub replicas: u32,
     /// The last start failure, until a start succeeds.
     pub error: Option<String>,
+    /// The version last applied.
+    #[serde(default)]
+    pub version: u64,
+    /// The version its slots are placed and started with (an earlier one while reverting).
+    #[serde(default)]
+    pub running_version: u64,
+    /// Where its rollout stands: `steady`, `rolling`, `canary` (waiting for
+    /// `canteen promote`), `paused` (failed, no auto-revert) or `reverting`.
+    #[serde(default)]
+    pub rollout: String,
+    /// Its versions, oldest first, the last applied included.
+    #[serde(default)]
+    pub versions: Vec<VersionJson>,
+    /// Its update settings: max_surge, max_unavailable, min_healthy_ms, healthy_deadline_ms.
+    #[serde(default)]
+    pub update: Option<UpdateJson>,
+}
+
+/// One version of an app.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VersionJson {
+    /// Its number.
+    pub version: u64,
+    /// Its image.
+    pub image: String,
+    /// Why it was made: `apply`, `restart` or `undo to N`.
+    pub cause: String,
+    /// `completed`, `failed: ...`, or empty while none was given.
+    pub outcome: String,
+}
+
+/// An app's update settings, as `canteen rollout status` explains a wait with them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UpdateJson {
+    /// New replicas beside the old ones at once.
+    pub max_surge: u32,
+    /// Slots without a healthy replica at once.
+    pub max_unavailable: u32,
+    /// How long a new replica stays healthy before it counts.
+    pub min_healthy_ms: u64,
+    /// How long a new replica has to count.
+    pub healthy_deadline_ms: u64,
+    /// Canaries before a promote.
+    pub canary: u32,
+    /// Whether they were promoted.
+    pub promoted: bool,
 }
 
 /// One slot.
@@ -478,4 +608,10 @@ pub struct SlotStatusJson {
     /// Restarts after failures since its agent started: known for this agent's slots only
     /// (`None` for a peer's).
     pub restarts: Option<u64>,
+    /// The version of its app it runs (0 when unplaced).
+    #[serde(default)]
+    pub version: u64,
+    /// Whether it counts in a rollout (healthy for the update's min_healthy_ms).
+    #[serde(default)]
+    pub ready: bool,
 }

@@ -8,7 +8,7 @@ use canteen_core::cluster_file::{self, Cluster};
 use canteen_core::schedule::Policy;
 use clap::{Parser, Subcommand};
 
-use crate::api::{self, ApplyRequest, ClientError, RemoveRequest, ScaleRequest};
+use crate::api::{self, ApplyRequest, ClientError, RemoveRequest, RolloutRequest, ScaleRequest};
 use crate::config::AgentConfig;
 use crate::{agent, plan, state};
 
@@ -54,10 +54,38 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Apply a cluster file's apps through a running agent.
+    /// Apply a cluster file's apps through a running agent. A change of what an app's
+    /// containers are made from (image, command, env, resources, container port, volume, health
+    /// check) rolls out a new version; other changes restart nothing.
     Apply {
         /// The cluster file (TOML).
         file: PathBuf,
+        /// Print what would change and whether it starts a rollout; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The agent's API.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// An app's rollout: where it stands, its versions, going back.
+    Rollout {
+        /// What to do.
+        #[command(subcommand)]
+        action: RolloutAction,
+    },
+    /// Promote an app's canaries: its rollout goes on to every slot.
+    Promote {
+        /// The app.
+        app: String,
+        /// The agent's API.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Restart every replica of an app, one slot at a time as a rollout does (a new version
+    /// with the same spec).
+    Restart {
+        /// The app.
+        app: String,
         /// The agent's API.
         #[command(flatten)]
         api: ApiArgs,
@@ -99,6 +127,39 @@ pub enum Command {
         /// Print this config file with the defaults filled in instead.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+/// `canteen rollout ...`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutAction {
+    /// Slots per version, healthy or not, and what the rollout waits on.
+    Status {
+        /// The app.
+        app: String,
+        /// The agent's API.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Every version kept: image, why it was made, how its rollout ended.
+    History {
+        /// The app.
+        app: String,
+        /// The agent's API.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Roll back to an earlier version's spec (the one before, unless `--to`): a new version,
+    /// rolled out as any other.
+    Undo {
+        /// The app.
+        app: String,
+        /// The version to go back to.
+        #[arg(long)]
+        to: Option<u64>,
+        /// The agent's API.
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 
@@ -189,14 +250,14 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let apps = state::apps_from_file(&name, &text, &config).map_err(|e| Failure::bad_input(e.to_string()))?;
             run_agent(config, seeds, Some(apps))
         }
-        Command::Apply { file, api } => {
+        Command::Apply { file, dry_run, api } => {
             let name = file.display().to_string();
             let text =
                 std::fs::read_to_string(&file).map_err(|e| Failure::bad_input(format!("{name}: cannot read: {e}")))?;
             // Checked here too, so a bad file fails the same way with or without an agent.
             state::apps_from_file(&name, &text, &AgentConfig::default())
                 .map_err(|e| Failure::bad_input(e.to_string()))?;
-            let body = serde_json::to_string(&ApplyRequest { file: name, text }).expect("encodes");
+            let body = serde_json::to_string(&ApplyRequest { file: name, text, dry_run }).expect("encodes");
             let out =
                 block_on(api::call(&api.api(), hyper::Method::POST, "/apply", Some(body)))?.map_err(client_failure)?;
             emit(&format!("{}\n", done_message(&out)));
@@ -224,6 +285,25 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 block_on(api::call(&api.api(), hyper::Method::POST, "/rm", Some(body)))?.map_err(client_failure)?;
             emit(&format!("{}\n", done_message(&out)));
             Ok(())
+        }
+        Command::Rollout { action: RolloutAction::Status { app, api } } => {
+            let status = block_on(api::status(&api.api()))?.map_err(client_failure)?;
+            emit(&crate::rollout_cli::status(&status, &app).map_err(Failure::bad_input)?);
+            Ok(())
+        }
+        Command::Rollout { action: RolloutAction::History { app, api } } => {
+            let status = block_on(api::status(&api.api()))?.map_err(client_failure)?;
+            emit(&crate::rollout_cli::history(&status, &app).map_err(Failure::bad_input)?);
+            Ok(())
+        }
+        Command::Rollout { action: RolloutAction::Undo { app, to, api } } => {
+            rollout_command(&api, RolloutRequest { app, action: "undo".into(), to })
+        }
+        Command::Promote { app, api } => {
+            rollout_command(&api, RolloutRequest { app, action: "promote".into(), to: None })
+        }
+        Command::Restart { app, api } => {
+            rollout_command(&api, RolloutRequest { app, action: "restart".into(), to: None })
         }
         Command::Keygen => {
             emit(&format!("{}\n", crate::config::generate_key().map_err(Failure::runtime)?));
@@ -428,11 +508,20 @@ async fn wait_for_signal() {
     }
 }
 
+/// Sends a command on an app's versions (`canteen rollout undo`, `promote`, `restart`).
+fn rollout_command(api: &ApiArgs, request: RolloutRequest) -> Result<(), Failure> {
+    let body = serde_json::to_string(&request).expect("encodes");
+    let out = block_on(api::call(&api.api(), hyper::Method::POST, "/rollout", Some(body)))?.map_err(client_failure)?;
+    emit(&format!("{}\n", done_message(&out)));
+    Ok(())
+}
+
 /// The `canteen status` table.
 pub fn status_table(status: &crate::api::StatusJson) -> String {
     let mut rows = vec![[
         "APP".to_owned(),
         "SLOT".to_owned(),
+        "VERSION".to_owned(),
         "NODE".to_owned(),
         "HOST PORT".to_owned(),
         "HEALTH".to_owned(),
@@ -443,6 +532,7 @@ pub fn status_table(status: &crate::api::StatusJson) -> String {
         rows.push([
             s.app.clone(),
             s.slot.to_string(),
+            if s.version == 0 { "-".to_owned() } else { format!("v{}", s.version) },
             s.node.clone(),
             if s.host_port == 0 { "-".to_owned() } else { s.host_port.to_string() },
             s.health.clone(),

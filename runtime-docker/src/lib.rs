@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod plan;
 pub mod probe;
 pub mod proxy;
+pub mod rollout_cli;
 pub mod state;

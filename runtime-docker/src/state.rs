@@ -54,7 +54,8 @@ pub struct Persisted {
     /// Specs without versions, from a file of the first format: applied again as new writes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<AppSpec>,
-    /// `app/` and `scale/` entries with their versions: merged as the writes they were.
+    /// `app/`, `scale/` and `rollout/` entries with their versions: merged as the writes they
+    /// were.
     #[serde(default)]
     pub entries: Vec<PersistedEntry>,
 }
@@ -69,14 +70,14 @@ pub fn load(data_dir: &Path) -> Result<Persisted, StateError> {
     };
     let file: Persisted =
         serde_json::from_str(&text).map_err(|e| StateError::Corrupt { path: path.clone(), error: e.to_string() })?;
-    if let Some((key, _)) = file.entries.iter().find(|(k, _)| !matches!(k, Key::App(_) | Key::Scale(_))) {
+    if let Some((key, _)) = file.entries.iter().find(|(k, _)| !k.is_desired_state()) {
         let error = format!("entry {key} is not part of the desired state");
         return Err(StateError::Corrupt { path, error });
     }
     Ok(file)
 }
 
-/// Writes `entries` (`app/` and `scale/` entries) as the desired state in `data_dir`, atomically.
+/// Writes `entries` (`app/`, `scale/` and `rollout/` entries) as the desired state in `data_dir`, atomically.
 pub fn save(data_dir: &Path, entries: &[PersistedEntry]) -> Result<(), StateError> {
     let io = |path: &Path| {
         let path = path.to_owned();

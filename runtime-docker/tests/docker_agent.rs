@@ -784,3 +784,271 @@ fn the_api_over_tls_answers_the_cli_that_trusts_its_ca_only() {
     assert!(err.contains("TLS"), "{err}");
     let _ = std::fs::remove_dir_all(&certs_dir);
 }
+
+/// Requests on one keep-alive connection to `addr`, one after another until `stop`, as a
+/// browser or a pooled client sends them; a broken connection is opened again, and a request
+/// that got no complete 200 answer counts as failed.
+struct KeepAliveLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl KeepAliveLoad {
+    fn start(addr: SocketAddr, clients: usize) -> KeepAliveLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    let mut conn: Option<std::io::BufReader<std::net::TcpStream>> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let stream = match &mut conn {
+                            Some(c) => c,
+                            None => match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                                Ok(s) => {
+                                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                                    conn.insert(std::io::BufReader::new(s))
+                                }
+                                Err(e) => {
+                                    failures.lock().unwrap().push(format!("connect: {e}"));
+                                    std::thread::sleep(Duration::from_millis(20));
+                                    continue;
+                                }
+                            },
+                        };
+                        match keep_alive_get(stream, addr) {
+                            Ok(200) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => {
+                                failures.lock().unwrap().push(format!("{other:?}"));
+                                conn = None;
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        KeepAliveLoad { stop, ok, failures, threads }
+    }
+
+    /// Stops the clients: (requests answered 200, failures described).
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// One `GET /` on an open keep-alive connection: the status, once the whole body is read.
+fn keep_alive_get(conn: &mut std::io::BufReader<std::net::TcpStream>, addr: SocketAddr) -> std::io::Result<u16> {
+    use std::io::{BufRead, Read, Write};
+    conn.get_mut().write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut line = String::new();
+    conn.read_line(&mut line)?;
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok());
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        if conn.read_line(&mut header)? == 0 {
+            return Err(std::io::Error::other("the connection closed in the headers"));
+        }
+        if header == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = header.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body)?;
+    status.ok_or_else(|| std::io::Error::other(format!("no status in {line:?}")))
+}
+
+impl Env {
+    /// The images of this agent's running containers of `app`, sorted.
+    fn images(&self, app: &str) -> Vec<String> {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "--filter",
+                &format!("label=canteen.node={}", self.name),
+                "--filter",
+                &format!("label=canteen.app={app}"),
+                "--format",
+                "{{.Image}}",
+            ])
+            .output()
+            .unwrap();
+        let mut images: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        images.sort();
+        images
+    }
+
+    /// `app`'s entry in the status.
+    fn app(&self, app: &str) -> Value {
+        self.status()["apps"].as_array().unwrap().iter().find(|a| a["name"] == app).cloned().expect("the app")
+    }
+
+    /// Runs `canteen ARGS --api <this agent>`: (exit code, stdout and stderr).
+    fn cli(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(CANTEEN).args(args).args(["--api", &self.api.to_string()]).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+}
+
+/// A second tag of the demo image: a new version whose containers are the same program.
+fn demo_tag(tag: &str) -> String {
+    let image = format!("canteen-demo:{tag}");
+    let out = Command::new("docker").args(["tag", "canteen-demo:latest", &image]).output().unwrap();
+    assert!(out.status.success(), "docker tag: {}", String::from_utf8_lossy(&out.stderr));
+    image
+}
+
+/// web with 3 replicas of `image`, counted after 1 s healthy in a rollout.
+fn rolled_app(port: u16, image: &str, update: &str) -> String {
+    demo_app("web", port, 3, "").replace("canteen-demo:latest", image)
+        + &format!("[app.update]\nmin_healthy_ms = 1000\nhealthy_deadline_ms = 20000\n{update}")
+}
+
+#[test]
+fn an_image_update_under_keep_alive_load_fails_no_request() {
+    if !docker_ready("an_image_update_under_keep_alive_load_fails_no_request") {
+        return;
+    }
+    let v2 = demo_tag("it-rollout-v2");
+    let mut env = Env::new("rollout", 30, "");
+    env.start_agent();
+    env.apply(&rolled_app(20090, "canteen-demo:latest", ""));
+    env.wait("version 1 steady", Duration::from_secs(30), || env.app("web")["rollout"] == "steady");
+    let path = env.file("v2.toml", &rolled_app(20090, &v2, ""));
+    let (code, plan) = env.cli(&["apply", "--dry-run", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{plan}");
+    assert!(plan.contains("web: changes image; starts a rollout, version 1 -> 2"), "{plan}");
+    assert_eq!(env.app("web")["version"], 1, "a dry run changes nothing");
+
+    let load = KeepAliveLoad::start(local(20090), 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    env.apply(&rolled_app(20090, &v2, ""));
+    env.wait("version 2 completed", Duration::from_secs(60), || {
+        let app = env.app("web");
+        app["version"] == 2 && app["rollout"] == "steady"
+    });
+    let took = started.elapsed();
+    env.wait("the old containers gone", Duration::from_secs(10), || env.images("web") == vec![v2.clone(); 3]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failures) = load.finish();
+    assert!(failures.is_empty(), "{} failed requests of {}: {failures:?}", failures.len(), ok + failures.len() as u64);
+    assert!(ok > 100, "the clients kept going: {ok}");
+    eprintln!("rolled 3 replicas in {took:?} under keep-alive load: {ok} requests, 0 failed");
+
+    let (code, history) = env.cli(&["rollout", "history", "web"]);
+    assert_eq!(code, 0, "{history}");
+    assert!(history.contains("v1") && history.contains("v2") && history.contains(&v2), "{history}");
+    assert_eq!(history.matches("completed").count(), 2, "{history}");
+    let (code, status) = env.cli(&["rollout", "status", "web"]);
+    assert_eq!(code, 0, "{status}");
+    assert!(status.contains("rollout steady"), "{status}");
+    let (_, table) = env.cli(&["status"]);
+    assert_eq!(table.matches(" v2 ").count(), 3, "every slot shows its version: {table}");
+    let (_, metrics) = http(env.api, "GET", "/metrics", "").unwrap();
+    assert!(metrics.contains("canteen_rollouts_total{app=\"web\",result=\"started\"} 1"), "{metrics}");
+    assert!(metrics.contains("canteen_rollouts_total{app=\"web\",result=\"completed\"} 2"), "{metrics}");
+}
+
+#[test]
+fn a_missing_image_is_rolled_back_with_no_request_failed() {
+    if !docker_ready("a_missing_image_is_rolled_back_with_no_request_failed") {
+        return;
+    }
+    let mut env = Env::new("missing", 31, "");
+    env.start_agent();
+    env.apply(&rolled_app(20190, "canteen-demo:latest", ""));
+    env.wait("version 1 steady", Duration::from_secs(30), || env.app("web")["rollout"] == "steady");
+    let before = env.containers();
+    let load = KeepAliveLoad::start(local(20190), 2);
+    let started = Instant::now();
+    env.apply(&rolled_app(20190, "canteen-no-such-image:v2", ""));
+    env.wait("version 2 failed and reverted", Duration::from_secs(60), || env.app("web")["rollout"] == "reverting");
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, failures) = load.finish();
+    assert!(failures.is_empty(), "{} failed requests: {failures:?}", failures.len());
+    assert!(ok > 50, "the clients kept going: {ok}");
+    assert_eq!(env.containers(), before, "the old replicas never stopped");
+    assert_eq!(env.app("web")["running_version"], 1);
+    let (_, history) = env.cli(&["rollout", "history", "web"]);
+    assert!(history.contains("failed") && history.contains("reverted to version 1"), "{history}");
+    let (_, metrics) = http(env.api, "GET", "/metrics", "").unwrap();
+    assert!(metrics.contains("canteen_rollouts_total{app=\"web\",result=\"reverted\"} 1"), "{metrics}");
+    eprintln!("a missing image failed its rollout in {took:?}");
+}
+
+#[test]
+fn a_rolling_restart_replaces_every_container_with_no_request_failed() {
+    if !docker_ready("a_rolling_restart_replaces_every_container_with_no_request_failed") {
+        return;
+    }
+    let mut env = Env::new("restart", 32, "");
+    env.start_agent();
+    env.apply(&rolled_app(20290, "canteen-demo:latest", ""));
+    env.wait("version 1 steady", Duration::from_secs(30), || env.app("web")["rollout"] == "steady");
+    let before = env.containers();
+    let load = KeepAliveLoad::start(local(20290), 2);
+    let (code, out) = env.cli(&["restart", "web"]);
+    assert_eq!(code, 0, "{out}");
+    env.wait("version 2 completed", Duration::from_secs(60), || {
+        let app = env.app("web");
+        app["version"] == 2 && app["rollout"] == "steady"
+    });
+    env.wait("3 containers", Duration::from_secs(10), || env.containers().len() == 3);
+    let (ok, failures) = load.finish();
+    assert!(failures.is_empty(), "{} failed requests: {failures:?}", failures.len());
+    assert!(ok > 50);
+    let after = env.containers();
+    assert!(after.iter().all(|id| !before.contains(id)), "every container replaced: {before:?} -> {after:?}");
+    let (code, out) = env.cli(&["rollout", "undo", "web", "--to", "7"]);
+    assert_eq!(code, 2, "an unknown version is bad input: {out}");
+    assert!(out.contains("version 7 is not kept"), "{out}");
+}
+
+#[test]
+fn a_canary_runs_beside_the_old_replicas_until_promoted() {
+    if !docker_ready("a_canary_runs_beside_the_old_replicas_until_promoted") {
+        return;
+    }
+    let v2 = demo_tag("it-canary-v2");
+    let mut env = Env::new("canary", 33, "");
+    env.start_agent();
+    env.apply(&rolled_app(20390, "canteen-demo:latest", "canary = 1\n"));
+    env.wait("version 1 steady", Duration::from_secs(30), || env.app("web")["rollout"] == "steady");
+    env.apply(&rolled_app(20390, &v2, "canary = 1\n"));
+    env.wait("one canary beside three old replicas", Duration::from_secs(30), || {
+        let mut want = vec!["canteen-demo:latest".to_owned(); 3];
+        want.push(v2.clone());
+        want.sort();
+        env.images("web") == want && env.slots("web").iter().filter(|s| s.2 == "healthy").count() == 4
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(env.images("web").len(), 4, "the rollout waits for the promote");
+    let (_, status) = env.cli(&["rollout", "status", "web"]);
+    assert!(status.contains("rollout canary") && status.contains("canteen promote web"), "{status}");
+    let (code, out) = env.cli(&["promote", "web"]);
+    assert_eq!(code, 0, "{out}");
+    env.wait("every replica on the new version", Duration::from_secs(60), || env.images("web") == vec![v2.clone(); 3]);
+    env.wait("version 2 completed", Duration::from_secs(10), || env.app("web")["rollout"] == "steady");
+    let (code, out) = env.cli(&["promote", "web"]);
+    assert_eq!(code, 2, "a second promote is bad input: {out}");
+}

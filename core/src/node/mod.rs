@@ -95,6 +95,7 @@ use io::Effects;
 pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
 use members::Members;
 use on_commands::Roll;
+pub use on_rollout::RolloutView;
 use own_status::OwnStatus;
 use placement::Placement;
 use scaling::Scaling;

@@ -16,7 +16,49 @@ use crate::time::Time;
 use super::slots::Phase as SlotPhase;
 use super::{Event, Node, Timer, Value, scaling, view};
 
+/// What `canteen status` and `canteen rollout` show of an app's versions.
+#[derive(Clone, Debug)]
+pub struct RolloutView {
+    /// The spec as the operator last applied it, with its version and earlier versions.
+    pub spec: AppSpec,
+    /// The coordinator's verdicts.
+    pub record: Option<RolloutRecord>,
+    /// Where the rollout of `spec.version` stands.
+    pub phase: Phase,
+    /// The version the app's slots are placed and started with (another while reverting).
+    pub running: u64,
+}
+
 impl Node {
+    /// `app`'s versions and its rollout, as this node sees them.
+    pub fn rollout_view(&self, app: &AppName) -> Option<RolloutView> {
+        let Some(Value::App(spec)) = self.registry.get(&Key::App(app.clone())) else { return None };
+        let record = self.rollout_record(app).cloned();
+        let phase = rollout::phase(spec, record.as_ref());
+        let running = match phase {
+            Phase::Reverting { to } => to,
+            _ => spec.version,
+        };
+        Some(RolloutView { spec: (**spec).clone(), record, phase, running })
+    }
+
+    /// Every app's spec as the operator last applied it (the registry's), by name.
+    pub fn applied_specs(&self) -> Vec<AppSpec> {
+        self.registry
+            .apps()
+            .filter_map(|(_, v)| match v {
+                Value::App(spec) => Some((**spec).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// This node's containers as its status says them now (claims and back-offs included),
+    /// each with its version and readiness.
+    pub fn local_statuses(&self) -> Vec<super::ContainerStatus> {
+        self.slots.statuses()
+    }
+
     /// The coordinator's verdicts on `app`'s versions, if it wrote any.
     pub(super) fn rollout_record(&self, app: &AppName) -> Option<&RolloutRecord> {
         match self.registry.get(&Key::Rollout(app.clone())) {

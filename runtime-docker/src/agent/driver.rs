@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use canteen_core::limits;
 use canteen_core::membership::PeerAddr;
+use canteen_core::model::Cause;
 use canteen_core::model::{AppName, NodeId, SlotId};
 use canteen_core::node::{Action, ContainerEvent, Event, Node};
-use canteen_core::rollout::Outcome;
+use canteen_core::rollout::{Outcome, Phase};
 use canteen_core::schedule::ContainerState;
 use canteen_core::seal::Sealer;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{CommandFailure, Input, PERSIST_INTERVAL_MS, now, tasks};
-use crate::api::{AppStatusJson, NodeStatusJson, SlotStatusJson, StatusJson};
+use crate::api::{AppStatusJson, NodeStatusJson, SlotStatusJson, StatusJson, UpdateJson, VersionJson};
 use crate::config::AgentConfig;
 use crate::docker::Docker;
 use crate::metrics::{AppLabel, InputLabel, Metrics, RolloutLabel};
@@ -210,6 +211,9 @@ impl Driver {
             Input::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Input::Specs { reply } => {
+                let _ = reply.send(self.node.applied_specs());
+            }
         }
     }
 
@@ -367,17 +371,19 @@ impl Driver {
     fn status(&self) -> StatusJson {
         let apps = self.node.apps();
         let me = self.node.id();
-        let local = self.node.local_slots();
+        let local = self.node.local_statuses();
         let mut slots: Vec<SlotStatusJson> = local
             .iter()
-            .map(|(slot, host_port, state)| SlotStatusJson {
-                app: slot.app.to_string(),
-                slot: slot.index,
+            .map(|c| SlotStatusJson {
+                app: c.slot.app.to_string(),
+                slot: c.slot.index,
                 node: me.to_string(),
-                host_port: *host_port,
-                health: health_name(*state).to_owned(),
-                requests_per_s: self.proxies.rate(slot),
-                restarts: Some(self.restarts.get(slot).copied().unwrap_or(0)),
+                host_port: c.host_port,
+                health: health_name(c.state).to_owned(),
+                requests_per_s: self.proxies.rate(&c.slot),
+                restarts: Some(self.restarts.get(&c.slot).copied().unwrap_or(0)),
+                version: c.version,
+                ready: c.ready,
             })
             .collect();
         let mut nodes = vec![NodeStatusJson {
@@ -416,6 +422,8 @@ impl Driver {
                     health: health_name(c.state).to_owned(),
                     requests_per_s: self.proxies.rate(&c.slot),
                     restarts: None,
+                    version: c.version,
+                    ready: c.ready,
                 });
             }
         }
@@ -433,7 +441,7 @@ impl Driver {
                 }
             }
         }
-        slots.sort_by(|a, b| (&a.app, a.slot, &a.node).cmp(&(&b.app, b.slot, &b.node)));
+        slots.sort_by(|a, b| (&a.app, a.slot, &a.node, a.version).cmp(&(&b.app, b.slot, &b.node, b.version)));
         StatusJson {
             node: me.to_string(),
             generation: self.node.config().generation,
@@ -445,10 +453,68 @@ impl Driver {
                     port: a.port,
                     replicas: a.replicas,
                     error: self.app_errors.get(&a.name).cloned(),
+                    ..self.rollout_json(&a.name)
                 })
                 .collect(),
             slots,
             nodes,
+        }
+    }
+}
+
+impl Driver {
+    /// What the status says of `app`'s versions and rollout.
+    fn rollout_json(&self, app: &AppName) -> AppStatusJson {
+        let Some(view) = self.node.rollout_view(app) else { return AppStatusJson::default() };
+        let spec = &view.spec;
+        let outcome = |version: u64| match view.record.as_ref().and_then(|r| r.outcome(version)) {
+            Some(Outcome::Completed) => "completed".to_owned(),
+            Some(Outcome::Failed { reason }) => format!("failed: {reason}"),
+            None => String::new(),
+        };
+        let cause = |c: Cause| match c {
+            Cause::Apply => "apply".to_owned(),
+            Cause::Restart => "restart".to_owned(),
+            Cause::Undo { to } => format!("undo to {to}"),
+        };
+        let mut versions: Vec<VersionJson> = spec
+            .history
+            .iter()
+            .map(|r| VersionJson {
+                version: r.version,
+                image: r.template.image.clone(),
+                cause: cause(r.cause),
+                outcome: outcome(r.version),
+            })
+            .collect();
+        versions.push(VersionJson {
+            version: spec.version,
+            image: spec.image.clone(),
+            cause: cause(spec.cause),
+            outcome: outcome(spec.version),
+        });
+        let u = &spec.update;
+        let rollout = match view.phase {
+            Phase::Steady => "steady",
+            Phase::Rolling if u.canary > 0 && !spec.promoted => "canary",
+            Phase::Rolling => "rolling",
+            Phase::Paused => "paused",
+            Phase::Reverting { .. } => "reverting",
+        };
+        AppStatusJson {
+            version: spec.version,
+            running_version: view.running,
+            rollout: rollout.to_owned(),
+            versions,
+            update: Some(UpdateJson {
+                max_surge: u.max_surge,
+                max_unavailable: u.max_unavailable,
+                min_healthy_ms: u.min_healthy_ms,
+                healthy_deadline_ms: u.healthy_deadline_ms,
+                canary: u.canary,
+                promoted: spec.promoted,
+            }),
+            ..Default::default()
         }
     }
 }

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use canteen_core::health::ProbeOutcome;
-use canteen_core::model::{AppName, SlotId};
+use canteen_core::model::{AppName, AppSpec, SlotId};
 use canteen_core::node::{Command, ContainerEvent};
 use canteen_core::time::Time;
 use tokio::sync::{mpsc, oneshot};
@@ -118,6 +118,11 @@ pub enum Input {
         /// Where to send it.
         reply: oneshot::Sender<StatusJson>,
     },
+    /// Every app's spec as last applied (`canteen apply --dry-run`).
+    Specs {
+        /// Where to send them.
+        reply: oneshot::Sender<Vec<AppSpec>>,
+    },
 }
 
 /// Why an operator's commands failed.
@@ -180,6 +185,13 @@ impl Handle {
     pub async fn status(&self) -> Option<StatusJson> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Input::Status { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Every app's spec as last applied, with its version: what a dry run compares a file to.
+    pub async fn specs(&self) -> Option<Vec<AppSpec>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::Specs { reply }).await.ok()?;
         rx.await.ok()
     }
 }
