@@ -446,8 +446,8 @@ mod tests {
         assert_eq!(a.evaluate(secs(30), 2), None, "20 requests/s is 10 per replica");
         steady(&mut a, 30, 31, 1000);
         let decision = a.evaluate(secs(31), 2).expect("scale up");
-        assert_eq!(decision.to, 20, "(4 * 20 + 1000) / 5 s = 216 requests/s, at most 20 replicas");
-        assert_eq!(decision.reason.to_string(), "216.000 requests/s over 5.000s");
+        assert_eq!(decision.to, 20, "(2 * 20 + 1000) / 3 s = 346.7 requests/s, at most 20 replicas");
+        assert_eq!(decision.reason.to_string(), "346.666 requests/s over 3.000s");
     }
 
     #[test]
@@ -468,7 +468,7 @@ mod tests {
                 }
             }
             let reached = reached.expect("the target is reached");
-            assert!(reached <= 5, "window {window_s} s: 15 replicas after {reached} s");
+            assert!(reached <= 3, "window {window_s} s: 15 replicas after {reached} s");
             assert_eq!(replicas, 15, "and no further");
         }
     }

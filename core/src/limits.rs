@@ -27,7 +27,7 @@ pub const AUTOSCALE_SAMPLES_MAX: usize = 4096;
 
 /// The recent rate a target-tracking autoscaler scales up on: the last few seconds, however
 /// long its window (which still decides every scale-down).
-pub const AUTOSCALE_RECENT_MS: u64 = 5000;
+pub const AUTOSCALE_RECENT_MS: u64 = 3000;
 
 /// Longest restart back-off, whatever the spec says.
 pub const RESTART_BACKOFF_MS_MAX: u64 = 10 * 60 * 1000;

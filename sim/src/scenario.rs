@@ -363,6 +363,9 @@ pub struct Expect {
     pub latency_ms_p99_max: Option<f64>,
     /// The highest replica count of any autoscaled app reached at least this.
     pub replicas_peak_min: Option<u32>,
+    /// With `replicas_peak_min`: from the load step that raised an app's rate the most, the
+    /// autoscaler asks for that many replicas within this many seconds.
+    pub scale_up_s_max: Option<f64>,
     /// Scale-downs over the whole run, at most (no flapping).
     pub scale_downs_max: Option<u32>,
     /// Scale-ups over the whole run, at least.
@@ -608,6 +611,7 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
         ("expect.converge_s_max", raw.expect.converge_s_max),
         ("expect.recovery_s_max", raw.expect.recovery_s_max),
         ("expect.rollout_s_max", raw.expect.rollout_s_max),
+        ("expect.scale_up_s_max", raw.expect.scale_up_s_max),
     ];
     for (key, value) in seconds {
         if let Some(v) = value

@@ -173,7 +173,7 @@ impl Checker {
         checks.extend(self.service.duplicates_check(e));
         checks.extend(self.convergence.converged_check(e, scenario));
         checks.extend(requests::latency_check(e, &requests));
-        checks.extend(self.scaling.checks(e, w));
+        checks.extend(self.scaling.checks(e, w, &scenario.load));
         checks.extend(service::Service::fully_placed_checks(e, w, &serving_at_end));
         checks.extend(service::Service::moves_check(e, w));
         checks.extend(self.convergence.converge_time_check(e, scenario));
