@@ -612,6 +612,14 @@ impl AppSpec {
         self.history.iter().find(|r| r.version == version).map(|r| r.template.clone())
     }
 
+    /// The versions whose containers are made as this version's are: this one and every kept
+    /// one with an equal template (see [`AppSpec::runs_as`]; 0 is left out).
+    pub fn versions_run_as(&self) -> Vec<u64> {
+        let mut versions = vec![self.version];
+        versions.extend(self.history.iter().filter(|r| self.has_template(&r.template)).map(|r| r.version));
+        versions
+    }
+
     /// Whether a container of `version` is made as this version's are: the same version, one
     /// whose template is equal, or one from before versions were recorded (0), which an
     /// upgraded agent adopts without replacing.

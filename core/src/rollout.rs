@@ -107,13 +107,13 @@ pub fn phase(spec: &AppSpec, record: Option<&RolloutRecord>) -> Phase {
 /// The spec a node places and starts: `spec` itself, or while reverting, the spec with the
 /// template of the version it goes back to (and that version's number, which its containers
 /// report).
-pub fn effective(spec: &AppSpec, record: Option<&RolloutRecord>) -> AppSpec {
-    match phase(spec, record) {
+pub fn effective(spec: AppSpec, record: Option<&RolloutRecord>) -> AppSpec {
+    match phase(&spec, record) {
         Phase::Reverting { to } => {
             let template = spec.template_of(to).expect("phase checked the template is kept");
             spec.with_template(&template, to)
         }
-        _ => spec.clone(),
+        _ => spec,
     }
 }
 
@@ -182,13 +182,13 @@ mod tests {
         assert!(!on_trial(&spec, Some(&done), 1));
         let failed = done.with(2, Outcome::Failed { reason: "deadline".into() });
         assert_eq!(phase(&spec, Some(&failed)), Phase::Reverting { to: 1 });
-        let back = effective(&spec, Some(&failed));
+        let back = effective(spec.clone(), Some(&failed));
         assert_eq!((back.image.as_str(), back.version), ("img:1", 1));
         assert!(!on_trial(&spec, Some(&failed), 2), "a failed version is on trial no more");
         let mut manual = spec.clone();
         manual.update.auto_revert = false;
         assert_eq!(phase(&manual, Some(&failed)), Phase::Paused);
-        assert_eq!(effective(&manual, Some(&failed)).version, 2);
+        assert_eq!(effective(manual.clone(), Some(&failed)).version, 2);
     }
 
     #[test]

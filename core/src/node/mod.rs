@@ -61,9 +61,10 @@ use crate::membership::{self, MembershipMode, PeerAddr};
 use crate::model::{AppName, AppSpec, NodeId, SlotId};
 use crate::registry::{Entry, Key, Registry, RegistryError};
 use crate::rng::SplitMix64;
+use crate::rollout::Phase;
 use crate::schedule::ContainerState;
 use crate::time::Time;
-use slots::Phase;
+use slots::Phase as SlotPhase;
 
 mod admission;
 mod anti_entropy;
@@ -132,6 +133,9 @@ pub struct Node {
     placement: Placement,
     /// Request counts, autoscalers and which apps autoscale.
     scaling: Scaling,
+    /// The apps whose version has no verdict yet: the only ones the coordinator's check of
+    /// rollouts looks at (`Node::check_rollouts`), kept as `app/` and `rollout/` entries change.
+    awaiting_verdict: BTreeSet<AppName>,
     /// Bumped by every change to the `app/` and `scale/` entries (`desired_version`).
     desired_version: u64,
     /// When a packet under this node's own name last came in (`Node::name_conflicts`).
@@ -203,6 +207,7 @@ impl Node {
             view: View::default(),
             own_status: OwnStatus::default(),
             scaling: Scaling::default(),
+            awaiting_verdict: BTreeSet::new(),
             liveness: Liveness::Oracle,
             desired_version: 0,
             tombstones_collected_hour: 0,
@@ -412,7 +417,7 @@ impl Node {
                 }
             }
             ContainerEvent::StartFailed { slot, generation, error } => {
-                if self.slots.is_at(&slot, generation, Phase::Starting) {
+                if self.slots.is_at(&slot, generation, SlotPhase::Starting) {
                     self.fail(now, &slot, generation, &format!("its start failed: {error}"));
                 }
             }
@@ -670,17 +675,22 @@ impl Node {
                 };
                 self.scaling.app_changed(app, spec);
                 self.end_trials(app);
+                self.verdict_changed(app);
             }
             Key::Scale(_) => {
                 self.placement.facts_changed();
                 self.placement.structure_changed();
             }
             Key::Rollout(app) => {
-                self.placement.facts_changed();
-                self.placement.structure_changed();
-                // A verdict, or a revert, changes what the balancer's app runs, not its list.
-                self.balancers.app_changed(app);
+                // Placement reads a verdict only when it pauses the app or reverts it: a
+                // completed version moves nothing, and a thousand nodes placing again for each
+                // app's first verdict was a fifth of a cold start.
+                if self.rollout_view(app).is_some_and(|v| matches!(v.phase, Phase::Paused | Phase::Reverting { .. })) {
+                    self.placement.facts_changed();
+                    self.placement.structure_changed();
+                }
                 self.end_trials(app);
+                self.verdict_changed(app);
             }
             Key::Load(_) => {}
             Key::Status(node) => self.status_changed(node),
@@ -739,6 +749,15 @@ impl Node {
             }
         }
         self.scaling.check_invariants(&self.registry);
+        debug_assert!(
+            self.awaiting_verdict.iter().eq(self.registry.apps().filter_map(|(name, v)| match v {
+                Value::App(spec) if self.rollout_record(name).is_none_or(|r| r.outcome(spec.version).is_none()) => {
+                    Some(name)
+                }
+                _ => None,
+            })),
+            "the apps awaiting a verdict are the registry's"
+        );
         self.members.check_invariants(&self.config.id);
         let me = &self.config.id;
         self.balancers.check_invariants(|node| node == me || self.members.is_trusted(node));

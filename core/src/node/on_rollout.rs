@@ -71,7 +71,7 @@ impl Node {
     /// coordinator chose, or while a failed version reverts, the version it goes back to.
     pub(super) fn effective_spec(&self, app: &AppName) -> Option<AppSpec> {
         let spec = scaling::spec_with_scale(&self.registry, app)?;
-        Some(rollout::effective(&spec, self.rollout_record(app)))
+        Some(rollout::effective(spec, self.rollout_record(app)))
     }
 
     /// The spec an instance of `app` at `version` runs: the effective one if `version` is made
@@ -144,6 +144,19 @@ impl Node {
         self.slots.end_trials(app, on_trial);
     }
 
+    /// `app`'s spec or verdicts changed: whether its version awaits a verdict.
+    pub(super) fn verdict_changed(&mut self, app: &AppName) {
+        let awaits = match self.registry.get(&Key::App(app.clone())) {
+            Some(Value::App(spec)) => self.rollout_record(app).is_none_or(|r| r.outcome(spec.version).is_none()),
+            _ => false,
+        };
+        if awaits {
+            self.awaiting_verdict.insert(app.clone());
+        } else {
+            self.awaiting_verdict.remove(app);
+        }
+    }
+
     /// `slot`'s instance at `start` turned healthy: on trial, it counts once it stays healthy
     /// for its update's `min_healthy_ms` (`Timer::Ready`).
     pub(super) fn arm_ready(&mut self, now: Time, slot: SlotId, start: u64) {
@@ -187,11 +200,8 @@ impl Node {
     /// it is), healthy and ready, and nothing else of the app runs.
     pub(super) fn check_rollouts(&mut self, now: Time) {
         let mut pending: BTreeMap<AppName, (AppSpec, Tally)> = BTreeMap::new();
-        for (name, value) in self.registry.apps() {
-            let Value::App(spec) = value else { continue };
-            let record = self.rollout_record(name);
-            if record.is_some_and(|r| r.outcome(spec.version).is_some()) || self.coordinator_of(name) != self.config.id
-            {
+        for name in &self.awaiting_verdict {
+            if self.coordinator_of(name) != self.config.id {
                 continue;
             }
             let Some(effective) = self.effective_spec(name) else { continue };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::health::ProbeOutcome;
 use crate::limits;
-use crate::model::{AppName, AppSpec, HealthKind, NodeSpec, SlotId};
+use crate::model::{AppName, HealthKind, NodeSpec, SlotId};
 use crate::schedule::{Observed, ObservedContainer, place_owned};
 use crate::time::Time;
 
@@ -161,9 +161,13 @@ impl Node {
         let apps = self.apps();
         let (nodes, observed) = self.facts();
         debug_assert!(waited_out || nodes.len() == self.members.len() + 1);
-        let current: BTreeMap<AppName, AppSpec> = apps.iter().map(|a| (a.name.clone(), a.clone())).collect();
-        let plan = place_owned(apps, nodes, &observed, self.config.policy, self.paused_apps());
-        let runs_current = |slot: &SlotId, version: u64| current.get(&slot.app).is_some_and(|a| a.runs_as(version));
+        // Which versions each app's containers run as now (the specs themselves go to the plan).
+        let current: BTreeMap<AppName, Vec<u64>> = apps.iter().map(|a| (a.name.clone(), a.versions_run_as())).collect();
+        let paused = self.paused_apps();
+        let plan = place_owned(apps, nodes, &observed, self.config.policy, paused);
+        let runs_current = |slot: &SlotId, version: u64| {
+            current.get(&slot.app).is_some_and(|versions| version == 0 || versions.contains(&version))
+        };
         let mut orders = placement::orders(&plan, &self.config.id, &self.slots, runs_current);
         if !self.desired_confirmed {
             // Kept until the desired state is confirmed (see `Event::KeptUnconfirmed`).
