@@ -363,11 +363,11 @@ fn app_spec(raw: &RawApp) -> Result<AppSpec, (&'static str, String)> {
     spec.balance = raw.balance;
     if let Some(h) = &raw.health {
         let d = HealthCheck::default();
-        // A path says HTTP; without one, a TCP connect, which every server answers.
+        // A health table says HTTP unless it names its kind, as it did before kinds existed;
+        // an app with no table at all gets the spec's default, a TCP connect.
         let kind =
             match &h.kind {
-                None if h.path.is_some() => HealthKind::Http,
-                None => HealthKind::Tcp,
+                None => HealthKind::Http,
                 Some(k) => HealthKind::ALL.iter().find(|(n, _)| n == k).map(|(_, k)| *k).ok_or_else(|| {
                     ("health.kind", format!("unknown kind {k:?}; allowed: \"http\", \"tcp\", \"none\""))
                 })?,
@@ -502,6 +502,26 @@ target_rps_per_replica = 100
         assert_eq!(web.constraints["disk"], "ssd");
         assert_eq!(web.autoscale.as_ref().unwrap().max, 10);
         assert_eq!(web.health.successes, 1, "an unset key takes its default");
+    }
+
+    #[test]
+    fn health_kinds_and_update_settings_read_with_their_defaults_and_errors() {
+        let base = "[cluster]\nnodes = 1\n[[app]]\nname = \"web\"\nimage = \"x\"\nport = 80\n";
+        let app = |extra: &str| parse("f.toml", &format!("{base}{extra}")).map(|c| c.apps[0].clone());
+        assert_eq!(app("").unwrap().health.kind, HealthKind::Tcp, "no table: a TCP connect");
+        assert_eq!(app("[app.health]\ninterval_ms = 2000\n").unwrap().health.kind, HealthKind::Http, "a table: HTTP");
+        assert_eq!(app("[app.health]\nkind = \"none\"\n").unwrap().health.kind, HealthKind::None);
+        let e = app("[app.health]\nkind = \"udp\"\n").unwrap_err();
+        assert!(e.key == "app[0].health.kind" && e.message.contains("\"tcp\""), "{e}");
+        let e = app("[app.health]\nkind = \"tcp\"\npath = \"/x\"\n").unwrap_err();
+        assert!(e.key.contains("health.path"), "{e}");
+        let u = app("[app.update]\nmax_surge = 2\ncanary = 1\n").unwrap().update;
+        assert_eq!((u.max_surge, u.max_unavailable, u.min_healthy_ms, u.canary, u.auto_revert), (2, 0, 5000, 1, true));
+        let e = app("[app.update]\nmax_surge = 0\n").unwrap_err();
+        assert!(e.key.contains("update.max_surge") && e.message.contains("max_unavailable"), "{e}");
+        let e = app("[app.update]\nmin_healthy_ms = 70000\n").unwrap_err();
+        assert!(e.key.contains("update.min_healthy_ms"), "{e}");
+        assert_eq!(app("replicas = 0\n").unwrap().replicas, 0, "an app may be stopped but kept");
     }
 
     fn error_of(text: &str) -> FileError {

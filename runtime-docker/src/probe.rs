@@ -18,16 +18,33 @@ pub async fn probe(kind: HealthKind, ip: IpAddr, port: u16, path: &str, timeout_
     let addr = SocketAddr::new(ip, port);
     let timeout = Duration::from_millis(timeout_ms);
     if kind != HealthKind::Http {
-        return match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        return match tokio::time::timeout(timeout, tcp_once(addr, timeout)).await {
             Err(_) => ProbeOutcome::Timeout,
-            Ok(Ok(_)) => ProbeOutcome::Success,
-            Ok(Err(_)) => ProbeOutcome::Failure,
+            Ok(true) => ProbeOutcome::Success,
+            Ok(false) => ProbeOutcome::Failure,
         };
     }
     match tokio::time::timeout(timeout, probe_once(addr, path)).await {
         Err(_) => ProbeOutcome::Timeout,
         Ok(Ok(status)) if (200..300).contains(&status) => ProbeOutcome::Success,
         Ok(_) => ProbeOutcome::Failure,
+    }
+}
+
+/// How long a TCP probe waits, once connected, for the connection to be closed on it.
+const TCP_CLOSE_WAIT: Duration = Duration::from_millis(100);
+
+/// Whether something listens at `addr`. Docker's proxy accepts every connection to a published
+/// port, and closes it at once when nothing listens in the container: a connection still open
+/// after a moment (a server waiting for its client), or one that sends a greeting (SSH, SMTP,
+/// a database), is a listening app.
+async fn tcp_once(addr: SocketAddr, timeout: Duration) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr).await else { return false };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(TCP_CLOSE_WAIT.min(timeout / 2), stream.read(&mut byte)).await {
+        Err(_) => true,
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
     }
 }
 
@@ -52,4 +69,43 @@ async fn probe_once(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
     let line = String::from_utf8_lossy(&buf[..len]);
     let status = line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok());
     status.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(f)
+    }
+
+    #[test]
+    fn a_tcp_probe_passes_a_listening_app_only() {
+        block_on(async {
+            let ip: IpAddr = "127.0.0.1".parse().expect("an address");
+            // A server that waits for its client: passes.
+            let listening = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listening.local_addr().expect("bound").port();
+            let held = tokio::spawn(async move {
+                let (s, _) = listening.accept().await.expect("accept");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(s);
+            });
+            assert_eq!(probe(HealthKind::Tcp, ip, port, "/", 500).await, ProbeOutcome::Success);
+            held.abort();
+            // What Docker's proxy does with nothing listening behind it: accept, then close.
+            let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = closing.local_addr().expect("bound").port();
+            tokio::spawn(async move {
+                let (s, _) = closing.accept().await.expect("accept");
+                drop(s);
+            });
+            assert_eq!(probe(HealthKind::Tcp, ip, port, "/", 500).await, ProbeOutcome::Failure);
+            // Nothing at all.
+            let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = gone.local_addr().expect("bound").port();
+            drop(gone);
+            assert_eq!(probe(HealthKind::Tcp, ip, port, "/", 500).await, ProbeOutcome::Failure);
+        });
+    }
 }

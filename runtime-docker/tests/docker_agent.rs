@@ -1003,7 +1003,13 @@ fn a_rolling_restart_replaces_every_container_with_no_request_failed() {
     }
     let mut env = Env::new("restart", 32, "");
     env.start_agent();
-    env.apply(&rolled_app(20290, "canteen-demo:latest", ""));
+    // No [app.health]: the default check, a TCP connect.
+    let tcp_checked = |app: String| {
+        let start = app.find("[app.health]").expect("demo_app has a health table");
+        let end = app[start..].find("[app.update]").map_or(app.len(), |e| start + e);
+        format!("{}{}", &app[..start], &app[end..])
+    };
+    env.apply(&tcp_checked(rolled_app(20290, "canteen-demo:latest", "")));
     env.wait("version 1 steady", Duration::from_secs(30), || env.app("web")["rollout"] == "steady");
     let before = env.containers();
     let load = KeepAliveLoad::start(local(20290), 2);
@@ -1022,6 +1028,14 @@ fn a_rolling_restart_replaces_every_container_with_no_request_failed() {
     let (code, out) = env.cli(&["rollout", "undo", "web", "--to", "7"]);
     assert_eq!(code, 2, "an unknown version is bad input: {out}");
     assert!(out.contains("version 7 is not kept"), "{out}");
+    // A TCP check through Docker's proxy passes only an app that listens: one told to listen
+    // elsewhere than its container port never serves.
+    let deaf = "[[app]]\nname = \"deaf\"\nimage = \"canteen-demo:latest\"\nport = 20291\ncontainer_port = 9999\n\
+                cpu_millis = 50\nmem_mb = 32\nenv = { PORT = \"8080\" }\n";
+    env.apply(&format!("{}\n{deaf}", tcp_checked(rolled_app(20290, "canteen-demo:latest", ""))));
+    env.wait("deaf's container running", Duration::from_secs(20), || !env.slots("deaf").is_empty());
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(env.healthy("deaf"), 0, "nothing listens on deaf's port: {:?}", env.slots("deaf"));
 }
 
 #[test]

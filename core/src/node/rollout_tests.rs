@@ -262,3 +262,15 @@ fn a_new_replica_goes_elsewhere(nodes: usize, replicas: u32, cpu: u64) {
     });
     assert!(moved.count() > 0, "a full node's slot was replaced on another node");
 }
+
+#[test]
+fn zero_replicas_stop_every_container_and_keep_the_app() {
+    let mut cluster = settled(2, 3);
+    cluster.command(0, Command::Scale(AppName::new(APP), 0));
+    cluster.run_until(cluster.now + 5000);
+    assert!(images(&cluster).is_empty(), "no container runs");
+    assert_eq!(cluster.nodes[1].apps().len(), 1, "the app is kept");
+    cluster.command(1, Command::Scale(AppName::new(APP), 2));
+    cluster.run_until(cluster.now + 5000);
+    assert_eq!(images(&cluster), vec![(0, "web:v1".to_owned()), (1, "web:v1".to_owned())], "the same version again");
+}
