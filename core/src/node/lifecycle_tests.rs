@@ -2,6 +2,7 @@
 //! `testing.rs`: claim, start, healthy, crash, back-off, give up, forget; a duplicate; remove
 //! and scale; the autoscale coordinator.
 
+use crate::health::HealthState;
 use crate::model::{Autoscale, ScaleRule, SlotId};
 use crate::schedule::ContainerState;
 

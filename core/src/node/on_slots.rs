@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::health::ProbeOutcome;
+use crate::health::{HealthState, ProbeOutcome};
 use crate::limits;
 use crate::model::{AppName, HealthKind, NodeSpec, SlotId};
 use crate::schedule::{Observed, ObservedContainer, place_owned};
@@ -14,13 +14,74 @@ use crate::time::Time;
 use super::placement::{self, Order, Shortcut};
 use super::slots::Phase;
 use super::swim::MembersRead;
-use super::{Action, Node, Timer, Value, scaling, view};
+use super::{Action, ContainerEvent, Event, Node, Timer, Value, scaling, view};
 
 impl Node {
     /// The placement pass requested is due.
     pub(super) fn placement_pass_due(&mut self, now: Time) {
         self.placement.fired();
         self.placement_pass(now);
+    }
+
+    /// What the container runtime reports: a start confirmed (or undone when no longer
+    /// wanted), a start failed or a container exited (the slot fails), the containers found
+    /// at the node's start (adopted).
+    pub(super) fn container_event(&mut self, now: Time, event: ContainerEvent) {
+        match event {
+            ContainerEvent::Started { slot, generation, container } => {
+                let version = self.slots.at(&slot, generation).map_or(0, |(_, l)| l.version);
+                let check = self.instance_health(&slot.app, version).unwrap_or_default();
+                if self.slots.started(now, slot, generation, container, &check, &mut self.out) {
+                    // Only the container id changed, which no peer acts on: it goes out with
+                    // the next change, and does not send out one held back.
+                    self.hold_status(now);
+                }
+            }
+            ContainerEvent::StartFailed { slot, generation, error } => {
+                if self.slots.is_at(&slot, generation, Phase::Starting) {
+                    self.fail(now, &slot, generation, &format!("its start failed: {error}"));
+                }
+            }
+            ContainerEvent::Exited { container } => {
+                if let Some((slot, start)) = self.slots.running(&container) {
+                    self.fail(now, &slot, start, "its container exited");
+                }
+            }
+            ContainerEvent::Adopted { containers } => {
+                // Containers of its own, and no desired state at all: the state may be lost
+                // (a wiped data directory), not empty. They are kept until a peer or the
+                // operator says what the desired state is (`desired_confirmed`).
+                let unknown = containers.iter().filter(|(slot, ..)| !self.knows_app(&slot.app)).count();
+                if unknown > 0 && !self.registry.iter().any(|(k, _)| k.is_desired_state()) {
+                    self.desired_confirmed = false;
+                    self.out.event(Event::KeptUnconfirmed { containers: unknown });
+                }
+                for (slot, container, host_port, version) in containers {
+                    let spec = self.instance_spec(&slot.app, version);
+                    self.slots.adopt(now, slot, version, container, host_port, spec.as_ref(), &mut self.out);
+                }
+                self.publish_status(now);
+            }
+        }
+    }
+
+    /// What a probe's outcome changes: a replica turning healthy is published (and on trial,
+    /// counted once it stays healthy for its update's `min_healthy_ms`); one turning
+    /// unhealthy fails.
+    pub(super) fn probe_outcome(&mut self, now: Time, container: &str, outcome: ProbeOutcome) {
+        let Some((slot, start, state)) = self.slots.probed(now, container, outcome) else { return };
+        match state {
+            HealthState::Healthy => {
+                self.out.event(Event::Health { slot: slot.clone(), state });
+                self.arm_ready(now, slot, start);
+                self.hold_status(now);
+            }
+            HealthState::Unhealthy => {
+                self.out.event(Event::Health { slot: slot.clone(), state });
+                self.fail(now, &slot, start, "it turned unhealthy");
+            }
+            HealthState::Starting => {}
+        }
     }
 
     /// A slot's back-off is over: started again, if it still backs off at that attempt.

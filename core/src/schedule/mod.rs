@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 
 mod policies;
 mod preempt;
+mod roll;
+
+use roll::{KeptState, OldKept};
 
 use crate::hash::{mix, stable_hash};
 use crate::limits;
@@ -283,26 +286,9 @@ pub struct Plan {
     paused: BTreeSet<AppName>,
 }
 
-/// An old container kept beside its slot's new one during a rolling update.
-#[derive(Clone, Debug)]
-struct OldKept {
-    node: u32,
-    container: Arc<str>,
-    resources: Resources,
-}
-
 /// How a slot's containers are ranked when one is kept: state (running, healthy or starting,
 /// before unhealthy), node index, container id; the least wins.
 type KeepKey<'a> = (Reverse<u8>, usize, &'a Arc<str>);
-
-/// What a rollout reads of the container kept for a slot.
-#[derive(Clone, Copy, Debug)]
-struct KeptState {
-    /// Whether it runs the app's version.
-    current: bool,
-    /// Its health.
-    state: ContainerState,
-}
 
 /// Places every app's slots on `nodes`, keeping what `observed` shows running.
 ///
@@ -476,98 +462,6 @@ impl Plan {
         self.evict_over_capacity();
         self.stops.sort_by(|x, y| (&x.node, &x.container).cmp(&(&y.node, &y.container)));
         states
-    }
-
-    /// Whether slot `i` of app `a` is a canary whose old container stays until the operator
-    /// promotes the version.
-    fn holds_canary(&self, a: usize, i: u32) -> bool {
-        let u = &self.apps[a].update;
-        u.canary > 0 && !self.apps[a].promoted && i < u.canary
-    }
-
-    /// The rollout step of every app with slots still on an older version: the next slots in
-    /// index order get a new container beside the old (start-first, `max_surge` at once), or
-    /// have the old one stopped first (`max_unavailable` at once); canaries all at once. A new
-    /// container goes to its old one's node when it fits there. Every node derives the same
-    /// step from the same facts, so none leads it. Returns the slots given a new container
-    /// beside the old.
-    fn roll(&mut self, states: &BTreeMap<(u32, u32), KeptState>) -> Vec<(u32, u32)> {
-        let mut successors = Vec::new();
-        let mut apps: Vec<u32> = states.keys().map(|&(a, _)| a).collect();
-        apps.dedup();
-        for a in apps {
-            let spec = &self.apps[a as usize];
-            let u = spec.update.clone();
-            let canaries = if u.canary > 0 && !spec.promoted { Some(u.canary) } else { None };
-            let slots = states.range((a, 0)..=(a, u32::MAX));
-            let surging = self.old_kept.range((a, 0)..=(a, u32::MAX)).count() as u32;
-            let placed = slots.clone().count() as u32;
-            let unavailable = spec.replicas - placed
-                + slots.clone().filter(|(_, k)| k.state != ContainerState::Healthy).count() as u32;
-            let mut surge = u.max_surge.saturating_sub(surging);
-            let mut unavailable_left = u.max_unavailable.saturating_sub(unavailable);
-            let waiting: Vec<u32> = slots.filter(|(_, k)| !k.current).map(|(&(_, i), _)| i).collect();
-            for i in waiting {
-                let n = self.slots[a as usize][i as usize] as usize;
-                let key = (a, i);
-                if let Some(c) = canaries {
-                    if i >= c {
-                        break;
-                    }
-                } else if surge > 0 {
-                    surge -= 1;
-                } else if unavailable_left > 0 {
-                    unavailable_left -= 1;
-                    let container = self.kept_containers.remove(&key).expect("a kept slot has its container");
-                    let slot = SlotId { app: self.apps[a as usize].name.clone(), index: i };
-                    self.stops.push(Stop {
-                        node: self.nodes[n].id.clone(),
-                        container,
-                        slot,
-                        reason: StopReason::Replaced,
-                    });
-                    self.slots[a as usize][i as usize] = UNPLACED;
-                    self.set_used(n, self.used[n].saturating_sub(self.apps[a as usize].resources));
-                    continue;
-                } else {
-                    break;
-                }
-                // Start-first: the old container steps aside, still reserved, and the slot is
-                // placed again, on the old one's node when it fits.
-                let container = self.kept_containers.remove(&key).expect("a kept slot has its container");
-                let resources = self.apps[a as usize].resources;
-                self.set_used(n, self.used[n].saturating_sub(resources));
-                self.old_kept.insert(key, OldKept { node: n as u32, container, resources });
-                self.set_used(n, self.used[n].saturating_add(resources));
-                self.slots[a as usize][i as usize] = UNPLACED;
-                if self.fits(a as usize, n) {
-                    self.assign(a as usize, i, n);
-                }
-                successors.push(key);
-            }
-        }
-        self.stops.sort_by(|x, y| (&x.node, &x.container).cmp(&(&y.node, &y.container)));
-        successors
-    }
-
-    /// A slot given a new container that fits nowhere keeps its old one as its only one, and is
-    /// not reported unschedulable: it runs, and is replaced once room frees up.
-    fn keep_unplaced_successors_old(&mut self, successors: &[(u32, u32)]) {
-        for &(a, i) in successors {
-            if self.slots[a as usize][i as usize] != UNPLACED {
-                continue;
-            }
-            let old = self.old_kept.remove(&(a, i)).expect("a successor's old container is kept");
-            let n = old.node as usize;
-            self.set_used(
-                n,
-                self.used[n].saturating_sub(old.resources).saturating_add(self.apps[a as usize].resources),
-            );
-            self.slots[a as usize][i as usize] = old.node;
-            self.kept_containers.insert((a, i), old.container);
-            let slot = SlotId { app: self.apps[a as usize].name.clone(), index: i };
-            self.unschedulable.retain(|u| u.slot != slot);
-        }
     }
 
     /// A node whose kept slots exceed its capacity (its capacity shrank, or two views each
