@@ -767,7 +767,7 @@ fn keyed_but_malicious_inputs_leave_every_agent_serving_within_its_bounds() {
     // status of a node that is no member (each stored over the last, within the bounds).
     let bad = {
         let mut spec = forge::spec("junk", "img", 1);
-        spec.replicas = 0;
+        spec.resources.cpu_millis = 0;
         spec
     };
     for batch in 0..500u64 {
