@@ -51,6 +51,7 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
     app.container_port = 8080;
     app.volume = Some(Volume { name: volume.clone(), mount_path: "/data".into() });
     app.env = BTreeMap::from([("MODE".to_owned(), "test".to_owned())]);
+    app.version = 7;
     let slot = SlotId::new("web", 3);
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
     let id = docker.start(&slot, &app, ip, 17951).await.expect("start");
@@ -73,7 +74,9 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
     for expected in ["CANTEEN_SLOT=web-3", "PORT=8080", "MODE=test", "CANTEEN_DATA_DIR=/data"] {
         assert!(env.contains(&expected), "{expected} missing from {env:?}");
     }
-    assert_eq!(c["Name"], "/canteen-it-driver-01234567-web-3");
+    assert_eq!(labels["canteen.version"], "7");
+    // Named by version too: a slot's two versions run side by side in a rolling update.
+    assert_eq!(c["Name"], "/canteen-it-driver-01234567-web-3-v7");
 
     // Another agent under the same name (another identity) does not see it as its own.
     let twin = Docker::connect(NodeId::new("it-driver"), "fedcba9876543210").await.unwrap();
@@ -81,6 +84,7 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
     let own = docker.list_own().await.unwrap();
     assert_eq!(own.len(), 1);
     assert_eq!((own[0].slot.clone(), own[0].host_port, own[0].running), (slot.clone(), 17951, true));
+    assert_eq!(own[0].version, 7, "adopted with its version");
 
     // The volume is the app's, and no other app's.
     let labels = serde_json::from_slice::<serde_json::Value>(

@@ -42,8 +42,8 @@ fn a_bad_file_exits_2_naming_the_file_and_the_key() {
     let out = canteen(&["plan", "examples/bad.toml"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("examples/bad.toml: key `app[0].replicas"), "{err}");
-    assert!(err.contains("must be at least 1"), "{err}");
+    assert!(err.contains("examples/bad.toml: key `app[0].update.max_surge"), "{err}");
+    assert!(err.contains("give one of them at least 1"), "{err}");
 }
 
 #[test]
