@@ -630,7 +630,7 @@ impl Node {
                 // Placement reads a verdict only when it pauses the app or reverts it: a
                 // completed version moves nothing, and a thousand nodes placing again for each
                 // app's first verdict was a fifth of a cold start.
-                if self.rollout_view(app).is_some_and(|v| matches!(v.phase, Phase::Paused | Phase::Reverting { .. })) {
+                if matches!(self.app_phase(app), Some(Phase::Paused | Phase::Reverting { .. })) {
                     self.placement.facts_changed();
                     self.placement.structure_changed();
                 }

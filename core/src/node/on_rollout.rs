@@ -34,7 +34,7 @@ impl Node {
     pub fn rollout_view(&self, app: &AppName) -> Option<RolloutView> {
         let Some(Value::App(spec)) = self.registry.get(&Key::App(app.clone())) else { return None };
         let record = self.rollout_record(app).cloned();
-        let phase = rollout::phase(spec, record.as_ref());
+        let phase = self.app_phase(app)?;
         let running = match phase {
             Phase::Reverting { to } => to,
             _ => spec.version,
@@ -104,19 +104,21 @@ impl Node {
         rollout::on_trial(spec, self.rollout_record(app), version)
     }
 
+    /// Where `app`'s rollout stands, read in place (none without a spec).
+    pub(super) fn app_phase(&self, app: &AppName) -> Option<Phase> {
+        let Some(Value::App(spec)) = self.registry.get(&Key::App(app.clone())) else { return None };
+        Some(rollout::phase(spec, self.rollout_record(app)))
+    }
+
     /// The apps whose rollout failed with no revert: placement replaces none of their slots.
+    /// Only an app with a verdict can be paused.
     pub(super) fn paused_apps(&self) -> BTreeSet<AppName> {
-        let mut paused = BTreeSet::new();
-        for (name, record) in self.registry.rollouts() {
-            let (Value::Rollout(record), Some(Value::App(spec))) = (record, self.registry.get(&Key::App(name.clone())))
-            else {
-                continue;
-            };
-            if rollout::phase(spec, Some(record)) == Phase::Paused {
-                paused.insert(name.clone());
-            }
-        }
-        paused
+        self.registry
+            .rollouts()
+            .map(|(name, _)| name)
+            .filter(|name| self.app_phase(name) == Some(Phase::Paused))
+            .cloned()
+            .collect()
     }
 
     /// Whether every container the live view counts runs its app's effective version (or one
@@ -125,7 +127,7 @@ impl Node {
         self.view.versions().all(|(app, version)| match self.registry.get(&Key::App(app.clone())) {
             Some(Value::App(spec)) if version == spec.version || version == 0 => {
                 // The common case, read in place; a revert's effective spec differs.
-                !matches!(rollout::phase(spec, self.rollout_record(app)), Phase::Reverting { .. })
+                !matches!(self.app_phase(app), Some(Phase::Reverting { .. }))
             }
             Some(Value::App(_)) => self.effective_spec(app).is_some_and(|s| s.runs_as(version)),
             _ => true,
@@ -232,16 +234,11 @@ impl Node {
             } else {
                 continue;
             };
-            let raw_version = match self.registry.get(&Key::App(name.clone())) {
-                Some(Value::App(raw)) => raw.version,
-                _ => continue,
-            };
+            let Some(Value::App(raw)) = self.registry.get(&Key::App(name.clone())) else { continue };
+            let raw_version = raw.version;
             let record = record.with(raw_version, outcome.clone());
-            let reverted_to = match self.registry.get(&Key::App(name.clone())) {
-                Some(Value::App(raw)) => match rollout::phase(raw, Some(&record)) {
-                    Phase::Reverting { to } => Some(to),
-                    _ => None,
-                },
+            let reverted_to = match rollout::phase(raw, Some(&record)) {
+                Phase::Reverting { to } => Some(to),
                 _ => None,
             };
             self.write(now, Key::Rollout(name.clone()), Value::Rollout(Box::new(record)))
