@@ -33,12 +33,17 @@ fn outcome(cluster: &Cluster, version: u64) -> Option<Outcome> {
     }
 }
 
+/// web's spec as node `at` holds it.
+fn applied(cluster: &Cluster, at: usize) -> crate::model::AppSpec {
+    match cluster.nodes[at].registry.get(&Key::App(AppName::new(APP))) {
+        Some(Value::App(spec)) => (**spec).clone(),
+        _ => panic!("web is applied"),
+    }
+}
+
 /// web's spec as node `at` holds it, with `image`, applied through node `at`.
 fn update(cluster: &mut Cluster, at: usize, image: &str) {
-    let Some(Value::App(spec)) = cluster.nodes[at].registry.get(&Key::App(AppName::new(APP))) else {
-        panic!("web is applied")
-    };
-    let mut spec = (**spec).clone();
+    let mut spec = applied(cluster, at);
     spec.image = image.into();
     cluster.apply(at, spec);
 }
@@ -93,8 +98,7 @@ fn a_new_image_replaces_every_slot_start_first_one_at_a_time() {
 fn a_change_of_replicas_or_priority_restarts_nothing() {
     let mut cluster = settled(3, 2);
     let before = cluster.containers.len();
-    let Some(Value::App(spec)) = cluster.nodes[0].registry.get(&Key::App(AppName::new(APP))) else { panic!() };
-    let mut spec = (**spec).clone();
+    let mut spec = applied(&cluster, 0);
     spec.replicas = 3;
     spec.priority = 5;
     cluster.apply(0, spec);
@@ -136,8 +140,7 @@ fn a_missing_image_fails_its_rollout_at_once() {
 fn without_auto_revert_a_failed_rollout_stops_where_it_is() {
     let mut cluster = settled(3, 3);
     cluster.bad_images.push("web:broken".into());
-    let Some(Value::App(spec)) = cluster.nodes[0].registry.get(&Key::App(AppName::new(APP))) else { panic!() };
-    let mut spec = (**spec).clone();
+    let mut spec = applied(&cluster, 0);
     spec.image = "web:broken".into();
     spec.update.auto_revert = false;
     cluster.apply(0, spec);
@@ -150,8 +153,7 @@ fn without_auto_revert_a_failed_rollout_stops_where_it_is() {
 #[test]
 fn canaries_run_beside_the_old_replicas_until_promoted() {
     let mut cluster = settled(3, 4);
-    let Some(Value::App(spec)) = cluster.nodes[0].registry.get(&Key::App(AppName::new(APP))) else { panic!() };
-    let mut spec = (**spec).clone();
+    let mut spec = applied(&cluster, 0);
     spec.image = "web:v2".into();
     spec.update.canary = 2;
     cluster.apply(0, spec);
@@ -182,7 +184,7 @@ fn a_restart_replaces_every_container_and_an_undo_goes_back() {
     cluster.run_until(cluster.now + 10_000);
     assert_eq!(outcome(&cluster, 4), Some(Outcome::Completed));
     assert_eq!(images(&cluster), vec![(0, "web:v1".to_owned()), (1, "web:v1".to_owned())]);
-    let Some(Value::App(spec)) = cluster.nodes[0].registry.get(&Key::App(AppName::new(APP))) else { panic!() };
+    let spec = applied(&cluster, 0);
     assert_eq!((spec.version, spec.redeploys, spec.history.len()), (4, 1, 3));
     // An undo to what already runs, or to a version not kept, is refused.
     let refused = cluster.nodes[0]
