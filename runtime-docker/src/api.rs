@@ -506,6 +506,14 @@ pub struct StatusJson {
     /// This life of the node (its SWIM generation: the agent's start time in Unix ms).
     #[serde(default)]
     pub generation: u64,
+    /// The root hash of this node's registry (16 hex digits): two nodes whose hashes are equal
+    /// hold the same desired state and statuses, so a cluster has converged when every live
+    /// node shows the same.
+    #[serde(default)]
+    pub registry_hash: String,
+    /// How many running containers this agent adopted when it started.
+    #[serde(default)]
+    pub adopted: usize,
     /// Every app applied.
     pub apps: Vec<AppStatusJson>,
     /// Every slot running on a node believed alive (this one included), as this node sees the

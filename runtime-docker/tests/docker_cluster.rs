@@ -519,6 +519,16 @@ fn an_agent_restarted_after_sigkill_rejoins_adopts_its_containers_and_no_duplica
     eprintln!("restart: client {ok} ok, {} failed: {failures:?}", failures.len());
     assert!(failures.is_empty(), "requests failed: {failures:?}");
     assert!(cluster.agents[1].log().contains("adopting container"), "it adopted its containers");
+    let restarted = cluster.agents[1].status().unwrap();
+    let mine = restarted["slots"].as_array().unwrap().iter().filter(|s| s["node"] == restarted["node"]).count();
+    assert_eq!(restarted["adopted"].as_u64(), Some(mine as u64), "its status counts what it adopted: {restarted}");
+    // Converged: every registry holds the same, so every status shows the same root hash.
+    cluster.wait("every registry identical", Duration::from_secs(10), || {
+        let hashes: BTreeSet<String> = (0..3)
+            .filter_map(|i| cluster.agents[i].status().map(|s| s["registry_hash"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        hashes.len() == 1 && hashes.iter().all(|h| h.len() == 16)
+    });
 }
 
 #[test]

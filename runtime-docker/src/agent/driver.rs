@@ -114,6 +114,8 @@ pub(super) struct Driver {
     pub(super) sealer: Option<Sealer>,
     /// Limits the lines logged about a peer's refused inputs and unusable addresses.
     pub(super) rejections_logged: tasks::LogLimiter<String>,
+    /// How many running containers this agent adopted when it started.
+    pub(super) adopted: usize,
 }
 
 impl Driver {
@@ -285,7 +287,12 @@ impl Driver {
             }
             Action::Probe { container, host_port, kind, path, timeout_ms } => {
                 let check = (kind, path, timeout_ms);
-                tasks::spawn_probe(self.tx.clone(), self.config.container_ip, container, host_port, check);
+                // Where the balancers reach the container: with `container_ip = 0.0.0.0`, the
+                // advertised address. `0.0.0.0` itself means this host's loopback, which is
+                // not where a port is published when the agent has a network of its own (a
+                // namespace, as in the lab), and never what peers see.
+                let ip = self.config.reachable_container_ip();
+                tasks::spawn_probe(self.tx.clone(), ip, container, host_port, check);
             }
             Action::SetBackends { app, port, picker, backends } => {
                 tracing::info!(app = %app, port, backends = backends.len(), "balancer backends");
@@ -445,6 +452,8 @@ impl Driver {
         StatusJson {
             node: me.to_string(),
             generation: self.node.config().generation,
+            registry_hash: format!("{:016x}", self.node.registry().root_hash()),
+            adopted: self.adopted,
             apps: apps
                 .iter()
                 .map(|a| AppStatusJson {

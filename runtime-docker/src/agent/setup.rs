@@ -96,6 +96,7 @@ pub async fn start(
             .clone()
             .map(|keys| Sealer::new(keys, sender_of(&config.node_name), t.as_millis(), nonce_prefix())),
         rejections_logged: tasks::LogLimiter::default(),
+        adopted: 0,
     };
     driver.drain();
     // The desired state first, so adopted containers meet their app's health check.
@@ -111,6 +112,7 @@ pub async fn start(
             let _ = docker.remove(&c.id).await;
         }
     }
+    driver.adopted = adopted.len();
     driver.node.handle_container_event(now(), ContainerEvent::Adopted { containers: adopted });
     driver.drain();
     tasks::spawn_gossip_receiver(gossip, tx.clone(), metrics.clone(), keyring.map(Opener::new));
