@@ -1,6 +1,6 @@
 //! `canteen-lab run`, `compare` and `clean`. Exit codes: 0 every expectation held, 1 one failed
 //! (or the run failed before its report), 2 bad input or a lab that cannot run here; 130 on
-//! Ctrl-C, after everything is taken down.
+//! Ctrl-C and 143 on SIGTERM, after everything is taken down.
 
 use std::path::{Path, PathBuf};
 
@@ -69,11 +69,22 @@ pub fn main(cli: Cli) -> u8 {
         }
     };
     let code = runtime.block_on(async {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("canteen-lab: cannot watch for SIGTERM: {e}");
+                return 2;
+            }
+        };
         tokio::select! {
             code = command(cli.command) => code,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("canteen-lab: interrupted; taking the lab down");
                 130
+            }
+            _ = terminate.recv() => {
+                eprintln!("canteen-lab: terminated; taking the lab down");
+                143
             }
         }
     });

@@ -9,11 +9,14 @@ use std::path::Path;
 use canteen_sim::report::Distribution;
 use serde_json::Value;
 
+/// One fault's figures in a run: its description, recovery and detection (crashes).
+pub type FaultFigures = (String, Option<f64>, Option<f64>);
+
 /// What the comparison keeps of one run's JSON report.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Figures {
     /// Per fault, in timeline order: description, recovery, detection (crashes).
-    pub faults: Vec<(String, Option<f64>, Option<f64>)>,
+    pub faults: Vec<FaultFigures>,
     /// Convergence after the heal, when the run had faults.
     pub converge: Option<f64>,
     /// Requests that failed, and all requests.
@@ -101,7 +104,7 @@ pub fn table(file: &str, sim: &[Figures], lab: &[Figures]) -> String {
     let _ = writeln!(out, "|---|---|---|---|");
     let faults = sim.first().map(|f| f.faults.clone()).unwrap_or_default();
     for (k, (fault, _, _)) in faults.iter().enumerate() {
-        let pick = |runs: &[Figures], which: fn(&(String, Option<f64>, Option<f64>)) -> Option<f64>| {
+        let pick = |runs: &[Figures], which: fn(&FaultFigures) -> Option<f64>| {
             runs.iter().map(|r| r.faults.get(k).and_then(which)).collect::<Vec<_>>()
         };
         let (sim_d, lab_d) = (pick(sim, |f| f.2), pick(lab, |f| f.2));

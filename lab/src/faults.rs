@@ -126,8 +126,9 @@ impl Faults {
         if !self.world().nodes[node].up {
             return Ok(());
         }
-        self.net.set_link(node, false).map_err(|e| e.0)?;
+        // Clients stop choosing it first: a request sent to it from now on is the crash's own.
         self.live.lock().expect("never poisoned")[node] = false;
+        self.net.set_link(node, false).map_err(|e| e.0)?;
         self.agents.lock().expect("never poisoned").kill(node);
         self.world().node_crashed(node, now);
         let identities = self.identities();

@@ -62,10 +62,6 @@ pub async fn run(world: Arc<Mutex<World>>, live: Live, scenario: Scenario, seed:
     loop {
         let next = t_us + tick_us;
         tokio::time::sleep_until(start + Duration::from_micros(t_us)).await;
-        let up: Vec<usize> = {
-            let live = live.lock().expect("never poisoned");
-            (0..live.len()).filter(|i| live[*i]).collect()
-        };
         for (port, steps) in &apps {
             let rate = steps.iter().rfind(|(at_s, _)| *at_s <= t_us as f64 / 1e6).map_or(0.0, |(_, rps)| *rps);
             if rate <= 0.0 {
@@ -74,16 +70,25 @@ pub async fn run(world: Arc<Mutex<World>>, live: Live, scenario: Scenario, seed:
             arrivals.clear();
             poisson_arrivals(&mut rng, rate, t_us, next, &mut arrivals);
             for &at_us in &arrivals {
-                if up.is_empty() {
-                    record(&world, at_us, Err(RequestError::NoBackend));
-                    continue;
-                }
-                let entry = up[rng.below(up.len() as u64) as usize];
-                let uri: hyper::Uri =
-                    format!("http://{}:{port}/", net::node_ip(entry)).parse().expect("a valid address");
-                let (client, world) = (client.clone(), world.clone());
+                // The entry node is chosen when the request is sent, among the nodes up then,
+                // as the simulator's clients choose among those up when they route: a request
+                // chosen for a node in the tick it crashes would be lost for want of a node.
+                let draw = rng.next_u64();
+                let port = *port;
+                let (client, world, live) = (client.clone(), world.clone(), live.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep_until(start + Duration::from_micros(at_us)).await;
+                    let entry = {
+                        let live = live.lock().expect("never poisoned");
+                        let up: Vec<usize> = (0..live.len()).filter(|i| live[*i]).collect();
+                        if up.is_empty() { None } else { Some(up[(draw % up.len() as u64) as usize]) }
+                    };
+                    let Some(entry) = entry else {
+                        record(&world, at_us, Err(RequestError::NoBackend));
+                        return;
+                    };
+                    let uri: hyper::Uri =
+                        format!("http://{}:{port}/", net::node_ip(entry)).parse().expect("a valid address");
                     let sent = Instant::now();
                     let answer = tokio::time::timeout(timeout, async {
                         let response = client.get(uri).await.map_err(|e| {
@@ -99,6 +104,12 @@ pub async fn run(world: Arc<Mutex<World>>, live: Live, scenario: Scenario, seed:
                     .await
                     .unwrap_or(Err(RequestError::Timeout));
                     let latency_us = sent.elapsed().as_micros() as u64;
+                    if std::env::var_os("CANTEEN_LAB_DEBUG").is_some() && !matches!(answer, Ok(s) if s.is_success()) {
+                        eprintln!(
+                            "{:.1}s request to node {entry}: {answer:?} after {latency_us} us",
+                            at_us as f64 / 1e6
+                        );
+                    }
                     record(&world, at_us, outcome_of(answer).map(|()| latency_us));
                 });
             }

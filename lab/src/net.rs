@@ -222,6 +222,14 @@ pub fn clean() {
         }
         let _ = sh(&["ip", "netns", "del", ns]);
     }
+    // A namespace goes only once its last process is gone, and its links with it: the host
+    // ends of the links are removed here rather than waited for.
+    let links = sh(&["ip", "-o", "link", "show"]).unwrap_or_default();
+    for link in links.lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap_or(n)) {
+        if link.starts_with("cl-v") {
+            let _ = sh(&["ip", "link", "del", link]);
+        }
+    }
     let _ = sh(&["ip", "link", "del", BRIDGE]);
     loop {
         let mut args = vec!["iptables", "-D", "FORWARD"];

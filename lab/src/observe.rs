@@ -345,3 +345,136 @@ fn rss_kib(pid: u32) -> Option<u64> {
 pub fn node_up(world: &Arc<Mutex<World>>, i: usize) -> bool {
     world.lock().expect("never poisoned").nodes[i].up
 }
+
+#[cfg(test)]
+mod tests {
+    use canteen_docker::api::{AppStatusJson, NodeStatusJson, SlotStatusJson};
+
+    use super::*;
+
+    fn scenario() -> Scenario {
+        let text = "name = \"t\"\nduration_s = 60\n[cluster]\nnodes = 3\ncpu_millis = 2000\nmem_mb = 2048\n\
+                    [[app]]\nname = \"web\"\nimage = \"canteen-demo:latest\"\nreplicas = 2\ncpu_millis = 100\n\
+                    mem_mb = 64\nport = 8080\n";
+        canteen_sim::scenario::parse("t.toml", text).expect("valid")
+    }
+
+    fn observer(s: &Scenario) -> Observer {
+        Observer {
+            // A client only: nothing here talks to the engine.
+            docker: Docker::connect_with_local_defaults().expect("a client"),
+            index_of: s.cluster.nodes.iter().enumerate().map(|(i, n)| (n.id.to_string(), i)).collect(),
+            ids: HashMap::new(),
+            next_id: 0,
+            ever_listed: HashSet::new(),
+            rss: Vec::new(),
+            samples: 0,
+        }
+    }
+
+    /// Node `i`'s status: its own slots (slot, host port), its live peers, web's replicas.
+    fn status(i: usize, generation: u64, slots: &[(u32, u16)], peers: &[usize], replicas: u32) -> StatusJson {
+        let name = |n: usize| format!("node-{n}");
+        let mut nodes = vec![NodeStatusJson { name: name(i), state: "alive".into(), ..Default::default() }];
+        nodes.extend(peers.iter().map(|p| NodeStatusJson {
+            name: name(*p),
+            state: "alive".into(),
+            ..Default::default()
+        }));
+        StatusJson {
+            node: name(i),
+            generation,
+            registry_hash: format!("{:016x}", 0xabcu64),
+            adopted: slots.len(),
+            apps: vec![AppStatusJson { name: "web".into(), replicas, ..Default::default() }],
+            slots: slots
+                .iter()
+                .map(|(slot, port)| SlotStatusJson {
+                    app: "web".into(),
+                    slot: *slot,
+                    node: name(i),
+                    host_port: *port,
+                    health: "healthy".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            nodes,
+        }
+    }
+
+    fn seen(id: &str, node: usize, slot: u32, host_port: u16) -> Seen {
+        Seen {
+            docker_id: id.into(),
+            node,
+            app: "web".into(),
+            slot,
+            host_port,
+            version: 1,
+            image: "canteen-demo:latest".into(),
+            running: true,
+            paused: false,
+        }
+    }
+
+    fn world(s: &Scenario) -> World {
+        let mut w = World::new(s, 1);
+        w.nodes.iter_mut().for_each(|n| n.up = true);
+        w
+    }
+
+    #[test]
+    fn a_container_its_agent_stops_listing_is_draining_and_no_duplicate() {
+        let s = scenario();
+        let (mut o, mut w) = (observer(&s), world(&s));
+        let both = [Some(status(0, 1, &[(0, 28000)], &[1, 2], 2)), Some(status(1, 1, &[(1, 28100)], &[0, 2], 2)), None];
+        o.record(1000, &mut w, &both, &[seen("a", 0, 0, 28000), seen("b", 1, 1, 28100)], &[true, true]);
+        assert!(w.containers.values().all(|c| c.serving_at(1000, &w.nodes)), "both serve");
+        assert_eq!(w.nodes[0].digest, Some(0xabc));
+        assert!(w.nodes[0].members.contains(&NodeId::new("node-1")));
+        // Node 1 dropped slot 1's container (moved to node 0): still running, being drained.
+        let moved =
+            [Some(status(0, 1, &[(0, 28000), (1, 28001)], &[1, 2], 2)), Some(status(1, 1, &[], &[0, 2], 2)), None];
+        let containers = [seen("a", 0, 0, 28000), seen("b", 1, 1, 28100), seen("c", 0, 1, 28001)];
+        o.record(1250, &mut w, &moved, &containers, &[true, true, true]);
+        let serving: Vec<_> = w.containers.values().filter(|c| c.serving_at(1250, &w.nodes)).map(|c| c.node).collect();
+        assert_eq!(serving, vec![0, 0], "the drained one does not count as a duplicate");
+        assert_eq!(w.truth.moves, 1, "slot 1 started on another node: a move");
+        // A container that never answered its probe does not serve.
+        o.record(1500, &mut w, &moved, &containers, &[true, true, false]);
+        assert_eq!(w.containers.values().filter(|c| c.serving_at(1500, &w.nodes)).count(), 1);
+    }
+
+    #[test]
+    fn a_new_generation_completes_the_agent_restart_record() {
+        let s = scenario();
+        let (mut o, mut w) = (observer(&s), world(&s));
+        let before = [Some(status(0, 5, &[(0, 28000)], &[1, 2], 2)), None, None];
+        let containers = [seen("a", 0, 0, 28000)];
+        o.record(1000, &mut w, &before, &containers, &[true]);
+        w.agent_stopped(0, 2000);
+        assert_eq!(w.truth.agent_restarts[0].running, 1);
+        assert_eq!(w.truth.agent_restarts[0].old_generation, 5);
+        // The old agent's status (a late answer) changes nothing; the new one's completes it.
+        o.record(2100, &mut w, &before, &containers, &[true]);
+        assert_eq!(w.truth.agent_restarts[0].new_generation, None);
+        let after = [Some(status(0, 9, &[(0, 28000)], &[1, 2], 2)), None, None];
+        o.record(2500, &mut w, &after, &containers, &[true]);
+        assert_eq!(w.truth.agent_restarts[0].new_generation, Some(9));
+        assert_eq!(w.truth.agent_restarts[0].adopted, Some(1));
+    }
+
+    #[test]
+    fn a_replica_count_every_answering_agent_agrees_on_is_one_scale_event() {
+        let s = scenario();
+        let (mut o, mut w) = (observer(&s), world(&s));
+        let split = [Some(status(0, 1, &[], &[1], 4)), Some(status(1, 1, &[], &[0], 2)), None];
+        o.record(1000, &mut w, &split, &[], &[]);
+        assert!(w.truth.scale_events.is_empty(), "not yet agreed");
+        let agreed = [Some(status(0, 1, &[], &[1], 4)), Some(status(1, 1, &[], &[0], 4)), None];
+        o.record(2000, &mut w, &agreed, &[], &[]);
+        o.record(3000, &mut w, &agreed, &[], &[]);
+        assert_eq!(w.truth.scale_events.len(), 1);
+        assert_eq!((w.truth.scale_events[0].from, w.truth.scale_events[0].to), (2, 4));
+        assert_eq!(w.truth.desired[&canteen_core::model::AppName::new("web")], 4);
+    }
+}

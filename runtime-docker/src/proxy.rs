@@ -59,6 +59,14 @@ const CONNECTION_BUFFER_BYTES_MAX: usize = 16 * 1024;
 /// received within it is answered 408. Without it, clients that open connections and go quiet
 /// (or send a body byte by byte) would hold the proxy's tasks and descriptors forever.
 const CLIENT_IDLE_MS: u64 = 30_000;
+/// An idempotent request sent to a backend that has since left the balancer (its node declared
+/// down, its slot moved or drained) and has not answered this long after it was sent is sent
+/// again to another replica. A node that vanished (a crash, a partition) never answers what it
+/// was sent on a kept-alive connection: without this, those requests hung until the client gave
+/// up (`scripts/lab`: 9 to 15 requests per crash or partition, at the client's 5 s timeout).
+/// As long as the connect timeout: a drained replica's idempotent request slower than this is
+/// answered by another replica instead, which idempotence allows.
+const ABANDON_AFTER_MS: u64 = CONNECT_TIMEOUT_MS;
 /// Most client connections the balancers hold at once, all apps together; one more is closed
 /// at once. Stalled clients (each held `CLIENT_IDLE_MS` at most) then cannot take every
 /// descriptor of the agent: with a backend connection each, and the API's, this stays under
@@ -106,6 +114,9 @@ struct AppProxy {
     picking: Mutex<Picking>,
     /// Requests since the last report to the node.
     requests: AtomicU64,
+    /// Bumped whenever the node sets the backends: requests waiting on a backend look again
+    /// whether it is still listed.
+    backends_changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl AppProxy {
@@ -122,6 +133,28 @@ impl AppProxy {
 
     fn finished(&self, t: &Target) {
         self.picking.lock().expect("balancer lock").balancer.request_finished(t);
+    }
+
+    /// Resolves once `t` has left the node's list of backends while another is listed, and
+    /// `ABANDON_AFTER_MS` have passed since `sent`; never otherwise.
+    async fn abandoned(&self, t: &Target, sent: Instant) {
+        let mut changes = self.backends_changed.subscribe();
+        loop {
+            let gone = || {
+                let p = self.picking.lock().expect("balancer lock");
+                !p.listed.contains(t) && !p.listed.is_empty()
+            };
+            if gone() {
+                let due = sent + Duration::from_millis(ABANDON_AFTER_MS);
+                tokio::time::sleep_until(due.into()).await;
+                if gone() {
+                    return;
+                }
+            }
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn eject(&self, t: &Target) {
@@ -218,6 +251,8 @@ impl Proxies {
             p.balancer.set_backends(targets.iter().map(|t| (t.clone(), 1)));
             p.listed = targets;
             p.ejected_at = None;
+            drop(p);
+            running.proxy.backends_changed.send_modify(|g| *g += 1);
             return Ok(());
         }
         let addr = SocketAddr::new(self.ip, port);
@@ -240,6 +275,7 @@ impl Proxies {
             latency_metric: self.metrics.latency.get_or_create(&label).clone(),
             picking: Mutex::new(Picking { balancer, listed: targets, ejected_at: None, per_slot: HashMap::new() }),
             requests: AtomicU64::new(0),
+            backends_changed: tokio::sync::watch::Sender::new(0),
         });
         tracing::info!(app = %app, %addr, "balancer listening");
         let task = tokio::spawn(accept_loop(
@@ -448,8 +484,25 @@ async fn forward_inner(
                 return plain(StatusCode::BAD_REQUEST, "bad request target\n".to_owned());
             }
         };
-        let result = client.request(out).await;
+        let result = if retry_any_error && !retried {
+            let sent = Instant::now();
+            tokio::select! {
+                result = client.request(out) => Some(result),
+                () = proxy.abandoned(&target, sent) => None,
+            }
+        } else {
+            Some(client.request(out).await)
+        };
         proxy.finished(&target);
+        let Some(result) = result else {
+            tracing::warn!(app = %proxy.app, slot = %target.0, addr = %target.1, "backend left unanswered: request sent again");
+            retried = true;
+            match proxy.pick(Some(&target)) {
+                Some(next) => target = next,
+                None => return no_backend(proxy),
+            }
+            continue;
+        };
         match result {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
@@ -557,6 +610,51 @@ mod tests {
         let picking = running[&app].proxy.picking.lock().unwrap();
         assert_eq!(picking.balancer.len(), 1, "the refusing backend is out");
         assert_eq!(metrics.errors.get_or_create(&AppLabel::new("web")).get(), 0);
+    }
+
+    /// A backend that accepts connections and reads requests but never answers: a node that
+    /// vanished behind a kept-alive connection.
+    async fn mute_backend() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_get_unanswered_by_a_backend_that_left_is_answered_by_another() {
+        let (mute, live) = (mute_backend().await, backend("live").await);
+        let proxies = Arc::new(Proxies::new("127.0.0.1".parse().unwrap(), Arc::new(Metrics::new()), 7));
+        let port = free_port();
+        let app = AppName::new("web");
+        proxies.set_backends(&app, port, PickerKind::RoundRobin, &[backend_at(0, mute)]).unwrap();
+        let started = Instant::now();
+        let request = tokio::spawn(get(port));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!request.is_finished(), "the mute backend holds it");
+        // The node learns that the mute backend's node is down: another replica is listed.
+        proxies.set_backends(&app, port, PickerKind::RoundRobin, &[backend_at(1, live)]).unwrap();
+        let (code, body) = tokio::time::timeout(Duration::from_secs(5), request).await.expect("answered").unwrap();
+        assert_eq!((code, body.split(' ').next()), (200, Some("live")), "{body}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(ABANDON_AFTER_MS),
+            "abandoned only after {ABANDON_AFTER_MS} ms: {took:?}"
+        );
+        // A backend still listed is waited for, however slow.
+        proxies.set_backends(&app, port, PickerKind::RoundRobin, &[backend_at(0, mute)]).unwrap();
+        let waiting = tokio::spawn(get(port));
+        tokio::time::sleep(Duration::from_millis(ABANDON_AFTER_MS + 300)).await;
+        assert!(!waiting.is_finished(), "a listed backend is not abandoned");
+        waiting.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,8 @@ pub fn load(path: &Path) -> Result<Scenario, u8> {
 
 /// The randomized options of a run, printed before anything else so a run can be replayed.
 pub fn options_line(s: &Scenario, seed: u64) -> String {
+    let spread =
+        if s.sim.boot_spread_ms > 0 { format!(" boot_spread_ms={}", s.sim.boot_spread_ms) } else { String::new() };
     format!(
         "seed={seed} file={} policy={} membership={} nodes={} apps={} duration_s={} start_latency_ms={}+-{} net_latency_ms={}..{} tick_ms={}",
         s.file,
@@ -103,7 +105,7 @@ pub fn options_line(s: &Scenario, seed: u64) -> String {
         s.sim.net_latency_ms_min,
         s.sim.net_latency_ms_max,
         s.sim.tick_ms
-    )
+    ) + &spread
 }
 
 /// Runs a command; returns the exit code.

@@ -96,7 +96,21 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
                 .id()
         }
     };
-    let ids: Vec<Option<madsim::task::NodeId>> = (0..late.len()).map(|i| (!late[i]).then(|| spawn(i))).collect();
+    // Nodes boot in the order of their offsets within `boot_spread_ms` (all at time 0 when it
+    // is 0): a node's periodic timers run from its boot, so equal boots put every node's in
+    // phase with the others' and with the scenario's clock.
+    let offsets: Vec<u64> = boot_offsets(&scenario, seed);
+    let mut order: Vec<usize> = (0..late.len()).filter(|i| !late[*i]).collect();
+    order.sort_by_key(|i| (offsets[*i], *i));
+    let mut ids: Vec<Option<madsim::task::NodeId>> = vec![None; late.len()];
+    for i in order {
+        // No wait at all for a node booting at time 0: a wait yields to madsim's scheduler,
+        // and a run without a spread stays the run it was.
+        if offsets[i] > 0 {
+            madsim::time::sleep_until(start + Duration::from_millis(offsets[i])).await;
+        }
+        ids[i] = Some(spawn(i));
+    }
     let mut faults = Faults::new(world.clone(), handle, ids, Box::new(spawn));
     // Let every node boot, then apply the apps through the first node, as an operator would.
     while lock(&world).nodes.iter().zip(&late).any(|(n, late)| !late && n.inbox.is_none()) {
@@ -162,6 +176,14 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
     }
     let checker = lock(&checker);
     checker.report(&scenario, seed, &w)
+}
+
+/// Each node's boot time, in ms from the start: drawn from the seed within `[sim]
+/// boot_spread_ms`, all 0 when it is 0.
+fn boot_offsets(scenario: &Scenario, seed: u64) -> Vec<u64> {
+    let spread = scenario.sim.boot_spread_ms;
+    let mut rng = crate::traffic::SimRng::new(seed ^ 0xb007_5b7e_ad00);
+    (0..scenario.cluster.nodes.len()).map(|_| if spread == 0 { 0 } else { rng.below(spread) }).collect()
 }
 
 async fn sleep_until_s(start: Instant, at_s: f64) {

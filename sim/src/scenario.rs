@@ -139,6 +139,14 @@ pub struct SimOptions {
     /// Images that behave otherwise, by image name.
     #[serde(default)]
     pub images: BTreeMap<String, ImageSim>,
+    /// The nodes started at time 0 boot at random offsets within this many milliseconds
+    /// (drawn from the seed), as the agents of a real cluster start at different times; the
+    /// apps are applied once all have. 0 (the default): all boot at once, so every node's
+    /// periodic timers (SWIM's announce to down members every 2 s among them) run in phase
+    /// with the others' and with the scenario's round fault times, and a heal's convergence
+    /// depends on where the heal falls in that period (the lab showed it: benches/README.md).
+    #[serde(default)]
+    pub boot_spread_ms: u64,
 }
 
 impl Default for SimOptions {
@@ -501,6 +509,12 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
     if sim.check_interval_ms == 0 {
         return Err(err("sim.check_interval_ms".into(), "must be greater than 0".into()));
     }
+    if sim.boot_spread_ms > BOOT_SPREAD_MS_MAX {
+        return Err(err(
+            "sim.boot_spread_ms".into(),
+            format!("must be at most {BOOT_SPREAD_MS_MAX} (a minute), got {}", sim.boot_spread_ms),
+        ));
+    }
     if sim.start_jitter_ms > sim.start_latency_ms {
         return Err(err("sim.start_jitter_ms".into(), "must not exceed sim.start_latency_ms".into()));
     }
@@ -638,6 +652,8 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, FileError> {
 pub const MAX_DURATION_S: f64 = 86_400.0;
 /// Highest request rate of one app.
 pub const MAX_RPS: f64 = 1_000_000.0;
+/// Largest `[sim] boot_spread_ms`.
+pub const BOOT_SPREAD_MS_MAX: u64 = 60_000;
 
 const FAULT_KINDS: &str = "crash-node, restart-node, restart-agent, start-node, apply, update, promote, kill-container, hang-container, flap-container, slow-node, partition, heal, packet-loss";
 
@@ -793,6 +809,16 @@ mod tests {
         assert_eq!(s.seed, 1);
         assert_eq!(s.sim.start_latency_ms, 500);
         assert_eq!(s.app_sim[&AppName::new("web")], AppSim::default());
+    }
+
+    #[test]
+    fn boots_are_spread_only_when_asked_and_within_a_minute() {
+        assert_eq!(parse("t.toml", BASE).unwrap().sim.boot_spread_ms, 0);
+        let s = parse("t.toml", &format!("{BASE}[sim]\nboot_spread_ms = 2000\n")).unwrap();
+        assert_eq!(s.sim.boot_spread_ms, 2000);
+        let e = parse("t.toml", &format!("{BASE}[sim]\nboot_spread_ms = 60001\n")).unwrap_err();
+        assert_eq!(e.key, "sim.boot_spread_ms");
+        assert!(e.message.contains("60000"), "{}", e.message);
     }
 
     #[test]
