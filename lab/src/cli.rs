@@ -21,19 +21,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run one scenario on real agents and print its report, as `canteen-sim run` does.
+    /// Run one scenario on real agents and print its report, as `canteen-sim run` does (the
+    /// seed draws the load's arrivals and entry nodes).
     Run {
-        /// The scenario file (TOML).
-        file: PathBuf,
-        /// Overrides the file's seed (it draws the load's arrivals and entry nodes).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Write an SVG timeline of replicas, request rate, errors and latency.
-        #[arg(long, value_name = "OUT.svg")]
-        plot: Option<PathBuf>,
+        /// As the simulator's `run`.
+        #[command(flatten)]
+        run: canteen_sim::cli::RunArgs,
         /// The `canteen` binary the agents run; by default the one beside this binary.
         #[arg(long)]
         canteen: Option<PathBuf>,
@@ -131,7 +124,7 @@ fn exit_code(e: &LabError) -> u8 {
 
 async fn command(command: Command) -> u8 {
     match command {
-        Command::Run { file, seed, json, plot, canteen } => {
+        Command::Run { run: canteen_sim::cli::RunArgs { file, seed, json, plot }, canteen } => {
             let (scenario, text) = match load(&file) {
                 Ok(s) => s,
                 Err(code) => return code,

@@ -154,7 +154,12 @@ impl Observer {
         checker: &Mutex<Checker>,
         net: &crate::net::Net,
         scenario: &Scenario,
+        epoch: &std::sync::atomic::AtomicU64,
     ) {
+        use std::sync::atomic::Ordering;
+        // Even: no fault step under way. A sample begun during a step, or across one, may
+        // mix what was before it with what came after: it is dropped.
+        let began = epoch.load(Ordering::SeqCst);
         let nodes = scenario.cluster.nodes.len();
         let (apis, pids, identities) = {
             let mut agents = agents.lock().expect("never poisoned");
@@ -211,6 +216,9 @@ impl Observer {
         let gossip: Vec<Option<u64>> =
             if self.samples % 4 == 1 { (0..nodes).map(|i| net.gossip_bytes(i)).collect() } else { vec![None; nodes] };
         let mut w = world.lock().expect("never poisoned");
+        if began % 2 == 1 || epoch.load(Ordering::SeqCst) != began {
+            return;
+        }
         for (i, bytes) in gossip.into_iter().enumerate() {
             if let Some(bytes) = bytes {
                 w.nodes[i].bytes_sent = bytes;

@@ -4,12 +4,13 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canteen_sim::checker::Checker;
 use canteen_sim::report::{Report, Timeline};
-use canteen_sim::scenario::Scenario;
+use canteen_sim::scenario::{Scenario, Step};
 use canteen_sim::world::World;
 use tokio::time::Instant;
 
@@ -190,7 +191,10 @@ pub async fn run(scenario: &Scenario, text: &str, seed: u64, bin: &Path) -> Resu
     let checker = Arc::new(Mutex::new(Checker::new(&lab)));
     let load = tokio::spawn(crate::load::run(world.clone(), live.clone(), (*lab).clone(), seed, start));
     let rss = Arc::new(Mutex::new(Vec::new()));
+    // Bumped as each step of the fault timeline starts and again once it is done.
+    let epoch = Arc::new(AtomicU64::new(0));
     let sampler = {
+        let epoch = epoch.clone();
         let (world, agents, checker, lab, rss) =
             (world.clone(), agents.clone(), checker.clone(), lab.clone(), rss.clone());
         let net = net.clone();
@@ -200,7 +204,7 @@ pub async fn run(scenario: &Scenario, text: &str, seed: u64, bin: &Path) -> Resu
             loop {
                 tokio::time::sleep_until(next).await;
                 let now_ms = start.elapsed().as_millis() as u64;
-                observer.sample(now_ms, &world, &agents, &checker, &net, &lab).await;
+                observer.sample(now_ms, &world, &agents, &checker, &net, &lab, &epoch).await;
                 *rss.lock().expect("never poisoned") = observer.rss.clone();
                 next = (next + Duration::from_millis(SAMPLE_MS)).max(Instant::now());
             }
@@ -209,35 +213,24 @@ pub async fn run(scenario: &Scenario, text: &str, seed: u64, bin: &Path) -> Resu
     let lister = Observer::connect(scenario).await.map_err(LabError::Cannot)?;
     let mut faults = Faults { net: net.clone(), agents: agents.clone(), world: world.clone(), live, lister, apps };
 
-    // The fault timeline, then the heal, then the end of the run: as the simulator orders them.
-    let mut events: Vec<(f64, usize, bool)> = Vec::new();
-    for (i, f) in scenario.faults.iter().enumerate() {
-        events.push((f.at_s, i, false));
-        if let Some(end) = f.end_s() {
-            events.push((end, i, true));
-        }
-    }
-    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let heal_at = scenario.heal_at_s();
+    // The fault timeline, with the heal, then the end of the run: in the simulator's order.
     let now_ms = || start.elapsed().as_millis() as u64;
-    let mut healed = false;
-    for (at, i, is_end) in events {
-        if !healed && at > heal_at {
-            sleep_until_s(start, heal_at).await;
-            heal(&mut faults, now_ms(), &checker, heal_at);
-            healed = true;
-        }
+    for (at, step) in scenario.timeline() {
         sleep_until_s(start, at).await;
-        let fault = &scenario.faults[i];
-        if is_end {
-            faults.end(fault, now_ms());
-        } else {
-            faults.begin(fault, now_ms(), scenario, &checker).await;
+        // A sample taken while a fault is being done may predate its effect (a `docker kill`
+        // takes a while): it is dropped, so no sample says "recovered" before the fault bit.
+        epoch.fetch_add(1, Ordering::SeqCst);
+        match step {
+            Step::Heal => {
+                if let Err(e) = faults.heal(now_ms()) {
+                    eprintln!("canteen-lab: heal: {e}");
+                }
+                checker.lock().expect("never poisoned").healed_at(at);
+            }
+            Step::Begin(i) => faults.begin(&scenario.faults[i], now_ms(), scenario, &checker).await,
+            Step::End(i) => faults.end(&scenario.faults[i], now_ms()),
         }
-    }
-    if !healed {
-        sleep_until_s(start, heal_at).await;
-        heal(&mut faults, now_ms(), &checker, heal_at);
+        epoch.fetch_add(1, Ordering::SeqCst);
     }
     sleep_until_s(start, scenario.duration_s).await;
     load.abort();
@@ -264,13 +257,6 @@ pub async fn run(scenario: &Scenario, text: &str, seed: u64, bin: &Path) -> Resu
     report.wall_ms = wall.elapsed().as_millis() as u64;
     let rss = rss.lock().expect("never poisoned").clone();
     Ok(LabRun { report, timeline, rss, setup_s })
-}
-
-fn heal(faults: &mut Faults, now: u64, checker: &Mutex<Checker>, heal_at: f64) {
-    if let Err(e) = faults.heal(now) {
-        eprintln!("canteen-lab: heal: {e}");
-    }
-    checker.lock().expect("never poisoned").healed_at(heal_at);
 }
 
 async fn sleep_until_s(start: Instant, at_s: f64) {

@@ -21,19 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one scenario with one seed and print its report.
-    Run {
-        /// The scenario file (TOML).
-        file: PathBuf,
-        /// Overrides the file's seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Write an SVG timeline of replicas, request rate, errors and latency.
-        #[arg(long, value_name = "OUT.svg")]
-        plot: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Run scenarios over a range of seeds; print each failing seed's replay command.
     Sweep {
         /// The scenario files.
@@ -54,6 +42,22 @@ pub enum Command {
         #[arg(default_values = ["scenarios/bench/speed-50-nodes-1h.toml", "scenarios/bench/scale-1000-nodes.toml"])]
         files: Vec<PathBuf>,
     },
+}
+
+/// What `run` takes, here and in the lab (`canteen-lab run`).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The scenario file (TOML).
+    pub file: PathBuf,
+    /// Overrides the file's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write an SVG timeline of replicas, request rate, errors and latency.
+    #[arg(long, value_name = "OUT.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Parses `A..B` or `A..=B` into a half-open range.
@@ -121,7 +125,7 @@ pub fn run(_cli: Cli) -> u8 {
 #[cfg(madsim)]
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
-        Command::Run { file, seed, json, plot } => {
+        Command::Run(RunArgs { file, seed, json, plot }) => {
             let scenario = match load(&file) {
                 Ok(s) => s,
                 Err(code) => return code,

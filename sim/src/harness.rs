@@ -15,7 +15,7 @@ use madsim::time::Instant;
 use crate::driver::Driver;
 use crate::faults::Faults;
 use crate::report::{Report, Timeline};
-use crate::scenario::{Membership, Scenario};
+use crate::scenario::{Membership, Scenario, Step};
 use crate::traffic::poisson_arrivals;
 use crate::world::{Input, World, gossip_addr_of, ip_of};
 /// The tag of canteen's datagrams on madsim's endpoints.
@@ -128,36 +128,17 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
     let traffic = madsim::task::spawn(traffic_loop(world.clone(), scenario.clone(), start));
     let checks = madsim::task::spawn(check_loop(world.clone(), checker.clone(), scenario.clone(), start));
 
-    // The fault timeline, then the heal, then the end of the run.
-    let mut events: Vec<(f64, usize, bool)> = Vec::new(); // (at, fault index, is_end)
-    for (i, f) in scenario.faults.iter().enumerate() {
-        events.push((f.at_s, i, false));
-        if let Some(end) = f.end_s() {
-            events.push((end, i, true));
-        }
-    }
-    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let heal_at = scenario.heal_at_s();
-    let mut healed = false;
-    for (at, i, is_end) in events {
-        if !healed && at > heal_at {
-            sleep_until_s(start, heal_at).await;
-            faults.heal(now_ms(start));
-            lock(&checker).healed_at(heal_at);
-            healed = true;
-        }
+    // The fault timeline, with the heal, then the end of the run.
+    for (at, step) in scenario.timeline() {
         sleep_until_s(start, at).await;
-        let fault = &scenario.faults[i];
-        if is_end {
-            faults.end(fault, now_ms(start));
-        } else {
-            faults.begin(fault, now_ms(start), &scenario, &mut lock(&checker));
+        match step {
+            Step::Heal => {
+                faults.heal(now_ms(start));
+                lock(&checker).healed_at(at);
+            }
+            Step::Begin(i) => faults.begin(&scenario.faults[i], now_ms(start), &scenario, &mut lock(&checker)),
+            Step::End(i) => faults.end(&scenario.faults[i], now_ms(start)),
         }
-    }
-    if !healed {
-        sleep_until_s(start, heal_at).await;
-        faults.heal(now_ms(start));
-        lock(&checker).healed_at(heal_at);
     }
     sleep_until_s(start, scenario.duration_s).await;
     traffic.abort();

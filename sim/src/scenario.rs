@@ -464,7 +464,36 @@ pub struct Scenario {
     pub expect: Expect,
 }
 
+/// One step of a run's fault timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Fault `i` (of [`Scenario::faults`]) begins.
+    Begin(usize),
+    /// Lasting fault `i` ends by itself.
+    End(usize),
+    /// Every fault ends: the heal, after which convergence is measured.
+    Heal,
+}
+
 impl Scenario {
+    /// The fault timeline as every driver runs it, with when each step is due: each fault's
+    /// begin, and end for those that last, by time and then by fault, and the heal once, before
+    /// the first step due after it (or last).
+    pub fn timeline(&self) -> Vec<(f64, Step)> {
+        let mut steps: Vec<(f64, usize, Step)> = Vec::new();
+        for (i, f) in self.faults.iter().enumerate() {
+            steps.push((f.at_s, i, Step::Begin(i)));
+            if let Some(end) = f.end_s() {
+                steps.push((end, i, Step::End(i)));
+            }
+        }
+        steps.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let heal_at = self.heal_at_s();
+        let heal = steps.iter().position(|(at, _, _)| *at > heal_at).unwrap_or(steps.len());
+        steps.insert(heal, (heal_at, usize::MAX, Step::Heal));
+        steps.into_iter().map(|(at, _, step)| (at, step)).collect()
+    }
+
     /// When the fault phase ends and the simulator heals everything.
     pub fn heal_at_s(&self) -> f64 {
         self.sim
@@ -809,6 +838,32 @@ mod tests {
         assert_eq!(s.seed, 1);
         assert_eq!(s.sim.start_latency_ms, 500);
         assert_eq!(s.app_sim[&AppName::new("web")], AppSim::default());
+    }
+
+    #[test]
+    fn the_timeline_orders_begins_and_ends_by_time_and_heals_once_before_what_follows() {
+        let faults = "[[fault]]\nat_s = 20\nkind = \"partition\"\ngroups = [[0]]\nduration_s = 10\n\
+                      [[fault]]\nat_s = 10\nkind = \"crash-node\"\nnode = 1\n\
+                      [[fault]]\nat_s = 20\nkind = \"packet-loss\"\nratio = 0.1\nduration_s = 5\n";
+        let s = parse("t.toml", &format!("{BASE}{faults}")).unwrap();
+        // Sorted by time: crash (10), partition (20), loss (20), loss ends (25), partition ends (30).
+        let t: Vec<(f64, Step)> = s.timeline();
+        assert_eq!(
+            t,
+            vec![
+                (10.0, Step::Begin(0)),
+                (20.0, Step::Begin(1)),
+                (20.0, Step::Begin(2)),
+                (25.0, Step::End(2)),
+                (30.0, Step::End(1)),
+                (30.0, Step::Heal),
+            ]
+        );
+        let early = parse("t.toml", &format!("{BASE}[sim]\nheal_at_s = 22\n{faults}")).unwrap();
+        let heal = early.timeline().iter().position(|(_, step)| *step == Step::Heal).unwrap();
+        assert_eq!(early.timeline()[heal], (22.0, Step::Heal));
+        assert_eq!(early.timeline()[heal + 1], (25.0, Step::End(2)), "the heal comes before what follows it");
+        assert_eq!(parse("t.toml", BASE).unwrap().timeline(), vec![(0.0, Step::Heal)]);
     }
 
     #[test]
