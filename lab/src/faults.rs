@@ -70,8 +70,11 @@ impl Faults {
             FaultKind::RestartAgent { node } => self.restart_agent(*node, now),
             FaultKind::StartNode { node } => self.start_node(*node, now),
             FaultKind::Apply { node, app } => {
-                let replicas = scenario.cluster.apps.iter().find(|a| a.name == *app).map_or(0, |a| a.replicas);
-                self.world().truth.desired.insert(app.clone(), replicas);
+                // Desired from now on, unless the command is lost with a node not running.
+                if self.agents.lock().expect("never poisoned").running(*node) {
+                    let replicas = scenario.cluster.apps.iter().find(|a| a.name == *app).map_or(0, |a| a.replicas);
+                    self.world().truth.desired.insert(app.clone(), replicas);
+                }
                 self.apply(*node, app, fault, checker).await;
                 Ok(())
             }

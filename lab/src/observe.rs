@@ -44,6 +44,21 @@ struct Seen {
     paused: bool,
 }
 
+/// What a sample reads and writes, shared with the rest of the run.
+#[derive(Clone)]
+pub struct Sampled {
+    /// What the checkers read.
+    pub world: Arc<Mutex<World>>,
+    /// The agents, for their APIs and process ids.
+    pub agents: Arc<Mutex<Agents>>,
+    /// The simulator's checkers.
+    pub checker: Arc<Mutex<Checker>>,
+    /// The network, for its gossip counters.
+    pub net: Arc<crate::net::Net>,
+    /// Bumped as each fault step starts and once it is done (odd while one is under way).
+    pub epoch: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// An agent's resident memory over a run, in KiB.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Rss {
@@ -146,17 +161,9 @@ impl Observer {
 
     /// One sample at `now_ms`: every running agent's status, Docker's containers and their
     /// probes, into `world`, then the checkers.
-    pub async fn sample(
-        &mut self,
-        now_ms: u64,
-        world: &Mutex<World>,
-        agents: &Mutex<Agents>,
-        checker: &Mutex<Checker>,
-        net: &crate::net::Net,
-        scenario: &Scenario,
-        epoch: &std::sync::atomic::AtomicU64,
-    ) {
+    pub async fn sample(&mut self, now_ms: u64, run: &Sampled, scenario: &Scenario) {
         use std::sync::atomic::Ordering;
+        let Sampled { world, agents, checker, net, epoch } = run;
         // Even: no fault step under way. A sample begun during a step, or across one, may
         // mix what was before it with what came after: it is dropped.
         let began = epoch.load(Ordering::SeqCst);

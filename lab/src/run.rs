@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::faults::{Faults, apply_at_start};
 use crate::hosts::{self, Agents};
 use crate::net::{self, Net};
-use crate::observe::{Observer, Rss};
+use crate::observe::{Observer, Rss, Sampled};
 
 /// How often the lab samples every agent and Docker: a few times a second, as the issue of
 /// the lab asks, where the simulator samples every 100 ms of simulated time.
@@ -194,17 +194,21 @@ pub async fn run(scenario: &Scenario, text: &str, seed: u64, bin: &Path) -> Resu
     // Bumped as each step of the fault timeline starts and again once it is done.
     let epoch = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let epoch = epoch.clone();
-        let (world, agents, checker, lab, rss) =
-            (world.clone(), agents.clone(), checker.clone(), lab.clone(), rss.clone());
-        let net = net.clone();
+        let sampled = Sampled {
+            world: world.clone(),
+            agents: agents.clone(),
+            checker: checker.clone(),
+            net: net.clone(),
+            epoch: epoch.clone(),
+        };
+        let (lab, rss) = (lab.clone(), rss.clone());
         let mut observer = observer;
         tokio::spawn(async move {
             let mut next = start + Duration::from_millis(SAMPLE_MS);
             loop {
                 tokio::time::sleep_until(next).await;
                 let now_ms = start.elapsed().as_millis() as u64;
-                observer.sample(now_ms, &world, &agents, &checker, &net, &lab, &epoch).await;
+                observer.sample(now_ms, &sampled, &lab).await;
                 *rss.lock().expect("never poisoned") = observer.rss.clone();
                 next = (next + Duration::from_millis(SAMPLE_MS)).max(Instant::now());
             }
