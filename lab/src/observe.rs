@@ -356,11 +356,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The world's node list, shared for the faults: node `i` runs (its machine is up).
-pub fn node_up(world: &Arc<Mutex<World>>, i: usize) -> bool {
-    world.lock().expect("never poisoned").nodes[i].up
-}
-
 #[cfg(test)]
 mod tests {
     use canteen_docker::api::{AppStatusJson, NodeStatusJson, SlotStatusJson};
