@@ -11,8 +11,9 @@ use serde::Deserialize;
 
 use crate::limits;
 use crate::model::{
-    AppName, AppSpec, Autoscale, HealthCheck, HealthKind, Labels, NodeId, NodeSpec, PickerKind, Resources,
-    RestartBackoff, ScaleRule, SpecError, UpdatePolicy, Volume, validate_apps, validate_name,
+    AppName, AppSpec, Autoscale, GpuRequest, HealthCheck, HealthKind, HostPorts, Labels, NodeId, NodeSpec,
+    PickerKind, Resources, RestartBackoff, ScaleRule, SpecError, UpdatePolicy, Volume, check_gpu_models_known,
+    validate_apps, validate_gpu_model, validate_name,
 };
 use crate::schedule::Policy;
 
@@ -110,6 +111,18 @@ pub struct RawCluster {
     /// Labels of each identical node.
     #[serde(default)]
     pub labels: Labels,
+    /// GPUs of each identical node.
+    #[serde(default)]
+    pub gpus: u32,
+    /// Their model.
+    #[serde(default)]
+    pub gpu_model: String,
+    /// The lowest host port of each identical node.
+    #[serde(default = "default_host_port_min")]
+    pub host_port_min: u16,
+    /// The highest host port of each identical node.
+    #[serde(default = "default_host_port_max")]
+    pub host_port_max: u16,
     /// The placement policy.
     #[serde(default)]
     pub policy: Policy,
@@ -122,6 +135,10 @@ impl Default for RawCluster {
             cpu_millis: default_node_cpu_millis(),
             mem_mb: default_node_mem_mb(),
             labels: Labels::new(),
+            gpus: 0,
+            gpu_model: String::new(),
+            host_port_min: default_host_port_min(),
+            host_port_max: default_host_port_max(),
             policy: Policy::default(),
         }
     }
@@ -132,6 +149,12 @@ fn default_node_cpu_millis() -> u64 {
 }
 fn default_node_mem_mb() -> u64 {
     8192
+}
+fn default_host_port_min() -> u16 {
+    HostPorts::default().min
+}
+fn default_host_port_max() -> u16 {
+    HostPorts::default().max
 }
 
 /// `[[node]]`: one node given by hand.
@@ -147,6 +170,18 @@ pub struct RawNode {
     /// Its labels.
     #[serde(default)]
     pub labels: Labels,
+    /// Its GPUs.
+    #[serde(default)]
+    pub gpus: u32,
+    /// Their model.
+    #[serde(default)]
+    pub gpu_model: String,
+    /// Its lowest host port.
+    #[serde(default = "default_host_port_min")]
+    pub host_port_min: u16,
+    /// Its highest host port.
+    #[serde(default = "default_host_port_max")]
+    pub host_port_max: u16,
 }
 
 /// `[app.health]`.
@@ -222,6 +257,10 @@ pub struct RawApp {
     cpu_millis: u64,
     #[serde(default = "default_app_mem_mb")]
     mem_mb: u64,
+    gpus: Option<u32>,
+    gpu_milli: Option<u32>,
+    #[serde(default)]
+    gpu_models: Vec<String>,
     #[serde(default)]
     priority: i32,
     port: u16,
@@ -303,11 +342,18 @@ pub fn build(file: &str, cluster: &RawCluster, nodes: &[RawNode], apps: &[RawApp
             format!("{node_count} nodes; at most {} are allowed", limits::NODES_MAX),
         ));
     }
+    if cluster.nodes > 0 {
+        let (gpus, model, ports) = (cluster.gpus, &cluster.gpu_model, (cluster.host_port_min, cluster.host_port_max));
+        node_extras(gpus, model, ports).map_err(|(key, m)| err(format!("cluster.{key}"), m))?;
+    }
     for i in 0..cluster.nodes {
         specs.push(NodeSpec {
             id: NodeId::new(&format!("node-{i}")),
             capacity: Resources::new(cluster.cpu_millis, cluster.mem_mb),
             labels: cluster.labels.clone(),
+            gpus: cluster.gpus,
+            gpu_model: cluster.gpu_model.clone(),
+            host_ports: HostPorts { min: cluster.host_port_min, max: cluster.host_port_max },
         });
     }
     for (i, n) in nodes.iter().enumerate() {
@@ -324,15 +370,26 @@ pub fn build(file: &str, cluster: &RawCluster, nodes: &[RawNode], apps: &[RawApp
                 format!("node name {:?} is used twice; names must be unique", n.name),
             ));
         }
+        node_extras(n.gpus, &n.gpu_model, (n.host_port_min, n.host_port_max))
+            .map_err(|(key, m)| err(format!("node[{i}].{key}"), m))?;
         specs.push(NodeSpec {
             id: NodeId::new(&n.name),
             capacity: Resources::new(n.cpu_millis, n.mem_mb),
             labels: n.labels.clone(),
+            gpus: n.gpus,
+            gpu_model: n.gpu_model.clone(),
+            host_ports: HostPorts { min: n.host_port_min, max: n.host_port_max },
         });
     }
     let mut app_specs = Vec::with_capacity(apps.len());
+    let models: Vec<&str> = specs.iter().filter(|s| s.gpus > 0).map(|s| s.gpu_model.as_str()).collect();
     for (i, raw) in apps.iter().enumerate() {
-        app_specs.push(app_spec(raw).map_err(|(field, message)| err(format!("app[{i}].{field}"), message))?);
+        let spec = app_spec(raw).map_err(|(field, message)| err(format!("app[{i}].{field}"), message))?;
+        spec.gpu.validate().and_then(|()| check_gpu_models_known(&spec, models.iter().copied())).map_err(|e| match e {
+            SpecError::Invalid { field, problem } => err(format!("app[{i}].{field}"), problem),
+            other => err(format!("app[{i}]"), other.to_string()),
+        })?;
+        app_specs.push(spec);
     }
     validate_apps(&app_specs).map_err(|(i, e)| {
         let field = match &e {
@@ -350,6 +407,23 @@ pub fn build(file: &str, cluster: &RawCluster, nodes: &[RawNode], apps: &[RawApp
     Ok(Cluster { nodes: specs, apps: app_specs, policy: cluster.policy })
 }
 
+/// Checks a node's GPUs and host ports; the key at fault and the problem.
+fn node_extras(gpus: u32, model: &str, (min, max): (u16, u16)) -> Result<(), (&'static str, String)> {
+    if gpus > limits::GPUS_PER_NODE_MAX {
+        return Err(("gpus", format!("{gpus} is more than the limit of {}", limits::GPUS_PER_NODE_MAX)));
+    }
+    match (gpus, model.is_empty()) {
+        (0, false) => return Err(("gpu_model", "given for a node with no GPUs: set gpus too".into())),
+        (1.., true) => return Err(("gpu_model", "a node with GPUs names their model (gpu_model = \"A100\")".into())),
+        (1.., false) => validate_gpu_model(model).map_err(|p| ("gpu_model", p))?,
+        _ => {}
+    }
+    if min == 0 || min > max {
+        return Err(("host_port_min", format!("need 0 < host_port_min <= host_port_max, got {min} and {max}")));
+    }
+    Ok(())
+}
+
 /// The spec of one raw app, or the field at fault and the problem.
 fn app_spec(raw: &RawApp) -> Result<AppSpec, (&'static str, String)> {
     let mut spec = AppSpec::new(&raw.name, &raw.image, raw.replicas, Resources::new(raw.cpu_millis, raw.mem_mb));
@@ -361,6 +435,17 @@ fn app_spec(raw: &RawApp) -> Result<AppSpec, (&'static str, String)> {
     spec.command = raw.command.clone();
     spec.env = raw.env.clone();
     spec.balance = raw.balance;
+    if raw.gpus == Some(0) {
+        return Err(("gpus", "0 GPUs: leave gpus out for an app that needs none".into()));
+    }
+    if raw.gpu_milli == Some(0) {
+        return Err(("gpu_milli", "a share of 0: allowed 1 to 999 thousandths of one GPU".into()));
+    }
+    spec.gpu = GpuRequest {
+        gpus: raw.gpus.unwrap_or(0),
+        gpu_milli: raw.gpu_milli.unwrap_or(0),
+        gpu_models: raw.gpu_models.clone(),
+    };
     if let Some(h) = &raw.health {
         let d = HealthCheck::default();
         // A health table says HTTP unless it names its kind, as it did before kinds existed;

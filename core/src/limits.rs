@@ -68,7 +68,26 @@ pub const REASON_LEN_MAX: usize = 512;
 /// Longest HTTP path of a health check.
 pub const PATH_LEN_MAX: usize = 1024;
 
+/// Most GPUs one node offers (eight is the common server; sixteen the largest sold): a node's
+/// GPUs that are wholly free are one bit each of a 64-bit mask.
+pub const GPUS_PER_NODE_MAX: u32 = 64;
+
+/// Thousandths of a GPU in one GPU: an app asks for a share of one in these units.
+pub const GPU_MILLI: u32 = 1000;
+
+/// Longest GPU model name (`A100`, `V100M32`, `H100-SXM5-80GB`).
+pub const GPU_MODEL_LEN_MAX: usize = 32;
+
+/// Most GPU models one app may allow.
+pub const GPU_MODELS_PER_APP_MAX: usize = 16;
+
+/// Most distinct task shapes the `fgd` policy weighs when it measures fragmentation: the
+/// most common ones, which in a production trace cover nearly every task (openb's 8,152 tasks
+/// have 151 shapes; its commonest 64 cover 97% of them).
+pub const FGD_SHAPES_MAX: usize = 64;
+
 const _: () = assert!(NAME_LEN_MAX <= 63, "names end up in DNS labels");
+const _: () = assert!(GPUS_PER_NODE_MAX <= 64, "a node's free GPUs are one u64 mask");
 const _: () = assert!(RENDEZVOUS_GROUPS.is_power_of_two());
 const _: () = assert!((REPLICAS_PER_APP_MAX as usize) <= BACKENDS_MAX, "every replica can be a backend");
 const _: () = assert!(AUTOSCALE_SAMPLES_MAX >= 2);
@@ -165,8 +184,13 @@ pub const NODE_ADDR_LEN_MAX: usize = 255;
 pub const INTERNED_MAX: usize = 1 << 16;
 
 /// The most one container takes in a status: its slot (app name and index), container id,
-/// host port and state, with their length prefixes.
-pub const CONTAINER_STATUS_BYTES_MAX: usize = NAME_LEN_MAX + 5 + CONTAINER_ID_LEN_MAX + 2 + 3 + 1;
+/// host port and state, with their length prefixes, and one GPU (a share of one, or the first
+/// of its whole ones).
+pub const CONTAINER_STATUS_BYTES_MAX: usize = NAME_LEN_MAX + 5 + CONTAINER_ID_LEN_MAX + 2 + 3 + 1 + 1 + GPU_BYTES;
+
+/// One GPU in a status: its index and share, varints of at most 1 and 2 bytes. A node's
+/// containers hold at most one GPU each beyond its own GPUs: whole GPUs are held alone.
+pub const GPU_BYTES: usize = 3;
 
 const _: () = assert!(PACKET_BYTES_MAX <= 65_507, "a packet is one UDP datagram");
 const _: () = assert!(
@@ -178,7 +202,11 @@ const _: () = assert!(
     "the largest entry (its key, head and value) fits one packet"
 );
 const _: () = assert!(
-    NODE_SPEC_BYTES_MAX + NODE_ADDR_LEN_MAX + 64 + LOCAL_SLOTS_MAX * CONTAINER_STATUS_BYTES_MAX
+    NODE_SPEC_BYTES_MAX
+        + NODE_ADDR_LEN_MAX
+        + 64
+        + LOCAL_SLOTS_MAX * CONTAINER_STATUS_BYTES_MAX
+        + GPUS_PER_NODE_MAX as usize * GPU_BYTES
         <= REGISTRY_VALUE_BYTES_MAX,
     "a node's status with every slot it may run fits one registry value"
 );

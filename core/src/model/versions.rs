@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AppSpec, HealthCheck, Resources, SpecError, Volume, at_most, invalid};
+use super::{AppSpec, GpuRequest, HealthCheck, Resources, SpecError, Volume, at_most, invalid};
 use crate::limits;
 
 /// How a new version replaces the running one (`[app.update]`): a rolling update, start-first
@@ -54,6 +54,9 @@ pub struct Template {
     pub env: BTreeMap<String, String>,
     /// Reserved for each replica.
     pub resources: Resources,
+    /// The GPUs each replica holds.
+    #[serde(default)]
+    pub gpu: GpuRequest,
     /// The port the app listens on inside its container.
     pub container_port: u16,
     /// A volume mounted into every replica.
@@ -98,6 +101,7 @@ impl AppSpec {
             command: self.command.clone(),
             env: self.env.clone(),
             resources: self.resources,
+            gpu: self.gpu.clone(),
             container_port: self.container_port,
             volume: self.volume.clone(),
             health: self.health.clone(),
@@ -112,6 +116,7 @@ impl AppSpec {
             && self.command == t.command
             && self.env == t.env
             && self.resources == t.resources
+            && self.gpu == t.gpu
             && self.container_port == t.container_port
             && self.volume == t.volume
             && self.health == t.health
@@ -126,6 +131,7 @@ impl AppSpec {
             command: t.command,
             env: t.env,
             resources: t.resources,
+            gpu: t.gpu,
             container_port: t.container_port,
             volume: t.volume,
             health: t.health,

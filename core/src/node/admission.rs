@@ -57,8 +57,16 @@ fn check_status(node: &crate::model::NodeId, status: &NodeStatus) -> Result<(), 
     if status.containers.len() > limits::LOCAL_SLOTS_MAX {
         return Err(format!("{} containers, more than a node runs", status.containers.len()));
     }
+    if status.spec.gpus > limits::GPUS_PER_NODE_MAX {
+        return Err(format!("{} GPUs, more than a node may offer", status.spec.gpus));
+    }
+    if status.spec.gpus > 0 {
+        crate::model::validate_gpu_model(&status.spec.gpu_model)?;
+    }
     let mut slots = std::collections::BTreeSet::new();
     let mut ports = std::collections::BTreeSet::new();
+    // Thousandths held of each GPU, over the containers.
+    let mut held = vec![0u32; status.spec.gpus as usize];
     // In slot and version order, as a node lists them and the view keeps them.
     if !status.containers.windows(2).all(|w| (&w[0].slot, w[0].version) <= (&w[1].slot, w[1].version)) {
         return Err("containers not in slot and version order".into());
@@ -83,6 +91,20 @@ fn check_status(node: &crate::model::NodeId, status: &NodeStatus) -> Result<(), 
         }
         if !ports.insert(c.host_port) {
             return Err(format!("host port {} given to two slots", c.host_port));
+        }
+        // Whole GPUs, each once, or one share of one; never more of a GPU than it has.
+        let shares = c.gpus.iter().filter(|g| g.milli < limits::GPU_MILLI).count();
+        if c.gpus.len() > 1 && shares > 0 {
+            return Err(format!("slot {}: a share of a GPU beside others", c.slot));
+        }
+        for g in &c.gpus {
+            let Some(h) = held.get_mut(g.index as usize) else {
+                return Err(format!("slot {}: GPU {} of a node with {}", c.slot, g.index, status.spec.gpus));
+            };
+            *h += g.milli;
+            if g.milli == 0 || *h > limits::GPU_MILLI {
+                return Err(format!("slot {}: GPU {} held past its whole", c.slot, g.index));
+            }
         }
     }
     Ok(())

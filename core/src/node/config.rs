@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 use crate::membership::{MembershipMode, PeerAddr, SwimConfig};
-use crate::model::{Labels, NodeId, NodeSpec, Resources};
+use crate::model::{HostPorts, Labels, NodeId, NodeSpec, Resources};
 use crate::schedule::Policy;
 
 /// How one agent behaves. Every field has a default that suits a LAN.
@@ -21,6 +21,10 @@ pub struct NodeConfig {
     pub capacity: Resources,
     /// This node's labels, matched by app constraints.
     pub labels: Labels,
+    /// GPUs this node offers to containers, indexed from 0 (`NodeSpec::gpus`).
+    pub gpus: u32,
+    /// Their model; empty when it has none.
+    pub gpu_model: String,
     /// The placement policy. Every node of a cluster must use the same one.
     pub policy: Policy,
     /// Host ports for containers: `host_port_min..=host_port_max`.
@@ -88,6 +92,8 @@ impl NodeConfig {
             addr: addr.to_owned(),
             capacity,
             labels: Labels::new(),
+            gpus: 0,
+            gpu_model: String::new(),
             policy: Policy::default(),
             host_port_min: 8000,
             host_port_max: 8999,
@@ -132,6 +138,14 @@ impl NodeConfig {
                 limits::NODE_SPEC_BYTES_MAX
             ));
         }
+        if self.gpus > limits::GPUS_PER_NODE_MAX {
+            return Err(format!("gpus: {} is more than the limit of {}", self.gpus, limits::GPUS_PER_NODE_MAX));
+        }
+        if self.gpus > 0 {
+            crate::model::validate_gpu_model(&self.gpu_model).map_err(|e| format!("gpu_model: {e}"))?;
+        } else if !self.gpu_model.is_empty() {
+            return Err("gpu_model: given for a node with no GPUs (gpus = 0)".into());
+        }
         if self.host_port_min > self.host_port_max {
             return Err(format!(
                 "host_port_min ({}) is above host_port_max ({})",
@@ -142,6 +156,13 @@ impl NodeConfig {
     }
 
     pub(super) fn spec(&self) -> NodeSpec {
-        NodeSpec { id: self.id.clone(), capacity: self.capacity, labels: self.labels.clone() }
+        NodeSpec {
+            id: self.id.clone(),
+            capacity: self.capacity,
+            labels: self.labels.clone(),
+            gpus: self.gpus,
+            gpu_model: self.gpu_model.clone(),
+            host_ports: HostPorts { min: self.host_port_min, max: self.host_port_max },
+        }
     }
 }

@@ -161,10 +161,11 @@ fn status(rng: &mut SplitMix64, writer: &str) -> NodeStatus {
             ][rng.below(4)],
             version: edge(rng),
             ready: rng.below(2) == 0,
+            gpus: Vec::new(),
         })
         .collect();
     NodeStatus {
-        spec: NodeSpec { id: NodeId::new(&owner), capacity: resources(rng), labels: Labels::new() },
+        spec: NodeSpec { id: NodeId::new(&owner), capacity: resources(rng), labels: Labels::new(), ..NodeSpec::new("", Resources::ZERO) },
         addr: name(rng),
         containers,
         generation: edge(rng),

@@ -170,7 +170,7 @@ fn an_invalid_spec_by_gossip_is_refused_and_never_blocks_a_later_apply() {
 fn a_status_written_by_another_node_or_listing_a_slot_twice_is_refused() {
     let mut nodes = swim_pair();
     let status = |containers: Vec<ContainerStatus>| NodeStatus {
-        spec: NodeSpec { id: NodeId::new("b"), capacity: Resources::new(1, 1), labels: Default::default() },
+        spec: NodeSpec { id: NodeId::new("b"), capacity: Resources::new(1, 1), labels: Default::default(), ..NodeSpec::new("", Resources::ZERO) },
         addr: "10.6.6.6".into(),
         containers,
         generation: 1,
@@ -186,6 +186,7 @@ fn a_status_written_by_another_node_or_listing_a_slot_twice_is_refused() {
         state: ContainerState::Healthy,
         version: 0,
         ready: false,
+        gpus: Vec::new(),
     };
     let version = Version { wall_ms: 3000, logical: 9, writer: NodeId::new("b") };
     let bytes =

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::autoscale::ScaleDecision;
 use crate::health::HealthState;
 use crate::membership::PeerAddr;
-use crate::model::{AppName, AppSpec, HealthKind, NodeId, PickerKind, SlotId};
+use crate::model::{AppName, AppSpec, GpuShare, HealthKind, NodeId, PickerKind, SlotId};
 use crate::registry::RegistryError;
 use crate::rollout::Outcome;
 use crate::schedule::Unplaceable;
@@ -50,6 +50,8 @@ pub enum Action {
         app: Box<AppSpec>,
         /// The host port, from the node's range; the same on every restart of the slot.
         host_port: u16,
+        /// The GPUs it holds, by index on this node; the same on every restart.
+        gpus: Vec<GpuShare>,
         /// Identifies this start; a late answer to an older one is ignored.
         generation: u64,
     },
@@ -221,9 +223,24 @@ pub enum ContainerEvent {
     },
     /// At start-up: the containers this node already runs (found by their labels).
     Adopted {
-        /// Each slot with its container, host port and version (0 when unknown).
-        containers: Vec<(SlotId, String, u16, u64)>,
+        /// Each one found.
+        containers: Vec<Found>,
     },
+}
+
+/// A container found running at start-up, as its labels describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The slot it serves.
+    pub slot: SlotId,
+    /// The runtime's id.
+    pub container: String,
+    /// The host port it is published on.
+    pub host_port: u16,
+    /// The version of its app it runs (0 when unknown).
+    pub version: u64,
+    /// The GPUs it was given.
+    pub gpus: Vec<GpuShare>,
 }
 
 /// What an operator asks of the cluster, through any node.

@@ -6,6 +6,7 @@ use crate::health::HealthState;
 use crate::model::{Autoscale, ScaleRule, SlotId};
 use crate::schedule::ContainerState;
 
+use super::Found;
 use super::testing::{Cluster, quick_app};
 use super::*;
 
@@ -131,7 +132,10 @@ fn adopting_two_containers_of_one_slot_keeps_the_first_and_stops_the_other() {
     let mut cluster = Cluster::new(1);
     let web0 = slot("web", 0);
     let event = ContainerEvent::Adopted {
-        containers: vec![(web0.clone(), "first".into(), 8000, 0), (web0.clone(), "second".into(), 8001, 0)],
+        containers: vec![
+            Found { slot: web0.clone(), container: "first".into(), host_port: 8000, version: 0, gpus: Vec::new() },
+            Found { slot: web0.clone(), container: "second".into(), host_port: 8001, version: 0, gpus: Vec::new() },
+        ],
     };
     cluster.nodes[0].handle_container_event(Time::from_millis(1), event);
     let actions: Vec<Action> = std::iter::from_fn(|| cluster.nodes[0].poll_action()).collect();

@@ -92,7 +92,7 @@ use balancers::Balancers;
 pub use config::NodeConfig;
 use gossip::Gossip;
 use io::Effects;
-pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event};
+pub use io::{Action, Backend, Command, CommandError, ContainerEvent, Event, Found};
 use members::Members;
 use on_commands::Roll;
 pub use on_rollout::RolloutView;

@@ -51,14 +51,15 @@ impl Node {
                 // Containers of its own, and no desired state at all: the state may be lost
                 // (a wiped data directory), not empty. They are kept until a peer or the
                 // operator says what the desired state is (`desired_confirmed`).
-                let unknown = containers.iter().filter(|(slot, ..)| !self.knows_app(&slot.app)).count();
+                let unknown = containers.iter().filter(|f| !self.knows_app(&f.slot.app)).count();
                 if unknown > 0 && !self.registry.iter().any(|(k, _)| k.is_desired_state()) {
                     self.desired_confirmed = false;
                     self.out.event(Event::KeptUnconfirmed { containers: unknown });
                 }
-                for (slot, container, host_port, version) in containers {
-                    let spec = self.instance_spec(&slot.app, version);
-                    self.slots.adopt(now, slot, version, container, host_port, spec.as_ref(), &mut self.out);
+                for f in containers {
+                    let spec = self.instance_spec(&f.slot.app, f.version);
+                    let held = (f.host_port, f.gpus);
+                    self.slots.adopt(now, f.slot, f.version, f.container, held, spec.as_ref(), &mut self.out);
                 }
                 self.publish_status(now);
             }
@@ -165,6 +166,7 @@ impl Node {
                     state: c.state,
                     version: c.version,
                     ready: c.ready,
+                    gpus: c.gpus.clone(),
                 })
                 .collect();
             observed.push((node.clone(), containers));
@@ -251,16 +253,16 @@ impl Node {
     pub(super) fn carry_out(&mut self, now: Time, order: Order) -> bool {
         match order {
             Order::Stop(slot, start) => self.slots.stop(now, &slot, start, self.config.drain_ms, &mut self.out),
-            Order::Claim(slot) => {
+            Order::Claim(slot, gpus) => {
                 let Some(port) = self.free_host_port(now) else { return false };
                 let spec = self.effective_spec(&slot.app);
                 let version = spec.as_ref().map_or(0, |s| s.version);
                 let settle_ms = self.config.claim_settle_ms;
-                self.slots.claim(now, slot, version, port, spec.as_ref(), settle_ms, &mut self.out);
+                self.slots.claim(now, slot, version, (port, gpus), spec.as_ref(), settle_ms, &mut self.out);
             }
-            Order::Retry(slot, start) => {
+            Order::Retry(slot, start, gpus) => {
                 let spec = self.effective_spec(&slot.app);
-                self.slots.retry_failed(&slot, start, spec.as_ref());
+                self.slots.retry_failed(&slot, start, gpus, spec.as_ref());
                 self.start(now, &slot, start);
             }
         }

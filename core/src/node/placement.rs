@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::model::{NodeId, SlotId};
+use crate::model::{GpuShare, NodeId, SlotId};
 use crate::schedule::{ObservedContainer, Plan, Unplaceable};
 use crate::time::Time;
 
@@ -23,12 +23,12 @@ pub(super) enum Order {
     /// Stop the container of the slot's instance at this attempt and forget the instance: the
     /// slot runs elsewhere, twice, on a newer version, or no more.
     Stop(SlotId, u64),
-    /// Claim the slot, placed here, on a free host port: a new instance, beside an old
-    /// version's if the slot is being replaced.
-    Claim(SlotId),
+    /// Claim the slot, placed here, on a free host port and the GPUs placement gave it: a new
+    /// instance, beside an old version's if the slot is being replaced.
+    Claim(SlotId, Vec<GpuShare>),
     /// Start the slot's instance at this attempt, which failed here past its budget, again
-    /// with a fresh budget: nowhere else fits.
-    Retry(SlotId, u64),
+    /// with a fresh budget, on the GPUs placement gave it: nowhere else fits.
+    Retry(SlotId, u64, Vec<GpuShare>),
 }
 
 /// What this node orders itself from `plan`: its stops (of containers that are still the ones
@@ -49,9 +49,10 @@ pub(super) fn orders(plan: &Plan, me: &NodeId, slots: &Slots, current: impl Fn(&
         if instances.iter().any(|(_, l)| l.phase != Phase::Failed) {
             continue;
         }
+        let gpus = plan.gpus_of(&slot);
         match instances.first() {
-            Some((_, l)) => orders.push(Order::Retry(slot, l.start)),
-            None => orders.push(Order::Claim(slot)),
+            Some((_, l)) => orders.push(Order::Retry(slot, l.start, gpus)),
+            None => orders.push(Order::Claim(slot, gpus)),
         }
     }
     orders

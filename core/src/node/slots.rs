@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::health::{Backoff, BackoffDecision, HealthState, HealthTracker, ProbeOutcome};
 use crate::limits;
 use crate::model::HealthCheck;
-use crate::model::{AppSpec, SlotId};
+use crate::model::{AppSpec, GpuShare, SlotId};
 use crate::schedule::{ContainerState, ObservedContainer};
 use crate::time::Time;
 
@@ -54,6 +54,8 @@ pub(super) struct Local {
     pub(super) ready: bool,
     /// The host port it listens on, the same through every restart.
     pub(super) host_port: u16,
+    /// The GPUs it holds, the same through every restart.
+    pub(super) gpus: Vec<GpuShare>,
     /// The runtime's id, while the phase is `Running`.
     container: Option<Arc<str>>,
     /// Where it is in its lifecycle.
@@ -83,6 +85,12 @@ impl Local {
     /// Whether the container peers hear of is `id` ([`STARTING`] while there is none).
     pub(super) fn reports_container(&self, id: &str) -> bool {
         self.container.as_deref().unwrap_or(STARTING) == id
+    }
+
+    /// The GPUs peers hear it holds: none once it failed for good, since placement gives
+    /// them to others then.
+    fn reported_gpus(&self) -> Vec<GpuShare> {
+        if self.phase == Phase::Failed { Vec::new() } else { self.gpus.clone() }
     }
 
     /// The container id peers hear of: [`STARTING`] while there is none.
@@ -152,7 +160,7 @@ impl Slots {
         now: Time,
         slot: SlotId,
         version: u64,
-        host_port: u16,
+        (host_port, gpus): (u16, Vec<GpuShare>),
         phase: Phase,
         container: Option<String>,
         spec: Option<&AppSpec>,
@@ -164,25 +172,27 @@ impl Slots {
         let start = self.next_start();
         let container = container.map(Arc::from);
         let key = (slot, start);
-        let l = Local { version, on_trial: false, ready: false, host_port, container, phase, health, backoff, start };
+        let l =
+            Local { version, on_trial: false, ready: false, host_port, gpus, container, phase, health, backoff, start };
         assert!(self.local.insert(key.clone(), l).is_none(), "an instance is inserted once");
         key
     }
 
-    /// Placement put `slot` here: an instance of `version` is claimed on `host_port` for
-    /// `settle_ms`, then started if no other node's claim won it (`Timer::Claim`).
+    /// Placement put `slot` here: an instance of `version` is claimed on `host_port`, with
+    /// the GPUs placement gave it, for `settle_ms`, then started if no other node's claim won
+    /// it (`Timer::Claim`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn claim(
         &mut self,
         now: Time,
         slot: SlotId,
         version: u64,
-        host_port: u16,
+        held: (u16, Vec<GpuShare>),
         spec: Option<&AppSpec>,
         settle_ms: u64,
         out: &mut Effects,
     ) {
-        let (slot, start) = self.insert(now, slot, version, host_port, Phase::Claimed, None, spec);
+        let (slot, start) = self.insert(now, slot, version, held, Phase::Claimed, None, spec);
         out.schedule(now + Duration::from_millis(settle_ms), Timer::Claim { slot, start });
     }
 
@@ -196,7 +206,7 @@ impl Slots {
         slot: SlotId,
         version: u64,
         container: String,
-        host_port: u16,
+        held: (u16, Vec<GpuShare>),
         spec: Option<&AppSpec>,
         out: &mut Effects,
     ) {
@@ -208,7 +218,7 @@ impl Slots {
             out.push(Action::StopContainer { container, slot, drain_ms: 0 });
             return;
         }
-        let key = self.insert(now, slot, version, host_port, Phase::Running, Some(container), spec);
+        let key = self.insert(now, slot, version, held, Phase::Running, Some(container), spec);
         self.arm_health(now, &key, out);
     }
 
@@ -241,7 +251,13 @@ impl Slots {
         // Its health tracker is made when the container runs (`started`).
         let host_port = l.host_port;
         out.event(Event::Starting { slot: slot.clone(), host_port });
-        out.push(Action::StartContainer { slot: slot.clone(), app: Box::new(spec), host_port, generation: attempt });
+        out.push(Action::StartContainer {
+            slot: slot.clone(),
+            app: Box::new(spec),
+            host_port,
+            gpus: l.gpus.clone(),
+            generation: attempt,
+        });
     }
 
     /// The runtime started `container` for `slot`'s attempt `start`. Returns whether that is
@@ -382,10 +398,11 @@ impl Slots {
     /// A failed instance of `slot` at `start`, placed back here because nowhere else fits: it
     /// backs off with a fresh budget from `spec` (its old one when the app is gone), to be
     /// started at once.
-    pub(super) fn retry_failed(&mut self, slot: &SlotId, start: u64, spec: Option<&AppSpec>) {
+    pub(super) fn retry_failed(&mut self, slot: &SlotId, start: u64, gpus: Vec<GpuShare>, spec: Option<&AppSpec>) {
         let key = self.key_at(slot, start).expect("present");
         let l = self.local.get_mut(&key).expect("found");
         assert_eq!(l.phase, Phase::Failed, "only a failed slot is retried");
+        l.gpus = gpus;
         if let Some(spec) = spec {
             l.backoff = Backoff::new(&spec.restart);
         }
@@ -448,6 +465,7 @@ impl Slots {
                 state: l.reported_state(),
                 version: l.version,
                 ready: l.ready,
+                gpus: l.reported_gpus(),
             })
             .collect()
     }
@@ -465,6 +483,7 @@ impl Slots {
                 state: l.reported_state(),
                 version: l.version,
                 ready: l.ready,
+                gpus: l.reported_gpus(),
             })
             .collect();
         // Sorted by slot already; only a slot's instances may be out of version order.

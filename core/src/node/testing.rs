@@ -12,7 +12,7 @@ use crate::membership::PeerAddr;
 use crate::model::{AppName, AppSpec, NodeId, Resources, SlotId};
 use crate::time::Time;
 
-use super::{Action, Command, ContainerEvent, Event, Node, NodeConfig};
+use super::{Action, Command, ContainerEvent, Event, Found, Node, NodeConfig};
 
 /// The most simulated milliseconds one `run_until` may cover: a test that needs more is
 /// waiting for something that does not happen.
@@ -160,7 +160,10 @@ impl Cluster {
     /// Node `at` reports the containers it found running at its start.
     pub(super) fn adopt(&mut self, at: usize, containers: Vec<(SlotId, String, u16)>) {
         // Labels from before versions: version 0, which every spec runs as.
-        let containers = containers.into_iter().map(|(s, c, p)| (s, c, p, 0)).collect();
+        let containers = containers
+            .into_iter()
+            .map(|(slot, container, host_port)| Found { slot, container, host_port, version: 0, gpus: Vec::new() })
+            .collect();
         self.nodes[at].handle_container_event(Time::from_millis(self.now), ContainerEvent::Adopted { containers });
         self.drain(at);
     }
@@ -186,7 +189,7 @@ impl Cluster {
                         self.in_flight.push_back((self.now + 1, j, bytes));
                     }
                 }
-                Action::StartContainer { slot, host_port, generation, app } => {
+                Action::StartContainer { slot, host_port, generation, app, .. } => {
                     if self.missing_images.contains(&app.image) {
                         let error = format!("no such image: {}", app.image);
                         let event = ContainerEvent::StartFailed { slot, generation, error };

@@ -31,7 +31,7 @@ fn every_message_survives_the_wire_format() {
         .unwrap();
     registry.put(t, Key::Scale(AppName::new("web")), Value::Scale(4)).unwrap();
     let status = NodeStatus {
-        spec: NodeSpec { id: NodeId::new("a"), capacity: Resources::new(1000, 1000), labels: Labels::new() },
+        spec: NodeSpec { id: NodeId::new("a"), capacity: Resources::new(1000, 1000), labels: Labels::new(), ..NodeSpec::new("", Resources::ZERO) },
         addr: "10.0.0.1".into(),
         generation: 1,
         containers: vec![ContainerStatus {
@@ -41,6 +41,7 @@ fn every_message_survives_the_wire_format() {
             state: ContainerState::Healthy,
             version: 0,
             ready: false,
+            gpus: Vec::new(),
         }],
     };
     registry.put(t, Key::Status(NodeId::new("a")), Value::Status(status)).unwrap();
@@ -149,7 +150,7 @@ fn status_packet(generation: u64, wall_ms: u64) -> Vec<u8> {
     let b = NodeId::new("b");
     let mut registry: Registry<Value> = Registry::new(b.clone());
     let status = NodeStatus {
-        spec: NodeSpec { id: b.clone(), capacity: Resources::new(4000, 4096), labels: Labels::new() },
+        spec: NodeSpec { id: b.clone(), capacity: Resources::new(4000, 4096), labels: Labels::new(), ..NodeSpec::new("", Resources::ZERO) },
         addr: "10.0.0.2".into(),
         generation,
         containers: vec![ContainerStatus {
@@ -159,6 +160,7 @@ fn status_packet(generation: u64, wall_ms: u64) -> Vec<u8> {
             state: ContainerState::Healthy,
             version: 0,
             ready: false,
+            gpus: Vec::new(),
         }],
     };
     registry.put(Time::from_millis(wall_ms), Key::Status(b.clone()), Value::Status(status)).unwrap();

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 use crate::membership::{SwimId, SwimMember};
-use crate::model::{AppName, AppSpec, NodeId, NodeSpec, SlotId};
+use crate::model::{AppName, AppSpec, GpuShare, NodeId, NodeSpec, SlotId};
 use crate::registry::{Digest, Entry, Head, Key};
 use crate::rollout::RolloutRecord;
 use crate::schedule::ContainerState;
@@ -58,6 +58,9 @@ pub struct ContainerStatus {
     /// Whether it counts in its app's rollout: healthy for the update's `min_healthy_ms`
     /// (at once, outside a rollout), so that its slot's old replica may stop.
     pub ready: bool,
+    /// The GPUs it holds (none once it failed for good).
+    #[serde(default)]
+    pub gpus: Vec<GpuShare>,
 }
 
 /// The container id reported for a slot whose start was asked for but not yet confirmed.

@@ -21,15 +21,21 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+mod fgd;
+mod gpu;
 mod policies;
 mod preempt;
+mod reasons;
 mod roll;
 
+pub use fgd::Shape;
+use gpu::{Grant, GpuNeed, GpuTable, Models};
+pub use reasons::{Unplaceable, Unschedulable};
 use roll::{KeptState, OldKept};
 
 use crate::hash::{mix, stable_hash};
 use crate::limits;
-use crate::model::{AppName, AppSpec, Labels, NodeId, NodeSpec, Resources, SlotId};
+use crate::model::{AppName, AppSpec, GpuShare, Labels, NodeId, NodeSpec, Resources, SlotId};
 
 /// How missing slots are spread over the nodes that can take them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,15 +53,20 @@ pub enum Policy {
     /// The node ranked first by a hash of (slot, node): a slot's choice does not depend on the
     /// other slots, so views that differ slightly still agree on most placements.
     Rendezvous,
+    /// The node, and GPU, where a replica least increases the expected GPU fragmentation for
+    /// the mix of replica shapes the apps ask for (Weng et al., "Beware of Fragmentation",
+    /// ATC '23: fragmentation gradient descent).
+    Fgd,
 }
 
 impl Policy {
     /// Every policy, by the name used in files and on the command line.
-    pub const ALL: [(&'static str, Policy); 4] = [
+    pub const ALL: [(&'static str, Policy); 5] = [
         ("round-robin", Policy::RoundRobin),
         ("binpack", Policy::BinPack),
         ("spread", Policy::Spread),
         ("rendezvous", Policy::Rendezvous),
+        ("fgd", Policy::Fgd),
     ];
 
     /// The name used in files and on the command line.
@@ -72,7 +83,7 @@ impl fmt::Display for Policy {
 
 /// A policy name that is not one of [`Policy::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown policy {0:?}; allowed: round-robin, binpack, spread, rendezvous")]
+#[error("unknown policy {0:?}; allowed: round-robin, binpack, spread, rendezvous, fgd")]
 pub struct UnknownPolicy(pub String);
 
 impl FromStr for Policy {
@@ -125,6 +136,8 @@ pub struct ObservedContainer {
     pub version: u64,
     /// Whether it counts in a rollout (see `ContainerStatus::ready`).
     pub ready: bool,
+    /// The GPUs it holds.
+    pub gpus: Vec<GpuShare>,
 }
 
 /// What each node reports it runs. Nodes missing from the `nodes` argument of [`place`] are dead:
@@ -164,74 +177,6 @@ pub struct Stop {
     pub reason: StopReason,
 }
 
-/// Why a slot could not be placed. The slot is left unplaced, never over-committed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Unplaceable {
-    /// No live node carries the labels the app requires (or no node is live).
-    NoNodeMatches {
-        /// The required labels, `k=v` joined by commas; empty when there are no live nodes.
-        constraints: String,
-    },
-    /// It ran, or was placed, where a higher-priority slot that fit nowhere else now runs.
-    Preempted {
-        /// The slot that took its place.
-        by: SlotId,
-        /// That slot's priority.
-        priority: i32,
-    },
-    /// Nodes match, but none has the resources free.
-    Insufficient {
-        /// What one replica needs.
-        needs: Resources,
-        /// Live nodes that match the constraints.
-        eligible: usize,
-        /// The most CPU free on any of them.
-        cpu_free_max: u64,
-        /// The most memory free on any of them.
-        mem_free_max: u64,
-    },
-}
-
-impl fmt::Display for Unplaceable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Unplaceable::NoNodeMatches { constraints } if constraints.is_empty() => f.write_str("no live node"),
-            Unplaceable::NoNodeMatches { constraints } => write!(f, "no live node has labels {constraints}"),
-            Unplaceable::Preempted { by, priority } => {
-                write!(f, "preempted by {by} (priority {priority}) and fits nowhere else")
-            }
-            Unplaceable::Insufficient { needs, eligible, cpu_free_max, mem_free_max } => {
-                let mut short = Vec::new();
-                if needs.cpu_millis > *cpu_free_max {
-                    short.push("cpu");
-                }
-                if needs.mem_bytes > *mem_free_max {
-                    short.push("memory");
-                }
-                let what = if short.is_empty() { "cpu and memory together".to_owned() } else { short.join(" and ") };
-                write!(
-                    f,
-                    "insufficient {what}: needs {}m cpu and {} MiB, {eligible} eligible nodes have at most {}m cpu and {} MiB free",
-                    needs.cpu_millis,
-                    needs.mem_mb(),
-                    cpu_free_max,
-                    mem_free_max / limits::MIB
-                )
-            }
-        }
-    }
-}
-
-/// A slot that fits nowhere, with the reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unschedulable {
-    /// The slot.
-    pub slot: SlotId,
-    /// Why it fits nowhere.
-    pub reason: Unplaceable,
-}
-
 /// A slot that [`Plan::remove_node`] moved off a dead node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Move {
@@ -263,13 +208,32 @@ pub struct Plan {
     /// What each node has left: capacity minus `used`, or nothing once the node is dead. Kept
     /// apart from `nodes` so that a scan for a fitting node reads 16 bytes a node, not 80.
     free: Vec<Resources>,
+    /// Replicas on each node (kept, kept beside a new one, placed): each holds a host port.
+    ports_used: Vec<u32>,
+    /// Host ports each node gives replicas: its range, less the ports apps publish there, at
+    /// most `limits::LOCAL_SLOTS_MAX`.
+    ports_cap: Vec<u32>,
+    /// `ports_cap - ports_used`, or 0 once the node is dead; kept current with `used`.
+    ports_free: Vec<u32>,
     /// `score(n)` of each node, kept current by every change to `used`: computing it takes two
     /// divisions, and spread and bin-pack read it for every candidate node.
     scores: Vec<u64>,
+    /// Every node's GPUs and what is free on each.
+    gpus: GpuTable,
     /// Apps in placement order: priority descending, then name.
     apps: Vec<AppSpec>,
+    /// Each app's index in `apps`.
+    app_index: BTreeMap<AppName, u32>,
+    /// What each app's replicas ask of GPUs, in the plan's terms.
+    needs: Vec<Need>,
     /// Per app, per slot index: node index (with `FRESH` when it must be started) or `UNPLACED`.
     slots: Vec<Vec<u32>>,
+    /// Per app that asks for GPUs, per slot index: the GPUs its kept or placed replica holds
+    /// (empty for an app that asks for none).
+    grants: Vec<Vec<Grant>>,
+    /// The mix of replica shapes the `fgd` policy weighs, with its caches: made on first use
+    /// from the apps, or given (`Plan::set_workload`).
+    workload: Option<fgd::Workload>,
     /// Stable hash of each node's name, for rendezvous.
     node_hash: Vec<u64>,
     stops: Vec<Stop>,
@@ -284,6 +248,13 @@ pub struct Plan {
     old_kept: BTreeMap<(u32, u32), OldKept>,
     /// Apps whose rollout is paused (failed, with no revert): no slot of theirs is replaced.
     paused: BTreeSet<AppName>,
+}
+
+/// What one app's replicas ask of GPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Need {
+    gpu: GpuNeed,
+    models: Models,
 }
 
 /// How a slot's containers are ranked when one is kept: state (running, healthy or starting,
@@ -316,13 +287,42 @@ pub fn place_owned(
     assert!(apps.windows(2).all(|w| w[0].name != w[1].name), "app names must be unique");
 
     let node_hash = nodes.iter().map(|n| stable_hash(n.id.as_str().as_bytes())).collect();
+    let gpus = GpuTable::new(&nodes);
+    let mut published: Vec<u16> = apps.iter().map(|a| a.port).collect();
+    published.sort_unstable();
+    let ports_cap: Vec<u32> = nodes
+        .iter()
+        .map(|n| {
+            let r = n.host_ports;
+            let taken = if r.is_empty() {
+                0
+            } else {
+                published.partition_point(|&p| p <= r.max) - published.partition_point(|&p| p < r.min)
+            };
+            (r.len() - taken as u32).min(limits::LOCAL_SLOTS_MAX as u32)
+        })
+        .collect();
+    let needs: Vec<Need> =
+        apps.iter().map(|a| Need { gpu: GpuNeed::of(&a.gpu), models: gpus.models_of(&a.gpu) }).collect();
     let mut plan = Plan {
         policy,
         alive: vec![true; nodes.len()],
         used: vec![Resources::ZERO; nodes.len()],
         scores: vec![0; nodes.len()],
         free: nodes.iter().map(|n| n.capacity).collect(),
+        ports_used: vec![0; nodes.len()],
+        ports_free: ports_cap.clone(),
+        ports_cap,
+        gpus,
         slots: apps.iter().map(|a| vec![UNPLACED; a.replicas as usize]).collect(),
+        grants: apps
+            .iter()
+            .zip(&needs)
+            .map(|(a, need)| if need.gpu == GpuNeed::None { Vec::new() } else { vec![Grant::None; a.replicas as usize] })
+            .collect(),
+        app_index: apps.iter().enumerate().map(|(i, a)| (a.name.clone(), i as u32)).collect(),
+        needs,
+        workload: None,
         nodes,
         apps,
         node_hash,
@@ -360,8 +360,7 @@ impl Plan {
         // `self.nodes` is sorted by name and its names are unique: a binary search finds one.
         let nodes = &self.nodes;
         let node_index = |id: &NodeId| nodes.binary_search_by(|n| n.id.cmp(id)).ok();
-        let app_index: BTreeMap<AppName, usize> =
-            self.apps.iter().enumerate().map(|(i, a)| (a.name.clone(), i)).collect();
+        let app_index = &self.app_index;
         // The best container seen so far for each slot, of the app's version (`cur`) and of
         // an older one (`old`): (rank, node, container), compared so that the choice does not
         // depend on the order of the report.
@@ -380,7 +379,7 @@ impl Plan {
                 let app = match last_app {
                     Some((name, a)) if *name == c.slot.app => a,
                     _ => {
-                        let a = app_index.get(&c.slot.app).copied();
+                        let a = app_index.get(&c.slot.app).map(|&a| a as usize);
                         last_app = Some((&c.slot.app, a));
                         a
                     }
@@ -395,7 +394,7 @@ impl Plan {
                     }
                     continue;
                 }
-                if !self.apps[a].admits(&self.nodes[n].labels) {
+                if self.grant_of(a, n, c).is_none() {
                     continue;
                 }
                 let key = (Reverse(c.state.keep_rank()), n, &c.container);
@@ -411,10 +410,27 @@ impl Plan {
         let mut states = BTreeMap::new();
         let mut rolling: BTreeSet<usize> = old.keys().map(|&(a, _)| a).collect();
         rolling.retain(|a| !self.paused.contains(&self.apps[*a].name) && !failing.contains(a));
-        for (&(a, i), &((_, n, container), c)) in cur.iter().chain(old.iter().filter(|(k, _)| !cur.contains_key(k))) {
+        // Containers whose GPUs a container kept before them holds (two reports disagree):
+        // they are stopped, and their slots placed again.
+        let mut refused: BTreeSet<(usize, &Arc<str>)> = BTreeSet::new();
+        let kept: Vec<((usize, u32), usize, &Arc<str>, &ObservedContainer)> = cur
+            .iter()
+            .chain(old.iter().filter(|(k, _)| !cur.contains_key(k)))
+            .map(|(&k, &((_, n, container), c))| (k, n, container, c))
+            .collect();
+        for ((a, i), n, container, c) in kept {
+            let grant = self.grant_of(a, n, c).expect("only admitted containers are kept");
+            if !self.hold(n, self.apps[a].resources, grant) {
+                refused.insert((n, container));
+                cur.remove(&(a, i));
+                old.remove(&(a, i));
+                continue;
+            }
+            if !self.grants[a].is_empty() {
+                self.grants[a][i as usize] = grant;
+            }
             self.kept_containers.insert((a as u32, i), container.clone());
             self.slots[a][i as usize] = n as u32;
-            self.set_used(n, self.used[n].saturating_add(self.apps[a].resources));
             if rolling.contains(&a) {
                 states.insert((a as u32, i), KeptState { current: self.apps[a].runs_as(c.version), state: c.state });
             }
@@ -426,15 +442,21 @@ impl Plan {
             }
             let spec = &self.apps[a];
             let resources = spec.template_of(c.version).map_or(spec.resources, |t| t.resources);
-            self.old_kept.insert((a as u32, i), OldKept { node: n as u32, container: container.clone(), resources });
-            self.set_used(n, self.used[n].saturating_add(resources));
+            let grant = self.grant_of(a, n, c).expect("only admitted containers are kept");
+            if !self.hold(n, resources, grant) {
+                refused.insert((n, container));
+                continue;
+            }
+            self.old_kept.insert((a as u32, i), OldKept { node: n as u32, container: container.clone(), resources, grant });
         }
         for (n, app, c) in candidates {
             let reason = match app {
                 None => StopReason::Surplus,
                 Some(a) if c.slot.index >= self.apps[a].replicas => StopReason::Surplus,
                 Some(_) if c.state == ContainerState::Failed => StopReason::Failed,
-                Some(a) if !self.apps[a].admits(&self.nodes[n].labels) => StopReason::Evicted,
+                Some(a) if self.grant_of(a, n, c).is_none() || refused.contains(&(n, &c.container)) => {
+                    StopReason::Evicted
+                }
                 Some(a) => {
                     let key = (a, c.slot.index);
                     let kept = |m: &BTreeMap<(usize, u32), (KeepKey<'_>, &ObservedContainer)>| {
@@ -467,8 +489,11 @@ impl Plan {
     /// A node whose kept slots exceed its capacity (its capacity shrank, or two views each
     /// filled it) sheds its lowest-priority slots until it fits; they are placed again.
     fn evict_over_capacity(&mut self) {
+        let over = |plan: &Plan, n: usize| {
+            !plan.used[n].fits_in(plan.nodes[n].capacity) || plan.ports_used[n] > plan.ports_cap[n]
+        };
         for n in 0..self.nodes.len() {
-            if self.used[n].fits_in(self.nodes[n].capacity) {
+            if !over(self, n) {
                 continue;
             }
             // Apps are in placement order, so the last kept slots are the least important.
@@ -479,15 +504,16 @@ impl Plan {
             // Old containers kept beside new ones go first: their slots keep running.
             let mut olds: Vec<(u32, u32)> =
                 self.old_kept.iter().filter(|(_, o)| o.node as usize == n).map(|(k, _)| *k).collect();
-            while !self.used[n].fits_in(self.nodes[n].capacity) {
+            while over(self, n) {
                 let (slot, container) = if let Some((a, i)) = olds.pop() {
                     let old = self.old_kept.remove(&(a, i)).expect("listed");
-                    self.set_used(n, self.used[n].saturating_sub(old.resources));
+                    self.release(n, old.resources, old.grant);
                     (SlotId { app: self.apps[a as usize].name.clone(), index: i }, old.container)
                 } else {
                     let (a, i) = kept.pop().expect("an over-full node keeps at least one slot");
                     self.slots[a][i] = UNPLACED;
-                    self.set_used(n, self.used[n].saturating_sub(self.apps[a].resources));
+                    let grant = self.take_grant(a, i as u32);
+                    self.release(n, self.apps[a].resources, grant);
                     let container =
                         self.kept_containers.remove(&(a as u32, i as u32)).expect("a kept slot has a container");
                     (SlotId { app: self.apps[a].name.clone(), index: i as u32 }, container)
@@ -501,7 +527,7 @@ impl Plan {
     fn place_missing(&mut self, missing: &[(u32, u32)]) {
         let mut cursor = 0usize; // round-robin: the next node index to consider
         let mut groups: Option<Vec<Vec<u32>>> = None; // rendezvous skeleton, built on first use
-        let mut eligible_cache: BTreeMap<Labels, Vec<u32>> = BTreeMap::new();
+        let mut eligible_cache: BTreeMap<(Labels, Option<Models>), Vec<u32>> = BTreeMap::new();
         let mut start = 0;
         while start < missing.len() {
             let a = missing[start].0 as usize;
@@ -509,14 +535,8 @@ impl Plan {
             let indexes: Vec<u32> = missing[start..end].iter().map(|&(_, i)| i).collect();
             start = end;
 
-            let constraints = self.apps[a].constraints.clone();
-            let eligible = eligible_cache.entry(constraints).or_insert_with_key(|c| {
-                (0..self.nodes.len() as u32)
-                    .filter(|&n| {
-                        self.alive[n as usize] && c.iter().all(|(k, v)| self.nodes[n as usize].labels.get(k) == Some(v))
-                    })
-                    .collect()
-            });
+            let key = self.eligibility(a);
+            let eligible = eligible_cache.entry(key.clone()).or_insert_with(|| self.eligible(a));
             let eligible = std::mem::take(eligible);
             if !self.avoid.is_empty() && indexes.iter().any(|&i| self.avoid.contains_key(&(a as u32, i))) {
                 // Some slot must avoid the node it failed on: the slow path, slot by slot.
@@ -525,7 +545,7 @@ impl Plan {
                     let slot = SlotId { app: self.apps[a].name.clone(), index: i };
                     self.unschedulable.push(Unschedulable { slot, reason });
                 }
-                *eligible_cache.get_mut(&self.apps[a].constraints).expect("just inserted") = eligible;
+                *eligible_cache.get_mut(&key).expect("just inserted") = eligible;
                 continue;
             }
             let placed = match self.policy {
@@ -536,6 +556,7 @@ impl Plan {
                     let groups = groups.get_or_insert_with(|| self.rendezvous_groups());
                     self.place_rendezvous(a, &indexes, &eligible, groups)
                 }
+                Policy::Fgd => self.place_fgd(a, &indexes, &eligible),
             };
             if placed < indexes.len() {
                 let reason = self.why_unplaceable(a, &eligible);
@@ -545,31 +566,108 @@ impl Plan {
                     self.unschedulable.push(Unschedulable { slot, reason: reason.clone() });
                 }
             }
-            *eligible_cache.get_mut(&self.apps[a].constraints).expect("just inserted") = eligible;
+            *eligible_cache.get_mut(&key).expect("just inserted") = eligible;
         }
     }
 
-    fn free(&self, n: usize) -> Resources {
-        self.free[n]
+    /// What decides which nodes app `a` may run on: its labels, and for an app that asks for
+    /// GPUs, the models it allows.
+    fn eligibility(&self, a: usize) -> (Labels, Option<Models>) {
+        let gpu = (self.needs[a].gpu != GpuNeed::None).then(|| self.needs[a].models.clone());
+        (self.apps[a].constraints.clone(), gpu)
     }
 
-    /// Whether one more replica of app `a` fits on node `n`; never true of a dead node, since
-    /// every replica asks for some CPU and a dead node has none free.
+    /// The live nodes app `a` may run on, whatever they have free: they carry its labels and,
+    /// if it asks for GPUs, have GPUs of a model it allows.
+    fn eligible(&self, a: usize) -> Vec<u32> {
+        let gpu = self.needs[a].gpu != GpuNeed::None;
+        (0..self.nodes.len() as u32)
+            .filter(|&n| {
+                let n = n as usize;
+                self.alive[n]
+                    && self.apps[a].admits(&self.nodes[n].labels)
+                    && (!gpu || self.needs[a].models.allows(self.gpus.model(n)))
+            })
+            .collect()
+    }
+
+    /// Whether one more replica of app `a` fits on node `n`: its resources, a host port and
+    /// its GPUs are free there. Never true of a dead node, since every replica asks for some
+    /// CPU and a dead node has none free.
     fn fits(&self, a: usize, n: usize) -> bool {
         self.apps[a].resources.fits_in(self.free[n])
+            && self.ports_free[n] > 0
+            && self.gpus.fits(n, self.needs[a].gpu, &self.needs[a].models)
+    }
+
+    /// What container `c` of app `a` on node `n` holds there, if the node still admits it: it
+    /// carries the app's labels, and its GPUs are ones a replica may hold on the node; one of
+    /// the app's version holds what the version asks for, of a model it allows (an older one
+    /// holds what it was given).
+    fn grant_of(&self, a: usize, n: usize, c: &ObservedContainer) -> Option<Grant> {
+        if !self.apps[a].admits(&self.nodes[n].labels) {
+            return None;
+        }
+        let grant = Grant::from_shares(&c.gpus, self.gpus.count(n))?;
+        let need = &self.needs[a];
+        let answers = grant.answers(need.gpu) && (need.gpu == GpuNeed::None || need.models.allows(self.gpus.model(n)));
+        (answers || !self.apps[a].runs_as(c.version)).then_some(grant)
+    }
+
+    /// Reserves on node `n` what one replica holds: `resources`, a host port and the GPUs of
+    /// `grant`; false, reserving nothing, when those GPUs are not free there.
+    fn hold(&mut self, n: usize, resources: Resources, grant: Grant) -> bool {
+        if !self.gpus.take(n, grant) {
+            return false;
+        }
+        self.ports_used[n] += 1;
+        self.set_used(n, self.used[n].saturating_add(resources));
+        true
+    }
+
+    /// Gives back what [`Plan::hold`] reserved.
+    fn release(&mut self, n: usize, resources: Resources, grant: Grant) {
+        self.gpus.give(n, grant);
+        self.ports_used[n] -= 1;
+        self.set_used(n, self.used[n].saturating_sub(resources));
+    }
+
+    /// The GPUs slot `index` of app `a` holds, which it holds no more.
+    fn take_grant(&mut self, a: usize, index: u32) -> Grant {
+        self.grants[a].get_mut(index as usize).map(std::mem::take).unwrap_or_default()
     }
 
     fn set_used(&mut self, n: usize, used: Resources) {
         self.used[n] = used;
         let cap = self.nodes[n].capacity;
         self.free[n] = if self.alive[n] { cap.saturating_sub(used) } else { Resources::ZERO };
+        self.ports_free[n] = if self.alive[n] { self.ports_cap[n].saturating_sub(self.ports_used[n]) } else { 0 };
         let frac = |u: u64, c: u64| ((u128::from(u) << 20) / u128::from(c.max(1))) as u64;
         self.scores[n] = frac(used.cpu_millis, cap.cpu_millis) + frac(used.mem_bytes, cap.mem_bytes);
+        if let Some(w) = &mut self.workload {
+            w.touch(n);
+        }
     }
 
+    /// Places slot `index` of app `a` on node `n`, where it fits, on the GPUs the policy
+    /// picks there.
     fn assign(&mut self, a: usize, index: u32, n: usize) {
+        let grant = match self.needs[a].gpu {
+            GpuNeed::None => Grant::None,
+            _ if self.policy == Policy::Fgd => self.fgd_best_on(a, n).map_or(Grant::None, |(_, g)| g),
+            need => self.gpus.best_fit(n, need),
+        };
+        self.assign_with(a, index, n, grant);
+    }
+
+    /// Places slot `index` of app `a` on node `n`, where it fits, on the GPUs of `grant`.
+    fn assign_with(&mut self, a: usize, index: u32, n: usize, grant: Grant) {
         debug_assert!(self.fits(a, n));
-        self.set_used(n, self.used[n].saturating_add(self.apps[a].resources));
+        let held = self.hold(n, self.apps[a].resources, grant);
+        assert!(held, "a node where a replica fits has its GPUs free");
+        if !self.grants[a].is_empty() {
+            self.grants[a][index as usize] = grant;
+        }
         self.slots[a][index as usize] = n as u32 | FRESH;
     }
 
@@ -582,6 +680,8 @@ impl Plan {
             return Vec::new();
         }
         self.alive[n] = false;
+        self.ports_used[n] = 0;
+        self.gpus.close(n);
         self.set_used(n, Resources::ZERO);
         self.stops.retain(|s| s.node != *node);
         self.old_kept.retain(|_, o| o.node as usize != n);
@@ -592,10 +692,14 @@ impl Plan {
                 if s == UNPLACED || (s & !FRESH) as usize != n {
                     continue;
                 }
+                self.take_grant(a, i as u32);
                 // A slot whose new container was on the dead node keeps its old one.
                 if let Some(old) = self.old_kept.remove(&(a as u32, i as u32)) {
                     let m = old.node as usize;
                     self.set_used(m, self.used[m].saturating_sub(old.resources).saturating_add(self.apps[a].resources));
+                    if !self.grants[a].is_empty() {
+                        self.grants[a][i] = old.grant;
+                    }
                     self.slots[a][i] = old.node;
                     self.kept_containers.insert((a as u32, i as u32), old.container);
                     continue;
@@ -622,6 +726,32 @@ impl Plan {
         moves
     }
 
+    /// An app arrives: its slots are placed after everything placed so far, as the last app
+    /// in placement order, and nothing else moves (a replay of a trace, which places each task
+    /// on arrival and never moves one). Its slots that fit nowhere are reported unschedulable.
+    /// Not bounded by `limits::APPS_MAX`: a replay has a task per app.
+    ///
+    /// # Panics
+    ///
+    /// If an app of the plan has its name.
+    pub fn add_app(&mut self, app: AppSpec) {
+        let a = self.apps.len();
+        let need = Need { gpu: GpuNeed::of(&app.gpu), models: self.gpus.models_of(&app.gpu) };
+        assert!(self.app_index.insert(app.name.clone(), a as u32).is_none(), "app names must be unique");
+        self.slots.push(vec![UNPLACED; app.replicas as usize]);
+        self.grants.push(if need.gpu == GpuNeed::None { Vec::new() } else { vec![Grant::None; app.replicas as usize] });
+        self.needs.push(need);
+        let missing: Vec<(u32, u32)> = (0..app.replicas).map(|i| (a as u32, i)).collect();
+        self.apps.push(app);
+        self.place_missing(&missing);
+    }
+
+    /// Gives the `fgd` policy the mix of replica shapes to expect, in place of the one it
+    /// derives from the plan's apps: a replay knows the trace's whole mix from the start.
+    pub fn set_workload(&mut self, shapes: &[(Shape, u64)]) {
+        self.workload = Some(fgd::Workload::new(shapes, &self.gpus));
+    }
+
     fn node_index_of(&self, a: usize, index: u32) -> Option<usize> {
         let s = *self.slots[a].get(index as usize)?;
         (s != UNPLACED).then_some((s & !FRESH) as usize)
@@ -633,29 +763,48 @@ impl Plan {
         assert_eq!(self.apps.len(), self.slots.len());
         for n in 0..self.nodes.len() {
             assert!(self.used[n].fits_in(self.nodes[n].capacity), "node {} over capacity", self.nodes[n].id);
+            assert!(self.ports_used[n] <= self.ports_cap[n], "node {} holds more replicas than ports", self.nodes[n].id);
         }
         if cfg!(debug_assertions) {
             let mut used = vec![Resources::ZERO; self.nodes.len()];
+            let mut ports = vec![0u32; self.nodes.len()];
+            let mut gpus = GpuTable::new(&self.nodes);
+            for n in (0..self.nodes.len()).filter(|&n| !self.alive[n]) {
+                gpus.close(n);
+            }
             for old in self.old_kept.values() {
-                assert!(self.alive[old.node as usize], "an old container kept is on a live node");
-                used[old.node as usize] = used[old.node as usize].saturating_add(old.resources);
+                let n = old.node as usize;
+                assert!(self.alive[n], "an old container kept is on a live node");
+                used[n] = used[n].saturating_add(old.resources);
+                ports[n] += 1;
+                assert!(gpus.take(n, old.grant), "an old container's GPUs are its alone");
             }
             for (a, slots) in self.slots.iter().enumerate() {
+                assert!(self.grants[a].is_empty() || self.grants[a].len() == slots.len());
                 for i in 0..slots.len() {
+                    let grant = self.grants[a].get(i).copied().unwrap_or_default();
                     if let Some(n) = self.node_index_of(a, i as u32) {
                         assert!(self.alive[n], "a dead node is never assigned a slot");
                         assert!(self.apps[a].admits(&self.nodes[n].labels), "constraints hold");
                         used[n] = used[n].saturating_add(self.apps[a].resources);
+                        ports[n] += 1;
+                        assert!(gpus.take(n, grant), "a slot's GPUs are its alone");
+                    } else {
+                        assert_eq!(grant, Grant::None, "an unplaced slot holds no GPU");
                     }
                 }
             }
             assert_eq!(used, self.used, "usage matches the slots placed");
+            assert_eq!(ports, self.ports_used, "host ports held match the replicas placed");
+            assert_eq!(gpus, self.gpus, "GPUs held match the slots placed");
+            self.gpus.check();
             let mut fresh = self.clone();
             for (n, u) in used.into_iter().enumerate() {
                 fresh.set_used(n, u);
             }
             assert_eq!(fresh.scores, self.scores, "cached scores are current");
             assert_eq!(fresh.free, self.free, "cached free resources are current");
+            assert_eq!(fresh.ports_free, self.ports_free, "cached free ports are current");
         }
     }
 
@@ -675,8 +824,21 @@ impl Plan {
 
     /// Where `slot` runs, if it is placed.
     pub fn node_of(&self, slot: &SlotId) -> Option<&NodeId> {
-        let a = self.apps.iter().position(|a| a.name == slot.app)?;
+        let a = *self.app_index.get(&slot.app)? as usize;
         self.node_index_of(a, slot.index).map(|n| &self.nodes[n].id)
+    }
+
+    /// The GPUs `slot`'s replica holds on its node (none when it is not placed, or asks for
+    /// none), by index.
+    pub fn gpus_of(&self, slot: &SlotId) -> Vec<GpuShare> {
+        let Some(&a) = self.app_index.get(&slot.app) else { return Vec::new() };
+        self.grants[a as usize].get(slot.index as usize).copied().unwrap_or_default().shares()
+    }
+
+    /// Thousandths of a GPU held and offered over the live nodes: `(allocated, total)`.
+    pub fn gpu_allocation(&self) -> (u64, u64) {
+        let (free, total) = self.gpus.totals(&self.alive);
+        (total - free, total)
     }
 
     /// The slots `node` must start: placed there by this pass, not yet running there.
@@ -736,258 +898,4 @@ pub fn rendezvous_owner_hashed<'a>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(name: &str, cpu: u64, mem_mb: u64) -> NodeSpec {
-        NodeSpec { id: NodeId::new(name), capacity: Resources::new(cpu, mem_mb), labels: Labels::new() }
-    }
-
-    fn app(name: &str, replicas: u32, cpu: u64) -> AppSpec {
-        let mut a = AppSpec::new(name, "img", replicas, Resources::new(cpu, 100));
-        a.port = 1000 + name.len() as u16 + cpu as u16;
-        a
-    }
-
-    fn where_is(plan: &Plan) -> Vec<(String, String)> {
-        plan.placements().map(|(s, n)| (s.to_string(), n.to_string())).collect()
-    }
-
-    fn running(node: &str, slot: SlotId, container: &str, state: ContainerState) -> (NodeId, ObservedContainer) {
-        (NodeId::new(node), ObservedContainer { slot, container: container.into(), state, version: 0, ready: true })
-    }
-
-    fn observed(rows: Vec<(NodeId, ObservedContainer)>) -> Observed {
-        let mut o = Observed::new();
-        for (n, c) in rows {
-            o.entry(n).or_default().push(c);
-        }
-        o
-    }
-
-    fn three_nodes() -> Vec<NodeSpec> {
-        vec![node("a", 1000, 1000), node("b", 1000, 1000), node("c", 1000, 1000)]
-    }
-
-    #[test]
-    fn spread_evens_the_load_and_binpack_fills_one_node_first() {
-        let apps = [app("web", 3, 300)];
-        let spread = place(&apps, &three_nodes(), &Observed::new(), Policy::Spread);
-        assert_eq!(spread.usage().map(|(_, u)| u.cpu_millis).collect::<Vec<_>>(), [300, 300, 300]);
-        let packed = place(&apps, &three_nodes(), &Observed::new(), Policy::BinPack);
-        assert_eq!(packed.usage().map(|(_, u)| u.cpu_millis).collect::<Vec<_>>(), [900, 0, 0]);
-    }
-
-    #[test]
-    fn round_robin_deals_replicas_in_name_order_with_one_cursor_over_the_pass() {
-        let apps = [app("x", 2, 100), app("y", 2, 100)];
-        let plan = place(&apps, &three_nodes(), &Observed::new(), Policy::RoundRobin);
-        let got = where_is(&plan);
-        assert_eq!(got, [("x/0", "a"), ("x/1", "b"), ("y/0", "c"), ("y/1", "a")].map(|(s, n)| (s.into(), n.into())));
-    }
-
-    #[test]
-    fn higher_priority_is_placed_first_when_capacity_is_short() {
-        let mut important = app("important", 2, 1000);
-        important.priority = 5;
-        let apps = [app("batch", 2, 1000), important];
-        for (_, policy) in Policy::ALL {
-            let plan = place(&apps, &[node("a", 1000, 1000), node("b", 1000, 1000)], &Observed::new(), policy);
-            assert!(plan.placements().all(|(s, _)| s.app.as_str() == "important"), "{policy}");
-            assert_eq!(plan.unschedulable().len(), 2);
-            assert!(plan.unschedulable().iter().all(|u| u.slot.app.as_str() == "batch"));
-        }
-    }
-
-    #[test]
-    fn a_higher_priority_slot_preempts_running_lower_priority_ones_on_one_node() {
-        let mut checkout = app("checkout", 2, 600);
-        checkout.priority = 10;
-        let apps = [app("batch", 3, 500), checkout];
-        let nodes = [node("a", 1000, 1000), node("b", 1000, 1000)];
-        // batch/0 and batch/1 fill node a, batch/2 half of b: checkout/0 fits on b only after
-        // batch/2 goes, checkout/1 needs a whole node.
-        let rows = vec![
-            running("a", SlotId::new("batch", 0), "b0", ContainerState::Healthy),
-            running("a", SlotId::new("batch", 1), "b1", ContainerState::Healthy),
-            running("b", SlotId::new("batch", 2), "b2", ContainerState::Healthy),
-        ];
-        for (_, policy) in Policy::ALL {
-            let plan = place(&apps, &nodes, &observed(rows.clone()), policy);
-            assert!(plan.node_of(&SlotId::new("checkout", 0)).is_some(), "{policy}");
-            assert!(plan.node_of(&SlotId::new("checkout", 1)).is_some(), "{policy}");
-            let stopped: Vec<_> = plan.stops().iter().map(|s| (&*s.container, s.reason)).collect();
-            assert_eq!(stopped.len(), 3, "{policy}: {stopped:?}");
-            assert!(stopped.iter().all(|(_, r)| *r == StopReason::Preempted));
-            assert!(plan.unschedulable().iter().all(|u| u.slot.app.as_str() == "batch"));
-            assert!(plan.unschedulable()[0].reason.to_string().starts_with("preempted by checkout/"));
-        }
-    }
-
-    #[test]
-    fn a_slot_that_fits_nowhere_is_reported_with_its_reason() {
-        let mut ssd = app("db", 1, 100);
-        ssd.constraints.insert("disk".into(), "ssd".into());
-        let plan = place(&[ssd, app("big", 1, 5000)], &three_nodes(), &Observed::new(), Policy::Spread);
-        let reasons: Vec<String> = plan.unschedulable().iter().map(|u| format!("{}: {}", u.slot, u.reason)).collect();
-        assert_eq!(reasons.len(), 2);
-        assert!(reasons.contains(&"db/0: no live node has labels disk=ssd".to_owned()), "{reasons:?}");
-        let big = reasons.iter().find(|r| r.starts_with("big/0")).unwrap();
-        assert!(big.contains("insufficient cpu") && big.contains("3 eligible"), "{big}");
-    }
-
-    #[test]
-    fn running_slots_stay_where_they_are_whatever_their_health() {
-        let apps = [app("web", 3, 100)];
-        let rows = vec![
-            running("c", SlotId::new("web", 0), "c0", ContainerState::Healthy),
-            running("c", SlotId::new("web", 1), "c1", ContainerState::Starting),
-            running("c", SlotId::new("web", 2), "c2", ContainerState::Unhealthy),
-        ];
-        for (_, policy) in Policy::ALL {
-            let plan = place(&apps, &three_nodes(), &observed(rows.clone()), policy);
-            assert!(plan.placements().all(|(_, n)| n.as_str() == "c"), "{policy}");
-            assert!(plan.stops().is_empty());
-            assert!(plan.starts_on(&NodeId::new("c")).is_empty());
-        }
-    }
-
-    #[test]
-    fn a_duplicate_is_stopped_the_same_way_whatever_the_report_order() {
-        let apps = [app("web", 1, 100)];
-        let a = running("a", SlotId::new("web", 0), "on-a", ContainerState::Unhealthy);
-        let b = running("b", SlotId::new("web", 0), "on-b", ContainerState::Starting);
-        let c = running("c", SlotId::new("web", 0), "on-c", ContainerState::Healthy);
-        let one = place(&apps, &three_nodes(), &observed(vec![a.clone(), b.clone(), c.clone()]), Policy::Spread);
-        let two = place(&apps, &three_nodes(), &observed(vec![c, b, a]), Policy::Spread);
-        assert_eq!(where_is(&one), [("web/0".to_owned(), "b".to_owned())], "running first, then the lower name");
-        assert_eq!(one.stops(), two.stops());
-        let stopped: Vec<_> = one.stops().iter().map(|s| (&*s.container, s.reason)).collect();
-        assert_eq!(stopped, [("on-a", StopReason::Duplicate), ("on-c", StopReason::Duplicate)]);
-    }
-
-    /// Two nodes that started one slot each see their own copy healthy before they hear that
-    /// the other's is: whichever states each has heard, both keep the copy on the lower node.
-    #[test]
-    fn both_nodes_of_a_doubly_started_slot_keep_the_same_copy_whatever_health_they_heard() {
-        let apps = [app("web", 1, 100)];
-        let copy = |node: &str, state| running(node, SlotId::new("web", 0), &format!("on-{node}"), state);
-        let (healthy, starting) = (ContainerState::Healthy, ContainerState::Starting);
-        // Each sees its own copy healthy and the other's still starting; later, both healthy.
-        let seen_by_a =
-            place(&apps, &three_nodes(), &observed(vec![copy("a", healthy), copy("b", starting)]), Policy::Spread);
-        let seen_by_b =
-            place(&apps, &three_nodes(), &observed(vec![copy("a", starting), copy("b", healthy)]), Policy::Spread);
-        let agreed =
-            place(&apps, &three_nodes(), &observed(vec![copy("a", healthy), copy("b", healthy)]), Policy::Spread);
-        for plan in [&seen_by_a, &seen_by_b, &agreed] {
-            assert_eq!(where_is(plan), [("web/0".to_owned(), "a".to_owned())]);
-            let stopped: Vec<_> = plan.stops().iter().map(|s| &*s.container).collect();
-            assert_eq!(stopped, ["on-b"]);
-        }
-    }
-
-    #[test]
-    fn surplus_failed_and_removed_app_containers_are_stopped() {
-        let apps = [app("web", 1, 100)];
-        let rows = vec![
-            running("a", SlotId::new("web", 0), "failed", ContainerState::Failed),
-            running("a", SlotId::new("web", 1), "surplus", ContainerState::Healthy),
-            running("b", SlotId::new("gone", 0), "removed", ContainerState::Healthy),
-        ];
-        let plan = place(&apps, &three_nodes(), &observed(rows), Policy::Spread);
-        let stopped: Vec<_> = plan.stops().iter().map(|s| (&*s.container, s.reason)).collect();
-        assert_eq!(
-            stopped,
-            [("failed", StopReason::Failed), ("surplus", StopReason::Surplus), ("removed", StopReason::Surplus)]
-        );
-        assert!(plan.node_of(&SlotId::new("web", 0)).is_some(), "the failed slot is placed again");
-    }
-
-    #[test]
-    fn a_slot_that_failed_past_its_budget_goes_elsewhere_while_it_can() {
-        let apps = [app("web", 1, 100)];
-        for (_, policy) in Policy::ALL {
-            let rows = vec![running("a", SlotId::new("web", 0), "x", ContainerState::Failed)];
-            let plan = place(&apps, &three_nodes(), &observed(rows), policy);
-            assert_ne!(plan.node_of(&SlotId::new("web", 0)).unwrap().as_str(), "a", "{policy}");
-            let rows = vec![running("a", SlotId::new("web", 0), "x", ContainerState::Failed)];
-            let plan = place(&apps, &[node("a", 1000, 1000)], &observed(rows), policy);
-            assert_eq!(
-                plan.node_of(&SlotId::new("web", 0)).unwrap().as_str(),
-                "a",
-                "the only node is better than none"
-            );
-        }
-    }
-
-    #[test]
-    fn a_node_over_capacity_sheds_its_lowest_priority_slot() {
-        let mut high = app("high", 1, 600);
-        high.priority = 1;
-        let apps = [high, app("low", 1, 600)];
-        let rows = vec![
-            running("a", SlotId::new("high", 0), "h", ContainerState::Healthy),
-            running("a", SlotId::new("low", 0), "l", ContainerState::Healthy),
-        ];
-        let plan = place(&apps, &three_nodes(), &observed(rows), Policy::Spread);
-        assert_eq!(plan.node_of(&SlotId::new("high", 0)).unwrap().as_str(), "a");
-        assert_eq!(plan.node_of(&SlotId::new("low", 0)).unwrap().as_str(), "b");
-        assert_eq!(&*plan.stops()[0].container, "l");
-        assert_eq!(plan.stops()[0].reason, StopReason::Evicted);
-    }
-
-    #[test]
-    fn containers_on_dead_nodes_are_ignored_and_their_slots_placed_again() {
-        let apps = [app("web", 1, 100)];
-        let rows = vec![running("gone", SlotId::new("web", 0), "x", ContainerState::Healthy)];
-        let plan = place(&apps, &three_nodes(), &observed(rows), Policy::Spread);
-        assert_eq!(plan.node_of(&SlotId::new("web", 0)).unwrap().as_str(), "a");
-        assert!(plan.stops().is_empty(), "a dead node's containers are not its business to stop");
-        assert_eq!(plan.starts_on(&NodeId::new("a")), [SlotId::new("web", 0)]);
-    }
-
-    #[test]
-    fn rendezvous_choice_of_a_slot_does_not_depend_on_other_apps() {
-        let nodes: Vec<NodeSpec> = (0..20).map(|i| node(&format!("n{i}"), 100_000, 100_000)).collect();
-        let alone = place(&[app("web", 10, 10)], &nodes, &Observed::new(), Policy::Rendezvous);
-        let crowd = place(&[app("web", 10, 10), app("api", 30, 10)], &nodes, &Observed::new(), Policy::Rendezvous);
-        for (slot, node) in alone.placements() {
-            assert_eq!(crowd.node_of(&slot), Some(node));
-        }
-    }
-
-    #[test]
-    fn rendezvous_moves_few_slots_when_a_node_joins() {
-        let mut nodes: Vec<NodeSpec> = (0..10).map(|i| node(&format!("n{i}"), 1_000_000, 1_000_000)).collect();
-        let apps = [app("web", 1000, 10)];
-        let before = place(&apps, &nodes, &Observed::new(), Policy::Rendezvous);
-        nodes.push(node("n10", 1_000_000, 1_000_000));
-        let after = place(&apps, &nodes, &Observed::new(), Policy::Rendezvous);
-        let moved = before.placements().filter(|(s, n)| after.node_of(s) != Some(*n)).count();
-        // About 1000 / 11 slots belong to the new node; nothing else should move.
-        assert!(moved < 1000 * 2 / 11, "{moved} of 1000 moved");
-        assert!(after.placements().filter(|(s, n)| n.as_str() != "n10" && before.node_of(s) != Some(*n)).count() == 0);
-    }
-
-    #[test]
-    fn the_coordinator_is_the_same_whatever_the_order_of_nodes() {
-        let nodes: Vec<NodeId> = (0..7).map(|i| NodeId::new(&format!("n{i}"))).collect();
-        let first = rendezvous_owner("web", &nodes).cloned();
-        let reversed: Vec<NodeId> = nodes.iter().rev().cloned().collect();
-        assert_eq!(rendezvous_owner("web", &reversed).cloned(), first);
-        assert_eq!(rendezvous_owner("web", &[]), None);
-    }
-
-    #[test]
-    fn policies_parse_by_name_and_reject_unknown_names() {
-        for (name, policy) in Policy::ALL {
-            assert_eq!(name.parse::<Policy>(), Ok(policy));
-            assert_eq!(policy.to_string(), name);
-        }
-        assert_eq!(
-            "random".parse::<Policy>().unwrap_err().to_string(),
-            "unknown policy \"random\"; allowed: round-robin, binpack, spread, rendezvous"
-        );
-    }
-}
+mod tests;

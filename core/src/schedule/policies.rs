@@ -1,6 +1,12 @@
 //! The placing stage's policies: round-robin, bin-pack and spread (by allocation score), and
 //! rendezvous (over a two-level skeleton of node groups), plus the slow path for slots that
-//! must avoid the node they failed on.
+//! must avoid the node they failed on. `fgd` is in `fgd.rs`.
+//!
+//! Every policy takes GPUs into account the same way beside its own rule: a replica that asks
+//! for GPUs goes only where GPUs of a model it allows are free, on the GPUs that fit it best
+//! (`GpuTable::best_fit`); bin-pack and spread pack GPU replicas onto the nodes whose GPUs are
+//! most used, and keep replicas without GPUs off nodes with GPUs free, so that the GPUs of
+//! whole nodes stay free for the replicas that need them.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -8,7 +14,13 @@ use std::collections::BinaryHeap;
 use crate::hash::{mix, stable_hash};
 use crate::limits;
 
+use super::gpu::GpuNeed;
 use super::{Plan, Policy};
+
+/// Bits of a node index in a rank key.
+const NODE_BITS: u32 = 17;
+pub(super) const NODE_MASK: u64 = (1 << NODE_BITS) - 1;
+const _: () = assert!(limits::NODES_MAX as u64 <= NODE_MASK);
 
 impl Plan {
     /// Deals the slots to the fitting nodes in name order, continuing from `cursor`.
@@ -50,6 +62,27 @@ impl Plan {
         self.scores[n]
     }
 
+    /// The key spread (`most_allocated` false) and bin-pack rank node `n` by for a replica of
+    /// app `a`, the best highest, in one integer: first what GPUs ask (for a replica with
+    /// GPUs, the share of the node's GPUs in use, in thousandths: GPU replicas are packed;
+    /// for one without, whether the node has no GPU free: it keeps off GPUs it would
+    /// strand), then the allocation score, then the node index inverted so that ties go to
+    /// the lower name. Without GPUs anywhere, the first part is the same for every node.
+    pub(super) fn score_key(&self, a: usize, n: usize, most_allocated: bool) -> u64 {
+        let s = self.score(n);
+        let s = if most_allocated { s } else { (1 << 22) - s };
+        let room = self.gpus.room(n);
+        let first = match self.needs[a].gpu {
+            GpuNeed::None => u64::from(room.free == 0),
+            _ => {
+                let total = u64::from(self.gpus.count(n)) * u64::from(limits::GPU_MILLI);
+                (total - u64::from(room.free)) * 1000 / total.max(1)
+            }
+        };
+        // Scores are at most 2^21 and their complements at most 2^22: 23 bits.
+        (((first << 23) | s) << NODE_BITS) | (NODE_MASK - n as u64)
+    }
+
     /// Spread (lowest score first) or bin-pack (highest first) over the fitting nodes.
     pub(super) fn place_by_score(
         &mut self,
@@ -58,28 +91,18 @@ impl Plan {
         eligible: &[u32],
         most_allocated: bool,
     ) -> usize {
-        // The key the best node maximises, packed in one integer: the score in the high half
-        // (scores are at most 2^21), the node index inverted in the low half so that ties go
-        // to the lower name.
-        let key = |plan: &Plan, n: usize| {
-            let s = plan.score(n);
-            let s = if most_allocated { s } else { (1 << 22) - s };
-            (s << 32) | u64::from(u32::MAX - n as u32)
-        };
-        let node_of = |k: u64| (u32::MAX - (k & 0xffff_ffff) as u32) as usize;
-        let need = self.apps[a].resources;
+        let key = |plan: &Plan, n: usize| plan.score_key(a, n, most_allocated);
+        let node_of = |k: u64| (NODE_MASK - (k & NODE_MASK)) as usize;
         if indexes.len() <= 2 {
             // A scan is cheaper than a heap for a slot or two (the reschedule path).
             for (done, &index) in indexes.iter().enumerate() {
-                let mut best = 0u64;
+                let mut best = None;
                 for &n in eligible {
-                    if need.fits_in(self.free[n as usize]) {
-                        best = best.max(key(self, n as usize));
+                    if self.fits(a, n as usize) {
+                        best = best.max(Some(key(self, n as usize)));
                     }
                 }
-                if best == 0 {
-                    return done;
-                }
+                let Some(best) = best else { return done };
                 self.assign(a, index, node_of(best));
             }
             return indexes.len();
@@ -130,7 +153,6 @@ impl Plan {
         let app_hash = stable_hash(self.apps[a].name.as_str().as_bytes());
         let live_groups: Vec<usize> = (0..groups.len()).filter(|&g| !groups[g].is_empty()).collect();
         let group_salt: Vec<u64> = live_groups.iter().map(|&g| mix(g as u64 + 1)).collect();
-        let need = self.apps[a].resources;
         // Rank keys pack the hash in the high bits and an inverted index in the low bits, so
         // one integer comparison ranks and breaks ties towards the lower index.
         const GROUP_BITS: u32 = limits::RENDEZVOUS_GROUPS.trailing_zeros();
@@ -145,7 +167,7 @@ impl Plan {
                 let mut best = 0u64;
                 for &n in &groups[g] {
                     let n = n as usize;
-                    if (everyone || admitted[n]) && need.fits_in(plan.free[n]) {
+                    if (everyone || admitted[n]) && plan.fits(a, n) {
                         best = best.max(node_key(mix(slot_hash ^ plan.node_hash[n]), n) | 1 << 63);
                     }
                 }
@@ -196,25 +218,25 @@ impl Plan {
             let avoid = self.avoid.get(&(a as u32, index)).cloned().unwrap_or_default();
             let slot_hash = mix(app_hash ^ mix(u64::from(index).wrapping_add(0x5107)));
             // Every policy as one ranking key, highest wins; the node index breaks ties.
-            let rank = |plan: &Plan, n: usize| -> u128 {
-                let tie = u128::from(u32::MAX - n as u32);
-                match plan.policy {
-                    Policy::RoundRobin => u128::from(u32::MAX - ((n + count - *cursor % count) % count) as u32),
-                    Policy::BinPack => (u128::from(plan.score(n)) << 32) | tie,
-                    Policy::Spread => (u128::from((1u64 << 22) - plan.score(n)) << 32) | tie,
+            let cursor_at = *cursor;
+            let mut ranked: Vec<(u128, Reverse<usize>, bool)> = Vec::new();
+            let fitting: Vec<usize> = eligible.iter().map(|&n| n as usize).filter(|&n| self.fits(a, n)).collect();
+            for n in fitting {
+                let rank = match self.policy {
+                    Policy::RoundRobin => u128::from(u32::MAX - ((n + count - cursor_at % count) % count) as u32),
+                    Policy::BinPack => u128::from(self.score_key(a, n, true)),
+                    Policy::Spread => u128::from(self.score_key(a, n, false)),
+                    Policy::Fgd => self.fgd_rank(a, n),
                     Policy::Rendezvous => {
-                        let g = plan.node_hash[n] & (limits::RENDEZVOUS_GROUPS - 1);
+                        let g = self.node_hash[n] & (limits::RENDEZVOUS_GROUPS - 1);
                         let group = mix(slot_hash ^ mix(g + 1));
-                        (u128::from(group) << 64) | u128::from(mix(slot_hash ^ plan.node_hash[n]))
+                        (u128::from(group) << 64) | u128::from(mix(slot_hash ^ self.node_hash[n]))
                     }
-                }
-            };
+                };
+                ranked.push((rank, Reverse(n), avoid.contains(&(n as u32))));
+            }
             let pick = |avoiding: bool| {
-                eligible
-                    .iter()
-                    .map(|&n| n as usize)
-                    .filter(|&n| self.fits(a, n) && !(avoiding && avoid.contains(&(n as u32))))
-                    .max_by_key(|&n| (rank(self, n), Reverse(n)))
+                ranked.iter().filter(|(_, _, avoided)| !(avoiding && *avoided)).max().map(|&(_, Reverse(n), _)| n)
             };
             // A node the slot failed on is still better than none.
             let best = pick(true).or_else(|| pick(false));

@@ -5,8 +5,9 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::model::{AppName, SlotId};
+use crate::model::{AppName, Resources, SlotId};
 
+use super::gpu::GpuScratch;
 use super::{FRESH, Plan, Stop, StopReason, UNPLACED, Unplaceable, Unschedulable};
 
 /// The slots to evict from one node to make room for another.
@@ -52,9 +53,7 @@ impl Plan {
         let mut cursor = 0;
         while let Some((a, i)) = pending.pop_first() {
             let app = a as usize;
-            let eligible: Vec<u32> = (0..self.nodes.len() as u32)
-                .filter(|&n| self.alive[n as usize] && self.apps[app].admits(&self.nodes[n as usize].labels))
-                .collect();
+            let eligible = self.eligible(app);
             // Room may have appeared elsewhere (an evicted slot may fit where the evictor did not).
             if self.place_avoiding(app, &[i], &eligible, &mut cursor).is_empty() {
                 let n = self.node_index_of(app, i).expect("just placed");
@@ -98,6 +97,7 @@ impl Plan {
     ) -> Option<(usize, Vec<(u32, u32)>)> {
         let priority = self.apps[a].priority;
         let need = self.apps[a].resources;
+        let gpu = self.needs[a].gpu;
         let mut best: Option<Eviction> = None;
         for &n in eligible {
             let n = n as usize;
@@ -105,16 +105,24 @@ impl Plan {
                 on_node[n].iter().copied().filter(|&(va, _)| self.apps[va as usize].priority < priority).collect();
             // The least important go first: lowest priority, then last in placement order.
             lower.sort_by_key(|&(va, vi)| (self.apps[va as usize].priority, Reverse(va), Reverse(vi)));
+            // What the node would have free with the victims gone.
             let mut free = self.free[n];
+            let mut ports = self.ports_free[n];
+            let mut gpus = self.gpus.clone_node(n);
+            let fits = |free: Resources, ports: u32, gpus: &GpuScratch| {
+                need.fits_in(free) && ports > 0 && gpus.fits(gpu)
+            };
             let mut victims = Vec::new();
             for v in lower {
-                if need.fits_in(free) {
+                if fits(free, ports, &gpus) {
                     break;
                 }
                 free = free.saturating_add(self.apps[v.0 as usize].resources);
+                ports += 1;
+                gpus.give(self.grants[v.0 as usize].get(v.1 as usize).copied().unwrap_or_default());
                 victims.push(v);
             }
-            if !need.fits_in(free) {
+            if !fits(free, ports, &gpus) {
                 continue;
             }
             let worst = victims.iter().map(|&(va, _)| self.apps[va as usize].priority).max().unwrap_or(i32::MIN);
@@ -135,21 +143,8 @@ impl Plan {
             self.stops.push(Stop { node: self.nodes[n].id.clone(), container, slot, reason: StopReason::Preempted });
         }
         self.slots[a as usize][index as usize] = UNPLACED;
-        self.set_used(n, self.used[n].saturating_sub(self.apps[a as usize].resources));
+        let grant = self.take_grant(a as usize, index);
+        self.release(n, self.apps[a as usize].resources, grant);
         on_node.retain(|x| *x != (a, index));
-    }
-
-    pub(super) fn why_unplaceable(&self, a: usize, eligible: &[u32]) -> Unplaceable {
-        if eligible.is_empty() {
-            let constraints: Vec<String> = self.apps[a].constraints.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            return Unplaceable::NoNodeMatches { constraints: constraints.join(",") };
-        }
-        let free = eligible.iter().map(|&n| self.free(n as usize));
-        Unplaceable::Insufficient {
-            needs: self.apps[a].resources,
-            eligible: eligible.len(),
-            cpu_free_max: free.clone().map(|f| f.cpu_millis).max().unwrap_or(0),
-            mem_free_max: free.map(|f| f.mem_bytes).max().unwrap_or(0),
-        }
     }
 }

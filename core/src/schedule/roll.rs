@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::model::{Resources, SlotId};
 
+use super::gpu::Grant;
 use super::{ContainerState, Plan, Stop, StopReason, UNPLACED};
 
 /// An old container kept beside its slot's new one during a rolling update.
@@ -15,6 +16,8 @@ pub(super) struct OldKept {
     pub(super) node: u32,
     pub(super) container: Arc<str>,
     pub(super) resources: Resources,
+    /// The GPUs it holds there.
+    pub(super) grant: Grant,
 }
 
 /// What a rollout reads of the container kept for a slot.
@@ -76,7 +79,8 @@ impl Plan {
                         reason: StopReason::Replaced,
                     });
                     self.slots[a as usize][i as usize] = UNPLACED;
-                    self.set_used(n, self.used[n].saturating_sub(self.apps[a as usize].resources));
+                    let grant = self.take_grant(a as usize, i);
+                    self.release(n, self.apps[a as usize].resources, grant);
                     continue;
                 } else {
                     break;
@@ -85,9 +89,8 @@ impl Plan {
                 // placed again, on the old one's node when it fits.
                 let container = self.kept_containers.remove(&key).expect("a kept slot has its container");
                 let resources = self.apps[a as usize].resources;
-                self.set_used(n, self.used[n].saturating_sub(resources));
-                self.old_kept.insert(key, OldKept { node: n as u32, container, resources });
-                self.set_used(n, self.used[n].saturating_add(resources));
+                let grant = self.take_grant(a as usize, i);
+                self.old_kept.insert(key, OldKept { node: n as u32, container, resources, grant });
                 self.slots[a as usize][i as usize] = UNPLACED;
                 if self.fits(a as usize, n) {
                     self.assign(a as usize, i, n);
@@ -112,6 +115,9 @@ impl Plan {
                 n,
                 self.used[n].saturating_sub(old.resources).saturating_add(self.apps[a as usize].resources),
             );
+            if !self.grants[a as usize].is_empty() {
+                self.grants[a as usize][i as usize] = old.grant;
+            }
             self.slots[a as usize][i as usize] = old.node;
             self.kept_containers.insert((a, i), old.container);
             let slot = SlotId { app: self.apps[a as usize].name.clone(), index: i };
