@@ -1,17 +1,17 @@
 //! Fixtures shared by canteen's benchmarks: large clusters built the same way every time.
 
-use canteen_core::model::{AppSpec, Labels, NodeId, NodeSpec, Resources};
+use canteen_core::model::{AppSpec, NodeSpec, Resources};
 
 /// `count` identical nodes named `node-00000` up, each with 16 cores and 64 GiB; every tenth
 /// carries `disk = ssd`.
 pub fn nodes(count: usize) -> Vec<NodeSpec> {
     (0..count)
         .map(|i| {
-            let mut labels = Labels::new();
+            let mut node = NodeSpec::new(&format!("node-{i:05}"), Resources::new(16_000, 65_536));
             if i % 10 == 0 {
-                labels.insert("disk".into(), "ssd".into());
+                node.labels.insert("disk".into(), "ssd".into());
             }
-            NodeSpec { id: NodeId::new(&format!("node-{i:05}")), capacity: Resources::new(16_000, 65_536), labels }
+            node
         })
         .collect()
 }

@@ -183,6 +183,7 @@ fn config_text(scenario: &Scenario, i: usize, seeds: &[usize], dir: &Path, token
          data_dir = {data:?}\n\
          cpu_millis = {cpu}\n\
          mem_mb = {mem}\n\
+         {gpus}\
          policy = \"{policy}\"\n\
          cluster_name = \"canteen-lab\"\n\
          cluster_keys = [\"{key}\"]\n\
@@ -195,6 +196,7 @@ fn config_text(scenario: &Scenario, i: usize, seeds: &[usize], dir: &Path, token
         cpu = node.capacity.cpu_millis,
         mem = node.capacity.mem_bytes / canteen_core::limits::MIB,
         policy = scenario.cluster.policy,
+        gpus = if node.gpus > 0 { format!("gpus = {}\ngpu_model = {:?}\n", node.gpus, node.gpu_model) } else { String::new() },
         labels = labels.join("\n"),
     )
 }

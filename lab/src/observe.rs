@@ -14,9 +14,11 @@ use bollard::Docker;
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use canteen_core::health::ProbeOutcome;
-use canteen_core::model::{HealthKind, NodeId, SlotId};
+use canteen_core::model::{GpuShare, HealthKind, NodeId, SlotId};
 use canteen_docker::api::StatusJson;
-use canteen_docker::docker::{LABEL_APP, LABEL_HOST_PORT, LABEL_IDENTITY, LABEL_NODE, LABEL_SLOT, LABEL_VERSION};
+use canteen_docker::docker::{
+    LABEL_APP, LABEL_GPUS, LABEL_HOST_PORT, LABEL_IDENTITY, LABEL_NODE, LABEL_SLOT, LABEL_VERSION, parse_gpus,
+};
 use canteen_sim::checker::Checker;
 use canteen_sim::scenario::{AppSim, Scenario};
 use canteen_sim::traffic::ReplicaQueue;
@@ -39,6 +41,7 @@ struct Seen {
     slot: u32,
     host_port: u16,
     version: u64,
+    gpus: Vec<GpuShare>,
     image: String,
     running: bool,
     paused: bool,
@@ -136,6 +139,7 @@ impl Observer {
                 slot,
                 host_port,
                 version: labels.get(LABEL_VERSION).and_then(|v| v.parse().ok()).unwrap_or(0),
+                gpus: labels.get(LABEL_GPUS).and_then(|g| parse_gpus(g)).unwrap_or_default(),
                 image: c.image.unwrap_or_default(),
                 running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
                 paused: c.state == Some(ContainerSummaryStateEnum::PAUSED),
@@ -274,6 +278,7 @@ impl Observer {
                     app,
                     host_port: s.host_port,
                     resources,
+                    gpus: s.gpus.clone(),
                     image: s.image.clone(),
                     version: s.version,
                     never_healthy: false,
@@ -420,6 +425,7 @@ mod tests {
             slot,
             host_port,
             version: 1,
+            gpus: Vec::new(),
             image: "canteen-demo:latest".into(),
             running: true,
             paused: false,

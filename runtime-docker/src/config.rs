@@ -60,6 +60,11 @@ pub struct AgentConfig {
     pub mem_mb: Option<u64>,
     /// This node's labels, matched by apps' constraints.
     pub labels: BTreeMap<String, String>,
+    /// GPUs this node offers, indexed from 0 as the GPU driver numbers them: containers get
+    /// them as device requests. Placement needs no driver: it plans from this.
+    pub gpus: u32,
+    /// Their model (`A100`); required with `gpus`.
+    pub gpu_model: String,
     /// The balancing policy of apps whose file does not give `balance`.
     pub balance: PickerKind,
     /// The placement policy (every node of a cluster must use the same).
@@ -115,6 +120,8 @@ impl Default for AgentConfig {
             cpu_millis: None,
             mem_mb: None,
             labels: BTreeMap::new(),
+            gpus: 0,
+            gpu_model: String::new(),
             balance: PickerKind::RoundRobin,
             policy: Policy::Spread,
             drain_ms: 1000,
@@ -251,6 +258,8 @@ impl AgentConfig {
                 "addr" => "container_ip",
                 "gossip_addr" => "gossip_addr",
                 "host_port_min" => "host_port_min",
+                "gpus" => "gpus",
+                "gpu_model" => "gpu_model",
                 _ => "labels",
             };
             return err(key, &problem);
@@ -351,6 +360,8 @@ impl AgentConfig {
         node.gossip_addr = PeerAddr::new(&self.gossip_advertised().to_string());
         node.membership = MembershipMode::Swim;
         node.labels = self.labels.clone();
+        node.gpus = self.gpus;
+        node.gpu_model = self.gpu_model.clone();
         node.policy = self.policy;
         node.host_port_min = self.host_port_min;
         node.host_port_max = self.host_port_max;

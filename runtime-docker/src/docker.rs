@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding};
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder,
 };
-use canteen_core::model::{AppSpec, NodeId, SlotId};
+use canteen_core::model::{AppSpec, GpuShare, NodeId, SlotId};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -29,6 +29,27 @@ pub const LABEL_IDENTITY: &str = "canteen.identity";
 pub const LABEL_HOST_PORT: &str = "canteen.host_port";
 /// The label of the version of its app a container runs (none before versions: 0).
 pub const LABEL_VERSION: &str = "canteen.version";
+/// The label of the GPUs a container holds: `index:milli` joined by commas (absent: none).
+pub const LABEL_GPUS: &str = "canteen.gpus";
+
+/// The GPUs of a label, `index:milli` joined by commas; `None` if it is not one.
+pub fn parse_gpus(label: &str) -> Option<Vec<GpuShare>> {
+    if label.is_empty() {
+        return Some(Vec::new());
+    }
+    label
+        .split(',')
+        .map(|g| {
+            let (index, milli) = g.split_once(':')?;
+            Some(GpuShare { index: index.parse().ok()?, milli: milli.parse().ok()? })
+        })
+        .collect()
+}
+
+/// The label of `gpus`.
+pub fn gpus_label(gpus: &[GpuShare]) -> String {
+    gpus.iter().map(|g| format!("{}:{}", g.index, g.milli)).collect::<Vec<_>>().join(",")
+}
 
 /// What went wrong talking to Docker. No variant leaves a container half made: a failed start
 /// removes what it created.
@@ -73,6 +94,8 @@ pub struct Labelled {
     pub host_port: u16,
     /// The version of its app, from the labels (0 when it has none).
     pub version: u64,
+    /// The GPUs it holds, from the labels.
+    pub gpus: Vec<GpuShare>,
     /// Whether it is running (an exited one is not adopted, it is removed).
     pub running: bool,
 }
@@ -141,9 +164,36 @@ impl Docker {
     }
 
     /// Creates and starts the container of `slot` from `app`, publishing its container port on
-    /// `ip:host_port`. A leftover container of the same name (a previous life) is removed
-    /// first. Returns Docker's id.
-    pub async fn start(&self, slot: &SlotId, app: &AppSpec, ip: IpAddr, host_port: u16) -> Result<String, DockerError> {
+    /// `ip:host_port`, with `gpus`. A leftover container of the same name (a previous life) is
+    /// removed first. Returns Docker's id.
+    pub async fn start(
+        &self,
+        slot: &SlotId,
+        app: &AppSpec,
+        ip: IpAddr,
+        host_port: u16,
+        gpus: &[GpuShare],
+    ) -> Result<String, DockerError> {
+        let (id, name) = self.create(slot, app, ip, host_port, gpus).await?;
+        if let Err(e) = self.client.start_container(&id, None).await {
+            let _ = self.remove(&id).await;
+            return Err(engine(format!("start {name}"))(e));
+        }
+        Ok(id)
+    }
+
+    /// Creates, without starting it, the container [`Docker::start`] starts; returns its id
+    /// and name. Its GPUs are a device request for those indexes (as `docker run --gpus
+    /// device=0,1` makes), whole or shared: a share is a reservation the scheduler keeps, and
+    /// the container learns it from `CANTEEN_GPUS`.
+    pub async fn create(
+        &self,
+        slot: &SlotId,
+        app: &AppSpec,
+        ip: IpAddr,
+        host_port: u16,
+        gpus: &[GpuShare],
+    ) -> Result<(String, String), DockerError> {
         self.ensure_image(&app.image).await?;
         if let Some(volume) = &app.volume {
             self.ensure_volume(&volume.name, app.name.as_str()).await?;
@@ -159,6 +209,7 @@ impl Docker {
             (LABEL_IDENTITY.to_owned(), self.identity.clone()),
             (LABEL_HOST_PORT.to_owned(), host_port.to_string()),
             (LABEL_VERSION.to_owned(), app.version.to_string()),
+            (LABEL_GPUS.to_owned(), gpus_label(gpus)),
         ]);
         // The agent tells each replica who it is and where to listen; the spec's env wins.
         let mut env = vec![
@@ -174,7 +225,17 @@ impl Docker {
         {
             env.push(format!("CANTEEN_DATA_DIR={}", volume.mount_path));
         }
+        if !gpus.is_empty() {
+            env.push(format!("CANTEEN_GPUS={}", gpus_label(gpus)));
+        }
         env.extend(app.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let device_requests = (!gpus.is_empty()).then(|| {
+            vec![DeviceRequest {
+                device_ids: Some(gpus.iter().map(|g| g.index.to_string()).collect()),
+                capabilities: Some(vec![vec!["gpu".to_owned()]]),
+                ..Default::default()
+            }]
+        });
         let mounts = app.volume.as_ref().map(|v| {
             vec![Mount {
                 target: Some(v.mount_path.clone()),
@@ -191,6 +252,7 @@ impl Docker {
             nano_cpus: Some(i64::try_from(app.resources.cpu_millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
             memory: Some(i64::try_from(app.resources.mem_bytes).unwrap_or(i64::MAX)),
             mounts,
+            device_requests,
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -205,11 +267,7 @@ impl Docker {
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created =
             self.client.create_container(Some(options), body).await.map_err(engine(format!("create {name}")))?;
-        if let Err(e) = self.client.start_container(&created.id, None).await {
-            let _ = self.remove(&created.id).await;
-            return Err(engine(format!("start {name}"))(e));
-        }
-        Ok(created.id)
+        Ok((created.id, name))
     }
 
     /// Makes sure volume `name` exists and is `app`'s: made here labelled with the app the
@@ -298,7 +356,10 @@ impl Docker {
             };
             let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
             let version = labels.get(LABEL_VERSION).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-            own.push(Labelled { id, slot: SlotId::new(app.as_str(), index), host_port: port, version, running });
+            // A label that does not parse holds no GPU: placement then replaces the container.
+            let gpus = labels.get(LABEL_GPUS).and_then(|s| parse_gpus(s)).unwrap_or_default();
+            let slot = SlotId::new(app.as_str(), index);
+            own.push(Labelled { id, slot, host_port: port, version, gpus, running });
         }
         own.sort_by(|a, b| (&a.slot, &a.id).cmp(&(&b.slot, &b.id)));
         Ok(own)

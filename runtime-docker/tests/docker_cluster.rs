@@ -788,11 +788,10 @@ fn keyed_but_malicious_inputs_leave_every_agent_serving_within_its_bounds() {
                 match n % 10 {
                     0 => {
                         let status = NodeStatus {
-                            spec: canteen_core::model::NodeSpec {
-                                id: canteen_core::model::NodeId::new("mallory"),
-                                capacity: canteen_core::model::Resources::new(1, 1),
-                                labels: Default::default(),
-                            },
+                            spec: canteen_core::model::NodeSpec::new(
+                                "mallory",
+                                canteen_core::model::Resources::new(1, 1),
+                            ),
                             addr: "10.66.6.6".into(),
                             containers: Vec::<ContainerStatus>::new(),
                             generation: 1,

@@ -54,7 +54,7 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
     app.version = 7;
     let slot = SlotId::new("web", 3);
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let id = docker.start(&slot, &app, ip, 17951).await.expect("start");
+    let id = docker.start(&slot, &app, ip, 17951, &[]).await.expect("start");
 
     let c = inspect(&id);
     let labels = &c["Config"]["Labels"];
@@ -95,12 +95,12 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
     assert_eq!(labels["canteen.app"], "web");
     let mut other = app.clone();
     other.name = "api".into();
-    let e = docker.start(&SlotId::new("api", 0), &other, ip, 17952).await.unwrap_err().to_string();
+    let e = docker.start(&SlotId::new("api", 0), &other, ip, 17952, &[]).await.unwrap_err().to_string();
     assert!(e.contains("belongs to app web"), "{e}");
     let foreign = format!("canteen-it-foreign-{}", std::process::id());
     assert!(Command::new("docker").args(["volume", "create", &foreign]).output().unwrap().status.success());
     other.volume = Some(Volume { name: foreign.clone(), mount_path: "/data".into() });
-    let e = docker.start(&SlotId::new("api", 0), &other, ip, 17952).await.unwrap_err().to_string();
+    let e = docker.start(&SlotId::new("api", 0), &other, ip, 17952, &[]).await.unwrap_err().to_string();
     assert!(e.contains("not made by canteen"), "{e}");
     // A volume made before canteen labelled them is the app's whose containers mount it.
     let legacy = Command::new("docker")
@@ -109,14 +109,14 @@ async fn a_started_container_carries_labels_limits_port_and_volume_and_its_exit_
         .unwrap();
     assert!(legacy.status.success(), "{}", String::from_utf8_lossy(&legacy.stderr));
     let legacy = String::from_utf8_lossy(&legacy.stdout).trim().to_owned();
-    let started = docker.start(&SlotId::new("api", 0), &other, ip, 17952).await;
+    let started = docker.start(&SlotId::new("api", 0), &other, ip, 17952, &[]).await;
     let _ = Command::new("docker").args(["rm", "-f", &legacy]).output();
     let api_id = started.expect("the legacy volume is api's");
     docker.remove(&api_id).await.unwrap();
     let _ = Command::new("docker").args(["volume", "rm", "-f", &foreign]).output();
 
     // Starting the slot again replaces the leftover of the same name.
-    let again = docker.start(&slot, &app, ip, 17951).await.expect("second start");
+    let again = docker.start(&slot, &app, ip, 17951, &[]).await.expect("second start");
     assert_ne!(again, id);
     assert_eq!(docker.list_own().await.unwrap().len(), 1);
 
@@ -145,7 +145,7 @@ async fn a_missing_image_that_cannot_be_pulled_is_a_pull_error_and_nothing_is_cr
     }
     let docker = Docker::connect(NodeId::new("it-driver-pull"), "0123456789abcdef").await.expect("docker");
     let app = AppSpec::new("ghost", "canteen-no-such-image:never", 1, Resources::new(100, 64));
-    let e = docker.start(&SlotId::new("ghost", 0), &app, "127.0.0.1".parse().unwrap(), 17952).await.unwrap_err();
+    let e = docker.start(&SlotId::new("ghost", 0), &app, "127.0.0.1".parse().unwrap(), 17952, &[]).await.unwrap_err();
     assert!(e.to_string().contains("canteen-no-such-image:never"), "{e}");
     assert!(e.to_string().contains("pulling it failed"), "{e}");
     assert!(docker.list_own().await.unwrap().is_empty());

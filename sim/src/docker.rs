@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use canteen_core::health::ProbeOutcome;
-use canteen_core::model::{AppSpec, SlotId};
+use canteen_core::model::{AppSpec, GpuShare, SlotId};
 use canteen_core::node::ContainerEvent;
 
 use crate::world::{Input, World, container_id, container_name};
@@ -38,14 +38,14 @@ impl SimDocker {
         now: u64,
         slot: SlotId,
         app: &AppSpec,
-        host_port: u16,
+        (host_port, gpus): (u16, Vec<GpuShare>),
         generation: u64,
     ) {
         let sim = w.app_sim(&app.name);
         let (latency, jitter) = w.start_latency;
         let offset = if jitter == 0 { 0 } else { w.rng.below(2 * jitter + 1) };
         let ready = now + latency - jitter + offset;
-        let input = match w.create_container(index, slot.clone(), host_port, app, ready, sim) {
+        let input = match w.create_container(index, slot.clone(), (host_port, gpus), app, ready, sim) {
             Some(id) => Input::Container(ContainerEvent::Started { slot, generation, container: container_name(id) }),
             None => Input::Container(ContainerEvent::StartFailed {
                 slot,

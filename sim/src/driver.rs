@@ -228,9 +228,9 @@ impl Driver {
                     let _ = self.endpoint.send_to_raw(to, TAG, Box::new(bytes)).await;
                     sent = true;
                 }
-                Action::StartContainer { slot, app, host_port, generation } => {
+                Action::StartContainer { slot, app, host_port, gpus, generation } => {
                     let mut w = lock(&self.world);
-                    self.docker.start(&mut w, self.index, now, slot, &app, host_port, generation);
+                    self.docker.start(&mut w, self.index, now, slot, &app, (host_port, gpus), generation);
                 }
                 Action::StopContainer { container, drain_ms, slot } => {
                     if std::env::var_os("CANTEEN_SIM_DEBUG").is_some() {

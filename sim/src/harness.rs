@@ -70,6 +70,10 @@ async fn supervise(scenario: Scenario, seed: u64) -> (Report, Timeline) {
             let mut config = NodeConfig::new(spec.id.clone(), &ip_of(i).to_string(), spec.capacity);
             config.gossip_addr = gossip_addr_of(i);
             config.labels = spec.labels.clone();
+            config.gpus = spec.gpus;
+            config.gpu_model = spec.gpu_model.clone();
+            config.host_port_min = spec.host_ports.min;
+            config.host_port_max = spec.host_ports.max;
             config.policy = scenario.cluster.policy;
             config.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64;
             if scenario.sim.membership == Membership::Swim {

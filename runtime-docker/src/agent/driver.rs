@@ -278,9 +278,9 @@ impl Driver {
     fn dispatch(&mut self, action: Action) {
         match action {
             Action::Send { to, bytes } => self.send(&to, &bytes),
-            Action::StartContainer { slot, app, host_port, generation } => {
+            Action::StartContainer { slot, app, host_port, gpus, generation } => {
                 let (docker, tx, ip) = (self.docker.clone(), self.tx.clone(), self.config.container_ip);
-                tasks::spawn_start(docker, tx, ip, (slot, app, host_port, generation));
+                tasks::spawn_start(docker, tx, ip, (slot, app, host_port, gpus, generation));
             }
             Action::StopContainer { container, slot, drain_ms } => {
                 tasks::spawn_stop(self.docker.clone(), container, slot, drain_ms);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canteen_core::membership::PeerAddr;
-use canteen_core::node::{ContainerEvent, Node};
+use canteen_core::node::{ContainerEvent, Found, Node};
 use canteen_core::seal::{Keyring, Opener, Sealer, sender_of};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -106,7 +106,8 @@ pub async fn start(
     for c in own {
         if c.running {
             tracing::info!(slot = %c.slot, container = %short(&c.id), host_port = c.host_port, version = c.version, "adopting container");
-            adopted.push((c.slot, c.id, c.host_port, c.version));
+            let (slot, container, host_port, version, gpus) = (c.slot, c.id, c.host_port, c.version, c.gpus);
+            adopted.push(Found { slot, container, host_port, version, gpus });
         } else {
             tracing::info!(slot = %c.slot, container = %short(&c.id), "removing exited container");
             let _ = docker.remove(&c.id).await;

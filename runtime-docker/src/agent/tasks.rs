@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canteen_core::model::HealthKind;
-use canteen_core::model::{AppSpec, SlotId};
+use canteen_core::model::{AppSpec, GpuShare, SlotId};
 use canteen_core::node::ContainerEvent;
 use canteen_core::seal::{OpenError, Opener};
 use tokio::net::UdpSocket;
@@ -161,11 +161,11 @@ pub fn spawn_start(
     docker: Docker,
     tx: mpsc::Sender<Input>,
     ip: IpAddr,
-    (slot, app, host_port, generation): (SlotId, Box<AppSpec>, u16, u64),
+    (slot, app, host_port, gpus, generation): (SlotId, Box<AppSpec>, u16, Vec<GpuShare>, u64),
 ) {
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let result = docker.start(&slot, &app, ip, host_port).await.map_err(|e| e.to_string());
+        let result = docker.start(&slot, &app, ip, host_port, &gpus).await.map_err(|e| e.to_string());
         if let Ok(id) = &result {
             let start_ms = started.elapsed().as_millis() as u64;
             tracing::info!(slot = %slot, container = %short(id), host_port, start_ms, "container started");

@@ -99,6 +99,7 @@ impl Checker {
         // serving replicas by app index and slot index (containers of apps the scenario does
         // not name are not counted), the orphans.
         let mut used = vec![Resources::ZERO; w.nodes.len()];
+        let mut gpus = std::collections::BTreeMap::new();
         let mut serving: Vec<Vec<u32>> = vec![Vec::new(); w.apps.len()];
         // Per slot, the version of the first serving replica seen, and how many serving
         // replicas of another version: a rolling update's new replica beside its old one is
@@ -108,6 +109,9 @@ impl Checker {
         for (&id, c) in &w.containers {
             if c.removed_at_ms.is_none() {
                 used[c.node] = used[c.node].saturating_add(c.resources);
+                if c.stopping_at_ms.is_none() && !c.gpus.is_empty() {
+                    capacity::Capacity::hold(&mut gpus, c.node, &c.gpus);
+                }
             }
             if c.app < w.apps.len() && c.serving_at(now_ms, &w.nodes) {
                 let counts = &mut serving[c.app];
@@ -127,7 +131,7 @@ impl Checker {
             self.orphans.sample(now_ms, dt_s, w, &desired, id, c);
         }
         self.orphans.end_sample();
-        self.capacity.sample(now_s, &used, w);
+        self.capacity.sample(now_s, &used, &gpus, w);
         // Changes of the desired state besides the heal: convergence is measured from the last.
         let changes = w.truth.changes_s.len() + w.truth.scale_events.len();
         if changes != self.changes_seen {

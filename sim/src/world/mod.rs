@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use canteen_core::balance::Balancer;
 use canteen_core::health::ProbeOutcome;
 use canteen_core::membership::PeerAddr;
-use canteen_core::model::{AppName, AppSpec, NodeId, Resources, SlotId};
-use canteen_core::node::{Backend, Command, ContainerEvent, Value};
+use canteen_core::model::{AppName, AppSpec, GpuShare, NodeId, Resources, SlotId};
+use canteen_core::node::{Backend, Command, ContainerEvent, Found, Value};
 use canteen_core::registry::{Entry, Key};
 
 mod requests;
@@ -148,6 +148,8 @@ pub struct SimNode {
     pub gossip_addr: PeerAddr,
     /// What it offers.
     pub capacity: Resources,
+    /// Its GPUs.
+    pub gpus: u32,
     /// Whether it is running.
     pub up: bool,
     /// How many times it booted: the generation of its current life, for SWIM.
@@ -200,6 +202,8 @@ pub struct SimContainer {
     pub host_port: u16,
     /// Reserved resources.
     pub resources: Resources,
+    /// The GPUs it was given.
+    pub gpus: Vec<GpuShare>,
     /// Its image.
     pub image: String,
     /// The version of its app it runs.
@@ -366,6 +370,7 @@ impl World {
                 id: n.id.clone(),
                 gossip_addr: gossip_addr_of(i),
                 capacity: n.capacity,
+                gpus: n.gpus,
                 up: false,
                 starts: 0,
                 slow_factor: 1.0,
@@ -466,7 +471,7 @@ impl World {
         index: usize,
         inbox: InboxHandle,
         now_ms: u64,
-    ) -> (u64, Vec<(SlotId, String, u16, u64)>) {
+    ) -> (u64, Vec<Found>) {
         let was_up = self.nodes[index].up;
         let n = &mut self.nodes[index];
         n.up = true;
@@ -489,7 +494,13 @@ impl World {
                 continue;
             }
             if self.adopt {
-                running.push((c.slot.clone(), container_name(*id), c.host_port, c.version));
+                running.push(Found {
+                    slot: c.slot.clone(),
+                    container: container_name(*id),
+                    host_port: c.host_port,
+                    version: c.version,
+                    gpus: c.gpus.clone(),
+                });
             }
         }
         let containers = &self.containers;
@@ -579,7 +590,7 @@ impl World {
         &mut self,
         node: usize,
         slot: SlotId,
-        host_port: u16,
+        (host_port, gpus): (u16, Vec<GpuShare>),
         app: &AppSpec,
         ready_at_ms: u64,
         sim: AppSim,
@@ -607,6 +618,7 @@ impl World {
                 slot,
                 host_port,
                 resources: app.resources,
+                gpus,
                 image: app.image.clone(),
                 version: app.version,
                 never_healthy,
