@@ -1,4 +1,7 @@
-//! Fixtures shared by canteen's benchmarks: large clusters built the same way every time.
+//! Fixtures shared by canteen's benchmarks: large clusters built the same way every time; and
+//! the replay of a production trace (`trace`).
+
+pub mod trace;
 
 use canteen_core::model::{AppSpec, NodeSpec, Resources};
 
