@@ -1,9 +1,10 @@
-//! Placement from scratch of 100,000 replicas on 10,000 nodes for each policy, and the
-//! reschedule after one of those nodes dies. Each plan is checked before it is timed.
+//! Placement from scratch of 100,000 replicas on 10,000 nodes for each policy, with GPUs and
+//! without, and the reschedule after one of those nodes dies. Each plan is checked before it
+//! is timed.
 
 use std::hint::black_box;
 
-use canteen_benches::{apps, nodes};
+use canteen_benches::{apps, gpu_apps, gpu_nodes, nodes};
 use canteen_core::schedule::{Observed, Plan, Policy, place};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
@@ -33,6 +34,25 @@ fn from_scratch(c: &mut Criterion) {
     group.finish();
 }
 
+fn with_gpus(c: &mut Criterion) {
+    let nodes = gpu_nodes(NODES);
+    let apps = gpu_apps(APPS, REPLICAS);
+    let observed = Observed::new();
+    let mut group = c.benchmark_group("place_100k_replicas_on_10k_gpu_nodes");
+    group.sample_size(10);
+    for (name, policy) in Policy::ALL {
+        let plan = place(&apps, &nodes, &observed, policy);
+        check(&plan);
+        for app in &apps {
+            let slot = canteen_core::model::SlotId::new(app.name.as_str(), 0);
+            let held: u32 = plan.gpus_of(&slot).iter().map(|g| g.milli).sum();
+            assert_eq!(u64::from(held), u64::from(app.gpu.gpus) * 1000 + u64::from(app.gpu.gpu_milli), "{name}");
+        }
+        group.bench_function(name, |b| b.iter(|| place(black_box(&apps), black_box(&nodes), &observed, policy)));
+    }
+    group.finish();
+}
+
 fn reschedule(c: &mut Criterion) {
     let nodes = nodes(NODES);
     let apps = apps(APPS, REPLICAS);
@@ -53,5 +73,5 @@ fn reschedule(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, from_scratch, reschedule);
+criterion_group!(benches, from_scratch, with_gpus, reschedule);
 criterion_main!(benches);

@@ -24,6 +24,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use canteen_core::model::{AppName, AppSpec};
 use canteen_core::node::Command;
+
+use crate::plan::GpuJson;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -535,6 +537,12 @@ pub struct NodeStatusJson {
     pub addr: String,
     /// The slots its status lists.
     pub slots: usize,
+    /// Its GPUs.
+    #[serde(default)]
+    pub gpus: u32,
+    /// Their model.
+    #[serde(default)]
+    pub gpu_model: String,
 }
 
 /// One app.
@@ -622,4 +630,10 @@ pub struct SlotStatusJson {
     /// Whether it counts in a rollout (healthy for the update's min_healthy_ms).
     #[serde(default)]
     pub ready: bool,
+    /// The GPUs it holds on its node.
+    #[serde(default)]
+    pub gpus: Vec<GpuJson>,
+    /// Why it runs nowhere, when it is unplaced and this node's last placement said why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }

@@ -516,6 +516,17 @@ fn rollout_command(api: &ApiArgs, request: RolloutRequest) -> Result<(), Failure
     Ok(())
 }
 
+/// A slot's GPUs in a table: whole ones by index (`0,1`), a share as index and thousandths
+/// (`2:250`), `-` for none.
+fn gpus_cell(gpus: &[plan::GpuJson]) -> String {
+    if gpus.is_empty() {
+        return "-".to_owned();
+    }
+    let each: Vec<String> =
+        gpus.iter().map(|g| if g.milli >= 1000 { g.index.to_string() } else { format!("{}:{}", g.index, g.milli) }).collect();
+    each.join(",")
+}
+
 /// The `canteen status` table.
 pub fn status_table(status: &crate::api::StatusJson) -> String {
     let mut rows = vec![[
@@ -525,6 +536,7 @@ pub fn status_table(status: &crate::api::StatusJson) -> String {
         "NODE".to_owned(),
         "HOST PORT".to_owned(),
         "HEALTH".to_owned(),
+        "GPUS".to_owned(),
         "REQ/S".to_owned(),
         "RESTARTS".to_owned(),
     ]];
@@ -536,15 +548,21 @@ pub fn status_table(status: &crate::api::StatusJson) -> String {
             s.node.clone(),
             if s.host_port == 0 { "-".to_owned() } else { s.host_port.to_string() },
             s.health.clone(),
+            gpus_cell(&s.gpus),
             format!("{:.1}", s.requests_per_s),
             s.restarts.map_or_else(|| "-".to_owned(), |n| n.to_string()),
         ]);
     }
     let mut out = plan::table(&rows);
+    for s in status.slots.iter().filter(|s| s.reason.is_some()) {
+        out.push_str(&format!("{}/{} unplaced: {}\n", s.app, s.slot, s.reason.as_deref().unwrap_or_default()));
+    }
     if status.nodes.len() > 1 {
-        let mut rows = vec![["NODE".to_owned(), "STATE".to_owned(), "ADDR".to_owned(), "SLOTS".to_owned()]];
+        let mut rows =
+            vec![["NODE".to_owned(), "STATE".to_owned(), "ADDR".to_owned(), "SLOTS".to_owned(), "GPUS".to_owned()]];
         for n in &status.nodes {
-            rows.push([n.name.clone(), n.state.clone(), n.addr.clone(), n.slots.to_string()]);
+            let gpus = if n.gpus == 0 { "-".to_owned() } else { format!("{} {}", n.gpus, n.gpu_model) };
+            rows.push([n.name.clone(), n.state.clone(), n.addr.clone(), n.slots.to_string(), gpus]);
         }
         out.push('\n');
         out.push_str(&plan::table(&rows));

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use canteen_core::cluster_file::Cluster;
 use canteen_core::limits::MIB;
+use canteen_core::model::GpuShare;
 use canteen_core::schedule::{self, Observed, Plan, Policy};
 use serde::Serialize;
 
@@ -35,6 +36,24 @@ pub struct PlacementJson {
     pub slot: u32,
     /// The node it runs on.
     pub node: String,
+    /// The GPUs it holds there, by index (`milli` 1000 for a whole one).
+    pub gpus: Vec<GpuJson>,
+}
+
+/// One GPU a slot holds.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct GpuJson {
+    /// Its index on the node.
+    pub index: u32,
+    /// Thousandths of it held.
+    pub milli: u32,
+}
+
+impl GpuJson {
+    /// Each of `gpus`.
+    pub fn list(gpus: &[GpuShare]) -> Vec<GpuJson> {
+        gpus.iter().map(|g| GpuJson { index: g.index, milli: g.milli }).collect()
+    }
 }
 
 /// One slot that fits nowhere.
@@ -61,15 +80,27 @@ pub struct NodeJson {
     pub mem_mb_used: u64,
     /// Its memory capacity, in MiB.
     pub mem_mb: u64,
+    /// Its GPUs.
+    pub gpus: u32,
+    /// Their model.
+    pub gpu_model: String,
+    /// Thousandths of a GPU its slots hold, over all its GPUs.
+    pub gpu_milli_used: u64,
 }
 
 /// The plan as the `--json` output describes it.
 pub fn to_json(plan: &Plan) -> PlanJson {
+    let gpu_used = gpu_used(plan);
     PlanJson {
         policy: plan.policy().to_string(),
         placements: plan
             .placements()
-            .map(|(slot, node)| PlacementJson { app: slot.app.to_string(), slot: slot.index, node: node.to_string() })
+            .map(|(slot, node)| PlacementJson {
+                app: slot.app.to_string(),
+                slot: slot.index,
+                node: node.to_string(),
+                gpus: GpuJson::list(&plan.gpus_of(&slot)),
+            })
             .collect(),
         unschedulable: plan
             .unschedulable()
@@ -88,9 +119,24 @@ pub fn to_json(plan: &Plan) -> PlanJson {
                 cpu_millis: n.capacity.cpu_millis,
                 mem_mb_used: used.mem_bytes / MIB,
                 mem_mb: n.capacity.mem_bytes / MIB,
+                gpus: n.gpus,
+                gpu_model: n.gpu_model.clone(),
+                gpu_milli_used: gpu_used.get(n.id.as_str()).copied().unwrap_or(0),
             })
             .collect(),
     }
+}
+
+/// Thousandths of a GPU held on each node.
+fn gpu_used(plan: &Plan) -> BTreeMap<String, u64> {
+    let mut used: BTreeMap<String, u64> = BTreeMap::new();
+    for (slot, node) in plan.placements() {
+        let held: u64 = plan.gpus_of(&slot).iter().map(|g| u64::from(g.milli)).sum();
+        if held > 0 {
+            *used.entry(node.to_string()).or_default() += held;
+        }
+    }
+    used
 }
 
 /// The plan as a table: each node with its slots and usage, then the unschedulable slots.
@@ -102,7 +148,14 @@ pub fn to_table(plan: &Plan) -> String {
         by_node.entry(node.as_str()).or_default().entry(slot.app.to_string()).or_default().push(slot.index);
         placed += 1;
     }
-    let mut rows = vec![["NODE".to_owned(), "CPU (m)".to_owned(), "MEMORY (MiB)".to_owned(), "SLOTS".to_owned()]];
+    let gpu_used = gpu_used(plan);
+    let mut rows = vec![[
+        "NODE".to_owned(),
+        "CPU (m)".to_owned(),
+        "MEMORY (MiB)".to_owned(),
+        "GPU".to_owned(),
+        "SLOTS".to_owned(),
+    ]];
     for (node, used) in plan.usage() {
         let slots = by_node.get(node.id.as_str()).map_or_else(
             || "-".to_owned(),
@@ -119,6 +172,12 @@ pub fn to_table(plan: &Plan) -> String {
             node.id.to_string(),
             format!("{}/{}", used.cpu_millis, node.capacity.cpu_millis),
             format!("{}/{}", used.mem_bytes / MIB, node.capacity.mem_bytes / MIB),
+            if node.gpus == 0 {
+                "-".to_owned()
+            } else {
+                let held = gpu_used.get(node.id.as_str()).copied().unwrap_or(0) as f64 / 1000.0;
+                format!("{held}/{} {}", node.gpus, node.gpu_model)
+            },
             slots,
         ]);
     }

@@ -149,6 +149,11 @@ impl Node {
         });
     }
 
+    /// The slots this node's last placement pass could place nowhere, with the reasons.
+    pub fn unschedulable(&self) -> &[(SlotId, crate::schedule::Unplaceable)] {
+        self.placement.unschedulable()
+    }
+
     /// Live node specs and what they run, as this node sees them.
     pub(super) fn facts(&self) -> (Vec<NodeSpec>, Observed) {
         let mut nodes = vec![self.config.spec()];

@@ -205,6 +205,11 @@ impl Placement {
         self.structure_at_last_place = Some(self.structure);
     }
 
+    /// The slots the last pass that placed could place nowhere, with the reasons.
+    pub(super) fn unschedulable(&self) -> &[(SlotId, Unplaceable)] {
+        &self.unschedulable
+    }
+
     /// Whether the last pass that placed left slots unschedulable.
     pub(super) fn has_unschedulable(&self) -> bool {
         !self.unschedulable.is_empty()

@@ -13,7 +13,7 @@ use canteen_core::model::Cause;
 use canteen_core::model::{AppName, NodeId, SlotId};
 use canteen_core::node::{Action, ContainerEvent, Event, Node};
 use canteen_core::rollout::{Outcome, Phase};
-use canteen_core::schedule::ContainerState;
+use canteen_core::schedule::{ContainerState, Unplaceable};
 use canteen_core::seal::Sealer;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{CommandFailure, Input, PERSIST_INTERVAL_MS, now, tasks};
 use crate::api::{AppStatusJson, NodeStatusJson, SlotStatusJson, StatusJson, UpdateJson, VersionJson};
 use crate::config::AgentConfig;
+use crate::plan::GpuJson;
 use crate::docker::Docker;
 use crate::metrics::{AppLabel, InputLabel, Metrics, RolloutLabel};
 use crate::proxy::Proxies;
@@ -391,6 +392,8 @@ impl Driver {
                 restarts: Some(self.restarts.get(&c.slot).copied().unwrap_or(0)),
                 version: c.version,
                 ready: c.ready,
+                gpus: GpuJson::list(&c.gpus),
+                reason: None,
             })
             .collect();
         let mut nodes = vec![NodeStatusJson {
@@ -398,6 +401,8 @@ impl Driver {
             state: "alive".to_owned(),
             addr: self.node.config().addr.clone(),
             slots: local.len(),
+            gpus: self.node.config().gpus,
+            gpu_model: self.node.config().gpu_model.clone(),
         }];
         for view in self.node.cluster_view() {
             let node = view.node;
@@ -416,6 +421,8 @@ impl Driver {
                 state: if view.alive { "alive" } else { "down" }.to_owned(),
                 addr: status.addr.clone(),
                 slots: status.containers.len(),
+                gpus: status.spec.gpus,
+                gpu_model: status.spec.gpu_model.clone(),
             });
             if !view.alive {
                 continue;
@@ -431,10 +438,14 @@ impl Driver {
                     restarts: None,
                     version: c.version,
                     ready: c.ready,
+                    gpus: GpuJson::list(&c.gpus),
+                    reason: None,
                 });
             }
         }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let unschedulable: BTreeMap<&SlotId, &Unplaceable> =
+            self.node.unschedulable().iter().map(|(s, r)| (s, r)).collect();
         for app in &apps {
             for slot in app.slots() {
                 if !slots.iter().any(|s| s.app == slot.app.as_str() && s.slot == slot.index) {
@@ -443,6 +454,7 @@ impl Driver {
                         slot: slot.index,
                         node: "-".to_owned(),
                         health: "unplaced".to_owned(),
+                        reason: unschedulable.get(&slot).map(|r| r.to_string()),
                         ..Default::default()
                     });
                 }
