@@ -229,7 +229,7 @@ impl Plan {
         if w.frag[n].0 == stamp {
             return w.frag[n].1;
         }
-        let free = self.free[n];
+        let free = self.rooms[n].res;
         let f = w.fragmentation(free.cpu_millis, free.mem_bytes, self.gpus.model(n), self.gpus.of(n));
         self.workload.as_mut().expect("made").frag[n] = (stamp, f);
         f
@@ -253,7 +253,7 @@ impl Plan {
         }
         let before = self.fragmentation_now(n);
         let w = self.workload.as_ref().expect("made");
-        let free = self.free[n].saturating_sub(res);
+        let free = self.rooms[n].res.saturating_sub(res);
         let model = self.gpus.model(n);
         let mut gpus: Vec<u16> = self.gpus.of(n).to_vec();
         let best = match need {

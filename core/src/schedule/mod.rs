@@ -27,11 +27,13 @@ mod policies;
 mod preempt;
 mod reasons;
 mod roll;
+mod room;
 
 pub use fgd::Shape;
 use gpu::{Grant, GpuNeed, GpuTable, Models};
 pub use reasons::{Unplaceable, Unschedulable};
 use roll::{KeptState, OldKept};
+use room::Room;
 
 use crate::hash::{mix, stable_hash};
 use crate::limits;
@@ -205,19 +207,15 @@ pub struct Plan {
     alive: Vec<bool>,
     /// Resources reserved on each node by the slots placed there.
     used: Vec<Resources>,
-    /// What each node has left: capacity minus `used`, or nothing once the node is dead. Kept
-    /// apart from `nodes` so that a scan for a fitting node reads 16 bytes a node, not 80.
-    free: Vec<Resources>,
+    /// What each node has left, and its allocation score, kept current by every change to
+    /// its usage: every policy reads it for every candidate node, so it is apart from `nodes`
+    /// and a scan reads 32 bytes a node.
+    rooms: Vec<Room>,
     /// Replicas on each node (kept, kept beside a new one, placed): each holds a host port.
     ports_used: Vec<u32>,
     /// Host ports each node gives replicas: its range, less the ports apps publish there, at
     /// most `limits::LOCAL_SLOTS_MAX`.
     ports_cap: Vec<u32>,
-    /// `ports_cap - ports_used`, or 0 once the node is dead; kept current with `used`.
-    ports_free: Vec<u32>,
-    /// `score(n)` of each node, kept current by every change to `used`: computing it takes two
-    /// divisions, and spread and bin-pack read it for every candidate node.
-    scores: Vec<u64>,
     /// Every node's GPUs and what is free on each.
     gpus: GpuTable,
     /// Apps in placement order: priority descending, then name.
@@ -308,10 +306,8 @@ pub fn place_owned(
         policy,
         alive: vec![true; nodes.len()],
         used: vec![Resources::ZERO; nodes.len()],
-        scores: vec![0; nodes.len()],
-        free: nodes.iter().map(|n| n.capacity).collect(),
+        rooms: nodes.iter().zip(&ports_cap).map(|(n, &ports)| Room::empty(n, ports)).collect(),
         ports_used: vec![0; nodes.len()],
-        ports_free: ports_cap.clone(),
         ports_cap,
         gpus,
         slots: apps.iter().map(|a| vec![UNPLACED; a.replicas as usize]).collect(),
@@ -570,107 +566,6 @@ impl Plan {
         }
     }
 
-    /// What decides which nodes app `a` may run on: its labels, and for an app that asks for
-    /// GPUs, the models it allows.
-    fn eligibility(&self, a: usize) -> (Labels, Option<Models>) {
-        let gpu = (self.needs[a].gpu != GpuNeed::None).then(|| self.needs[a].models.clone());
-        (self.apps[a].constraints.clone(), gpu)
-    }
-
-    /// The live nodes app `a` may run on, whatever they have free: they carry its labels and,
-    /// if it asks for GPUs, have GPUs of a model it allows.
-    fn eligible(&self, a: usize) -> Vec<u32> {
-        let gpu = self.needs[a].gpu != GpuNeed::None;
-        (0..self.nodes.len() as u32)
-            .filter(|&n| {
-                let n = n as usize;
-                self.alive[n]
-                    && self.apps[a].admits(&self.nodes[n].labels)
-                    && (!gpu || self.needs[a].models.allows(self.gpus.model(n)))
-            })
-            .collect()
-    }
-
-    /// Whether one more replica of app `a` fits on node `n`: its resources, a host port and
-    /// its GPUs are free there. Never true of a dead node, since every replica asks for some
-    /// CPU and a dead node has none free.
-    fn fits(&self, a: usize, n: usize) -> bool {
-        self.apps[a].resources.fits_in(self.free[n])
-            && self.ports_free[n] > 0
-            && self.gpus.fits(n, self.needs[a].gpu, &self.needs[a].models)
-    }
-
-    /// What container `c` of app `a` on node `n` holds there, if the node still admits it: it
-    /// carries the app's labels, and its GPUs are ones a replica may hold on the node; one of
-    /// the app's version holds what the version asks for, of a model it allows (an older one
-    /// holds what it was given).
-    fn grant_of(&self, a: usize, n: usize, c: &ObservedContainer) -> Option<Grant> {
-        if !self.apps[a].admits(&self.nodes[n].labels) {
-            return None;
-        }
-        let grant = Grant::from_shares(&c.gpus, self.gpus.count(n))?;
-        let need = &self.needs[a];
-        let answers = grant.answers(need.gpu) && (need.gpu == GpuNeed::None || need.models.allows(self.gpus.model(n)));
-        (answers || !self.apps[a].runs_as(c.version)).then_some(grant)
-    }
-
-    /// Reserves on node `n` what one replica holds: `resources`, a host port and the GPUs of
-    /// `grant`; false, reserving nothing, when those GPUs are not free there.
-    fn hold(&mut self, n: usize, resources: Resources, grant: Grant) -> bool {
-        if !self.gpus.take(n, grant) {
-            return false;
-        }
-        self.ports_used[n] += 1;
-        self.set_used(n, self.used[n].saturating_add(resources));
-        true
-    }
-
-    /// Gives back what [`Plan::hold`] reserved.
-    fn release(&mut self, n: usize, resources: Resources, grant: Grant) {
-        self.gpus.give(n, grant);
-        self.ports_used[n] -= 1;
-        self.set_used(n, self.used[n].saturating_sub(resources));
-    }
-
-    /// The GPUs slot `index` of app `a` holds, which it holds no more.
-    fn take_grant(&mut self, a: usize, index: u32) -> Grant {
-        self.grants[a].get_mut(index as usize).map(std::mem::take).unwrap_or_default()
-    }
-
-    fn set_used(&mut self, n: usize, used: Resources) {
-        self.used[n] = used;
-        let cap = self.nodes[n].capacity;
-        self.free[n] = if self.alive[n] { cap.saturating_sub(used) } else { Resources::ZERO };
-        self.ports_free[n] = if self.alive[n] { self.ports_cap[n].saturating_sub(self.ports_used[n]) } else { 0 };
-        let frac = |u: u64, c: u64| ((u128::from(u) << 20) / u128::from(c.max(1))) as u64;
-        self.scores[n] = frac(used.cpu_millis, cap.cpu_millis) + frac(used.mem_bytes, cap.mem_bytes);
-        if let Some(w) = &mut self.workload {
-            w.touch(n);
-        }
-    }
-
-    /// Places slot `index` of app `a` on node `n`, where it fits, on the GPUs the policy
-    /// picks there.
-    fn assign(&mut self, a: usize, index: u32, n: usize) {
-        let grant = match self.needs[a].gpu {
-            GpuNeed::None => Grant::None,
-            _ if self.policy == Policy::Fgd => self.fgd_best_on(a, n).map_or(Grant::None, |(_, g)| g),
-            need => self.gpus.best_fit(n, need),
-        };
-        self.assign_with(a, index, n, grant);
-    }
-
-    /// Places slot `index` of app `a` on node `n`, where it fits, on the GPUs of `grant`.
-    fn assign_with(&mut self, a: usize, index: u32, n: usize, grant: Grant) {
-        debug_assert!(self.fits(a, n));
-        let held = self.hold(n, self.apps[a].resources, grant);
-        assert!(held, "a node where a replica fits has its GPUs free");
-        if !self.grants[a].is_empty() {
-            self.grants[a][index as usize] = grant;
-        }
-        self.slots[a][index as usize] = n as u32 | FRESH;
-    }
-
     /// Takes a dead node out of the plan and places its slots again, as a full pass over the
     /// remaining facts would: only the dead node's slots move (property-tested against [`place`]).
     /// Costs about one scan of the slots plus one placement per moved slot.
@@ -802,9 +697,7 @@ impl Plan {
             for (n, u) in used.into_iter().enumerate() {
                 fresh.set_used(n, u);
             }
-            assert_eq!(fresh.scores, self.scores, "cached scores are current");
-            assert_eq!(fresh.free, self.free, "cached free resources are current");
-            assert_eq!(fresh.ports_free, self.ports_free, "cached free ports are current");
+            assert_eq!(fresh.rooms, self.rooms, "each node's room is current");
         }
     }
 

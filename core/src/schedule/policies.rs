@@ -32,7 +32,8 @@ impl Plan {
         eligible: &[u32],
         cursor: &mut usize,
     ) -> usize {
-        let mut ring: Vec<u32> = eligible.iter().copied().filter(|&n| self.fits(a, n as usize)).collect();
+        let fits = self.fitter(a);
+        let mut ring: Vec<u32> = eligible.iter().copied().filter(|&n| fits(self, n as usize)).collect();
         let mut pos = ring.partition_point(|&n| (n as usize) < *cursor);
         for (done, &index) in indexes.iter().enumerate() {
             // Walk the ring from `pos`, dropping nodes that have filled up.
@@ -44,7 +45,7 @@ impl Plan {
                     pos = 0;
                 }
                 let n = ring[pos] as usize;
-                if self.fits(a, n) {
+                if fits(self, n) {
                     self.assign(a, index, n);
                     *cursor = n + 1;
                     pos += 1;
@@ -59,7 +60,7 @@ impl Plan {
     /// Allocation score of a node: the sum of its used fractions of CPU and memory, in units of
     /// 2^-20. Spread picks the lowest, bin-pack the highest; ties go to the lower node name.
     pub(super) fn score(&self, n: usize) -> u64 {
-        self.scores[n]
+        self.rooms[n].score
     }
 
     /// The key spread (`most_allocated` false) and bin-pack rank node `n` by for a replica of
@@ -68,15 +69,15 @@ impl Plan {
     /// for one without, whether the node has no GPU free: it keeps off GPUs it would
     /// strand), then the allocation score, then the node index inverted so that ties go to
     /// the lower name. Without GPUs anywhere, the first part is the same for every node.
+    #[inline]
     pub(super) fn score_key(&self, a: usize, n: usize, most_allocated: bool) -> u64 {
-        let s = self.score(n);
-        let s = if most_allocated { s } else { (1 << 22) - s };
-        let room = self.gpus.room(n);
+        let room = &self.rooms[n];
+        let s = if most_allocated { room.score } else { (1 << 22) - room.score };
         let first = match self.needs[a].gpu {
-            GpuNeed::None => u64::from(room.free == 0),
+            GpuNeed::None => u64::from(room.gpu_free == 0),
             _ => {
                 let total = u64::from(self.gpus.count(n)) * u64::from(limits::GPU_MILLI);
-                (total - u64::from(room.free)) * 1000 / total.max(1)
+                total.saturating_sub(u64::from(room.gpu_free)) * 1000 / total.max(1)
             }
         };
         // Scores are at most 2^21 and their complements at most 2^22: 23 bits.
@@ -95,10 +96,11 @@ impl Plan {
         let node_of = |k: u64| (NODE_MASK - (k & NODE_MASK)) as usize;
         if indexes.len() <= 2 {
             // A scan is cheaper than a heap for a slot or two (the reschedule path).
+            let fits = self.fitter(a);
             for (done, &index) in indexes.iter().enumerate() {
                 let mut best = None;
                 for &n in eligible {
-                    if self.fits(a, n as usize) {
+                    if fits(self, n as usize) {
                         best = best.max(Some(key(self, n as usize)));
                     }
                 }
@@ -107,8 +109,28 @@ impl Plan {
             }
             return indexes.len();
         }
-        let mut heap: BinaryHeap<u64> =
-            eligible.iter().map(|&n| n as usize).filter(|&n| self.fits(a, n)).map(|n| key(self, n)).collect();
+        // The heap is made from every eligible node, for every app: the scan reads each node's
+        // room once, with what the app asks hoisted out of it.
+        let res = self.apps[a].resources;
+        let heap: Vec<u64> = if self.needs[a].gpu == GpuNeed::None {
+            let (s_of, flip) = if most_allocated { (0, false) } else { (1u64 << 22, true) };
+            eligible
+                .iter()
+                .filter_map(|&n| {
+                    let room = &self.rooms[n as usize];
+                    if !(res.fits_in(room.res) && room.ports > 0) {
+                        return None;
+                    }
+                    let s = if flip { s_of - room.score } else { room.score };
+                    let first = u64::from(room.gpu_free == 0);
+                    Some((((first << 23) | s) << NODE_BITS) | (NODE_MASK - u64::from(n)))
+                })
+                .collect()
+        } else {
+            eligible.iter().map(|&n| n as usize).filter(|&n| self.fits(a, n)).map(|n| key(self, n)).collect()
+        };
+        debug_assert!(heap.iter().all(|&k| k == key(self, node_of(k))), "the scan's keys are score_key's");
+        let mut heap = BinaryHeap::from(heap);
         for (done, &index) in indexes.iter().enumerate() {
             // Only this app changes node usage during the loop, and only on nodes it pops, so
             // the top of the heap is current and fits.
@@ -160,6 +182,7 @@ impl Plan {
         let group_key = |h: u64, i: usize| (h << GROUP_BITS) | (limits::RENDEZVOUS_GROUPS - 1 - i as u64);
         let node_key = |h: u64, n: usize| (h << NODE_BITS) | ((1u64 << NODE_BITS) - 1 - n as u64);
         let mut ranked: Vec<u64> = Vec::with_capacity(live_groups.len());
+        let fits = self.fitter(a);
         for (done, &index) in indexes.iter().enumerate() {
             let slot_hash = mix(app_hash ^ mix(u64::from(index).wrapping_add(0x5107)));
             // The best fitting node of group `g`, or 0.
@@ -167,7 +190,7 @@ impl Plan {
                 let mut best = 0u64;
                 for &n in &groups[g] {
                     let n = n as usize;
-                    if (everyone || admitted[n]) && plan.fits(a, n) {
+                    if (everyone || admitted[n]) && fits(plan, n) {
                         best = best.max(node_key(mix(slot_hash ^ plan.node_hash[n]), n) | 1 << 63);
                     }
                 }

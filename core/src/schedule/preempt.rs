@@ -106,8 +106,8 @@ impl Plan {
             // The least important go first: lowest priority, then last in placement order.
             lower.sort_by_key(|&(va, vi)| (self.apps[va as usize].priority, Reverse(va), Reverse(vi)));
             // What the node would have free with the victims gone.
-            let mut free = self.free[n];
-            let mut ports = self.ports_free[n];
+            let mut free = self.rooms[n].res;
+            let mut ports = self.rooms[n].ports;
             let mut gpus = self.gpus.clone_node(n);
             let fits = |free: Resources, ports: u32, gpus: &GpuScratch| {
                 need.fits_in(free) && ports > 0 && gpus.fits(gpu)

@@ -1,0 +1,155 @@
+//! What each node has room for, and the one path by which a replica's reservation on a node
+//! is made or given back (`hold`, `release`): its resources, a host port and its GPUs.
+
+use crate::model::{Labels, NodeSpec, Resources};
+
+use super::gpu::{GpuNeed, Grant, Models};
+use super::{FRESH, ObservedContainer, Plan, Policy};
+
+/// What a node has left, at a glance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Room {
+    /// Its capacity less what its replicas reserve; nothing once the node is dead.
+    pub(super) res: Resources,
+    /// Its host ports free (see `Plan::ports_cap`).
+    pub(super) ports: u32,
+    /// Thousandths of a GPU free over all its GPUs.
+    pub(super) gpu_free: u32,
+    /// The sum of its used fractions of CPU and memory, in units of 2^-20.
+    pub(super) score: u64,
+}
+
+impl Room {
+    /// The room of `node`, with nothing placed on it and `ports` host ports.
+    pub(super) fn empty(node: &NodeSpec, ports: u32) -> Room {
+        Room {
+            res: node.capacity,
+            ports,
+            gpu_free: node.gpus.min(crate::limits::GPUS_PER_NODE_MAX) * crate::limits::GPU_MILLI,
+            score: 0,
+        }
+    }
+}
+
+impl Plan {
+    /// What decides which nodes app `a` may run on: its labels, and for an app that asks for
+    /// GPUs, the models it allows.
+    pub(super) fn eligibility(&self, a: usize) -> (Labels, Option<Models>) {
+        let gpu = (self.needs[a].gpu != GpuNeed::None).then(|| self.needs[a].models.clone());
+        (self.apps[a].constraints.clone(), gpu)
+    }
+
+    /// The live nodes app `a` may run on, whatever they have free: they carry its labels and,
+    /// if it asks for GPUs, have GPUs of a model it allows.
+    pub(super) fn eligible(&self, a: usize) -> Vec<u32> {
+        let gpu = self.needs[a].gpu != GpuNeed::None;
+        (0..self.nodes.len() as u32)
+            .filter(|&n| {
+                let n = n as usize;
+                self.alive[n]
+                    && self.apps[a].admits(&self.nodes[n].labels)
+                    && (!gpu || self.needs[a].models.allows(self.gpus.model(n)))
+            })
+            .collect()
+    }
+
+    /// Whether one more replica of app `a` fits on node `n`: its resources, a host port and
+    /// its GPUs are free there. Never true of a dead node, since every replica asks for some
+    /// CPU and a dead node has none free.
+    #[inline]
+    pub(super) fn fits(&self, a: usize, n: usize) -> bool {
+        let room = &self.rooms[n];
+        self.apps[a].resources.fits_in(room.res)
+            && room.ports > 0
+            && self.gpus.fits(n, self.needs[a].gpu, &self.needs[a].models)
+    }
+
+    /// [`Plan::fits`] for app `a`, with what the app asks read once: the scans of every node
+    /// call it for each.
+    pub(super) fn fitter(&self, a: usize) -> impl Fn(&Plan, usize) -> bool + use<> {
+        let (res, cpu_only) = (self.apps[a].resources, self.needs[a].gpu == GpuNeed::None);
+        move |plan: &Plan, n: usize| {
+            let room = &plan.rooms[n];
+            res.fits_in(room.res) && room.ports > 0 && (cpu_only || plan.fits(a, n))
+        }
+    }
+
+    /// What container `c` of app `a` on node `n` holds there, if the node still admits it: it
+    /// carries the app's labels, and its GPUs are ones a replica may hold on the node; one of
+    /// the app's version holds what the version asks for, of a model it allows (an older one
+    /// holds what it was given).
+    pub(super) fn grant_of(&self, a: usize, n: usize, c: &ObservedContainer) -> Option<Grant> {
+        if !self.apps[a].admits(&self.nodes[n].labels) {
+            return None;
+        }
+        let grant = Grant::from_shares(&c.gpus, self.gpus.count(n))?;
+        let need = &self.needs[a];
+        let answers = grant.answers(need.gpu) && (need.gpu == GpuNeed::None || need.models.allows(self.gpus.model(n)));
+        (answers || !self.apps[a].runs_as(c.version)).then_some(grant)
+    }
+
+    /// Reserves on node `n` what one replica holds: `resources`, a host port and the GPUs of
+    /// `grant`; false, reserving nothing, when those GPUs are not free there.
+    pub(super) fn hold(&mut self, n: usize, resources: Resources, grant: Grant) -> bool {
+        if !self.gpus.take(n, grant) {
+            return false;
+        }
+        self.ports_used[n] += 1;
+        self.set_used(n, self.used[n].saturating_add(resources));
+        true
+    }
+
+    /// Gives back what [`Plan::hold`] reserved.
+    pub(super) fn release(&mut self, n: usize, resources: Resources, grant: Grant) {
+        self.gpus.give(n, grant);
+        self.ports_used[n] -= 1;
+        self.set_used(n, self.used[n].saturating_sub(resources));
+    }
+
+    /// The GPUs slot `index` of app `a` holds, which it holds no more.
+    pub(super) fn take_grant(&mut self, a: usize, index: u32) -> Grant {
+        self.grants[a].get_mut(index as usize).map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Sets what node `n`'s replicas reserve, and what follows from it: its room.
+    pub(super) fn set_used(&mut self, n: usize, used: Resources) {
+        self.used[n] = used;
+        let cap = self.nodes[n].capacity;
+        let frac = |u: u64, c: u64| ((u128::from(u) << 20) / u128::from(c.max(1))) as u64;
+        self.rooms[n] = if self.alive[n] {
+            Room {
+                res: cap.saturating_sub(used),
+                ports: self.ports_cap[n].saturating_sub(self.ports_used[n]),
+                gpu_free: self.gpus.room(n).free,
+                score: frac(used.cpu_millis, cap.cpu_millis) + frac(used.mem_bytes, cap.mem_bytes),
+            }
+        } else {
+            Room::default()
+        };
+        if let Some(w) = &mut self.workload {
+            w.touch(n);
+        }
+    }
+
+    /// Places slot `index` of app `a` on node `n`, where it fits, on the GPUs the policy
+    /// picks there.
+    pub(super) fn assign(&mut self, a: usize, index: u32, n: usize) {
+        let grant = match self.needs[a].gpu {
+            GpuNeed::None => Grant::None,
+            _ if self.policy == Policy::Fgd => self.fgd_best_on(a, n).map_or(Grant::None, |(_, g)| g),
+            need => self.gpus.best_fit(n, need),
+        };
+        self.assign_with(a, index, n, grant);
+    }
+
+    /// Places slot `index` of app `a` on node `n`, where it fits, on the GPUs of `grant`.
+    pub(super) fn assign_with(&mut self, a: usize, index: u32, n: usize, grant: Grant) {
+        debug_assert!(self.fits(a, n));
+        let held = self.hold(n, self.apps[a].resources, grant);
+        assert!(held, "a node where a replica fits has its GPUs free");
+        if !self.grants[a].is_empty() {
+            self.grants[a][index as usize] = grant;
+        }
+        self.slots[a][index as usize] = n as u32 | FRESH;
+    }
+}
