@@ -85,6 +85,9 @@ pub(super) struct Workload {
     cache: Vec<Cached>,
     /// What increases are compared to: `TIE_MILLI` per replica of the mix.
     tie: i64,
+    /// Per node, its place in the fixed order of the nodes that breaks ties, with its index
+    /// below it (`Plan::fgd_rank`).
+    order: Vec<u64>,
     /// Per app of the plan, its shape's index in `shapes`: `NOT_WEIGHED` when it is not
     /// among them; grown as apps are looked up.
     app_shapes: Vec<u32>,
@@ -129,6 +132,7 @@ impl Workload {
         let weights: i64 = shapes.iter().map(|s: &Weighed| s.weight).sum();
         Workload {
             tie: (weights * TIE_MILLI).max(1),
+            order: Vec::new(),
             shapes,
             index,
             thresholds,
@@ -146,8 +150,10 @@ impl Workload {
         }
     }
 
-    fn size_for(&mut self, nodes: usize) {
+    fn size_for(&mut self, nodes: usize, hashes: &[u64]) {
         if self.stamps.len() != nodes {
+            let mask = super::policies::NODE_MASK;
+            self.order = hashes.iter().enumerate().map(|(n, &h)| (mix(h) & !mask) | (mask - n as u64)).collect();
             self.stamps = vec![1; nodes];
             self.frag = vec![(0, 0); nodes];
             self.cache = vec![Cached::default(); nodes * self.shapes.len()];
@@ -202,7 +208,7 @@ impl Plan {
         }
         let nodes = self.nodes.len();
         let w = self.workload.as_mut().expect("just made");
-        w.size_for(nodes);
+        w.size_for(nodes, &self.node_hash);
         w
     }
 
@@ -239,6 +245,10 @@ impl Plan {
     /// fragmentation: that increase, and the GPUs.
     pub(super) fn fgd_best_on(&mut self, a: usize, n: usize) -> Option<(i64, Grant)> {
         let need = self.needs[a].gpu;
+        if self.gpus.count(n) == 0 {
+            // No GPU, no fragmentation, before or after (and no GPU replica is placed here).
+            return Some((0, Grant::None));
+        }
         let res = self.apps[a].resources;
         let stamp = self.workload().stamps[n];
         let shape = self.shape_of(a);
@@ -255,7 +265,9 @@ impl Plan {
         let w = self.workload.as_ref().expect("made");
         let free = self.rooms[n].res.saturating_sub(res);
         let model = self.gpus.model(n);
-        let mut gpus: Vec<u16> = self.gpus.of(n).to_vec();
+        let mut buffer = [0u16; limits::GPUS_PER_NODE_MAX as usize];
+        let gpus = &mut buffer[..self.gpus.count(n) as usize];
+        gpus.copy_from_slice(self.gpus.of(n));
         let best = match need {
             GpuNeed::None | GpuNeed::Whole(_) => {
                 let grant = self.gpus.best_fit(n, need);
@@ -266,21 +278,19 @@ impl Plan {
                         }
                     }
                 }
-                Some((w.fragmentation(free.cpu_millis, free.mem_bytes, model, &gpus) - before, grant))
+                Some((w.fragmentation(free.cpu_millis, free.mem_bytes, model, gpus) - before, grant))
             }
             GpuNeed::Share(m) => {
                 // GPUs with equal free thousandths are alike: each value is tried once, on its
                 // lowest GPU; among equal increases, the GPU with the least free (best fit).
                 let mut best: Option<(i64, u16, usize)> = None;
-                let mut tried: Vec<u16> = Vec::with_capacity(gpus.len());
                 for i in 0..gpus.len() {
                     let f = gpus[i];
-                    if f < m || tried.contains(&f) {
+                    if f < m || gpus[..i].contains(&f) {
                         continue;
                     }
-                    tried.push(f);
                     gpus[i] = f - m;
-                    let delta = w.fragmentation(free.cpu_millis, free.mem_bytes, model, &gpus) - before;
+                    let delta = w.fragmentation(free.cpu_millis, free.mem_bytes, model, gpus) - before;
                     gpus[i] = f;
                     if best.is_none_or(|b| (delta, f) < (b.0, b.1)) {
                         best = Some((delta, f, i));
@@ -301,12 +311,11 @@ impl Plan {
     /// order of the nodes, then its index.
     pub(super) fn fgd_rank(&mut self, a: usize, n: usize) -> u128 {
         let (delta, _) = self.fgd_best_on(a, n).expect("the replica fits");
-        let step = delta.div_euclid(self.workload.as_ref().expect("made").tie);
+        let w = self.workload();
+        let step = if delta == 0 { 0 } else { delta.div_euclid(w.tie) };
         // Steps are far below 2^62 in size: weights are replica counts, increases thousandths.
         let flipped = ((1i64 << 62) - step.clamp(-(1 << 61), 1 << 61)) as u64;
-        let mask = super::policies::NODE_MASK;
-        let order = (mix(self.node_hash[n]) & !mask) | (mask - n as u64);
-        (u128::from(flipped) << 64) | u128::from(order)
+        (u128::from(flipped) << 64) | u128::from(w.order[n])
     }
 
     /// Places slots `indexes` of app `a` on the nodes of `eligible` where each adds least to
@@ -328,12 +337,14 @@ impl Plan {
         }
         // Only this app changes usage during the loop, and only on the node it pops, whose
         // rank it then computes again: the top of the heap is current and fits.
-        let mut heap = BinaryHeap::new();
+        let fits = self.fitter(a);
+        let mut ranks = Vec::with_capacity(eligible.len());
         for &n in eligible {
-            if self.fits(a, n as usize) {
-                heap.push(self.fgd_rank(a, n as usize));
+            if fits(self, n as usize) {
+                ranks.push(self.fgd_rank(a, n as usize));
             }
         }
+        let mut heap = BinaryHeap::from(ranks);
         for (done, &index) in indexes.iter().enumerate() {
             let Some(top) = heap.pop() else { return done };
             let n = node_of(top);
