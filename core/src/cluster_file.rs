@@ -648,6 +648,36 @@ target_rps_per_replica = 100
     }
 
     #[test]
+    fn gpus_read_from_nodes_and_apps_and_bad_ones_are_refused_naming_the_key() {
+        let nodes = "[cluster]\nnodes = 2\ngpus = 8\ngpu_model = \"A100\"\n\
+                     [[node]]\nname = \"t4\"\ncpu_millis = 8000\nmem_mb = 8192\ngpus = 2\ngpu_model = \"T4\"\n";
+        let app = |extra: &str| format!("{nodes}[[app]]\nname = \"job\"\nimage = \"x\"\nport = 80\n{extra}");
+        let c = parse("f.toml", &app("gpu_milli = 250\ngpu_models = [\"T4\"]\n")).unwrap();
+        assert_eq!((c.nodes[0].gpus, c.nodes[0].gpu_model.as_str(), c.nodes[2].gpus), (8, "A100", 2));
+        assert_eq!(c.apps[0].gpu.gpu_milli, 250);
+        let refused = [
+            ("gpu_milli = 0\n", "app[0].gpu_milli", "a share of 0"),
+            ("gpu_milli = 1000\n", "app[0].gpu_milli", "1000 is not a share of one GPU"),
+            ("gpus = 1\ngpu_milli = 500\n", "app[0].gpu_milli", "not both"),
+            ("gpus = 0\n", "app[0].gpus", "leave gpus out"),
+            ("gpus = 65\n", "app[0].gpus", "more than a node may offer"),
+            ("gpus = 1\ngpu_models = [\"H100\"]\n", "app[0].gpu_models", "unknown GPU model \"H100\"; the cluster's models: A100, T4"),
+            ("gpu_models = [\"T4\"]\n", "app[0].gpu_models", "asks for no GPU"),
+        ];
+        for (extra, key, message) in refused {
+            let e = error_of(&app(extra));
+            assert_eq!(e.key, key, "{extra}: {e}");
+            assert!(e.message.contains(message), "{extra}: {e}");
+        }
+        let e = error_of("[cluster]\nnodes = 1\ngpus = 2\n");
+        assert_eq!(e.key, "cluster.gpu_model", "{e}");
+        let e = error_of("[[node]]\nname = \"a\"\ncpu_millis = 1\nmem_mb = 1\ngpu_model = \"A100\"\n");
+        assert_eq!(e.key, "node[0].gpu_model", "{e}");
+        let e = error_of("[[node]]\nname = \"a\"\ncpu_millis = 1\nmem_mb = 1\nhost_port_min = 9000\nhost_port_max = 8000\n");
+        assert_eq!(e.key, "node[0].host_port_min", "{e}");
+    }
+
+    #[test]
     fn negative_resources_are_a_type_error_naming_the_line() {
         let text = error_of("[cluster]\nnodes = 2\ncpu_millis = -5\n").to_string();
         assert!(text.contains("line 3"), "{text}");

@@ -257,3 +257,65 @@ fn containers_found_with_no_desired_state_are_kept_until_the_operator_speaks() {
     cluster.run_until(8000);
     assert!(stopped(&cluster), "the operator's command confirms it: an app it does not name goes");
 }
+
+#[test]
+fn gpu_replicas_start_on_the_gpus_placed_and_move_to_free_gpus_when_their_node_is_cut_off() {
+    // n0 and n1 have two A100s each, n2 two T4s; the app allows A100 only.
+    let mut cluster = Cluster::with(3, |i, config| {
+        config.gpus = 2;
+        config.gpu_model = if i == 2 { "T4" } else { "A100" }.into();
+    });
+    let mut infer = quick_app("infer", 3, 8080);
+    infer.gpu = crate::model::GpuRequest { gpus: 0, gpu_milli: 600, gpu_models: vec!["A100".into()] };
+    cluster.apply(0, infer);
+    settle(&mut cluster, "infer", 3);
+    // Each start asked for the GPU placement gave: 600 thousandths of one A100, none shared
+    // past its whole.
+    let mut held: BTreeMap<(usize, u32), u32> = BTreeMap::new();
+    for i in 0..3 {
+        let (_, c) = cluster.running(&slot("infer", i))[0];
+        assert!(c.node < 2, "infer/{i} on the T4 node");
+        let start = cluster
+            .log
+            .iter()
+            .rev()
+            .find_map(|l| match &l.action {
+                Action::StartContainer { slot: s, gpus, .. } if *s == slot("infer", i) && l.node == c.node => Some(gpus),
+                _ => None,
+            })
+            .expect("started");
+        assert_eq!(start.len(), 1);
+        assert_eq!(start[0].milli, 600);
+        *held.entry((c.node, start[0].index)).or_default() += 600;
+        let status = cluster.nodes[c.node].local_statuses();
+        assert!(status.iter().any(|s| s.slot == slot("infer", i) && s.gpus == *start), "{status:?}");
+    }
+    assert!(held.values().all(|&m| m <= 1000), "{held:?}");
+    // The node with two replicas is cut off: its replicas go to the other A100 node's free
+    // GPU, never to the T4s. One fits there (a GPU holds one share of 600): the other waits.
+    let crowded = if cluster.running(&slot("infer", 0))[0].1.node == 0 { 0 } else { 1 };
+    let other = 1 - crowded;
+    for n in [other, 2] {
+        cluster.set_cut(crowded, n, true);
+    }
+    let moved = cluster.run_until_true(10_000, |c| {
+        (0..3).filter(|&i| c.running(&slot("infer", i)).iter().any(|(_, x)| x.node == other)).count() == 2
+    });
+    assert!(moved, "{:?}", cluster.containers);
+    assert!(cluster.running(&slot("infer", 0)).iter().chain(&cluster.running(&slot("infer", 1))).all(|(_, c)| c.node != 2));
+}
+
+#[test]
+fn an_app_naming_a_gpu_model_no_node_has_is_refused_naming_the_key() {
+    let mut cluster = Cluster::with(2, |_, config| {
+        config.gpus = 1;
+        config.gpu_model = "A100".into();
+    });
+    let mut app = quick_app("train", 1, 8080);
+    app.gpu = crate::model::GpuRequest { gpus: 1, gpu_milli: 0, gpu_models: vec!["H100".into()] };
+    let e = cluster.nodes[0].handle_command(Time::from_millis(0), Command::Apply(Box::new(app))).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "app train: `gpu_models`: unknown GPU model \"H100\"; the cluster's models: A100"
+    );
+}

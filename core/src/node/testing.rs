@@ -82,6 +82,11 @@ pub(super) struct Cluster {
 impl Cluster {
     /// `n` nodes named `n0`, `n1`, ... with 4 CPUs and 4 GiB each, all alive.
     pub(super) fn new(n: usize) -> Cluster {
+        Cluster::with(n, |_, _| {})
+    }
+
+    /// `n` nodes as [`Cluster::new`] makes them, each config changed by `configure` first.
+    pub(super) fn with(n: usize, configure: impl Fn(usize, &mut NodeConfig)) -> Cluster {
         let nodes = (0..n)
             .map(|i| {
                 let name = format!("n{i}");
@@ -89,6 +94,7 @@ impl Cluster {
                     NodeConfig::new(NodeId::new(&name), &format!("10.0.0.{i}"), Resources::new(4000, 4096));
                 config.gossip_addr = PeerAddr::new(&name);
                 config.seed = i as u64;
+                configure(i, &mut config);
                 Node::new(Time::ZERO, config)
             })
             .collect();

@@ -57,12 +57,6 @@ impl Plan {
         indexes.len()
     }
 
-    /// Allocation score of a node: the sum of its used fractions of CPU and memory, in units of
-    /// 2^-20. Spread picks the lowest, bin-pack the highest; ties go to the lower node name.
-    pub(super) fn score(&self, n: usize) -> u64 {
-        self.rooms[n].score
-    }
-
     /// The key spread (`most_allocated` false) and bin-pack rank node `n` by for a replica of
     /// app `a`, the best highest, in one integer: first what GPUs ask (for a replica with
     /// GPUs, the share of the node's GPUs in use, in thousandths: GPU replicas are packed;
