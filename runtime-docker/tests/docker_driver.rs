@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use canteen_core::model::{AppSpec, NodeId, Resources, SlotId, Volume};
+use canteen_core::model::{AppSpec, GpuShare, NodeId, Resources, SlotId, Volume};
 use canteen_docker::docker::Docker;
 use serde_json::Value;
 
@@ -149,4 +149,38 @@ async fn a_missing_image_that_cannot_be_pulled_is_a_pull_error_and_nothing_is_cr
     assert!(e.to_string().contains("canteen-no-such-image:never"), "{e}");
     assert!(e.to_string().contains("pulling it failed"), "{e}");
     assert!(docker.list_own().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_replica_is_created_with_a_device_request_for_its_gpu_indexes() {
+    if !docker_ready("a_gpu_replica_is_created_with_a_device_request_for_its_gpu_indexes") {
+        return;
+    }
+    // This machine has no GPU: the container is created, as the agent creates it, and
+    // inspected; starting it would need the NVIDIA runtime.
+    let _cleanup = Cleanup { node: "it-gpu", volume: format!("canteen-it-gpu-{}", std::process::id()) };
+    let docker = Docker::connect(NodeId::new("it-gpu"), "0123456789abcdef").await.expect("docker");
+    let mut app = AppSpec::new("train", "canteen-demo:latest", 1, Resources::new(250, 64));
+    app.gpu.gpus = 2;
+    let gpus = [GpuShare { index: 1, milli: 1000 }, GpuShare { index: 3, milli: 1000 }];
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let (id, _) = docker.create(&SlotId::new("train", 0), &app, ip, 17953, &gpus).await.expect("create");
+    let c = inspect(&id);
+    let requests = c["HostConfig"]["DeviceRequests"].as_array().expect("device requests");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0]["DeviceIDs"], serde_json::json!(["1", "3"]));
+    assert_eq!(requests[0]["Capabilities"], serde_json::json!([["gpu"]]));
+    assert_eq!(c["Config"]["Labels"]["canteen.gpus"], "1:1000,3:1000");
+    let env: Vec<&str> = c["Config"]["Env"].as_array().unwrap().iter().filter_map(|e| e.as_str()).collect();
+    assert!(env.contains(&"CANTEEN_GPUS=1:1000,3:1000"), "{env:?}");
+    // A share of one GPU is a request for that GPU; the share is the scheduler's to keep.
+    app.gpu = canteen_core::model::GpuRequest { gpus: 0, gpu_milli: 250, gpu_models: Vec::new() };
+    let share = [GpuShare { index: 2, milli: 250 }];
+    let (id, _) = docker.create(&SlotId::new("train", 1), &app, ip, 17954, &share).await.expect("create");
+    let c = inspect(&id);
+    assert_eq!(c["HostConfig"]["DeviceRequests"][0]["DeviceIDs"], serde_json::json!(["2"]));
+    // The agent finds both again by their labels, with their GPUs.
+    let own = docker.list_own().await.expect("list");
+    let found: Vec<_> = own.iter().map(|c| (c.slot.index, c.gpus.clone())).collect();
+    assert_eq!(found, [(0, gpus.to_vec()), (1, share.to_vec())]);
 }

@@ -50,8 +50,39 @@ fn a_bad_file_exits_2_naming_the_file_and_the_key() {
 fn an_unknown_policy_or_a_missing_file_exits_2() {
     let out = canteen(&["plan", "examples/cluster.toml", "--policy", "random"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("allowed: round-robin, binpack, spread, rendezvous"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allowed: round-robin, binpack, spread, rendezvous, fgd"));
     let out = canteen(&["plan", "examples/missing.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("examples/missing.toml: cannot read"));
+}
+
+#[test]
+fn a_gpu_plan_gives_each_placement_its_gpus_and_says_why_a_slot_has_no_host_port() {
+    let out = canteen(&["plan", "examples/gpu-cluster.toml", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["policy"], "fgd");
+    for p in v["placements"].as_array().unwrap() {
+        let gpus = p["gpus"].as_array().unwrap();
+        let held: u64 = gpus.iter().map(|g| g["milli"].as_u64().unwrap()).sum();
+        let expected = match p["app"].as_str().unwrap() {
+            "train" => 4000,
+            "infer" => 250,
+            "notebook" => 500,
+            _ => 0,
+        };
+        assert_eq!(held, expected, "{p}");
+        if p["app"] == "train" {
+            assert!(p["node"].as_str().unwrap().starts_with("a100-"), "{p}");
+            assert!(gpus.iter().all(|g| g["milli"] == 1000 && g["index"].as_u64().unwrap() < 8), "{p}");
+        }
+    }
+    let unschedulable = v["unschedulable"].as_array().unwrap();
+    assert_eq!(unschedulable.len(), 1);
+    assert_eq!(unschedulable[0]["app"], "gateway");
+    assert!(unschedulable[0]["reason"].as_str().unwrap().starts_with("no free host port on edge"), "{unschedulable:?}");
+    let edge = v["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "edge").unwrap();
+    assert_eq!(edge["gpus"], 0);
+    let a100 = v["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "a100-0").unwrap();
+    assert_eq!((a100["gpus"].as_u64(), a100["gpu_model"].as_str()), (Some(8), Some("A100")));
 }

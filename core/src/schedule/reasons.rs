@@ -82,7 +82,7 @@ impl fmt::Display for Unplaceable {
                 let more = if more > 0 { format!(" and {more} more") } else { String::new() };
                 write!(
                     f,
-                    "no free host port on {}{more}: every node with room for it holds as many replicas as its host-port range (and the limit of {} a node) allows",
+                    "no free host port on {}{more}, which have room for it otherwise (a replica holds a host port; a node runs at most {})",
                     names.join(", "),
                     limits::LOCAL_SLOTS_MAX
                 )

@@ -344,7 +344,7 @@ fn a_node_with_no_free_host_port_takes_no_replica_and_the_reason_says_so() {
     let plan = place(&[app("web", 3, 100)], &[small], &Observed::new(), Policy::Spread);
     assert_eq!(plan.placements().count(), 2, "two host ports, two replicas");
     let reason = plan.unschedulable()[0].reason.to_string();
-    assert!(reason.starts_with("no free host port on a:"), "{reason}");
+    assert!(reason.starts_with("no free host port on a, which have room"), "{reason}");
 }
 
 #[test]
