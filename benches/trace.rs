@@ -304,7 +304,8 @@ pub fn replay(
     let specs: Vec<NodeSpec> = nodes
         .iter()
         .map(|n| {
-            let mut spec = NodeSpec::new(&n.name, Resources { cpu_millis: n.cpu_milli, mem_bytes: n.memory_mib * limits::MIB });
+            let mut spec =
+                NodeSpec::new(&n.name, Resources { cpu_millis: n.cpu_milli, mem_bytes: n.memory_mib * limits::MIB });
             spec.gpus = n.gpus;
             spec.gpu_model = n.model.clone();
             spec
@@ -339,7 +340,8 @@ pub fn replay(
         });
         if node.is_none() && first_failure.is_none() {
             let (allocated, total) = plan.gpu_allocation();
-            first_failure = Some((percent(allocated, total), placed.iter().filter(|p: &&Placed| p.node.is_some()).count()));
+            first_failure =
+                Some((percent(allocated, total), placed.iter().filter(|p: &&Placed| p.node.is_some()).count()));
         }
         placed.push(Placed { pod: i, node, gpus: plan.gpus_of(&slot) });
     }

@@ -74,7 +74,8 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let nodes_file = args.dir.join("nodes.csv");
     let pods_file = args.dir.join("pods.csv");
-    let nodes = trace::parse_nodes(&nodes_file.display().to_string(), &read(&nodes_file)?).map_err(|e| e.to_string())?;
+    let nodes =
+        trace::parse_nodes(&nodes_file.display().to_string(), &read(&nodes_file)?).map_err(|e| e.to_string())?;
     let pods = trace::parse_pods(&pods_file.display().to_string(), &read(&pods_file)?).map_err(|e| e.to_string())?;
     let nodes = trace::replay_nodes(&nodes, args.all_nodes);
     if nodes.is_empty() {
@@ -100,7 +101,9 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     if seeds.len() > 1 && !args.json {
-        println!("\n| policy | GPU allocated, mean | unallocated GPUs | at first failure | tasks placed | ms per replay |");
+        println!(
+            "\n| policy | GPU allocated, mean | unallocated GPUs | at first failure | tasks placed | ms per replay |"
+        );
         println!("|---|---|---|---|---|---|");
         for policy in &policies {
             let mine: Vec<&Report> = reports.iter().filter(|r| r.policy == policy.to_string()).collect();

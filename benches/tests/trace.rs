@@ -32,7 +32,13 @@ fn check_feasible(nodes: &[&TraceNode], lines: &[serde_json::Value]) {
         let (num, milli) = (line["num_gpu"].as_u64().unwrap(), line["gpu_milli"].as_u64().unwrap());
         let gpus = line["gpus"].as_array().unwrap();
         let held: u64 = gpus.iter().map(|g| g["milli"].as_u64().unwrap()).sum();
-        let asked = if num == 0 || milli == 0 { 0 } else if num == 1 { milli.min(1000) } else { num * 1000 };
+        let asked = if num == 0 || milli == 0 {
+            0
+        } else if num == 1 {
+            milli.min(1000)
+        } else {
+            num * 1000
+        };
         assert_eq!(held, asked, "{line}: holds what it asks");
         let spec = line["gpu_spec"].as_str().unwrap();
         assert!(gpus.is_empty() || spec.is_empty() || spec.split('|').any(|m| m == node.model), "{line}: model");

@@ -11,9 +11,9 @@ use serde::Deserialize;
 
 use crate::limits;
 use crate::model::{
-    AppName, AppSpec, Autoscale, GpuRequest, HealthCheck, HealthKind, HostPorts, Labels, NodeId, NodeSpec,
-    PickerKind, Resources, RestartBackoff, ScaleRule, SpecError, UpdatePolicy, Volume, check_gpu_models_known,
-    validate_apps, validate_gpu_model, validate_name,
+    AppName, AppSpec, Autoscale, GpuRequest, HealthCheck, HealthKind, HostPorts, Labels, NodeId, NodeSpec, PickerKind,
+    Resources, RestartBackoff, ScaleRule, SpecError, UpdatePolicy, Volume, check_gpu_models_known, validate_apps,
+    validate_gpu_model, validate_name,
 };
 use crate::schedule::Policy;
 
@@ -385,10 +385,12 @@ pub fn build(file: &str, cluster: &RawCluster, nodes: &[RawNode], apps: &[RawApp
     let models: Vec<&str> = specs.iter().filter(|s| s.gpus > 0).map(|s| s.gpu_model.as_str()).collect();
     for (i, raw) in apps.iter().enumerate() {
         let spec = app_spec(raw).map_err(|(field, message)| err(format!("app[{i}].{field}"), message))?;
-        spec.gpu.validate().and_then(|()| check_gpu_models_known(&spec, models.iter().copied())).map_err(|e| match e {
-            SpecError::Invalid { field, problem } => err(format!("app[{i}].{field}"), problem),
-            other => err(format!("app[{i}]"), other.to_string()),
-        })?;
+        spec.gpu.validate().and_then(|()| check_gpu_models_known(&spec, models.iter().copied())).map_err(
+            |e| match e {
+                SpecError::Invalid { field, problem } => err(format!("app[{i}].{field}"), problem),
+                other => err(format!("app[{i}]"), other.to_string()),
+            },
+        )?;
         app_specs.push(spec);
     }
     validate_apps(&app_specs).map_err(|(i, e)| {
@@ -661,7 +663,11 @@ target_rps_per_replica = 100
             ("gpus = 1\ngpu_milli = 500\n", "app[0].gpu_milli", "not both"),
             ("gpus = 0\n", "app[0].gpus", "leave gpus out"),
             ("gpus = 65\n", "app[0].gpus", "more than a node may offer"),
-            ("gpus = 1\ngpu_models = [\"H100\"]\n", "app[0].gpu_models", "unknown GPU model \"H100\"; the cluster's models: A100, T4"),
+            (
+                "gpus = 1\ngpu_models = [\"H100\"]\n",
+                "app[0].gpu_models",
+                "unknown GPU model \"H100\"; the cluster's models: A100, T4",
+            ),
             ("gpu_models = [\"T4\"]\n", "app[0].gpu_models", "asks for no GPU"),
         ];
         for (extra, key, message) in refused {
@@ -673,7 +679,9 @@ target_rps_per_replica = 100
         assert_eq!(e.key, "cluster.gpu_model", "{e}");
         let e = error_of("[[node]]\nname = \"a\"\ncpu_millis = 1\nmem_mb = 1\ngpu_model = \"A100\"\n");
         assert_eq!(e.key, "node[0].gpu_model", "{e}");
-        let e = error_of("[[node]]\nname = \"a\"\ncpu_millis = 1\nmem_mb = 1\nhost_port_min = 9000\nhost_port_max = 8000\n");
+        let e = error_of(
+            "[[node]]\nname = \"a\"\ncpu_millis = 1\nmem_mb = 1\nhost_port_min = 9000\nhost_port_max = 8000\n",
+        );
         assert_eq!(e.key, "node[0].host_port_min", "{e}");
     }
 

@@ -36,7 +36,13 @@ fn nodes() -> impl Strategy<Value = Vec<NodeSpec>> {
                     let mut n = NodeSpec::new(&format!("n{i}"), Resources::new(cpu, mem_gb * 1024));
                     n.labels = labels;
                     n.gpus = gpus;
-                    n.gpu_model = if gpus == 0 { String::new() } else if a100 { "A100".into() } else { "T4".into() };
+                    n.gpu_model = if gpus == 0 {
+                        String::new()
+                    } else if a100 {
+                        "A100".into()
+                    } else {
+                        "T4".into()
+                    };
                     // Few host ports, so that some nodes run out of them.
                     n.host_ports.max = n.host_ports.min + 6 + i as u16 % 5;
                     n
@@ -117,7 +123,12 @@ fn check_capacity_and_constraints(plan: &Plan, apps: &[AppSpec], nodes: &[NodeSp
         *replicas.entry(node.id.clone()).or_default() += 1;
         let gpus = plan.gpus_of(&slot);
         let milli: u32 = gpus.iter().map(|g| g.milli).sum();
-        prop_assert_eq!(u64::from(milli), u64::from(app.gpu.gpus) * 1000 + u64::from(app.gpu.gpu_milli), "{} holds what it asks", slot);
+        prop_assert_eq!(
+            u64::from(milli),
+            u64::from(app.gpu.gpus) * 1000 + u64::from(app.gpu.gpu_milli),
+            "{} holds what it asks",
+            slot
+        );
         prop_assert!(gpus.is_empty() || app.gpu.allows(&node.gpu_model), "{} on a GPU model it does not allow", slot);
         for g in gpus {
             prop_assert!(g.index < node.gpus, "{} holds GPU {} of {}", slot, g.index, node.id);
@@ -128,7 +139,13 @@ fn check_capacity_and_constraints(plan: &Plan, apps: &[AppSpec], nodes: &[NodeSp
     }
     for (node, count) in replicas {
         let n = nodes.iter().find(|n| n.id == node).unwrap();
-        prop_assert!(count <= n.host_ports.len(), "{} runs {} replicas on {} host ports", node, count, n.host_ports.len());
+        prop_assert!(
+            count <= n.host_ports.len(),
+            "{} runs {} replicas on {} host ports",
+            node,
+            count,
+            n.host_ports.len()
+        );
     }
     Ok(())
 }

@@ -196,7 +196,11 @@ fn config_text(scenario: &Scenario, i: usize, seeds: &[usize], dir: &Path, token
         cpu = node.capacity.cpu_millis,
         mem = node.capacity.mem_bytes / canteen_core::limits::MIB,
         policy = scenario.cluster.policy,
-        gpus = if node.gpus > 0 { format!("gpus = {}\ngpu_model = {:?}\n", node.gpus, node.gpu_model) } else { String::new() },
+        gpus = if node.gpus > 0 {
+            format!("gpus = {}\ngpu_model = {:?}\n", node.gpus, node.gpu_model)
+        } else {
+            String::new()
+        },
         labels = labels.join("\n"),
     )
 }

@@ -522,8 +522,10 @@ fn gpus_cell(gpus: &[plan::GpuJson]) -> String {
     if gpus.is_empty() {
         return "-".to_owned();
     }
-    let each: Vec<String> =
-        gpus.iter().map(|g| if g.milli >= 1000 { g.index.to_string() } else { format!("{}:{}", g.index, g.milli) }).collect();
+    let each: Vec<String> = gpus
+        .iter()
+        .map(|g| if g.milli >= 1000 { g.index.to_string() } else { format!("{}:{}", g.index, g.milli) })
+        .collect();
     each.join(",")
 }
 

@@ -165,7 +165,12 @@ fn status(rng: &mut SplitMix64, writer: &str) -> NodeStatus {
         })
         .collect();
     NodeStatus {
-        spec: NodeSpec { id: NodeId::new(&owner), capacity: resources(rng), labels: Labels::new(), ..NodeSpec::new("", Resources::ZERO) },
+        spec: NodeSpec {
+            id: NodeId::new(&owner),
+            capacity: resources(rng),
+            labels: Labels::new(),
+            ..NodeSpec::new("", Resources::ZERO)
+        },
         addr: name(rng),
         containers,
         generation: edge(rng),

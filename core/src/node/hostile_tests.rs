@@ -170,7 +170,12 @@ fn an_invalid_spec_by_gossip_is_refused_and_never_blocks_a_later_apply() {
 fn a_status_written_by_another_node_or_listing_a_slot_twice_is_refused() {
     let mut nodes = swim_pair();
     let status = |containers: Vec<ContainerStatus>| NodeStatus {
-        spec: NodeSpec { id: NodeId::new("b"), capacity: Resources::new(1, 1), labels: Default::default(), ..NodeSpec::new("", Resources::ZERO) },
+        spec: NodeSpec {
+            id: NodeId::new("b"),
+            capacity: Resources::new(1, 1),
+            labels: Default::default(),
+            ..NodeSpec::new("", Resources::ZERO)
+        },
         addr: "10.6.6.6".into(),
         containers,
         generation: 1,

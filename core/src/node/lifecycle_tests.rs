@@ -280,7 +280,9 @@ fn gpu_replicas_start_on_the_gpus_placed_and_move_to_free_gpus_when_their_node_i
             .iter()
             .rev()
             .find_map(|l| match &l.action {
-                Action::StartContainer { slot: s, gpus, .. } if *s == slot("infer", i) && l.node == c.node => Some(gpus),
+                Action::StartContainer { slot: s, gpus, .. } if *s == slot("infer", i) && l.node == c.node => {
+                    Some(gpus)
+                }
                 _ => None,
             })
             .expect("started");
@@ -302,7 +304,9 @@ fn gpu_replicas_start_on_the_gpus_placed_and_move_to_free_gpus_when_their_node_i
         (0..3).filter(|&i| c.running(&slot("infer", i)).iter().any(|(_, x)| x.node == other)).count() == 2
     });
     assert!(moved, "{:?}", cluster.containers);
-    assert!(cluster.running(&slot("infer", 0)).iter().chain(&cluster.running(&slot("infer", 1))).all(|(_, c)| c.node != 2));
+    assert!(
+        cluster.running(&slot("infer", 0)).iter().chain(&cluster.running(&slot("infer", 1))).all(|(_, c)| c.node != 2)
+    );
 }
 
 #[test]
@@ -314,8 +318,5 @@ fn an_app_naming_a_gpu_model_no_node_has_is_refused_naming_the_key() {
     let mut app = quick_app("train", 1, 8080);
     app.gpu = crate::model::GpuRequest { gpus: 1, gpu_milli: 0, gpu_models: vec!["H100".into()] };
     let e = cluster.nodes[0].handle_command(Time::from_millis(0), Command::Apply(Box::new(app))).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "app train: `gpu_models`: unknown GPU model \"H100\"; the cluster's models: A100"
-    );
+    assert_eq!(e.to_string(), "app train: `gpu_models`: unknown GPU model \"H100\"; the cluster's models: A100");
 }

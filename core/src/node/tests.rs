@@ -31,7 +31,12 @@ fn every_message_survives_the_wire_format() {
         .unwrap();
     registry.put(t, Key::Scale(AppName::new("web")), Value::Scale(4)).unwrap();
     let status = NodeStatus {
-        spec: NodeSpec { id: NodeId::new("a"), capacity: Resources::new(1000, 1000), labels: Labels::new(), ..NodeSpec::new("", Resources::ZERO) },
+        spec: NodeSpec {
+            id: NodeId::new("a"),
+            capacity: Resources::new(1000, 1000),
+            labels: Labels::new(),
+            ..NodeSpec::new("", Resources::ZERO)
+        },
         addr: "10.0.0.1".into(),
         generation: 1,
         containers: vec![ContainerStatus {
@@ -150,7 +155,12 @@ fn status_packet(generation: u64, wall_ms: u64) -> Vec<u8> {
     let b = NodeId::new("b");
     let mut registry: Registry<Value> = Registry::new(b.clone());
     let status = NodeStatus {
-        spec: NodeSpec { id: b.clone(), capacity: Resources::new(4000, 4096), labels: Labels::new(), ..NodeSpec::new("", Resources::ZERO) },
+        spec: NodeSpec {
+            id: b.clone(),
+            capacity: Resources::new(4000, 4096),
+            labels: Labels::new(),
+            ..NodeSpec::new("", Resources::ZERO)
+        },
         addr: "10.0.0.2".into(),
         generation,
         containers: vec![ContainerStatus {

@@ -242,7 +242,8 @@ impl GpuTable {
                 if count < 64 && mask >> count != 0 {
                     return false;
                 }
-                let all_free = (0..count as usize).filter(|i| mask & (1 << i) != 0).all(|i| self.free[base + i] == WHOLE);
+                let all_free =
+                    (0..count as usize).filter(|i| mask & (1 << i) != 0).all(|i| self.free[base + i] == WHOLE);
                 if !all_free {
                     return false;
                 }

@@ -30,7 +30,7 @@ mod roll;
 mod room;
 
 pub use fgd::Shape;
-use gpu::{Grant, GpuNeed, GpuTable, Models};
+use gpu::{GpuNeed, GpuTable, Grant, Models};
 pub use reasons::{Unplaceable, Unschedulable};
 use roll::{KeptState, OldKept};
 use room::Room;
@@ -255,6 +255,9 @@ struct Need {
     models: Models,
 }
 
+/// A container kept for its slot `(app, index)`: its node, its id and what it reports.
+type Kept<'a> = ((usize, u32), usize, &'a Arc<str>, &'a ObservedContainer);
+
 /// How a slot's containers are ranked when one is kept: state (running, healthy or starting,
 /// before unhealthy), node index, container id; the least wins.
 type KeepKey<'a> = (Reverse<u8>, usize, &'a Arc<str>);
@@ -314,7 +317,9 @@ pub fn place_owned(
         grants: apps
             .iter()
             .zip(&needs)
-            .map(|(a, need)| if need.gpu == GpuNeed::None { Vec::new() } else { vec![Grant::None; a.replicas as usize] })
+            .map(
+                |(a, need)| if need.gpu == GpuNeed::None { Vec::new() } else { vec![Grant::None; a.replicas as usize] },
+            )
             .collect(),
         app_index: apps.iter().enumerate().map(|(i, a)| (a.name.clone(), i as u32)).collect(),
         needs,
@@ -409,7 +414,7 @@ impl Plan {
         // Containers whose GPUs a container kept before them holds (two reports disagree):
         // they are stopped, and their slots placed again.
         let mut refused: BTreeSet<(usize, &Arc<str>)> = BTreeSet::new();
-        let kept: Vec<((usize, u32), usize, &Arc<str>, &ObservedContainer)> = cur
+        let kept: Vec<Kept<'_>> = cur
             .iter()
             .chain(old.iter().filter(|(k, _)| !cur.contains_key(k)))
             .map(|(&k, &((_, n, container), c))| (k, n, container, c))
@@ -443,7 +448,8 @@ impl Plan {
                 refused.insert((n, container));
                 continue;
             }
-            self.old_kept.insert((a as u32, i), OldKept { node: n as u32, container: container.clone(), resources, grant });
+            self.old_kept
+                .insert((a as u32, i), OldKept { node: n as u32, container: container.clone(), resources, grant });
         }
         for (n, app, c) in candidates {
             let reason = match app {
@@ -658,7 +664,11 @@ impl Plan {
         assert_eq!(self.apps.len(), self.slots.len());
         for n in 0..self.nodes.len() {
             assert!(self.used[n].fits_in(self.nodes[n].capacity), "node {} over capacity", self.nodes[n].id);
-            assert!(self.ports_used[n] <= self.ports_cap[n], "node {} holds more replicas than ports", self.nodes[n].id);
+            assert!(
+                self.ports_used[n] <= self.ports_cap[n],
+                "node {} holds more replicas than ports",
+                self.nodes[n].id
+            );
         }
         if cfg!(debug_assertions) {
             let mut used = vec![Resources::ZERO; self.nodes.len()];

@@ -109,9 +109,8 @@ impl Plan {
             let mut free = self.rooms[n].res;
             let mut ports = self.rooms[n].ports;
             let mut gpus = self.gpus.clone_node(n);
-            let fits = |free: Resources, ports: u32, gpus: &GpuScratch| {
-                need.fits_in(free) && ports > 0 && gpus.fits(gpu)
-            };
+            let fits =
+                |free: Resources, ports: u32, gpus: &GpuScratch| need.fits_in(free) && ports > 0 && gpus.fits(gpu);
             let mut victims = Vec::new();
             for v in lower {
                 if fits(free, ports, &gpus) {

@@ -71,7 +71,9 @@ impl fmt::Display for Unplaceable {
         match self {
             Unplaceable::NoNodeMatches { constraints } if constraints.is_empty() => f.write_str("no live node"),
             Unplaceable::NoNodeMatches { constraints } => write!(f, "no live node has labels {constraints}"),
-            Unplaceable::NoGpuNode { models } if models.is_empty() => f.write_str("no live node it may run on has GPUs"),
+            Unplaceable::NoGpuNode { models } if models.is_empty() => {
+                f.write_str("no live node it may run on has GPUs")
+            }
             Unplaceable::NoGpuNode { models } => write!(f, "no live node it may run on has GPUs of model {models}"),
             Unplaceable::Preempted { by, priority } => {
                 write!(f, "preempted by {by} (priority {priority}) and fits nowhere else")
@@ -112,12 +114,7 @@ impl fmt::Display for Unplaceable {
                     (true, _) => "cpu, memory and gpu together".to_owned(),
                     (false, _) => short.join(" and "),
                 };
-                write!(
-                    f,
-                    "insufficient {what}: needs {}m cpu and {} MiB",
-                    needs.cpu_millis,
-                    needs.mem_mb()
-                )?;
+                write!(f, "insufficient {what}: needs {}m cpu and {} MiB", needs.cpu_millis, needs.mem_mb())?;
                 match (gpus, gpu_milli) {
                     (0, 0) => {}
                     (0, m) => write!(f, " and {m} thousandths of a GPU")?,

@@ -18,7 +18,10 @@ fn where_is(plan: &Plan) -> Vec<(String, String)> {
 }
 
 fn running(node: &str, slot: SlotId, container: &str, state: ContainerState) -> (NodeId, ObservedContainer) {
-    (NodeId::new(node), ObservedContainer { slot, container: container.into(), state, version: 0, ready: true, gpus: Vec::new() })
+    (
+        NodeId::new(node),
+        ObservedContainer { slot, container: container.into(), state, version: 0, ready: true, gpus: Vec::new() },
+    )
 }
 
 fn observed(rows: Vec<(NodeId, ObservedContainer)>) -> Observed {
@@ -142,8 +145,7 @@ fn both_nodes_of_a_doubly_started_slot_keep_the_same_copy_whatever_health_they_h
         place(&apps, &three_nodes(), &observed(vec![copy("a", healthy), copy("b", starting)]), Policy::Spread);
     let seen_by_b =
         place(&apps, &three_nodes(), &observed(vec![copy("a", starting), copy("b", healthy)]), Policy::Spread);
-    let agreed =
-        place(&apps, &three_nodes(), &observed(vec![copy("a", healthy), copy("b", healthy)]), Policy::Spread);
+    let agreed = place(&apps, &three_nodes(), &observed(vec![copy("a", healthy), copy("b", healthy)]), Policy::Spread);
     for plan in [&seen_by_a, &seen_by_b, &agreed] {
         assert_eq!(where_is(plan), [("web/0".to_owned(), "a".to_owned())]);
         let stopped: Vec<_> = plan.stops().iter().map(|s| &*s.container).collect();
@@ -177,11 +179,7 @@ fn a_slot_that_failed_past_its_budget_goes_elsewhere_while_it_can() {
         assert_ne!(plan.node_of(&SlotId::new("web", 0)).unwrap().as_str(), "a", "{policy}");
         let rows = vec![running("a", SlotId::new("web", 0), "x", ContainerState::Failed)];
         let plan = place(&apps, &[node("a", 1000, 1000)], &observed(rows), policy);
-        assert_eq!(
-            plan.node_of(&SlotId::new("web", 0)).unwrap().as_str(),
-            "a",
-            "the only node is better than none"
-        );
+        assert_eq!(plan.node_of(&SlotId::new("web", 0)).unwrap().as_str(), "a", "the only node is better than none");
     }
 }
 
@@ -381,7 +379,10 @@ fn of_two_containers_reporting_one_gpu_the_lower_priority_one_is_evicted() {
     let plan = place(&apps, &[gpu_node("a", 2, "A100")], &observed(rows), Policy::Spread);
     assert_eq!(gpus_of(&plan, "high/0"), [(0, 1000)]);
     assert_eq!(gpus_of(&plan, "low/0"), [(1, 1000)], "placed again, on the other GPU");
-    assert_eq!(plan.stops().iter().map(|s| (&*s.container, s.reason)).collect::<Vec<_>>(), [("l", StopReason::Evicted)]);
+    assert_eq!(
+        plan.stops().iter().map(|s| (&*s.container, s.reason)).collect::<Vec<_>>(),
+        [("l", StopReason::Evicted)]
+    );
 }
 
 #[test]
@@ -396,4 +397,3 @@ fn fgd_puts_a_share_on_a_gpu_already_shared_rather_than_breaking_a_whole_one() {
     let node1 = plan.node_of(&SlotId::new("share", 1)).unwrap();
     assert_eq!((node0, share0[0].0), (node1, share1[0].0), "both shares on one GPU");
 }
-

@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{CommandFailure, Input, PERSIST_INTERVAL_MS, now, tasks};
 use crate::api::{AppStatusJson, NodeStatusJson, SlotStatusJson, StatusJson, UpdateJson, VersionJson};
 use crate::config::AgentConfig;
-use crate::plan::GpuJson;
 use crate::docker::Docker;
 use crate::metrics::{AppLabel, InputLabel, Metrics, RolloutLabel};
+use crate::plan::GpuJson;
 use crate::proxy::Proxies;
 
 /// Why the agent's task ended.

@@ -466,12 +466,7 @@ impl World {
     /// of this life (the first boot is 1), and the containers it finds running on the node,
     /// to adopt: (slot, container id, host port, version). Exited containers it finds are removed, as
     /// the real agent does at start-up.
-    pub fn node_started(
-        &mut self,
-        index: usize,
-        inbox: InboxHandle,
-        now_ms: u64,
-    ) -> (u64, Vec<Found>) {
+    pub fn node_started(&mut self, index: usize, inbox: InboxHandle, now_ms: u64) -> (u64, Vec<Found>) {
         let was_up = self.nodes[index].up;
         let n = &mut self.nodes[index];
         n.up = true;
