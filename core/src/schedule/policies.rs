@@ -13,6 +13,7 @@ use std::collections::BinaryHeap;
 
 use crate::hash::{mix, stable_hash};
 use crate::limits;
+use crate::model::NodeId;
 
 use super::gpu::GpuNeed;
 use super::{Plan, Policy};
@@ -267,4 +268,20 @@ impl Plan {
         }
         failed
     }
+}
+
+/// The live node ranked first for `key` by rendezvous hashing over all of `nodes`; used to pick
+/// an app's coordinator. `None` when `nodes` is empty.
+pub fn rendezvous_owner<'a>(key: &str, nodes: impl IntoIterator<Item = &'a NodeId>) -> Option<&'a NodeId> {
+    rendezvous_owner_hashed(key, nodes.into_iter().map(|n| (stable_hash(n.as_str().as_bytes()), n)))
+}
+
+/// [`rendezvous_owner`] over nodes given with their names' [`stable_hash`], for a caller that
+/// keeps those hashes: the same answer, without hashing every name again.
+pub fn rendezvous_owner_hashed<'a>(
+    key: &str,
+    nodes: impl IntoIterator<Item = (u64, &'a NodeId)>,
+) -> Option<&'a NodeId> {
+    let k = stable_hash(key.as_bytes());
+    nodes.into_iter().max_by_key(|(h, n)| (mix(k ^ h), Reverse(*n))).map(|(_, n)| n)
 }
