@@ -235,7 +235,7 @@ impl Plan {
         if w.frag[n].0 == stamp {
             return w.frag[n].1;
         }
-        let free = self.rooms[n].res;
+        let free = self.rooms[n].res();
         let f = w.fragmentation(free.cpu_millis, free.mem_bytes, self.gpus.model(n), self.gpus.of(n));
         self.workload.as_mut().expect("made").frag[n] = (stamp, f);
         f
@@ -263,7 +263,7 @@ impl Plan {
         }
         let before = self.fragmentation_now(n);
         let w = self.workload.as_ref().expect("made");
-        let free = self.rooms[n].res.saturating_sub(res);
+        let free = self.rooms[n].res().saturating_sub(res);
         let model = self.gpus.model(n);
         let mut buffer = [0u16; limits::GPUS_PER_NODE_MAX as usize];
         let gpus = &mut buffer[..self.gpus.count(n) as usize];

@@ -67,7 +67,8 @@ impl Plan {
     #[inline]
     pub(super) fn score_key(&self, a: usize, n: usize, most_allocated: bool) -> u64 {
         let room = &self.rooms[n];
-        let s = if most_allocated { room.score } else { (1 << 22) - room.score };
+        let score = u64::from(room.score);
+        let s = if most_allocated { score } else { (1 << 22) - score };
         let first = match self.needs[a].gpu {
             GpuNeed::None => u64::from(room.gpu_free == 0),
             _ => {
@@ -89,41 +90,45 @@ impl Plan {
     ) -> usize {
         let key = |plan: &Plan, n: usize| plan.score_key(a, n, most_allocated);
         let node_of = |k: u64| (NODE_MASK - (k & NODE_MASK)) as usize;
+        // Every eligible node is read, for every app (or every slot of a few): what the app
+        // asks is read once, and for an app without GPUs, the key is made from the node's
+        // room alone (`score_key`'s, checked below).
+        let res = self.apps[a].resources;
+        let cpu_only = self.needs[a].gpu == GpuNeed::None;
+        // A node's key for an app without GPUs, from its room alone (`score_key`'s).
+        let cpu_key = |plan: &Plan, n: u32| -> Option<u64> {
+            let room = &plan.rooms[n as usize];
+            if !room.takes(res) {
+                return None;
+            }
+            let score = u64::from(room.score);
+            let s = if most_allocated { score } else { (1 << 22) - score };
+            let first = u64::from(room.gpu_free == 0);
+            Some((((first << 23) | s) << NODE_BITS) | (NODE_MASK - u64::from(n)))
+        };
+        let any_key = |plan: &Plan, n: u32| plan.fits(a, n as usize).then(|| key(plan, n as usize));
+        let scan = |plan: &Plan| -> Vec<u64> {
+            if cpu_only {
+                eligible.iter().filter_map(|&n| cpu_key(plan, n)).collect()
+            } else {
+                eligible.iter().filter_map(|&n| any_key(plan, n)).collect()
+            }
+        };
         if indexes.len() <= 2 {
             // A scan is cheaper than a heap for a slot or two (the reschedule path).
-            let fits = self.fitter(a);
             for (done, &index) in indexes.iter().enumerate() {
-                let mut best = None;
-                for &n in eligible {
-                    if fits(self, n as usize) {
-                        best = best.max(Some(key(self, n as usize)));
-                    }
-                }
+                let best = if cpu_only {
+                    eligible.iter().filter_map(|&n| cpu_key(self, n)).max()
+                } else {
+                    eligible.iter().filter_map(|&n| any_key(self, n)).max()
+                };
                 let Some(best) = best else { return done };
+                debug_assert_eq!(best, key(self, node_of(best)), "the scan's keys are score_key's");
                 self.assign(a, index, node_of(best));
             }
             return indexes.len();
         }
-        // The heap is made from every eligible node, for every app: the scan reads each node's
-        // room once, with what the app asks hoisted out of it.
-        let res = self.apps[a].resources;
-        let heap: Vec<u64> = if self.needs[a].gpu == GpuNeed::None {
-            let (s_of, flip) = if most_allocated { (0, false) } else { (1u64 << 22, true) };
-            eligible
-                .iter()
-                .filter_map(|&n| {
-                    let room = &self.rooms[n as usize];
-                    if !(res.fits_in(room.res) && room.ports > 0) {
-                        return None;
-                    }
-                    let s = if flip { s_of - room.score } else { room.score };
-                    let first = u64::from(room.gpu_free == 0);
-                    Some((((first << 23) | s) << NODE_BITS) | (NODE_MASK - u64::from(n)))
-                })
-                .collect()
-        } else {
-            eligible.iter().map(|&n| n as usize).filter(|&n| self.fits(a, n)).map(|n| key(self, n)).collect()
-        };
+        let heap = scan(self);
         debug_assert!(heap.iter().all(|&k| k == key(self, node_of(k))), "the scan's keys are score_key's");
         let mut heap = BinaryHeap::from(heap);
         for (done, &index) in indexes.iter().enumerate() {

@@ -106,7 +106,7 @@ impl Plan {
             // The least important go first: lowest priority, then last in placement order.
             lower.sort_by_key(|&(va, vi)| (self.apps[va as usize].priority, Reverse(va), Reverse(vi)));
             // What the node would have free with the victims gone.
-            let mut free = self.rooms[n].res;
+            let mut free = self.rooms[n].res();
             let mut ports = self.rooms[n].ports;
             let mut gpus = self.gpus.clone_node(n);
             let fits =

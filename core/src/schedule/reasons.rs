@@ -166,7 +166,7 @@ impl Plan {
             .map(|&n| n as usize)
             .filter(|&n| {
                 self.rooms[n].ports == 0
-                    && app.resources.fits_in(self.rooms[n].res)
+                    && app.resources.fits_in(self.rooms[n].res())
                     && self.gpus.fits(n, need, &self.needs[a].models)
             })
             .collect();
@@ -176,7 +176,7 @@ impl Plan {
                 count: portless.len(),
             };
         }
-        let free = eligible.iter().map(|&n| self.rooms[n as usize].res);
+        let free = eligible.iter().map(|&n| self.rooms[n as usize].res());
         let rooms = eligible.iter().map(|&n| self.gpus.room(n as usize));
         let (gpus, gpu_milli) = match need {
             GpuNeed::None => (0, 0),
