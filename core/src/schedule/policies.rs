@@ -70,11 +70,8 @@ impl Plan {
         let score = u64::from(room.score);
         let s = if most_allocated { score } else { (1 << 22) - score };
         let first = match self.needs[a].gpu {
-            GpuNeed::None => u64::from(room.gpu_free == 0),
-            _ => {
-                let total = u64::from(self.gpus.count(n)) * u64::from(limits::GPU_MILLI);
-                total.saturating_sub(u64::from(room.gpu_free)) * 1000 / total.max(1)
-            }
+            GpuNeed::None => u64::from(room.gpu_used == 1000),
+            _ => u64::from(room.gpu_used),
         };
         // Scores are at most 2^21 and their complements at most 2^22: 23 bits.
         (((first << 23) | s) << NODE_BITS) | (NODE_MASK - n as u64)
@@ -103,7 +100,7 @@ impl Plan {
             }
             let score = u64::from(room.score);
             let s = if most_allocated { score } else { (1 << 22) - score };
-            let first = u64::from(room.gpu_free == 0);
+            let first = u64::from(room.gpu_used == 1000);
             Some((((first << 23) | s) << NODE_BITS) | (NODE_MASK - u64::from(n)))
         };
         let any_key = |plan: &Plan, n: u32| plan.fits(a, n as usize).then(|| key(plan, n as usize));

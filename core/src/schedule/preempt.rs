@@ -107,7 +107,7 @@ impl Plan {
             lower.sort_by_key(|&(va, vi)| (self.apps[va as usize].priority, Reverse(va), Reverse(vi)));
             // What the node would have free with the victims gone.
             let mut free = self.rooms[n].res();
-            let mut ports = self.rooms[n].ports;
+            let mut ports = u32::from(self.rooms[n].ports);
             let mut gpus = self.gpus.clone_node(n);
             let fits =
                 |free: Resources, ports: u32, gpus: &GpuScratch| need.fits_in(free) && ports > 0 && gpus.fits(gpu);

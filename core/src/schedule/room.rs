@@ -3,11 +3,13 @@
 
 use crate::model::{Labels, NodeSpec, Resources};
 
-use super::gpu::{GpuNeed, Grant, Models};
+use super::gpu::{GpuNeed, GpuRoom, Grant, Models};
 use super::{FRESH, ObservedContainer, Plan, Policy};
 
-/// What a node has left, at a glance: 24 bytes, so that a scan of ten thousand nodes stays in
-/// a core's cache (32 made a reschedule's scans 40% slower).
+/// What a node has left, at a glance: every policy reads it for every candidate node, so it
+/// holds all a scan asks (a GPU's model aside) in 24 bytes, and a scan of ten thousand nodes
+/// stays in a core's cache (32 bytes made a reschedule's scans 40% slower, and reading the GPU
+/// table beside it, with a division per node, doubled a pass with GPUs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Room {
     /// Its memory less what its replicas reserve, in bytes; nothing once the node is dead.
@@ -15,34 +17,45 @@ pub(super) struct Room {
     /// Its CPU less what its replicas reserve, in millicores (a node offers at most
     /// `limits::CPU_MILLIS_MAX`).
     cpu: u32,
-    /// Its host ports free (see `Plan::ports_cap`).
-    pub(super) ports: u32,
-    /// Thousandths of a GPU free over all its GPUs.
-    pub(super) gpu_free: u32,
     /// The sum of its used fractions of CPU and memory, in units of 2^-20 (at most 2^21).
     pub(super) score: u32,
+    /// Its host ports free (see `Plan::ports_cap`; at most `limits::LOCAL_SLOTS_MAX`).
+    pub(super) ports: u16,
+    /// Thousandths of its GPUs in use, over all of them: 1000 when none is free, or it has
+    /// none.
+    pub(super) gpu_used: u16,
+    /// The most thousandths free on one of its GPUs.
+    share_max: u16,
+    /// Its GPUs wholly free.
+    whole: u8,
 }
 
 const _: () = assert!(std::mem::size_of::<Room>() == 24);
 const _: () = assert!(crate::limits::CPU_MILLIS_MAX <= u32::MAX as u64);
+const _: () = assert!(crate::limits::LOCAL_SLOTS_MAX <= u16::MAX as usize);
 
 impl Room {
-    /// A room of `free` resources, `ports` host ports, `gpu_free` thousandths of GPUs and
-    /// allocation score `score`.
-    pub(super) fn new(free: Resources, ports: u32, gpu_free: u32, score: u64) -> Room {
+    /// A room of `free` resources, `ports` host ports, GPUs as `gpus` sums them up out of
+    /// `gpu_total` thousandths, and allocation score `score`.
+    pub(super) fn new(free: Resources, ports: u32, (gpus, gpu_total): (GpuRoom, u32), score: u64) -> Room {
+        let used = gpu_total.saturating_sub(gpus.free);
         Room {
             mem: free.mem_bytes,
             cpu: u32::try_from(free.cpu_millis).unwrap_or(u32::MAX),
-            ports,
-            gpu_free,
             score: score as u32,
+            ports: ports.min(u32::from(u16::MAX)) as u16,
+            gpu_used: if gpus.free == 0 { 1000 } else { (u64::from(used) * 1000 / u64::from(gpu_total)) as u16 },
+            share_max: gpus.share_max,
+            whole: gpus.whole,
         }
     }
 
     /// The room of `node`, with nothing placed on it and `ports` host ports.
     pub(super) fn empty(node: &NodeSpec, ports: u32) -> Room {
-        let gpus = node.gpus.min(crate::limits::GPUS_PER_NODE_MAX) * crate::limits::GPU_MILLI;
-        Room::new(node.capacity, ports, gpus, 0)
+        let gpus = node.gpus.min(crate::limits::GPUS_PER_NODE_MAX);
+        let total = gpus * crate::limits::GPU_MILLI;
+        let room = GpuRoom { whole: gpus as u8, share_max: if gpus > 0 { 1000 } else { 0 }, free: total };
+        Room::new(node.capacity, ports, (room, total), 0)
     }
 
     /// CPU and memory free.
@@ -54,6 +67,16 @@ impl Room {
     #[inline]
     pub(super) fn takes(&self, need: Resources) -> bool {
         need.cpu_millis <= u64::from(self.cpu) && need.mem_bytes <= self.mem && self.ports > 0
+    }
+
+    /// Whether `need` fits in the GPUs free (their model aside).
+    #[inline]
+    pub(super) fn takes_gpus(&self, need: GpuNeed) -> bool {
+        match need {
+            GpuNeed::None => true,
+            GpuNeed::Whole(k) => self.whole >= k,
+            GpuNeed::Share(m) => self.share_max >= m,
+        }
     }
 }
 
@@ -84,7 +107,10 @@ impl Plan {
     /// CPU and a dead node has none free.
     #[inline]
     pub(super) fn fits(&self, a: usize, n: usize) -> bool {
-        self.rooms[n].takes(self.apps[a].resources) && self.gpus.fits(n, self.needs[a].gpu, &self.needs[a].models)
+        let (room, need) = (&self.rooms[n], &self.needs[a]);
+        room.takes(self.apps[a].resources)
+            && room.takes_gpus(need.gpu)
+            && (need.gpu == GpuNeed::None || need.models.allows(self.gpus.model(n)))
     }
 
     /// [`Plan::fits`] for app `a`, with what the app asks read once: the scans of every node
@@ -140,7 +166,7 @@ impl Plan {
             Room::new(
                 cap.saturating_sub(used),
                 self.ports_cap[n].saturating_sub(self.ports_used[n]),
-                self.gpus.room(n).free,
+                (self.gpus.room(n), self.gpus.count(n) * crate::limits::GPU_MILLI),
                 frac(used.cpu_millis, cap.cpu_millis) + frac(used.mem_bytes, cap.mem_bytes),
             )
         } else {
