@@ -332,6 +332,8 @@ pub fn replay(
         // Names are unique per arrival: a task drawn again is a new app.
         let mut app = AppSpec::new(&format!("t{k}"), "trace", 1, pod.resources());
         app.gpu = pod.gpu();
+        // A task publishes no port (`Plan::add_app`).
+        app.port = 0;
         let slot = canteen_core::model::SlotId::new(app.name.as_str(), 0);
         plan.add_app(app);
         let node = plan.node_of(&slot).map(|id| {

@@ -634,6 +634,22 @@ mod tests {
     }
 
     #[test]
+    fn gpus_come_with_their_model_and_bad_ones_are_refused_by_their_key() {
+        let c = AgentConfig::parse("c.toml", "gpus = 8\ngpu_model = \"A100\"\n").unwrap();
+        let node = c.node_config();
+        assert_eq!((node.gpus, node.gpu_model.as_str()), (8, "A100"));
+        for (text, key) in [
+            ("gpus = 2\n", "gpu_model"),
+            ("gpu_model = \"A100\"\n", "gpu_model"),
+            ("gpus = 65\ngpu_model = \"A100\"\n", "gpus"),
+            ("gpus = 1\ngpu_model = \"A 100\"\n", "gpu_model"),
+        ] {
+            let e = AgentConfig::parse("c.toml", text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn join_addresses_are_host_and_port() {
         for good in ["127.0.0.1:7946", "node-a:7946", "a.example.org:1", "[::1]:7946"] {
             assert!(check_peer_addr(good).is_ok(), "{good}");

@@ -118,6 +118,29 @@ pub struct GpuShare {
     pub milli: u32,
 }
 
+impl GpuShare {
+    /// Whether one replica may hold `gpus` on a node whose GPUs have `held` thousandths held
+    /// already (one entry per GPU): whole GPUs each once, or one share below a whole, on GPUs
+    /// of the node, none held past its whole. If so, adds them to `held`.
+    pub fn fit_in(gpus: &[GpuShare], held: &mut [u32]) -> bool {
+        let shares = gpus.iter().filter(|g| g.milli < limits::GPU_MILLI).count();
+        let shape = gpus.len() <= 1 || shares == 0;
+        let each = gpus.iter().enumerate().all(|(k, g)| {
+            g.milli > 0
+                && g.milli <= limits::GPU_MILLI
+                && !gpus[..k].iter().any(|h| h.index == g.index)
+                && held.get(g.index as usize).is_some_and(|h| h + g.milli <= limits::GPU_MILLI)
+        });
+        if !(shape && each) {
+            return false;
+        }
+        for g in gpus {
+            held[g.index as usize] += g.milli;
+        }
+        true
+    }
+}
+
 /// A range of host ports, `min..=max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HostPorts {

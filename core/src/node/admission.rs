@@ -92,19 +92,10 @@ fn check_status(node: &crate::model::NodeId, status: &NodeStatus) -> Result<(), 
         if !ports.insert(c.host_port) {
             return Err(format!("host port {} given to two slots", c.host_port));
         }
-        // Whole GPUs, each once, or one share of one; never more of a GPU than it has.
-        let shares = c.gpus.iter().filter(|g| g.milli < limits::GPU_MILLI).count();
-        if c.gpus.len() > 1 && shares > 0 {
-            return Err(format!("slot {}: a share of a GPU beside others", c.slot));
-        }
-        for g in &c.gpus {
-            let Some(h) = held.get_mut(g.index as usize) else {
-                return Err(format!("slot {}: GPU {} of a node with {}", c.slot, g.index, status.spec.gpus));
-            };
-            *h += g.milli;
-            if g.milli == 0 || *h > limits::GPU_MILLI {
-                return Err(format!("slot {}: GPU {} held past its whole", c.slot, g.index));
-            }
+        // Whole GPUs, each once, or one share of one, on the node's GPUs; none held past
+        // its whole over the containers.
+        if !crate::model::GpuShare::fit_in(&c.gpus, &mut held) {
+            return Err(format!("slot {}: GPUs {:?} that no replica may hold on this node", c.slot, c.gpus));
         }
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use super::tests::pump;
 use super::*;
 use crate::membership::{SwimId, SwimMember};
-use crate::model::{NodeSpec, Resources};
+use crate::model::{GpuShare, NodeSpec, Resources};
 use crate::registry::{Head, Version};
 
 fn swim_pair() -> [Node; 2] {
@@ -204,6 +204,37 @@ fn a_status_written_by_another_node_or_listing_a_slot_twice_is_refused() {
             .map(|v| matches!(v, Value::Status(s) if s.addr == "10.6.6.6")),
         Some(true)
     );
+}
+
+#[test]
+fn a_status_holding_gpus_the_node_has_not_or_past_their_whole_is_refused() {
+    let mut nodes = swim_pair();
+    let mut spec = NodeSpec::new("b", Resources::new(1000, 1000));
+    spec.gpus = 2;
+    spec.gpu_model = "A100".into();
+    let container = |index: u32, gpus: Vec<GpuShare>| ContainerStatus {
+        slot: SlotId::new("web", index),
+        container: format!("c{index}").into(),
+        host_port: 8000 + index as u16,
+        state: ContainerState::Healthy,
+        version: 0,
+        ready: false,
+        gpus,
+    };
+    let share = |index, milli| GpuShare { index, milli };
+    let forged = [
+        vec![container(0, vec![share(2, 1000)])],
+        vec![container(0, vec![share(0, 500)]), container(1, vec![share(0, u32::MAX - 100)])],
+        vec![container(0, vec![share(0, 600)]), container(1, vec![share(0, 600)])],
+        vec![container(0, vec![share(0, 1000), share(1, 300)])],
+        vec![container(0, vec![share(1, 0)])],
+    ];
+    for (k, containers) in forged.into_iter().enumerate() {
+        let status = NodeStatus { spec: spec.clone(), addr: "10.6.6.6".into(), containers, generation: 1 };
+        let version = Version { wall_ms: 3000, logical: k as u32, writer: NodeId::new("b") };
+        let bytes = updates("b", Key::Status(NodeId::new("b")), version, Some(Value::Status(status)));
+        assert!(refused(&feed(&mut nodes[0], 3001 + k as u64, &bytes), "entry"), "forged status {k}");
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::health::{HealthState, ProbeOutcome};
 use crate::limits;
-use crate::model::{AppName, HealthKind, NodeSpec, SlotId};
+use crate::model::{AppName, GpuShare, HealthKind, NodeSpec, SlotId};
 use crate::schedule::{Observed, ObservedContainer, place_owned};
 use crate::time::Time;
 
@@ -56,7 +56,17 @@ impl Node {
                     self.desired_confirmed = false;
                     self.out.event(Event::KeptUnconfirmed { containers: unknown });
                 }
+                // A container's GPUs, from its labels, must be GPUs this node has, held within
+                // their whole: peers refuse a status that says otherwise (after the node's
+                // GPUs were changed, or a label was). One that breaks it is stopped; its slot
+                // is placed again.
+                let mut held = vec![0u32; self.config.gpus as usize];
                 for f in containers {
+                    let fits = GpuShare::fit_in(&f.gpus, &mut held);
+                    if !fits {
+                        self.out.push(Action::StopContainer { container: f.container, slot: f.slot, drain_ms: 0 });
+                        continue;
+                    }
                     let spec = self.instance_spec(&f.slot.app, f.version);
                     let held = (f.host_port, f.gpus);
                     self.slots.adopt(now, f.slot, f.version, f.container, held, spec.as_ref(), &mut self.out);

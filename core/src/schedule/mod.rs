@@ -233,6 +233,8 @@ pub struct Plan {
     /// The mix of replica shapes the `fgd` policy weighs, with its caches: made on first use
     /// from the apps, or given (`Plan::set_workload`).
     workload: Option<fgd::Workload>,
+    /// Whether the mix was given, not made from the apps.
+    workload_given: bool,
     /// Stable hash of each node's name, for rendezvous.
     node_hash: Vec<u64>,
     stops: Vec<Stop>,
@@ -315,16 +317,11 @@ pub fn place_owned(
         ports_cap,
         gpus,
         slots: apps.iter().map(|a| vec![UNPLACED; a.replicas as usize]).collect(),
-        grants: apps
-            .iter()
-            .zip(&needs)
-            .map(
-                |(a, need)| if need.gpu == GpuNeed::None { Vec::new() } else { vec![Grant::None; a.replicas as usize] },
-            )
-            .collect(),
+        grants: vec![Vec::new(); apps.len()],
         app_index: apps.iter().enumerate().map(|(i, a)| (a.name.clone(), i as u32)).collect(),
         needs,
         workload: None,
+        workload_given: false,
         nodes,
         apps,
         node_hash,
@@ -422,15 +419,22 @@ impl Plan {
             .collect();
         for ((a, i), n, container, c) in kept {
             let grant = self.grant_of(a, n, c).expect("only admitted containers are kept");
-            if !self.hold(n, self.apps[a].resources, grant) {
+            let (n, container, c, grant) = if self.hold(n, self.apps[a].resources, grant) {
+                (n, container, c, grant)
+            } else {
                 refused.insert((n, container));
                 cur.remove(&(a, i));
-                old.remove(&(a, i));
-                continue;
-            }
-            if !self.grants[a].is_empty() {
-                self.grants[a][i as usize] = grant;
-            }
+                // The slot's old container, if it has one, is kept in its place.
+                let Some(&((_, m, old_container), o)) = old.get(&(a, i)) else { continue };
+                let old_grant = self.grant_of(a, m, o).expect("only admitted containers are kept");
+                if !self.hold(m, self.apps[a].resources, old_grant) {
+                    refused.insert((m, old_container));
+                    old.remove(&(a, i));
+                    continue;
+                }
+                (m, old_container, o, old_grant)
+            };
+            self.set_grant(a, i, grant);
             self.kept_containers.insert((a as u32, i), container.clone());
             self.slots[a][i as usize] = n as u32;
             if rolling.contains(&a) {
@@ -485,6 +489,8 @@ impl Plan {
             });
         }
         self.evict_over_capacity();
+        // A slot evicted is placed again, not replaced by a rollout.
+        states.retain(|&(a, i), _| self.slots[a as usize][i as usize] != UNPLACED);
         self.stops.sort_by(|x, y| (&x.node, &x.container).cmp(&(&y.node, &y.container)));
         states
     }
@@ -599,9 +605,7 @@ impl Plan {
                 if let Some(old) = self.old_kept.remove(&(a as u32, i as u32)) {
                     let m = old.node as usize;
                     self.set_used(m, self.used[m].saturating_sub(old.resources).saturating_add(self.apps[a].resources));
-                    if !self.grants[a].is_empty() {
-                        self.grants[a][i] = old.grant;
-                    }
+                    self.set_grant(a, i as u32, old.grant);
                     self.slots[a][i] = old.node;
                     self.kept_containers.insert((a as u32, i as u32), old.container);
                     continue;
@@ -631,7 +635,9 @@ impl Plan {
     /// An app arrives: its slots are placed after everything placed so far, as the last app
     /// in placement order, and nothing else moves (a replay of a trace, which places each task
     /// on arrival and never moves one). Its slots that fit nowhere are reported unschedulable.
-    /// Not bounded by `limits::APPS_MAX`: a replay has a task per app.
+    /// Not bounded by `limits::APPS_MAX`: a replay has a task per app. Its published port is
+    /// not taken out of the nodes' host ports, as a full pass would take it: a replay's tasks
+    /// publish none.
     ///
     /// # Panics
     ///
@@ -641,7 +647,11 @@ impl Plan {
         let need = Need { gpu: GpuNeed::of(&app.gpu), models: self.gpus.models_of(&app.gpu) };
         assert!(self.app_index.insert(app.name.clone(), a as u32).is_none(), "app names must be unique");
         self.slots.push(vec![UNPLACED; app.replicas as usize]);
-        self.grants.push(if need.gpu == GpuNeed::None { Vec::new() } else { vec![Grant::None; app.replicas as usize] });
+        self.grants.push(Vec::new());
+        if !self.workload_given {
+            // The mix the fgd policy weighs is the plan's apps': made again with this one.
+            self.workload = None;
+        }
         self.needs.push(need);
         let missing: Vec<(u32, u32)> = (0..app.replicas).map(|i| (a as u32, i)).collect();
         self.apps.push(app);
@@ -652,6 +662,7 @@ impl Plan {
     /// derives from the plan's apps: a replay knows the trace's whole mix from the start.
     pub fn set_workload(&mut self, shapes: &[(Shape, u64)]) {
         self.workload = Some(fgd::Workload::new(shapes, &self.gpus));
+        self.workload_given = true;
     }
 
     fn node_index_of(&self, a: usize, index: u32) -> Option<usize> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::model::{AppName, Resources, SlotId};
 
-use super::gpu::GpuScratch;
+use super::gpu::{GpuScratch, Grant};
 use super::{FRESH, Plan, Stop, StopReason, UNPLACED, Unplaceable, Unschedulable};
 
 /// The slots to evict from one node to make room for another.
@@ -116,9 +116,14 @@ impl Plan {
                 if fits(free, ports, &gpus) {
                     break;
                 }
+                // Only GPUs short: a victim that holds none frees nothing the slot needs.
+                let grant = self.grants[v.0 as usize].get(v.1 as usize).copied().unwrap_or_default();
+                if need.fits_in(free) && ports > 0 && grant == Grant::None {
+                    continue;
+                }
                 free = free.saturating_add(self.apps[v.0 as usize].resources);
                 ports += 1;
-                gpus.give(self.grants[v.0 as usize].get(v.1 as usize).copied().unwrap_or_default());
+                gpus.give(grant);
                 victims.push(v);
             }
             if !fits(free, ports, &gpus) {

@@ -115,9 +115,7 @@ impl Plan {
                 n,
                 self.used[n].saturating_sub(old.resources).saturating_add(self.apps[a as usize].resources),
             );
-            if !self.grants[a as usize].is_empty() {
-                self.grants[a as usize][i as usize] = old.grant;
-            }
+            self.set_grant(a as usize, i, old.grant);
             self.slots[a as usize][i as usize] = old.node;
             self.kept_containers.insert((a, i), old.container);
             let slot = SlotId { app: self.apps[a as usize].name.clone(), index: i };

@@ -152,6 +152,19 @@ impl Plan {
         self.set_used(n, self.used[n].saturating_sub(resources));
     }
 
+    /// Slot `index` of app `a` holds the GPUs of `grant`. An app's row is made on its first
+    /// grant: an app that asks for no GPU may still have old containers that hold some.
+    pub(super) fn set_grant(&mut self, a: usize, index: u32, grant: Grant) {
+        let row = &mut self.grants[a];
+        if row.is_empty() {
+            if grant == Grant::None {
+                return;
+            }
+            row.resize(self.slots[a].len(), Grant::None);
+        }
+        row[index as usize] = grant;
+    }
+
     /// The GPUs slot `index` of app `a` holds, which it holds no more.
     pub(super) fn take_grant(&mut self, a: usize, index: u32) -> Grant {
         self.grants[a].get_mut(index as usize).map(std::mem::take).unwrap_or_default()
@@ -193,9 +206,7 @@ impl Plan {
         debug_assert!(self.fits(a, n));
         let held = self.hold(n, self.apps[a].resources, grant);
         assert!(held, "a node where a replica fits has its GPUs free");
-        if !self.grants[a].is_empty() {
-            self.grants[a][index as usize] = grant;
-        }
+        self.set_grant(a, index, grant);
         self.slots[a][index as usize] = n as u32 | FRESH;
     }
 }

@@ -397,3 +397,71 @@ fn fgd_puts_a_share_on_a_gpu_already_shared_rather_than_breaking_a_whole_one() {
     let node1 = plan.node_of(&SlotId::new("share", 1)).unwrap();
     assert_eq!((node0, share0[0].0), (node1, share1[0].0), "both shares on one GPU");
 }
+
+#[test]
+fn an_old_versions_container_keeps_its_gpus_when_the_new_version_asks_for_none() {
+    // Version 1 asked for a GPU; version 2 asks for none. The old container still holds GPU 0.
+    let mut web = app("web", 1, 100);
+    web.gpu = GpuRequest { gpus: 1, ..Default::default() };
+    web.version = 1;
+    let mut v2 = web.with_template(&web.template(), 2);
+    v2.gpu = GpuRequest::default();
+    v2.history =
+        vec![crate::model::Revision { version: 1, template: web.template(), cause: crate::model::Cause::Apply }];
+    let mut rows = vec![running("a", SlotId::new("web", 0), "old", ContainerState::Healthy)];
+    rows[0].1.version = 1;
+    rows[0].1.gpus = vec![GpuShare { index: 0, milli: 1000 }];
+    // A GPU app beside it must not be given GPU 0 while the old container holds it.
+    let train = gpu_app("train", 1, 1, 0);
+    for (_, policy) in Policy::ALL {
+        let plan = place(&[v2.clone(), train.clone()], &[gpu_node("a", 2, "A100")], &observed(rows.clone()), policy);
+        assert_eq!(gpus_of(&plan, "train/0"), [(1, 1000)], "{policy}");
+    }
+}
+
+#[test]
+fn a_slot_short_only_of_gpus_preempts_only_replicas_that_hold_gpus() {
+    let mut urgent = gpu_app("urgent", 1, 1, 0);
+    urgent.priority = 2;
+    let mut batch = gpu_app("batch", 1, 1, 0);
+    batch.priority = 1;
+    let apps = [urgent, batch, app("cpu", 5, 100)];
+    let rows = vec![
+        running("a", SlotId::new("batch", 0), "b0", ContainerState::Healthy),
+        running("a", SlotId::new("cpu", 0), "c0", ContainerState::Healthy),
+        running("a", SlotId::new("cpu", 1), "c1", ContainerState::Healthy),
+    ];
+    let mut rows = rows;
+    rows[0].1.gpus = vec![GpuShare { index: 0, milli: 1000 }];
+    let plan = place(&apps, &[gpu_node("a", 1, "A100")], &observed(rows), Policy::Spread);
+    let stopped: Vec<_> = plan.stops().iter().map(|s| (&*s.container, s.reason)).collect();
+    assert_eq!(stopped, [("b0", StopReason::Preempted)], "only the GPU holder goes");
+    assert_eq!(gpus_of(&plan, "urgent/0"), [(0, 1000)]);
+}
+
+#[test]
+fn a_rolling_apps_old_replica_evicted_for_want_of_host_ports_is_placed_again_not_replaced() {
+    // Three old replicas on a node of three host ports; another app then publishes one of them.
+    let mut small = node("a", 64_000, 262_144);
+    small.host_ports.max = small.host_ports.min + 2;
+    let mut web = app("web", 3, 100);
+    web.version = 2;
+    web.history =
+        vec![crate::model::Revision { version: 1, template: web.template(), cause: crate::model::Cause::Apply }];
+    web.image = "img:v2".into();
+    // Every old replica may be replaced at once: the one evicted would be too.
+    web.update.max_surge = 3;
+    let mut taker = app("taker", 0, 100);
+    taker.port = small.host_ports.min;
+    let rows: Vec<_> = (0..3)
+        .map(|i| {
+            let mut r = running("a", SlotId::new("web", i), &format!("w{i}"), ContainerState::Healthy);
+            r.1.version = 1;
+            r
+        })
+        .collect();
+    for (_, policy) in Policy::ALL {
+        let plan = place(&[web.clone(), taker.clone()], &[small.clone()], &observed(rows.clone()), policy);
+        assert!(plan.stops().iter().any(|s| s.reason == StopReason::Evicted), "{policy}: {:?}", plan.stops());
+    }
+}
