@@ -208,9 +208,9 @@ pub struct Plan {
     alive: Vec<bool>,
     /// Resources reserved on each node by the slots placed there.
     used: Vec<Resources>,
-    /// What each node has left, and its allocation score, kept current by every change to
-    /// its usage: every policy reads it for every candidate node, so it is apart from `nodes`
-    /// and a scan reads 32 bytes a node.
+    /// What each node has left (CPU, memory, host ports, GPUs at a glance) and its allocation
+    /// score, kept current by every change to its usage: every policy reads it for every
+    /// candidate node, so it is apart from `nodes` and a scan reads 24 bytes a node.
     rooms: Vec<Room>,
     /// Replicas on each node (kept, kept beside a new one, placed): each holds a host port.
     ports_used: Vec<u32>,
