@@ -317,8 +317,21 @@ pub fn parse(file: &str, text: &str) -> Result<Cluster, FileError> {
     build(file, &raw.cluster, &raw.node, &raw.app)
 }
 
-/// Turns the raw tables into a checked [`Cluster`].
+/// Turns the raw tables into a checked [`Cluster`]. Apps' GPU models are checked against the
+/// file's nodes.
 pub fn build(file: &str, cluster: &RawCluster, nodes: &[RawNode], apps: &[RawApp]) -> Result<Cluster, FileError> {
+    build_with(file, cluster, nodes, apps, true)
+}
+
+/// [`build`], checking apps' GPU models against the file's nodes only if `nodes_are_the_cluster`:
+/// a file of apps alone, applied to a running cluster, knows none of its nodes.
+pub fn build_with(
+    file: &str,
+    cluster: &RawCluster,
+    nodes: &[RawNode],
+    apps: &[RawApp],
+    nodes_are_the_cluster: bool,
+) -> Result<Cluster, FileError> {
     let err = |key: String, message: String| FileError::new(file, key, message);
     let mut specs = Vec::new();
     if cluster.nodes > 0 {
@@ -385,12 +398,13 @@ pub fn build(file: &str, cluster: &RawCluster, nodes: &[RawNode], apps: &[RawApp
     let models: Vec<&str> = specs.iter().filter(|s| s.gpus > 0).map(|s| s.gpu_model.as_str()).collect();
     for (i, raw) in apps.iter().enumerate() {
         let spec = app_spec(raw).map_err(|(field, message)| err(format!("app[{i}].{field}"), message))?;
-        spec.gpu.validate().and_then(|()| check_gpu_models_known(&spec, models.iter().copied())).map_err(
-            |e| match e {
-                SpecError::Invalid { field, problem } => err(format!("app[{i}].{field}"), problem),
-                other => err(format!("app[{i}]"), other.to_string()),
-            },
-        )?;
+        let known = |spec: &AppSpec| {
+            if nodes_are_the_cluster { check_gpu_models_known(spec, models.iter().copied()) } else { Ok(()) }
+        };
+        spec.gpu.validate().and_then(|()| known(&spec)).map_err(|e| match e {
+            SpecError::Invalid { field, problem } => err(format!("app[{i}].{field}"), problem),
+            other => err(format!("app[{i}]"), other.to_string()),
+        })?;
         app_specs.push(spec);
     }
     validate_apps(&app_specs).map_err(|(i, e)| {

@@ -183,10 +183,12 @@ pub const NODE_ADDR_LEN_MAX: usize = 255;
 /// cluster's node names, app names and addresses, with room to spare: a few MiB per thread.
 pub const INTERNED_MAX: usize = 1 << 16;
 
-/// The most one container takes in a status: its slot (app name and index), container id,
-/// host port and state, with their length prefixes, and one GPU (a share of one, or the first
-/// of its whole ones).
-pub const CONTAINER_STATUS_BYTES_MAX: usize = NAME_LEN_MAX + 5 + CONTAINER_ID_LEN_MAX + 2 + 3 + 1 + 1 + GPU_BYTES;
+/// The most one container takes in a status: its slot (app name, behind its length, and
+/// index), container id (behind its length), host port, state, version, readiness, and its
+/// GPUs' length and one GPU (a share of one, or the first of its whole ones). Varints: an
+/// index up to 5 bytes, a port 3, a version 10.
+pub const CONTAINER_STATUS_BYTES_MAX: usize =
+    1 + NAME_LEN_MAX + 5 + 1 + CONTAINER_ID_LEN_MAX + 3 + 1 + 10 + 1 + 1 + GPU_BYTES;
 
 /// One GPU in a status: its index and share, varints of at most 1 and 2 bytes. A node's
 /// containers hold at most one GPU each beyond its own GPUs: whole GPUs are held alone.

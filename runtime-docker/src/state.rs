@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use canteen_core::cluster_file::{FileError, RawClusterFile, build};
+use canteen_core::cluster_file::{FileError, RawClusterFile, build_with};
 use canteen_core::model::{AppSpec, SpecError};
 use canteen_core::node::Value;
 use canteen_core::registry::{Entry, Key};
@@ -139,10 +139,13 @@ pub fn clear(data_dir: &Path) {
 /// `[app.health] interval_ms` or `balance` take the agent's `health_interval_ms` and `balance`.
 pub fn apps_from_file(file: &str, text: &str, config: &AgentConfig) -> Result<Vec<AppSpec>, FileError> {
     let mut raw: RawClusterFile = toml::from_str(text).map_err(|e| crate::config::toml_error(file, text, &e))?;
-    if raw.cluster.nodes == 0 && raw.node.is_empty() {
+    // A file of apps alone knows none of the cluster's nodes (nor their GPU models): a
+    // stand-in node lets it build, and the models are left to placement's reasons.
+    let apps_alone = raw.cluster.nodes == 0 && raw.node.is_empty();
+    if apps_alone {
         raw.cluster.nodes = 1;
     }
-    let cluster = build(file, &raw.cluster, &raw.node, &raw.app)?;
+    let cluster = build_with(file, &raw.cluster, &raw.node, &raw.app, !apps_alone)?;
     let table: toml::Table = toml::from_str(text).map_err(|e| crate::config::toml_error(file, text, &e))?;
     let raw_apps = table.get("app").and_then(|a| a.as_array()).cloned().unwrap_or_default();
     let mut apps = cluster.apps;
@@ -193,6 +196,20 @@ mod tests {
         assert_eq!(apps[0].health.interval_ms, 250);
         let text = format!("{WEB}[app.health]\ninterval_ms = 700\n");
         assert_eq!(apps_from_file("web.toml", &text, &config).unwrap()[0].health.interval_ms, 700);
+    }
+
+    #[test]
+    fn a_file_of_apps_alone_may_name_gpu_models_the_cluster_has_and_bad_requests_are_refused() {
+        // The file knows none of the cluster's nodes: a model is not checked against them.
+        let text = format!("{WEB}gpus = 1\ngpu_models = [\"A100\"]\n");
+        let apps = apps_from_file("train.toml", &text, &AgentConfig::default()).unwrap();
+        assert_eq!(apps[0].gpu.gpu_models, ["A100"]);
+        let e = apps_from_file("train.toml", &format!("{WEB}gpu_milli = 1000\n"), &AgentConfig::default()).unwrap_err();
+        assert_eq!(e.key, "app[0].gpu_milli", "{e}");
+        // A file that lists its nodes is the cluster: their models are the only ones.
+        let nodes = "[[node]]\nname = \"a\"\ncpu_millis = 1000\nmem_mb = 1024\ngpus = 1\ngpu_model = \"T4\"\n";
+        let e = apps_from_file("train.toml", &format!("{nodes}{text}"), &AgentConfig::default()).unwrap_err();
+        assert_eq!(e.key, "app[0].gpu_models", "{e}");
     }
 
     #[test]

@@ -310,13 +310,20 @@ fn gpu_replicas_start_on_the_gpus_placed_and_move_to_free_gpus_when_their_node_i
 }
 
 #[test]
-fn an_app_naming_a_gpu_model_no_node_has_is_refused_naming_the_key() {
+fn an_app_allowing_only_a_gpu_model_no_live_node_has_waits_with_the_reason() {
+    // An agent cannot know every node's model when an app is applied (a node's status may not
+    // have come yet, or its node may join later): the app is taken, and placement says why its
+    // slots wait. A cluster file, which lists its nodes, refuses the model (`cluster_file`).
     let mut cluster = Cluster::with(2, |_, config| {
         config.gpus = 1;
         config.gpu_model = "A100".into();
     });
     let mut app = quick_app("train", 1, 8080);
     app.gpu = crate::model::GpuRequest { gpus: 1, gpu_milli: 0, gpu_models: vec!["H100".into()] };
-    let e = cluster.nodes[0].handle_command(Time::from_millis(0), Command::Apply(Box::new(app))).unwrap_err();
-    assert_eq!(e.to_string(), "app train: `gpu_models`: unknown GPU model \"H100\"; the cluster's models: A100");
+    cluster.apply(0, app);
+    let waits = cluster.run_until_true(5_000, |c| !c.nodes[0].unschedulable().is_empty());
+    assert!(waits, "a pass ran");
+    let (slot, reason) = &cluster.nodes[0].unschedulable()[0];
+    assert_eq!(*slot, super::SlotId::new("train", 0));
+    assert_eq!(reason.to_string(), "no live node it may run on has GPUs of model H100");
 }

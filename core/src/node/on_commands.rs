@@ -43,20 +43,6 @@ impl Node {
                 declarer.name, spec.name
             )));
         }
-        // A GPU model no node of the cluster has (this one, or any that ever published a
-        // status) is a typo far more often than a node to come: refused, naming the models.
-        let mut models: Vec<&str> = self
-            .registry
-            .statuses()
-            .filter_map(|(_, v)| match v {
-                Value::Status(s) if s.spec.gpus > 0 => Some(s.spec.gpu_model.as_str()),
-                _ => None,
-            })
-            .collect();
-        if self.config.gpus > 0 {
-            models.push(&self.config.gpu_model);
-        }
-        crate::model::check_gpu_models_known(&spec, models.iter().copied()).map_err(|e| invalid(e.to_string()))?;
         if let Some(other) = others.iter().find(|a| a.port == spec.port) {
             let e = crate::model::SpecError::DuplicatePort {
                 port: spec.port,

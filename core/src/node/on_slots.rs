@@ -62,14 +62,25 @@ impl Node {
                 // is placed again.
                 let mut held = vec![0u32; self.config.gpus as usize];
                 for f in containers {
-                    let fits = GpuShare::fit_in(&f.gpus, &mut held);
-                    if !fits {
+                    let mut with = held.clone();
+                    if !GpuShare::fit_in(&f.gpus, &mut with) {
                         self.out.push(Action::StopContainer { container: f.container, slot: f.slot, drain_ms: 0 });
                         continue;
                     }
                     let spec = self.instance_spec(&f.slot.app, f.version);
-                    let held = (f.host_port, f.gpus);
-                    self.slots.adopt(now, f.slot, f.version, f.container, held, spec.as_ref(), &mut self.out);
+                    let (slot, version, container) = (f.slot, f.version, f.container);
+                    // Its GPUs count once it is kept (a twin of its slot is stopped).
+                    if self.slots.adopt(
+                        now,
+                        slot,
+                        version,
+                        container,
+                        (f.host_port, f.gpus),
+                        spec.as_ref(),
+                        &mut self.out,
+                    ) {
+                        held = with;
+                    }
                 }
                 self.publish_status(now);
             }

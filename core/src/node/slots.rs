@@ -198,7 +198,7 @@ impl Slots {
 
     /// A container of `version` this node runs already (found by its labels at start-up):
     /// kept and probed, unless the slot has one of that version already or the node holds as
-    /// many as it may, when it is stopped.
+    /// many as it may, when it is stopped. Returns whether it was kept.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn adopt(
         &mut self,
@@ -209,17 +209,18 @@ impl Slots {
         held: (u16, Vec<GpuShare>),
         spec: Option<&AppSpec>,
         out: &mut Effects,
-    ) {
+    ) -> bool {
         assert!(container.len() <= limits::CONTAINER_ID_LEN_MAX, "container ids are bounded");
         let twin = self.instances(&slot).any(|(_, l)| l.version == version);
         if twin || self.local.len() >= limits::LOCAL_SLOTS_MAX {
             // Two containers of one version for one slot on this node (keep the first), or more
             // than a node runs.
             out.push(Action::StopContainer { container, slot, drain_ms: 0 });
-            return;
+            return false;
         }
         let key = self.insert(now, slot, version, held, Phase::Running, Some(container), spec);
         self.arm_health(now, &key, out);
+        true
     }
 
     /// Asks the runtime for a container for the instance of `slot` at attempt `start`
