@@ -12,8 +12,8 @@ use serde::Deserialize;
 use crate::limits;
 use crate::model::{
     AppName, AppSpec, Autoscale, GpuRequest, HealthCheck, HealthKind, HostPorts, Labels, NodeId, NodeSpec, PickerKind,
-    Resources, RestartBackoff, ScaleRule, SpecError, UpdatePolicy, Volume, check_gpu_models_known, validate_apps,
-    validate_gpu_model, validate_name,
+    Protocol, Resources, RestartBackoff, ScaleRule, SpecError, UpdatePolicy, Volume, check_gpu_models_known,
+    validate_apps, validate_gpu_model, validate_name,
 };
 use crate::schedule::Policy;
 
@@ -274,6 +274,9 @@ pub struct RawApp {
     env: BTreeMap<String, String>,
     #[serde(default)]
     balance: PickerKind,
+    #[serde(default)]
+    protocol: Protocol,
+    max_body_bytes: Option<u64>,
     health: Option<RawHealth>,
     update: Option<RawUpdate>,
     autoscale: Option<RawAutoscale>,
@@ -451,6 +454,8 @@ fn app_spec(raw: &RawApp) -> Result<AppSpec, (&'static str, String)> {
     spec.command = raw.command.clone();
     spec.env = raw.env.clone();
     spec.balance = raw.balance;
+    spec.protocol = raw.protocol;
+    spec.max_body_bytes = raw.max_body_bytes;
     if raw.gpus == Some(0) {
         return Err(("gpus", "0 GPUs: leave gpus out for an app that needs none".into()));
     }

@@ -18,6 +18,16 @@ pub const NODES_MAX: usize = 100_000;
 /// Most backends one balancer holds.
 pub const BACKENDS_MAX: usize = 100_000;
 
+/// The largest `max_body_bytes` an app may set: 1 TiB, far past any upload a balancer should
+/// pass (bodies stream through, so this bounds no memory; it catches a mistyped cap).
+pub const BODY_BYTES_MAX: u64 = 1 << 40;
+
+/// A request body kept, as it streams to a replica, so that the request can be sent again to
+/// another replica if the first fails before answering (idempotent methods only). A longer
+/// body is not kept: its request is retried only if none of it had been sent. Bounds the
+/// balancer's memory per request in flight.
+pub const RETRY_BODY_BYTES_MAX: usize = 64 * 1024;
+
 /// Groups in the rendezvous skeleton: a slot ranks the groups, then the nodes of its group,
 /// so a placement costs about `RENDEZVOUS_GROUPS + nodes / RENDEZVOUS_GROUPS` hashes.
 pub const RENDEZVOUS_GROUPS: u64 = 128;

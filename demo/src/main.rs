@@ -8,6 +8,8 @@
 //! - `GET /health` answers 200, or 500 once `/crash` was called;
 //! - `GET /crash` makes `/health` fail from then on;
 //! - `GET /slow?ms=N` waits N milliseconds (at most 60 s) before answering;
+//! - `POST /upload` reads its body, of any length, and throws it away, answering how many
+//!   bytes came (the balancer's upload figures go through it);
 //! - `GET /data` reads `$CANTEEN_DATA_DIR/data.txt` (default `/data`), `POST /data` (or
 //!   `GET /data?write=TEXT`) writes it: the shared volume test goes through it.
 //!
@@ -87,6 +89,8 @@ struct Request {
     path: String,
     query: String,
     body: Vec<u8>,
+    /// Bytes of a body read and thrown away (`/upload`).
+    discarded: u64,
     close: bool,
 }
 
@@ -118,16 +122,23 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
             close = value.eq_ignore_ascii_case("close");
         }
     }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), q.to_owned()),
+        None => (target, String::new()),
+    };
+    if path == "/upload" {
+        let discarded = std::io::copy(&mut reader.by_ref().take(content_length as u64), &mut std::io::sink()).ok()?;
+        if discarded != content_length as u64 {
+            return None;
+        }
+        return Some(Request { method, path, query, body: Vec::new(), discarded, close });
+    }
     if content_length > BODY_BYTES_MAX {
         return None;
     }
     let mut body = vec![0; content_length];
     reader.read_exact(&mut body).ok()?;
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), q.to_owned()),
-        None => (target, String::new()),
-    };
-    Some(Request { method, path, query, body, close })
+    Some(Request { method, path, query, body, discarded: 0, close })
 }
 
 fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
@@ -154,6 +165,7 @@ fn answer(request: &Request, state: &State) -> (u16, String) {
             (200, format!("replica {} waited {ms} ms\n", state.id))
         }
         "/data" => data(request, state),
+        "/upload" => (200, format!("replica {} received {} bytes\n", state.id, request.discarded)),
         _ => (404, "not found\n".to_owned()),
     }
 }

@@ -241,7 +241,8 @@ impl Driver {
                 Action::Probe { container, timeout_ms, .. } => {
                     self.docker.probe(&lock(&self.world), now, container, timeout_ms);
                 }
-                Action::SetBackends { app, picker, backends, .. } => {
+                Action::SetBackends { app, frontend, backends } => {
+                    let picker = frontend.picker;
                     let mut w = lock(&self.world);
                     let seed = w.rng.next_u64();
                     let Some(&app) = w.app_index.get(&app) else { continue };

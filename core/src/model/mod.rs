@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::limits;
 
 mod devices;
+mod frontend;
 mod versions;
 
 pub use devices::{GpuRequest, GpuShare, HostPorts, check_gpu_models_known, validate_gpu_model};
+pub use frontend::{Frontend, PickerKind, Protocol};
 use versions::validate_update;
 pub use versions::{Cause, Revision, Template, UpdatePolicy};
 
@@ -251,31 +253,6 @@ impl fmt::Debug for SlotId {
     }
 }
 
-/// How a balancer chooses a backend for each request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PickerKind {
-    /// Each healthy backend in turn.
-    #[default]
-    RoundRobin,
-    /// The backend with the fewest requests in flight; ties go round-robin.
-    LeastInFlight,
-    /// Two backends drawn at random; the one with fewer requests in flight.
-    PowerOfTwoChoices,
-    /// Round-robin in proportion to each backend's weight (smooth, as nginx does it).
-    Weighted,
-}
-
-impl PickerKind {
-    /// Every picker, by the name used in files and on the command line.
-    pub const ALL: [(&'static str, PickerKind); 4] = [
-        ("round-robin", PickerKind::RoundRobin),
-        ("least-in-flight", PickerKind::LeastInFlight),
-        ("power-of-two-choices", PickerKind::PowerOfTwoChoices),
-        ("weighted", PickerKind::Weighted),
-    ];
-}
-
 /// How a replica's health is probed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -456,6 +433,12 @@ pub struct AppSpec {
     pub restart: RestartBackoff,
     /// How the balancer picks a replica for each request.
     pub balance: PickerKind,
+    /// What the balancer speaks on `port`: HTTP requests, or TCP connections passed through.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The largest request body the balancer passes on (413 past it); `None`: no cap.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
     /// How a new version replaces the running one.
     #[serde(default)]
     pub update: UpdatePolicy,
@@ -503,6 +486,8 @@ impl AppSpec {
             volume: None,
             restart: RestartBackoff::default(),
             balance: PickerKind::RoundRobin,
+            protocol: Protocol::Http,
+            max_body_bytes: None,
             update: UpdatePolicy::default(),
             version: 0,
             redeploys: 0,
@@ -515,6 +500,11 @@ impl AppSpec {
     /// The slots the app should run now.
     pub fn slots(&self) -> impl Iterator<Item = SlotId> + '_ {
         (0..self.replicas).map(|index| SlotId { app: self.name.clone(), index })
+    }
+
+    /// What its balancer is set up with.
+    pub fn frontend(&self) -> Frontend {
+        Frontend { port: self.port, picker: self.balance, protocol: self.protocol, max_body_bytes: self.max_body_bytes }
     }
 
     /// Whether `labels` carry every label this app requires.
@@ -549,7 +539,7 @@ pub enum SpecError {
     },
 }
 
-fn invalid(field: &'static str, problem: String) -> SpecError {
+pub(super) fn invalid(field: &'static str, problem: String) -> SpecError {
     SpecError::Invalid { field, problem }
 }
 
@@ -612,6 +602,7 @@ impl AppSpec {
             return Err(invalid("container_port", "must be between 1 and 65535".into()));
         }
         validate_health(&self.health)?;
+        self.frontend().validate()?;
         let r = &self.restart;
         if r.initial_ms == 0 || r.max_ms < r.initial_ms {
             return Err(invalid(

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::hash::{StableMap, mix, stable_hash};
-use crate::model::{AppName, NodeId, PickerKind};
+use crate::model::{AppName, Frontend, NodeId};
 use crate::registry::{Key, Registry};
 use crate::schedule::ContainerState;
 
@@ -21,10 +21,10 @@ pub(super) struct Balancers {
     /// The healthy replicas of the nodes whose replicas take requests (this node, and the
     /// members not suspected), by app: what each balancer gets.
     healthy: BTreeMap<AppName, BackendSet>,
-    /// What each balancer was last sent: its port, picker and a fingerprint of its backend
+    /// What each balancer was last sent: its frontend and a fingerprint of its backend
     /// list, so an unchanged list is not sent again. A fingerprint, not a copy: a
     /// thousand-node cluster's lists would be held twice over on every node otherwise.
-    sent: BTreeMap<AppName, (u16, PickerKind, u64)>,
+    sent: BTreeMap<AppName, (Frontend, u64)>,
     /// Apps whose list may differ from what was sent; `update` looks at these only.
     dirty: BTreeSet<AppName>,
 }
@@ -132,15 +132,15 @@ impl Balancers {
                 }
                 continue;
             };
-            let (port, picker) = (spec.port, spec.balance);
+            let frontend = spec.frontend();
             // The list is copied out only when it changed.
             let healthy = self.healthy.get(&app);
             let fingerprint = BackendSet::fingerprint(healthy);
-            let same = self.sent.get(&app).is_some_and(|&(p, k, f)| (p, k, f) == (port, picker, fingerprint));
+            let same = self.sent.get(&app).is_some_and(|&sent| sent == (frontend, fingerprint));
             if !same {
                 let backends: Vec<Backend> = healthy.into_iter().flatten().cloned().collect();
-                self.sent.insert(app.clone(), (port, picker, fingerprint));
-                out.push(Action::SetBackends { app, port, picker, backends });
+                self.sent.insert(app.clone(), (frontend, fingerprint));
+                out.push(Action::SetBackends { app, frontend, backends });
             }
         }
         for app in gone {

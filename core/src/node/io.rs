@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::autoscale::ScaleDecision;
 use crate::health::HealthState;
 use crate::membership::PeerAddr;
-use crate::model::{AppName, AppSpec, GpuShare, HealthKind, NodeId, PickerKind, SlotId};
+use crate::model::{AppName, AppSpec, Frontend, GpuShare, HealthKind, NodeId, SlotId};
 use crate::registry::RegistryError;
 use crate::rollout::Outcome;
 use crate::schedule::Unplaceable;
@@ -81,10 +81,8 @@ pub enum Action {
     SetBackends {
         /// The app.
         app: AppName,
-        /// Its published port, where the balancer listens.
-        port: u16,
-        /// How to pick among them.
-        picker: PickerKind,
+        /// Where the balancer listens, how it picks, what it speaks.
+        frontend: Frontend,
         /// The healthy replicas, on every live node.
         backends: Vec<Backend>,
     },

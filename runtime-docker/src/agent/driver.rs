@@ -295,9 +295,9 @@ impl Driver {
                 let ip = self.config.reachable_container_ip();
                 tasks::spawn_probe(self.tx.clone(), ip, container, host_port, check);
             }
-            Action::SetBackends { app, port, picker, backends } => {
-                tracing::info!(app = %app, port, backends = backends.len(), "balancer backends");
-                if let Err(e) = self.proxies.set_backends(&app, port, picker, &backends) {
+            Action::SetBackends { app, frontend, backends } => {
+                tracing::info!(app = %app, port = frontend.port, backends = backends.len(), "balancer backends");
+                if let Err(e) = self.proxies.set_backends(&app, frontend, &backends) {
                     tracing::error!("{e}");
                     self.app_errors.insert(app, e.to_string());
                 }

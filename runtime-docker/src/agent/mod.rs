@@ -67,6 +67,9 @@ pub enum AgentError {
         /// What the system said.
         error: std::io::Error,
     },
+    /// The balancers' threads could not be started.
+    #[error("cannot start the balancers' threads: {0}")]
+    Proxies(std::io::Error),
     /// The config gives the node something core refuses (checked when the file is read: only a
     /// config built in code can get here).
     #[error("the agent's config: {0}")]

@@ -70,7 +70,7 @@ pub async fn start(
     };
     let metrics = Arc::new(Metrics::new());
     let seed = seed();
-    let proxies = Arc::new(Proxies::new(config.proxy_ip, metrics.clone(), seed));
+    let proxies = Arc::new(Proxies::new(config.proxy_ip, metrics.clone(), seed).map_err(AgentError::Proxies)?);
     let (tx, rx) = mpsc::channel(INPUT_QUEUE_MAX);
     let t = now();
     let mut node_config = config.node_config();
