@@ -630,6 +630,24 @@ target_rps_per_replica = 100
         assert_eq!(app("replicas = 0\n").unwrap().replicas, 0, "an app may be stopped but kept");
     }
 
+    #[test]
+    fn protocol_and_body_cap_read_with_their_defaults_and_errors() {
+        let base = "[cluster]\nnodes = 1\n[[app]]\nname = \"db\"\nimage = \"x\"\nport = 5432\n";
+        let app = |extra: &str| parse("f.toml", &format!("{base}{extra}")).map(|c| c.apps[0].clone());
+        let plain = app("").unwrap();
+        assert_eq!((plain.protocol, plain.max_body_bytes), (Protocol::Http, None), "HTTP with no cap");
+        assert_eq!(app("protocol = \"tcp\"\n").unwrap().protocol, Protocol::Tcp);
+        assert_eq!(app("max_body_bytes = 1048576\n").unwrap().max_body_bytes, Some(1 << 20));
+        let e = app("protocol = \"udp\"\n").unwrap_err();
+        assert!(e.key == "app.protocol" && e.message.contains("`http` or `tcp`"), "{e}");
+        let e = app("max_body_bytes = 0\n").unwrap_err();
+        assert!(e.key.contains("app[0].max_body_bytes") && e.message.contains("at least 1"), "{e}");
+        let e = app("max_body_bytes = 2000000000000\n").unwrap_err();
+        assert!(e.key.contains("app[0].max_body_bytes") && e.message.contains("limit"), "{e}");
+        let e = app("protocol = \"tcp\"\nmax_body_bytes = 10\n").unwrap_err();
+        assert!(e.key.contains("app[0].max_body_bytes") && e.message.contains("HTTP"), "{e}");
+    }
+
     fn error_of(text: &str) -> FileError {
         parse("bad.toml", text).unwrap_err()
     }

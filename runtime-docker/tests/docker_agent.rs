@@ -317,6 +317,35 @@ fn a_file_written_through_one_replica_is_read_through_another() {
 }
 
 #[test]
+fn a_tcp_app_is_balanced_per_connection_and_an_upload_over_the_old_cap_streams() {
+    if !docker_ready("a_tcp_app_is_balanced_per_connection_and_an_upload_over_the_old_cap_streams") {
+        return;
+    }
+    let mut env = Env::new("tcp", 14, "");
+    env.start_agent();
+    // The demo speaks HTTP, but this app's balancer does not: it passes each connection's
+    // bytes to one replica, health checked by a TCP connect.
+    let tcp_app = demo_app("db", 18490, 2, "protocol = \"tcp\"").replace("path = \"/health\"", "kind = \"tcp\"");
+    env.apply(&format!("{tcp_app}\n{}", demo_app("web", 18491, 1, "max_body_bytes = 12000000")));
+    env.wait("3 healthy replicas", Duration::from_secs(30), || env.healthy("db") == 2 && env.healthy("web") == 1);
+    let mut replicas = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let (code, body) = http(local(18490), "GET", "/", "").unwrap();
+        assert_eq!(code, 200, "{body}");
+        replicas.insert(body.trim().to_owned());
+    }
+    assert_eq!(replicas.len(), 2, "connections go round the replicas: {replicas:?}");
+    // 9 MB: over the 8 MiB the balancer used to buffer (and refuse past), under the app's cap.
+    let upload = "u".repeat(9_000_000);
+    let (code, body) = http(local(18491), "POST", "/upload", &upload).unwrap();
+    assert_eq!((code, body.trim()), (200, "replica web-0 received 9000000 bytes"));
+    // Over the cap: refused from its length, before its body is sent.
+    let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 12000001\r\n\r\n";
+    let answer = raw(local(18491), head);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[test]
 fn a_killed_agent_adopts_its_containers_on_restart() {
     if !docker_ready("a_killed_agent_adopts_its_containers_on_restart") {
         return;

@@ -223,7 +223,7 @@ impl Relayed {
     ) -> Relayed {
         let (pool, sender) = back;
         let mut relayed =
-            Relayed { inner, timer: IdleTimer::new(idle), back: Some((pool, target.1, sender)), proxy, target };
+            Relayed { inner, timer: IdleTimer::new(idle), back: Some((pool, target.addr, sender)), proxy, target };
         if relayed.inner.is_end_stream() {
             relayed.hand_back();
         }
@@ -239,7 +239,7 @@ impl Relayed {
     fn cut(&mut self, why: &str) {
         self.back = None;
         self.proxy.errors_metric.inc();
-        tracing::warn!(app = %self.proxy.app, slot = %self.target.0, addr = %self.target.1, "response cut mid-body: {why}");
+        tracing::warn!(app = %self.proxy.app, slot = %self.target.slot, addr = %self.target.addr, "response cut mid-body: {why}");
     }
 }
 

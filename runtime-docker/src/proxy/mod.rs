@@ -51,18 +51,24 @@ const EJECTION_MS: u64 = 5000;
 const CONNECT_TIMEOUT_MS: u64 = 1000;
 /// Idle pooled connections to backends are closed after this.
 const POOL_IDLE_MS: u64 = 30_000;
-/// Idle connections kept per backend; more are closed when they finish. The pool holds as many
-/// as were in flight at once (the freshest are reused first, the rest age out after
-/// `POOL_IDLE_MS`): with 4, a backend with 11 requests in flight had its balancer connect
-/// afresh for 158 of every 1,000 requests. An idle connection costs about 10 KB of buffers.
+/// Idle connections kept per backend, and by one balancer thread for all backends; more are
+/// closed when they finish. The pool keeps as many as were in flight at once (the freshest are
+/// reused first, the rest age out after `POOL_IDLE_MS`): with at most 4 per backend, a backend
+/// with 11 requests in flight had its balancer connect afresh for 158 of every 1,000 requests.
+/// An idle connection costs about 15 KB of buffers, so the thread's budget bounds the memory a
+/// burst over many replicas leaves behind: 30 replicas under 64 client connections kept 400
+/// idle with only the per-backend bound (agent RSS 28 MiB), and the agent's peak RSS was 19.6
+/// to 20.2 MiB with 64 a thread, 17.5 to 17.9 MiB with 32 (`scripts/bench-docker memory`).
 const POOL_IDLE_PER_BACKEND_MAX: usize = 64;
+const POOL_IDLE_MAX: usize = 32;
 /// Read buffer of one connection, either side: enough for any sane request head, and it keeps
 /// the agent's memory flat under many connections (bodies stream through in chunks).
 const CONNECTION_BUFFER_BYTES_MAX: usize = 16 * 1024;
 /// Most balancer threads, whatever the cores.
 const WORKERS_MAX: usize = 16;
-/// Streams one HTTP/2 client connection may have open at once.
-const H2_STREAMS_MAX: u32 = 256;
+/// Streams one HTTP/2 client connection may have open at once: each is a request in flight,
+/// which may hold a kept body of up to `limits::RETRY_BODY_BYTES_MAX`.
+const H2_STREAMS_MAX: u32 = 128;
 
 /// A client connection is closed when it stays idle this long between requests (hyper's header
 /// read timeout runs from the end of each response until the next request's head is in, so it
@@ -85,8 +91,47 @@ const ABANDON_AFTER_MS: u64 = CONNECT_TIMEOUT_MS;
 /// the 20,000 a process gets here by default.
 const CLIENT_CONNECTIONS_MAX: usize = 8192;
 
-/// A backend as the balancer knows it: its slot and address.
-type Target = Arc<(SlotId, SocketAddr)>;
+/// A backend as the balancer knows it.
+type Target = Arc<Replica>;
+
+/// A replica behind a balancer: its slot and address (what identifies it, in that order), and
+/// the requests sent to it since the last report.
+#[derive(Debug)]
+struct Replica {
+    slot: SlotId,
+    addr: SocketAddr,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl Replica {
+    fn new(slot: SlotId, addr: SocketAddr) -> Target {
+        Arc::new(Replica { slot, addr, sent: std::sync::atomic::AtomicU64::new(0) })
+    }
+
+    fn key(&self) -> (&SlotId, SocketAddr) {
+        (&self.slot, self.addr)
+    }
+}
+
+impl PartialEq for Replica {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Replica {}
+
+impl PartialOrd for Replica {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Replica {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
 
 /// Why a balancer could not be opened. Nothing changed: the app has no balancer on this node.
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +237,7 @@ impl Proxies {
             .iter()
             .filter_map(|b| {
                 let ip: IpAddr = b.addr.parse().ok()?;
-                Some(pick::target(b.slot.clone(), SocketAddr::new(ip, b.host_port)))
+                Some(Replica::new(b.slot.clone(), SocketAddr::new(ip, b.host_port)))
             })
             .collect();
         self.metrics.replicas.get_or_create(&AppLabel::new(app.as_str())).set(targets.len() as i64);
@@ -330,6 +375,6 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut replica).await {
-        tracing::debug!(app = %proxy.app, slot = %target.0, "tunnel ended: {e}");
+        tracing::debug!(app = %proxy.app, slot = %target.slot, "tunnel ended: {e}");
     }
 }

@@ -2,8 +2,7 @@
 //! node's list of backends, ejections, in-flight counts, and the counters the node and the
 //! metrics read.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,8 +20,6 @@ struct Picking {
     /// The node's list, to restore after an ejection.
     listed: Vec<Target>,
     ejected_at: Option<Instant>,
-    /// Requests (connections, for TCP) sent to each slot since the last report.
-    per_slot: HashMap<SlotId, u64>,
 }
 
 /// One app's balancer, shared by its connections.
@@ -59,7 +56,7 @@ impl AppProxy {
             requests_metric,
             errors_metric,
             latency_metric,
-            picking: Mutex::new(Picking { balancer, listed: targets, ejected_at: None, per_slot: HashMap::new() }),
+            picking: Mutex::new(Picking { balancer, listed: targets, ejected_at: None }),
             requests: AtomicU64::new(0),
             max_body: AtomicU64::new(max_body.unwrap_or(u64::MAX)),
             backends_changed: watch::Sender::new(0),
@@ -67,10 +64,15 @@ impl AppProxy {
     }
 
     /// The node's new list (and picker, and body cap): ejections end, in-flight counts of the
-    /// backends that stay carry on.
+    /// backends that stay carry on, and so do their request counts (a replica listed before
+    /// keeps its `Target`).
     pub(super) fn set(&self, picker: PickerKind, seed: u64, targets: Vec<Target>, max_body: Option<u64>) {
         self.max_body.store(max_body.unwrap_or(u64::MAX), Ordering::Relaxed);
         let mut p = self.picking.lock().expect("balancer lock");
+        let mut before = p.listed.clone();
+        before.sort_unstable();
+        let targets: Vec<Target> =
+            targets.into_iter().map(|t| before.binary_search(&t).map_or(t, |i| before[i].clone())).collect();
         if p.balancer.kind() != picker {
             p.balancer = Balancer::new(picker, seed);
         }
@@ -101,7 +103,8 @@ impl AppProxy {
             Some(t) => p.balancer.pick_excluding(t),
         }?;
         p.balancer.request_started(&picked);
-        *p.per_slot.entry(picked.0.clone()).or_default() += 1;
+        drop(p);
+        picked.sent.fetch_add(1, Ordering::Relaxed);
         Some(picked)
     }
 
@@ -135,7 +138,7 @@ impl AppProxy {
     pub(super) fn eject(&self, t: &Target) {
         let mut p = self.picking.lock().expect("balancer lock");
         if p.balancer.contains(t) {
-            tracing::warn!(app = %self.app, slot = %t.0, addr = %t.1, "backend refused the connection: ejected");
+            tracing::warn!(app = %self.app, slot = %t.slot, addr = %t.addr, "backend refused the connection: ejected");
             p.balancer.eject(t);
             p.ejected_at = Some(Instant::now());
         }
@@ -145,8 +148,8 @@ impl AppProxy {
     /// [`EJECTION_MS`] end.
     pub(super) fn report(&self, elapsed_s: f64, rates: &mut BTreeMap<SlotId, f64>) -> u64 {
         let mut p = self.picking.lock().expect("balancer lock");
-        for (slot, n) in p.per_slot.drain() {
-            rates.insert(slot, n as f64 / elapsed_s);
+        for t in &p.listed {
+            rates.insert(t.slot.clone(), t.sent.swap(0, Ordering::Relaxed) as f64 / elapsed_s);
         }
         if p.ejected_at.is_some_and(|at| at.elapsed() >= Duration::from_millis(EJECTION_MS)) {
             let listed = p.listed.clone();
@@ -161,9 +164,4 @@ impl AppProxy {
     pub(super) fn backends(&self) -> usize {
         self.picking.lock().expect("balancer lock").balancer.len()
     }
-}
-
-/// A backend as the balancer knows it.
-pub(super) fn target(slot: SlotId, addr: SocketAddr) -> Target {
-    std::sync::Arc::new((slot, addr))
 }

@@ -7,6 +7,7 @@
 //! multiplexing), so a backend with `n` requests in flight holds `n` connections.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::ForwardBody;
-use super::{CONNECT_TIMEOUT_MS, CONNECTION_BUFFER_BYTES_MAX, POOL_IDLE_MS, POOL_IDLE_PER_BACKEND_MAX};
+use super::{CONNECT_TIMEOUT_MS, CONNECTION_BUFFER_BYTES_MAX, POOL_IDLE_MAX, POOL_IDLE_MS, POOL_IDLE_PER_BACKEND_MAX};
 
 /// One connection's request half.
 pub(super) type Sender = http1::SendRequest<ForwardBody>;
@@ -35,7 +36,57 @@ pub(super) enum ConnectError {
 /// Idle connections by backend address, the freshest last.
 #[derive(Default)]
 pub(super) struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(Sender, Instant)>>>,
+    idle: Mutex<Stacks>,
+}
+
+#[derive(Default)]
+struct Stacks {
+    by_addr: HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>,
+    /// Idle connections in all the stacks, at most [`POOL_IDLE_MAX`].
+    total: usize,
+}
+
+/// A connection handed back, and when.
+type Idle = (Sender, Instant);
+
+/// Hashes the backend addresses the pool is keyed by, twice per request: a multiply and a
+/// rotate per word instead of SipHash's rounds. The keys are the node's own list of replicas,
+/// not chosen by clients, so flooding is not a concern.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Pool {
@@ -53,8 +104,10 @@ impl Pool {
 
     fn take(&self, addr: SocketAddr) -> Option<Sender> {
         let mut idle = self.idle.lock().expect("pool lock");
-        let stack = idle.get_mut(&addr)?;
+        let Stacks { by_addr, total } = &mut *idle;
+        let stack = by_addr.get_mut(&addr)?;
         while let Some((sender, since)) = stack.pop() {
+            *total -= 1;
             if !sender.is_closed() && since.elapsed() < Duration::from_millis(POOL_IDLE_MS) {
                 return Some(sender);
             }
@@ -68,9 +121,13 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().expect("pool lock");
-        let stack = idle.entry(addr).or_default();
+        if idle.total >= POOL_IDLE_MAX {
+            return;
+        }
+        let stack = idle.by_addr.entry(addr).or_default();
         if stack.len() < POOL_IDLE_PER_BACKEND_MAX {
             stack.push((sender, Instant::now()));
+            idle.total += 1;
         }
     }
 
@@ -78,16 +135,17 @@ impl Pool {
     pub(super) fn reap(&self) {
         let max = Duration::from_millis(POOL_IDLE_MS);
         let mut idle = self.idle.lock().expect("pool lock");
-        idle.retain(|_, stack| {
+        idle.by_addr.retain(|_, stack| {
             stack.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < max);
             !stack.is_empty()
         });
+        idle.total = idle.by_addr.values().map(Vec::len).sum();
     }
 
     /// Idle connections held, all backends together.
     #[cfg(test)]
     pub(super) fn idle(&self) -> usize {
-        self.idle.lock().expect("pool lock").values().map(Vec::len).sum()
+        self.idle.lock().expect("pool lock").total
     }
 }
 

@@ -34,7 +34,7 @@ async fn pass(client: TcpStream, proxy: &AppProxy) {
             tracing::warn!(app = %proxy.app, "connection closed: no healthy replica");
             return;
         };
-        match connect(target.1).await {
+        match connect(target.addr).await {
             Ok(replica) => {
                 tunnel(client, replica, proxy, &target).await;
                 proxy.finished(&target);
@@ -42,7 +42,7 @@ async fn pass(client: TcpStream, proxy: &AppProxy) {
             }
             Err(e) => {
                 proxy.finished(&target);
-                tracing::debug!(app = %proxy.app, slot = %target.0, "connect: {e}");
+                tracing::debug!(app = %proxy.app, slot = %target.slot, "connect: {e}");
                 proxy.eject(&target);
                 excluded = Some(target);
             }

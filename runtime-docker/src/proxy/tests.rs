@@ -533,3 +533,35 @@ async fn a_tcp_service_spreads_connections_and_skips_a_refusing_replica() {
     proxies.set_backends(&app, http(port), &[]).unwrap();
     assert_eq!(get(port).await.0, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_reuse_the_backend_connections() {
+    let (a, accepted_a) = backend_counting("a").await;
+    let (b, accepted_b) = backend_counting("b").await;
+    let proxies = Proxies::new("127.0.0.1".parse().unwrap(), Arc::new(Metrics::new()), 7).unwrap();
+    let port = free_port();
+    proxies.set_backends(&AppName::new("web"), http(port), &[backend_at(0, a), backend_at(1, b)]).unwrap();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+                tokio::spawn(connection);
+                for _ in 0..100 {
+                    let req = Request::get("/").header("host", "x").body(Full::new(Bytes::new())).unwrap();
+                    let response = sender.send_request(req).await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    response.into_body().collect().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let opened =
+        accepted_a.load(std::sync::atomic::Ordering::Relaxed) + accepted_b.load(std::sync::atomic::Ordering::Relaxed);
+    // At most one per request in flight at once: 8 clients, on each balancer thread.
+    assert!(opened <= 8 * proxies.workers.len(), "{opened} backend connections for 800 requests");
+}
