@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use canteen_core::limits;
+use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
@@ -163,44 +164,30 @@ impl Body for Upload {
     }
 }
 
-/// A request body as sent to a replica.
-pub(super) enum ForwardBody {
-    /// None at all (most `GET`s).
-    Empty,
-    /// A kept body sent again, whole.
-    Replay(Option<Bytes>),
-    /// The client's, streaming.
-    Upload(Upload),
-}
+/// A body already in memory, sent in one frame: none, a kept request body sent again, or the
+/// balancer's own short answer.
+pub(super) struct Whole(pub(super) Option<Bytes>);
 
-impl Body for ForwardBody {
+impl Body for Whole {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ForwardBody::Empty => Poll::Ready(None),
-            ForwardBody::Replay(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ForwardBody::Upload(u) => Pin::new(u).poll_frame(cx),
-        }
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.get_mut().0.take().map(|d| Ok(Frame::data(d))))
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ForwardBody::Empty => true,
-            ForwardBody::Replay(data) => data.is_none(),
-            ForwardBody::Upload(u) => u.is_end_stream(),
-        }
+        self.0.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ForwardBody::Empty => SizeHint::with_exact(0),
-            ForwardBody::Replay(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            ForwardBody::Upload(u) => u.size_hint(),
-        }
+        SizeHint::with_exact(self.0.as_ref().map_or(0, |d| d.len() as u64))
     }
 }
+
+/// A request body as sent to a replica: `Left`, none at all (most `GET`s) or a kept body sent
+/// again; `Right`, the client's, streaming.
+pub(super) type ForwardBody = Either<Whole, Upload>;
 
 /// A replica's response body on its way to the client. At its end the connection goes back to
 /// the pool; cut short (the replica failed mid-body, or went quiet for the idle timeout), it
@@ -282,36 +269,6 @@ impl Body for Relayed {
     }
 }
 
-/// What the balancer answers a client with.
-pub(super) enum ProxyBody {
-    /// The balancer's own short answer (an error, an empty 101).
-    Plain(Option<Bytes>),
-    /// A replica's response, streaming.
-    Relayed(Relayed),
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ProxyBody::Plain(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Relayed(r) => Pin::new(r).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Plain(data) => data.is_none(),
-            ProxyBody::Relayed(r) => r.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Plain(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            ProxyBody::Relayed(r) => r.size_hint(),
-        }
-    }
-}
+/// What the balancer answers a client with: `Left`, its own short answer (an error, an empty
+/// 101); `Right`, a replica's response, streaming.
+pub(super) type ProxyBody = Either<Whole, Relayed>;

@@ -19,7 +19,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::body::{BodyFault, ForwardBody, Kept, ProxyBody, Relayed, Upload};
+use super::body::{BodyFault, ForwardBody, Kept, ProxyBody, Relayed, Upload, Whole};
 use super::pick::AppProxy;
 use super::pool::Pool;
 use super::{CONNECTION_BUFFER_BYTES_MAX, H2_STREAMS_MAX, Target, accept_one, tunnel};
@@ -118,7 +118,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn plain(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::Plain(Some(Bytes::from(text))));
+    let mut response = Response::new(ProxyBody::Left(Whole(Some(Bytes::from(text)))));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
@@ -174,8 +174,8 @@ impl Outgoing {
     fn again(&self) -> Option<Request<ForwardBody>> {
         let (method, uri, headers) = self.spare.as_ref()?;
         let body = match &self.kept {
-            None => ForwardBody::Empty,
-            Some(kept) => ForwardBody::Replay(Some(kept.lock().expect("kept lock").replay()?)),
+            None => ForwardBody::Left(Whole(None)),
+            Some(kept) => ForwardBody::Left(Whole(Some(kept.lock().expect("kept lock").replay()?))),
         };
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
@@ -240,10 +240,10 @@ async fn forward_inner(
     parts.version = Version::HTTP_11;
     let may_repeat = idempotent(&parts.method) && client_upgrade.is_none();
     let (body, kept) = if body.is_end_stream() {
-        (ForwardBody::Empty, None)
+        (ForwardBody::Left(Whole(None)), None)
     } else {
         let kept = Arc::new(Mutex::new(Kept::default()));
-        (ForwardBody::Upload(Upload::new(body, client_idle, max_body, kept.clone())), Some(kept))
+        (ForwardBody::Right(Upload::new(body, client_idle, max_body, kept.clone())), Some(kept))
     };
     let outgoing =
         Outgoing { spare: may_repeat.then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone())), kept };
@@ -343,12 +343,12 @@ fn respond(
             }
         });
         drop(sender);
-        return Response::from_parts(head, ProxyBody::Plain(None));
+        return Response::from_parts(head, ProxyBody::Left(Whole(None)));
     }
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
     let body = Relayed::new(body, client_idle, (pool.clone(), sender), proxy.clone(), target.clone());
-    Response::from_parts(head, ProxyBody::Relayed(body))
+    Response::from_parts(head, ProxyBody::Right(body))
 }
 
 fn client_fault(fault: BodyFault, max_body: u64, client_idle: Duration) -> Response<ProxyBody> {

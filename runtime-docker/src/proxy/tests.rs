@@ -98,15 +98,25 @@ async fn a_refusing_backend_is_ejected_and_its_request_retried_on_another() {
 /// A backend that accepts connections and reads requests but never answers: a node that
 /// vanished behind a kept-alive connection.
 async fn mute_backend() -> u16 {
+    raw_backend(|mut stream| async move {
+        let mut buf = [0u8; 1024];
+        while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await
+}
+
+/// A backend on loopback serving each connection with `serve`; its port.
+async fn raw_backend<F, Fut>(serve: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Copy + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
-            });
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(serve(stream));
         }
     });
     port
@@ -303,24 +313,17 @@ async fn a_post_whose_replica_refuses_goes_to_another_and_connections_are_reused
 /// A backend that reads one request head, then closes without answering: a replica that died
 /// with the request.
 async fn dying_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-            });
+    raw_backend(|mut stream| async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
         }
-    });
-    port
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,19 +360,12 @@ async fn a_request_that_reached_a_failing_replica_is_sent_again_only_if_idempote
 
 /// A backend that answers a head with a body promised 100 bytes long, sends 10 and closes.
 async fn cutting_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
-            });
-        }
-    });
-    port
+    raw_backend(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,38 +392,31 @@ async fn a_response_cut_mid_body_is_counted_as_an_error_and_cut_for_the_client()
 
 /// A backend that switches to any protocol asked, then echoes every byte.
 async fn upgrading_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
+    raw_backend(|stream| async move {
+        let service = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+            let asked = req.headers().get("upgrade").cloned().unwrap_or(HeaderValue::from_static("none"));
+            let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
-                    let asked = req.headers().get("upgrade").cloned().unwrap_or(HeaderValue::from_static("none"));
-                    let on = hyper::upgrade::on(&mut req);
-                    tokio::spawn(async move {
-                        let mut io = TokioIo::new(on.await.expect("upgraded"));
-                        let mut buf = [0u8; 1024];
-                        while let Ok(n) = io.read(&mut buf).await {
-                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                    let mut r = Response::new(Full::new(Bytes::new()));
-                    *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-                    r.headers_mut().insert("upgrade", asked);
-                    r.headers_mut().insert("connection", HeaderValue::from_static("upgrade"));
-                    Ok::<_, Infallible>(r)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
+                let mut io = TokioIo::new(on.await.expect("upgraded"));
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
             });
-        }
-    });
-    port
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut().insert("upgrade", asked);
+            r.headers_mut().insert("connection", HeaderValue::from_static("upgrade"));
+            Ok::<_, Infallible>(r)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,27 +474,20 @@ async fn a_client_speaking_http2_with_prior_knowledge_is_served() {
 
 /// A TCP server that prefixes every chunk it echoes with `name`.
 async fn echo_backend(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut out = name.as_bytes().to_vec();
-                    out.extend_from_slice(&buf[..n]);
-                    if stream.write_all(&out).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    raw_backend(move |mut stream| async move {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let mut out = name.as_bytes().to_vec();
+            out.extend_from_slice(&buf[..n]);
+            if stream.write_all(&out).await.is_err() {
+                break;
+            }
         }
-    });
-    port
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
